@@ -1,0 +1,372 @@
+"""Typed configuration: YAML files in `configs/`, dotted overrides, every error reported at once.
+
+    rag ask "who wrote City of Djinns?" --config configs/default.yaml --set retrieval.k=8
+
+Each section is a dataclass; `load_config` merges the YAML file and the `--set` overrides onto the
+defaults and validates the result. Unknown keys and wrong types are collected and raised together
+in one `ConfigError`, each naming the file and the dotted key at fault.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+DEFAULT_BOILERPLATE = [
+    # "--This text refers to an out of print or unavailable edition of this title." and the
+    # variants whose spaces were lost ("--This text refers to thePaperbackedition.").
+    r"-{1,2}\s*This\s*text\s*refers\s*to\s*(?:an?\s*|the\s*)?.{0,80}?edition(?:\s*of\s*this\s*title)?\s*\.?",
+    # "Copyright 1999 Reed Business Information, Inc." and similar publisher notices.
+    r"(?:--\s*)?Copyright\s*(?:\(c\)|©)?\s*\d{0,4}.{0,80}?Reed\s*Business\s*Information(?:,?\s*Inc\.?)?(?:\s*All\s*rights\s*reserved\.?)?",
+    r"(?:--\s*)?Copyright\s*(?:\(c\)|©)?\s*\d{4}\s*(?:American\s*Library\s*Association|Cahners\s*Business\s*Information)[^.]*\.?(?:\s*All\s*rights\s*reserved\.?)?",
+]
+
+
+class ConfigError(ValueError):
+    """Raised with every problem found in a configuration, one per line."""
+
+    def __init__(self, errors: list[str]):
+        self.errors = list(errors)
+        super().__init__("invalid configuration:\n  - " + "\n  - ".join(self.errors))
+
+
+@dataclass
+class CatalogConfig:
+    """How catalog files are read and cleaned (rag/catalog.py)."""
+
+    boilerplate_patterns: list[str] = field(default_factory=lambda: list(DEFAULT_BOILERPLATE))
+    keep_empty_content: bool = True  # rows without content stay searchable by title
+    duplicate_policy: Literal["keep_first", "keep_last", "reject"] = "keep_first"
+    min_title_chars: int = 1
+    max_title_chars: int = 2000
+    max_content_chars: int = 200_000
+    rejects_path: str | None = None  # default: <index dir>/rejects.jsonl or next to the output
+
+
+@dataclass
+class EmbeddingConfig:
+    """Which sentence-transformers model embeds titles and questions (index/embedder.py)."""
+
+    model: str = "bundled:all-MiniLM-L6-v2"  # bundled offline model, a local path or a hub id
+    backend: Literal["torch", "onnx", "openvino"] = "torch"
+    device: str = "cpu"  # "cpu", "cuda", or "auto"
+    batch_size: int = 256
+    max_seq_length: int = 64  # titles are short; 64 word pieces cover > 99% of them
+    trust_remote_code: bool = False
+    cache_size: int = 1024  # query-embedding LRU cache entries (0 disables)
+
+
+@dataclass
+class IndexConfig:
+    """Where and how the FAISS index and its metadata live (index/)."""
+
+    path: str = "data/index"
+    type: Literal["flat", "hnsw", "ivf"] = "flat"  # exact search by default
+    hnsw_m: int = 32
+    hnsw_ef_construction: int = 80
+    hnsw_ef_search: int = 64
+    ivf_nlist: int = 1024
+    ivf_nprobe: int = 16
+    mmap: bool = True
+    descriptions: bool = True  # also build the lexical index over descriptions
+    keep_versions: int = 3
+
+
+@dataclass
+class RetrievalConfig:
+    """How a question becomes top-k rows (rag/retrieval.py)."""
+
+    k: int = 5
+    candidates: int = 50  # rows each retrieval path proposes before fusion
+    fusion: Literal["rrf", "weighted", "dense"] = "weighted"
+    lexical_weight: float = 0.35  # share of the fused score from title word overlap
+    use_descriptions: bool = True  # fuse in the description index (issue: find by description)
+    description_weight: float = 0.5
+    min_score: float = 0.25  # below this the answer says nothing relevant was found
+    rrf_k: int = 60
+
+
+@dataclass
+class PromptConfig:
+    """The one prompt builder used for serving and for fine-tuning (rag/prompt.py)."""
+
+    system: str = (
+        "You answer questions about products of the Amazon catalog. Use only the numbered sources "
+        "below; cite them as [1], [2]. If the sources do not answer the question, say so."
+    )
+    max_chars_per_source: int = 700
+    max_sources: int = 5
+    include_history_turns: int = 4
+
+
+@dataclass
+class GeneratorConfig:
+    """Which backend writes the answer (rag/generators/)."""
+
+    backend: Literal["extractive", "hf", "unsloth", "openai"] = "extractive"
+    model: str | None = None  # hub id or local path (hf, unsloth); model name (openai)
+    adapter: str | None = None  # LoRA adapter directory (peft)
+    max_new_tokens: int = 256
+    temperature: float = 0.0
+    top_p: float = 1.0
+    repetition_penalty: float = 1.15
+    load_in_4bit: bool = True  # only when CUDA and bitsandbytes are present
+    trust_remote_code: bool = False
+    base_url: str | None = None  # openai: e.g. http://127.0.0.1:8000/v1
+    api_key_env: str = "OPENAI_API_KEY"  # name of the variable that holds the key, never the key
+    timeout_s: float = 60.0
+    max_retries: int = 2
+    max_sentences: int = 3  # extractive: sentences in the answer
+    device: str = "auto"
+
+
+@dataclass
+class FinetuneConfig:
+    """Fine-tuning runs (finetune/). Filled in by the fine-tuning pipeline."""
+
+    base_model: str = "TinyLlama/TinyLlama-1.1B-Chat-v1.0"
+    output_dir: str = "runs/finetune"
+    data: str | None = None  # catalog file; default: the bundled synthetic catalog
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ApiConfig:
+    """HTTP service (api/)."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_key_env: str = "RAG_API_KEY"  # optional key for all routes
+    admin_key_env: str = "RAG_ADMIN_KEY"  # always required for admin routes
+    max_body_bytes: int = 10_000_000
+    max_question_chars: int = 2000
+    max_tokens_cap: int = 1024
+    max_concurrency: int = 8
+    request_timeout_s: float = 60.0
+
+
+@dataclass
+class Config:
+    """The whole configuration."""
+
+    data: str = "data/synthetic_catalog.jsonl"  # catalog used by `rag index build` when --data is not given
+    catalog: CatalogConfig = field(default_factory=CatalogConfig)
+    embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig)
+    index: IndexConfig = field(default_factory=IndexConfig)
+    retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    api: ApiConfig = field(default_factory=ApiConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is list:
+        (inner,) = typing.get_args(tp) or (Any,)
+        return f"list of {_type_name(inner)}"
+    if origin is dict:
+        return "mapping"
+    if tp is type(None):
+        return "null"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, where: str, errors: list[str]) -> Any:
+    """Check `value` against the annotation `tp`; return it (ints widen to floats)."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            errors.append(f"{where}: expected a mapping (section), got {type(value).__name__}")
+            return tp()
+        return _build(tp, value, where, errors)
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            errors.append(f"{where}: {value!r} is not {_type_name(tp)}")
+        return value
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            trial: list[str] = []
+            out = _coerce(value, arg, where, trial)
+            if not trial:
+                return out
+        errors.append(f"{where}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+        return value
+    if origin is list:
+        (inner,) = typing.get_args(tp) or (Any,)
+        if not isinstance(value, list):
+            errors.append(f"{where}: expected {_type_name(tp)}, got {type(value).__name__}")
+            return value
+        return [_coerce(v, inner, f"{where}[{i}]", errors) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            errors.append(f"{where}: expected a mapping, got {type(value).__name__}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            errors.append(f"{where}: expected bool (true/false), got {type(value).__name__} {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            errors.append(f"{where}: expected int, got {type(value).__name__} {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            errors.append(f"{where}: expected float, got {type(value).__name__} {value!r}")
+            return value
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            errors.append(f"{where}: expected str, got {type(value).__name__} {value!r}")
+        return value
+    return value
+
+
+def _build(cls: type, values: dict[str, Any], where: str, errors: list[str]) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in values.items():
+        path = f"{where}.{key}" if where else key
+        if key not in names:
+            close = difflib.get_close_matches(str(key), sorted(names), n=2, cutoff=0.5)
+            hint = f" (did you mean {', '.join(sorted(close))}?)" if close else ""
+            errors.append(f"{path}: unknown key{hint}; known keys: {', '.join(sorted(names))}")
+            continue
+        kwargs[key] = _coerce(value, hints[key], path, errors)
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:  # pragma: no cover - only reachable through a schema bug
+        errors.append(f"{where or 'config'}: {exc}")
+        return cls()
+
+
+def config_from_dict(values: dict[str, Any], *, origin: str = "config") -> Config:
+    """Validate a plain mapping into a Config; raise ConfigError listing every problem."""
+    errors: list[str] = []
+    if not isinstance(values, dict):
+        raise ConfigError([f"{origin}: the top level must be a mapping, got {type(values).__name__}"])
+    config = _build(Config, values, "", errors)
+    errors += _semantic_checks(config)
+    if errors:
+        raise ConfigError([f"{origin}: {e}" for e in errors])
+    return config
+
+
+def _semantic_checks(config: Config) -> list[str]:
+    errors = []
+    positive = {
+        "retrieval.k": config.retrieval.k,
+        "retrieval.candidates": config.retrieval.candidates,
+        "embedding.batch_size": config.embedding.batch_size,
+        "generator.max_new_tokens": config.generator.max_new_tokens,
+        "api.max_concurrency": config.api.max_concurrency,
+    }
+    for key, value in positive.items():
+        if isinstance(value, int) and not isinstance(value, bool) and value <= 0:
+            errors.append(f"{key}: must be > 0, got {value}")
+    if isinstance(config.retrieval.lexical_weight, float) and not 0.0 <= config.retrieval.lexical_weight <= 1.0:
+        errors.append(f"retrieval.lexical_weight: must be between 0 and 1, got {config.retrieval.lexical_weight}")
+    if isinstance(config.generator.temperature, float) and not 0.0 <= config.generator.temperature <= 2.0:
+        errors.append(f"generator.temperature: must be between 0 and 2, got {config.generator.temperature}")
+    if isinstance(config.generator.top_p, float) and not 0.0 < config.generator.top_p <= 1.0:
+        errors.append(f"generator.top_p: must be in (0, 1], got {config.generator.top_p}")
+    if isinstance(config.catalog.boilerplate_patterns, list):
+        import re
+
+        for i, pattern in enumerate(config.catalog.boilerplate_patterns):
+            try:
+                re.compile(str(pattern))
+            except re.error as exc:
+                errors.append(f"catalog.boilerplate_patterns[{i}]: not a valid regular expression ({exc})")
+    return errors
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Parse `a.b.c=value`; the value is read as YAML (so 8 is an int, true a bool)."""
+    if "=" not in text:
+        raise ConfigError([f"--set {text!r}: expected KEY=VALUE, for example retrieval.k=8"])
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError([f"--set {text!r}: the key must be dotted names, for example retrieval.k"])
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def _deep_set(target: dict[str, Any], path: list[str], value: Any) -> None:
+    node = target
+    for part in path[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[path[-1]] = value
+
+
+def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError([f"{path}: config file not found (shipped configs are in configs/)"])
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        raise ConfigError([f"{where}: not valid YAML ({getattr(exc, 'problem', exc)})"]) from None
+    return data or {}
+
+
+def load_config(path: str | os.PathLike[str] | None = None, overrides: list[str] | None = None) -> Config:
+    """Load defaults, then the YAML file (if any), then `--set` overrides; validate everything."""
+    values: dict[str, Any] = read_yaml(path) if path else {}
+    origin = str(path) if path else "defaults"
+    override_errors: list[str] = []
+    for text in overrides or []:
+        try:
+            keys, value = parse_override(text)
+        except ConfigError as exc:
+            override_errors += exc.errors
+            continue
+        _deep_set(values, keys, value)
+    if overrides:
+        origin += " + --set overrides"
+    try:
+        config = config_from_dict(values, origin=origin)
+    except ConfigError as exc:
+        raise ConfigError(override_errors + exc.errors) from None
+    if override_errors:
+        raise ConfigError(override_errors)
+    return config
+
+
+def dump_config(config: Config) -> str:
+    return yaml.safe_dump(config.to_dict(), sort_keys=False, allow_unicode=True)
