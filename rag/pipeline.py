@@ -1,0 +1,135 @@
+"""Retrieve, build the prompt, generate, check grounding: `RAG.answer`.
+
+    from rag.pipeline import RAG
+    rag = RAG.from_config(load_config("configs/default.yaml"))
+    answer = rag.answer("who wrote City of Djinns?")
+    for piece in rag.answer("what is it about?", history=[...], stream=True): print(piece, end="")
+
+Each answer takes one index snapshot at its start, so a hot reload between requests never mixes
+two versions inside one answer.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Iterator, Sequence
+
+from rag.config import Config
+from rag.grounding import unsupported_sentences
+from rag.prompt import build_messages, clip_text
+from rag.types import Answer, GenerationRequest, Generator, Hit, Source
+
+MAX_QUESTION_CHARS = 4000
+
+
+class AnswerStream:
+    """Iterator of text pieces; `.answer` holds the final Answer once the iterator is exhausted."""
+
+    def __init__(self, pieces: Iterator[str], finish: Any) -> None:
+        self._pieces = pieces
+        self._finish = finish
+        self._parts: list[str] = []
+        self.answer: Answer | None = None
+
+    def __iter__(self) -> "AnswerStream":
+        return self
+
+    def __next__(self) -> str:
+        try:
+            piece = next(self._pieces)
+        except StopIteration:
+            if self.answer is None:
+                self.answer = self._finish("".join(self._parts))
+            raise
+        self._parts.append(piece)
+        return piece
+
+    def collect(self) -> Answer:
+        for _ in self:
+            pass
+        assert self.answer is not None
+        return self.answer
+
+
+class RAG:
+    """The question-answering pipeline: a Retriever and a Generator under one Config."""
+
+    def __init__(self, config: Config, retriever: Any, generator: Generator) -> None:
+        self.config = config
+        self.retriever = retriever
+        self.generator = generator
+
+    @classmethod
+    def from_config(cls, config: Config, *, generator: Generator | None = None, retriever: Any = None) -> "RAG":
+        from rag.generators import make_generator
+        from rag.retrieval import Retriever
+
+        retriever = retriever or Retriever.from_config(config)
+        generator = generator or make_generator(config)
+        return cls(config, retriever, generator)
+
+    # ------------------------------------------------------------------ steps
+
+    def retrieve(self, question: str, k: int | None = None, history: Sequence[dict[str, str]] = (),
+                 snapshot: Any = None) -> list[Hit]:
+        return self.retriever.search(question, k=k, history=history, snapshot=snapshot)
+
+    def _check_question(self, question: str) -> str:
+        if not isinstance(question, str) or not question.strip():
+            raise ValueError("question is empty: ask something about a product, e.g. 'who wrote City of Djinns?'")
+        if len(question) > MAX_QUESTION_CHARS:
+            raise ValueError(f"question is {len(question)} characters; the limit is {MAX_QUESTION_CHARS}")
+        return question.strip()
+
+    def _sources(self, hits: list[Hit]) -> list[Source]:
+        return [
+            Source(uid=h.row.uid, title=h.row.title, score=h.score,
+                   snippet=h.snippet or clip_text(h.row.content, 240))
+            for h in hits
+        ]
+
+    def prepare(self, question: str, *, k: int | None = None, history: Sequence[dict[str, str]] | None = None,
+                use_context: bool = True) -> tuple[GenerationRequest, dict[str, float], bool]:
+        """Retrieve and build the generation request (exposed for the API and `rag compare`)."""
+        question = self._check_question(question)
+        history = list(history or [])
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        snapshot = self.retriever.snapshot
+        hits = self.retrieve(question, k=k, history=history, snapshot=snapshot) if use_context else []
+        timings["retrieve"] = time.perf_counter() - t0
+        for name, seconds in getattr(self.retriever, "last_timings", {}).items():
+            timings[f"retrieve.{name}"] = seconds
+        found = bool(hits) and hits[0].score >= self.config.retrieval.min_score
+        prompt_hits = hits if found or self.generator.name == "extractive" else []
+        messages = build_messages(question, prompt_hits, self.config.prompt, history=history)
+        request = GenerationRequest(question=question, hits=prompt_hits, messages=messages, history=history)
+        return request, timings, found
+
+    def _finish(self, request: GenerationRequest, text: str, timings: dict[str, float], found: bool,
+                started: float, generate_started: float) -> Answer:
+        timings["generate"] = time.perf_counter() - generate_started
+        text = text.strip()
+        t0 = time.perf_counter()
+        unsupported = unsupported_sentences(text, request.hits) if found else []
+        timings["grounding"] = time.perf_counter() - t0
+        timings["total"] = time.perf_counter() - started
+        return Answer(
+            question=request.question, text=text, sources=self._sources(request.hits) if found else [],
+            timings=timings, found=found, unsupported_sentences=unsupported, generator=self.generator.name,
+        )
+
+    def answer(self, question: str, *, k: int | None = None, history: Sequence[dict[str, str]] | None = None,
+               stream: bool = False, use_context: bool = True, max_new_tokens: int | None = None,
+               temperature: float | None = None, top_p: float | None = None) -> Answer | AnswerStream:
+        """Answer `question`; with stream=True return an AnswerStream of text pieces."""
+        started = time.perf_counter()
+        request, timings, found = self.prepare(question, k=k, history=history, use_context=use_context)
+        request.max_new_tokens, request.temperature, request.top_p = max_new_tokens, temperature, top_p
+        generate_started = time.perf_counter()
+        if stream:
+            return AnswerStream(
+                iter(self.generator.stream(request)),
+                lambda text: self._finish(request, text, timings, found, started, generate_started),
+            )
+        text = self.generator.generate(request)
+        return self._finish(request, text, timings, found, started, generate_started)

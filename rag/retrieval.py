@@ -1,0 +1,176 @@
+"""Question -> top-k catalog rows with scores.
+
+    from rag.retrieval import Retriever
+    hits = Retriever.from_config(load_config()).search("who wrote City of Djinns?", k=5)
+
+Three steps: `rag.query.parse_question` turns the question into a title query (quoted titles win,
+question words are stripped, follow-ups reuse the conversation's last product question); the dense
+path embeds it and asks FAISS for `retrieval.candidates` rows; each candidate's score is fused with a
+typo-tolerant lexical title similarity (`rag.query.title_similarity`). When the index version holds
+a lexical description index (`snapshot.lexical_search`), its candidates are fused in too, so
+products can be found from what users remember of them.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Sequence
+
+import numpy as np
+
+from rag.config import Config
+from rag.query import ParsedQuestion, parse_question, title_similarity
+from rag.types import CatalogRow, Hit
+
+log = logging.getLogger(__name__)
+
+
+def _history_title_query(history: Sequence[dict[str, str]]) -> str:
+    """The last user turn that named a product (for follow-ups like "who wrote it?")."""
+    for message in reversed(list(history)):
+        if message.get("role") == "user":
+            parsed = parse_question(message.get("content", ""))
+            if parsed.title_query:
+                return parsed.title_query
+    return ""
+
+
+class Retriever:
+    """Dense title search fused with lexical title (and optionally description) scores."""
+
+    def __init__(self, config: Config, live_index: Any, embedder: Any) -> None:
+        if config.retrieval.k <= 0:
+            raise ValueError(f"retrieval.k must be > 0, got {config.retrieval.k}")
+        self.config = config
+        self.live_index = live_index
+        self.embedder = embedder
+        self.last_timings: dict[str, float] = {}
+
+    @classmethod
+    def from_config(cls, config: Config, *, embedder: Any = None) -> "Retriever":
+        from index.embedder import load_embedder
+        from index.store import IndexStore, LiveIndex
+
+        store = IndexStore(config.index.path)
+        if not store.has_current():
+            raise FileNotFoundError(
+                f"no index at {config.index.path!r} (index.path): build one with "
+                f"`rag index build --data PATH` or run `rag demo` for the bundled synthetic catalog"
+            )
+        live = LiveIndex(store)
+        snapshot = live.snapshot()
+        if embedder is None:
+            embedder = load_embedder(config.embedding)
+        built_with = getattr(snapshot, "embedding_model", None)
+        if built_with and getattr(embedder, "name", built_with) != built_with:
+            raise ValueError(
+                f"the index at {config.index.path} was built with embedding model {built_with!r} but "
+                f"embedding.model gives {embedder.name!r}: rebuild the index or set embedding.model={built_with}"
+            )
+        return cls(config, live, embedder)
+
+    @property
+    def snapshot(self) -> Any:
+        return self.live_index.snapshot()
+
+    def _embed_query(self, text: str) -> np.ndarray:
+        if hasattr(self.embedder, "embed_query"):
+            return np.asarray(self.embedder.embed_query(text), dtype=np.float32).reshape(1, -1)
+        return np.asarray(self.embedder.embed([text]), dtype=np.float32).reshape(1, -1)
+
+    def parse(self, question: str, history: Sequence[dict[str, str]] = ()) -> ParsedQuestion:
+        parsed = parse_question(question)
+        if parsed.followup and history:
+            previous = _history_title_query(history)
+            if previous:
+                parsed.title_query = previous
+        return parsed
+
+    def search(
+        self, question: str, k: int | None = None, history: Sequence[dict[str, str]] = (), snapshot: Any = None
+    ) -> list[Hit]:
+        """Top-k rows for a question, best first. `history` lets follow-ups find the product in discussion."""
+        k = k or self.config.retrieval.k
+        if k <= 0:
+            raise ValueError(f"k must be > 0, got {k}")
+        cfg = self.config.retrieval
+        snapshot = snapshot or self.snapshot
+        timings: dict[str, float] = {}
+        parsed = self.parse(question, history)
+        query = parsed.title_query or question.strip()
+        if not query:
+            self.last_timings = timings
+            return []
+
+        t0 = time.perf_counter()
+        vector = self._embed_query(query)
+        timings["embed"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        n_candidates = max(cfg.candidates, k)
+        scores, ids = snapshot.search(vector, n_candidates)
+        dense = {int(i): float(s) for i, s in zip(ids[0], scores[0]) if int(i) != -1}
+        timings["search"] = time.perf_counter() - t0
+
+        description: dict[int, float] = {}
+        snippets: dict[int, str] = {}
+        if cfg.use_descriptions and hasattr(snapshot, "lexical_search"):
+            t0 = time.perf_counter()
+            try:
+                for item in snapshot.lexical_search(question, n_candidates):
+                    fid, score = int(item[0]), float(item[1])
+                    description[fid] = score
+                    if len(item) > 2 and item[2]:
+                        snippets[fid] = str(item[2])
+            except Exception as exc:  # the description index is an extra: never fail the query for it
+                log.warning("description search failed: %s", exc)
+            timings["lexical"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        candidate_ids = list(dict.fromkeys(list(dense) + list(description)))
+        rows = snapshot.get_rows(candidate_ids)
+        hits = self._fuse(query, parsed, candidate_ids, rows, dense, description, snippets)
+        hits = hits[:k]
+        timings["fuse"] = time.perf_counter() - t0
+        self.last_timings = timings
+        return hits
+
+    def _fuse(
+        self,
+        query: str,
+        parsed: ParsedQuestion,
+        ids: list[int],
+        rows: list[CatalogRow | None],
+        dense: dict[int, float],
+        description: dict[int, float],
+        snippets: dict[int, str],
+    ) -> list[Hit]:
+        cfg = self.config.retrieval
+        hits: list[Hit] = []
+        max_desc = max(description.values(), default=0.0) or 1.0
+        dense_rank = {fid: r for r, fid in enumerate(sorted(dense, key=dense.get, reverse=True))}
+        desc_rank = {fid: r for r, fid in enumerate(sorted(description, key=description.get, reverse=True))}
+        for fid, row in zip(ids, rows):
+            if row is None:
+                continue
+            d = dense.get(fid)
+            lexical = title_similarity(query, row.title)
+            if cfg.fusion == "dense":
+                score = d if d is not None else 0.0
+            elif cfg.fusion == "rrf":
+                score = 0.0
+                if fid in dense_rank:
+                    score += 1.0 / (cfg.rrf_k + dense_rank[fid] + 1)
+                if fid in desc_rank:
+                    score += cfg.description_weight / (cfg.rrf_k + desc_rank[fid] + 1)
+                score += cfg.lexical_weight * lexical / (cfg.rrf_k + 1)
+            else:
+                w = cfg.lexical_weight
+                base = d if d is not None else 0.0
+                score = (1 - w) * base + w * lexical
+                if fid in description:
+                    # description evidence lifts rows the title cannot explain (users describing a product)
+                    score = max(score, cfg.description_weight * description[fid] / max_desc + 0.1 * lexical)
+            hits.append(Hit(row=row, score=float(score), dense_score=d, lexical_score=lexical, snippet=snippets.get(fid, "")))
+        hits.sort(key=lambda h: h.score, reverse=True)
+        return hits
