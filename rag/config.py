@@ -20,12 +20,37 @@ from typing import Any, Literal, Union
 import yaml
 
 DEFAULT_BOILERPLATE = [
-    # "--This text refers to an out of print or unavailable edition of this title." and the
-    # variants whose spaces were lost ("--This text refers to thePaperbackedition.").
-    r"-{1,2}\s*This\s*text\s*refers\s*to\s*(?:an?\s*|the\s*)?.{0,80}?edition(?:\s*of\s*this\s*title)?\s*\.?",
-    # "Copyright 1999 Reed Business Information, Inc." and similar publisher notices.
-    r"(?:--\s*)?Copyright\s*(?:\(c\)|©)?\s*\d{0,4}.{0,80}?Reed\s*Business\s*Information(?:,?\s*Inc\.?)?(?:\s*All\s*rights\s*reserved\.?)?",
-    r"(?:--\s*)?Copyright\s*(?:\(c\)|©)?\s*\d{4}\s*(?:American\s*Library\s*Association|Cahners\s*Business\s*Information)[^.]*\.?(?:\s*All\s*rights\s*reserved\.?)?",
+    # Removal patterns for publisher notices in descriptions (rag/cleaning.py). They run on text whose
+    # HTML entities are already decoded (so "&copy;" is "©"), in this order, each match replaced by a
+    # space. Every one is anchored on a phrase that only notices use ("This text refers to",
+    # "Copyright ... Reed Business Information", ...), so a sentence that merely says "edition" or
+    # "copyright" survives. Families seen in ../shared/data/amazontitles/trn_sample.jsonl:
+    #
+    # 1. "--This text refers to an out of print or unavailable edition of this title." and the
+    #    format variants whose spaces were lost: "--This text refers to thePaperbackedition.",
+    #    "...to an alternateHardcoveredition.", "...to thePrint on Demand (Paperback)edition.",
+    #    "...to theAudio Cassetteedition.", "...to an alternatekindle_editionedition." The
+    #    `(?![A-Za-z_])` makes "kindle_editionedition" match whole.
+    r"(?:-{1,2}|[\u2013\u2014]|^)[ \t]*This\s*text\s*refers\s*to\s*(?:an?|the)?[^.\n]{0,80}?[Ee]dition(?![A-Za-z_])"
+    r"(?:\s*of\s*this\s*title)?\s*\.?",
+    # 2. Review-journal notices: "Copyright 1999 Reed Business Information, Inc.", "Copyright 2001
+    #    Cahners Business Information, Inc.", "(c)Copyright © Reed Business Information, a division
+    #    of Reed Elsevier Inc. All rights reserved.", "Copyright © American Library Association.
+    #    All rights reserved" (no full stop before "--This text..."), and Kirkus notices.
+    r"(?:\(c\)\s*)?Copyright\s*(?:©|\([cC]\))?\s*(?:\d{4}\s*,?\s*)?(?:©\s*)?"
+    r"(?:(?:Reed|Cahners)\s*Business\s*Information(?:\s*,?\s*(?:Inc\b\.?|a\s*division\s*of\s*Reed\s*Elsevier"
+    r"(?:\s*Inc\b\.?)?))?"
+    r"|American\s*Library\s*Association|Kirkus\s*(?:Associates|Reviews|Media)(?:\s*,?\s*(?:LP|LLC|L\.P\.))?)"
+    r"\.?(?:\s*All\s*rights\s*reserved\.?)?",
+    # 3. AudioFile reviews end "(c)AudioFile, Portland, Maine" or "(c) AudioFile 2002, Portland, Maine".
+    r"(?:\(c\)|©|Copyright)(?:\s*(?:\(c\)|©|Copyright))*\s*(?:\d{4}\s*,?\s*)?AudioFile(?:\s*\d{4})?\s*,?"
+    r"\s*Portland\s*,?\s*Maine\.?",
+    # 4. Review labels at the start of a review: "Starred Review." and "[Signature]Reviewed byJess
+    #    Walter" (the reviewer's name fused to the first word: the name, up to four capitalised words,
+    #    goes with the label only when the next word starts right after it without a space).
+    r"\bStarred\s*Review\.\s*",
+    r"\[Signature\]\s*Reviewed\s*by\s*(?:[A-Z][a-z.'\u2019-]*\s+){0,3}[A-Z][a-z.'\u2019-]*(?=[A-Z][a-z])",
+    r"\[Signature\](?:\s*Reviewed\s*by\b)?",
 ]
 
 
@@ -128,13 +153,106 @@ class GeneratorConfig:
 
 
 @dataclass
-class FinetuneConfig:
-    """Fine-tuning runs (finetune/). Filled in by the fine-tuning pipeline."""
+class FinetuneExamplesConfig:
+    """How catalog rows become training examples (finetune/data.py)."""
 
-    base_model: str = "TinyLlama/TinyLlama-1.1B-Chat-v1.0"
-    output_dir: str = "runs/finetune"
-    data: str | None = None  # catalog file; default: the bundled synthetic catalog
-    extra: dict[str, Any] = field(default_factory=dict)
+    sample_size: int | None = None  # rows to draw after filtering (null: all)
+    min_content_chars: int = 80  # rows with shorter descriptions teach nothing to describe
+    max_content_chars: int = 20_000  # skip outliers (scraped pages, tables of contents)
+    validation_fraction: float = 0.05  # share of PRODUCTS (uids) held out; no uid is in both splits
+    context_k: int = 4  # rows in each example's context (gold + distractors from the retriever)
+    gold_probability: float = 0.8  # chance the gold row is in the context (RAFT's P)
+    no_gold_answer: Literal["abstain", "gold"] = "abstain"  # target when the gold row is left out (docs/finetune.md)
+    answer_max_tokens: int = 160  # target = gold description cut at a sentence boundary within this budget
+    portuguese_fraction: float = 0.25  # share of questions asked in Portuguese
+    cite_sources: bool = True  # end the answer with the gold row's [n] marker
+    retriever: Literal["project", "lexical"] = "project"  # project: index + rag.retrieval; lexical: no index
+
+
+@dataclass
+class FinetuneLoraConfig:
+    """LoRA adapter shape (peft.LoraConfig / unsloth get_peft_model)."""
+
+    r: int = 16
+    alpha: int = 16
+    dropout: float = 0.0  # 0 lets unsloth use its fused LoRA kernels
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+    bias: Literal["none", "all", "lora_only"] = "none"
+
+
+@dataclass
+class FinetuneTrainingConfig:
+    """Optimiser and loop settings (trl SFTConfig)."""
+
+    epochs: float = 1.0
+    max_steps: int = -1  # > 0 overrides epochs
+    learning_rate: float = 2e-4
+    batch_size: int = 4  # per device
+    gradient_accumulation_steps: int = 4
+    warmup_ratio: float = 0.03
+    max_grad_norm: float = 0.3
+    weight_decay: float = 0.0
+    lr_scheduler: str = "linear"
+    optim: str = "auto"  # auto: adamw_8bit with bitsandbytes on CUDA, adamw_torch otherwise
+    batching: Literal["padding_free", "packing", "padded"] = "padding_free"
+    gradient_checkpointing: Literal["unsloth", "true", "false"] = "unsloth"  # "unsloth" is "true" off unsloth
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"  # auto: bf16 where supported, fp32 on CPU
+    logging_steps: int = 1
+    save_steps: int = 200
+    save_total_limit: int = 2
+    eval_steps: int | None = None  # null: evaluate at the end only
+    seed: int = 0
+    num_threads: int | None = None  # CPU: torch threads (null: torch's default)
+
+
+@dataclass
+class FinetuneConfig:
+    """Fine-tuning runs (finetune/): `rag finetune --config configs/tinyllama-qlora.yaml`."""
+
+    base_model: str = "TinyLlama/TinyLlama-1.1B-Chat-v1.0"  # hub id or local directory
+    output_dir: str = "runs/finetune"  # the run directory (adapter, logs, plots, checkpoints)
+    data: str | None = None  # catalog file; null: the synthetic catalog, written into the run directory
+    synthetic_rows: int = 2000  # rows of that synthetic catalog
+    tiny_model: bool = False  # build a tiny random-init model in <output_dir>/base-model (CPU recipe, tests)
+    backend: Literal["auto", "unsloth", "transformers"] = "auto"  # auto: unsloth on CUDA, else transformers
+    load_in_4bit: bool = True  # QLoRA; only with CUDA + bitsandbytes (ignored on CPU)
+    max_seq_length: int = 1024
+    chat_template: str | None = None  # Jinja text or a .jinja file, for models without a chat template
+    trust_remote_code: bool = False
+    examples: FinetuneExamplesConfig = field(default_factory=FinetuneExamplesConfig)
+    lora: FinetuneLoraConfig = field(default_factory=FinetuneLoraConfig)
+    training: FinetuneTrainingConfig = field(default_factory=FinetuneTrainingConfig)
+
+    def problems(self) -> list[str]:
+        """Range checks the type validation cannot express (called by _semantic_checks)."""
+        out: list[str] = []
+        ex, tr = self.examples, self.training
+        for key, value in {
+            "finetune.max_seq_length": self.max_seq_length, "finetune.lora.r": self.lora.r,
+            "finetune.lora.alpha": self.lora.alpha, "finetune.examples.context_k": ex.context_k,
+            "finetune.examples.answer_max_tokens": ex.answer_max_tokens,
+            "finetune.training.batch_size": tr.batch_size,
+            "finetune.training.gradient_accumulation_steps": tr.gradient_accumulation_steps,
+            "finetune.synthetic_rows": self.synthetic_rows,
+        }.items():
+            if isinstance(value, int) and value <= 0:
+                out.append(f"{key}: must be > 0, got {value}")
+        for key, value in {
+            "finetune.examples.gold_probability": ex.gold_probability,
+            "finetune.examples.portuguese_fraction": ex.portuguese_fraction,
+            "finetune.lora.dropout": self.lora.dropout, "finetune.training.warmup_ratio": tr.warmup_ratio,
+        }.items():
+            if isinstance(value, float) and not 0.0 <= value <= 1.0:
+                out.append(f"{key}: must be between 0 and 1, got {value}")
+        if isinstance(ex.validation_fraction, float) and not 0.0 <= ex.validation_fraction < 1.0:
+            out.append(f"finetune.examples.validation_fraction: must be in [0, 1), got {ex.validation_fraction}")
+        if isinstance(tr.learning_rate, float) and not 0.0 < tr.learning_rate < 1.0:
+            out.append(f"finetune.training.learning_rate: must be in (0, 1), got {tr.learning_rate}")
+        if isinstance(self.lora.target_modules, list) and not self.lora.target_modules:
+            out.append("finetune.lora.target_modules: must name at least one module (e.g. q_proj)")
+        return out
 
 
 @dataclass
@@ -295,6 +413,7 @@ def _semantic_checks(config: Config) -> list[str]:
         errors.append(f"generator.temperature: must be between 0 and 2, got {config.generator.temperature}")
     if isinstance(config.generator.top_p, float) and not 0.0 < config.generator.top_p <= 1.0:
         errors.append(f"generator.top_p: must be in (0, 1], got {config.generator.top_p}")
+    errors += config.finetune.problems() if isinstance(config.finetune, FinetuneConfig) else []
     if isinstance(config.catalog.boilerplate_patterns, list):
         import re
 
