@@ -1,18 +1,33 @@
 """Grounding check: which answer sentences does no retrieved row support?
 
-A sentence is supported when enough of its content words (lower-cased, stop words removed) appear
-in one retrieved row's title + description. Citation markers like [1] are ignored.
+    python -c "from rag.grounding import unsupported_sentences; help(unsupported_sentences)"
+
+Two measures, usable alone or together:
+
+- lexical (default, no model): a sentence is supported when at least `min_overlap` of its content
+  words (lower-cased, stop words removed) appear in a row's title + description;
+- embedding (optional, pass an `embedder`): a sentence is supported when its embedding's cosine
+  similarity to one passage of a row (the title, or one description sentence) reaches
+  `min_similarity`. It accepts paraphrases the lexical measure misses ("a memoir of a year in
+  Delhi" vs "the author spends a year living in Delhi").
+
+Citations count: a sentence that cites sources ([1], [2, 3]) in the prompt convention of
+rag/prompt.py is checked against the rows it cites only, so a wrong citation is flagged; a citation
+of a source number that was never given ([7] with 5 sources) always is. Sentences without a
+citation are checked against every row. Sentences with fewer than 3 content words are not judged.
 """
 from __future__ import annotations
 
 import re
-from typing import Sequence
+from typing import Literal, Sequence
 
-from rag.types import Hit
+import numpy as np
+
+from rag.types import Embedder, Hit
 
 _WORD = re.compile(r"[\w']+", re.UNICODE)
 _SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[\"'(\[A-Z0-9À-Ý])")
-_CITATION = re.compile(r"\[\d+(?:\s*,\s*\d+)*\]")
+_CITATION = re.compile(r"\[(\d+(?:\s*,\s*\d+)*)\]")
 STOP_WORDS = frozenset(
     """a an the and or but if of to in on at by for with from as is are was were be been being this that these those
     it its it's he she they them his her their we you your i me my our not no so than then there here what which who
@@ -20,6 +35,10 @@ STOP_WORDS = frozenset(
     should may might must also just only very more most such any all some each other both either neither one two
     o a os as um uma de do da dos das e é em no na nos nas por para com que se seu sua""".split()
 )
+MIN_WORDS = 3  # shorter sentences ("I don't know.", "Yes [1].") are not judged
+MAX_PASSAGES_PER_ROW = 40  # embedding mode: bounds the cost of very long descriptions
+
+GroundingMode = Literal["lexical", "embedding", "either"]
 
 
 def content_words(text: str) -> set[str]:
@@ -30,15 +49,119 @@ def split_sentences(text: str) -> list[str]:
     return [s.strip() for s in _SENTENCE.split(text.strip()) if s.strip()]
 
 
-def unsupported_sentences(answer: str, hits: Sequence[Hit], *, min_overlap: float = 0.5) -> list[str]:
-    """Sentences of `answer` whose content words overlap no retrieved row by at least `min_overlap`."""
-    rows = [content_words(f"{h.row.title} {h.row.content}") for h in hits]
-    out = []
+def cited_numbers(text: str) -> list[int]:
+    """Source numbers cited in `text`, in order of first appearance: "[2] ... [1, 3]" -> [2, 1, 3]."""
+    out: list[int] = []
+    for match in _CITATION.finditer(text):
+        for part in match.group(1).split(","):
+            number = int(part)
+            if number not in out:
+                out.append(number)
+    return out
+
+
+def cited_sources(answer: str, hits: Sequence[Hit]) -> list[Hit]:
+    """The retrieved rows the answer cites (valid numbers only), in order of first citation."""
+    return [hits[n - 1] for n in cited_numbers(answer) if 1 <= n <= len(hits)]
+
+
+def _row_text(hit: Hit) -> str:
+    return f"{hit.row.title} {hit.row.content}"
+
+
+def _row_passages(hit: Hit) -> list[str]:
+    passages = [hit.row.title] + split_sentences(hit.row.content)
+    return [p for p in passages if p.strip()][:MAX_PASSAGES_PER_ROW]
+
+
+def unsupported_sentences(
+    answer: str,
+    hits: Sequence[Hit],
+    *,
+    min_overlap: float = 0.5,
+    embedder: Embedder | None = None,
+    min_similarity: float = 0.55,
+    mode: GroundingMode | None = None,
+    check_citations: bool = True,
+) -> list[str]:
+    """Sentences of `answer` that no retrieved row supports.
+
+    mode: "lexical" (word overlap >= min_overlap), "embedding" (cosine >= min_similarity; needs
+    `embedder`) or "either" (supported by one or the other). Default: "either" when an embedder is
+    given, else "lexical". With check_citations, a sentence that cites sources is judged against
+    the cited rows only (and is unsupported when it cites a number beyond the sources given).
+    """
+    if mode is None:
+        mode = "either" if embedder is not None else "lexical"
+    if mode not in ("lexical", "embedding", "either"):
+        raise ValueError(f"grounding mode must be 'lexical', 'embedding' or 'either', got {mode!r}")
+    if mode != "lexical" and embedder is None:
+        raise ValueError(f"grounding mode {mode!r} needs an embedder (e.g. the index's query embedder)")
+    hits = list(hits)
+    row_words = [content_words(_row_text(h)) for h in hits]
+
+    judged: list[tuple[str, list[int]]] = []  # sentence, rows to check against (indices)
+    out: list[str] = []
     for sentence in split_sentences(answer):
         words = content_words(_CITATION.sub(" ", sentence))
-        if len(words) < 3:
-            continue  # too short to judge ("I don't know.", "Yes.")
-        best = max((len(words & row) / len(words) for row in rows), default=0.0)
-        if best < min_overlap:
+        if len(words) < MIN_WORDS:
+            continue
+        rows = list(range(len(hits)))
+        if check_citations:
+            numbers = cited_numbers(sentence)
+            if any(n < 1 or n > len(hits) for n in numbers):
+                out.append(sentence)  # cites a source that was never given: fabricated
+                continue
+            if numbers:
+                rows = [n - 1 for n in numbers]
+        judged.append((sentence, rows))
+
+    lexical_ok: dict[int, bool] = {}
+    for i, (sentence, rows) in enumerate(judged):
+        words = content_words(_CITATION.sub(" ", sentence))
+        # Cited rows are pooled: "by Kerr [2] and Rowling [3]" draws on both.
+        pool = set().union(*(row_words[r] for r in rows)) if rows else set()
+        lexical_ok[i] = bool(words) and len(words & pool) / len(words) >= min_overlap
+
+    embedding_ok: dict[int, bool] = {}
+    if mode != "lexical" and judged and hits:
+        assert embedder is not None
+        embedding_ok = _embedding_support(judged, hits, embedder, min_similarity)
+
+    for i, (sentence, _) in enumerate(judged):
+        if mode == "lexical":
+            ok = lexical_ok[i]
+        elif mode == "embedding":
+            ok = embedding_ok.get(i, False)
+        else:
+            ok = lexical_ok[i] or embedding_ok.get(i, False)
+        if not ok:
             out.append(sentence)
-    return out
+    # Report in the answer's order.
+    order = {s: n for n, s in enumerate(split_sentences(answer))}
+    return sorted(out, key=lambda s: order.get(s, 0))
+
+
+def _embedding_support(
+    judged: list[tuple[str, list[int]]], hits: list[Hit], embedder: Embedder, min_similarity: float
+) -> dict[int, bool]:
+    """For each judged sentence: is its best cosine against a passage of its rows >= min_similarity?"""
+    passages: list[str] = []
+    owner: list[int] = []  # row index of each passage
+    for r, hit in enumerate(hits):
+        for passage in _row_passages(hit):
+            passages.append(passage)
+            owner.append(r)
+    if not passages:
+        return {}
+    sentences = [_CITATION.sub(" ", s).strip() for s, _ in judged]
+    vectors = np.asarray(embedder.embed(sentences + passages), dtype=np.float32)
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    vectors = vectors / np.maximum(norms, 1e-12)  # embedders should normalise; be safe anyway
+    sims = vectors[: len(sentences)] @ vectors[len(sentences):].T
+    owners = np.asarray(owner)
+    result: dict[int, bool] = {}
+    for i, (_, rows) in enumerate(judged):
+        mask = np.isin(owners, rows)
+        result[i] = bool(mask.any() and float(sims[i][mask].max()) >= min_similarity)
+    return result

@@ -1,0 +1,313 @@
+"""`hf` backend: a local (or hub) causal LM with an optional peft LoRA adapter, through transformers.
+
+    rag ask "who wrote City of Djinns?" --set generator.backend=hf \\
+        --set generator.model=models/TinyLlama-1.1B-Chat-v1.0 --set generator.adapter=runs/finetune/adapter
+
+4-bit NF4 (bitsandbytes) on CUDA when bitsandbytes is installed, bfloat16 on CUDA otherwise,
+float32 on CPU. The prompt is `request.messages` rendered with the tokenizer's chat template;
+generation stops on eos and on the template's end-of-turn tokens. The model loads lazily on the
+first request, or at `warm_up()`. `UnslothGenerator` (rag/generators/unsloth_backend.py) reuses
+everything here except loading.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+from rag.config import Config
+from rag.generators.common import (
+    GeneratorError,
+    Sampling,
+    bitsandbytes_available,
+    choose_device,
+    missing_model_message,
+    offline_mode,
+    render_prompt,
+    resolve_sampling,
+    stop_strings,
+    stop_token_ids,
+    strip_stop_strings,
+)
+from rag.types import GenerationRequest
+
+log = logging.getLogger(__name__)
+
+
+def adapter_base_model(adapter: str | Path) -> str | None:
+    """The base model an adapter was trained on (`base_model_name_or_path` of adapter_config.json)."""
+    path = Path(adapter) / "adapter_config.json"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    value = data.get("base_model_name_or_path")
+    return str(value) if value else None
+
+
+def check_adapter_dir(adapter: str | Path) -> Path:
+    """An adapter directory must hold peft's adapter_config.json (what save_pretrained writes)."""
+    path = Path(adapter).expanduser()
+    if not path.is_dir():
+        raise GeneratorError(
+            f"generator.adapter: {str(adapter)!r} is not a directory; point it at the adapter folder that "
+            "fine-tuning wrote (RUN_DIR/adapter, saved by peft's save_pretrained)"
+        )
+    if not (path / "adapter_config.json").is_file():
+        raise GeneratorError(
+            f"generator.adapter: {str(path)!r} has no adapter_config.json; is it a peft adapter directory "
+            "(RUN_DIR/adapter) rather than a merged model? A merged model goes in generator.model"
+        )
+    return path
+
+
+class HFGenerator:
+    """Generator protocol over a transformers causal LM (+ LoRA adapter)."""
+
+    name = "hf"
+
+    def __init__(self, config: Config):
+        self.config = config
+        gen = config.generator
+        self.adapter: Path | None = check_adapter_dir(gen.adapter) if gen.adapter else None
+        model = gen.model or (adapter_base_model(self.adapter) if self.adapter else None)
+        if not model:
+            raise GeneratorError(
+                f"generator.model: not set; the {self.name} backend needs a model directory or hub id "
+                f"(--set generator.model=PATH), or generator.adapter pointing at a LoRA adapter whose "
+                "adapter_config.json names its base model"
+            )
+        self.model_name: str = model
+        self.model: Any = None
+        self.tokenizer: Any = None
+        self.device: str = "cpu"
+        self.quantized = False
+        self.stop_ids: list[int] = []
+        self.stop_texts: list[str] = []
+        self._lock = threading.Lock()
+        self.last_stats: dict[str, float] = {}  # tokens and seconds of the last generation
+
+    # ------------------------------------------------------------------ loading
+
+    def warm_up(self) -> None:
+        """Load model, tokenizer and adapter now (otherwise the first request does)."""
+        if self.model is not None:
+            return
+        with self._lock:
+            if self.model is not None:
+                return
+            started = time.perf_counter()
+            model, tokenizer = self._load()
+            model.eval()
+            self.tokenizer = tokenizer
+            self.stop_ids = stop_token_ids(tokenizer, getattr(model, "generation_config", None))
+            if not self.stop_ids:
+                raise GeneratorError(
+                    f"the tokenizer of {self.model_name!r} has no eos token and no known end-of-turn token, "
+                    "so generation could not stop before max_new_tokens; set tokenizer eos_token"
+                )
+            self.stop_texts = stop_strings(tokenizer, self.stop_ids)
+            self.model = model
+            log.info("loaded %s (%s%s) in %.1fs; stop ids %s", self.model_name, self.device,
+                     ", 4-bit" if self.quantized else "", time.perf_counter() - started, self.stop_ids)
+
+    def _load_kwargs(self) -> dict[str, Any]:
+        gen = self.config.generator
+        return {"local_files_only": offline_mode(), "trust_remote_code": bool(gen.trust_remote_code)}
+
+    def _tokenizer_source(self) -> str:
+        # Fine-tuning saves the tokenizer next to the adapter (it may have added a pad token or a
+        # chat template); that copy is the one the adapter was trained with.
+        if self.adapter is not None and (self.adapter / "tokenizer_config.json").is_file():
+            return str(self.adapter)
+        return self.model_name
+
+    def _load_tokenizer(self) -> Any:
+        from transformers import AutoTokenizer
+
+        source = self._tokenizer_source()
+        try:
+            return AutoTokenizer.from_pretrained(source, **self._load_kwargs())
+        except (OSError, ValueError) as exc:
+            raise GeneratorError(missing_model_message(source, cause=exc)) from exc
+
+    def _load(self) -> tuple[Any, Any]:
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        gen = self.config.generator
+        self.device = choose_device(gen.device)
+        tokenizer = self._load_tokenizer()
+        kwargs = self._load_kwargs()
+        if self.device.startswith("cuda"):
+            if gen.load_in_4bit and bitsandbytes_available():
+                from transformers import BitsAndBytesConfig
+
+                kwargs["quantization_config"] = BitsAndBytesConfig(
+                    load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16,
+                    bnb_4bit_use_double_quant=True,
+                )
+                self.quantized = True
+            elif gen.load_in_4bit:
+                log.warning("generator.load_in_4bit: bitsandbytes is not installed (pip install .[gpu]); "
+                            "loading in bfloat16 instead")
+            kwargs["dtype"] = torch.bfloat16
+            kwargs["device_map"] = {"": self.device}
+        else:
+            kwargs["dtype"] = torch.float32  # CPU: half precision is slow or unsupported for matmuls
+        try:
+            model = AutoModelForCausalLM.from_pretrained(self.model_name, **kwargs)
+        except (OSError, ValueError) as exc:
+            raise GeneratorError(missing_model_message(self.model_name, cause=exc)) from exc
+        if not self.device.startswith("cuda"):
+            model.to(self.device)
+        model = self._attach_adapter(model, tokenizer)
+        return model, tokenizer
+
+    def _attach_adapter(self, model: Any, tokenizer: Any) -> Any:
+        if self.adapter is None:
+            return model
+        try:
+            from peft import PeftModel
+        except ImportError as exc:  # pragma: no cover - peft is a core dependency
+            raise GeneratorError("generator.adapter needs peft: pip install peft") from exc
+        # Fine-tuning may have added tokens (a pad token): the base embeddings must match the
+        # tokenizer the adapter was trained with before its weights are loaded.
+        embeddings = model.get_input_embeddings()
+        if embeddings is not None and len(tokenizer) > embeddings.weight.shape[0]:
+            model.resize_token_embeddings(len(tokenizer))
+        try:
+            model = PeftModel.from_pretrained(model, str(self.adapter), is_trainable=False)
+        except (OSError, ValueError, RuntimeError, KeyError) as exc:
+            raise GeneratorError(
+                f"generator.adapter: cannot load the LoRA adapter {str(self.adapter)!r} onto {self.model_name!r} "
+                f"({type(exc).__name__}: {str(exc).splitlines()[0][:300]}); was it trained on this base model?"
+            ) from exc
+        if not self.quantized:
+            # Folding the LoRA weights into the base removes the adapter's per-token overhead; with
+            # 4-bit weights that would dequantize, so a quantized model keeps the adapter separate.
+            model = model.merge_and_unload()
+        return model
+
+    # ------------------------------------------------------------------ generation
+
+    def _encode(self, request: GenerationRequest) -> dict[str, Any]:
+        import torch
+
+        text, templated = render_prompt(self.tokenizer, request.messages)
+        enc = self.tokenizer(text, return_tensors="pt", add_special_tokens=not templated)
+        input_ids = enc["input_ids"]
+        attention_mask = enc.get("attention_mask")
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        return {"input_ids": input_ids.to(self._input_device()), "attention_mask": attention_mask.to(self._input_device())}
+
+    def _input_device(self) -> Any:
+        try:
+            return next(self.model.parameters()).device
+        except (StopIteration, AttributeError):  # pragma: no cover
+            return self.device
+
+    def _generation_config(self, sampling: Sampling) -> Any:
+        from transformers import GenerationConfig
+
+        pad = self.tokenizer.pad_token_id
+        values: dict[str, Any] = {
+            "max_new_tokens": sampling.max_new_tokens,
+            "do_sample": not sampling.greedy,
+            "repetition_penalty": sampling.repetition_penalty,
+            "eos_token_id": list(self.stop_ids),
+            "pad_token_id": pad if pad is not None else self.stop_ids[0],
+        }
+        if not sampling.greedy:
+            values.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=0)
+        return GenerationConfig(**values)
+
+    def _run_generate(self, inputs: dict[str, Any], sampling: Sampling, **extra: Any) -> Any:
+        import torch
+
+        with torch.inference_mode():
+            return self.model.generate(**inputs, generation_config=self._generation_config(sampling), **extra)
+
+    def _decode_new(self, output: Any, prompt_len: int) -> tuple[str, int]:
+        new = output[0, prompt_len:].tolist()
+        for i, token in enumerate(new):  # generate() stops at a stop id; drop it and anything after
+            if token in self.stop_ids:
+                new = new[:i]
+                break
+        text = self.tokenizer.decode(new, skip_special_tokens=True)
+        return strip_stop_strings(text, self.stop_texts).strip(), len(new)
+
+    def generate(self, request: GenerationRequest) -> str:
+        self.warm_up()
+        sampling = resolve_sampling(self.config.generator, request)
+        inputs = self._encode(request)
+        started = time.perf_counter()
+        output = self._run_generate(inputs, sampling)
+        text, n = self._decode_new(output, inputs["input_ids"].shape[1])
+        self._record(n, time.perf_counter() - started)
+        return text
+
+    def stream(self, request: GenerationRequest) -> Iterator[str]:
+        """Yield text pieces as they are generated (TextIteratorStreamer fed by a generate() thread).
+
+        The thread is always joined, an exception raised inside generate() is re-raised here, and
+        closing the iterator early stops generation at the next token.
+        """
+        from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+
+        self.warm_up()
+        sampling = resolve_sampling(self.config.generator, request)
+        inputs = self._encode(request)
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        cancel = threading.Event()
+        errors: list[BaseException] = []
+        counted = {"tokens": 0}
+
+        class _Cancel(StoppingCriteria):
+            def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+                import torch
+
+                counted["tokens"] += 1
+                return torch.full((input_ids.shape[0],), cancel.is_set(), dtype=torch.bool, device=input_ids.device)
+
+        def work() -> None:
+            try:
+                self._run_generate(inputs, sampling, streamer=streamer, stopping_criteria=StoppingCriteriaList([_Cancel()]))
+            except BaseException as exc:  # noqa: BLE001 - handed to the consumer thread below
+                errors.append(exc)
+                streamer.end()  # unblocks the consumer, which then re-raises
+
+        started = time.perf_counter()
+        thread = threading.Thread(target=work, name=f"{self.name}-generate", daemon=True)
+        thread.start()
+        emitted = ""
+        try:
+            for piece in streamer:
+                if not piece:
+                    continue
+                candidate = emitted + piece
+                cut = strip_stop_strings(candidate, self.stop_texts)
+                if len(cut) < len(candidate):  # a stop marker decoded as text: end here
+                    if len(cut) > len(emitted):
+                        yield cut[len(emitted):]
+                    cancel.set()
+                    break
+                emitted = candidate
+                yield piece
+        finally:
+            cancel.set()
+            thread.join()
+        if errors:
+            raise errors[0]
+        self._record(counted["tokens"], time.perf_counter() - started)
+
+    def _record(self, tokens: int, seconds: float) -> None:
+        self.last_stats = {"new_tokens": float(tokens), "seconds": seconds,
+                           "tokens_per_s": tokens / seconds if seconds > 0 else 0.0}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(model={self.model_name!r}, adapter={str(self.adapter) if self.adapter else None!r})"

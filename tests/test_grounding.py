@@ -1,0 +1,118 @@
+"""Grounding check (rag/grounding.py): lexical, citation-aware and embedding modes.
+
+    .venv/bin/python -m pytest tests/test_grounding.py -q
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from rag.grounding import cited_numbers, cited_sources, split_sentences, unsupported_sentences
+from rag.types import CatalogRow, Hit
+
+DJINNS = Hit(CatalogRow("B001", "City of Djinns: A Year in Delhi",
+                        "A travel memoir by William Dalrymple. The author spends a year living in Delhi with his "
+                        "wife. He explores the history of the city, from its ancient past to the partition."), 0.9)
+MOG = Hit(CatalogRow("B002", "Mog's Kittens",
+                     "A board book by Judith Kerr about Mog the cat and her new kittens. Perfect for toddlers."), 0.5)
+PRESS = Hit(CatalogRow("B005", "Stainless Steel Garlic Press", ""), 0.4)
+HITS = [DJINNS, MOG, PRESS]
+
+
+def test_supported_and_unsupported_sentences_lexical() -> None:
+    answer = ("City of Djinns is a travel memoir by William Dalrymple [1]. "
+              "It won the Booker Prize for best science fiction novel in 1987. Yes.")
+    assert unsupported_sentences(answer, HITS) == ["It won the Booker Prize for best science fiction novel in 1987."]
+
+
+def test_short_sentences_are_not_judged_and_empty_answer_is_fine() -> None:
+    assert unsupported_sentences("Yes [1]. No.", HITS) == []
+    assert unsupported_sentences("", HITS) == []
+
+
+def test_no_hits_means_every_judged_sentence_is_unsupported() -> None:
+    answer = "The garlic press is made of stainless steel."
+    assert unsupported_sentences(answer, []) == [answer]
+    assert unsupported_sentences(answer, [PRESS]) == []
+
+
+def test_citation_of_the_wrong_source_is_flagged() -> None:
+    right = "A board book by Judith Kerr about Mog the cat [2]."
+    wrong = "A board book by Judith Kerr about Mog the cat [1]."
+    assert unsupported_sentences(right, HITS) == []
+    assert unsupported_sentences(wrong, HITS) == [wrong]
+    # the lenient, citation-blind check accepts it (some row supports it)
+    assert unsupported_sentences(wrong, HITS, check_citations=False) == []
+
+
+def test_citation_beyond_the_given_sources_is_flagged() -> None:
+    answer = "A travel memoir by William Dalrymple about Delhi [7]."
+    assert unsupported_sentences(answer, HITS) == [answer]
+
+
+def test_multiple_citations_pool_their_rows() -> None:
+    answer = "Dalrymple wrote about Delhi while Judith Kerr wrote about kittens [1, 2]."
+    assert unsupported_sentences(answer, HITS) == []
+    assert unsupported_sentences(answer.replace("[1, 2]", "[1]"), HITS) != []
+
+
+def test_cited_numbers_and_sources() -> None:
+    text = "First [2]. Second [1, 3]. Again [2]. Bogus [9]."
+    assert cited_numbers(text) == [2, 1, 3, 9]
+    assert [h.row.uid for h in cited_sources(text, HITS)] == ["B002", "B001", "B005"]
+    assert split_sentences("One. Two! Three?") == ["One.", "Two!", "Three?"]
+
+
+class BagOfWordsEmbedder:
+    """A deterministic stand-in: hashed bag of lower-cased words with a small synonym table."""
+
+    name = "bow-test"
+    dimension = 256
+    SYNONYMS = {"writer": "author", "twelve": "year", "months": "year", "recounts": "memoir", "capital": "delhi"}
+
+    def embed(self, texts, *, batch_size=None, progress=False):  # type: ignore[no-untyped-def]
+        import zlib
+
+        out = np.zeros((len(texts), self.dimension), dtype=np.float32)
+        for i, text in enumerate(texts):
+            for word in text.lower().replace(".", " ").split():
+                word = self.SYNONYMS.get(word, word)
+                out[i, zlib.crc32(word.encode()) % self.dimension] += 1.0
+        return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+
+
+def test_embedding_mode_accepts_a_paraphrase_the_lexical_check_rejects() -> None:
+    paraphrase = "The writer recounts twelve months in the capital [1]."
+    assert unsupported_sentences(paraphrase, HITS) == [paraphrase]  # lexical: too few shared words
+    embedder = BagOfWordsEmbedder()
+    assert unsupported_sentences(paraphrase, HITS, embedder=embedder, min_similarity=0.3) == []
+    assert unsupported_sentences(paraphrase, HITS, embedder=embedder, mode="embedding", min_similarity=0.3) == []
+    # a higher bar rejects it again, so the threshold really is applied
+    assert unsupported_sentences(paraphrase, HITS, embedder=embedder, min_similarity=0.99) == [paraphrase]
+
+
+def test_embedding_mode_respects_citations_and_rejects_unrelated_text() -> None:
+    embedder = BagOfWordsEmbedder()
+    unrelated = "Quantum chromodynamics lattice simulations need large clusters."
+    assert unsupported_sentences(unrelated, HITS, embedder=embedder, mode="embedding", min_similarity=0.3) == [unrelated]
+    wrong = "The writer recounts twelve months in the capital [2]."
+    assert unsupported_sentences(wrong, HITS, embedder=embedder, min_similarity=0.3) == [wrong]
+
+
+def test_mode_errors_are_clear() -> None:
+    with pytest.raises(ValueError, match="needs an embedder"):
+        unsupported_sentences("some words here to judge", HITS, mode="embedding")
+    with pytest.raises(ValueError, match="grounding mode"):
+        unsupported_sentences("some words here to judge", HITS, mode="fuzzy")  # type: ignore[arg-type]
+
+
+@pytest.mark.integration
+def test_real_minilm_embeddings_accept_paraphrases_and_reject_fabrications(minilm) -> None:  # type: ignore[no-untyped-def]
+    paraphrases = ["It is a memoir about a year spent in India's capital [1].",
+                   "The writer recounts twelve months in Delhi [1]."]
+    fabricated = ["It is a cookbook of Italian pasta recipes [1].", "The story follows a wizard at a school of magic [1]."]
+    for sentence in paraphrases:
+        assert unsupported_sentences(sentence, HITS) == [sentence]
+        assert unsupported_sentences(sentence, HITS, embedder=minilm) == [], sentence
+    for sentence in fabricated:
+        assert unsupported_sentences(sentence, HITS, embedder=minilm) == [sentence]
