@@ -1,0 +1,327 @@
+"""The `hf` backend on a tiny random-init Llama (+ LoRA adapter): loading, stop tokens, streaming,
+errors, and end to end through `rag.answer` and the chat REPL.
+
+    .venv/bin/python -m pytest tests/test_generators_hf.py -q
+
+Random weights write gibberish, so tests that check the answer text force the model's choices
+with a forward hook that rewrites the logits (a scripted "model"); the generator's own code —
+chat template, generate(), stop ids, streaming thread, decoding — runs unchanged.
+"""
+from __future__ import annotations
+
+import io
+import shutil
+import threading
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from rag.config import Config, GeneratorConfig
+from rag.generators import make_generator
+from rag.generators.common import (
+    MAX_NEW_TOKENS_CAP,
+    GeneratorError,
+    fallback_prompt,
+    render_prompt,
+    resolve_sampling,
+    stop_token_ids,
+)
+from rag.generators.hf import HFGenerator
+from rag.prompt import build_messages
+from rag.types import GenerationRequest, Hit
+
+pytestmark = pytest.mark.integration
+
+ANSWER = "A travel memoir by William Dalrymple [1]."
+AFTER_STOP = " This text comes after the stop token and must never appear."
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from finetune.tiny import create_tiny_model
+
+    return create_tiny_model(tmp_path_factory.mktemp("tiny-llama"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_adapter_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A LoRA adapter saved by peft's save_pretrained, as the fine-tuning pipeline writes it."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = tmp_path_factory.mktemp("tiny-adapter") / "adapter"
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    # init_lora_weights=False: non-zero B matrices, so the adapter visibly changes the logits.
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False,
+                      task_type="CAUSAL_LM")
+    peft_model = get_peft_model(model, lora)
+    peft_model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(out)
+    return out
+
+
+def hf_config(model: Path | None, adapter: Path | None = None, **generator: Any) -> Config:
+    values = dict(backend="hf", model=str(model) if model else None, adapter=str(adapter) if adapter else None,
+                  max_new_tokens=24, device="cpu")
+    values.update(generator)
+    return Config(generator=GeneratorConfig(**values))
+
+
+def request_for(question: str = "who wrote City of Djinns?", hits: list[Hit] | None = None, **kw: Any) -> GenerationRequest:
+    hits = hits or []
+    return GenerationRequest(question=question, hits=hits, messages=build_messages(question, hits), **kw)
+
+
+class Script:
+    """Forward hook that makes the model emit `tokens` (one per step) whatever its weights say."""
+
+    def __init__(self, model: Any, tokens: list[int]) -> None:
+        self.tokens = tokens
+        self.step = 0
+        self.calls = 0
+        self.handle = model.register_forward_hook(self, with_kwargs=True)
+
+    def __call__(self, module: Any, args: Any, kwargs: dict[str, Any], output: Any) -> Any:
+        input_ids = kwargs.get("input_ids", args[0] if args else None)
+        if input_ids is not None and input_ids.shape[1] > 1:
+            self.step = 0  # a prefill starts a new generation
+        token = self.tokens[min(self.step, len(self.tokens) - 1)]
+        logits = output.logits
+        logits[:, -1, :] = -1e4
+        logits[:, -1, token] = 1e4
+        self.step += 1
+        self.calls += 1
+        return output
+
+
+def scripted(generator: HFGenerator, text_before_stop: str, stop_id: int | None = None) -> Script:
+    """Script `text_before_stop`, then the stop token (default: eos), then text that must not appear."""
+    generator.warm_up()
+    tok = generator.tokenizer
+    stop_id = tok.eos_token_id if stop_id is None else stop_id
+    before = tok(text_before_stop, add_special_tokens=False)["input_ids"]
+    after = tok(AFTER_STOP, add_special_tokens=False)["input_ids"]
+    return Script(generator.model, before + [stop_id] + after)
+
+
+# --------------------------------------------------------------------------- helpers in common.py
+
+
+def test_sampling_caps_and_greedy() -> None:
+    config = GeneratorConfig(max_new_tokens=64, temperature=0.0, top_p=1.0)
+    s = resolve_sampling(config, request_for(max_new_tokens=10**6, temperature=9.0, top_p=0.0))
+    assert s.max_new_tokens == MAX_NEW_TOKENS_CAP and s.temperature == 2.0 and s.top_p == 0.01
+    s = resolve_sampling(config, request_for(max_new_tokens=-5))
+    assert s.max_new_tokens == 1 and s.greedy and s.repetition_penalty == pytest.approx(1.15)
+    assert resolve_sampling(config, request_for()).max_new_tokens == 64  # request None -> config
+
+
+def test_stop_ids_cover_eos_and_end_of_turn_tokens(tiny_model_dir: Path) -> None:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    assert stop_token_ids(tok) == [tok.eos_token_id]
+    tok.add_special_tokens({"additional_special_tokens": ["<|im_end|>", "<|eot_id|>"]})
+    ids = stop_token_ids(tok)
+    assert ids[0] == tok.eos_token_id
+    assert set(ids) == {tok.eos_token_id, tok.convert_tokens_to_ids("<|im_end|>"), tok.convert_tokens_to_ids("<|eot_id|>")}
+
+
+def test_render_prompt_with_template_fallback_and_system_refusal(tiny_model_dir: Path) -> None:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    messages = build_messages("who wrote it?", [])
+    text, templated = render_prompt(tok, messages)
+    assert templated and text.startswith("<s><|system|>\n") and text.endswith("<|assistant|>\n")
+    tok.chat_template = None
+    text, templated = render_prompt(tok, messages)
+    assert not templated and text == fallback_prompt(messages) and text.endswith("### Assistant:\n")
+    # A template that refuses the system role (like old Mistral ones) gets it folded into the user turn.
+    tok.chat_template = (
+        "{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('no system role') }}{% endif %}"
+        "[INST] {{ m['content'] }} [/INST]{% endfor %}"
+    )
+    text, templated = render_prompt(tok, messages)
+    assert templated and text.count("[INST]") == 1 and messages[0]["content"] in text and "who wrote it?" in text
+
+
+# --------------------------------------------------------------------------- the backend
+
+
+def test_factory_builds_the_hf_backend_lazily(tiny_model_dir: Path) -> None:
+    generator = make_generator(hf_config(tiny_model_dir))
+    assert isinstance(generator, HFGenerator) and generator.name == "hf"
+    assert generator.model is None  # nothing loaded before the first request or warm_up()
+    assert generator._load_kwargs() == {"local_files_only": True, "trust_remote_code": False}
+
+
+def test_generate_is_greedy_deterministic_and_bounded(tiny_model_dir: Path) -> None:
+    generator = HFGenerator(hf_config(tiny_model_dir, max_new_tokens=12))
+    first = generator.generate(request_for())
+    assert first == generator.generate(request_for())
+    assert 0 < generator.last_stats["new_tokens"] <= 12
+    generator.generate(request_for(max_new_tokens=3))
+    assert generator.last_stats["new_tokens"] <= 3
+
+
+def test_generation_stops_at_eos(tiny_model_dir: Path) -> None:
+    generator = HFGenerator(hf_config(tiny_model_dir, max_new_tokens=64))
+    script = scripted(generator, ANSWER)
+    assert generator.generate(request_for()) == ANSWER
+    n_answer = len(generator.tokenizer(ANSWER, add_special_tokens=False)["input_ids"])
+    assert script.calls == n_answer + 1  # the answer's tokens, then eos, then nothing more
+    assert "".join(generator.stream(request_for())).strip() == ANSWER
+    script.handle.remove()
+
+
+def test_generation_stops_at_an_end_of_turn_token_that_is_not_eos(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """Llama-3/ChatML style: the turn ends with <|im_end|>, a token distinct from eos."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model_dir = tmp_path / "chatml"
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tok.add_special_tokens({"additional_special_tokens": ["<|im_end|>"]})
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    model.resize_token_embeddings(len(tok))
+    model.save_pretrained(model_dir)
+    tok.save_pretrained(model_dir)
+    generator = HFGenerator(hf_config(model_dir, max_new_tokens=64))
+    generator.warm_up()
+    im_end = generator.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert im_end != generator.tokenizer.eos_token_id and im_end in generator.stop_ids
+    scripted(generator, ANSWER, im_end)
+    assert generator.generate(request_for()) == ANSWER
+    assert "".join(generator.stream(request_for())).strip() == ANSWER
+
+
+def test_adapter_is_loaded_and_changes_the_model(tiny_model_dir: Path, tiny_adapter_dir: Path) -> None:
+    import torch
+
+    base = HFGenerator(hf_config(tiny_model_dir))
+    tuned = HFGenerator(hf_config(tiny_model_dir, tiny_adapter_dir))
+    only_adapter = HFGenerator(hf_config(None, tiny_adapter_dir))  # base named by adapter_config.json
+    assert only_adapter.model_name == str(tiny_model_dir)
+    for g in (base, tuned, only_adapter):
+        g.warm_up()
+    inputs = base._encode(request_for())
+    with torch.no_grad():
+        logits = [g.model(**inputs).logits[0, -1] for g in (base, tuned, only_adapter)]
+    assert not torch.allclose(logits[0], logits[1], atol=1e-4)  # the LoRA weights are applied
+    assert torch.allclose(logits[1], logits[2], atol=1e-5)
+
+
+def test_stream_pieces_make_the_generated_text(tiny_model_dir: Path) -> None:
+    generator = HFGenerator(hf_config(tiny_model_dir, max_new_tokens=16))
+    pieces = list(generator.stream(request_for()))
+    assert len(pieces) >= 2
+    assert "".join(pieces).strip() == generator.generate(request_for())
+    assert not [t for t in threading.enumerate() if t.name == "hf-generate"]
+
+
+def test_stream_propagates_exceptions_and_joins_the_thread(tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    generator = HFGenerator(hf_config(tiny_model_dir))
+    generator.warm_up()
+
+    def broken(inputs: Any, sampling: Any, **extra: Any) -> Any:
+        extra["streamer"].on_finalized_text("partial ")
+        raise RuntimeError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(generator, "_run_generate", broken)
+    received = []
+    with pytest.raises(RuntimeError, match="simulated"):
+        for piece in generator.stream(request_for()):
+            received.append(piece)
+    assert received == ["partial "]
+    assert not [t for t in threading.enumerate() if t.name == "hf-generate"]
+
+
+def test_closing_the_stream_early_stops_generation(tiny_model_dir: Path) -> None:
+    generator = HFGenerator(hf_config(tiny_model_dir, max_new_tokens=200))
+    generator.warm_up()
+    script = Script(generator.model, generator.tokenizer(" word", add_special_tokens=False)["input_ids"])
+    stream: Iterator[str] = generator.stream(request_for())
+    next(stream)
+    stream.close()  # type: ignore[attr-defined]
+    assert not [t for t in threading.enumerate() if t.name == "hf-generate"]
+    assert script.calls < 200  # cancelled long before max_new_tokens
+    script.handle.remove()
+
+
+def test_missing_model_and_bad_adapter_give_clear_errors(tmp_path: Path) -> None:
+    with pytest.raises(GeneratorError, match=r"generator\.model: not set"):
+        HFGenerator(hf_config(None))
+    with pytest.raises(GeneratorError, match=r"generator\.adapter: .* is not a directory"):
+        HFGenerator(hf_config(tmp_path, tmp_path / "nope"))
+    with pytest.raises(GeneratorError, match="has no adapter_config.json"):
+        HFGenerator(hf_config(tmp_path, tmp_path))
+    generator = HFGenerator(hf_config(Path("no-such-org/no-such-model")))
+    with pytest.raises(GeneratorError) as info:
+        generator.warm_up()
+    message = str(info.value)
+    assert "generator.model" in message and "hf download no-such-org/no-such-model" in message
+    assert "HF_HUB_OFFLINE" in message
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+@pytest.fixture(scope="module")
+def hf_rag(tiny_model_dir: Path, tiny_adapter_dir: Path, minilm):  # type: ignore[no-untyped-def]
+    from rag.pipeline import RAG
+    from rag.retrieval import Retriever
+    from tests.helpers import CATALOG, ArraySnapshot, StaticLive
+
+    config = hf_config(tiny_model_dir, tiny_adapter_dir, max_new_tokens=48)
+    retriever = Retriever(config, StaticLive(ArraySnapshot(CATALOG, minilm.embed([r.title for r in CATALOG]))), minilm)
+    generator = HFGenerator(config)
+    script = scripted(generator, ANSWER)
+    yield RAG(config, retriever, generator)
+    script.handle.remove()
+
+
+def test_rag_answer_with_hf_backend_is_grounded_and_cites(hf_rag) -> None:  # type: ignore[no-untyped-def]
+    answer = hf_rag.answer("who wrote City of Djinns?")
+    assert answer.generator == "hf"
+    assert answer.text == ANSWER
+    assert answer.sources[0].uid == "B001"
+    assert answer.grounded  # the scripted sentence is in source [1]
+
+
+def test_rag_answer_streams_with_hf_backend(hf_rag) -> None:  # type: ignore[no-untyped-def]
+    stream = hf_rag.answer("who wrote City of Djinns?", stream=True)
+    pieces = list(stream)
+    assert len(pieces) >= 2 and "".join(pieces).strip() == ANSWER
+    assert stream.answer is not None and stream.answer.text == ANSWER and stream.answer.grounded
+
+
+def test_chat_repl_streams_hf_answers(hf_rag) -> None:  # type: ignore[no-untyped-def]
+    from rag.chat import run_repl
+
+    lines = iter(["who wrote City of Djinns?", "/quit"])
+    out = io.StringIO()
+    status = run_repl(hf_rag.config, input_fn=lambda prompt: next(lines), output=out, rag=hf_rag)
+    text = out.getvalue()
+    assert status == 0
+    assert "(hf answers)" in text
+    assert f"bot> {ANSWER}" in text
+    assert AFTER_STOP.strip() not in text
+    assert "City of Djinns" in text  # the sources block
+
+
+def test_unsloth_backend_refuses_cpu_machines_clearly(tiny_model_dir: Path) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(GeneratorError, match="needs an NVIDIA GPU"):
+        make_generator(hf_config(tiny_model_dir, backend="unsloth"))
+
+
+def test_adapter_tokenizer_is_preferred(tiny_model_dir: Path, tiny_adapter_dir: Path, tmp_path: Path) -> None:
+    generator = HFGenerator(hf_config(tiny_model_dir, tiny_adapter_dir))
+    assert generator._tokenizer_source() == str(tiny_adapter_dir)
+    bare = tmp_path / "adapter"
+    shutil.copytree(tiny_adapter_dir, bare, ignore=shutil.ignore_patterns("tokenizer*", "special_tokens*", "chat_template*"))
+    assert HFGenerator(hf_config(tiny_model_dir, bare))._tokenizer_source() == str(tiny_model_dir)
