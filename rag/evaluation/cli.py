@@ -1,0 +1,178 @@
+"""`rag eval ...`: evaluation commands (registered into the `rag` command line by rag/cli.py).
+
+    rag eval questions --data catalog.jsonl --out questions.jsonl --n 500 --seed 0
+    rag eval retrieval --questions eval/sample_questions.jsonl --data ../shared/data/amazontitles/trn_sample.jsonl --out results/retrieval_sample.json
+    rag eval answers   --questions eval/sample_questions.jsonl --data ../shared/data/amazontitles/trn_sample.jsonl --out results/answers_sample.json
+    rag eval ablation  --questions q.jsonl --data catalog.jsonl --set generator.backend=hf --set generator.model=DIR --adapter ADAPTER_DIR
+
+Each prints a Markdown table on stdout (and the machine it ran on) and, with `--out`, writes every
+figure and every per-question record as JSON. With `--data` an index of that catalog is built on
+first use into a cache directory (`--cache-dir`, default ~/.cache/amazontitles-rag/eval-indexes);
+without it the configured `index.path` is used.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+
+def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
+    parser = subparsers.add_parser("eval", help="evaluation in numbers: retrieval, answers, ablation, question generation")
+    sub = parser.add_subparsers(dest="eval_command", metavar="WHAT")
+    sub.required = True
+
+    p = sub.add_parser("questions", parents=[common], help="generate title-variant questions from a catalog (JSON lines)")
+    p.add_argument("--data", required=True, nargs="+", metavar="CATALOG", help="catalog file(s) to draw products from")
+    p.add_argument("--out", required=True, help="question file to write (JSON lines)")
+    p.add_argument("--n", type=int, default=500, help="number of questions (default 500)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--kinds", default=None, help="comma-separated kinds (default: all of exact, lowercase, truncated, "
+                   "typo, template_en, template_pt)")
+    p.add_argument("--placeholders", action="store_true",
+                   help="write {title...} placeholders and uids instead of title text (for catalogs that must not be copied)")
+    p.set_defaults(func=_cmd_questions)
+
+    for name, helptext, func in (
+        ("retrieval", "recall@1/5/10 and MRR per question kind", _cmd_retrieval),
+        ("answers", "must_contain, cites-expected, ROUGE-L, grounding and latency of the answers", _cmd_answers),
+        ("ablation", "base vs fine-tuned generator, each with and without retrieved context", _cmd_ablation),
+    ):
+        p = sub.add_parser(name, parents=[common], help=helptext)
+        p.add_argument("--questions", "-q", required=True, help="question file (JSON lines, see docs/evaluation.md)")
+        p.add_argument("--data", nargs="+", default=None, metavar="CATALOG",
+                       help="build (or reuse) an index of this catalog instead of using index.path")
+        p.add_argument("--cache-dir", default=None, help="where --data indexes are kept (default ~/.cache/amazontitles-rag/eval-indexes)")
+        p.add_argument("--rebuild", action="store_true", help="rebuild the --data index even if a cached one exists")
+        p.add_argument("--out", default=None, help="write every figure and per-question record to this JSON file")
+        p.add_argument("--kinds", default=None, help="only questions of these comma-separated kinds")
+        p.add_argument("--limit", type=int, default=None, help="only the first N questions (after --kinds)")
+        p.add_argument("--progress", action="store_true", help="show a progress bar on stderr")
+        if name != "retrieval":
+            p.add_argument("-k", type=int, default=None, help="rows given to the generator (default: retrieval.k)")
+        if name == "answers":
+            p.add_argument("--no-context", action="store_true", help="answer without retrieved rows (use_context=False)")
+        if name == "ablation":
+            p.add_argument("--adapter", default=None,
+                           help="LoRA adapter of the fine-tuned model (default: generator.adapter); "
+                                "the base rows always run without one")
+        p.set_defaults(func=func)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _echo(text: str) -> None:
+    print(text, file=sys.stderr)
+
+
+def _load(args: argparse.Namespace) -> tuple[Any, Any, list[Any], dict[str, Any]]:
+    """(config, retriever, resolved questions, run info) for retrieval/answers/ablation."""
+    from rag.cli import UsageError, config_from_args
+    from rag.evaluation.questions import load_questions
+    from rag.evaluation.runner import environment, prepare_index, resolve_questions
+    from rag.retrieval import Retriever
+
+    config = config_from_args(args)
+    questions = load_questions(args.questions)
+    if args.kinds:
+        wanted = {k.strip() for k in args.kinds.split(",") if k.strip()}
+        questions = [q for q in questions if q.kind in wanted]
+        if not questions:
+            raise UsageError(f"--kinds {args.kinds}: no question of these kinds in {args.questions}")
+    if args.limit is not None:
+        if args.limit <= 0:
+            raise UsageError(f"--limit must be > 0, got {args.limit}")
+        questions = questions[: args.limit]
+    config = prepare_index(config, args.data, cache_dir=args.cache_dir, rebuild=args.rebuild, echo=_echo)
+    retriever = Retriever.from_config(config)
+    items = resolve_questions(questions, retriever.snapshot, warn=lambda m: _echo(f"warning: {m}"))
+    info = {
+        "command": "rag " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("rag") else None,
+        "questions_file": str(args.questions), "questions": len(items), "data": args.data,
+        "index": config.index.path, "index_rows": getattr(retriever.snapshot, "rows", None),
+        "embedding_model": config.embedding.model, "generator": config.generator.backend,
+        "generator_model": config.generator.model, "retrieval": dict(config.retrieval.__dict__),
+        "environment": environment(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    return config, retriever, items, info
+
+
+def _write(out: str | None, payload: dict[str, Any]) -> None:
+    if not out:
+        return
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, ensure_ascii=False, indent=2, default=float) + "\n", encoding="utf-8")
+    _echo(f"wrote {path}")
+
+
+def _header(info: dict[str, Any]) -> str:
+    from rag.evaluation.runner import environment_line
+
+    return (f"{info['questions']} questions from {info['questions_file']}; index {info['index']} "
+            f"({info['index_rows']} rows, {info['embedding_model']}); {environment_line(info['environment'])}")
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def _cmd_questions(args: argparse.Namespace) -> int:
+    from rag.catalog import read_catalog
+    from rag.cli import config_from_args
+    from rag.evaluation.questions import KINDS, generate_questions, write_questions
+
+    config = config_from_args(args)
+    rows, summary = read_catalog(args.data, config.catalog)
+    kinds = tuple(k.strip() for k in args.kinds.split(",")) if args.kinds else KINDS
+    questions = generate_questions(rows, n=args.n, seed=args.seed, kinds=kinds, placeholders=args.placeholders)
+    write_questions(args.out, questions)
+    counts: dict[str, int] = {}
+    for q in questions:
+        counts[q.kind] = counts.get(q.kind, 0) + 1
+    print(f"wrote {len(questions)} questions to {args.out} from {summary.accepted} rows "
+          f"({', '.join(f'{k} {v}' for k, v in counts.items())})")
+    return 0
+
+
+def _cmd_retrieval(args: argparse.Namespace) -> int:
+    from rag.evaluation.runner import evaluate_retrieval, retrieval_table
+
+    _config, retriever, items, info = _load(args)
+    result = evaluate_retrieval(retriever, items, progress=args.progress)
+    print(f"Retrieval: {_header(info)}\n")
+    print(retrieval_table(result["summary"]))
+    _write(args.out, {"kind": "retrieval", "info": info, **result})
+    return 0
+
+
+def _cmd_answers(args: argparse.Namespace) -> int:
+    from rag.evaluation.runner import answers_table, evaluate_answers
+    from rag.pipeline import RAG
+
+    config, retriever, items, info = _load(args)
+    rag = RAG.from_config(config, retriever=retriever)
+    result = evaluate_answers(rag, items, use_context=not args.no_context, k=args.k, progress=args.progress)
+    context = "without context" if args.no_context else "with retrieved context"
+    print(f"Answers ({rag.generator.name}, {context}): {_header(info)}\n")
+    print(answers_table(result["summary"]))
+    _write(args.out, {"kind": "answers", "info": info, **result})
+    return 0
+
+
+def _cmd_ablation(args: argparse.Namespace) -> int:
+    from rag.evaluation.runner import answers_table, run_ablation
+
+    config, retriever, items, info = _load(args)
+    adapter = args.adapter or config.generator.adapter
+    if not adapter:
+        _echo("warning: no --adapter and no generator.adapter: only the base-model rows are run")
+    results = run_ablation(config, retriever, items, adapter, k=args.k, progress=args.progress, echo=_echo)
+    info["adapter"] = adapter
+    print(f"Ablation ({config.generator.backend} {config.generator.model or ''}, adapter {adapter}): {_header(info)}\n")
+    print(answers_table({name: r["summary"]["overall"] for name, r in results.items()}, first_column="variant"))
+    _write(args.out, {"kind": "ablation", "info": info, "variants": results})
+    return 0
