@@ -263,11 +263,18 @@ class ApiConfig:
     port: int = 8000
     api_key_env: str = "RAG_API_KEY"  # optional key for all routes
     admin_key_env: str = "RAG_ADMIN_KEY"  # always required for admin routes
-    max_body_bytes: int = 10_000_000
-    max_question_chars: int = 2000
-    max_tokens_cap: int = 1024
-    max_concurrency: int = 8
-    request_timeout_s: float = 60.0
+    max_body_bytes: int = 1_000_000  # any request body except index uploads; larger -> 413
+    max_upload_bytes: int = 200_000_000  # POST /v1/index/update bodies (JSON lines); larger -> 413
+    max_question_chars: int = 2000  # longer question (or last user message) -> 422
+    max_tokens_cap: int = 1024  # max_tokens / max_completion_tokens above this -> 422
+    max_k: int = 20  # `k` (rows to retrieve) above this -> 422
+    max_messages: int = 64  # chat turns per request; more -> 422
+    max_concurrency: int = 8  # answers in flight; one more gets 429 + Retry-After instead of queueing
+    request_timeout_s: float = 60.0  # an answer (or the first streamed piece) slower than this -> 504
+    retry_after_s: int = 1  # Retry-After seconds sent with 429
+    model_id: str = "amazontitles-rag"  # the model id of /v1/models and of completions
+    # Paths served without the API key (probes and the schema; they reveal no catalog data).
+    open_paths: list[str] = field(default_factory=lambda: ["/healthz", "/readyz", "/docs", "/openapi.json"])
 
 
 @dataclass

@@ -1,0 +1,695 @@
+"""The HTTP API: grounded answers, OpenAI-compatible chat completions, products, probes, metrics, admin.
+
+    rag serve --host 127.0.0.1 --port 8000                 # api/cli.py
+    python -c "from api.app import create_app; from rag.config import load_config; \
+import uvicorn; uvicorn.run(create_app(load_config()), port=8000)"
+
+`create_app(config, rag=None)` returns the FastAPI app. Without `rag` the pipeline (index, embedder,
+generator) loads in a background thread at start-up: /healthz answers at once, /readyz says 503
+until the index is loaded and verified. Retrieval and generation run in a thread pool sized to
+`api.max_concurrency`; a request beyond that cap gets 429 with Retry-After at once (no queue), and
+one slower than `api.request_timeout_s` gets 504. See docs/api.md for every route.
+"""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, AsyncIterator, Callable, Sequence, TypeVar
+
+from fastapi import Depends, FastAPI, HTTPException, Query, Request, Security
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from api import schemas as s
+from api.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from api.metrics import Metrics
+from api.middleware import (
+    ApiKeyMiddleware,
+    BodyLimitMiddleware,
+    RequestContextMiddleware,
+    error_body,
+    keys_equal,
+    presented_key,
+    request_id_of,
+)
+from rag.config import Config
+
+log = logging.getLogger("api")
+
+T = TypeVar("T")
+
+ADMIN_PREFIX = "/v1/index/"
+UPDATE_PATH = "/v1/index/update"
+
+_KINDS = {
+    400: "invalid_request_error", 401: "authentication_error", 403: "permission_error", 404: "not_found_error",
+    405: "invalid_request_error", 409: "conflict_error", 413: "request_too_large", 422: "invalid_request_error",
+    429: "rate_limit_error", 500: "internal_error", 503: "service_unavailable", 504: "timeout_error",
+}
+
+
+class ApiError(HTTPException):
+    """An error answered as `{"error": {...}}` with the given status (and headers, e.g. Retry-After)."""
+
+    def __init__(self, status: int, message: str, *, kind: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(status_code=status, detail=message, headers=headers)
+        self.kind = kind or _KINDS.get(status, "error")
+
+
+def _error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    described = {
+        401: "Missing or wrong API key (when one is configured).",
+        403: "Admin routes are disabled (no admin key configured).",
+        404: "Not found.",
+        409: "Another index update is running.",
+        413: "Request body too large.",
+        422: "Invalid request: a field is missing, has the wrong type, or is over its limit (named in the message).",
+        429: "Too many answers in flight (api.max_concurrency); retry after the Retry-After seconds.",
+        500: "Internal error; the message carries the request id that the server log has details under.",
+        503: "The index is not loaded yet (or failed to load).",
+        504: "The answer took longer than api.request_timeout_s.",
+    }
+    return {code: {"model": s.ErrorResponse, "description": described[code]} for code in codes}
+
+
+# --------------------------------------------------------------------------- state
+
+
+class ApiState:
+    """Everything the routes share: the pipeline, the concurrency cap, executors, keys, metrics."""
+
+    def __init__(self, config: Config, rag: Any) -> None:
+        api = config.api
+        self.config = config
+        self.rag = rag
+        self.load_error: str | None = None
+        # Keys are read once, here; they are never logged or echoed back.
+        self.api_key = os.environ.get(api.api_key_env) or None
+        self.admin_key = os.environ.get(api.admin_key_env) or None
+        self.semaphore = asyncio.Semaphore(api.max_concurrency)
+        self.in_flight = 0
+        # One worker per concurrency slot: a slot holds at most one pending job, so nothing ever queues here.
+        self.executor = ThreadPoolExecutor(max_workers=api.max_concurrency, thread_name_prefix="rag-answer")
+        self.update_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rag-update")
+        self.update_lock = asyncio.Lock()
+        self.metrics = Metrics(in_flight=lambda: self.in_flight)
+        self.model_created = int(time.time())
+
+    # ---------------------------------------------------------------- readiness
+
+    def require_rag(self) -> Any:
+        if self.rag is None:
+            reason = self.load_error or "the index and models are still loading"
+            raise ApiError(503, f"not ready: {reason}", headers={"Retry-After": "5"})
+        return self.rag
+
+    def snapshot(self) -> Any:
+        """The served index snapshot (blocking: may open and verify a new version)."""
+        return self.require_rag().retriever.snapshot
+
+    # ---------------------------------------------------------------- concurrency
+
+    async def acquire_slot(self) -> "Slot":
+        """Take a concurrency slot without waiting, or answer 429."""
+        if self.semaphore.locked():
+            self.metrics.rejected.inc("concurrency")
+            retry = str(self.config.api.retry_after_s)
+            raise ApiError(
+                429, f"too many requests in flight (api.max_concurrency={self.config.api.max_concurrency}); "
+                f"retry after {retry} s", headers={"Retry-After": retry},
+            )
+        await self.semaphore.acquire()  # never suspends: the semaphore is not locked
+        self.in_flight += 1
+        return Slot(self)
+
+    async def run(self, slot: "Slot", fn: Callable[[], T], timeout: float) -> T:
+        """Run blocking `fn` in the answer pool; 504 after `timeout` s (the slot stays taken until `fn` ends)."""
+        future = asyncio.get_running_loop().run_in_executor(self.executor, fn)
+        slot.track(future)
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), timeout=max(timeout, 0.001))
+        except asyncio.TimeoutError:
+            raise ApiError(
+                504, f"the answer took longer than api.request_timeout_s={self.config.api.request_timeout_s} s",
+            ) from None
+
+
+class Slot:
+    """One concurrency slot; freed when released and no job it started is still running in a thread."""
+
+    def __init__(self, state: ApiState) -> None:
+        self.state = state
+        self.pending: asyncio.Future[Any] | None = None
+        self.released = False
+        self.done = False
+
+    def track(self, future: asyncio.Future[Any]) -> None:
+        self.pending = future
+        future.add_done_callback(self._job_done)
+
+    def _job_done(self, future: asyncio.Future[Any]) -> None:
+        if not future.cancelled():
+            future.exception()  # mark it retrieved: a timed-out job's error must not be logged as "never retrieved"
+        if self.pending is future:
+            self.pending = None
+        self._maybe_free()
+
+    def release(self) -> None:
+        self.released = True
+        self._maybe_free()
+
+    def _maybe_free(self) -> None:
+        if self.released and self.pending is None and not self.done:
+            self.done = True
+            self.state.in_flight -= 1
+            self.state.semaphore.release()
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _state(request: Request) -> ApiState:
+    return request.app.state.api
+
+
+def _check_limits(config: Config, question: str, k: int | None, max_tokens: int | None,
+                  n_messages: int | None = None) -> None:
+    api = config.api
+    if len(question) > api.max_question_chars:
+        raise ApiError(422, f"the question is {len(question)} characters; the limit is "
+                            f"api.max_question_chars={api.max_question_chars}")
+    if not question.strip():
+        raise ApiError(422, "the question is empty: ask something about a product")
+    if k is not None and k > api.max_k:
+        raise ApiError(422, f"k={k} is over the limit api.max_k={api.max_k}")
+    if max_tokens is not None and max_tokens > api.max_tokens_cap:
+        raise ApiError(422, f"max_tokens={max_tokens} is over the limit api.max_tokens_cap={api.max_tokens_cap}")
+    if n_messages is not None and n_messages > api.max_messages:
+        raise ApiError(422, f"{n_messages} messages is over the limit api.max_messages={api.max_messages}")
+
+
+def _message_text(message: s.ChatMessage) -> str:
+    if isinstance(message.content, str):
+        return message.content
+    if message.content is None:
+        return ""
+    return "".join(part.text for part in message.content)
+
+
+def _split_chat(messages: Sequence[s.ChatMessage]) -> tuple[str, list[dict[str, str]]]:
+    """The last user message is the question; earlier user/assistant turns are the history."""
+    turns = [(m.role, _message_text(m)) for m in messages if m.role in ("user", "assistant")]
+    if not turns or turns[-1][0] != "user":
+        raise ApiError(422, "the last user/assistant message must be a user message: it is the question")
+    history = [{"role": role, "content": text} for role, text in turns[:-1]]
+    return turns[-1][1], history
+
+
+def _words(text: str) -> int:
+    return len(text.split())
+
+
+def _version_of(answer_snapshot: Any) -> str | None:
+    version = getattr(answer_snapshot, "version", None)
+    return str(version) if version is not None else None
+
+
+def _rag_info(answer: Any, index_version: str | None) -> s.RagInfo:
+    return s.RagInfo(found=answer.found, grounded=answer.grounded, unsupported_sentences=list(answer.unsupported_sentences),
+                     timings={k: round(v, 6) for k, v in answer.timings.items()}, generator=answer.generator,
+                     index_version=index_version)
+
+
+def _sources(answer: Any) -> list[s.SourceModel]:
+    return [s.SourceModel(**src.to_dict()) for src in answer.sources]
+
+
+def _record_stages(state: ApiState, answer: Any) -> None:
+    for stage, seconds in answer.timings.items():
+        if "." not in stage:  # the top-level stages; sub-stages (retrieve.embed) would multiply the series
+            state.metrics.stages.observe(seconds, stage)
+
+
+def _answer_blocking(state: ApiState, question: str, history: list[dict[str, str]], k: int | None,
+                     max_tokens: int | None, temperature: float | None, top_p: float | None) -> tuple[Any, str | None]:
+    rag = state.require_rag()
+    version = _version_of(rag.retriever.snapshot)
+    answer = rag.answer(question, k=k, history=history, max_new_tokens=max_tokens, temperature=temperature, top_p=top_p)
+    return answer, version
+
+
+async def _answer(state: ApiState, question: str, history: list[dict[str, str]], k: int | None,
+                  max_tokens: int | None, temperature: float | None, top_p: float | None) -> tuple[Any, str | None]:
+    state.require_rag()
+    slot = await state.acquire_slot()
+    try:
+        answer, version = await state.run(
+            slot, lambda: _answer_blocking(state, question, history, k, max_tokens, temperature, top_p),
+            state.config.api.request_timeout_s,
+        )
+    except ValueError as exc:  # the pipeline's own checks on the question
+        raise ApiError(422, str(exc)) from None
+    finally:
+        slot.release()
+    _record_stages(state, answer)
+    return answer, version
+
+
+def _sse(payload: dict[str, Any] | str) -> bytes:
+    data = payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False)
+    return f"data: {data}\n\n".encode("utf-8")
+
+
+_END = object()
+
+
+def _chunk_json(chunk: s.ChatCompletionChunk) -> dict[str, Any]:
+    """A chunk as OpenAI writes it: `finish_reason: null` kept, unset delta fields and extensions left out."""
+    data = chunk.model_dump()
+    for key in ("usage", "sources", "rag"):
+        if data.get(key) is None:
+            data.pop(key, None)
+    for choice in data["choices"]:
+        choice["delta"] = {k: v for k, v in choice["delta"].items() if v is not None}
+    return data
+
+
+def _report_dict(report: Any, upload: Path) -> dict[str, Any]:
+    """The update report as JSON data, without server paths (the upload lived in a temp directory)."""
+    if dataclasses.is_dataclass(report):
+        data = {f.name: getattr(report, f.name) for f in dataclasses.fields(report)}
+    elif hasattr(report, "to_dict"):
+        data = dict(report.to_dict())
+    else:
+        data = {"summary": str(report)}
+    data.pop("path", None)
+    summary = data.pop("read_summary", None)
+    if summary is not None:
+        read = summary.to_dict() if hasattr(summary, "to_dict") else dict(vars(summary))
+        read.pop("sources", None)  # the temp upload path; rejects_path stays (admins need it)
+        data["read"] = read
+    if hasattr(report, "summary"):
+        data["summary"] = str(report.summary()).replace(str(upload), "<upload>")
+    return json.loads(json.dumps(data, default=str))
+
+
+# --------------------------------------------------------------------------- app
+
+
+def create_app(config: Config, rag: Any = None) -> FastAPI:
+    """The FastAPI app over `rag` (a rag.pipeline.RAG), or over one loaded from `config` at start-up."""
+    state = ApiState(config, rag)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        loader: threading.Thread | None = None
+        if state.rag is None:
+            loader = threading.Thread(target=_load, args=(state,), name="rag-load", daemon=True)
+            loader.start()
+        try:
+            yield
+        finally:
+            state.executor.shutdown(wait=False, cancel_futures=True)
+            state.update_executor.shutdown(wait=False, cancel_futures=True)
+
+    app = FastAPI(
+        title="AmazonTitles RAG API",
+        version="0.1.0",
+        summary="Grounded answers about products of the AmazonTitles-1.3MM catalog, with sources.",
+        description=(
+            "Answers come from the catalog rows retrieved for the question; every answer lists its sources. "
+            "`/v1/chat/completions` and `/v1/models` follow the OpenAI shapes (extra top-level fields "
+            "`sources` and `rag`). When an API key is configured send it as `Authorization: Bearer <key>` "
+            "or `X-API-Key: <key>`; admin routes need the admin key."
+        ),
+        lifespan=lifespan,
+    )
+    app.state.api = state
+    # Added innermost first: RequestContext ends up outermost, so even 401/413 carry a request id.
+    app.add_middleware(BodyLimitMiddleware, max_body_bytes=config.api.max_body_bytes, upload_path=UPDATE_PATH,
+                       max_upload_bytes=config.api.max_upload_bytes)
+    app.add_middleware(ApiKeyMiddleware, api_key=state.api_key, open_paths=list(config.api.open_paths),
+                       admin_prefix=ADMIN_PREFIX, key_env=config.api.api_key_env)
+    app.add_middleware(RequestContextMiddleware, metrics=state.metrics)
+    _install_error_handlers(app)
+    _add_routes(app, state)
+    return app
+
+
+def _load(state: ApiState) -> None:
+    """Load the pipeline and open (verify) the current index version; runs in a thread at start-up."""
+    try:
+        from rag.pipeline import RAG
+
+        started = time.perf_counter()
+        rag = RAG.from_config(state.config)
+        snapshot = rag.retriever.snapshot
+        state.rag = rag
+        log.info("ready: index version %s (%s rows), generator %s, loaded in %.1fs",
+                 getattr(snapshot, "version", "?"), getattr(snapshot, "rows", "?"), rag.generator.name,
+                 time.perf_counter() - started)
+    except Exception as exc:  # keep serving /healthz and report the reason on /readyz
+        state.load_error = f"{type(exc).__name__}: {exc}"
+        log.error("could not load the pipeline: %s", state.load_error)
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    def respond(request: Request, status: int, message: str, kind: str, headers: dict[str, str] | None = None,
+                errors: list[dict[str, Any]] | None = None) -> JSONResponse:
+        body = error_body(status, message, kind, request_id_of(request.scope), errors)
+        return JSONResponse(content=json.loads(body), status_code=status, headers=headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        kind = getattr(exc, "kind", None) or _KINDS.get(exc.status_code, "error")
+        message = str(exc.detail)
+        if exc.status_code == 404 and message == "Not Found":
+            message = f"no route {request.method} {request.url.path}; the routes are listed at /docs"
+        return respond(request, exc.status_code, message, kind, dict(exc.headers or {}))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = []
+        parts = []
+        for error in exc.errors():
+            loc = [str(p) for p in error.get("loc", ()) if p != "body"]
+            where = ".".join(loc) or "body"
+            parts.append(f"{where}: {error.get('msg')}")
+            # never echo the input back (it may be huge, and it is the client's own data)
+            errors.append(jsonable_encoder({k: v for k, v in error.items() if k in ("loc", "msg", "type")}))
+        return respond(request, 422, "invalid request: " + "; ".join(parts), "invalid_request_error", errors=errors)
+
+
+def _add_routes(app: FastAPI, state: ApiState) -> None:
+    api = state.config.api
+    # Declared for the OpenAPI schema; ApiKeyMiddleware enforces the key (so it covers every path).
+    bearer = HTTPBearer(auto_error=False, description="The API key (or, on admin routes, the admin key).")
+    key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="The API key (or the admin key).")
+    documented_auth = [Security(bearer), Security(key_header)]
+    common_errors = (401, 413, 422, 500)
+
+    def require_admin(credentials: HTTPAuthorizationCredentials | None = Security(bearer),
+                      header_key: str | None = Security(key_header), request: Request = None) -> None:  # type: ignore[assignment]
+        if not state.admin_key:
+            raise ApiError(403, f"admin routes are disabled: set the environment variable {api.admin_key_env} "
+                                f"(api.admin_key_env) to a secret and restart the server")
+        given = presented_key({k.lower(): v for k, v in request.headers.items()})
+        if not keys_equal(given, state.admin_key):
+            raise ApiError(401, "missing or wrong admin key: send it as 'Authorization: Bearer <admin key>' or "
+                                f"'X-API-Key: <admin key>' (the server reads it from {api.admin_key_env})",
+                           headers={"WWW-Authenticate": "Bearer"})
+
+    # ---------------------------------------------------------------- probes and metrics
+
+    @app.get("/healthz", response_model=s.Health, tags=["operations"], summary="Liveness: the process is up")
+    async def healthz() -> s.Health:
+        return s.Health()
+
+    @app.get("/readyz", response_model=s.Readiness, tags=["operations"],
+             summary="Readiness: the index is loaded and verified",
+             responses={503: {"model": s.Readiness, "description": "Not ready; `reason` says why."}})
+    async def readyz() -> Any:
+        if state.rag is None:
+            reason = state.load_error or "loading the index and models"
+            return JSONResponse(s.Readiness(status="not_ready", reason=reason).model_dump(), status_code=503)
+        try:
+            snapshot = await run_in_threadpool(state.snapshot)
+        except Exception as exc:
+            log.error("readiness check failed: %s", exc)
+            return JSONResponse(s.Readiness(status="not_ready", reason=f"{type(exc).__name__}: {exc}").model_dump(),
+                                status_code=503)
+        live = getattr(state.rag.retriever, "live_index", None)
+        return s.Readiness(status="ready", reason=getattr(live, "last_error", None),
+                           index_version=_version_of(snapshot), rows=getattr(snapshot, "rows", None),
+                           embedding_model=getattr(snapshot, "embedding_model", None),
+                           generator=state.rag.generator.name)
+
+    @app.get("/metrics", response_class=PlainTextResponse, tags=["operations"], dependencies=documented_auth,
+             summary="Prometheus metrics (text exposition format 0.0.4)",
+             responses={200: {"content": {METRICS_CONTENT_TYPE: {"schema": {"type": "string"}}},
+                              "description": "Requests by route and status, latency histograms, index version "
+                                             "and rows, answers in flight, resident memory."},
+                        **_error_responses(401)})
+    async def metrics() -> PlainTextResponse:
+        version = rows = None
+        if state.rag is not None:
+            try:
+                snapshot = await run_in_threadpool(state.snapshot)
+                version, rows = _version_of(snapshot), getattr(snapshot, "rows", None)
+            except Exception as exc:  # metrics must render even when the index is broken
+                log.warning("metrics: no index snapshot: %s", exc)
+        return PlainTextResponse(state.metrics.render(version, rows), media_type=METRICS_CONTENT_TYPE)
+
+    # ---------------------------------------------------------------- answers
+
+    @app.post("/v1/answer", response_model=s.AnswerResponse, tags=["answers"], dependencies=documented_auth,
+              summary="Answer a question about a product, with its sources and timings",
+              responses=_error_responses(*common_errors, 429, 503, 504))
+    async def answer(body: s.AnswerRequest, request: Request) -> s.AnswerResponse:
+        _check_limits(state.config, body.question, body.k, body.max_tokens, len(body.history) + 1)
+        history = [m.model_dump() for m in body.history]
+        result, version = await _answer(state, body.question, history, body.k, body.max_tokens,
+                                        body.temperature, body.top_p)
+        data = result.to_dict()
+        return s.AnswerResponse(
+            question=data["question"], answer=data["answer"], sources=_sources(result), timings=data["timings"],
+            found=data["found"], grounded=data["grounded"], unsupported_sentences=data["unsupported_sentences"],
+            generator=data["generator"], index_version=version, request_id=request_id_of(request.scope),
+        )
+
+    @app.get("/v1/models", response_model=s.ModelList, tags=["openai"], dependencies=documented_auth,
+             summary="The one model this server answers with (OpenAI shape)", responses=_error_responses(401))
+    async def models() -> s.ModelList:
+        return s.ModelList(data=[s.ModelCard(id=api.model_id, created=state.model_created, owned_by="amazontitles-rag")])
+
+    @app.get("/v1/models/{model}", response_model=s.ModelCard, tags=["openai"], dependencies=documented_auth,
+             summary="One model (OpenAI shape)", responses=_error_responses(401, 404))
+    async def model(model: str) -> s.ModelCard:
+        if model != api.model_id:
+            raise ApiError(404, f"no model {model!r}; this server serves {api.model_id!r}")
+        return s.ModelCard(id=api.model_id, created=state.model_created, owned_by="amazontitles-rag")
+
+    @app.post(
+        "/v1/chat/completions", response_model=s.ChatCompletion, tags=["openai"], dependencies=documented_auth,
+        summary="OpenAI-compatible chat completion: the last user message is the question",
+        responses={
+            200: {"description": "A chat.completion (JSON), or with `stream: true` server-sent events: "
+                                 "`data: <chat.completion.chunk JSON>` lines ending with `data: [DONE]`; the "
+                                 "final chunk carries `sources` and `rag`.",
+                  "content": {"text/event-stream": {"schema": {"$ref": "#/components/schemas/ChatCompletionChunk"}}}},
+            **_error_responses(*common_errors, 429, 503, 504),
+        },
+    )
+    async def chat_completions(body: s.ChatCompletionRequest, request: Request) -> Any:
+        question, history = _split_chat(body.messages)
+        max_tokens = body.max_completion_tokens or body.max_tokens
+        if body.max_tokens and body.max_completion_tokens:
+            max_tokens = max(body.max_tokens, body.max_completion_tokens)
+        _check_limits(state.config, question, body.k, max_tokens, len(body.messages))
+        completion_id = "chatcmpl-" + uuid.uuid4().hex
+        created = int(time.time())
+        prompt_words = _words(question) + sum(_words(t["content"]) for t in history)
+        if body.stream:
+            include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            return await _stream_completion(state, completion_id, created, question, history, body, max_tokens,
+                                            prompt_words, include_usage, request)
+        result, version = await _answer(state, question, history, body.k, max_tokens, body.temperature, body.top_p)
+        completion_words = _words(result.text)
+        return s.ChatCompletion(
+            id=completion_id, created=created, model=api.model_id,
+            choices=[s.Choice(message=s.AssistantMessage(content=result.text))],
+            usage=s.Usage(prompt_tokens=prompt_words, completion_tokens=completion_words,
+                          total_tokens=prompt_words + completion_words),
+            sources=_sources(result), rag=_rag_info(result, version),
+        )
+
+    # ---------------------------------------------------------------- products
+
+    @app.get("/v1/products/{uid}", response_model=s.Product, tags=["catalog"], dependencies=documented_auth,
+             summary="One catalog row by uid (as served by the current index version)",
+             responses=_error_responses(401, 404, 500, 503))
+    async def product(uid: str) -> s.Product:
+        def lookup() -> tuple[Any, str | None]:
+            snapshot = state.snapshot()
+            return snapshot.get_by_uid(uid), _version_of(snapshot)
+
+        state.require_rag()
+        row, version = await run_in_threadpool(lookup)
+        if row is None:
+            raise ApiError(404, f"no product with uid {uid!r} in index version {version}")
+        return s.Product(uid=row.uid, title=row.title, content=row.content, index_version=version)
+
+    # ---------------------------------------------------------------- admin
+
+    @app.post(
+        UPDATE_PATH, response_model=s.UpdateResponse, tags=["admin"], dependencies=[Depends(require_admin)],
+        summary="Upsert products (JSON lines) and delete uids; needs the admin key",
+        description=(
+            "Send JSON lines (`{\"uid\": ..., \"title\": ..., \"content\": ...}` one per line) as the raw body "
+            "(Content-Type `application/x-ndjson`, `application/jsonl` or `text/plain`) or as the `file` field of "
+            "a multipart form. Uids to delete go in repeated `delete` query parameters. One update runs at a "
+            "time (409 for another); the served index switches to the new version when it is done. Bodies are "
+            "limited to api.max_upload_bytes."
+        ),
+        openapi_extra={"requestBody": {"required": False, "content": {
+            "application/x-ndjson": {"schema": {"type": "string", "description": "JSON lines"}},
+            "multipart/form-data": {"schema": {"type": "object", "properties": {
+                "file": {"type": "string", "format": "binary", "description": "JSON lines file"}}}},
+        }}},
+        responses=_error_responses(401, 403, 409, 413, 422, 500, 503),
+    )
+    async def update_index(request: Request, delete: list[str] = Query(
+            default_factory=list, description="uids to delete (repeat the parameter for several)")) -> s.UpdateResponse:
+        rag = state.require_rag()
+        if state.update_lock.locked():
+            state.metrics.updates.inc("conflict")
+            raise ApiError(409, "an index update is already running; retry when it has finished")
+        async with state.update_lock:  # never suspends: the lock is free
+            tmp = Path(tempfile.mkdtemp(prefix="rag-upload-"))
+            upload = tmp / "upload.jsonl"
+            try:
+                received = await _save_upload(request, upload)
+                if received == 0 and not delete:
+                    raise ApiError(422, "nothing to do: send JSON lines in the body (or a multipart `file`) "
+                                        "and/or uids in `delete` query parameters")
+                paths = [upload] if received else []
+                previous = _version_of(await run_in_threadpool(state.snapshot))
+                started = time.perf_counter()
+
+                def run_update() -> tuple[Any, Any]:
+                    from index.build import update_index as do_update
+
+                    report = do_update(state.config, paths, delete_uids=list(delete), progress=False,
+                                       embedder=getattr(rag.retriever, "embedder", None))
+                    live = getattr(rag.retriever, "live_index", None)
+                    snapshot = live.reload() if live is not None else rag.retriever.snapshot
+                    return report, snapshot
+
+                try:
+                    report, snapshot = await asyncio.get_running_loop().run_in_executor(state.update_executor, run_update)
+                except Exception as exc:
+                    state.metrics.updates.inc("error")
+                    _raise_update_error(exc, upload)
+                state.metrics.updates.inc("ok")
+                return s.UpdateResponse(index_version=_version_of(snapshot), previous_version=previous,
+                                        rows=getattr(snapshot, "rows", None),
+                                        seconds=round(time.perf_counter() - started, 3),
+                                        report=_report_dict(report, upload))
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+
+
+async def _stream_completion(state: ApiState, completion_id: str, created: int, question: str,
+                             history: list[dict[str, str]], body: s.ChatCompletionRequest, max_tokens: int | None,
+                             prompt_words: int, include_usage: bool, request: Request) -> StreamingResponse:
+    """Start the answer and wait for its first piece (errors up to here get a proper status), then stream."""
+    model_id = state.config.api.model_id
+    state.require_rag()
+    slot = await state.acquire_slot()
+    deadline = time.monotonic() + state.config.api.request_timeout_s
+
+    def start() -> tuple[Any, Any, str | None]:
+        rag = state.require_rag()
+        version = _version_of(rag.retriever.snapshot)
+        stream = rag.answer(question, k=body.k, history=history, stream=True, max_new_tokens=max_tokens,
+                            temperature=body.temperature, top_p=body.top_p)
+        return stream, next(stream, _END), version
+
+    try:
+        stream, first, version = await state.run(slot, start, deadline - time.monotonic())
+    except ValueError as exc:
+        slot.release()
+        raise ApiError(422, str(exc)) from None
+    except BaseException:
+        slot.release()
+        raise
+
+    def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> bytes:
+        payload = s.ChatCompletionChunk(id=completion_id, created=created, model=model_id,
+                                        choices=[s.ChunkChoice(delta=s.Delta(**delta), finish_reason=finish)], **extra)
+        return _sse(_chunk_json(payload))
+
+    async def events() -> AsyncIterator[bytes]:
+        try:
+            yield chunk({"role": "assistant", "content": ""})
+            piece = first
+            while piece is not _END:
+                yield chunk({"content": piece})
+                try:
+                    piece = await state.run(slot, lambda: next(stream, _END), deadline - time.monotonic())
+                except ApiError as exc:  # 504 mid-stream: the status is sent already, so say it in the stream
+                    yield _sse({"error": {"message": exc.detail, "type": exc.kind, "code": exc.status_code,
+                                          "request_id": request_id_of(request.scope)}})
+                    yield _sse("[DONE]")
+                    return
+            answer = stream.answer
+            _record_stages(state, answer)
+            completion_words = _words(answer.text)
+            usage = s.Usage(prompt_tokens=prompt_words, completion_tokens=completion_words,
+                            total_tokens=prompt_words + completion_words)
+            final = s.ChatCompletionChunk(id=completion_id, created=created, model=model_id,
+                                          choices=[s.ChunkChoice(delta=s.Delta(), finish_reason="stop")],
+                                          sources=_sources(answer), rag=_rag_info(answer, version))
+            yield _sse(_chunk_json(final))
+            if include_usage:  # OpenAI sends usage in an extra chunk with no choices
+                yield _sse(_chunk_json(s.ChatCompletionChunk(id=completion_id, created=created, model=model_id,
+                                                             choices=[], usage=usage)))
+            yield _sse("[DONE]")
+        except Exception:
+            log.exception("request %s: streaming failed", request_id_of(request.scope))
+            yield _sse({"error": {"message": "internal error; the server log has the details under request id "
+                                             + request_id_of(request.scope), "type": "internal_error", "code": 500,
+                                  "request_id": request_id_of(request.scope)}})
+            yield _sse("[DONE]")
+        finally:
+            slot.release()
+
+    return StreamingResponse(events(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+async def _save_upload(request: Request, path: Path) -> int:
+    """Write the raw body or the multipart `file` field to `path`; return the bytes written."""
+    written = 0
+    content_type = request.headers.get("content-type", "")
+    with path.open("wb") as out:
+        if content_type.startswith("multipart/form-data"):
+            form = await request.form(max_files=1, max_fields=10)
+            upload = form.get("file")
+            if upload is None or isinstance(upload, str):
+                raise ApiError(422, "multipart upload without a `file` field: send the JSON lines as `file`")
+            while chunk := await upload.read(1 << 20):
+                out.write(chunk)
+                written += len(chunk)
+        else:
+            async for chunk in request.stream():
+                out.write(chunk)
+                written += len(chunk)
+    return written
+
+
+def _raise_update_error(exc: Exception, upload: Path) -> None:
+    from index.store import IndexLockedError, IndexStoreError
+
+    message = str(exc).replace(str(upload), "<upload>")
+    if isinstance(exc, IndexLockedError):
+        raise ApiError(409, f"another process is writing the index: {message}") from None
+    if isinstance(exc, (IndexStoreError, ValueError, UnicodeDecodeError)):
+        raise ApiError(422, f"update rejected: {message}") from None
+    raise exc
