@@ -79,7 +79,9 @@ class CatalogConfig:
 class EmbeddingConfig:
     """Which sentence-transformers model embeds titles and questions (index/embedder.py)."""
 
-    model: str = "bundled:all-MiniLM-L6-v2"  # bundled offline model, a local path or a hub id
+    # "bundled:all-MiniLM-L6-v2" (shipped, offline), a local model directory, a hub id, or
+    # "hashing:<dim>" (model-free n-gram hashing for tests/benchmarks of index mechanics only)
+    model: str = "bundled:all-MiniLM-L6-v2"
     backend: Literal["torch", "onnx", "openvino"] = "torch"
     device: str = "cpu"  # "cpu", "cuda", or "auto"
     batch_size: int = 256
@@ -99,9 +101,13 @@ class IndexConfig:
     hnsw_ef_search: int = 64
     ivf_nlist: int = 1024
     ivf_nprobe: int = 16
-    mmap: bool = True
+    ivf_train_points: int = 0  # vectors the ivf quantizer is trained on; 0 -> 64 * ivf_nlist
+    mmap: bool = True  # memory-map the FAISS file on open (flat/hnsw: IO_FLAG_MMAP_IFC, ivf: IO_FLAG_MMAP)
     descriptions: bool = True  # also build the lexical index over descriptions
-    keep_versions: int = 3
+    keep_versions: int = 3  # after each build/update, older versions beyond this many are deleted (0: keep all)
+    # sha256 of every file when a version is opened (sizes and row counts are always checked);
+    # `rag index verify` always hashes. ~1 s per GB on one core; see docs/index.md.
+    verify_checksums_on_open: bool = True
 
 
 @dataclass

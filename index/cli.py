@@ -1,0 +1,198 @@
+"""`rag index ...`: build, inspect, update and maintain the versioned index.
+
+    rag index build --data ../shared/data/amazontitles/trn_sample.jsonl
+    rag index info
+    rag index update --data new.jsonl --delete gone_uids.txt
+    rag index versions
+    rag index rollback [VERSION]
+    rag index gc --keep 3
+    rag index verify [--version VERSION]
+
+All take `--config FILE` and `--set key=value` (e.g. `--set index.path=data/other_index`).
+Exit status: 0 on success, 1 when verification fails, 2 on errors the user can fix.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any, Callable
+
+
+def _config(args: argparse.Namespace) -> Any:
+    from rag.cli import config_from_args
+
+    return config_from_args(args)
+
+
+def _store(config: Any) -> Any:
+    from .store import IndexStore
+
+    return IndexStore.from_config(config)
+
+
+def _cmd_build(args: argparse.Namespace) -> int:
+    from .build import build_index
+
+    config = _config(args)
+    paths = args.data or [config.data]
+    report = build_index(config, paths, progress=not args.quiet)
+    print(report.summary())
+    return 0
+
+
+def _cmd_update(args: argparse.Namespace) -> int:
+    from .build import read_uid_list, update_index
+
+    config = _config(args)
+    deletes = read_uid_list(args.delete) if args.delete else []
+    if not args.data and not deletes:
+        print("error: nothing to do: pass --data FILE (rows to upsert) and/or --delete FILE (uids to remove)", file=sys.stderr)
+        return 2
+    report = update_index(config, args.data or [], deletes, progress=not args.quiet)
+    print(report.summary())
+    return 0
+
+
+def _format_info(manifest: dict[str, Any], path: Any) -> str:
+    emb, idx = manifest["embedding"], manifest["index"]
+    total = sum(f["size"] for f in manifest["files"].values())
+    lines = [
+        f"version:    {manifest['version']} ({manifest.get('operation', '?')}, parent {manifest.get('parent') or '-'})",
+        f"created:    {manifest.get('created')}",
+        f"rows:       {manifest['rows']:,}",
+        f"embedding:  {emb['model']} (dimension {emb['dimension']})",
+        f"index:      {idx['type']} {json.dumps(idx.get('params', {}))} (faiss {idx.get('faiss_version', '?')})",
+        f"files:      {len(manifest['files'])} files, {total / 1e6:.1f} MB in {path}",
+    ]
+    for name, entry in sorted(manifest["files"].items()):
+        lines.append(f"  {name:<22} {entry['size']:>14,} B  sha256 {entry['sha256'][:16]}…")
+    if manifest.get("artifacts"):
+        lines.append(f"artifacts:  {', '.join(manifest['artifacts'])}")
+    for source in manifest.get("sources", []):
+        lines.append(f"source:     {source.get('path')} ({source.get('size', '?'):,} B)" if isinstance(source.get("size"), int)
+                     else f"source:     {source.get('path')}")
+    summary = manifest.get("read_summary")
+    if summary:
+        lines.append(
+            f"catalog:    read {summary.get('read', 0):,} = accepted {summary.get('accepted', 0):,} + rejected "
+            f"{summary.get('rejected', 0):,} + duplicates {summary.get('duplicates', 0):,}"
+        )
+    if manifest.get("update"):
+        lines.append("update:     " + ", ".join(f"{k} {v:,}" for k, v in manifest["update"].items()))
+    return "\n".join(lines)
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    store = _store(_config(args))
+    manifest = store.manifest(args.version)
+    if args.json:
+        print(json.dumps(manifest, indent=2, ensure_ascii=False))
+    else:
+        print(f"index:      {store.root}")
+        print(_format_info(manifest, store.version_dir(manifest["version"])))
+    return 0
+
+
+def _cmd_versions(args: argparse.Namespace) -> int:
+    store = _store(_config(args))
+    versions = store.versions()
+    if args.json:
+        print(json.dumps(versions, indent=2))
+        return 0
+    if not versions:
+        print(f"no versions under {store.versions_dir}; build one with `rag index build --data PATH`")
+        return 0
+    for v in versions:
+        mark = "*" if v["is_current"] else " "
+        rows = f"{v['rows']:,}" if isinstance(v.get("rows"), int) else "?"
+        print(f"{mark} {v['version']}  {v.get('created') or '?':<25} {rows:>12} rows  "
+              f"{v.get('operation') or '?':<8} {v.get('type') or '?':<5} parent {v.get('parent') or '-'}")
+    return 0
+
+
+def _cmd_rollback(args: argparse.Namespace) -> int:
+    store = _store(_config(args))
+    before = store.current_version()
+    version = store.rollback(args.version)
+    print(f"current version: {before} -> {version}")
+    return 0
+
+
+def _cmd_gc(args: argparse.Namespace) -> int:
+    config = _config(args)
+    keep = args.keep if args.keep is not None else config.index.keep_versions
+    removed = _store(config).gc(keep)
+    print(f"removed {len(removed)} version(s)" + (": " + ", ".join(removed) if removed else ""))
+    return 0
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    store = _store(_config(args))
+    versions = store.complete_versions() if args.all else [args.version]
+    failed = 0
+    for version in versions:
+        report = store.verify(version)
+        print(report.summary())
+        failed += not report.ok
+    return 1 if failed else 0
+
+
+def _guarded(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Print index errors (which name the file and the fix) without a traceback."""
+
+    def run(args: argparse.Namespace) -> int:
+        from .embedder import EmbedderError
+        from .store import IndexStoreError
+
+        try:
+            return func(args)
+        except (IndexStoreError, EmbedderError, ValueError) as exc:
+            from rag.config import ConfigError
+
+            if isinstance(exc, ConfigError):
+                raise
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+
+    run.__name__ = func.__name__
+    return run
+
+
+def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
+    index = subparsers.add_parser("index", help="build, update, inspect and maintain the index")
+    sub = index.add_subparsers(dest="index_command", metavar="ACTION")
+    index.set_defaults(func=lambda args: (index.print_help(), 2)[1])
+
+    p = sub.add_parser("build", parents=[common], help="build a new index version from catalog files")
+    p.add_argument("--data", nargs="+", metavar="PATH", help="catalog files (JSON lines, .json, .gz); default: `data` of the config")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    p.set_defaults(func=_guarded(_cmd_build))
+
+    p = sub.add_parser("update", parents=[common], help="upsert rows and delete uids as a new version (only changed titles are embedded)")
+    p.add_argument("--data", nargs="+", metavar="PATH", help="catalog files with new or changed rows")
+    p.add_argument("--delete", metavar="FILE", help="file of uids to delete, one per line")
+    p.add_argument("--quiet", "-q", action="store_true")
+    p.set_defaults(func=_guarded(_cmd_update))
+
+    p = sub.add_parser("info", parents=[common], help="show the manifest of the current (or given) version")
+    p.add_argument("--version", default=None)
+    p.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    p.set_defaults(func=_guarded(_cmd_info))
+
+    p = sub.add_parser("versions", parents=[common], help="list versions (* = current)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_guarded(_cmd_versions))
+
+    p = sub.add_parser("rollback", parents=[common], help="serve an older version (default: the one before current)")
+    p.add_argument("version", nargs="?", default=None)
+    p.set_defaults(func=_guarded(_cmd_rollback))
+
+    p = sub.add_parser("gc", parents=[common], help="delete old versions, keeping the newest N and the current one")
+    p.add_argument("--keep", type=int, default=None, help="versions to keep (default: index.keep_versions)")
+    p.set_defaults(func=_guarded(_cmd_gc))
+
+    p = sub.add_parser("verify", parents=[common], help="check sizes, sha256 and row counts of a version")
+    p.add_argument("--version", default=None, help="default: the current version")
+    p.add_argument("--all", action="store_true", help="verify every complete version")
+    p.set_defaults(func=_guarded(_cmd_verify))

