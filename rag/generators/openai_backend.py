@@ -170,6 +170,15 @@ class OpenAIGenerator:
                     f"({type(exc).__name__}); raise generator.timeout_s or check the server's load"
                 ) from None
             if response.status_code < 400:
+                if not stream:
+                    try:
+                        response.read()
+                    except httpx.TimeoutException:
+                        response.close()
+                        raise OpenAIServerError(
+                            f"{method} {url}: the answer did not arrive within generator.timeout_s="
+                            f"{self.config.generator.timeout_s}s; raise generator.timeout_s or check the server's load"
+                        ) from None
                 return response
             if response.status_code in RETRY_STATUSES and attempt <= self.max_retries:
                 delay = self._backoff(attempt - 1, response.headers.get("retry-after"))
@@ -188,14 +197,8 @@ class OpenAIGenerator:
         sampling = resolve_sampling(self.config.generator, request)
         response = self._send("POST", self.url, self._payload(request, sampling, stream=False), stream=False)
         try:
-            response.read()
             data = response.json()
             content = data["choices"][0]["message"]["content"]
-        except httpx.TimeoutException:
-            raise OpenAIServerError(
-                f"POST {self.url}: the answer did not arrive within generator.timeout_s="
-                f"{self.config.generator.timeout_s}s; raise generator.timeout_s or check the server's load"
-            ) from None
         except (ValueError, KeyError, IndexError, TypeError):
             raise OpenAIServerError(
                 f"POST {self.url}: the answer is not an OpenAI chat completion (no choices[0].message.content); "
