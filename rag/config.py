@@ -68,11 +68,16 @@ class CatalogConfig:
 
     boilerplate_patterns: list[str] = field(default_factory=lambda: list(DEFAULT_BOILERPLATE))
     keep_empty_content: bool = True  # rows without content stay searchable by title
+    # keep_first: later rows with a seen uid are dropped and counted as duplicates (streaming);
+    # keep_last: the last row of each uid wins (two passes over the files);
+    # reject: later rows with a seen uid are rejected (counted in `rejected`, not `duplicates`).
     duplicate_policy: Literal["keep_first", "keep_last", "reject"] = "keep_first"
     min_title_chars: int = 1
+    # The real maxima are 1,999 (title) and 197,622 (content) characters, so the defaults cut nothing there.
     max_title_chars: int = 2000
     max_content_chars: int = 200_000
-    rejects_path: str | None = None  # default: <index dir>/rejects.jsonl or next to the output
+    overlong: Literal["truncate", "reject"] = "truncate"  # what to do with a title/content over its maximum
+    rejects_path: str | None = None  # wins over the path the caller passes (e.g. <index dir>/rejects.jsonl)
 
 
 @dataclass

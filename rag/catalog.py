@@ -1,0 +1,556 @@
+"""Stream, validate, clean and de-duplicate catalog files into `CatalogRow`s.
+
+    python -c "from rag.catalog import read_catalog; rows, s = read_catalog(['trn.json.gz'], rejects_path='rejects.jsonl'); print(s.summary())"
+
+Input formats (detected from the bytes, not the name):
+- JSON lines (the AmazonTitles `trn.json`): one object per line; `line` is the physical 1-based line.
+- a JSON array `[ {...}, {...} ]` (first non-space character `[`): decoded incrementally in 1 MiB
+  chunks with `json.JSONDecoder.raw_decode`; `line` is the 1-based position of the element in the array.
+- either of them gzip-compressed (magic bytes 1f 8b; the `.gz` suffix is not required).
+Nothing reads a whole file into memory: JSON lines are read line by line from a binary stream.
+
+Every line ends up in exactly one bucket, so `read == accepted + rejected + duplicates` always holds:
+- accepted: yielded as a CatalogRow (cleaned title and content; rows without content are kept and
+  counted in `empty_content` unless `catalog.keep_empty_content` is false);
+- rejected: written with its reason to the rejects file (`{"source", "line", "reason", "raw"}`);
+- duplicates: a uid seen before (policy `keep_first`), or one seen again later (`keep_last`); they go
+  to the rejects file too, with reason "duplicate uid (...)".
+Blank (whitespace-only) lines are not records: they are skipped, not counted in `read`, and counted in
+`blank_lines`.
+"""
+from __future__ import annotations
+
+import codecs
+import gzip
+import hashlib
+import json
+import os
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO, Callable, Iterator, Sequence
+
+from rag.cleaning import clean_text, clean_title, compile_boilerplate
+from rag.config import CatalogConfig
+from rag.types import CatalogRow
+
+__all__ = [
+    "CatalogReader",
+    "ReadSummary",
+    "RecordError",
+    "iter_raw_records",
+    "read_catalog",
+    "stable_uid",
+]
+
+RAW_CHARS = 2000  # the rejects file keeps the first 2000 characters of a bad line
+_CHUNK_CHARS = 1 << 20  # JSON array input is decoded in chunks of this many characters
+_MAX_ELEMENT_CHARS = 64 << 20  # a JSON array element larger than this is reported as invalid
+_PROGRESS_EVERY = 4096  # lines between two progress-bar updates (updating per line costs ~20%)
+_SOURCE_SHIFT = 40  # duplicate bookkeeping packs (source index, line) into one int: line < 2**40
+
+
+class RecordError(ValueError):
+    """A line that is not a usable record; `reason` is what the rejects file says."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+def stable_uid(title: str, content: str) -> str:
+    """A deterministic uid for a row that has none: "h:" + 16 hex chars of SHA-256(title, content).
+
+    Callers pass the cleaned title and content, so the same product gets the same uid however its
+    raw text was encoded. The unit separator keeps ("ab", "c") and ("a", "bc") apart.
+    """
+    digest = hashlib.sha256(f"{title}\x1f{content}".encode("utf-8", "surrogatepass")).hexdigest()
+    return "h:" + digest[:16]
+
+
+@dataclass
+class ReadSummary:
+    """What happened to every line read; `read == accepted + rejected + duplicates` always."""
+
+    read: int = 0
+    accepted: int = 0
+    rejected: int = 0
+    duplicates: int = 0
+    empty_content: int = 0  # accepted rows without content (title-only rows)
+    reasons: dict[str, int] = field(default_factory=dict)  # rejection reason (kind) -> count
+    rejects_path: str | None = None
+    sources: list[str] = field(default_factory=list)
+    blank_lines: int = 0  # whitespace-only lines: skipped, not part of `read`
+    truncated: int = 0  # accepted rows whose title or content was cut to the configured maximum
+    seconds: float = 0.0
+
+    def add_reason(self, reason: str) -> None:
+        self.reasons[reason] = self.reasons.get(reason, 0) + 1
+
+    def summary(self) -> str:
+        """One human line, e.g. "read 1000 = accepted 950 + rejected 30 + duplicates 20 (...); rejects: path"."""
+        text = (
+            f"read {self.read:,} = accepted {self.accepted:,} + rejected {self.rejected:,} "
+            f"+ duplicates {self.duplicates:,} (empty content kept: {self.empty_content:,}"
+        )
+        if self.truncated:
+            text += f"; truncated: {self.truncated:,}"
+        if self.blank_lines:
+            text += f"; blank lines skipped: {self.blank_lines:,}"
+        text += ")"
+        if self.reasons:
+            top = sorted(self.reasons.items(), key=lambda kv: (-kv[1], kv[0]))[:3]
+            text += "; top reasons: " + ", ".join(f"{reason} {count:,}" for reason, count in top)
+        text += f"; rejects: {self.rejects_path}" if self.rejects_path else "; rejects: not written (counts only)"
+        return text
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def check(self) -> None:
+        """Raise AssertionError if the counts do not add up (a bug in the reader, never the data)."""
+        total = self.accepted + self.rejected + self.duplicates
+        if total != self.read:
+            raise AssertionError(f"read summary does not add up: {self.summary()}")
+
+
+# --------------------------------------------------------------------------- raw records
+
+
+def _open_binary(path: Path) -> tuple[BinaryIO, BinaryIO]:
+    """Open `path` for reading bytes, un-gzipping when it starts with the gzip magic.
+
+    Returns (stream to read, raw file) - the raw file's position is the progress in bytes.
+    """
+    raw = open(path, "rb")  # noqa: SIM115 - closed by the caller
+    magic = raw.read(2)
+    raw.seek(0)
+    if magic == b"\x1f\x8b":
+        return gzip.GzipFile(fileobj=raw, mode="rb"), raw  # type: ignore[return-value]
+    return raw, raw
+
+
+def _peek_is_array(stream: BinaryIO) -> bool:
+    """True when the first non-space character of the stream (after a BOM) is `[`; rewinds the stream.
+
+    Rewinding a GzipFile re-decompresses from the start, which is cheap for the few KiB peeked.
+    """
+    head = b""
+    while True:
+        block = stream.read(4096)
+        head += block
+        stripped = head[3:] if head.startswith(codecs.BOM_UTF8) else head
+        stripped = stripped.lstrip()
+        if stripped or not block:
+            stream.seek(0)
+            return stripped[:1] == b"["
+
+
+def _show_raw(raw: bytes | str) -> str:
+    """The bad line as text for the rejects file: bytes that are not UTF-8 appear as \\xNN."""
+    if isinstance(raw, str):  # array elements keep undecodable bytes as surrogate escapes
+        raw = raw.encode("utf-8", "surrogateescape")
+    return raw.decode("utf-8", "backslashreplace").strip(", \t\r\n")[:RAW_CHARS]
+
+
+def _iter_json_lines(
+    stream: BinaryIO, tick: Callable[[], None] | None
+) -> Iterator[tuple[int, bytes, dict[str, Any] | RecordError | None]]:
+    """Yield (line number, raw bytes, parsed object or error); None for blank lines."""
+    for number, line in enumerate(stream, start=1):
+        if tick is not None and number % _PROGRESS_EVERY == 0:
+            tick()
+        if number == 1 and line.startswith(codecs.BOM_UTF8):
+            line = line[3:]  # a BOM at file start is an encoding marker, not data
+        if not line.strip():
+            yield number, line, None
+            continue
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            yield number, line, RecordError(f"invalid UTF-8 (byte {exc.start} of the line: {line[exc.start:exc.start + 4]!r})")
+            continue
+        try:
+            obj = json.loads(text.rstrip("\r\n"))
+        except json.JSONDecodeError as exc:
+            yield number, line, RecordError(f"invalid JSON ({exc.msg} column {exc.colno})")
+            continue
+        except RecursionError:
+            yield number, line, RecordError("invalid JSON (nested too deeply)")
+            continue
+        if not isinstance(obj, dict):
+            yield number, line, RecordError(f"not a JSON object (got {type(obj).__name__})")
+            continue
+        yield number, line, obj
+
+
+_LONE_SURROGATE = re.compile("[\udc80-\udcff]")
+
+
+def _iter_json_array(
+    stream: BinaryIO, tick: Callable[[], None] | None
+) -> Iterator[tuple[int, str, dict[str, Any] | RecordError | None]]:
+    """Yield (1-based array position, raw element text, parsed object or error) from `[ {...}, ... ]`.
+
+    Bytes that are not UTF-8 are decoded with `surrogateescape`, so only the element that holds
+    them is rejected. After a syntax error the reader resynchronises at the next comma followed by
+    a whole JSON value; the text skipped is one rejected element.
+    """
+    decoder = json.JSONDecoder()
+    text_decoder = codecs.getincrementaldecoder("utf-8")(errors="surrogateescape")
+    buf = ""
+    eof = False
+
+    def more() -> bool:
+        nonlocal buf, eof
+        if eof:
+            return False
+        block = stream.read(_CHUNK_CHARS)
+        if not block:
+            buf += text_decoder.decode(b"", final=True)
+            eof = True
+            return False
+        buf += text_decoder.decode(block)
+        if tick is not None:
+            tick()
+        return True
+
+    while "[" not in buf and more():
+        pass
+    if buf.startswith("\ufeff"):
+        buf = buf[1:]
+    pos = buf.index("[") + 1
+    position = 0
+    failed_last = False
+    while True:
+        # skip whitespace and separators between elements
+        while True:
+            while pos < len(buf) and buf[pos] in " \t\r\n,":
+                pos += 1
+            if pos < len(buf) or not more():
+                break
+        if pos >= len(buf):
+            if not failed_last:  # a cut element already says the file is truncated; else say it here
+                position += 1
+                yield position, "", RecordError("invalid JSON (the array is not closed: missing ']' at end of file)")
+            return
+        if buf[pos] == "]":
+            return
+        if pos > _CHUNK_CHARS:  # drop what has been consumed so the buffer stays small
+            buf = buf[pos:]
+            pos = 0
+        position += 1
+        last_error: tuple[str, int] | None = None
+        while True:
+            try:
+                obj, end = decoder.raw_decode(buf, pos)
+                break
+            except json.JSONDecodeError as exc:
+                error = (exc.msg, exc.pos)
+                # An element cut by the chunk boundary fails at (or, for a cut literal like "tru",
+                # near) the end of the buffer, or inside a string still open there: read on. An error
+                # that stays where it was once more text follows is a real one.
+                at_end = exc.msg.startswith("Unterminated string") or exc.pos >= len(buf) - 16
+                if (not at_end and error == last_error) or len(buf) - pos > _MAX_ELEMENT_CHARS or not more():
+                    obj, end = exc, exc.pos
+                    break
+                last_error = error
+            except RecursionError:
+                obj, end = RecordError("invalid JSON (nested too deeply)"), pos + 1
+                break
+        if isinstance(obj, json.JSONDecodeError):
+            while True:  # the next element may start in a chunk not read yet
+                resume = _resync(decoder, buf, max(end, pos + 1))
+                if resume < len(buf) or len(buf) - pos > _MAX_ELEMENT_CHARS or not more():
+                    break
+            raw = buf[pos:resume]
+            yield position, raw, RecordError(
+                f"invalid JSON ({obj.msg} character {max(0, obj.pos - pos) + 1} of array element {position})"
+            )
+            pos = resume
+            failed_last = True
+            continue
+        raw = buf[pos:end]
+        pos = end
+        failed_last = False
+        if isinstance(obj, RecordError):
+            yield position, raw, obj
+        elif _LONE_SURROGATE.search(raw) is not None:
+            yield position, raw, RecordError("invalid UTF-8 (bytes that are not UTF-8 in this element)")
+        elif not isinstance(obj, dict):
+            yield position, raw, RecordError(f"not a JSON object (got {type(obj).__name__})")
+        else:
+            yield position, raw, obj
+
+
+def _resync(decoder: json.JSONDecoder, buf: str, start: int) -> int:
+    """Where the element after a broken one starts: just after the first comma (from `start`) that
+    is followed by a whole JSON value and then `,` or `]`; len(buf) when there is none."""
+    at = buf.find(",", start)
+    while at != -1:
+        begin = at + 1
+        while begin < len(buf) and buf[begin] in " \t\r\n":
+            begin += 1
+        try:
+            _, end = decoder.raw_decode(buf, begin)
+        except (json.JSONDecodeError, RecursionError):
+            at = buf.find(",", at + 1)
+            continue
+        while end < len(buf) and buf[end] in " \t\r\n":
+            end += 1
+        if end >= len(buf) or buf[end] in ",]":
+            return begin
+        at = buf.find(",", at + 1)
+    return len(buf)
+
+
+def _iter_file(
+    path: Path, progress_bar: Any | None = None
+) -> Iterator[tuple[int, bytes | str, dict[str, Any] | RecordError | None]]:
+    stream, raw_file = _open_binary(path)
+    done = 0
+
+    def tick() -> None:
+        nonlocal done
+        now = raw_file.tell()
+        progress_bar.update(now - done)
+        done = now
+
+    try:
+        reader = _iter_json_array if _peek_is_array(stream) else _iter_json_lines
+        yield from reader(stream, tick if progress_bar is not None else None)  # type: ignore[operator]
+        if progress_bar is not None:
+            tick()
+    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+        # a truncated .gz raises EOFError at its end; report the file, do not hide the problem
+        raise OSError(f"{path}: cannot read ({exc}); is the file complete?") from exc
+    finally:
+        stream.close()
+        raw_file.close()
+
+
+def iter_raw_records(path: str | Path) -> Iterator[tuple[int, dict[str, Any] | Exception]]:
+    """Yield (line number or array position, parsed object or the RecordError) for every non-blank line."""
+    for number, _raw, obj in _iter_file(Path(path)):
+        if obj is not None:
+            yield number, obj
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _truncate(text: str, limit: int) -> str:
+    """Cut to at most `limit` characters, at the last space when one is near the end."""
+    cut = text[:limit]
+    space = cut.rfind(" ")
+    if space > limit * 0.8:
+        cut = cut[:space]
+    return cut.rstrip()
+
+
+class CatalogReader:
+    """Streams catalog files into cleaned, validated, de-duplicated `CatalogRow`s.
+
+        reader = CatalogReader(config.catalog, rejects_path="data/index/rejects.jsonl")
+        for row in reader.iter_rows(["trn.json.gz"], progress=True):
+            ...
+        print(reader.summary.summary())
+
+    The rejects file is `config.rejects_path` when set, else the `rejects_path` argument; with
+    neither only the counts are kept. Over-long fields follow `config.overlong` ("truncate" cuts
+    them to `max_title_chars`/`max_content_chars`; "reject" rejects the line).
+    """
+
+    def __init__(self, config: CatalogConfig | None = None, rejects_path: str | Path | None = None) -> None:
+        self.config = config if config is not None else CatalogConfig()
+        c = self.config
+        if c.duplicate_policy not in ("keep_first", "keep_last", "reject"):
+            raise ValueError(
+                f"catalog.duplicate_policy: {c.duplicate_policy!r} is not one of 'keep_first', 'keep_last', 'reject'"
+            )
+        if c.overlong not in ("truncate", "reject"):
+            raise ValueError(f"catalog.overlong: {c.overlong!r} is not one of 'truncate', 'reject'")
+        for name in ("min_title_chars", "max_title_chars", "max_content_chars"):
+            value = getattr(c, name)
+            if not isinstance(value, int) or value < (0 if name == "min_title_chars" else 1):
+                raise ValueError(f"catalog.{name}: must be a positive integer, got {value!r}")
+        self.boilerplate = compile_boilerplate(c.boilerplate_patterns)
+        self._truncated = False
+        chosen = c.rejects_path or rejects_path
+        self.rejects_path: Path | None = Path(chosen) if chosen else None
+        self.summary = ReadSummary(rejects_path=str(self.rejects_path) if self.rejects_path else None)
+
+    # ---- one record -> row
+
+    def _make_row(self, obj: dict[str, Any], source: str, number: int) -> tuple[CatalogRow | RecordError, bool]:
+        """Validate and clean one parsed record; returns (row or error, whether a field was truncated)."""
+        row = self._validate(obj, source, number)
+        return row, self._truncated
+
+    def _validate(self, obj: dict[str, Any], source: str, number: int) -> CatalogRow | RecordError:
+        self._truncated = False
+        c = self.config
+        title = obj.get("title")
+        if title is None:
+            return RecordError("missing title")
+        if not isinstance(title, str):
+            return RecordError(f"title is not a string (got {type(title).__name__})")
+        content = obj.get("content")
+        if content is None:
+            content = ""
+        elif not isinstance(content, str):
+            return RecordError(f"content is not a string or null (got {type(content).__name__})")
+        uid = obj.get("uid")
+        if isinstance(uid, bool) or not (uid is None or isinstance(uid, (str, int))):
+            return RecordError(f"uid is not a string, integer or null (got {type(uid).__name__})")
+
+        title = clean_title(title)
+        if not title:
+            return RecordError("empty title after cleaning")
+        if len(title) < c.min_title_chars:
+            return RecordError(f"title shorter than catalog.min_title_chars={c.min_title_chars}")
+        content = clean_text(content, self.boilerplate)
+        truncated = False
+        if len(title) > c.max_title_chars:
+            if c.overlong == "reject":
+                return RecordError(f"title longer than catalog.max_title_chars={c.max_title_chars}")
+            title, truncated = _truncate(title, c.max_title_chars), True
+        if len(content) > c.max_content_chars:
+            if c.overlong == "reject":
+                return RecordError(f"content longer than catalog.max_content_chars={c.max_content_chars}")
+            content, truncated = _truncate(content, c.max_content_chars), True
+        if not content and not c.keep_empty_content:
+            return RecordError("empty content")
+
+        if isinstance(uid, int):
+            uid = str(uid)
+        elif isinstance(uid, str):
+            uid = uid.strip()
+            if any(ch.isspace() or not ch.isprintable() for ch in uid):
+                return RecordError("uid contains whitespace or control characters")
+        if not uid:
+            uid = stable_uid(title, content)
+        self._truncated = truncated
+        return CatalogRow(uid=uid, title=title, content=content, source=source, line=number)
+
+    # ---- files -> rows
+
+    def iter_rows(self, paths: Sequence[str | Path] | str | Path, progress: bool = False) -> Iterator[CatalogRow]:
+        """Stream the rows of `paths` in order; `self.summary` is complete once iteration ends."""
+        path_list = [Path(paths)] if isinstance(paths, (str, os.PathLike)) else [Path(p) for p in paths]
+        for path in path_list:
+            if not path.exists():
+                raise FileNotFoundError(f"{path}: catalog file not found")
+            if path.is_dir():
+                raise IsADirectoryError(f"{path}: is a directory; pass the catalog file (trn.json, .jsonl, .json, .gz)")
+        self.summary = ReadSummary(
+            rejects_path=str(self.rejects_path) if self.rejects_path else None,
+            sources=[str(p) for p in path_list],
+        )
+        started = time.perf_counter()
+        last_seen: dict[str, int] | None = None
+        if self.config.duplicate_policy == "keep_last":
+            last_seen = self._last_positions(path_list)
+        rejects = None
+        if self.rejects_path is not None:
+            self.rejects_path.parent.mkdir(parents=True, exist_ok=True)
+            rejects = open(self.rejects_path, "w", encoding="utf-8", errors="backslashreplace")  # noqa: SIM115
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            total = sum(p.stat().st_size for p in path_list)
+            bar = tqdm(total=total, unit="B", unit_scale=True, desc="reading catalog")
+        try:
+            yield from self._rows(path_list, last_seen, rejects, bar)
+        finally:
+            if rejects is not None:
+                rejects.close()
+            if bar is not None:
+                bar.close()
+            self.summary.seconds = time.perf_counter() - started
+        self.summary.check()
+
+    def _last_positions(self, paths: list[Path]) -> dict[str, int]:
+        """keep_last, first pass: the last (source, line) of every uid among the valid rows."""
+        last: dict[str, int] = {}
+        for index, path in enumerate(paths):
+            for number, _raw, obj in _iter_file(path):
+                if obj is None or isinstance(obj, RecordError):
+                    continue
+                row, _ = self._make_row(obj, str(path), number)
+                if isinstance(row, CatalogRow):
+                    last[row.uid] = (index << _SOURCE_SHIFT) | number
+        return last
+
+    def _rows(
+        self, paths: list[Path], last_seen: dict[str, int] | None, rejects: Any, bar: Any
+    ) -> Iterator[CatalogRow]:
+        s = self.summary
+        policy = self.config.duplicate_policy
+        first_seen: dict[str, int] = {}
+
+        def where(packed: int, current: int) -> str:
+            index, number = packed >> _SOURCE_SHIFT, packed & ((1 << _SOURCE_SHIFT) - 1)
+            return f"line {number}" if index == current else f"{paths[index]} line {number}"
+
+        def reject(source: str, number: int, reason: str, raw: bytes | str, kind: str) -> None:
+            s.add_reason(kind)
+            if rejects is not None:
+                record = {"source": source, "line": number, "reason": reason, "raw": _show_raw(raw)}
+                rejects.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+        for index, path in enumerate(paths):
+            source = str(path)
+            for number, raw, obj in _iter_file(path, bar):
+                if obj is None:
+                    s.blank_lines += 1
+                    continue
+                s.read += 1
+                row, truncated = (obj, False) if isinstance(obj, RecordError) else self._make_row(obj, source, number)
+                if isinstance(row, RecordError):
+                    s.rejected += 1
+                    reject(source, number, row.reason, raw, _reason_kind(row.reason))
+                    continue
+                here = (index << _SOURCE_SHIFT) | number
+                if last_seen is not None:
+                    kept = last_seen[row.uid]
+                    if kept != here:
+                        s.duplicates += 1
+                        reject(source, number, f"duplicate uid (kept the last one, at {where(kept, index)})",
+                               raw, "duplicate uid")
+                        continue
+                else:
+                    first = first_seen.get(row.uid)
+                    if first is not None:
+                        reason = f"duplicate uid (first seen at {where(first, index)})"
+                        if policy == "reject":
+                            s.rejected += 1
+                        else:
+                            s.duplicates += 1
+                        reject(source, number, reason, raw, "duplicate uid")
+                        continue
+                    first_seen[row.uid] = here
+                s.accepted += 1
+                s.truncated += truncated
+                if not row.content:
+                    s.empty_content += 1
+                yield row
+
+
+def _reason_kind(reason: str) -> str:
+    """The reason without its details ("invalid JSON (...)" -> "invalid JSON"): the summary counts kinds."""
+    return reason.split(" (", 1)[0]
+
+
+def read_catalog(
+    paths: Sequence[str | Path] | str | Path,
+    config: CatalogConfig | None = None,
+    rejects_path: str | Path | None = None,
+    progress: bool = False,
+) -> tuple[list[CatalogRow], ReadSummary]:
+    """Read every row into a list (convenience for small files and tests) and return the summary."""
+    reader = CatalogReader(config, rejects_path=rejects_path)
+    rows = list(reader.iter_rows(paths, progress=progress))
+    return rows, reader.summary

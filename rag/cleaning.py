@@ -1,0 +1,114 @@
+"""Text cleaning for catalog titles and descriptions: entities, boilerplate, Unicode, whitespace.
+
+    python -c "from rag.cleaning import clean_text; print(clean_text('It&#8217;s here.--This text refers to thePaperbackedition.'))"
+
+The raw AmazonTitles-1.3MM text carries HTML entities (named, decimal, hex and sometimes
+double-encoded such as `&amp;#8217;`), stray Windows-1252 code points, and publisher boilerplate
+("--This text refers to an out of print or unavailable edition of this title.", "Copyright 1999
+Reed Business Information, Inc.", ...). `clean_text` turns one raw description into plain, single-spaced
+text; `clean_title` does the same for titles but never removes boilerplate (a title is never a notice).
+
+Order of the steps, and why:
+1. decode HTML entities, up to three rounds, so double-encoded text is decoded too;
+2. Unicode NFC, so "e" + combining accent and "é" compare equal (and the patterns see composed text);
+3. map C1 code points (U+0080-U+009F, which are never meant in real text) to what Windows-1252 meant
+   by them (U+0092 -> right single quote), drop the other control and invisible format characters
+   and lone surrogates (they cannot be written as UTF-8);
+4. remove boilerplate (each match becomes a space, so words on either side never fuse);
+5. collapse every run of whitespace (newlines and tabs included) to one space and strip.
+"""
+from __future__ import annotations
+
+import html
+import re
+import unicodedata
+from functools import lru_cache
+from typing import Sequence
+
+__all__ = ["compile_boilerplate", "clean_text", "clean_title", "default_boilerplate"]
+
+# Control characters other than whitespace, C1 controls, lone surrogates and the invisible format
+# characters that only get in the way of search: zero-width space/joiners' cousins, word joiner,
+# soft hyphen, BOM. (ZWJ U+200D is kept: it is part of emoji sequences.)
+_UNWANTED = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1b\x7f-\x9f\u00ad\u200b\u2060\ufeff\ud800-\udfff]")
+
+
+def _c1_replacement(match: re.Match[str]) -> str:
+    char = match.group(0)
+    code = ord(char)
+    if 0x80 <= code <= 0x9F:
+        try:
+            # U+0092 as cp1252 byte 0x92 is a right single quote; the five undefined ones raise.
+            return bytes([code]).decode("cp1252")
+        except UnicodeDecodeError:
+            return ""
+    if char in "\u00ad\u200b\u2060\ufeff":
+        return ""  # invisible: joining the halves is what the writer meant
+    return " "  # other controls: a space, so the words on either side stay apart
+
+
+def compile_boilerplate(patterns: Sequence[str]) -> list[re.Pattern[str]]:
+    """Compile boilerplate regexes (as in `CatalogConfig.boilerplate_patterns`).
+
+    Raises ValueError naming the index and text of the first pattern that does not compile.
+    """
+    compiled: list[re.Pattern[str]] = []
+    for i, pattern in enumerate(patterns):
+        try:
+            compiled.append(re.compile(pattern))
+        except re.error as exc:
+            raise ValueError(
+                f"catalog.boilerplate_patterns[{i}] is not a valid regular expression ({exc}): {pattern!r}"
+            ) from None
+    return compiled
+
+
+@lru_cache(maxsize=1)
+def default_boilerplate() -> tuple[re.Pattern[str], ...]:
+    """The compiled `rag.config.DEFAULT_BOILERPLATE` patterns (compiled once, then cached)."""
+    from rag.config import DEFAULT_BOILERPLATE
+
+    return tuple(compile_boilerplate(DEFAULT_BOILERPLATE))
+
+
+def _decode_entities(text: str) -> str:
+    # Three rounds cover "&amp;amp;#8217;"; stop early once nothing changes.
+    for _ in range(3):
+        if "&" not in text:
+            break
+        decoded = html.unescape(text)
+        if decoded == text:
+            break
+        text = decoded
+    return text
+
+
+def _normalise(text: str) -> str:
+    text = _decode_entities(text)
+    if not text.isascii():
+        text = unicodedata.normalize("NFC", text)
+    if _UNWANTED.search(text) is not None:
+        text = _UNWANTED.sub(_c1_replacement, text)
+    return text
+
+
+def clean_text(text: str, boilerplate: Sequence[re.Pattern[str]] | None = None) -> str:
+    """Clean one description: entities, Unicode NFC, control characters, boilerplate, whitespace.
+
+    `boilerplate` defaults to the compiled `DEFAULT_BOILERPLATE`; pass `[]` to remove none.
+    All whitespace (newlines included) becomes single spaces; the result is stripped.
+    """
+    if not text:
+        return ""
+    text = _normalise(text)
+    patterns = default_boilerplate() if boilerplate is None else boilerplate
+    for pattern in patterns:
+        text = pattern.sub(" ", text)
+    return " ".join(text.split())
+
+
+def clean_title(text: str) -> str:
+    """Clean one title: like `clean_text` but without boilerplate removal."""
+    if not text:
+        return ""
+    return " ".join(_normalise(text).split())
