@@ -176,12 +176,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, UsageError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        if not _is_user_error(exc) or getattr(args, "verbose", False):
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+_OWN_PACKAGES = {"rag", "index", "finetune", "api"}
+
+
+def _is_user_error(exc: BaseException) -> bool:
+    """Errors this project raised on purpose (they say what to do): printed without a traceback."""
+    if isinstance(exc, (ConfigError, UsageError, FileNotFoundError, PermissionError)):
+        return True
+    return type(exc).__module__.split(".")[0] in _OWN_PACKAGES
 
 
 if __name__ == "__main__":  # pragma: no cover
