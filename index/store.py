@@ -274,6 +274,20 @@ class IndexSnapshot:
     def iter_rows(self, batch: int = 10000) -> Iterator[CatalogRow]:
         return self._meta.iter_rows(batch)
 
+    def lexical_search(self, question: str, k: int) -> list[tuple[int, float, str]]:
+        """Description-index candidates (index/lexical.py): (faiss_id, score in [0, 1], best passage).
+
+        Opened lazily on the first call and cached per snapshot; [] for a version built without one.
+        """
+        try:
+            from . import lexical
+        except ModuleNotFoundError as exc:  # a checkout without the description index
+            if exc.name != "index.lexical":
+                raise
+            return []
+        index = lexical.for_snapshot(self)
+        return index.search(question, k, get_rows=self.get_rows) if index is not None else []
+
     def close(self) -> None:
         """Release the SQLite connection. Snapshots handed to other threads are closed by garbage collection instead."""
         if not self.closed:
