@@ -427,7 +427,7 @@ class CatalogReader:
             uid = str(uid)
         elif isinstance(uid, str):
             uid = uid.strip()
-            if any(ch.isspace() or not ch.isprintable() for ch in uid):
+            if not uid.isprintable() or " " in uid:  # isprintable() is False for other whitespace
                 return RecordError("uid contains whitespace or control characters")
         if not uid:
             uid = stable_uid(title, content)

@@ -117,3 +117,18 @@ def test_config_default_patterns_are_the_cleaner_defaults() -> None:
     for pattern in compile_boilerplate(DEFAULT_BOILERPLATE):
         assert isinstance(pattern, re.Pattern)
         assert not pattern.match("")  # no pattern may match empty text (it would loop or eat spaces)
+
+
+@pytest.mark.parametrize(
+    "pattern, text, expected",
+    [
+        (r"(?:ab)?cdef", "xx abcdef cdef yy", "xx yy"),
+        (r"(?i)spam\s*", "SPAM eggs Spam", "eggs"),  # no needle: case-insensitive
+        (r"zz(?i:spam)", "zzSPAM eggs", "eggs"),  # case-insensitive group ends the needle
+        (r"\bfoo\b-bar", "a foo-bar b", "a b"),
+        (r"x(?:abc|abd)yz", "1 xabdyz 2", "1 2"),
+        (r"a|bcdef", "a bcdef c", "c"),  # top-level alternation: no needle, regex always runs
+    ],
+)
+def test_needle_prefilter_never_skips_a_match(pattern: str, text: str, expected: str) -> None:
+    assert clean_text(text, compile_boilerplate([pattern])) == expected
