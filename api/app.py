@@ -349,7 +349,28 @@ def create_app(config: Config, rag: Any = None) -> FastAPI:
     app.add_middleware(RequestContextMiddleware, metrics=state.metrics)
     _install_error_handlers(app)
     _add_routes(app, state)
+    _complete_openapi(app)
     return app
+
+
+def _complete_openapi(app: FastAPI) -> None:
+    """Add the models that only appear in the event stream (chunks) to the schema's components."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            from pydantic.json_schema import models_json_schema
+
+            spec = generate()
+            _, defs = models_json_schema([(s.ChatCompletionChunk, "serialization")],
+                                         ref_template="#/components/schemas/{model}")
+            components = spec.setdefault("components", {}).setdefault("schemas", {})
+            for name, schema in defs.get("$defs", {}).items():
+                components.setdefault(name, schema)
+            app.openapi_schema = spec
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def _load(state: ApiState) -> None:
