@@ -40,7 +40,7 @@ class UnslothGenerator(HFGenerator):
     """HFGenerator whose model is loaded by unsloth and switched to its inference mode."""
 
     name = "unsloth"
-    max_seq_length = 4096  # context unsloth allocates rotary caches for; prompts are ~1-2k tokens
+    max_seq_length = 4096  # upper bound of the context unsloth prepares for; prompts are ~1-2k tokens
 
     def __init__(self, config: Config):
         super().__init__(config)
@@ -57,7 +57,7 @@ class UnslothGenerator(HFGenerator):
         try:
             model, tokenizer = FastLanguageModel.from_pretrained(
                 model_name=self.model_name,
-                max_seq_length=self.max_seq_length,
+                max_seq_length=self._context_length(),
                 dtype=None,  # unsloth picks bfloat16 where the GPU supports it
                 load_in_4bit=bool(gen.load_in_4bit),
                 trust_remote_code=bool(gen.trust_remote_code),
@@ -70,6 +70,21 @@ class UnslothGenerator(HFGenerator):
             model = self._attach_adapter(model, tokenizer)
         FastLanguageModel.for_inference(model)
         return model, tokenizer
+
+    def _context_length(self) -> int:
+        """min(max_seq_length, the model's max_position_embeddings).
+
+        Asking unsloth for more than the model was trained on makes it switch on RoPE scaling,
+        which changes the model's outputs; a catalog answer never needs the longer context.
+        """
+        from transformers import AutoConfig
+
+        try:
+            model_config = AutoConfig.from_pretrained(self.model_name, **self._load_kwargs())
+        except (OSError, ValueError) as exc:
+            raise GeneratorError(missing_model_message(self.model_name, cause=exc)) from exc
+        trained = getattr(model_config, "max_position_embeddings", None)
+        return min(self.max_seq_length, int(trained)) if trained else self.max_seq_length
 
     def _attach_adapter(self, model: Any, tokenizer: Any) -> Any:
         from peft import PeftModel
