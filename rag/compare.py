@@ -22,9 +22,10 @@ import logging
 import string
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from rag.config import Config, ConfigError, load_config
 from rag.types import Answer
@@ -129,7 +130,7 @@ def build_variants(
         config_paths = [None]
     if len(config_paths) > len(COLUMN_LETTERS):
         raise ConfigError([f"--configs: at most {len(COLUMN_LETTERS)} configurations, got {len(config_paths)}"])
-    unused = sorted(set(k for k, v in column_overrides.items() if v) - set(COLUMN_LETTERS[: len(config_paths)]))
+    unused = sorted({k for k, v in column_overrides.items() if v} - set(COLUMN_LETTERS[: len(config_paths)]))
     if unused:
         raise ConfigError([f"--set-{letter}: there is no configuration {letter} (--configs lists "
                            f"{len(config_paths)})" for letter in unused])
@@ -196,7 +197,7 @@ def run_compare(
             try:
                 answer = rags[variant.key].answer(question, k=k, use_context=variant.use_context)
                 row.append(Cell(answer=answer, seconds=time.perf_counter() - started))
-            except Exception as exc:  # noqa: BLE001 - reported in the table, the others still run
+            except Exception as exc:
                 log.debug("compare: %s failed on %r", variant.label, question, exc_info=True)
                 row.append(Cell(error=f"{type(exc).__name__}: {exc}", seconds=time.perf_counter() - started))
         result.cells.append(row)

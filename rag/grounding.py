@@ -19,7 +19,8 @@ citation are checked against every row. Sentences with fewer than 3 content word
 from __future__ import annotations
 
 import re
-from typing import Literal, Sequence
+from collections.abc import Sequence
+from typing import Literal
 
 import numpy as np
 
@@ -29,11 +30,7 @@ _WORD = re.compile(r"[\w']+", re.UNICODE)
 _SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[\"'(\[A-Z0-9À-Ý])")
 _CITATION = re.compile(r"\[(\d+(?:\s*,\s*\d+)*)\]")
 STOP_WORDS = frozenset(
-    """a an the and or but if of to in on at by for with from as is are was were be been being this that these those
-    it its it's he she they them his her their we you your i me my our not no so than then there here what which who
-    whom whose when where why how about into over under up down out do does did has have had can could will would
-    should may might must also just only very more most such any all some each other both either neither one two
-    o a os as um uma de do da dos das e é em no na nos nas por para com que se seu sua""".split()
+    ["a", "an", "the", "and", "or", "but", "if", "of", "to", "in", "on", "at", "by", "for", "with", "from", "as", "is", "are", "was", "were", "be", "been", "being", "this", "that", "these", "those", "it", "its", "it's", "he", "she", "they", "them", "his", "her", "their", "we", "you", "your", "i", "me", "my", "our", "not", "no", "so", "than", "then", "there", "here", "what", "which", "who", "whom", "whose", "when", "where", "why", "how", "about", "into", "over", "under", "up", "down", "out", "do", "does", "did", "has", "have", "had", "can", "could", "will", "would", "should", "may", "might", "must", "also", "just", "only", "very", "more", "most", "such", "any", "all", "some", "each", "other", "both", "either", "neither", "one", "two", "o", "a", "os", "as", "um", "uma", "de", "do", "da", "dos", "das", "e", "é", "em", "no", "na", "nos", "nas", "por", "para", "com", "que", "se", "seu", "sua"]
 )
 MIN_WORDS = 3  # shorter sentences ("I don't know.", "Yes [1].") are not judged
 MAX_PASSAGES_PER_ROW = 40  # embedding mode: bounds the cost of very long descriptions

@@ -12,8 +12,9 @@ import logging
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -63,11 +64,11 @@ class FakeServer:
                 self.end_headers()
                 self.wfile.write(raw)
 
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 self._record()
                 self._json(200, {"object": "list", "data": [{"id": "catalog", "object": "model"}]})
 
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 entry = self._record()
                 step = self._step()
                 if step.get("sleep"):
@@ -188,9 +189,8 @@ def test_5xx_is_retried_with_backoff_then_succeeds(server: FakeServer) -> None:
 def test_persistent_500_gives_a_clear_error_after_the_retries(server: FakeServer, caplog: pytest.LogCaptureFixture) -> None:
     server.script = [{"status": 500, "echo_auth": True}]
     g = make(server.base_url, max_retries=2)
-    with caplog.at_level(logging.DEBUG):
-        with pytest.raises(OpenAIServerError) as info:
-            g.generate(request())
+    with caplog.at_level(logging.DEBUG), pytest.raises(OpenAIServerError) as info:
+        g.generate(request())
     message = str(info.value)
     assert len(server.requests) == 3
     assert info.value.status == 500

@@ -4,6 +4,8 @@
 """
 from __future__ import annotations
 
+from typing import ClassVar
+
 import numpy as np
 import pytest
 
@@ -68,7 +70,7 @@ class BagOfWordsEmbedder:
 
     name = "bow-test"
     dimension = 256
-    SYNONYMS = {"writer": "author", "twelve": "year", "months": "year", "recounts": "memoir", "capital": "delhi"}
+    SYNONYMS: ClassVar[dict[str, str]] = {"writer": "author", "twelve": "year", "months": "year", "recounts": "memoir", "capital": "delhi"}
 
     def embed(self, texts, *, batch_size=None, progress=False):  # type: ignore[no-untyped-def]
         import zlib

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from rag.config import GeneratorConfig
 from rag.types import GenerationRequest
@@ -163,7 +164,7 @@ def render_prompt(tokenizer: Any, messages: Sequence[dict[str, str]]) -> tuple[s
         return fallback_prompt(messages), False
     try:
         text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    except Exception as exc:  # noqa: BLE001 - jinja raises TemplateError; retry without a system turn
+    except Exception as exc:
         if not messages or messages[0]["role"] != "system":
             raise GeneratorError(f"the tokenizer's chat template rejected the messages: {exc}") from exc
         system, rest = messages[0]["content"], messages[1:]

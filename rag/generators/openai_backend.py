@@ -17,7 +17,8 @@ import logging
 import os
 import random
 import time
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import httpx
 
