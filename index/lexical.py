@@ -1,0 +1,710 @@
+"""BM25 index over the cleaned descriptions (title + content), stored inside each index version.
+
+    rag index build --data ../shared/data/amazontitles/trn_sample.jsonl   # builds it with the title index
+    python -m benchmarks.bench_lexical --rows 100000                      # build time, size, RSS, latency
+
+Users often remember what a product is about, not what it is called ("a book about a singing
+cowboy and his horse Trigger"). The title index cannot find such rows; this module adds a second
+retrieval path: Okapi BM25 over the title and the description of every row, written as plain numpy
+arrays (never pickle) next to the FAISS file and listed in the version's manifest, so
+`rag index verify` checks it like every other file. docs/descriptions.md explains the choice
+(measured against SQLite FTS5 and dense description embeddings) and every figure.
+
+Files of a version (flat names: the manifest lists files of the version directory):
+
+    lexical.json                  format, BM25 parameters, segments, document counts
+    lexical.<seg>.hashes.npy      int64, sorted: 64-bit hash of each term (lookup by binary search)
+    lexical.<seg>.terms.json      the terms in the same order (for people and tools; not loaded to query)
+    lexical.<seg>.indptr.npy      int64, len(terms) + 1: postings of term t are [indptr[t], indptr[t+1])
+    lexical.<seg>.docs.npy        int32: document number of each posting, ascending within a term
+    lexical.<seg>.impact.npy      float16: BM25 term-frequency part tf*(k1+1)/(tf + k1*(1-b+b*dl/avgdl))
+    lexical.<seg>.ids.npy         int64: faiss_id of each document number
+    lexical.tombstones.npy        int64, sorted: faiss_ids whose base-segment entry is stale
+
+Two segments, like a tiny LSM tree: `base` (built by `rag index build` or a compaction) and `delta`
+(rows upserted since). `rag index update` hard-links the base files from the parent version
+(zero copy; files of a committed version never change), rebuilds only the small delta from the
+changed rows, and adds the changed and deleted faiss_ids to the tombstones that hide their stale
+base entries. When the delta or the tombstones pass COMPACT_FRACTION of the base, the update
+rebuilds the base instead. The query-time idf uses document frequencies of both segments.
+
+Queries are analysed like documents (lower case, accents folded, English + Portuguese stop words,
+a light English stemmer) after a small Portuguese -> English word map, because questions come in
+Portuguese while the catalog is English. Scoring is exact for rare terms; terms so common that
+their postings exceed `max_postings` in total only re-score the best candidates (see `search`).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import re
+import sqlite3
+import threading
+import time
+import unicodedata
+import weakref
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+FORMAT = 1
+META_NAME = "lexical.json"
+TOMBSTONES_NAME = "lexical.tombstones.npy"
+SEGMENT_FILES = ("hashes.npy", "terms.json", "indptr.npy", "docs.npy", "impact.npy", "ids.npy")
+K1 = 1.2
+B = 0.75
+TITLE_WEIGHT = 2  # title words count twice: a word of the title says more about the product than one of a long blurb
+COMPACT_FRACTION = 0.10  # rebuild the base when delta rows or tombstones exceed this share of it
+CHUNK_DOCS = 50_000  # documents tokenised per numpy counting pass during a build
+DEFAULT_MAX_POSTINGS = 400_000  # postings scored exhaustively per query; commoner terms re-score candidates
+DEFAULT_RESCORE = 2_000  # candidates the very common terms are added to
+SNIPPET_CHARS = 320
+
+# --------------------------------------------------------------------------- text analysis
+
+# English stop words (function words, plus question and request words that say nothing about a product).
+STOPWORDS_EN = frozenset("""
+a about above after again against all also am an and any are aren as at be because been before being below
+between both but by can cannot could couldn did didn do does doesn doing don down during each either else
+ever every few for from further get gets got had has have having he her here hers herself him himself his how
+i if in into is isn it its itself just let ll me might more most must my myself no nor not now of off on once
+one only or other ought our ours ourselves out over own re s same shall she should so some such t than that
+the their theirs them themselves then there these they this those through to too under until up upon us ve
+very was wasn we were weren what when where which while who whom whose why will with within without won would
+you your yours yourself yourselves
+anyone anything someone something thing things kind sort really maybe think remember remembered recall
+looking look find finding search searching want wanted need know knew tell called named name title
+please help like hi hello thanks
+""".split())
+
+# Portuguese stop words (accents folded), and the request words of questions.
+STOPWORDS_PT = frozenset("""
+a ao aos aquela aquelas aquele aqueles aquilo as ate com como da das de dela delas dele deles depois do dos
+e ela elas ele eles em entre era eram essa essas esse esses esta estas este estes eu foi for foram ha isso
+isto ja la lhe lhes mais mas me mesmo meu meus minha minhas muito na nas nao nem no nos nossa nossas nosso
+nossos num numa o os ou para pela pelas pelo pelos por qual quando que quem se seja sem ser seu seus so sua
+suas tambem te tem tinha ter teu tua um uma umas uns voce voces vos sobre onde cujo cuja sao esta estao
+procuro procurando lembro lembrar lembra acho qualquer coisa algo alguem chamado chamada nome titulo
+queria quero gostaria encontrar achar sei saber diga fale conte
+""".split())
+
+STOPWORDS = STOPWORDS_EN | STOPWORDS_PT
+
+# Portuguese -> English for words users put in questions about products (accents folded). The catalog
+# is English, so a Portuguese question only matches through proper names and these words. Kept small
+# and hand-checked; extend it in one place. Values may hold several words ("receitas" -> recipes cooking).
+PT_EN: dict[str, str] = {
+    "livro": "book", "livros": "books", "filme": "movie film", "filmes": "movies films", "historia": "story",
+    "historias": "stories", "conto": "tale story", "contos": "tales stories", "romance": "novel romance",
+    "romances": "novels", "autor": "author", "autora": "author", "escritor": "writer", "escreveu": "wrote",
+    "escrito": "written", "ilustrado": "illustrated", "ilustracoes": "illustrations", "poemas": "poems",
+    "poesia": "poetry", "biografia": "biography", "memorias": "memoir", "guia": "guide", "viagem": "travel journey",
+    "receita": "recipe", "receitas": "recipes cooking", "cozinha": "kitchen cooking cookbook", "culinaria": "cooking",
+    "brinquedo": "toy", "brinquedos": "toys", "jogo": "game", "jogos": "games", "boneca": "doll", "bola": "ball",
+    "madeira": "wooden wood", "pecas": "pieces", "torre": "tower", "arco": "rainbow", "iris": "rainbow",
+    "musica": "music", "musicas": "songs music", "cancao": "song", "cancoes": "songs", "album": "album",
+    "disco": "album record", "banda": "band", "cantor": "singer singing", "cantora": "singer singing",
+    "cantando": "singing", "canta": "sings singing", "cantor(a)": "singer", "ao vivo": "live", "vivo": "live",
+    "gravado": "recorded", "igreja": "church", "irmas": "sisters", "irmaos": "brothers", "irma": "sister",
+    "irmao": "brother", "documentario": "documentary", "serie": "series", "temporada": "season",
+    "dirigido": "directed", "narrado": "narrated", "astronomos": "astronomers", "observatorio": "observatory",
+    "deserto": "desert", "cometa": "comet", "estrela": "star", "estrelas": "stars", "planeta": "planet",
+    "espaco": "space", "lua": "moon", "sol": "sun", "ceu": "sky", "noite": "night", "inverno": "winter",
+    "verao": "summer", "outono": "autumn fall", "primavera": "spring", "tempestade": "storm", "mar": "sea",
+    "oceano": "ocean", "ilha": "island", "farol": "lighthouse", "faroleiro": "lighthouse keeper", "navio": "ship",
+    "barco": "boat", "naufragio": "wreck shipwreck", "porto": "harbour harbor port", "praia": "beach", "rio": "river",
+    "lago": "lake", "montanha": "mountain", "montanhas": "mountains", "floresta": "forest", "cidade": "city",
+    "vila": "village", "aldeia": "village", "fazenda": "farm", "castelo": "castle", "escola": "school",
+    "casa": "house home", "jardim": "garden", "guerra": "war", "paz": "peace", "amor": "love", "morte": "death",
+    "vida": "life", "sonho": "dream", "sonhos": "dreams", "segredo": "secret", "segredos": "secrets",
+    "misterio": "mystery", "assassinato": "murder", "crime": "crime", "detetive": "detective",
+    "fantasma": "ghost", "bruxa": "witch", "magia": "magic", "magico": "magic wizard", "dragao": "dragon",
+    "vampiro": "vampire", "tesouro": "treasure", "pirata": "pirate", "piratas": "pirates", "aventura": "adventure",
+    "aventuras": "adventures", "heroi": "hero", "rei": "king", "rainha": "queen", "principe": "prince",
+    "princesa": "princess", "cavaleiro": "knight", "soldado": "soldier", "guerreiro": "warrior",
+    "vaqueiro": "cowboy", "caubói": "cowboy", "caubois": "cowboys", "faroeste": "western", "xerife": "sheriff",
+    "cavalo": "horse", "cavalos": "horses", "gato": "cat", "gatos": "cats", "gatinho": "kitten",
+    "gatinhos": "kittens", "gata": "cat", "cachorro": "dog", "cao": "dog", "caes": "dogs", "cachorros": "dogs",
+    "filhote": "puppy", "cachorrinho": "puppy", "passaro": "bird", "passaros": "birds", "peixe": "fish",
+    "urso": "bear", "lobo": "wolf", "leao": "lion", "ovelha": "sheep", "ovelhas": "sheep", "vaca": "cow",
+    "coelho": "rabbit", "rato": "mouse", "menino": "boy", "meninos": "boys", "menina": "girl",
+    "meninas": "girls", "crianca": "child children kids", "criancas": "children kids", "bebe": "baby",
+    "infantil": "children kids", "homem": "man", "homens": "men", "mulher": "woman", "mulheres": "women",
+    "pai": "father", "mae": "mother", "filho": "son", "filha": "daughter", "filhos": "children sons",
+    "avo": "grandmother grandfather", "familia": "family", "amigo": "friend", "amigos": "friends",
+    "jovem": "young", "velho": "old", "velha": "old", "novo": "new", "pequeno": "small little",
+    "pequena": "small little", "grande": "big large", "primeiro": "first", "segundo": "second",
+    "terceiro": "third", "ultimo": "last", "sozinho": "alone", "sozinha": "alone", "perdido": "lost",
+    "perdida": "lost", "desaparece": "disappears", "desaparecido": "missing disappeared", "pais": "country",
+    "dormir": "sleep", "sono": "sleep", "sonolento": "sleepy", "sonolentos": "sleepy", "contar": "count",
+    "conta": "counts", "sete": "seven", "doze": "twelve", "dois": "two", "tres": "three", "anos": "years",
+    "ano": "year", "idade": "ages age", "paginas": "pages", "receitas": "recipes", "cozinheiro": "cook",
+    "panela": "pan pot", "frigideira": "pan skillet", "faca": "knife", "facas": "knives", "cobre": "copper",
+    "aco": "steel", "inoxidavel": "stainless", "alho": "garlic", "prensa": "press", "espremedor": "press",
+    "cafe": "coffee", "cha": "tea", "vinho": "wine", "pao": "bread", "bolo": "cake", "torta": "pie",
+    "sopa": "soup", "caranguejo": "crab", "maca": "apple", "amora": "blackberry", "roupa": "clothing clothes",
+    "camisa": "shirt", "camiseta": "shirt", "vestido": "dress", "sapato": "shoe", "sapatos": "shoes",
+    "casaco": "coat jacket", "jaqueta": "jacket", "calca": "pants trousers", "algodao": "cotton",
+    "tamanho": "size", "cor": "colour color", "azul": "blue", "vermelho": "red", "verde": "green",
+    "amarelo": "yellow", "preto": "black", "branco": "white", "rosa": "pink", "dancar": "dance", "danca": "dance",
+    "bale": "ballet", "saia": "skirt tutu", "computador": "computer", "programacao": "programming",
+    "aprender": "learn", "ensina": "teaches", "iniciantes": "beginners", "exercicios": "exercises",
+    "carro": "car", "trem": "train", "aviao": "plane airplane", "robo": "robot", "mapa": "map", "arte": "art",
+    "pintura": "painting", "fotografia": "photography", "fotos": "photos", "religiao": "religion",
+    "deus": "god", "sabedoria": "wisdom", "profeta": "prophet", "filosofia": "philosophy",
+    "historia_": "history", "seculo": "century", "guerra_civil": "civil war", "saude": "health",
+    "dieta": "diet", "exercicio": "exercise", "negocios": "business", "dinheiro": "money",
+}
+# "historia" is both story and history: questions use it for both.
+PT_EN["historia"] = "story history"
+del PT_EN["historia_"], PT_EN["guerra_civil"], PT_EN["ao vivo"], PT_EN["cantor(a)"]
+
+_TOKEN = re.compile(r"[a-z0-9]+")
+
+
+def fold(text: str) -> str:
+    """Lower case with accents removed ("Ação" -> "acao"); apostrophes vanish ("Mog's" -> "mogs")."""
+    text = text.lower().replace("'", "").replace("\u2019", "")
+    if not text.isascii():
+        text = unicodedata.normalize("NFKD", text)
+        text = "".join(c for c in text if not unicodedata.combining(c))
+    return text
+
+
+def stem(word: str) -> str:
+    """A light English stemmer: plurals, -ing/-ed, a final -e and doubled consonants.
+
+    Deliberately conservative (no -er, -ly, -ation rules): "singing"/"sings" -> "sing",
+    "horses"/"horse" -> "hors", "stories"/"story" -> "story", "loved"/"love" -> "lov",
+    "boxes" -> "box". Words of three letters or fewer and numbers are kept as they are.
+    """
+    if len(word) <= 3 or word.isdigit():
+        return word
+    if word.endswith("ies") and len(word) > 4:
+        word = word[:-3] + "y"
+    elif word.endswith("sses"):
+        word = word[:-2]
+    elif word.endswith("s") and not word.endswith(("ss", "us", "is")):
+        word = word[:-1]
+    for suffix in ("ing", "ed"):
+        stem_part = word[: -len(suffix)]
+        if (word.endswith(suffix) and len(stem_part) >= 3 and not word.endswith("eed")
+                and any(v in stem_part for v in "aeiouy")):
+            word = stem_part
+            if len(word) >= 4 and word[-1] == word[-2] and word[-1] not in "lsz":
+                word = word[:-1]  # running -> runn -> run
+            break
+    if len(word) > 3 and word.endswith("e"):
+        word = word[:-1]
+    return word
+
+
+class Analyzer:
+    """Text -> index terms, with a cache: real catalogs repeat the same words millions of times."""
+
+    def __init__(self) -> None:
+        self._cache: dict[str, str] = {}
+
+    def term(self, token: str) -> str:
+        cached = self._cache.get(token)
+        if cached is None:
+            cached = "" if (token in STOPWORDS or len(token) < 2) else stem(token)
+            if len(self._cache) < 2_000_000:
+                self._cache[token] = cached
+        return cached
+
+    def terms(self, text: str) -> list[str]:
+        term = self.term
+        return [t for t in (term(tok) for tok in _TOKEN.findall(fold(text))) if t]
+
+
+_QUERY_ANALYZER = Analyzer()
+
+
+def query_terms(question: str, translate: bool = True) -> list[str]:
+    """Terms of a question: Portuguese words mapped to English (the original kept too), then analysed."""
+    tokens = _TOKEN.findall(fold(question))
+    words: list[str] = []
+    for tok in tokens:
+        mapped = PT_EN.get(tok) if translate else None
+        if mapped:
+            words.extend(mapped.split())
+        else:
+            words.append(tok)
+    term = _QUERY_ANALYZER.term
+    return [t for t in (term(w) for w in words) if t]
+
+
+def term_hash(term: str) -> int:
+    """Signed 64-bit hash of a term (blake2b): stable across runs and machines, unlike hash()."""
+    return int.from_bytes(hashlib.blake2b(term.encode("utf-8"), digest_size=8).digest(), "little", signed=True)
+
+
+# --------------------------------------------------------------------------- building segments
+
+
+@dataclass
+class SegmentArrays:
+    terms: list[str]
+    hashes: np.ndarray
+    indptr: np.ndarray
+    docs: np.ndarray
+    impact: np.ndarray
+    ids: np.ndarray
+    doc_len_sum: int
+
+
+def build_segment(rows: Iterable[tuple[int, str, str]], *, avgdl: float | None = None,
+                  k1: float = K1, b: float = B, title_weight: int = TITLE_WEIGHT) -> SegmentArrays:
+    """Postings of (faiss_id, title, content) rows. `avgdl`: use this average length (delta segments
+    share the base's) instead of the segment's own."""
+    analyzer = Analyzer()
+    vocab: dict[str, int] = {}
+    ids: list[int] = []
+    lens: list[int] = []
+    keys_parts: list[np.ndarray] = []
+    tf_parts: list[np.ndarray] = []
+    flat: list[int] = []
+    chunk_lens: list[int] = []
+    chunk_start = 0
+
+    def flush() -> None:
+        nonlocal flat, chunk_lens, chunk_start
+        if chunk_lens:
+            term_ids = np.fromiter(flat, dtype=np.int64, count=len(flat))
+            doc_nums = np.repeat(np.arange(chunk_start, chunk_start + len(chunk_lens), dtype=np.int64),
+                                 np.asarray(chunk_lens, dtype=np.int64))
+            keys, counts = np.unique((term_ids << 32) | doc_nums, return_counts=True)
+            keys_parts.append(keys)
+            tf_parts.append(np.minimum(counts, 65535).astype(np.uint16))
+            chunk_start += len(chunk_lens)
+        flat, chunk_lens = [], []
+
+    setdefault = vocab.setdefault
+    for faiss_id, title, content in rows:
+        title_terms = analyzer.terms(title)
+        doc_terms = title_terms * title_weight + (analyzer.terms(content) if content else [])
+        flat.extend(setdefault(t, len(vocab)) for t in doc_terms)
+        chunk_lens.append(len(doc_terms))
+        ids.append(int(faiss_id))
+        lens.append(len(doc_terms))
+        if len(chunk_lens) >= CHUNK_DOCS:
+            flush()
+    flush()
+
+    n_docs = len(ids)
+    terms = list(vocab)
+    hashes = np.fromiter((term_hash(t) for t in terms), dtype=np.int64, count=len(terms))
+    order = np.argsort(hashes, kind="stable")
+    if len(np.unique(hashes)) != len(hashes):  # pragma: no cover - 64-bit collision, ~1e-7 at 1e6 terms
+        raise RuntimeError("two terms share a 64-bit hash; report this (the term hash must change)")
+    rank = np.empty(len(terms), dtype=np.int64)
+    rank[order] = np.arange(len(terms), dtype=np.int64)
+    if keys_parts:
+        keys = np.concatenate([(rank[k >> 32] << 32) | (k & 0xFFFFFFFF) for k in keys_parts])
+        tf = np.concatenate(tf_parts)
+        del keys_parts, tf_parts
+        sort = np.argsort(keys, kind="stable")
+        keys, tf = keys[sort], tf[sort]
+        del sort
+    else:
+        keys, tf = np.zeros(0, np.int64), np.zeros(0, np.uint16)
+    term_of = keys >> 32
+    docs = (keys & 0xFFFFFFFF).astype(np.int32)
+    del keys
+    indptr = np.zeros(len(terms) + 1, dtype=np.int64)
+    np.cumsum(np.bincount(term_of, minlength=len(terms)), out=indptr[1:])
+    del term_of
+    doc_len = np.asarray(lens, dtype=np.float32)
+    total = int(doc_len.sum())
+    if avgdl is None:
+        avgdl = total / n_docs if n_docs else 1.0
+    avgdl = max(float(avgdl), 1.0)
+    tf32 = tf.astype(np.float32)
+    norm = k1 * (1.0 - b + b * doc_len[docs] / avgdl)
+    impact = (tf32 * (k1 + 1.0) / (tf32 + norm)).astype(np.float16)
+    return SegmentArrays([terms[i] for i in order], hashes[order], indptr, docs, impact,
+                         np.asarray(ids, dtype=np.int64), total)
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    with open(path, "wb") as fh:
+        np.save(fh, np.ascontiguousarray(array), allow_pickle=False)
+
+
+def write_segment(version_dir: Path, name: str, seg: SegmentArrays) -> list[str]:
+    prefix = f"lexical.{name}."
+    _save_npy(version_dir / (prefix + "hashes.npy"), seg.hashes)
+    (version_dir / (prefix + "terms.json")).write_text(json.dumps(seg.terms, ensure_ascii=False), encoding="utf-8")
+    _save_npy(version_dir / (prefix + "indptr.npy"), seg.indptr)
+    _save_npy(version_dir / (prefix + "docs.npy"), seg.docs)
+    _save_npy(version_dir / (prefix + "impact.npy"), seg.impact)
+    _save_npy(version_dir / (prefix + "ids.npy"), seg.ids)
+    return [prefix + f for f in SEGMENT_FILES]
+
+
+# --------------------------------------------------------------------------- build / update hooks (index/build.py)
+
+
+def _meta_rows(meta_db_path: Path, where: str = "", params: Sequence[Any] = ()) -> Iterator[tuple[int, str, str]]:
+    conn = sqlite3.connect(f"file:{Path(meta_db_path).as_posix()}?mode=ro", uri=True)
+    try:
+        cursor = conn.execute(f"SELECT faiss_id, title, content FROM rows {where} ORDER BY faiss_id", tuple(params))
+        while True:
+            batch = cursor.fetchmany(10_000)
+            if not batch:
+                return
+            yield from batch
+    finally:
+        conn.close()
+
+
+def _write_meta(version_dir: Path, meta: dict[str, Any]) -> str:
+    (version_dir / META_NAME).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    return META_NAME
+
+
+def build_artifacts(meta_db_path: str | Path, version_dir: str | Path, config: Any = None) -> list[str]:
+    """Build the description index of a version from its meta.sqlite; return the file names written.
+
+    Called by `index.build.build_index` once the metadata is final; the names go into the manifest.
+    """
+    started = time.perf_counter()
+    version_dir = Path(version_dir)
+    seg = build_segment(_meta_rows(Path(meta_db_path)))
+    names = write_segment(version_dir, "base", seg)
+    _save_npy(version_dir / TOMBSTONES_NAME, np.zeros(0, dtype=np.int64))
+    n = len(seg.ids)
+    meta = {
+        "format": FORMAT, "k1": K1, "b": B, "title_weight": TITLE_WEIGHT, "analyzer": "fold+stop(en,pt)+light-stem",
+        "avgdl": (seg.doc_len_sum / n) if n else 1.0,
+        "segments": {"base": {"docs": n, "terms": len(seg.terms), "postings": int(len(seg.docs))}},
+        "tombstones": 0, "built_seconds": round(time.perf_counter() - started, 3),
+    }
+    log.info("description index: %d docs, %d terms, %d postings in %.1fs", n, len(seg.terms), len(seg.docs),
+             time.perf_counter() - started)
+    return [_write_meta(version_dir, meta), *names, TOMBSTONES_NAME]
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """Hard link (a committed version's files never change, so sharing the inode is safe), else copy."""
+    import shutil
+
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+
+
+def update_artifacts(meta_db_path: str | Path, version_dir: str | Path, parent_dir: str | Path,
+                     changed_uids: Sequence[str], deleted_uids: Sequence[str], config: Any = None) -> list[str]:
+    """Incremental update: keep the parent's base (hard links), rebuild the small delta, extend tombstones.
+
+    `changed_uids` (inserted or changed rows) are read back from the new meta.sqlite; `deleted_uids`
+    are gone from it, so their faiss_ids are derived from the parent's metadata.
+    Falls back to a full build when the parent has no description index or the delta grows past
+    COMPACT_FRACTION of the base.
+    """
+    version_dir, parent_dir, meta_db_path = Path(version_dir), Path(parent_dir), Path(meta_db_path)
+    parent_meta_path = parent_dir / META_NAME
+    if not parent_meta_path.exists():
+        return build_artifacts(meta_db_path, version_dir, config)
+    parent_meta = json.loads(parent_meta_path.read_text(encoding="utf-8"))
+    if parent_meta.get("format") != FORMAT:
+        return build_artifacts(meta_db_path, version_dir, config)
+    started = time.perf_counter()
+    base_docs = int(parent_meta["segments"]["base"]["docs"])
+
+    def ids_of(db: Path, uids: Sequence[str]) -> list[int]:
+        out: list[int] = []
+        conn = sqlite3.connect(f"file:{db.as_posix()}?mode=ro", uri=True)
+        try:
+            uids = list(uids)
+            for i in range(0, len(uids), 900):
+                part = uids[i:i + 900]
+                out += [int(r[0]) for r in conn.execute(
+                    f"SELECT faiss_id FROM rows WHERE uid IN ({','.join('?' * len(part))})", part)]
+        finally:
+            conn.close()
+        return out
+
+    changed_ids = ids_of(meta_db_path, changed_uids)
+    deleted_ids = ids_of(parent_dir / "meta.sqlite", deleted_uids)
+    old_tomb = np.load(parent_dir / TOMBSTONES_NAME, allow_pickle=False)
+    tomb = np.union1d(old_tomb, np.asarray(changed_ids + deleted_ids, dtype=np.int64))
+    old_delta_ids: np.ndarray = np.zeros(0, np.int64)
+    if "delta" in parent_meta["segments"]:
+        old_delta_ids = np.load(parent_dir / "lexical.delta.ids.npy", allow_pickle=False)
+    # the delta holds every row changed since the base was built that still exists
+    delta_ids = np.setdiff1d(np.union1d(old_delta_ids, np.asarray(changed_ids, dtype=np.int64)),
+                             np.asarray(deleted_ids, dtype=np.int64))
+    if base_docs == 0 or len(delta_ids) > COMPACT_FRACTION * base_docs or len(tomb) > COMPACT_FRACTION * base_docs:
+        log.info("description index: compacting (delta %d rows, %d tombstones, base %d docs)",
+                 len(delta_ids), len(tomb), base_docs)
+        return build_artifacts(meta_db_path, version_dir, config)
+
+    names: list[str] = []
+    for f in SEGMENT_FILES:
+        name = f"lexical.base.{f}"
+        _link_or_copy(parent_dir / name, version_dir / name)
+        names.append(name)
+    segments = {"base": parent_meta["segments"]["base"]}
+    if len(delta_ids):
+        rows: list[tuple[int, str, str]] = []
+        conn = sqlite3.connect(f"file:{meta_db_path.as_posix()}?mode=ro", uri=True)
+        try:
+            id_list = [int(i) for i in delta_ids]
+            for i in range(0, len(id_list), 900):
+                part = id_list[i:i + 900]
+                rows += conn.execute(f"SELECT faiss_id, title, content FROM rows WHERE faiss_id IN "
+                                     f"({','.join('?' * len(part))})", part).fetchall()
+        finally:
+            conn.close()
+        rows.sort()
+        seg = build_segment(rows, avgdl=float(parent_meta["avgdl"]), k1=float(parent_meta["k1"]),
+                            b=float(parent_meta["b"]), title_weight=int(parent_meta["title_weight"]))
+        names += write_segment(version_dir, "delta", seg)
+        segments["delta"] = {"docs": len(seg.ids), "terms": len(seg.terms), "postings": int(len(seg.docs))}
+    _save_npy(version_dir / TOMBSTONES_NAME, tomb)
+    meta = dict(parent_meta, segments=segments, tombstones=int(len(tomb)),
+                updated_seconds=round(time.perf_counter() - started, 3))
+    return [_write_meta(version_dir, meta), *names, TOMBSTONES_NAME]
+
+
+# --------------------------------------------------------------------------- searching
+
+
+class _Segment:
+    """One segment's arrays, memory-mapped: only the postings a query touches are read."""
+
+    def __init__(self, version_dir: Path, name: str, mmap: bool = True) -> None:
+        mode = "r" if mmap else None
+        prefix = version_dir / f"lexical.{name}."
+        self.name = name
+        self.hashes = np.load(f"{prefix}hashes.npy", allow_pickle=False)
+        self.indptr = np.load(f"{prefix}indptr.npy", allow_pickle=False, mmap_mode=mode)
+        self.docs = np.load(f"{prefix}docs.npy", allow_pickle=False, mmap_mode=mode)
+        self.impact = np.load(f"{prefix}impact.npy", allow_pickle=False, mmap_mode=mode)
+        self.ids = np.load(f"{prefix}ids.npy", allow_pickle=False, mmap_mode=mode)
+        self.n_docs = int(len(self.ids))
+        if len(self.indptr) != len(self.hashes) + 1 or len(self.docs) != len(self.impact):
+            raise ValueError(f"{prefix}*.npy: array lengths disagree (hashes {len(self.hashes)}, indptr "
+                             f"{len(self.indptr)}, docs {len(self.docs)}, impact {len(self.impact)}); rebuild the index")
+        self.alive: np.ndarray | None = None  # False for documents hidden by tombstones
+        self._local = threading.local()
+
+    def span(self, h: int) -> tuple[int, int]:
+        i = int(np.searchsorted(self.hashes, h))
+        if i < len(self.hashes) and int(self.hashes[i]) == h:
+            return int(self.indptr[i]), int(self.indptr[i + 1])
+        return 0, 0
+
+    def accumulator(self) -> np.ndarray:
+        acc = getattr(self._local, "acc", None)
+        if acc is None:  # one zeroed buffer per thread, reset after every query (only where it was touched)
+            acc = self._local.acc = np.zeros(self.n_docs, dtype=np.float32)
+        return acc
+
+
+class LexicalIndex:
+    """The description index of one version: `search(question, k)` -> [(faiss_id, score, snippet)]."""
+
+    def __init__(self, version_dir: str | Path, *, mmap: bool = True) -> None:
+        self.path = Path(version_dir)
+        meta_path = self.path / META_NAME
+        if not meta_path.exists():
+            raise FileNotFoundError(f"{meta_path}: no description index in this version; rebuild with "
+                                    "`rag index build` (index.descriptions must be true)")
+        self.meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        if self.meta.get("format") != FORMAT:
+            raise ValueError(f"{meta_path}: description index format {self.meta.get('format')}, this code reads "
+                             f"{FORMAT}; rebuild with `rag index build`")
+        self.k1 = float(self.meta["k1"])
+        self.segments = [_Segment(self.path, name, mmap) for name in ("base", "delta") if name in self.meta["segments"]]
+        self.n_docs = sum(s.n_docs for s in self.segments)
+        tomb = np.load(self.path / TOMBSTONES_NAME, allow_pickle=False)
+        if len(tomb) and self.segments:
+            base = self.segments[0]
+            base.alive = ~np.isin(np.asarray(base.ids), tomb)
+            self.n_docs -= int((~base.alive).sum())
+
+    # ---------------------------------------------------------------- scoring
+
+    def score(self, terms: Sequence[str], k: int, *, max_postings: int = DEFAULT_MAX_POSTINGS,
+              rescore: int = DEFAULT_RESCORE) -> list[tuple[int, float]]:
+        """BM25 top-k (faiss_id, score) for analysed query terms, best first.
+
+        Terms are taken rarest first and scored over all their postings until `max_postings` have
+        been scored; the commoner terms left (low idf: they barely change the order) are then added
+        only to the `rescore` best candidates so far, by binary search in their doc-sorted postings.
+        With few common terms this is exact; tests check it against a brute-force BM25.
+        """
+        weights: dict[str, int] = {}
+        for t in terms:
+            weights[t] = min(weights.get(t, 0) + 1, 2)  # a word repeated in the question counts at most twice
+        if not weights or not self.segments or k <= 0:
+            return []
+        hashes = {t: term_hash(t) for t in weights}
+        spans = {t: [seg.span(h) for seg in self.segments] for t, h in hashes.items()}
+        n_total = max(sum(s.n_docs for s in self.segments), 1)
+        plan = []
+        for t, w in weights.items():
+            df = sum(e - s for s, e in spans[t])
+            if df == 0:
+                continue
+            idf = math.log(1.0 + (n_total - df + 0.5) / (df + 0.5))
+            plan.append((df, t, idf * w))
+        plan.sort()
+        results: list[tuple[int, float]] = []
+        for si, seg in enumerate(self.segments):
+            results += self._score_segment(seg, [(spans[t][si], wt) for _, t, wt in plan], k, max_postings, rescore)
+        results.sort(key=lambda r: -r[1])
+        return results[:k]
+
+    @staticmethod
+    def _score_segment(seg: _Segment, plan: list[tuple[tuple[int, int], float]], k: int, max_postings: int,
+                       rescore: int) -> list[tuple[int, float]]:
+        acc = seg.accumulator()
+        touched: list[np.ndarray] = []
+        scored = 0
+        rest: list[tuple[tuple[int, int], float]] = []
+        try:
+            for (start, end), weight in plan:
+                if end <= start:
+                    continue
+                if scored and scored + (end - start) > max_postings:
+                    rest.append(((start, end), weight))
+                    continue
+                docs = np.asarray(seg.docs[start:end])
+                fresh = docs[acc[docs] == 0.0]  # impacts are > 0, so 0 means "not touched yet"
+                acc[docs] += weight * np.asarray(seg.impact[start:end], dtype=np.float32)
+                touched.append(fresh)
+                scored += end - start
+            if not touched:
+                return []
+            cand = np.concatenate(touched) if len(touched) > 1 else touched[0]
+            vals = acc[cand]
+            if seg.alive is not None:
+                vals = np.where(seg.alive[cand], vals, 0.0).astype(np.float32)
+            if rest:
+                if len(cand) > rescore:
+                    top = np.argpartition(-vals, rescore - 1)[:rescore]
+                    cand, vals = cand[top], vals[top]
+                order = np.argsort(cand)
+                cand, vals = cand[order], vals[order].copy()
+                for (start, end), weight in rest:
+                    docs = seg.docs[start:end]
+                    pos = np.searchsorted(docs, cand)
+                    ok = pos < (end - start)
+                    hit = np.zeros(len(cand), dtype=bool)
+                    hit[ok] = np.asarray(docs[pos[ok]]) == cand[ok]
+                    if hit.any():
+                        vals[hit] += weight * np.asarray(seg.impact[start:end][pos[hit]], dtype=np.float32)
+            keep = vals > 0
+            cand, vals = cand[keep], vals[keep]
+            if len(cand) > k:
+                top = np.argpartition(-vals, k - 1)[:k]
+                cand, vals = cand[top], vals[top]
+            ids = np.asarray(seg.ids[cand])
+            return [(int(i), float(v)) for i, v in zip(ids, vals)]
+        finally:
+            for t in touched:
+                acc[t] = 0.0
+
+    def search(self, question: str, k: int = 50, *, get_rows: Callable[[Sequence[int]], list[Any]] | None = None,
+               translate: bool = True, max_postings: int = DEFAULT_MAX_POSTINGS,
+               snippets: int | None = None, normalize: bool = True) -> list[tuple[int, float, str]]:
+        """Top-k (faiss_id, score, snippet) for a free-form question.
+
+        `normalize`: scores are BM25 divided by `max_score` of the question's terms (in [0, 1]);
+        otherwise raw BM25.
+        With `get_rows` (e.g. `IndexSnapshot.get_rows`), the first `snippets` results (default: all)
+        carry the best-matching passage of their description; otherwise snippets are "".
+        """
+        terms = query_terms(question, translate)
+        ranked = self.score(terms, k, max_postings=max_postings)
+        if not ranked:
+            return []
+        if normalize:  # share of the best score any row could get for these terms: comparable across questions
+            bound = self.max_score(terms) or 1.0
+            ranked = [(fid, score / bound) for fid, score in ranked]
+        texts = [""] * len(ranked)
+        n_snip = len(ranked) if snippets is None else min(snippets, len(ranked))
+        if get_rows is not None and n_snip:
+            rows = get_rows([fid for fid, _ in ranked[:n_snip]])
+            wanted = set(terms)
+            for i, row in enumerate(rows):
+                if row is not None and getattr(row, "content", ""):
+                    texts[i] = best_passage(row.content, wanted)
+        return [(fid, score, texts[i]) for i, (fid, score) in enumerate(ranked)]
+
+    def max_score(self, terms: Sequence[str]) -> float:
+        """Upper bound of a document's BM25 score for these terms: sum of idf * (k1 + 1)."""
+        weights: dict[str, int] = {}
+        for t in terms:
+            weights[t] = min(weights.get(t, 0) + 1, 2)
+        n_total = max(sum(s.n_docs for s in self.segments), 1)
+        total = 0.0
+        for t, w in weights.items():
+            h = term_hash(t)
+            df = sum(e - s for s, e in (seg.span(h) for seg in self.segments))
+            if df:
+                total += w * math.log(1.0 + (n_total - df + 0.5) / (df + 0.5)) * (self.k1 + 1.0)
+        return total
+
+
+_SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[\"'(\[]?[A-Z0-9])")
+_SNIPPET_ANALYZER = Analyzer()
+
+
+def best_passage(content: str, terms: set[str] | Sequence[str], max_chars: int = SNIPPET_CHARS) -> str:
+    """The sentence (with its neighbour when short) of `content` that holds the most query terms.
+
+    Ties go to the earlier sentence; "" when no sentence holds any term (the row matched on its title).
+    """
+    wanted = set(terms)
+    if not wanted or not content:
+        return ""
+    sentences = [s.strip() for s in _SENTENCE.split(content) if s.strip()]
+    best, best_hits = -1, 0
+    for i, sentence in enumerate(sentences):
+        hits = len(wanted.intersection(_SNIPPET_ANALYZER.terms(sentence)))
+        if hits > best_hits:
+            best, best_hits = i, hits
+    if best < 0:
+        return ""
+    text = sentences[best]
+    if len(text) < max_chars // 2 and best + 1 < len(sentences):
+        text = f"{text} {sentences[best + 1]}"
+    if len(text) > max_chars:
+        cut = text.rfind(" ", 0, max_chars - 1)
+        text = text[: cut if cut > max_chars // 2 else max_chars - 1].rstrip(" ,;:") + "…"
+    return text
+
+
+# --------------------------------------------------------------------------- per-snapshot cache
+
+_OPEN: "weakref.WeakKeyDictionary[Any, LexicalIndex | None]" = weakref.WeakKeyDictionary()
+_OPEN_LOCK = threading.Lock()
+
+
+def for_snapshot(snapshot: Any) -> LexicalIndex | None:
+    """The description index of an IndexSnapshot (opened once, then cached), or None when it has none."""
+    try:
+        return _OPEN[snapshot]
+    except (KeyError, TypeError):
+        pass
+    with _OPEN_LOCK:
+        if snapshot in _OPEN:
+            return _OPEN[snapshot]
+        path = Path(getattr(snapshot, "path", ""))
+        index = LexicalIndex(path) if (path / META_NAME).exists() else None
+        _OPEN[snapshot] = index
+        return index
