@@ -279,6 +279,13 @@ def _sse(payload: dict[str, Any] | str) -> bytes:
 _END = object()
 
 
+class _Failure:
+    """An exception raised in the streaming worker thread, carried to the event loop."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
 def _chunk_json(chunk: s.ChatCompletionChunk) -> dict[str, Any]:
     """A chunk as OpenAI writes it: `finish_reason: null` kept, unset delta fields and extensions left out."""
     data = chunk.model_dump()
@@ -646,19 +653,64 @@ async def _stream_completion(state: ApiState, completion_id: str, created: int, 
                                         choices=[s.ChunkChoice(delta=s.Delta(**delta), finish_reason=finish)], **extra)
         return _sse(_chunk_json(payload))
 
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[Any] = asyncio.Queue()
+    stop = threading.Event()
+
+    def put(item: Any) -> None:
+        try:
+            loop.call_soon_threadsafe(queue.put_nowait, item)
+        except RuntimeError:  # the event loop is gone (server shutting down)
+            stop.set()
+
+    def pump() -> None:
+        """Drain the generator in ONE worker thread (no thread hop per piece); pieces go to the queue."""
+        try:
+            for piece in stream:
+                if stop.is_set():  # the client went away: stop pulling pieces
+                    return
+                put(piece)
+            put(_END)
+        except BaseException as exc:  # handed to the event loop, which logs it and tells the client
+            put(_Failure(exc))
+
+    async def next_pieces() -> Any:
+        """The next piece(s) joined (coalescing what is queued already), _END, or a _Failure; 504 at the deadline."""
+        try:
+            item = await asyncio.wait_for(queue.get(), timeout=max(deadline - time.monotonic(), 0.001))
+        except asyncio.TimeoutError:
+            raise ApiError(504, "the answer took longer than api.request_timeout_s="
+                                f"{state.config.api.request_timeout_s} s") from None
+        pieces = []
+        while isinstance(item, str):
+            pieces.append(item)
+            if queue.empty():
+                break
+            item = queue.get_nowait()
+        if pieces and not isinstance(item, str):
+            queue.put_nowait(item)  # the end marker goes back for the next call
+        return "".join(pieces) if pieces else item
+
     async def events() -> AsyncIterator[bytes]:
         try:
             yield chunk({"role": "assistant", "content": ""})
-            piece = first
-            while piece is not _END:
-                yield chunk({"content": piece})
-                try:
-                    piece = await state.run(slot, lambda: next(stream, _END), deadline - time.monotonic())
-                except ApiError as exc:  # 504 mid-stream: the status is sent already, so say it in the stream
-                    yield _sse({"error": {"message": exc.detail, "type": exc.kind, "code": exc.status_code,
-                                          "request_id": request_id_of(request.scope)}})
-                    yield _sse("[DONE]")
-                    return
+            if first is not _END:
+                yield chunk({"content": first})
+                slot.track(loop.run_in_executor(state.executor, pump))
+                while True:
+                    try:
+                        piece = await next_pieces()
+                    except ApiError as exc:  # 504 mid-stream: the status is sent already, so say it in the stream
+                        stop.set()
+                        yield _sse({"error": {"message": exc.detail, "type": exc.kind, "code": exc.status_code,
+                                              "request_id": request_id_of(request.scope)}})
+                        yield _sse("[DONE]")
+                        return
+                    if piece is _END:
+                        break
+                    if isinstance(piece, _Failure):
+                        raise piece.error
+                    yield chunk({"content": piece})
             answer = stream.answer
             _record_stages(state, answer)
             completion_words = _words(answer.text)
@@ -679,10 +731,30 @@ async def _stream_completion(state: ApiState, completion_id: str, created: int, 
                                   "request_id": request_id_of(request.scope)}})
             yield _sse("[DONE]")
         finally:
+            stop.set()
             slot.release()
 
-    return StreamingResponse(events(), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    def close() -> None:
+        stop.set()
+        slot.release()
+
+    return _ClosingStreamingResponse(events(), on_close=close, media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+class _ClosingStreamingResponse(StreamingResponse):
+    """Runs `on_close` however the response ends, even when the client left before the body started
+    (then the body generator never runs, and its `finally` would not free the concurrency slot)."""
+
+    def __init__(self, content: Any, *, on_close: Callable[[], None], **kwargs: Any) -> None:
+        super().__init__(content, **kwargs)
+        self._on_close = on_close
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._on_close()
 
 
 async def _save_upload(request: Request, path: Path) -> int:

@@ -373,6 +373,19 @@ def test_stream_timeout_mid_stream_ends_with_error_event(gate: tuple[Any, GateGe
     assert json.loads(events[-2])["error"]["code"] == 504
 
 
+def test_client_disconnect_mid_stream_frees_the_slot(gate: tuple[Any, GateGenerator]) -> None:
+    live, generator = gate
+    body = {"stream": True, "messages": [{"role": "user", "content": ANCHOR_Q}]}
+    with httpx.stream("POST", live.url + "/v1/chat/completions", json=body, timeout=30) as response:
+        lines = response.iter_lines()
+        assert next(line for line in lines if '"Stub "' in line)
+    # the client is gone; the generator is still blocked in its thread, holding the one slot
+    _error(httpx.post(live.url + "/v1/answer", json={"question": ANCHOR_Q}), 429)
+    generator.gate.set()
+    _wait_idle(live.url)
+    assert httpx.post(live.url + "/v1/answer", json={"question": ANCHOR_Q}).status_code == 200
+
+
 def test_internal_error_is_generic(gate: tuple[Any, GateGenerator]) -> None:
     live, generator = gate
     generator.mode = "raise"
@@ -465,7 +478,8 @@ def test_chat_completion_streaming_with_openai_client(server: Any) -> None:
     assert all(c.object == "chat.completion.chunk" for c in chunks)
     assert len({c.id for c in chunks}) == 1
     streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-    assert streamed == whole and len([c for c in chunks if c.choices and c.choices[0].delta.content]) > 3
+    # the first piece comes alone; pieces queued meanwhile are coalesced into later chunks
+    assert streamed == whole and len([c for c in chunks if c.choices and c.choices[0].delta.content]) >= 2
     final = [c for c in chunks if c.choices and c.choices[0].finish_reason == "stop"]
     assert len(final) == 1 and final[0].model_extra["sources"][0]["uid"] == ANCHOR_UID
     assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == len(whole.split())
