@@ -30,12 +30,12 @@ def _sha(path: Path) -> str:
 
 
 def test_same_seed_same_bytes(tmp_path: Path) -> None:
-    a = write_synthetic_catalog(tmp_path / "a" / "cat.jsonl", rows=2000, seed=7)
-    b = write_synthetic_catalog(tmp_path / "b" / "cat.jsonl", rows=2000, seed=7)
-    c = write_synthetic_catalog(tmp_path / "c.jsonl", rows=2000, seed=8)
+    a = write_synthetic_catalog(tmp_path / "a" / "cat.jsonl", rows=1000, seed=7)
+    b = write_synthetic_catalog(tmp_path / "b" / "cat.jsonl", rows=1000, seed=7)
+    c = write_synthetic_catalog(tmp_path / "c.jsonl", rows=1000, seed=8)
     assert _sha(a) == _sha(b) != _sha(c)
-    gz1 = write_synthetic_catalog(tmp_path / "one.jsonl.gz", rows=2000, seed=7)
-    gz2 = write_synthetic_catalog(tmp_path / "two" / "other.jsonl.gz", rows=2000, seed=7)
+    gz1 = write_synthetic_catalog(tmp_path / "one.jsonl.gz", rows=1000, seed=7)
+    gz2 = write_synthetic_catalog(tmp_path / "two" / "other.jsonl.gz", rows=1000, seed=7)
     assert _sha(gz1) == _sha(gz2)  # no timestamp or file name in the gzip header
     assert gzip.decompress(gz1.read_bytes()) == a.read_bytes()
     assert not list(tmp_path.rglob("*.tmp"))
