@@ -23,9 +23,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from rag.catalog import CatalogReader  # noqa: E402
-from rag.config import CatalogConfig  # noqa: E402
-from rag.synthetic import write_synthetic_catalog  # noqa: E402
+from rag.catalog import CatalogReader
+from rag.config import CatalogConfig
+from rag.synthetic import write_synthetic_catalog
 
 
 def peak_rss_mib() -> float:

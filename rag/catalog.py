@@ -27,9 +27,10 @@ import json
 import os
 import re
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Iterator, Sequence
+from typing import Any, BinaryIO
 
 from rag.cleaning import clean_text, clean_title, compile_boilerplate
 from rag.config import CatalogConfig
@@ -218,8 +219,7 @@ def _iter_json_array(
 
     while "[" not in buf and more():
         pass
-    if buf.startswith("\ufeff"):
-        buf = buf[1:]
+    buf = buf.removeprefix("\ufeff")
     pos = buf.index("[") + 1
     position = 0
     failed_last = False

@@ -22,10 +22,10 @@ from __future__ import annotations
 import html
 import re
 import unicodedata
+from collections.abc import Sequence
 from functools import lru_cache
-from typing import Sequence
 
-__all__ = ["compile_boilerplate", "clean_text", "clean_title", "default_boilerplate"]
+__all__ = ["clean_text", "clean_title", "compile_boilerplate", "default_boilerplate"]
 
 # Control characters other than whitespace, C1 controls, lone surrogates and the invisible format
 # characters that only get in the way of search: zero-width space/joiners' cousins, word joiner,
@@ -63,7 +63,7 @@ def _required_literal(pattern: re.Pattern[str]) -> str | None:
         import sre_parse  # type: ignore[no-redef]
     try:
         tree = sre_parse.parse(pattern.pattern, pattern.flags)
-    except Exception:  # pragma: no cover - the pattern compiled, so this only guards parser internals
+    except (re.error, ValueError, TypeError, AttributeError):  # pragma: no cover - it compiled already
         return None
     runs: list[str] = []
     current: list[str] = []

@@ -32,8 +32,9 @@ import math
 import os
 import random
 import string
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 __all__ = ["ANCHOR_PRODUCTS", "ANCHOR_QUESTIONS", "generate_records", "write_synthetic_catalog"]
 
@@ -161,39 +162,24 @@ class _LengthSampler:
         i = min(max(bisect.bisect_right(self.ps, u), 1), len(self.ps) - 1)
         p0, p1 = self.ps[i - 1], self.ps[i]
         frac = (u - p0) / (p1 - p0)
-        return max(1, int(round(math.exp(self.logs[i - 1] + frac * (self.logs[i] - self.logs[i - 1])))))
+        return max(1, round(math.exp(self.logs[i - 1] + frac * (self.logs[i] - self.logs[i - 1]))))
 
 
 # --------------------------------------------------------------------------- word lists
 
-_FIRST = ("Anna Ben Clara Daniel Edith Felix Grace Henry Iris James Karen Leo Mara Nathan Olive Peter Quinn "
-          "Rosa Simon Tessa Victor Wendy Alan Beatrice Colin Delia Ethan Fiona George Hazel Ivan Julia Kenneth "
-          "Laura Martin Nora Oscar Paula Rupert Sylvia Thomas Ursula Walter Yvonne").split()
-_LAST = ("Abbott Barlow Carver Dunmore Ellery Fenwick Garland Holloway Ingram Jessop Kendrick Lowell Merriman "
-         "Norcross Oakley Pemberton Quill Radcliffe Sutton Thorne Underwood Vance Whitaker Yardley Ashdown "
-         "Brennan Calloway Darrow Everly Fairfax Greaves Hartley Iveson Jarvis Kingsley Lockwood Mayhew "
-         "Northam Orwin Prescott Rowntree Selby Tolliver Upton Winslow").split()
-_ADJ = ("Silent Hidden Golden Broken Distant Quiet Forgotten Secret Wild Bright Last Lost Winter Summer Crimson "
-        "Little Gentle Hollow Burning Endless Northern Painted Midnight Restless Silver Stolen Wandering "
-        "Ancient Bitter Careful Curious Final Hungry Lonely Patient Simple Sudden Tender").split()
-_NOUN = ("River Garden House Island Letter Journey Promise Shadow Harbour Kingdom Mountain Orchard Mirror "
-         "Bridge Lantern Forest Voyage Season Daughter Stranger Winter Valley Tower Road Map Clock Window "
-         "Compass Station Meadow Storm Field Castle Market Library Circle Song Thread Door").split()
-_PLACE = ("Avalon Brightwater Carrick Dunmore Eastwick Fernhill Glenrowan Harrowgate Ivybridge Kestrel Bay "
-          "Larkspur Millbrook Northwood Oakhaven Pinecrest Queensferry Ravenscar Stonehaven Thornbury "
-          "Westmarch").split()
-_TOPIC = ("gardening|sailing|birdwatching|the French Revolution|medieval castles|watercolour painting|"
-          "bread baking|mountain walking|early jazz|the history of maps|family life in wartime|"
-          "beekeeping|chess openings|astronomy for beginners|the Roman army|woodworking").split("|")
-_COLOUR = "Blue Red Green Black White Navy Grey Pink Yellow Purple Orange Teal".split()
-_SIZE = "Small Medium Large X-Large XX-Large".split()
-_BRAND = "Tumblewood Brightway Kitchenly Homestead Northstar Oakridge Pepperell Sunfield Trueform Zephyr".split()
-_TOY = ("Building Blocks Set|Plush Bear|Wooden Train Set|Puzzle Cube|Jigsaw Puzzle, 500 Pieces|Stacking Rings|"
-        "Marble Run|Dolls House|Remote Control Car|Kite|Spinning Top|Board Game").split("|")
-_KITCHEN = ("Cast Iron Skillet|Chef's Knife|Mixing Bowl Set|Salt & Pepper Grinder Set|Stainless Steel Saucepan|"
-            "Bamboo Cutting Board|Silicone Spatula|Cookie Cutters|Teapot|French Press").split("|")
-_CLOTHING = "Cotton T-Shirt|Wool Scarf|Rain Jacket|Running Socks|Fleece Hoodie|Denim Shorts".split("|")
-_GENRE = "folk jazz blues country classical rock soul bluegrass choral piano".split()
+_FIRST = ["Anna", "Ben", "Clara", "Daniel", "Edith", "Felix", "Grace", "Henry", "Iris", "James", "Karen", "Leo", "Mara", "Nathan", "Olive", "Peter", "Quinn", "Rosa", "Simon", "Tessa", "Victor", "Wendy", "Alan", "Beatrice", "Colin", "Delia", "Ethan", "Fiona", "George", "Hazel", "Ivan", "Julia", "Kenneth", "Laura", "Martin", "Nora", "Oscar", "Paula", "Rupert", "Sylvia", "Thomas", "Ursula", "Walter", "Yvonne"]
+_LAST = ["Abbott", "Barlow", "Carver", "Dunmore", "Ellery", "Fenwick", "Garland", "Holloway", "Ingram", "Jessop", "Kendrick", "Lowell", "Merriman", "Norcross", "Oakley", "Pemberton", "Quill", "Radcliffe", "Sutton", "Thorne", "Underwood", "Vance", "Whitaker", "Yardley", "Ashdown", "Brennan", "Calloway", "Darrow", "Everly", "Fairfax", "Greaves", "Hartley", "Iveson", "Jarvis", "Kingsley", "Lockwood", "Mayhew", "Northam", "Orwin", "Prescott", "Rowntree", "Selby", "Tolliver", "Upton", "Winslow"]
+_ADJ = ["Silent", "Hidden", "Golden", "Broken", "Distant", "Quiet", "Forgotten", "Secret", "Wild", "Bright", "Last", "Lost", "Winter", "Summer", "Crimson", "Little", "Gentle", "Hollow", "Burning", "Endless", "Northern", "Painted", "Midnight", "Restless", "Silver", "Stolen", "Wandering", "Ancient", "Bitter", "Careful", "Curious", "Final", "Hungry", "Lonely", "Patient", "Simple", "Sudden", "Tender"]
+_NOUN = ["River", "Garden", "House", "Island", "Letter", "Journey", "Promise", "Shadow", "Harbour", "Kingdom", "Mountain", "Orchard", "Mirror", "Bridge", "Lantern", "Forest", "Voyage", "Season", "Daughter", "Stranger", "Winter", "Valley", "Tower", "Road", "Map", "Clock", "Window", "Compass", "Station", "Meadow", "Storm", "Field", "Castle", "Market", "Library", "Circle", "Song", "Thread", "Door"]
+_PLACE = ["Avalon", "Brightwater", "Carrick", "Dunmore", "Eastwick", "Fernhill", "Glenrowan", "Harrowgate", "Ivybridge", "Kestrel", "Bay", "Larkspur", "Millbrook", "Northwood", "Oakhaven", "Pinecrest", "Queensferry", "Ravenscar", "Stonehaven", "Thornbury", "Westmarch"]
+_TOPIC = ["gardening", "sailing", "birdwatching", "the French Revolution", "medieval castles", "watercolour painting", "bread baking", "mountain walking", "early jazz", "the history of maps", "family life in wartime", "beekeeping", "chess openings", "astronomy for beginners", "the Roman army", "woodworking"]
+_COLOUR = ["Blue", "Red", "Green", "Black", "White", "Navy", "Grey", "Pink", "Yellow", "Purple", "Orange", "Teal"]
+_SIZE = ["Small", "Medium", "Large", "X-Large", "XX-Large"]
+_BRAND = ["Tumblewood", "Brightway", "Kitchenly", "Homestead", "Northstar", "Oakridge", "Pepperell", "Sunfield", "Trueform", "Zephyr"]
+_TOY = ["Building Blocks Set", "Plush Bear", "Wooden Train Set", "Puzzle Cube", "Jigsaw Puzzle, 500 Pieces", "Stacking Rings", "Marble Run", "Dolls House", "Remote Control Car", "Kite", "Spinning Top", "Board Game"]
+_KITCHEN = ["Cast Iron Skillet", "Chef's Knife", "Mixing Bowl Set", "Salt & Pepper Grinder Set", "Stainless Steel Saucepan", "Bamboo Cutting Board", "Silicone Spatula", "Cookie Cutters", "Teapot", "French Press"]
+_CLOTHING = ["Cotton T-Shirt", "Wool Scarf", "Rain Jacket", "Running Socks", "Fleece Hoodie", "Denim Shorts"]
+_GENRE = ["folk", "jazz", "blues", "country", "classical", "rock", "soul", "bluegrass", "choral", "piano"]
 _FORMAT = ("Paperback", "Hardcover", "Mass Market Paperback", "Audio CD", "Audio Cassette", "Library Binding")
 
 # Filler sentences: templates filled from the lists. Some mention "edition" and "copyright" in a normal
@@ -298,7 +284,7 @@ def _encode_entities(text: str, style: tuple[str, str, str, str]) -> str:
 # --------------------------------------------------------------------------- rows
 
 
-_DANGLING = frozenset("a an and by for from in of on the to with A An The".split())
+_DANGLING = frozenset(["a", "an", "and", "by", "for", "from", "in", "of", "on", "the", "to", "with", "A", "An", "The"])
 
 
 def _trim(text: str, target: int) -> str:

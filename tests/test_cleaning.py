@@ -58,13 +58,13 @@ BOILERPLATE_CASES = [
     ("Recommended. Copyright 1999 Reed Business Information, Inc.", "Recommended."),
     ("Recommended.Copyright 2001 Cahners Business Information, Inc.--This text refers to theHardcoveredition.",
      "Recommended."),
-    ("Lively and wise. (Jan.) (c)Copyright &copy; Reed Business Information, a division of Reed Elsevier Inc. "
-     "All rights reserved.--This text refers to an out of print or unavailable edition of this title.",
+    (("Lively and wise. (Jan.) (c)Copyright &copy; Reed Business Information, a division of Reed Elsevier Inc. "
+      "All rights reserved.--This text refers to an out of print or unavailable edition of this title."),
      "Lively and wise. (Jan.)"),
-    ("Lively and wise.(Mar.)Copyright &copy; Reed Business Information, a division of Reed Elsevier Inc. "
-     "All rights reserved.", "Lively and wise.(Mar.)"),
-    ("For all libraries.Jane DoeCopyright &#169; American Library Association. All rights reserved"
-     "--This text refers to theHardcoveredition.", "For all libraries.Jane Doe"),
+    (("Lively and wise.(Mar.)Copyright &copy; Reed Business Information, a division of Reed Elsevier Inc. "
+      "All rights reserved."), "Lively and wise.(Mar.)"),
+    (("For all libraries.Jane DoeCopyright &#169; American Library Association. All rights reserved"
+      "--This text refers to theHardcoveredition."), "For all libraries.Jane Doe"),
     ("Warm narration. J.K. (c)AudioFile, Portland, Maine--This text refers to theAudio Cassetteedition.",
      "Warm narration. J.K."),
     ("Warm narration. (c) AudioFile 2004, Portland, Maine", "Warm narration."),
