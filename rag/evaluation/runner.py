@@ -52,6 +52,12 @@ def _file_digest(path: Path) -> str:
 def index_key(config: Config, data: Sequence[Path]) -> str:
     """Cache key of an evaluation index: catalog bytes + everything that changes what gets indexed."""
     parts = [_file_digest(p) for p in data]
+    # the index package's own source: a cached index built by older code (say, before the
+    # description index existed) must not be reused
+    import index as index_package
+
+    for source in sorted(Path(index_package.__file__).parent.glob("*.py")):
+        parts.append(hashlib.sha256(source.read_bytes()).hexdigest())
     parts += [
         config.embedding.model, config.embedding.backend, str(config.embedding.max_seq_length),
         config.index.type, str(config.index.descriptions), repr(config.catalog),
@@ -404,6 +410,10 @@ def environment() -> dict[str, Any]:
                 break
             except metadata.PackageNotFoundError:
                 continue
+    try:  # other work on the machine skews every timing: record how busy it was
+        info["load_average"] = [round(x, 2) for x in os.getloadavg()]
+    except OSError:  # pragma: no cover - not available on this platform
+        info["load_average"] = None
     info["cuda"] = None
     if "torch" in sys.modules:  # only ask CUDA when torch is loaded anyway (a GPU run)
         try:
@@ -427,6 +437,8 @@ def _cpu_model() -> str:
 def environment_line(info: dict[str, Any]) -> str:
     parts = [f"CPU {info.get('cpu')} ({info.get('cores')} cores)", f"RAM {info.get('ram_gib')} GiB",
              f"python {info.get('python')}", f"torch {info.get('torch')}", f"faiss {info.get('faiss')}"]
+    if info.get("load_average"):
+        parts.append(f"load average {info['load_average'][0]}")
     if info.get("cuda"):
         parts.append(f"GPU {info['cuda']}")
     return "machine: " + ", ".join(parts)
