@@ -22,10 +22,11 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable, Sequence, TypeVar
+from typing import Any, TypeVar
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Security
 from fastapi.encoders import jsonable_encoder
@@ -125,7 +126,7 @@ class ApiState:
 
     # ---------------------------------------------------------------- concurrency
 
-    async def acquire_slot(self) -> "Slot":
+    async def acquire_slot(self) -> Slot:
         """Take a concurrency slot without waiting, or answer 429."""
         if self.semaphore.locked():
             self.metrics.rejected.inc("concurrency")
@@ -138,7 +139,7 @@ class ApiState:
         self.in_flight += 1
         return Slot(self)
 
-    async def run(self, slot: "Slot", fn: Callable[[], T], timeout: float) -> T:
+    async def run(self, slot: Slot, fn: Callable[[], T], timeout: float) -> T:
         """Run blocking `fn` in the answer pool; 504 after `timeout` s (the slot stays taken until `fn` ends)."""
         future = asyncio.get_running_loop().run_in_executor(self.executor, fn)
         slot.track(future)
@@ -273,7 +274,7 @@ async def _answer(state: ApiState, question: str, history: list[dict[str, str]],
 
 def _sse(payload: dict[str, Any] | str) -> bytes:
     data = payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False)
-    return f"data: {data}\n\n".encode("utf-8")
+    return f"data: {data}\n\n".encode()
 
 
 _END = object()

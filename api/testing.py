@@ -33,7 +33,7 @@ class LiveServer:
         self._thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self._socket]},
                                         name=f"uvicorn-{self.port}", daemon=True)
 
-    def start(self, timeout: float = 20.0) -> "LiveServer":
+    def start(self, timeout: float = 20.0) -> LiveServer:
         self._thread.start()
         deadline = time.monotonic() + timeout
         while not self.server.started:
@@ -59,7 +59,7 @@ class LiveServer:
         self._thread.join(timeout=10)
         self._socket.close()
 
-    def __enter__(self) -> "LiveServer":
+    def __enter__(self) -> LiveServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -147,7 +147,7 @@ async def read_rss(client: httpx.AsyncClient) -> int | None:
         text = (await client.get("/metrics")).text
     except httpx.HTTPError:
         return None
-    match = re.search(r"^process_resident_memory_bytes (\d+)", text, re.M)
+    match = re.search(r"^process_resident_memory_bytes (\d+)", text, re.MULTILINE)
     return int(match.group(1)) if match else None
 
 
@@ -181,7 +181,7 @@ async def run_load(url: str, headers: dict[str, str], clients: int, seconds: flo
         wall = time.monotonic() - started
         rss_after = await read_rss(client)
     everything = [x for values in stats.latency.values() for x in values]
-    ms = lambda v: round(v * 1000, 1)  # noqa: E731
+    ms = lambda v: round(v * 1000, 1)
     return {
         "url": url, "clients": clients, "seconds": round(wall, 2), "routes": routes,
         "requests_ok": stats.ok, "requests_per_s": round(stats.ok / wall, 2) if wall else 0.0,

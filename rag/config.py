@@ -281,7 +281,7 @@ class ApiConfig:
     max_k: int = 20  # `k` (rows to retrieve) above this -> 422
     max_messages: int = 64  # chat turns per request; more -> 422
     max_concurrency: int = 8  # answers in flight; one more gets 429 + Retry-After instead of queueing
-    request_timeout_s: float = 60.0  # an answer (or the first streamed piece) slower than this -> 504
+    request_timeout_s: float = 60.0  # answers slower than this -> 504 (a stream already started ends with an error event)
     retry_after_s: int = 1  # Retry-After seconds sent with 429
     model_id: str = "amazontitles-rag"  # the model id of /v1/models and of completions
     # Paths served without the API key (probes and the schema; they reveal no catalog data).

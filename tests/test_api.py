@@ -12,8 +12,9 @@ import os
 import re
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -155,7 +156,7 @@ def gate(gate_server: tuple[Any, GateGenerator]) -> Iterator[tuple[Any, GateGene
 def _wait_idle(url: str, timeout: float = 10) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if re.search(r"^rag_answers_in_flight 0$", httpx.get(url + "/metrics").text, re.M):
+        if re.search(r"^rag_answers_in_flight 0$", httpx.get(url + "/metrics").text, re.MULTILINE):
             return
         time.sleep(0.02)
     raise AssertionError("answers still in flight")
@@ -260,16 +261,16 @@ def test_metrics(server: Any) -> None:
     httpx.get(server.url + "/v1/products/does-not-exist", headers=AUTH)
     assert httpx.get(server.url + "/metrics").status_code == 401
     text = httpx.get(server.url + "/metrics", headers=AUTH).text
-    answers = re.search(r'^rag_http_requests_total\{route="/v1/answer",method="POST",status="200"\} (\d+)$', text, re.M)
+    answers = re.search(r'^rag_http_requests_total\{route="/v1/answer",method="POST",status="200"\} (\d+)$', text, re.MULTILINE)
     assert answers and int(answers.group(1)) >= 1
-    assert re.search(r'^rag_http_requests_total\{route="/v1/products/\{uid\}",method="GET",status="404"\} \d+$', text, re.M)
+    assert re.search(r'^rag_http_requests_total\{route="/v1/products/\{uid\}",method="GET",status="404"\} \d+$', text, re.MULTILINE)
     assert re.search(r'^rag_http_request_duration_seconds_bucket\{route="/v1/answer",method="POST",le="\+Inf"\} \d+$',
-                     text, re.M)
-    assert re.search(r'^rag_answer_stage_seconds_count\{stage="retrieve"\} \d+$', text, re.M)
-    assert re.search(r'^rag_index_info\{version="v\d+T\d+Z"\} 1$', text, re.M)
-    rows = re.search(r"^rag_index_rows (\d+)$", text, re.M)
+                     text, re.MULTILINE)
+    assert re.search(r'^rag_answer_stage_seconds_count\{stage="retrieve"\} \d+$', text, re.MULTILINE)
+    assert re.search(r'^rag_index_info\{version="v\d+T\d+Z"\} 1$', text, re.MULTILINE)
+    rows = re.search(r"^rag_index_rows (\d+)$", text, re.MULTILINE)
     assert rows and int(rows.group(1)) >= 300
-    rss = re.search(r"^process_resident_memory_bytes (\d+)$", text, re.M)
+    rss = re.search(r"^process_resident_memory_bytes (\d+)$", text, re.MULTILINE)
     assert rss and int(rss.group(1)) > 10_000_000
 
 
@@ -358,12 +359,12 @@ def test_concurrency_cap_429_and_timeout_504(gate: tuple[Any, GateGenerator]) ->
     ok = httpx.post(live.url + "/v1/answer", json={"question": ANCHOR_Q})
     assert ok.status_code == 200 and ok.json()["answer"] == "Stub answer [1]."
     metrics = httpx.get(live.url + "/metrics").text
-    assert re.search(r'^rag_http_rejected_total\{reason="concurrency"\} [2-9]', metrics, re.M)
-    assert re.search(r'^rag_http_requests_total\{route="/v1/answer",method="POST",status="504"\} 1$', metrics, re.M)
+    assert re.search(r'^rag_http_rejected_total\{reason="concurrency"\} [2-9]', metrics, re.MULTILINE)
+    assert re.search(r'^rag_http_requests_total\{route="/v1/answer",method="POST",status="504"\} 1$', metrics, re.MULTILINE)
 
 
 def test_stream_timeout_mid_stream_ends_with_error_event(gate: tuple[Any, GateGenerator]) -> None:
-    live, generator = gate
+    live, _ = gate
     body = {"stream": True, "messages": [{"role": "user", "content": ANCHOR_Q}]}
     with httpx.stream("POST", live.url + "/v1/chat/completions", json=body, timeout=30) as response:
         assert response.status_code == 200
@@ -595,7 +596,7 @@ def test_admin_disabled_without_admin_key(index_path: Path, rag: Any) -> None:
 def test_documented_openai_example_runs(server: Any, monkeypatch: pytest.MonkeyPatch, capsys: Any) -> None:
     """The `openai` example of docs/api.md, run as written (only the port differs)."""
     doc = (Path(__file__).resolve().parents[1] / "docs" / "api.md").read_text(encoding="utf-8")
-    match = re.search(r"<!-- example: openai -->\s*```python\n(.*?)```", doc, re.S)
+    match = re.search(r"<!-- example: openai -->\s*```python\n(.*?)```", doc, re.DOTALL)
     assert match, "docs/api.md lost its openai example"
     code = match.group(1).replace("http://127.0.0.1:8000", server.url)
     monkeypatch.setenv("RAG_API_KEY", API_KEY)
@@ -610,3 +611,61 @@ def test_serve_help_lists_host_and_port() -> None:
     parser = build_parser()
     args = parser.parse_args(["serve", "--host", "127.0.0.1", "--port", "9001", "--set", "api.max_k=5"])
     assert args.host == "127.0.0.1" and args.port == 9001 and args.overrides == ["api.max_k=5"]
+
+
+def test_request_models_never_crash_on_odd_input(server: Any) -> None:
+    """Fuzz the request models: random JSON of the wrong shapes gets 200 or 422, never a 500."""
+    import random
+
+    rng = random.Random(1234)
+    atoms: list[Any] = [None, True, 0, -1, 10**12, 1.5, float("1e308"), float("nan"), float("inf"), "", "x", "ü" * 50, [], {}, [1, "a"],
+                        {"role": "user"}, {"role": "user", "content": 5}, {"role": "robot", "content": "hi"},
+                        {"type": "text", "text": "hi"}, ANCHOR_Q]
+
+    def value(depth: int = 0) -> Any:
+        if depth < 2 and rng.random() < 0.3:
+            return [value(depth + 1) for _ in range(rng.randint(0, 3))]
+        return rng.choice(atoms)
+
+    fields = {"/v1/answer": ["question", "k", "history", "max_tokens", "temperature", "top_p"],
+              "/v1/chat/completions": ["model", "messages", "stream", "max_tokens", "temperature", "n", "k",
+                                       "stream_options", "top_p"]}
+    with httpx.Client(base_url=server.url, headers=AUTH) as client:
+        for i in range(80):
+            path = list(fields)[i % 2]
+            body = {name: value() for name in fields[path] if rng.random() < 0.7}
+            if path.endswith("completions") and rng.random() < 0.5:
+                body["messages"] = [{"role": rng.choice(["user", "assistant", "system", "tool"]),
+                                     "content": rng.choice([ANCHOR_Q, "", None, [{"type": "text", "text": "a"}]])}
+                                    for _ in range(rng.randint(0, 3))]
+                body["stream"] = False
+            response = client.post(path, content=json.dumps(body, allow_nan=True),
+                                   headers={"content-type": "application/json"})
+            assert response.status_code in (200, 422), (body, response.text)
+
+
+def test_load_script_starts_rag_serve_and_reports(index_path: Path, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """benchmarks/load_api.py end to end: it starts `rag serve` in a subprocess and measures it briefly."""
+    import importlib.util
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "load_api.py"
+    spec = importlib.util.spec_from_file_location("load_api", script)
+    assert spec and spec.loader
+    load_api = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(load_api)
+    with pytest.raises(SystemExit):  # never another host
+        load_api.main(["--url", "http://192.0.2.1:8000", "--seconds", "1"])
+    monkeypatch.delenv("RAG_API_KEY", raising=False)
+    out = tmp_path / "report.json"
+    status = load_api.main([
+        "--clients", "2", "--seconds", "1.5", "--set", f"index.path={index_path}",
+        "--set", "embedding.model=hashing:64", "--set", "api.max_concurrency=1",
+        "--catalog", str(index_path.parent / "catalog.jsonl"), "--json", str(out),
+        "--server-log", str(tmp_path / "server.log"),
+    ])
+    report = json.loads(out.read_text())
+    assert status == 0 and report["errors"] == 0, report
+    assert report["requests_ok"] > 0 and report["latency_ms"]["p50"] > 0
+    assert report["rejected_429"] > 0  # 2 clients, 1 slot: the designed 429s, counted apart from errors
+    assert report["server_rss_mb"]["peak"] > 10 and report["index_rows"] >= 300
