@@ -561,15 +561,20 @@ class IndexStore:
 class LiveIndex:
     """The current version for a long-running process, switched between requests without a restart.
 
-    `snapshot()` checks the `current` pointer at most every `check_interval_s`; when it names a new
-    version, one caller verifies and opens it while the others keep getting the previous snapshot.
+    `snapshot()` checks the `current` pointer at most every `check_interval_s` (one small file read);
+    when it names a new version, that version is verified (sha256 of a 2 GB index takes seconds) and
+    opened in a background thread (`background_reload=True`, the default) while every caller keeps
+    getting the previous snapshot, so no request waits for a reload; with `background_reload=False`
+    the caller that noticed does the work (others still get the previous snapshot meanwhile).
     A version that fails verification is logged and skipped: the previous good one keeps serving.
     Snapshots are never closed here, so queries in flight finish on the version they started with;
     an old snapshot is freed when its last user drops it.
     """
 
-    def __init__(self, store: IndexStore, check_interval_s: float = 1.0, *, mmap: bool = True) -> None:
+    def __init__(self, store: IndexStore, check_interval_s: float = 1.0, *, mmap: bool = True,
+                 background_reload: bool = True) -> None:
         self.store = store
+        self.background_reload = background_reload
         self.check_interval_s = check_interval_s
         self.mmap = mmap
         self._snapshot: IndexSnapshot | None = None
@@ -587,11 +592,22 @@ class LiveIndex:
                     self._last_check = time.monotonic()
                 return self._snapshot
         if time.monotonic() - self._last_check >= self.check_interval_s and self._reload_lock.acquire(blocking=False):
-            try:
-                self._maybe_reload()
-            finally:
+            if self.store.current_version() in (snap.version, self._failed):
+                self._last_check = time.monotonic()  # the common case: nothing new, no thread
                 self._reload_lock.release()
+            elif self.background_reload:
+                threading.Thread(target=self._reload_and_release, name="index-reload", daemon=True).start()
+            else:
+                self._reload_and_release()
         return self._snapshot  # type: ignore[return-value]
+
+    def _reload_and_release(self) -> None:
+        try:
+            self._maybe_reload()
+        except Exception:  # never let a reload error reach a request; keep serving
+            log.exception("index reload failed; still serving %s", self._snapshot.version if self._snapshot else None)
+        finally:
+            self._reload_lock.release()
 
     def _maybe_reload(self) -> None:
         self._last_check = time.monotonic()

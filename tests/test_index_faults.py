@@ -68,6 +68,7 @@ WORKER = textwrap.dedent(
             build_index(config, [data], progress=False)
         else:
             update_index(config, [data], [f"P{i:07d}" for i in range(n, old)], progress=False)
+        print("done", gen, flush=True)
     """
 )
 
@@ -94,12 +95,19 @@ def _kill_loop(tmp_path: Path, kills: int, seed: int) -> dict[str, int]:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     stats = {"kills": 0, "with_leftovers": 0, "generations": 0}
     last_gen = 0
-    for _ in range(kills):
+    cycle = 0.5  # seconds one write takes; measured below, since it varies with the machine's load
+    for attempt in range(kills):
         worker = subprocess.Popen([sys.executable, "-c", WORKER, str(root), str(work)], stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, text=True, env=env, cwd=str(tmp_path))
         try:
             assert worker.stdout.readline().strip() == "ready", worker.stderr.read()
-            time.sleep(rnd.uniform(0.0, 0.6))
+            if attempt % 3 == 0:
+                # every third run lets one write finish first (so the store moves on between kills)
+                # and re-measures how long a write takes, to spread the kills over a whole write
+                t0 = time.perf_counter()
+                assert worker.stdout.readline().startswith("done"), worker.stderr.read()
+                cycle = time.perf_counter() - t0
+            time.sleep(rnd.uniform(0.0, 1.2 * cycle))
         finally:
             worker.send_signal(signal.SIGKILL)
             worker.wait()

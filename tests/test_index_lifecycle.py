@@ -10,6 +10,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import types
 
@@ -282,7 +283,7 @@ def test_live_index_switches_and_keeps_serving_the_good_version(tmp_path):
     config = hashing_config(tmp_path / "index")
     build_index(config, [write_catalog(tmp_path / "a.jsonl", 50, marker="gen=0")], progress=False)
     store = IndexStore.from_config(config)
-    live = LiveIndex(store, check_interval_s=0)
+    live = LiveIndex(store, check_interval_s=0, background_reload=False)
     first = live.snapshot()
     assert first.rows == 50
 
@@ -310,11 +311,37 @@ def test_live_index_switches_and_keeps_serving_the_good_version(tmp_path):
 def test_live_index_checks_at_most_every_interval(tmp_path):
     config = hashing_config(tmp_path / "index")
     build_index(config, [write_catalog(tmp_path / "a.jsonl", 10)], progress=False)
-    live = LiveIndex(IndexStore.from_config(config), check_interval_s=3600)
+    live = LiveIndex(IndexStore.from_config(config), check_interval_s=3600, background_reload=False)
     first = live.snapshot()
     update_index(config, [write_catalog(tmp_path / "b.jsonl", 1, start=10)], progress=False)
     assert live.snapshot() is first  # not checked yet
     assert live.reload().rows == 11  # an explicit reload checks now
+
+
+def test_live_index_reloads_in_the_background_without_blocking_callers(tmp_path, monkeypatch):
+    config = hashing_config(tmp_path / "index")
+    build_index(config, [write_catalog(tmp_path / "a.jsonl", 10)], progress=False)
+    store = IndexStore.from_config(config)
+    live = LiveIndex(store, check_interval_s=0)
+    first = live.snapshot()
+    update_index(config, [write_catalog(tmp_path / "b.jsonl", 1, start=10)], progress=False)
+    real_open = store.open_version
+    release = threading.Event()
+
+    def slow_open(*args, **kwargs):  # stands in for hashing a large index
+        release.wait(10)
+        return real_open(*args, **kwargs)
+
+    monkeypatch.setattr(store, "open_version", slow_open)
+    started = time.perf_counter()
+    for _ in range(20):
+        assert live.snapshot() is first  # callers keep the old version while the new one loads
+    assert time.perf_counter() - started < 1.0
+    release.set()
+    deadline = time.monotonic() + 10
+    while live.snapshot().rows != 11 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert live.snapshot().rows == 11
 
 
 # --------------------------------------------------------------------------- the lexical hook

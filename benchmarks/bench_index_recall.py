@@ -1,0 +1,146 @@
+"""Recall@10 and latency of the approximate index (hnsw, ivf) against exact search, on MiniLM vectors.
+
+    .venv/bin/python benchmarks/bench_index_recall.py --rows 20000
+    .venv/bin/python benchmarks/bench_index_recall.py --vectors-from /tmp/bench100k/index   # reuse a built flat index
+    .venv/bin/python benchmarks/bench_index_recall.py --catalog ../shared/data/amazontitles/trn_sample.jsonl
+
+Base vectors: MiniLM embeddings of catalog titles (a synthetic catalog of --rows, a given catalog
+file, or the vectors stored in an existing flat index). Queries: questions written from the titles
+of randomly chosen rows ("what is <title> about?", "who made <title>?", "do you have <first words>?"),
+embedded with the same model, searched one at a time as a server would. Recall@10 = share of the
+exact top-10 ids that the approximate index also returns in its top 10.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+TEMPLATES = ("what is {t} about?", "who made {t}?", "do you have {w}?", "tell me about {t}",
+             "is {w} any good?", "I am looking for {w}")
+
+
+def questions(titles: list[str], n: int, seed: int) -> list[str]:
+    rnd = random.Random(seed)
+    out = []
+    for title in rnd.sample(titles, min(n, len(titles))):
+        words = " ".join(title.split()[:4])
+        out.append(rnd.choice(TEMPLATES).format(t=title, w=words))
+    return out
+
+
+def recall_at(exact: np.ndarray, approx: np.ndarray, k: int) -> float:
+    hits = [len(set(e[:k][e[:k] >= 0]) & set(a[:k][a[:k] >= 0])) / max(1, (e[:k] >= 0).sum())
+            for e, a in zip(exact, approx)]
+    return float(np.mean(hits))
+
+
+def per_query_ms(index, queries: np.ndarray, k: int) -> tuple[np.ndarray, float]:
+    ids = np.zeros((len(queries), k), dtype=np.int64)
+    t0 = time.perf_counter()
+    for i, q in enumerate(queries):
+        ids[i] = index.search(q.reshape(1, -1), k)[1][0]
+    return ids, (time.perf_counter() - t0) / len(queries) * 1000
+
+
+def run(name: str, ids: np.ndarray, vectors: np.ndarray, titles: list[str], embedder, args) -> dict:
+    from index.vector import FaissIndex
+
+    qs = embedder.embed(questions(titles, args.queries, args.seed))
+    dim = vectors.shape[1]
+    flat = FaissIndex.create(dim, "flat")
+    flat.add(ids, vectors)
+    exact, flat_ms = per_query_ms(flat, qs, args.k)
+    result = {"dataset": name, "rows": int(len(ids)), "queries": int(len(qs)), "flat_ms_per_query": round(flat_ms, 3),
+              "hnsw": [], "ivf": []}
+    print(f"\n{name}: {len(ids):,} vectors (d={dim}), {len(qs)} question queries; flat {flat_ms:.2f} ms/query")
+
+    t0 = time.perf_counter()
+    hnsw = FaissIndex.create(dim, "hnsw", hnsw_m=args.hnsw_m, hnsw_ef_construction=args.ef_construction)
+    hnsw.add(ids, vectors)
+    build_s = time.perf_counter() - t0
+    result["hnsw_build_s"] = round(build_s, 2)
+    print(f"  hnsw M={args.hnsw_m} efConstruction={args.ef_construction}: built in {build_s:.1f}s")
+    for ef in args.ef_search:
+        hnsw.apply_search_params(hnsw_ef_search=ef)
+        approx, ms = per_query_ms(hnsw, qs, args.k)
+        r = recall_at(exact, approx, args.k)
+        result["hnsw"].append({"ef_search": ef, "recall_at_10": round(r, 4), "ms_per_query": round(ms, 3)})
+        print(f"    efSearch={ef:<4} recall@{args.k}={r:.4f}  {ms:.3f} ms/query")
+
+    if len(ids) >= 2000:
+        nlist = max(16, min(1024, int(4 * np.sqrt(len(ids)))))
+        t0 = time.perf_counter()
+        ivf = FaissIndex.create(dim, "ivf", ivf_nlist=nlist, ivf_train_points=min(len(ids), 64 * nlist))
+        ivf.add(ids, vectors)
+        ivf.flush()
+        result["ivf_build_s"] = round(time.perf_counter() - t0, 2)
+        used = ivf.params.get("ivf_nlist_used", nlist)
+        print(f"  ivf nlist={used}: built in {result['ivf_build_s']:.1f}s")
+        for nprobe in args.nprobe:
+            ivf.apply_search_params(ivf_nprobe=nprobe)
+            approx, ms = per_query_ms(ivf, qs, args.k)
+            r = recall_at(exact, approx, args.k)
+            result["ivf"].append({"nlist": used, "nprobe": nprobe, "recall_at_10": round(r, 4), "ms_per_query": round(ms, 3)})
+            print(f"    nprobe={nprobe:<4} recall@{args.k}={r:.4f}  {ms:.3f} ms/query")
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=20_000, help="synthetic titles to embed (when no other source)")
+    parser.add_argument("--catalog", action="append", default=[], help="catalog file(s) whose titles are embedded")
+    parser.add_argument("--vectors-from", default=None, help="index.path of a built flat index to take vectors from")
+    parser.add_argument("--queries", type=int, default=500)
+    parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--hnsw-m", type=int, default=32)
+    parser.add_argument("--ef-construction", type=int, default=80)
+    parser.add_argument("--ef-search", type=int, nargs="+", default=[16, 32, 64, 128, 256])
+    parser.add_argument("--nprobe", type=int, nargs="+", default=[4, 16, 64])
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    from index.embedder import load_embedder
+    from index.vector import uid_to_id
+    from rag.catalog import CatalogReader
+    from rag.config import load_config
+
+    embedder = load_embedder(load_config().embedding)
+    results = []
+    if args.vectors_from:
+        from index.store import IndexStore
+
+        snap = IndexStore(args.vectors_from).open_current(checksums=False)
+        if snap.embedding_model != embedder.name or snap.index.type != "flat":
+            raise SystemExit(f"{args.vectors_from}: need a flat index built with {embedder.name}")
+        ids, vectors = snap.index.export()
+        titles = [row.title for row in snap.iter_rows()]
+        results.append(run(f"index {snap.version}", ids, vectors, titles, embedder, args))
+    sources = [Path(c) for c in args.catalog]
+    if not args.vectors_from and not sources:
+        from rag.synthetic import write_synthetic_catalog
+
+        import tempfile
+
+        sources = [write_synthetic_catalog(Path(tempfile.mkdtemp()) / "synthetic.jsonl", rows=args.rows, seed=args.seed)]
+    for source in sources:
+        rows = list(CatalogReader(load_config().catalog).iter_rows([source]))
+        titles = [r.title for r in rows]
+        t0 = time.perf_counter()
+        vectors = embedder.embed(titles)
+        print(f"embedded {len(titles):,} titles of {source.name} in {time.perf_counter() - t0:.1f}s")
+        ids = np.array([uid_to_id(r.uid) for r in rows], dtype=np.int64)
+        results.append(run(source.name, ids, vectors, titles, embedder, args))
+    print(json.dumps(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
