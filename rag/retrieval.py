@@ -114,7 +114,8 @@ class Retriever:
 
         description: dict[int, float] = {}
         snippets: dict[int, str] = {}
-        if cfg.use_descriptions and hasattr(snapshot, "lexical_search"):
+        # a follow-up ("who wrote it?") names no product: its words would only match unrelated descriptions
+        if cfg.use_descriptions and not parsed.followup and hasattr(snapshot, "lexical_search"):
             t0 = time.perf_counter()
             try:
                 for item in snapshot.lexical_search(question, n_candidates):

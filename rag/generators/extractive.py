@@ -24,7 +24,7 @@ _INTENTS: dict[str, tuple[re.Pattern[str], frozenset[str]]] = {
     "audience": (
         re.compile(r"\b(who('s| is)\b.{0,200}\bfor\b|for (kids|children|adults|teens|beginners|whom)|what age|ages?|suitable|"
                    r"para (crianças|quem|adultos)|idade)\b", re.I),
-        frozenset("children kids child ages age young readers reader adults adult teens teen toddlers babies "
+        frozenset("children kids child ages age young readers reader adults adult teens teen toddlers babies infants infant months years "
                   "beginners grade grades family families parents students fans lovers anyone everyone "
                   "crianças adultos".split()),
     ),
@@ -33,6 +33,9 @@ _INTENTS: dict[str, tuple[re.Pattern[str], frozenset[str]]] = {
         frozenset("price cost priced dollars value".split()),
     ),
 }
+
+
+_POSSESSIVE_NAME = re.compile(r"\b[A-Z][a-z]+ [A-Z][a-z]+(?:'s|’s)\s")
 
 
 def detect_intent(question: str) -> str:
@@ -56,11 +59,15 @@ def pick_sentences(question: str, hit: Hit, max_sentences: int) -> list[str]:
         words = content_words(sentence)
         score = 0.6 / (1 + position)  # descriptions lead with what the product is
         score += 0.5 * len(words & question_words)
-        if keywords:
-            score += 1.5 * len(words & keywords)
-        if len(sentence) < 25:
-            score -= 0.3  # fragments ("Ages 3-5.") rarely answer alone unless they match the intent
+        matched = len(words & keywords)
+        if intent == "author" and _POSSESSIVE_NAME.search(sentence):
+            matched += 1  # "Judith Kerr's best-selling ..." names the author without saying "by"
+        score += 1.5 * matched
+        if len(sentence) < 25 and not matched:
+            score -= 0.3  # fragments rarely answer alone unless they match the intent ("Ages 3-5.")
         scored.append((score, position, sentence))
+    if intent != "about":
+        max_sentences = min(max_sentences, 2)  # a focused question gets a focused answer
     best = sorted(scored, key=lambda item: (-item[0], item[1]))[:max_sentences]
     return [sentence for _, _, sentence in sorted(best, key=lambda item: item[1])]
 
