@@ -45,7 +45,6 @@ from api.middleware import (
     RequestContextMiddleware,
     error_body,
     keys_equal,
-    presented_key,
     request_id_of,
 )
 from rag.config import Config
@@ -434,11 +433,12 @@ def _add_routes(app: FastAPI, state: ApiState) -> None:
     common_errors = (401, 413, 422, 500)
 
     def require_admin(credentials: HTTPAuthorizationCredentials | None = Security(bearer),
-                      header_key: str | None = Security(key_header), request: Request = None) -> None:  # type: ignore[assignment]
+                      header_key: str | None = Security(key_header)) -> None:
+        """The admin key, from `Authorization: Bearer` or `X-API-Key`; 403 while no admin key is configured."""
         if not state.admin_key:
             raise ApiError(403, f"admin routes are disabled: set the environment variable {api.admin_key_env} "
                                 f"(api.admin_key_env) to a secret and restart the server")
-        given = presented_key({k.lower(): v for k, v in request.headers.items()})
+        given = credentials.credentials if credentials is not None else header_key
         if not keys_equal(given, state.admin_key):
             raise ApiError(401, "missing or wrong admin key: send it as 'Authorization: Bearer <admin key>' or "
                                 f"'X-API-Key: <admin key>' (the server reads it from {api.admin_key_env})",

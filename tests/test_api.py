@@ -137,7 +137,7 @@ def gate_server(index_path: Path, rag: Any) -> Iterator[tuple[Any, GateGenerator
     from rag.pipeline import RAG
 
     generator = GateGenerator()
-    config = _config(index_path, "api.max_concurrency=1", "api.request_timeout_s=1.0")
+    config = _config(index_path, "api.max_concurrency=1", "api.request_timeout_s=2.0")
     live = _serve(config, RAG(config, rag.retriever, generator), api_key=None)
     yield live, generator
     generator.gate.set()
@@ -346,7 +346,7 @@ def test_concurrency_cap_429_and_timeout_504(gate: tuple[Any, GateGenerator]) ->
     error = _error(busy, 429)
     assert busy.headers["retry-after"] == "1" and "api.max_concurrency=1" in error["message"]
     first.join(10)
-    timeout_error = _error(results["first"], 504)  # request_timeout_s=1.0
+    timeout_error = _error(results["first"], 504)  # request_timeout_s=2.0
     assert "api.request_timeout_s" in timeout_error["message"]
     # the timed-out work still runs in its thread, so the slot stays taken: no queue, still 429
     _error(httpx.post(live.url + "/v1/chat/completions",
