@@ -167,14 +167,18 @@ PT_EN["historia"] = "story history"
 del PT_EN["historia_"], PT_EN["guerra_civil"], PT_EN["ao vivo"], PT_EN["cantor(a)"]
 
 _TOKEN = re.compile(r"[a-z0-9]+")
+_COMBINING = re.compile("[\u0300-\u036f]")
 
 
 def fold(text: str) -> str:
-    """Lower case with accents removed ("Ação" -> "acao"); apostrophes vanish ("Mog's" -> "mogs")."""
+    """Lower case with accents removed ("Ação" -> "acao"); apostrophes vanish ("Mog's" -> "mogs").
+
+    Decomposed (NFKD), accents dropped, then encoded to ASCII with "?" for what is left (dashes,
+    other scripts): all in C, ~20x faster than filtering characters in Python; "?" separates tokens.
+    """
     text = text.lower().replace("'", "").replace("\u2019", "")
     if not text.isascii():
-        text = unicodedata.normalize("NFKD", text)
-        text = "".join(c for c in text if not unicodedata.combining(c))
+        text = _COMBINING.sub("", unicodedata.normalize("NFKD", text)).encode("ascii", "replace").decode("ascii")
     return text
 
 
@@ -266,38 +270,63 @@ def build_segment(rows: Iterable[tuple[int, str, str]], *, avgdl: float | None =
     """Postings of (faiss_id, title, content) rows. `avgdl`: use this average length (delta segments
     share the base's) instead of the segment's own."""
     analyzer = Analyzer()
-    vocab: dict[str, int] = {}
+    vocab: dict[str, int] = {}  # term -> term id
+    tok2id: dict[str, int] = {}  # raw token -> term id, or -1 for a stop word (C-speed lookups via map)
     ids: list[int] = []
-    lens: list[int] = []
+    lens_parts: list[np.ndarray] = []
     keys_parts: list[np.ndarray] = []
     tf_parts: list[np.ndarray] = []
     flat: list[int] = []
-    chunk_lens: list[int] = []
+    chunk_counts: list[int] = []  # raw tokens per document (stop words included)
     chunk_start = 0
+    findall = _TOKEN.findall
+    get = tok2id.get
+
+    def resolve(tokens: list[str], mapped: list[int | None]) -> list[int]:
+        for i, tid in enumerate(mapped):
+            if tid is None:
+                term = analyzer.term(tokens[i])
+                tid = tok2id[tokens[i]] = vocab.setdefault(term, len(vocab)) if term else -1
+                mapped[i] = tid
+        return mapped  # type: ignore[return-value]
 
     def flush() -> None:
-        nonlocal flat, chunk_lens, chunk_start
-        if chunk_lens:
+        nonlocal flat, chunk_counts, chunk_start
+        if chunk_counts:
+            n = len(chunk_counts)
             term_ids = np.fromiter(flat, dtype=np.int64, count=len(flat))
-            doc_nums = np.repeat(np.arange(chunk_start, chunk_start + len(chunk_lens), dtype=np.int64),
-                                 np.asarray(chunk_lens, dtype=np.int64))
+            doc_nums = np.repeat(np.arange(chunk_start, chunk_start + n, dtype=np.int64),
+                                 np.asarray(chunk_counts, dtype=np.int64))
+            keep = term_ids >= 0
+            term_ids, doc_nums = term_ids[keep], doc_nums[keep]
+            lens_parts.append(np.bincount(doc_nums - chunk_start, minlength=n).astype(np.int64))
             keys, counts = np.unique((term_ids << 32) | doc_nums, return_counts=True)
             keys_parts.append(keys)
             tf_parts.append(np.minimum(counts, 65535).astype(np.uint16))
-            chunk_start += len(chunk_lens)
-        flat, chunk_lens = [], []
+            chunk_start += n
+        flat, chunk_counts = [], []
 
-    setdefault = vocab.setdefault
     for faiss_id, title, content in rows:
-        title_terms = analyzer.terms(title)
-        doc_terms = title_terms * title_weight + (analyzer.terms(content) if content else [])
-        flat.extend(setdefault(t, len(vocab)) for t in doc_terms)
-        chunk_lens.append(len(doc_terms))
+        tokens = findall(fold(title))
+        mapped = list(map(get, tokens))
+        if None in mapped:
+            mapped = resolve(tokens, mapped)
+        count = len(mapped) * title_weight
+        for _ in range(title_weight):
+            flat.extend(mapped)
+        if content:
+            tokens = findall(fold(content))
+            mapped = list(map(get, tokens))
+            if None in mapped:
+                mapped = resolve(tokens, mapped)
+            flat.extend(mapped)
+            count += len(mapped)
+        chunk_counts.append(count)
         ids.append(int(faiss_id))
-        lens.append(len(doc_terms))
-        if len(chunk_lens) >= CHUNK_DOCS:
+        if len(chunk_counts) >= CHUNK_DOCS:
             flush()
     flush()
+    lens = np.concatenate(lens_parts) if lens_parts else np.zeros(0, np.int64)
 
     n_docs = len(ids)
     terms = list(vocab)

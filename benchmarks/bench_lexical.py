@@ -1,0 +1,306 @@
+"""Benchmark: the description index (index/lexical.py) and the whole fused retrieval at catalog scale.
+
+    .venv/bin/python benchmarks/bench_lexical.py --rows 100000
+    .venv/bin/python benchmarks/bench_lexical.py --rows 1300000 --dense ivf --out results/bench_lexical_1.3M.json
+    .venv/bin/python benchmarks/bench_lexical.py --rows 20000 --queries 50 --dense none      # quick check
+
+What it does, exactly:
+1. Writes `--rows` rows of the deterministic synthetic catalog (`rag.synthetic`, real title and
+   description length distributions, ~40% empty descriptions), cleans them with the project's
+   catalog reader and stores them in a meta.sqlite like `rag index build` does (cached under
+   `--cache-dir`; the time is not part of the figures).
+2. Builds the description index in a child process: wall time, peak RSS of that process, size of
+   the files on disk, postings and terms.
+3. Incremental update: 1% of the rows get a new description and 0.1% are deleted; times
+   `update_artifacts` (hard-linked base + rebuilt delta + tombstones).
+4. Description search alone: `--queries` questions that describe a product from a random sentence
+   of its description (English, and a third in Portuguese frame words), timed one at a time with
+   snippets; p50/p95 and hit@10 (the described row among the top 10) as a sanity check.
+5. With `--dense flat|hnsw|ivf`: a complete index version (FAISS over unit random vectors, one per
+   row: the latency of a search does not depend on the values for flat and ivf; hnsw is shown as
+   measured) and `rag.retrieval.Retriever` with the real MiniLM query embedder; per-stage p50/p95
+   (embed, search, lexical, fuse) and the total with and without the query embedding.
+Prints the machine; `--out` writes the figures as JSON.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import re
+import resource
+import shutil
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def rss_mb() -> float:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def machine() -> str:
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return f"{cpu}, {os.cpu_count()} cores, {mem:.1f} GiB RAM, python {platform.python_version()}, numpy {np.__version__}"
+
+
+def pct(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q)) if values else float("nan")
+
+
+def prepare(rows: int, workdir: Path, seed: int) -> Path:
+    """meta.sqlite of `rows` cleaned synthetic rows (cached)."""
+    from index.metadata import META_FILE, content_hash, open_for_writing
+    from index.vector import uid_to_id
+    from rag.catalog import CatalogReader
+    from rag.config import Config
+    from rag.synthetic import write_synthetic_catalog
+
+    meta = workdir / META_FILE
+    if meta.exists():
+        return meta
+    workdir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    data = write_synthetic_catalog(workdir / "catalog.jsonl", rows, seed=seed)
+    tmp = workdir / (META_FILE + ".tmp")
+    tmp.unlink(missing_ok=True)
+    conn = open_for_writing(tmp)
+    conn.execute("BEGIN")
+    reader = CatalogReader(Config().catalog, workdir / "rejects.jsonl")
+    batch = []
+    for row in reader.iter_rows([data]):
+        batch.append((uid_to_id(row.uid), row.uid, row.title, row.content, content_hash(row.title, row.content),
+                      row.source, row.line))
+        if len(batch) >= 10000:
+            conn.executemany("INSERT OR IGNORE INTO rows VALUES (?,?,?,?,?,?,?)", batch)
+            batch = []
+    conn.executemany("INSERT OR IGNORE INTO rows VALUES (?,?,?,?,?,?,?)", batch)
+    conn.execute("COMMIT")
+    conn.close()
+    tmp.rename(meta)
+    data.unlink()
+    print(f"prepared {rows:,} cleaned rows in {time.perf_counter() - t0:.0f}s ({reader.summary.summary()})", file=sys.stderr)
+    return meta
+
+
+def child_build(meta: Path, out_dir: Path) -> None:
+    """Runs in a child process so that its peak RSS is the build's alone."""
+    from index.lexical import build_artifacts
+
+    t0 = time.perf_counter()
+    names = build_artifacts(meta, out_dir)
+    seconds = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"seconds": seconds, "peak_rss_mb": peak, "files": names}))
+
+
+def make_questions(meta: Path, n: int, seed: int) -> list[tuple[str, int]]:
+    """(question, faiss_id): a random sentence of a random described row, cut to 6-10 words."""
+    rng = random.Random(seed)
+    conn = sqlite3.connect(meta)
+    total = conn.execute("SELECT max(rowid) FROM rows").fetchone()[0]
+    out: list[tuple[str, int]] = []
+    frames_en = ["a book about {}", "{}", "the one where {}", "something with {}"]
+    frames_pt = ["um livro sobre {}", "procuro algo com {}"]
+    while len(out) < n:
+        fid, content = conn.execute("SELECT faiss_id, content FROM rows WHERE rowid >= ? LIMIT 1",
+                                    (rng.randrange(total),)).fetchone() or (None, "")
+        sentences = [s for s in re.split(r"(?<=[.!?])\s+", content or "") if len(s.split()) >= 6]
+        if not sentences:
+            continue
+        words = rng.choice(sentences).rstrip(".!?").split()
+        start = rng.randrange(max(1, len(words) - 6))
+        phrase = " ".join(words[start:start + rng.randint(6, 10)])
+        frame = rng.choice(frames_pt if len(out) % 3 == 2 else frames_en)
+        out.append((frame.format(phrase), int(fid)))
+    conn.close()
+    return out
+
+
+def bench_update(meta: Path, base_dir: Path, workdir: Path, seed: int) -> dict[str, Any]:
+    from index.lexical import update_artifacts
+    from index.metadata import META_FILE, content_hash
+
+    v2 = workdir / "v2"
+    shutil.rmtree(v2, ignore_errors=True)
+    v2.mkdir()
+    shutil.copyfile(meta, v2 / META_FILE)
+    conn = sqlite3.connect(v2 / META_FILE)
+    n = conn.execute("SELECT count(*) FROM rows").fetchone()[0]
+    rng = random.Random(seed)
+    uids = [r[0] for r in conn.execute("SELECT uid FROM rows")]
+    picked = rng.sample(uids, max(1, n // 100) + max(1, n // 1000))
+    changed, deleted = picked[: max(1, n // 100)], picked[max(1, n // 100):]
+    for uid in changed:
+        title, content = conn.execute("SELECT title, content FROM rows WHERE uid=?", (uid,)).fetchone()
+        content = (content + " Now with a revised foreword.").strip()
+        conn.execute("UPDATE rows SET content=?, content_hash=? WHERE uid=?", (content, content_hash(title, content), uid))
+    conn.executemany("DELETE FROM rows WHERE uid=?", [(u,) for u in deleted])
+    conn.commit()
+    conn.close()
+    t0 = time.perf_counter()
+    names = update_artifacts(v2 / META_FILE, v2, base_dir, changed, deleted)
+    seconds = time.perf_counter() - t0
+    written = sum((v2 / f).stat().st_size for f in names if os.stat(v2 / f).st_nlink == 1)
+    return {"changed": len(changed), "deleted": len(deleted), "seconds": seconds, "new_bytes": written}
+
+
+def build_version(meta: Path, lex_dir: Path, root: Path, index_type: str, embedder: Any) -> Any:
+    """A complete index version (vectors.faiss + meta + lexical, manifest) under `root`; returns its config."""
+    from index.lexical import build_artifacts
+    from index.metadata import META_FILE
+    from index.store import VECTORS_FILE, IndexStore
+    from index.vector import FaissIndex
+    from rag.config import load_config
+
+    config = load_config(None, [f"index.path={root}", f"index.type={index_type}"])
+    store = IndexStore.from_config(config)
+    if store.has_current():
+        return config
+    conn = sqlite3.connect(meta)
+    ids = np.fromiter((r[0] for r in conn.execute("SELECT faiss_id FROM rows ORDER BY faiss_id")), dtype=np.int64)
+    conn.close()
+    with store.lock():
+        vdir = store.new_version_dir()
+        t0 = time.perf_counter()
+        index = FaissIndex.from_config(embedder.dimension, config.index)
+        rng = np.random.default_rng(0)
+        for start in range(0, len(ids), 100_000):
+            vec = rng.standard_normal((min(100_000, len(ids) - start), embedder.dimension), dtype=np.float32)
+            vec /= np.linalg.norm(vec, axis=1, keepdims=True)
+            index.add(ids[start:start + 100_000], vec)
+        index.save(vdir / VECTORS_FILE)
+        print(f"{index_type} index over {len(ids):,} random vectors in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
+        shutil.copyfile(meta, vdir / META_FILE)
+        names = build_artifacts(vdir / META_FILE, vdir)
+        manifest = {"rows": int(len(ids)), "operation": "build", "parent": None,
+                    "embedding": {"model": embedder.name, "dimension": int(embedder.dimension)},
+                    "index": {"type": index.type, "params": index.params}, "artifacts": names,
+                    "file_names": [VECTORS_FILE, META_FILE, *names]}
+        store.commit_version(vdir, manifest)
+    return config
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rows", type=int, default=100_000)
+    p.add_argument("--queries", type=int, default=200)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dense", choices=["none", "flat", "hnsw", "ivf"], default="none",
+                   help="also time the whole Retriever.search with this FAISS index type (random vectors)")
+    p.add_argument("--cache-dir", default="/tmp/bench_lexical", help="where the rows and indexes are kept")
+    p.add_argument("--out", default=None, help="write the figures to this JSON file")
+    p.add_argument("--child-build", nargs=2, metavar=("META", "DIR"), help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.child_build:
+        child_build(Path(args.child_build[0]), Path(args.child_build[1]))
+        return 0
+
+    work = Path(args.cache_dir) / f"rows-{args.rows}"
+    meta = prepare(args.rows, work, args.seed)
+    result: dict[str, Any] = {"rows": args.rows, "machine": machine()}
+    print(f"machine: {result['machine']}")
+
+    lex_dir = work / "lexical"
+    shutil.rmtree(lex_dir, ignore_errors=True)
+    lex_dir.mkdir()
+    os.link(meta, lex_dir / "meta.sqlite")  # the parent version's rows: update_artifacts looks deleted uids up there
+    child = subprocess.run([sys.executable, __file__, "--child-build", str(meta), str(lex_dir)],
+                           capture_output=True, text=True, check=True)
+    built = json.loads(child.stdout.strip().splitlines()[-1])
+    size = sum((lex_dir / f).stat().st_size for f in built["files"])
+    lex_meta = json.loads((lex_dir / "lexical.json").read_text())
+    base = lex_meta["segments"]["base"]
+    result["build"] = {"seconds": built["seconds"], "peak_rss_mb": built["peak_rss_mb"], "disk_mb": size / 2**20,
+                       "docs": base["docs"], "terms": base["terms"], "postings": base["postings"]}
+    print(f"build: {built['seconds']:.1f}s, peak RSS {built['peak_rss_mb']:.0f} MB, on disk {size / 2**20:.1f} MB "
+          f"({base['docs']:,} docs, {base['terms']:,} terms, {base['postings']:,} postings)")
+
+    upd = bench_update(meta, lex_dir, work, args.seed)
+    result["update"] = upd
+    print(f"update: {upd['changed']:,} changed + {upd['deleted']:,} deleted rows in {upd['seconds']:.2f}s, "
+          f"{upd['new_bytes'] / 2**20:.2f} MB of new files (the base is hard-linked)")
+
+    from index.lexical import LexicalIndex
+    from index.metadata import MetadataReader
+
+    questions = make_questions(meta, args.queries + 10, args.seed)
+    warmup, questions = questions[:10], questions[10:]
+    rss0 = rss_mb()
+    index = LexicalIndex(lex_dir)
+    reader = MetadataReader(meta)
+    rss_open = rss_mb()
+    for q, _ in warmup:
+        index.search(q, 50, get_rows=reader.get_rows)
+    times, hits = [], 0
+    for q, fid in questions:
+        t0 = time.perf_counter()
+        found = index.search(q, 50, get_rows=reader.get_rows)
+        times.append((time.perf_counter() - t0) * 1000)
+        hits += fid in [f for f, _, _ in found[:10]]
+    result["search"] = {"queries": len(questions), "p50_ms": pct(times, 50), "p95_ms": pct(times, 95),
+                        "hit_at_10": hits / len(questions), "rss_open_mb": rss_open - rss0, "rss_after_mb": rss_mb() - rss0}
+    s = result["search"]
+    print(f"description search (k=50, with snippets): p50 {s['p50_ms']:.2f} ms, p95 {s['p95_ms']:.2f} ms, "
+          f"hit@10 {s['hit_at_10']:.2f} over {len(questions)} questions; RSS +{s['rss_open_mb']:.0f} MB on open, "
+          f"+{s['rss_after_mb']:.0f} MB after the queries (memory-mapped pages)")
+
+    if args.dense != "none":
+        from index.embedder import load_embedder
+        from rag.config import Config
+        from rag.retrieval import Retriever
+
+        emb_config = Config().embedding
+        emb_config.cache_size = 0  # every timed query pays its embedding, as a new question does
+        embedder = load_embedder(emb_config)
+        config = build_version(meta, lex_dir, work / f"index-{args.dense}", args.dense, embedder)
+        stages: dict[str, list[float]] = {}
+        for use in (False, True):
+            config.retrieval.use_descriptions = use
+            retriever = Retriever.from_config(config, embedder=embedder)
+            for q, _ in warmup:
+                retriever.search(q, k=5)
+            label = "fused" if use else "title"
+            for q, _ in questions:
+                t0 = time.perf_counter()
+                retriever.search(q, k=5)
+                total = (time.perf_counter() - t0) * 1000
+                for stage, sec in retriever.last_timings.items():
+                    stages.setdefault(f"{label}.{stage}", []).append(sec * 1000)
+                stages.setdefault(f"{label}.total", []).append(total)
+                stages.setdefault(f"{label}.total_minus_embed", []).append(total - retriever.last_timings.get("embed", 0) * 1000)
+        result["retrieval"] = {"index_type": args.dense,
+                               **{k: {"p50_ms": pct(v, 50), "p95_ms": pct(v, 95)} for k, v in stages.items()}}
+        print(f"whole retrieval ({args.dense} title index, MiniLM query embedding; ms p50 / p95):")
+        for k, v in stages.items():
+            print(f"  {k:28s} {pct(v, 50):8.2f} {pct(v, 95):8.2f}")
+        result["rss_total_mb"] = rss_mb()
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
