@@ -105,7 +105,13 @@ def main() -> int:
     parser.add_argument("--ef-search", type=int, nargs="+", default=[16, 32, 64, 128, 256])
     parser.add_argument("--nprobe", type=int, nargs="+", default=[4, 16, 64])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="FAISS OpenMP threads (1: single-query latency as one server worker sees it)")
     args = parser.parse_args()
+
+    import faiss
+
+    faiss.omp_set_num_threads(args.threads)
 
     from index.embedder import load_embedder
     from index.vector import uid_to_id

@@ -463,7 +463,8 @@ class IndexStore:
         removed: list[str] = []
         if self.versions_dir.is_dir():
             for p in self.versions_dir.iterdir():
-                if p.is_dir() and not (p / MANIFEST_FILE).exists():
+                # no manifest: an interrupted build/update; .deleting-*: an interrupted gc
+                if p.is_dir() and (p.name.startswith(".deleting-") or not (p / MANIFEST_FILE).exists()):
                     shutil.rmtree(p, ignore_errors=True)
                     removed.append(p.name)
         if self.root.is_dir():

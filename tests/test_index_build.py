@@ -137,3 +137,23 @@ def test_uid_to_id_is_stable_non_negative_and_spread():
     expected = int.from_bytes(hashlib.blake2b(b"B000123", digest_size=8).digest(), "little") & (2**63 - 1)
     assert uid_to_id("B000123") == expected
     assert np.int64(uid_to_id("x")) >= 0
+
+
+def test_faiss_id_collisions_are_salted_and_stay_stable(tmp_path, monkeypatch):
+    import index.build as build_module
+
+    real = build_module.uid_to_id
+    monkeypatch.setattr(build_module, "uid_to_id", lambda uid: 42 if uid in ("A", "B") else real(uid))
+    config = hashing_config(tmp_path / "index")
+    rows = [{"uid": "A", "title": "Alpha Garden Cookbook"}, {"uid": "B", "title": "Bravo River Atlas"}]
+    build_index(config, [write_rows(tmp_path / "c.jsonl", rows)], progress=False)
+    snap = IndexStore.from_config(config).open_current()
+    salted = real("B\x001")
+    assert [r.uid for r in snap.get_rows([42, salted])] == ["A", "B"]
+    # an update of B keeps its salted id
+    update_index(config, [write_rows(tmp_path / "u.jsonl", [{"uid": "B", "title": "Bravo Mountain Atlas"}])],
+                 progress=False)
+    snap = IndexStore.from_config(config).open_current()
+    _, found = snap.search(HashingEmbedder(64).embed(["Bravo Mountain Atlas"]), 1)
+    assert found[0, 0] == salted and snap.get_rows([salted])[0].title == "Bravo Mountain Atlas"
+    assert snap.rows == 2

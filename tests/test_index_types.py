@@ -91,3 +91,24 @@ def test_search_params_come_from_config_at_open(tmp_path):
     tuned = hashing_config(tmp_path / "index", index_type="hnsw", extra=["index.hnsw_ef_search=200"])
     snap = IndexStore.from_config(tuned).open_current()
     assert faiss.downcast_index(snap.index.raw.index).hnsw.efSearch == 200  # no rebuild needed to tune
+
+
+def test_hnsw_recall_at_10_against_exact_search():
+    """A regression guard on the approximate index; the MiniLM figures are in docs/index.md."""
+    from index.testing import product_row
+
+    embedder = HashingEmbedder(64)
+    vectors = embedder.embed([product_row(i)["title"] for i in range(2000)])
+    ids = np.arange(2000, dtype=np.int64)
+    queries = embedder.embed([f"what is {product_row(i * 13)['title']} about?" for i in range(150)])
+    exact = FaissIndex.create(64, "flat")
+    exact.add(ids, vectors)
+    _, truth = exact.search(queries, 10)
+    hnsw = FaissIndex.create(64, "hnsw")
+    hnsw.add(ids, vectors)
+    recalls = {}
+    for ef in (16, 64):
+        hnsw.apply_search_params(hnsw_ef_search=ef)
+        _, found = hnsw.search(queries, 10)
+        recalls[ef] = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(truth, found)])
+    assert recalls[64] >= 0.95 and recalls[64] >= recalls[16] - 0.01, recalls
