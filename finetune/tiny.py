@@ -141,6 +141,7 @@ def create_tiny_model(
     heads: int = 4,
     seed: int = 0,
     max_position_embeddings: int = 1024,
+    initializer_range: float = 0.02,
 ) -> Path:
     """Write a random-init LlamaForCausalLM (safetensors) + its tokenizer into `output_dir`.
 
@@ -169,7 +170,8 @@ def create_tiny_model(
         eos_token_id=ids[EOS],
         pad_token_id=ids[PAD],
         tie_word_embeddings=False,
-        torch_dtype="float32",
+        initializer_range=initializer_range,
+        dtype="float32",
     )
     # fork_rng: seeding must not change the caller's global RNG state.
     with torch.random.fork_rng(devices=[]):
@@ -207,11 +209,17 @@ def create_model_of_shape(name: str, *, dtype: Any = None, device: str | None = 
     from transformers import LlamaForCausalLM
 
     config = shape_config(name, **overrides)
+    dtype = dtype or torch.bfloat16
+    previous = torch.get_default_dtype()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        with torch.device(device or "cpu"):
-            model = LlamaForCausalLM(config)
-    return model.to(dtype or torch.bfloat16)
+        torch.set_default_dtype(dtype)  # build in bf16: an 8B model in fp32 would need 32 GB first
+        try:
+            with torch.device(device or "cpu"):
+                model = LlamaForCausalLM(config)
+        finally:
+            torch.set_default_dtype(previous)
+    return model.to(dtype)
 
 
 def save_model_of_shape(name: str, output_dir: str | os.PathLike[str], *, tokenizer_from: str | os.PathLike[str]

@@ -208,7 +208,7 @@ class FinetuneTrainingConfig:
     lr_scheduler: str = "linear"
     optim: str = "auto"  # auto: adamw_8bit with bitsandbytes on CUDA, adamw_torch otherwise
     batching: Literal["padding_free", "packing", "padded"] = "padding_free"
-    gradient_checkpointing: Literal["unsloth", "true", "false"] = "unsloth"  # "unsloth" is "true" off unsloth
+    gradient_checkpointing: Union[bool, Literal["unsloth"]] = "unsloth"  # "unsloth" means true off unsloth
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"  # auto: bf16 where supported, fp32 on CPU
     logging_steps: int = 1
     save_steps: int = 200
@@ -216,6 +216,19 @@ class FinetuneTrainingConfig:
     eval_steps: int | None = None  # null: evaluate at the end only
     seed: int = 0
     num_threads: int | None = None  # CPU: torch threads (null: torch's default)
+
+
+@dataclass
+class FinetuneTinyModelConfig:
+    """Shape of the random-init model `tiny_model: true` builds (finetune/tiny.py)."""
+
+    vocab_size: int = 2048  # byte-level BPE trained on the run's own examples
+    hidden_size: int = 64
+    layers: int = 2
+    heads: int = 4
+    # Wider than transformers' 0.02: a random-init output head that small caps how confident the model
+    # can get, so a LoRA on top learns the argmax but the loss stalls high.
+    initializer_range: float = 0.1
 
 
 @dataclass
@@ -227,6 +240,7 @@ class FinetuneConfig:
     data: str | None = None  # catalog file; null: the synthetic catalog, written into the run directory
     synthetic_rows: int = 2000  # rows of that synthetic catalog
     tiny_model: bool = False  # build a tiny random-init model in <output_dir>/base-model (CPU recipe, tests)
+    tiny: FinetuneTinyModelConfig = field(default_factory=FinetuneTinyModelConfig)
     backend: Literal["auto", "unsloth", "transformers"] = "auto"  # auto: unsloth on CUDA, else transformers
     load_in_4bit: bool = True  # QLoRA; only with CUDA + bitsandbytes (ignored on CPU)
     max_seq_length: int = 1024
