@@ -280,6 +280,22 @@ def jsonl_callback(path: Path) -> Any:
     return JsonlLogger()
 
 
+def no_pickle_callback() -> Any:
+    """Delete each checkpoint's training_args.bin (a pickle of the arguments object) as it is written.
+
+    Resuming does not read it; the rest of a Trainer checkpoint is safetensors, JSON, and tensor-only
+    state (optimizer.pt, scheduler.pt, rng_state.pth) that transformers loads with weights_only=True.
+    """
+    from transformers import TrainerCallback
+
+    class NoPickle(TrainerCallback):
+        def on_save(self, args: Any, state: Any, control: Any, **_: Any) -> None:
+            for path in Path(args.output_dir).glob("checkpoint-*/training_args.bin"):
+                path.unlink(missing_ok=True)
+
+    return NoPickle()
+
+
 def plot_loss(log_path: Path, png_path: Path) -> Path | None:
     """Loss (and eval loss) against step, learning rate on a second axis."""
     import matplotlib
@@ -439,7 +455,7 @@ def train(config: Config, *, resume: bool = False, progress: bool = True) -> dic
     if not resume and log_path.exists():
         log_path.unlink()
     trainer = trainer_class()(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
-                         processing_class=tokenizer, callbacks=[jsonl_callback(log_path)])
+                         processing_class=tokenizer, callbacks=[jsonl_callback(log_path), no_pickle_callback()])
     train_started = time.time()
     result = trainer.train(resume_from_checkpoint=checkpoint)
     train_seconds = time.time() - train_started
