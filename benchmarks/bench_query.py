@@ -92,11 +92,12 @@ def tiled_vectors(base: np.ndarray, rows: int, noise: float, seed: int, chunk: i
         start = stop
 
 
-def make_queries(titles: list[str], count: int, seed: int) -> list[tuple[str, int]]:
+def make_queries(titles: list[str], count: int, seed: int, indexed: int) -> list[tuple[str, int]]:
+    """`count` questions about random rows among the first `indexed` (the rows that carry real titles)."""
     rng = random.Random(seed)
     queries = []
     for q in range(count):
-        row = rng.randrange(len(titles))
+        row = rng.randrange(min(indexed, len(titles)))
         title = titles[row]
         style = q % 3
         text = f"What is {title} about?" if style == 0 else title if style == 1 else typo_title(title, seed=q)
@@ -204,10 +205,10 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(f"embedded {len(titles):,} titles with {config.embedding.model} in {embed_info['seconds']:.1f} s "
               f"({embed_info['titles_per_s']:.0f} titles/s)", flush=True)
-    queries = make_queries(titles, args.queries + args.warmup, args.seed + 1)
     results = []
     for index_type in [t.strip() for t in args.index_types.split(",") if t.strip()]:
         for scale in scales:
+            queries = make_queries(titles, args.queries + args.warmup, args.seed + 1, indexed=scale)
             result = bench_scale(config, embedder, base, scale, index_type, queries, args)
             results.append(result)
             print(f"{scale:>9,} rows {index_type}: total p50 {result['total_p50_ms']:.1f} ms, p95 "

@@ -128,3 +128,17 @@ def test_duplicate_qid_is_an_error(tmp_path) -> None:
     path = write_questions(tmp_path / "q.jsonl", [EvalQuestion("a", "x", uid="u"), EvalQuestion("a", "y", uid="v")])
     with pytest.raises(QuestionFileError, match="repeats"):
         load_questions(path)
+
+
+def test_result_files_leave_out_per_question_records_by_default() -> None:
+    from rag.evaluation.cli import _display_path, _strip_records
+
+    payload = {"kind": "ablation", "summary": {}, "questions": [{"question": "catalog text"}],
+               "variants": {"base + context": {"summary": {"overall": {}}, "questions": [{"answer": "catalog text"}]}}}
+    stripped = _strip_records(payload)
+    assert "questions" not in stripped and "questions" not in stripped["variants"]["base + context"]
+    assert "catalog text" not in json.dumps(stripped)
+    from pathlib import Path
+
+    assert _display_path(str(Path.home() / "x" / "y")) == "~/x/y"
+    assert _display_path("/elsewhere/z") == "/elsewhere/z"

@@ -102,7 +102,7 @@ def test_cli_questions_retrieval_answers(catalog: Path, tmp_path: Path, capsys: 
     assert len(qfile.read_text().splitlines()) == 30
     out = tmp_path / "r.json"
     assert main(["eval", "retrieval", "-q", str(qfile), "--data", str(catalog), "--cache-dir", str(cache),
-                 "--out", str(out), *sets]) == 0
+                 "--out", str(out), "--records", *sets]) == 0
     printed = capsys.readouterr().out
     assert "| **overall** | 30 |" in printed and "machine: CPU" in printed
     payload = json.loads(out.read_text())
@@ -110,7 +110,7 @@ def test_cli_questions_retrieval_answers(catalog: Path, tmp_path: Path, capsys: 
     assert payload["info"]["environment"]["cores"] >= 1
     out2 = tmp_path / "a.json"
     assert main(["eval", "answers", "-q", str(qfile), "--data", str(catalog), "--cache-dir", str(cache),
-                 "--kinds", "exact,typo", "--out", str(out2), *sets]) == 0
+                 "--kinds", "exact,typo", "--out", str(out2), "--records", *sets]) == 0
     answers = json.loads(out2.read_text())
     assert {q["kind"] for q in answers["questions"]} <= {"exact", "typo"}
     assert main(["eval", "retrieval", "-q", str(tmp_path / "missing.jsonl"), *sets]) == 2  # clear error, no traceback

@@ -51,6 +51,9 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
         p.add_argument("--kinds", default=None, help="only questions of these comma-separated kinds")
         p.add_argument("--limit", type=int, default=None, help="only the first N questions (after --kinds)")
         p.add_argument("--progress", action="store_true", help="show a progress bar on stderr")
+        p.add_argument("--records", action="store_true",
+                       help="also write every question, hit and answer to --out (off by default: for the real "
+                            "sample they hold catalog text, which must not be committed)")
         if name != "retrieval":
             p.add_argument("-k", type=int, default=None, help="rows given to the generator (default: retrieval.k)")
         if name == "answers":
@@ -93,7 +96,7 @@ def _load(args: argparse.Namespace) -> tuple[Any, Any, list[Any], dict[str, Any]
     info = {
         "command": "rag " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("rag") else None,
         "questions_file": str(args.questions), "questions": len(items), "data": args.data,
-        "index": config.index.path, "index_rows": getattr(retriever.snapshot, "rows", None),
+        "index": _display_path(config.index.path), "index_rows": getattr(retriever.snapshot, "rows", None),
         "embedding_model": config.embedding.model, "generator": config.generator.backend,
         "generator_model": config.generator.model, "retrieval": dict(config.retrieval.__dict__),
         "environment": environment(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -101,9 +104,24 @@ def _load(args: argparse.Namespace) -> tuple[Any, Any, list[Any], dict[str, Any]
     return config, retriever, items, info
 
 
-def _write(out: str | None, payload: dict[str, Any]) -> None:
+def _display_path(path: str) -> str:
+    """The path with the home folder shown as ~ (result files are committed; machine paths are not)."""
+    home = str(Path.home())
+    return "~" + path[len(home):] if path.startswith(home + "/") else path
+
+
+def _strip_records(payload: dict[str, Any]) -> dict[str, Any]:
+    out = {k: v for k, v in payload.items() if k != "questions"}
+    if "variants" in out:
+        out["variants"] = {n: {k: v for k, v in r.items() if k != "questions"} for n, r in out["variants"].items()}
+    return out
+
+
+def _write(out: str | None, payload: dict[str, Any], records: bool = False) -> None:
     if not out:
         return
+    if not records:
+        payload = _strip_records(payload)
     path = Path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, ensure_ascii=False, indent=2, default=float) + "\n", encoding="utf-8")
@@ -145,7 +163,7 @@ def _cmd_retrieval(args: argparse.Namespace) -> int:
     result = evaluate_retrieval(retriever, items, progress=args.progress)
     print(f"Retrieval: {_header(info)}\n")
     print(retrieval_table(result["summary"]))
-    _write(args.out, {"kind": "retrieval", "info": info, **result})
+    _write(args.out, {"kind": "retrieval", "info": info, **result}, args.records)
     return 0
 
 
@@ -159,7 +177,7 @@ def _cmd_answers(args: argparse.Namespace) -> int:
     context = "without context" if args.no_context else "with retrieved context"
     print(f"Answers ({rag.generator.name}, {context}): {_header(info)}\n")
     print(answers_table(result["summary"]))
-    _write(args.out, {"kind": "answers", "info": info, **result})
+    _write(args.out, {"kind": "answers", "info": info, **result}, args.records)
     return 0
 
 
@@ -174,5 +192,5 @@ def _cmd_ablation(args: argparse.Namespace) -> int:
     info["adapter"] = adapter
     print(f"Ablation ({config.generator.backend} {config.generator.model or ''}, adapter {adapter}): {_header(info)}\n")
     print(answers_table({name: r["summary"]["overall"] for name, r in results.items()}, first_column="variant"))
-    _write(args.out, {"kind": "ablation", "info": info, "variants": results})
+    _write(args.out, {"kind": "ablation", "info": info, "variants": results}, args.records)
     return 0

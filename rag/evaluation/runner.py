@@ -54,9 +54,9 @@ def index_key(config: Config, data: Sequence[Path]) -> str:
     parts = [_file_digest(p) for p in data]
     # the index package's own source: a cached index built by older code (say, before the
     # description index existed) must not be reused
-    import index as index_package
+    import index.build
 
-    for source in sorted(Path(index_package.__file__).parent.glob("*.py")):
+    for source in sorted(Path(index.build.__file__).parent.glob("*.py")):
         parts.append(hashlib.sha256(source.read_bytes()).hexdigest())
     parts += [
         config.embedding.model, config.embedding.backend, str(config.embedding.max_seq_length),
