@@ -209,7 +209,9 @@ def run_compare(
 
 def _md(text: str) -> str:
     """Make text safe inside one Markdown table cell."""
-    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\r", "").replace("\n", "<br>").strip()
+    text = text.replace("\\", "\\\\").replace("|", "\\|")
+    # every line boundary str.splitlines knows (\v, \x85, \u2028, ...), not only \n, would break the row
+    return "<br>".join(line.strip() for line in text.splitlines()).strip()
 
 
 def _clip(text: str, max_chars: int | None) -> str:
