@@ -15,7 +15,9 @@ What it does, exactly:
    `update_artifacts` (hard-linked base + rebuilt delta + tombstones).
 4. Description search alone: `--queries` questions that describe a product from a random sentence
    of its description (English, and a third in Portuguese frame words), timed one at a time with
-   snippets; p50/p95 and hit@10 (the described row among the top 10) as a sanity check.
+   snippets; p50/p95, and how often the pruned scoring's best score equals exhaustive BM25's.
+   (The synthetic descriptions reuse a pool of sentences, so "the row the sentence came from" is
+   not a fair target here; described-question recall is measured on real rows, docs/descriptions.md.)
 5. With `--dense flat|hnsw|ivf`: a complete index version (FAISS over unit random vectors, one per
    row: the latency of a search does not depend on the values for flat and ivf; hnsw is shown as
    measured) and `rag.retrieval.Retriever` with the real MiniLM query embedder; per-stage p50/p95
@@ -253,18 +255,30 @@ def main(argv: list[str] | None = None) -> int:
     rss_open = rss_mb()
     for q, _ in warmup:
         index.search(q, 50, get_rows=reader.get_rows)
-    times, hits = [], 0
-    for q, fid in questions:
+    from index.lexical import query_terms
+
+    times, score_times, agree = [], [], 0
+    for q, _fid in questions:
         t0 = time.perf_counter()
-        found = index.search(q, 50, get_rows=reader.get_rows)
+        index.search(q, 50, get_rows=reader.get_rows)
         times.append((time.perf_counter() - t0) * 1000)
-        hits += fid in [f for f, _, _ in found[:10]]
+        terms = query_terms(q)
+        t0 = time.perf_counter()
+        pruned = index.score(terms, 10)
+        score_times.append((time.perf_counter() - t0) * 1000)
+        exact = index.score(terms, 10, max_postings=10**12)
+        # pruning fidelity: the best score found equals the exhaustive BM25's best score
+        agree += bool(pruned and exact and abs(pruned[0][1] - exact[0][1]) <= 1e-4 * exact[0][1]) or (not pruned and not exact)
     result["search"] = {"queries": len(questions), "p50_ms": pct(times, 50), "p95_ms": pct(times, 95),
-                        "hit_at_10": hits / len(questions), "rss_open_mb": rss_open - rss0, "rss_after_mb": rss_mb() - rss0}
+                        "score_p50_ms": pct(score_times, 50), "score_p95_ms": pct(score_times, 95),
+                        "top1_equals_exhaustive": agree / len(questions),
+                        "rss_open_mb": rss_open - rss0, "rss_after_mb": rss_mb() - rss0}
     s = result["search"]
-    print(f"description search (k=50, with snippets): p50 {s['p50_ms']:.2f} ms, p95 {s['p95_ms']:.2f} ms, "
-          f"hit@10 {s['hit_at_10']:.2f} over {len(questions)} questions; RSS +{s['rss_open_mb']:.0f} MB on open, "
-          f"+{s['rss_after_mb']:.0f} MB after the queries (memory-mapped pages)")
+    print(f"description search (k=50, snippets for the top 10): p50 {s['p50_ms']:.2f} ms, p95 {s['p95_ms']:.2f} ms; "
+          f"BM25 scoring alone p50 {s['score_p50_ms']:.2f} ms, p95 {s['score_p95_ms']:.2f} ms; "
+          f"top-1 equal to exhaustive BM25 in {s['top1_equals_exhaustive']:.0%} of {len(questions)} questions")
+    print(f"memory: RSS +{s['rss_open_mb']:.0f} MB on open, +{s['rss_after_mb']:.0f} MB after the queries "
+          f"(memory-mapped pages)")
 
     if args.dense != "none":
         from index.embedder import load_embedder

@@ -123,7 +123,9 @@ class RetrievalConfig:
     candidates: int = 50  # rows each retrieval path proposes before fusion
     fusion: Literal["rrf", "weighted", "dense"] = "weighted"
     lexical_weight: float = 0.35  # share of the fused score from title word overlap
-    use_descriptions: bool = True  # fuse in the description index (issue: find by description)
+    use_descriptions: bool = True  # fuse in the description index (BM25 over title + description, index/lexical.py)
+    # weighted: the best description match scores this (plus 0.1 x title similarity); rrf: weight of its rank.
+    # 0.4-0.6 tuned in docs/descriptions.md; keep it above min_score so described products count as found.
     description_weight: float = 0.5
     min_score: float = 0.25  # below this the answer says nothing relevant was found
     rrf_k: int = 60

@@ -148,7 +148,7 @@ class Retriever:
     ) -> list[Hit]:
         cfg = self.config.retrieval
         hits: list[Hit] = []
-        max_desc = max(description.values(), default=0.0) or 1.0
+        top_description = max(description.values(), default=0.0)
         dense_rank = {fid: r for r, fid in enumerate(sorted(dense, key=dense.get, reverse=True))}
         desc_rank = {fid: r for r, fid in enumerate(sorted(description, key=description.get, reverse=True))}
         for fid, row in zip(ids, rows):
@@ -166,12 +166,29 @@ class Retriever:
                     score += cfg.description_weight / (cfg.rrf_k + desc_rank[fid] + 1)
                 score += cfg.lexical_weight * lexical / (cfg.rrf_k + 1)
             else:
-                w = cfg.lexical_weight
-                base = d if d is not None else 0.0
-                score = (1 - w) * base + w * lexical
-                if fid in description:
-                    # description evidence lifts rows the title cannot explain (users describing a product)
-                    score = max(score, cfg.description_weight * description[fid] / max_desc + 0.1 * lexical)
+                score = weighted_score(d, lexical, description.get(fid), top_description, cfg)
             hits.append(Hit(row=row, score=float(score), dense_score=d, lexical_score=lexical, snippet=snippets.get(fid, "")))
         hits.sort(key=lambda h: h.score, reverse=True)
         return hits
+
+
+def weighted_score(dense: float | None, lexical: float, description: float | None, top_description: float,
+                   cfg: Any) -> float:
+    """`retrieval.fusion=weighted`: the title score, lifted by description evidence when that is stronger.
+
+    title = (1 - lexical_weight) * dense cosine + lexical_weight * title similarity (both ~[0, 1]).
+    A row the description index returned also gets
+        description_weight * description / top_description + 0.1 * title similarity,
+    i.e. its description score relative to the best description match of this question, and the
+    row keeps the larger of the two. The best-described row so reaches `description_weight` (0.5,
+    above retrieval.min_score) even when its title shares no word with the question, while a row
+    whose title matches (score ~0.6-1.0) is not pushed down by descriptions. Tuned on the sample
+    questions with 20k synthetic distractor rows (docs/descriptions.md): adding the description
+    score instead of taking the maximum, or normalising it by the question's maximum possible
+    BM25 score, found fewer described products (recall@1 0.66-0.89 against 0.97).
+    """
+    w = cfg.lexical_weight
+    score = (1 - w) * (dense if dense is not None else 0.0) + w * lexical
+    if description and top_description > 0:
+        score = max(score, cfg.description_weight * description / top_description + 0.1 * lexical)
+    return score
