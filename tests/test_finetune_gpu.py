@@ -30,6 +30,7 @@ def test_unsloth_qlora_trains_and_saves_adapter(tmp_path: Path) -> None:
         "finetune.synthetic_rows=200", "finetune.examples.sample_size=48", "finetune.training.max_steps=8",
         "finetune.training.gradient_checkpointing=unsloth", "finetune.training.save_steps=4",
         "finetune.training.optim=adamw_8bit", "finetune.training.logging_steps=1",
+        "finetune.examples.retriever=lexical",  # the GPU path is under test here, not the index
     ])
     summary = train(config, progress=False)
     assert summary["backend"] == "unsloth"
