@@ -127,6 +127,9 @@ class RetrievalConfig:
     # weighted: the best description match scores this (plus 0.1 x title similarity); rrf: weight of its rank.
     # 0.4-0.6 tuned in docs/descriptions.md; keep it above min_score so described products count as found.
     description_weight: float = 0.5
+    # rows the description index proposes to the fusion: each costs a row fetch and a title similarity
+    # (~0.1 ms), and described products sit at the top of it (docs/descriptions.md)
+    description_candidates: int = 20
     min_score: float = 0.25  # below this the answer says nothing relevant was found
     rrf_k: int = 60
 

@@ -41,6 +41,8 @@ class Retriever:
     def __init__(self, config: Config, live_index: Any, embedder: Any) -> None:
         if config.retrieval.k <= 0:
             raise ValueError(f"retrieval.k must be > 0, got {config.retrieval.k}")
+        if getattr(config.retrieval, "description_candidates", 1) <= 0:
+            raise ValueError(f"retrieval.description_candidates must be > 0, got {config.retrieval.description_candidates}")
         self.config = config
         self.live_index = live_index
         self.embedder = embedder
@@ -118,7 +120,7 @@ class Retriever:
         if cfg.use_descriptions and not parsed.followup and hasattr(snapshot, "lexical_search"):
             t0 = time.perf_counter()
             try:
-                for item in snapshot.lexical_search(question, n_candidates):
+                for item in snapshot.lexical_search(question, max(getattr(cfg, "description_candidates", n_candidates), k)):
                     fid, score = int(item[0]), float(item[1])
                     description[fid] = score
                     if len(item) > 2 and item[2]:
