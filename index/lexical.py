@@ -19,6 +19,8 @@ Files of a version (flat names: the manifest lists files of the version director
     lexical.<seg>.docs.npy        int32: document number of each posting, ascending within a term
     lexical.<seg>.impact.npy      float16: BM25 term-frequency part tf*(k1+1)/(tf + k1*(1-b+b*dl/avgdl))
     lexical.<seg>.ids.npy         int64: faiss_id of each document number
+    lexical.<seg>.champ_*.npy     the same CSR layout, for terms in more than CHAMPIONS documents only:
+                                  their CHAMPIONS highest-impact postings (doc-sorted)
     lexical.tombstones.npy        int64, sorted: faiss_ids whose base-segment entry is stale
 
 Two segments, like a tiny LSM tree: `base` (built by `rag index build` or a compaction) and `delta`
@@ -30,8 +32,8 @@ rebuilds the base instead. The query-time idf uses document frequencies of both 
 
 Queries are analysed like documents (lower case, accents folded, English + Portuguese stop words,
 a light English stemmer) after a small Portuguese -> English word map, because questions come in
-Portuguese while the catalog is English. Scoring is exact for rare terms; terms so common that
-their postings exceed `max_postings` in total only re-score the best candidates (see `search`).
+Portuguese while the catalog is English. Scoring is exact for rare terms; a common term contributes
+through its champion list, and the best candidates then get their exact BM25 (see `score`).
 """
 from __future__ import annotations
 
@@ -57,14 +59,16 @@ log = logging.getLogger(__name__)
 FORMAT = 1
 META_NAME = "lexical.json"
 TOMBSTONES_NAME = "lexical.tombstones.npy"
-SEGMENT_FILES = ("hashes.npy", "terms.json", "indptr.npy", "docs.npy", "impact.npy", "ids.npy")
+SEGMENT_FILES = ("hashes.npy", "terms.json", "indptr.npy", "docs.npy", "impact.npy", "ids.npy",
+                 "champ_indptr.npy", "champ_docs.npy", "champ_impact.npy")
 K1 = 1.2
 B = 0.75
 TITLE_WEIGHT = 2  # title words count twice: a word of the title says more about the product than one of a long blurb
 COMPACT_FRACTION = 0.10  # rebuild the base when delta rows or tombstones exceed this share of it
 CHUNK_DOCS = 50_000  # documents tokenised per numpy counting pass during a build
-DEFAULT_MAX_POSTINGS = 400_000  # postings scored exhaustively per query; commoner terms re-score candidates
-DEFAULT_RESCORE = 2_000  # candidates the very common terms are added to
+CHAMPIONS = 20_000  # terms in more documents keep a "champion list" of their best-impact postings
+DEFAULT_MAX_POSTINGS = 200_000  # postings accumulated per query before the rest only re-score candidates
+DEFAULT_RESCORE = 2_000  # candidates whose exact BM25 is computed when scoring was not exhaustive
 SNIPPET_CHARS = 320
 SNIPPET_ROWS = 10  # results that get a snippet: ~0.25 ms each (row fetch + sentence matching); the rest ""
 
@@ -264,10 +268,14 @@ class SegmentArrays:
     impact: np.ndarray
     ids: np.ndarray
     doc_len_sum: int
+    champ_indptr: np.ndarray
+    champ_docs: np.ndarray
+    champ_impact: np.ndarray
 
 
 def build_segment(rows: Iterable[tuple[int, str, str]], *, avgdl: float | None = None,
-                  k1: float = K1, b: float = B, title_weight: int = TITLE_WEIGHT) -> SegmentArrays:
+                  k1: float = K1, b: float = B, title_weight: int = TITLE_WEIGHT,
+                  champions: int | None = None) -> SegmentArrays:
     """Postings of (faiss_id, title, content) rows. `avgdl`: use this average length (delta segments
     share the base's) instead of the segment's own."""
     analyzer = Analyzer()
@@ -360,8 +368,33 @@ def build_segment(rows: Iterable[tuple[int, str, str]], *, avgdl: float | None =
     tf32 = tf.astype(np.float32)
     norm = k1 * (1.0 - b + b * doc_len[docs] / avgdl)
     impact = (tf32 * (k1 + 1.0) / (tf32 + norm)).astype(np.float16)
+    del tf32, norm
+    champ_indptr, champ_docs, champ_impact = champion_lists(indptr, docs, impact,
+                                                            CHAMPIONS if champions is None else champions)
     return SegmentArrays([terms[i] for i in order], hashes[order], indptr, docs, impact,
-                         np.asarray(ids, dtype=np.int64), total)
+                         np.asarray(ids, dtype=np.int64), total, champ_indptr, champ_docs, champ_impact)
+
+
+def champion_lists(indptr: np.ndarray, docs: np.ndarray, impact: np.ndarray,
+                   champions: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For every term in more than `champions` documents, its `champions` highest-impact postings
+    (doc-sorted); other terms get an empty list. A query accumulates these instead of the whole
+    postings of a common word, then computes the exact score of the best candidates."""
+    df = np.diff(indptr)
+    sizes = np.where(df > champions, champions, 0)
+    champ_indptr = np.zeros(len(df) + 1, dtype=np.int64)
+    np.cumsum(sizes, out=champ_indptr[1:])
+    champ_docs = np.empty(int(champ_indptr[-1]), dtype=np.int32)
+    champ_impact = np.empty(int(champ_indptr[-1]), dtype=np.float16)
+    for t in np.nonzero(sizes)[0]:
+        start, end = int(indptr[t]), int(indptr[t + 1])
+        part = impact[start:end]
+        best = np.argpartition(-part.astype(np.float32), champions - 1)[:champions]
+        best.sort()
+        out = slice(int(champ_indptr[t]), int(champ_indptr[t + 1]))
+        champ_docs[out] = docs[start + best]
+        champ_impact[out] = part[best]
+    return champ_indptr, champ_docs, champ_impact
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
@@ -377,6 +410,9 @@ def write_segment(version_dir: Path, name: str, seg: SegmentArrays) -> list[str]
     _save_npy(version_dir / (prefix + "docs.npy"), seg.docs)
     _save_npy(version_dir / (prefix + "impact.npy"), seg.impact)
     _save_npy(version_dir / (prefix + "ids.npy"), seg.ids)
+    _save_npy(version_dir / (prefix + "champ_indptr.npy"), seg.champ_indptr)
+    _save_npy(version_dir / (prefix + "champ_docs.npy"), seg.champ_docs)
+    _save_npy(version_dir / (prefix + "champ_impact.npy"), seg.champ_impact)
     return [prefix + f for f in SEGMENT_FILES]
 
 
@@ -408,12 +444,14 @@ def build_artifacts(meta_db_path: str | Path, version_dir: str | Path, config: A
     """
     started = time.perf_counter()
     version_dir = Path(version_dir)
-    seg = build_segment(_meta_rows(Path(meta_db_path)))
+    seg_champions = CHAMPIONS
+    seg = build_segment(_meta_rows(Path(meta_db_path)), champions=seg_champions)
     names = write_segment(version_dir, "base", seg)
     _save_npy(version_dir / TOMBSTONES_NAME, np.zeros(0, dtype=np.int64))
     n = len(seg.ids)
     meta = {
-        "format": FORMAT, "k1": K1, "b": B, "title_weight": TITLE_WEIGHT, "analyzer": "fold+stop(en,pt)+light-stem",
+        "format": FORMAT, "k1": K1, "b": B, "title_weight": TITLE_WEIGHT, "champions": seg_champions,
+        "analyzer": "fold+stop(en,pt)+light-stem",
         "avgdl": (seg.doc_len_sum / n) if n else 1.0,
         "segments": {"base": {"docs": n, "terms": len(seg.terms), "postings": int(len(seg.docs))}},
         "tombstones": 0, "built_seconds": round(time.perf_counter() - started, 3),
@@ -499,7 +537,8 @@ def update_artifacts(meta_db_path: str | Path, version_dir: str | Path, parent_d
             conn.close()
         rows.sort()
         seg = build_segment(rows, avgdl=float(parent_meta["avgdl"]), k1=float(parent_meta["k1"]),
-                            b=float(parent_meta["b"]), title_weight=int(parent_meta["title_weight"]))
+                            b=float(parent_meta["b"]), title_weight=int(parent_meta["title_weight"]),
+                            champions=int(parent_meta.get("champions", CHAMPIONS)))
         names += write_segment(version_dir, "delta", seg)
         segments["delta"] = {"docs": len(seg.ids), "terms": len(seg.terms), "postings": int(len(seg.docs))}
     _save_npy(version_dir / TOMBSTONES_NAME, tomb)
@@ -523,6 +562,9 @@ class _Segment:
         self.docs = np.load(f"{prefix}docs.npy", allow_pickle=False, mmap_mode=mode)
         self.impact = np.load(f"{prefix}impact.npy", allow_pickle=False, mmap_mode=mode)
         self.ids = np.load(f"{prefix}ids.npy", allow_pickle=False, mmap_mode=mode)
+        self.champ_indptr = np.load(f"{prefix}champ_indptr.npy", allow_pickle=False, mmap_mode=mode)
+        self.champ_docs = np.load(f"{prefix}champ_docs.npy", allow_pickle=False, mmap_mode=mode)
+        self.champ_impact = np.load(f"{prefix}champ_impact.npy", allow_pickle=False, mmap_mode=mode)
         self.n_docs = int(len(self.ids))
         if len(self.indptr) != len(self.hashes) + 1 or len(self.docs) != len(self.impact):
             raise ValueError(f"{prefix}*.npy: array lengths disagree (hashes {len(self.hashes)}, indptr "
@@ -530,11 +572,13 @@ class _Segment:
         self.alive: np.ndarray | None = None  # False for documents hidden by tombstones
         self._local = threading.local()
 
-    def span(self, h: int) -> tuple[int, int]:
+    def span(self, h: int) -> tuple[int, int, int, int]:
+        """(start, end) of the term's postings and (start, end) of its champion list; zeros when absent."""
         i = int(np.searchsorted(self.hashes, h))
         if i < len(self.hashes) and int(self.hashes[i]) == h:
-            return int(self.indptr[i]), int(self.indptr[i + 1])
-        return 0, 0
+            return (int(self.indptr[i]), int(self.indptr[i + 1]),
+                    int(self.champ_indptr[i]), int(self.champ_indptr[i + 1]))
+        return 0, 0, 0, 0
 
     def accumulator(self) -> np.ndarray:
         acc = getattr(self._local, "acc", None)
@@ -568,14 +612,18 @@ class LexicalIndex:
     # ---------------------------------------------------------------- scoring
 
     def score(self, terms: Sequence[str], k: int, *, max_postings: int = DEFAULT_MAX_POSTINGS,
-              rescore: int = DEFAULT_RESCORE) -> list[tuple[int, float]]:
+              rescore: int = DEFAULT_RESCORE, exhaustive: bool = False) -> list[tuple[int, float]]:
         """BM25 top-k (faiss_id, score) for analysed query terms, best first.
 
-        Terms are taken rarest first and scored over all their postings until `max_postings` have
-        been scored; the commoner terms left (low idf: they barely change the order) are then added
-        only to the `rescore` best candidates so far, by binary search in their doc-sorted postings.
-        With few common terms this is exact; tests check it against a brute-force BM25.
+        Terms are taken rarest first and their postings accumulated, a common term (more than
+        CHAMPIONS documents) through its champion list only, until `max_postings` postings have
+        been accumulated. When anything was left out, the `rescore` best candidates get their exact
+        BM25 over every term (binary search in the doc-sorted postings). Exhaustive when all terms
+        are rare; tests check it against a brute-force BM25, and bench_lexical.py reports how often
+        the pruned best score equals the exhaustive one. `exhaustive=True` scores every posting.
         """
+        if exhaustive:
+            max_postings = 2**62
         weights: dict[str, int] = {}
         for t in terms:
             weights[t] = min(weights.get(t, 0) + 1, 2)  # a word repeated in the question counts at most twice
@@ -586,7 +634,7 @@ class LexicalIndex:
         n_total = max(sum(s.n_docs for s in self.segments), 1)
         plan = []
         for t, w in weights.items():
-            df = sum(e - s for s, e in spans[t])
+            df = sum(sp[1] - sp[0] for sp in spans[t])
             if df == 0:
                 continue
             idf = math.log(1.0 + (n_total - df + 0.5) / (df + 0.5))
@@ -594,42 +642,50 @@ class LexicalIndex:
         plan.sort()
         results: list[tuple[int, float]] = []
         for si, seg in enumerate(self.segments):
-            results += self._score_segment(seg, [(spans[t][si], wt) for _, t, wt in plan], k, max_postings, rescore)
+            results += self._score_segment(seg, [(spans[t][si], wt) for _, t, wt in plan], k, max_postings, rescore,
+                                           not exhaustive)
         results.sort(key=lambda r: -r[1])
         return results[:k]
 
     @staticmethod
-    def _score_segment(seg: _Segment, plan: list[tuple[tuple[int, int], float]], k: int, max_postings: int,
-                       rescore: int) -> list[tuple[int, float]]:
+    def _score_segment(seg: _Segment, plan: list[tuple[tuple[int, int, int, int], float]], k: int,
+                       max_postings: int, rescore: int, champions: bool = True) -> list[tuple[int, float]]:
         acc = seg.accumulator()
         touched: list[np.ndarray] = []
         scored = 0
-        rest: list[tuple[tuple[int, int], float]] = []
+        exhaustive = True
         try:
-            for (start, end), weight in plan:
+            for (start, end, c_start, c_end), weight in plan:
                 if end <= start:
                     continue
-                if scored and scored + (end - start) > max_postings:
-                    rest.append(((start, end), weight))
+                if champions and c_end > c_start:  # a common term: its best postings only
+                    docs_arr, imp_arr, lo, hi = seg.champ_docs, seg.champ_impact, c_start, c_end
+                    exhaustive = False
+                else:
+                    docs_arr, imp_arr, lo, hi = seg.docs, seg.impact, start, end
+                if scored and scored + (hi - lo) > max_postings:
+                    exhaustive = False
                     continue
-                docs = np.asarray(seg.docs[start:end])
+                docs = np.asarray(docs_arr[lo:hi])
                 fresh = docs[acc[docs] == 0.0]  # impacts are > 0, so 0 means "not touched yet"
-                acc[docs] += weight * np.asarray(seg.impact[start:end], dtype=np.float32)
+                acc[docs] += weight * np.asarray(imp_arr[lo:hi], dtype=np.float32)
                 touched.append(fresh)
-                scored += end - start
+                scored += hi - lo
             if not touched:
                 return []
             cand = np.concatenate(touched) if len(touched) > 1 else touched[0]
             vals = acc[cand]
             if seg.alive is not None:
                 vals = np.where(seg.alive[cand], vals, 0.0).astype(np.float32)
-            if rest:
+            if not exhaustive:
                 if len(cand) > rescore:
                     top = np.argpartition(-vals, rescore - 1)[:rescore]
-                    cand, vals = cand[top], vals[top]
-                order = np.argsort(cand)
-                cand, vals = cand[order], vals[order].copy()
-                for (start, end), weight in rest:
+                    cand = cand[top]
+                cand = np.sort(cand)
+                vals = np.zeros(len(cand), dtype=np.float32)
+                for (start, end, _, _), weight in plan:  # exact BM25 of the candidates over every term
+                    if end <= start:
+                        continue
                     docs = seg.docs[start:end]
                     pos = np.searchsorted(docs, cand)
                     ok = pos < (end - start)
@@ -637,6 +693,8 @@ class LexicalIndex:
                     hit[ok] = np.asarray(docs[pos[ok]]) == cand[ok]
                     if hit.any():
                         vals[hit] += weight * np.asarray(seg.impact[start:end][pos[hit]], dtype=np.float32)
+                if seg.alive is not None:
+                    vals = np.where(seg.alive[cand], vals, 0.0).astype(np.float32)
             keep = vals > 0
             cand, vals = cand[keep], vals[keep]
             if len(cand) > k:
@@ -685,7 +743,7 @@ class LexicalIndex:
         total = 0.0
         for t, w in weights.items():
             h = term_hash(t)
-            df = sum(e - s for s, e in (seg.span(h) for seg in self.segments))
+            df = sum(sp[1] - sp[0] for sp in (seg.span(h) for seg in self.segments))
             if df:
                 total += w * math.log(1.0 + (n_total - df + 0.5) / (df + 0.5)) * (self.k1 + 1.0)
         return total

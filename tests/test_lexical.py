@@ -90,7 +90,8 @@ def test_bm25_scores_match_the_textbook_formula(tmp_path: Path) -> None:
     for question in ["singing cowboy horse", "the sea story", "boots boots boots", "kittens of Mog", "garlic"]:
         terms = query_terms(question)
         expected = brute_bm25(DOCS, terms)
-        got = dict(index.score(terms, k=10))
+        got = dict(index.score(terms, k=10, exhaustive=True))
+        assert got == pytest.approx(dict(index.score(terms, k=10)), rel=1e-6)  # nothing pruned at this size
         assert set(got) == set(expected), question
         for fid, score in expected.items():
             assert got[fid] == pytest.approx(score, rel=2e-3), (question, fid)  # impacts are float16
@@ -117,10 +118,31 @@ def test_pruned_scoring_keeps_the_best_document(tmp_path: Path) -> None:
     version, _ = build(tmp_path, docs)
     index = LexicalIndex(version)
     terms = query_terms("red wooden toy box with wheels and a zeppelin")
-    exact = index.score(terms, k=5, max_postings=10**9)
+    exact = index.score(terms, k=5, exhaustive=True)
     pruned = index.score(terms, k=5, max_postings=50, rescore=20)
     assert exact[0][0] == pruned[0][0] == 999
     assert pruned[0][1] == pytest.approx(exact[0][1], rel=1e-6)  # the rescored candidate gets every term
+
+
+def test_champion_lists_bound_the_work_and_keep_exact_scores(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(lexical, "CHAMPIONS", 30)  # "toy" and friends are in 400 docs: champion lists of 30
+    docs = {i: (f"Item {i}", "a red wooden toy box " + "with wheels " * (i % 5)) for i in range(1, 401)}
+    docs[999] = ("Item 999", "a red wooden toy box with wheels and a brass zeppelin")
+    version, _ = build(tmp_path, docs)
+    meta = json.loads((version / lexical.META_NAME).read_text())
+    assert meta["champions"] == 30
+    champ = np.load(version / "lexical.base.champ_indptr.npy")
+    assert set(np.diff(champ).tolist()) == {0, 30}  # common terms: 30 postings, rare terms: none
+    index = LexicalIndex(version)
+    for question in ["red wooden toy box with wheels zeppelin", "red wooden toy box with wheels"]:
+        terms = query_terms(question)
+        exact = index.score(terms, k=3, exhaustive=True)
+        assert [f for f, _ in exact] == [f for f, _ in sorted(exact, key=lambda r: -r[1])]
+        expected = sorted(brute_bm25(docs, terms).items(), key=lambda kv: -kv[1])[:3]
+        pruned = index.score(terms, k=3)
+        assert pruned[0][1] == pytest.approx(expected[0][1], rel=2e-3), question
+        assert exact[0][1] == pytest.approx(expected[0][1], rel=2e-3), question
+    assert index.score(query_terms("zeppelin toy"), k=1)[0][0] == 999
 
 
 def test_files_round_trip_without_pickle(tmp_path: Path) -> None:
