@@ -66,6 +66,12 @@ def build_model(shape: str, directory: Path) -> Path:
     return directory
 
 
+# MODE:BATCH:GC - "unsloth": unsloth's checkpointing that offloads each layer's input to host memory;
+# "true": plain recompute with the layer inputs kept on the GPU (no host copies); "false": no recompute
+# (a third fewer FLOPs, activations of every layer kept: memory grows with the micro-batch's tokens)
+GC_CHOICES: dict[str, Any] = {"unsloth": "unsloth", "true": True, "false": False}
+
+
 def run_pipeline(model_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
     import unsloth  # noqa: F401  - before transformers/trl
     import torch
@@ -79,12 +85,13 @@ def run_pipeline(model_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
 
     torch.cuda.reset_peak_memory_stats()
     model, tokenizer = FastLanguageModel.from_pretrained(model_name=str(model_dir), max_seq_length=2048, dtype=None,
-                                                         load_in_4bit=True)
+                                                         load_in_4bit=True,
+                                                         use_gradient_checkpointing=GC_CHOICES[args.gc])
     prepare_tokenizer(tokenizer)
     model = FastLanguageModel.get_peft_model(
         model, r=16, lora_alpha=16, lora_dropout=0.0, bias="none",
         target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-        use_gradient_checkpointing="unsloth", random_state=0, max_seq_length=2048,
+        use_gradient_checkpointing=GC_CHOICES[args.gc], random_state=0, max_seq_length=2048,
     )
     examples = make_examples(tokenizer, args.examples)
     ds = Dataset.from_dict({"input_ids": [e["input_ids"] for e in examples], "labels": [e["labels"] for e in examples]})
@@ -181,7 +188,7 @@ def child(args: argparse.Namespace) -> int:
     model_dir = Path(args.model_dir)
     result = (run_plain if args.mode == "plain" else run_pipeline)(model_dir, args)
     result.update({"shape": args.shape, "mode": args.mode, "batch": args.batch, "steps": args.steps,
-                   "warmup": args.warmup})
+                   "warmup": args.warmup, "gc": args.gc if args.mode != "plain" else "true"})
     Path(args.result).write_text(json.dumps(result, indent=2))
     print(json.dumps(result), flush=True)
     return 0
@@ -191,8 +198,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shapes", nargs="+", default=["llama3-8b", "tinyllama-1.1b"])
     parser.add_argument("--modes", nargs="+", default=["pipeline:16", "plain:4", "plain:16"],
-                        help="MODE:BATCH runs; the recipe's effective batch is 16 (4 x 4 accumulation): padding-free "
-                             "batches make one micro-batch of 16 cheap, padded ones favour 4")
+                        help="MODE:BATCH[:GC] runs; the recipe's effective batch is 16 (4 x 4 accumulation): padding-free "
+                             "batches make one micro-batch of 16 cheap, padded ones favour 4. GC (pipeline only): "
+                             "unsloth (default), true or false, see GC_CHOICES")
+    parser.add_argument("--child-timeout", type=float, default=600, help="seconds before one run is abandoned")
     parser.add_argument("--out", default=os.environ.get("OUT", "bench_out"))
     parser.add_argument("--models", default="/tmp/bench-models")
     parser.add_argument("--examples", type=int, default=256)
@@ -201,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--mode", help=argparse.SUPPRESS)
+    parser.add_argument("--gc", default="unsloth", choices=sorted(GC_CHOICES), help=argparse.SUPPRESS)
     parser.add_argument("--shape", help=argparse.SUPPRESS)
     parser.add_argument("--model-dir", help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
@@ -218,23 +228,33 @@ def main(argv: list[str] | None = None) -> int:
     for shape in args.shapes:
         model_dir = build_model(shape, Path(args.models) / shape)
         for spec in args.modes:
-            mode, _, batch = spec.partition(":")
+            mode, _, rest = spec.partition(":")
+            batch, _, gc = rest.partition(":")
             batch = batch or str(args.batch)
-            result_path = out / f"{shape}.{mode}-b{batch}.json"
+            gc = gc or "unsloth"
+            name = f"{shape}.{mode}-b{batch}" + (f"-gc{gc}" if mode != "plain" else "")
+            result_path = out / f"{name}.json"
             cmd = [sys.executable, __file__, "--child", "--mode", mode, "--shape", shape, "--model-dir", str(model_dir),
                    "--result", str(result_path), "--examples", str(args.examples), "--batch", batch,
-                   "--warmup", str(args.warmup), "--steps", str(args.steps)]
+                   "--warmup", str(args.warmup), "--steps", str(args.steps), "--gc", gc]
             t = time.time()
-            proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-            (out / f"{shape}.{mode}-b{batch}.log").write_text(proc.stdout[-20000:] + "\n--- stderr ---\n" + proc.stderr[-40000:])
+            try:
+                proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.child_timeout)
+            except subprocess.TimeoutExpired as exc:
+                def text(b: Any) -> str:
+                    return b.decode(errors="replace") if isinstance(b, bytes) else (b or "")
+
+                proc = subprocess.CompletedProcess(cmd, -9, text(exc.stdout), text(exc.stderr) + "\nTIMEOUT")
+            (out / f"{name}.log").write_text(proc.stdout[-20000:] + "\n--- stderr ---\n" + proc.stderr[-40000:])
             if proc.returncode != 0 or not result_path.exists():
-                print(f"[{shape}/{mode}] FAILED rc={proc.returncode}:\n{proc.stderr[-3000:]}", flush=True)
-                results.append({"shape": shape, "mode": mode, "error": proc.stderr[-1500:]})
+                print(f"[{name}] FAILED rc={proc.returncode}:\n{proc.stderr[-3000:]}", flush=True)
+                results.append({"shape": shape, "mode": mode, "batch": batch, "gc": gc, "error": proc.stderr[-1500:]})
                 continue
             result = json.loads(result_path.read_text())
+            result["name"] = name
             result["wall_s"] = round(time.time() - t, 1)
             results.append(result)
-            print(f"[{shape}/{mode} batch {batch}] {result['tokens_per_s']:.0f} tok/s, peak {result['peak_allocated_gib']:.2f} GiB "
+            print(f"[{name}] {result['tokens_per_s']:.0f} tok/s, peak {result['peak_allocated_gib']:.2f} GiB "
                   f"allocated / {result['peak_reserved_gib']:.2f} reserved ({result['wall_s']}s)", flush=True)
     summary = {"info": info, "results": results, "ratios": {}}
     for shape in args.shapes:
@@ -245,13 +265,13 @@ def main(argv: list[str] | None = None) -> int:
             summary["ratios"][shape] = round(pipe["tokens_per_s"] / plain["tokens_per_s"], 2)
     (out / "bench_finetune_gpu.json").write_text(json.dumps(summary, indent=2))
     print(f"\n{info['gpu']}, torch {info['torch']}, batch {args.batch}, {args.steps} timed steps after {args.warmup}")
-    print(f"{'shape':16} {'mode':9} {'batch':>5} {'tok/s':>8} {'peak alloc GiB':>15} {'peak reserved GiB':>18}")
+    print(f"{'shape':16} {'mode':9} {'batch':>5} {'gc':8} {'tok/s':>8} {'peak alloc GiB':>15} {'peak reserved GiB':>18}")
     for r in results:
         if "error" in r:
-            print(f"{r['shape']:16} {r['mode']:9} FAILED")
+            print(f"{r['shape']:16} {r['mode']:9} {r.get('batch', ''):>5} {r.get('gc', ''):8} FAILED")
         else:
-            print(f"{r['shape']:16} {r['mode']:9} {r['batch']:5} {r['tokens_per_s']:8.0f} {r['peak_allocated_gib']:15.2f} "
-                  f"{r['peak_reserved_gib']:18.2f}")
+            print(f"{r['shape']:16} {r['mode']:9} {r['batch']:5} {r['gc']:8} {r['tokens_per_s']:8.0f} "
+                  f"{r['peak_allocated_gib']:15.2f} {r['peak_reserved_gib']:18.2f}")
     for shape, ratio in summary["ratios"].items():
         print(f"{shape}: best pipeline / best plain = {ratio}x")
     return 0
