@@ -56,7 +56,7 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-FORMAT = 1
+FORMAT = 2  # 2: champion lists
 META_NAME = "lexical.json"
 TOMBSTONES_NAME = "lexical.tombstones.npy"
 SEGMENT_FILES = ("hashes.npy", "terms.json", "indptr.npy", "docs.npy", "impact.npy", "ids.npy",
