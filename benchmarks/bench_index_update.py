@@ -62,7 +62,7 @@ def main() -> int:
     from index.embedder import load_embedder
     from index.store import IndexStore
     from rag.config import load_config
-    from rag.synthetic import generate_records, write_synthetic_catalog
+    from rag.synthetic import write_synthetic_catalog
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench_index_update_"))
     work.mkdir(parents=True, exist_ok=True)
@@ -88,7 +88,10 @@ def main() -> int:
     every = max(1, round(1 / args.update_fraction))
     delete_every = max(1, round(1 / args.delete_fraction)) if args.delete_fraction > 0 else 0
     changed, deletes = [], []
-    for i, record in enumerate(generate_records(args.rows, seed=0)):
+    # read back the catalog file itself (not the generator), so the update matches what was built
+    with open(catalog, encoding="utf-8") as fh:
+        records = [json.loads(line) for line in fh if line.strip()]
+    for i, record in enumerate(records):
         if i % every == every // 2:
             changed.append({**record, "title": (record.get("title") or "") + " (Revised Edition)"})
         elif delete_every and i % delete_every == 1 and record.get("uid"):
