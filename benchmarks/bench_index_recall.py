@@ -74,7 +74,7 @@ def run(name: str, ids: np.ndarray, vectors: np.ndarray, titles: list[str], embe
     flat = FaissIndex.create(dim, "flat")
     flat.add(ids, vectors)
     exact, exact_scores, flat_ms = per_query_ms(flat, qs, args.k)
-    result = {"dataset": name, "rows": int(len(ids)), "queries": int(len(qs)), "flat_ms_per_query": round(flat_ms, 3),
+    result = {"dataset": name, "rows": len(ids), "queries": len(qs), "flat_ms_per_query": round(flat_ms, 3),
               "hnsw": [], "ivf": []}
     print(f"\n{name}: {len(ids):,} vectors (d={dim}), {len(qs)} question queries; flat {flat_ms:.2f} ms/query")
 
@@ -151,9 +151,9 @@ def main() -> int:
         results.append(run(f"index {snap.version}", ids, vectors, titles, embedder, args))
     sources = [Path(c) for c in args.catalog]
     if not args.vectors_from and not sources:
-        from rag.synthetic import write_synthetic_catalog
-
         import tempfile
+
+        from rag.synthetic import write_synthetic_catalog
 
         sources = [write_synthetic_catalog(Path(tempfile.mkdtemp()) / "synthetic.jsonl", rows=args.rows, seed=args.seed)]
     for source in sources:

@@ -24,9 +24,10 @@ import logging
 import shutil
 import sqlite3
 import time
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -71,9 +72,11 @@ class BuildReport:
 
     def summary(self) -> str:
         lines = [
-            f"built index version {self.version}: {self.rows:,} rows, {self.index_type} index, "
-            f"model {self.embedding_model}, in {self.seconds:.1f}s "
-            f"(embedding {self.embed_seconds:.1f}s, {self.titles_per_s:,.0f} titles/s)",
+            (
+                f"built index version {self.version}: {self.rows:,} rows, {self.index_type} index, model "
+                f"{self.embedding_model}, in {self.seconds:.1f}s (embedding {self.embed_seconds:.1f}s, "
+                f"{self.titles_per_s:,.0f} titles/s)"
+            ),
             f"  at {self.path}",
         ]
         if self.read_summary is not None:

@@ -29,11 +29,13 @@ import json
 import logging
 import os
 import shutil
+import sqlite3
 import threading
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -167,7 +169,7 @@ class WriteLock:
             os.close(self._fd)
             self._fd = None
 
-    def __enter__(self) -> WriteLock:
+    def __enter__(self) -> WriteLock:  # noqa: PYI034 - typing.Self needs Python 3.11
         self.acquire()
         return self
 
@@ -319,7 +321,7 @@ def open_version_dir(version_dir: Path, *, mmap: bool = True, checksums: bool = 
     vec_path = version_dir / VECTORS_FILE
     try:
         vector_index = FaissIndex.load(vec_path, info["type"], dimension, info.get("params", {}), mmap=mmap)
-    except Exception as exc:  # RuntimeError from FAISS on a damaged file
+    except (RuntimeError, ValueError, OSError) as exc:  # FAISS raises RuntimeError on a damaged file
         raise IndexCorruptError(f"{vec_path}: FAISS cannot read it ({str(exc).splitlines()[0] if str(exc) else exc}); roll back or rebuild") from None
     if search_params:
         vector_index.apply_search_params(**search_params)
@@ -329,7 +331,7 @@ def open_version_dir(version_dir: Path, *, mmap: bool = True, checksums: bool = 
     try:
         meta = MetadataReader(meta_path)
         count = meta.count()
-    except Exception as exc:  # sqlite3.DatabaseError: "file is not a database", missing table
+    except sqlite3.Error as exc:  # DatabaseError: "file is not a database", missing table
         raise IndexCorruptError(f"{meta_path}: SQLite cannot read it ({exc}); roll back or rebuild") from None
     if count != rows:
         meta.close()

@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from rag.config import Config, load_config
 
 _WORDS = (
-    "river garden silent winter copper lantern harbor orchard velvet meadow falcon ember willow "
-    "granite violet summit canyon thistle cedar marble comet prairie sparrow quartz tundra maple "
-    "saffron beacon glacier juniper cobalt harvest island compass echo fable nimbus onyx pebble"
-).split()
+    "river", "garden", "silent", "winter", "copper", "lantern", "harbor", "orchard", "velvet", "meadow",
+    "falcon", "ember", "willow", "granite", "violet", "summit", "canyon", "thistle", "cedar", "marble",
+    "comet", "prairie", "sparrow", "quartz", "tundra", "maple", "saffron", "beacon", "glacier", "juniper",
+    "cobalt", "harvest", "island", "compass", "echo", "fable", "nimbus", "onyx", "pebble",
+)
 _KINDS = ("Cookbook", "Novel", "Field Guide", "Board Book", "Travel Atlas", "Poetry", "Memoir", "Puzzle Set")
 
 
@@ -37,8 +39,7 @@ def write_rows(path: str | Path, rows: Iterable[dict[str, Any]]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", encoding="utf-8") as fh:
-        for row in rows:
-            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+        fh.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
     return path
 
 

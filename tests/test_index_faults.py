@@ -160,7 +160,7 @@ def test_queries_from_threads_while_updates_land(tmp_path):
         try:
             while not stop.is_set():
                 snap = live.snapshot()
-                scores, ids = snap.search(queries[rnd.randrange(len(queries))], 10)
+                _scores, ids = snap.search(queries[rnd.randrange(len(queries))], 10)
                 rows = snap.get_rows(ids[0])
                 assert all(r is not None for r in rows), "an id without its row"
                 gens = {_gen_of(r) for r in rows}

@@ -26,7 +26,7 @@ from index.store import (
     LiveIndex,
     file_entry,
 )
-from index.testing import hashing_config, product_row, write_catalog, write_rows
+from index.testing import hashing_config, product_row, write_catalog
 from rag.cli import main
 
 
@@ -49,7 +49,7 @@ def three_versions(tmp_path):
 
 
 def test_versions_rollback_and_gc(three_versions, capsys):
-    config, store = three_versions
+    _config, store = three_versions
     versions = store.versions()
     assert [v["rows"] for v in versions] == [100, 110, 90]
     assert [v["is_current"] for v in versions] == [False, False, True]
@@ -261,7 +261,7 @@ def test_broken_or_missing_manifest_is_refused(one_version):
 
 
 def test_missing_version_dir_is_reported(one_version):
-    store, vdir = one_version
+    store, _vdir = one_version
     store.switch_current("v-gone")
     with pytest.raises(IndexMissingError, match="v-gone: version directory not found"):
         store.open_current()
