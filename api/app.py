@@ -249,8 +249,10 @@ def _record_stages(state: ApiState, answer: Any) -> None:
 def _answer_blocking(state: ApiState, question: str, history: list[dict[str, str]], k: int | None,
                      max_tokens: int | None, temperature: float | None, top_p: float | None) -> tuple[Any, str | None]:
     rag = state.require_rag()
-    version = _version_of(rag.retriever.snapshot)
-    answer = rag.answer(question, k=k, history=history, max_new_tokens=max_tokens, temperature=temperature, top_p=top_p)
+    snapshot = rag.retriever.snapshot  # one version for the answer and the label it reports
+    version = _version_of(snapshot)
+    answer = rag.answer(question, k=k, history=history, max_new_tokens=max_tokens, temperature=temperature,
+                        top_p=top_p, snapshot=snapshot)
     return answer, version
 
 
@@ -635,9 +637,10 @@ async def _stream_completion(state: ApiState, completion_id: str, created: int, 
 
     def start() -> tuple[Any, Any, str | None]:
         rag = state.require_rag()
-        version = _version_of(rag.retriever.snapshot)
+        snapshot = rag.retriever.snapshot
+        version = _version_of(snapshot)
         stream = rag.answer(question, k=body.k, history=history, stream=True, max_new_tokens=max_tokens,
-                            temperature=body.temperature, top_p=body.top_p)
+                            temperature=body.temperature, top_p=body.top_p, snapshot=snapshot)
         return stream, next(stream, _END), version
 
     try:

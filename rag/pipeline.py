@@ -88,17 +88,23 @@ class RAG:
         ]
 
     def prepare(self, question: str, *, k: int | None = None, history: Sequence[dict[str, str]] | None = None,
-                use_context: bool = True) -> tuple[GenerationRequest, dict[str, float], bool]:
-        """Retrieve and build the generation request (exposed for the API and `rag compare`)."""
+                use_context: bool = True, snapshot: Any = None) -> tuple[GenerationRequest, dict[str, float], bool]:
+        """Retrieve and build the generation request (exposed for the API and `rag compare`).
+
+        `snapshot` pins the index version (the API passes the one whose version it reports)."""
         question = self._check_question(question)
         history = list(history or [])
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
-        snapshot = self.retriever.snapshot
-        hits = self.retrieve(question, k=k, history=history, snapshot=snapshot) if use_context else []
+        snapshot = snapshot or self.retriever.snapshot
+        hits: list[Hit] = []
+        if use_context:
+            if hasattr(self.retriever, "search_with_timings"):
+                hits, stages = self.retriever.search_with_timings(question, k, history, snapshot)
+            else:
+                hits, stages = self.retrieve(question, k=k, history=history, snapshot=snapshot), {}
+            timings.update({f"retrieve.{name}": seconds for name, seconds in stages.items()})
         timings["retrieve"] = time.perf_counter() - t0
-        for name, seconds in getattr(self.retriever, "last_timings", {}).items():
-            timings[f"retrieve.{name}"] = seconds
         found = bool(hits) and hits[0].score >= self.config.retrieval.min_score
         prompt_hits = hits if found or self.generator.name == "extractive" else []
         messages = build_messages(question, prompt_hits, self.config.prompt, history=history)
@@ -120,10 +126,11 @@ class RAG:
 
     def answer(self, question: str, *, k: int | None = None, history: Sequence[dict[str, str]] | None = None,
                stream: bool = False, use_context: bool = True, max_new_tokens: int | None = None,
-               temperature: float | None = None, top_p: float | None = None) -> Answer | AnswerStream:
+               temperature: float | None = None, top_p: float | None = None, snapshot: Any = None) -> Answer | AnswerStream:
         """Answer `question`; with stream=True return an AnswerStream of text pieces."""
         started = time.perf_counter()
-        request, timings, found = self.prepare(question, k=k, history=history, use_context=use_context)
+        request, timings, found = self.prepare(question, k=k, history=history, use_context=use_context,
+                                               snapshot=snapshot)
         request.max_new_tokens, request.temperature, request.top_p = max_new_tokens, temperature, top_p
         generate_started = time.perf_counter()
         if stream:

@@ -53,7 +53,7 @@ class Retriever:
         from index.embedder import load_embedder
         from index.store import IndexStore, LiveIndex
 
-        store = IndexStore(config.index.path)
+        store = IndexStore.from_config(config)  # honours hnsw_ef_search, ivf_nprobe, checksum settings
         if not store.has_current():
             raise FileNotFoundError(
                 f"no index at {config.index.path!r} (index.path): build one with "
@@ -92,6 +92,14 @@ class Retriever:
         self, question: str, k: int | None = None, history: Sequence[dict[str, str]] = (), snapshot: Any = None
     ) -> list[Hit]:
         """Top-k rows for a question, best first. `history` lets follow-ups find the product in discussion."""
+        hits, timings = self.search_with_timings(question, k, history, snapshot)
+        self.last_timings = timings  # convenience for single-threaded callers; threads use the returned dict
+        return hits
+
+    def search_with_timings(
+        self, question: str, k: int | None = None, history: Sequence[dict[str, str]] = (), snapshot: Any = None
+    ) -> tuple[list[Hit], dict[str, float]]:
+        """Like `search`, also returning this call's stage timings (seconds); safe to call from many threads."""
         k = k or self.config.retrieval.k
         if k <= 0:
             raise ValueError(f"k must be > 0, got {k}")
@@ -101,8 +109,7 @@ class Retriever:
         parsed = self.parse(question, history)
         query = parsed.title_query or question.strip()
         if not query:
-            self.last_timings = timings
-            return []
+            return [], timings
 
         t0 = time.perf_counter()
         vector = self._embed_query(query)
@@ -135,8 +142,7 @@ class Retriever:
         hits = self._fuse(query, parsed, candidate_ids, rows, dense, description, snippets)
         hits = hits[:k]
         timings["fuse"] = time.perf_counter() - t0
-        self.last_timings = timings
-        return hits
+        return hits, timings
 
     def _fuse(
         self,
