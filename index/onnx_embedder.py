@@ -1,0 +1,347 @@
+"""The fast embedding backend: a sentence-transformers model run by ONNX Runtime, optionally int8.
+
+    rag index build --set embedding.backend=onnx                 # int8 (embedding.onnx_quantize: int8)
+    python -c "from rag.config import load_config; from index.embedder import load_embedder; \
+print(load_embedder(load_config(None, ['embedding.backend=onnx']).embedding).embed(['The Hobbit']).shape)"
+
+`embedding.backend: onnx` loads an `OnnxEmbedder`. On first use the model is exported from its local
+weights (no hub access) into a cache directory, once:
+
+1. `torch.onnx.export` of the transformer with the model's pooling (mean or CLS) and L2 normalisation
+   inside the graph, so one `session.run` returns the final vectors;
+2. ONNX Runtime's transformer optimizer fuses attention, GELU and layer norms (BERT-family models);
+3. with `onnx_quantize: int8`, dynamic quantisation: int8 weights per output channel, activations
+   quantised at run time. Per-channel matters on AVX2 CPUs without VNNI: per-tensor int8 brought the
+   cosine to the fp32 vector down to ~0.96, per-channel keeps it ~0.99 (docs/performance.md);
+4. a check that the exported model agrees with torch on probe titles (cosine > 0.999 for fp32, > 0.95
+   for int8), else the export is refused.
+
+The cache is `embedding.onnx_cache_dir` or `~/.cache/amazontitles-rag/onnx/<key>`, `key` a hash of the
+weights' size and mtime, the settings and the onnxruntime version; a directory is written under a
+temporary name and renamed, so a crash never leaves a half export. Only `.onnx` and JSON files.
+
+Texts are tokenised with the model's fast tokenizer (`tokenizers`, Rust), sorted by token count and
+batched, each batch padded to its own longest text: titles vary from 3 to 64 word pieces, so this
+cuts the padding work several fold compared with batches in input order.
+
+onnxruntime and onnx are imported inside functions; `pip install .[fast]` installs them.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+EXPORT_VERSION = 1  # bump when the export recipe changes: old cache entries are then not reused
+PROBE_TEXTS = [
+    "The Hobbit",
+    "City of Djinns: A Year in Delhi",
+    "Wooden Rainbow Stacking Tower (12 Pieces) for toddlers, ages 1-3",
+    "a",
+]
+MIN_COSINE = {"none": 0.999, "int8": 0.95}
+
+
+class OnnxBackendMissing(RuntimeError):
+    """onnxruntime (or onnx) is not installed; the message says how to install it."""
+
+
+def require_onnxruntime() -> Any:
+    """Import onnxruntime or raise `OnnxBackendMissing` with the install command."""
+    try:
+        import onnxruntime
+    except ImportError:
+        raise OnnxBackendMissing(
+            "embedding.backend: 'onnx' needs onnxruntime and onnx, which are not installed. "
+            "Install the fast extra: `pip install .[fast]` (or `pip install onnxruntime onnx`), "
+            "or set embedding.backend: torch."
+        ) from None
+    return onnxruntime
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def pooling_mode(model_dir: Path) -> tuple[str, bool]:
+    """(pooling, normalize) of a sentence-transformers directory: "mean" or "cls", and whether a Normalize module follows."""
+    modules = _read_json(model_dir / "modules.json")
+    if not modules:  # a plain transformers directory: sentence-transformers would use mean pooling
+        return "mean", False
+    pooling, normalize = None, False
+    for module in modules if isinstance(modules, list) else []:
+        kind = str(module.get("type", ""))
+        if kind.endswith("Pooling"):
+            cfg = _read_json(model_dir / str(module.get("path", "")) / "config.json")
+            if cfg.get("pooling_mode_mean_tokens"):
+                pooling = "mean"
+            elif cfg.get("pooling_mode_cls_token"):
+                pooling = "cls"
+            else:
+                raise ValueError(f"{model_dir / str(module.get('path', '')) / 'config.json'}: only mean or CLS pooling "
+                                 "is supported by the onnx backend; use embedding.backend: torch")
+        elif kind.endswith("Normalize"):
+            normalize = True
+        elif not kind.endswith("Transformer"):
+            raise ValueError(f"{model_dir / 'modules.json'}: module {kind!r} is not supported by the onnx backend "
+                             "(Transformer, Pooling and Normalize are); use embedding.backend: torch")
+    return pooling or "mean", normalize
+
+
+def cache_key(model_dir: Path, quantize: str, opset: int) -> str:
+    """Hash of what the export depends on: the weights (size + mtime), settings and library versions."""
+    import onnxruntime
+
+    parts = [str(model_dir.resolve()), quantize, str(opset), str(EXPORT_VERSION), onnxruntime.__version__]
+    for name in sorted(os.listdir(model_dir)):
+        path = model_dir / name
+        if path.is_file() and name.endswith((".safetensors", ".bin", ".json")):
+            stat = path.stat()
+            parts.append(f"{name}:{stat.st_size}:{stat.st_mtime_ns}")
+    return hashlib.sha256("\n".join(parts).encode("utf-8")).hexdigest()[:16]
+
+
+def default_cache_root() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "amazontitles-rag" / "onnx"
+
+
+def _torch_reference(model_dir: Path, texts: Sequence[str], max_seq_length: int, trust_remote_code: bool) -> np.ndarray:
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(model_dir), device="cpu", trust_remote_code=trust_remote_code, local_files_only=True)
+    model.max_seq_length = max_seq_length
+    return np.asarray(model.encode(list(texts), normalize_embeddings=True, convert_to_numpy=True), dtype=np.float32)
+
+
+def export_model(model_dir: Path, out_dir: Path, *, quantize: str = "int8", max_seq_length: int = 64,
+                 trust_remote_code: bool = False, opset: int = 17) -> Path:
+    """Export `model_dir` to `out_dir/model.onnx` (+ `export.json`); returns the model file. Atomic."""
+    import torch
+    from transformers import AutoConfig, AutoModel
+
+    require_onnxruntime()
+    try:
+        import onnx
+    except ImportError:
+        raise OnnxBackendMissing("exporting to ONNX needs the onnx package: `pip install .[fast]`") from None
+
+    started = time.perf_counter()
+    pooling, normalize = pooling_mode(model_dir)
+    config = AutoConfig.from_pretrained(str(model_dir), trust_remote_code=trust_remote_code, local_files_only=True)
+    # eager attention traces into plain ops that ONNX Runtime's optimizer recognises and fuses
+    model = AutoModel.from_pretrained(str(model_dir), trust_remote_code=trust_remote_code, local_files_only=True,
+                                      attn_implementation="eager").eval()
+
+    class Pooled(torch.nn.Module):
+        """transformer -> pooling -> L2 normalisation, the whole sentence-transformers pipeline in one graph."""
+
+        def __init__(self, inner: Any) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, input_ids: Any, attention_mask: Any) -> Any:
+            hidden = self.inner(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            if pooling == "cls":
+                vectors = hidden[:, 0]
+            else:
+                mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+                vectors = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            # always normalise: the index needs unit vectors whatever the model's own modules say
+            return torch.nn.functional.normalize(vectors, p=2, dim=1)
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        sample_ids = torch.tensor([[101, 7592, 2088, 102], [101, 7592, 102, 0]], dtype=torch.long)
+        sample_mask = (sample_ids != 0).long()
+        raw = work / "raw.onnx"
+        import warnings
+
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")  # tracer warnings about Python-side shape checks
+            torch.onnx.export(
+                Pooled(model), (sample_ids, sample_mask), str(raw),
+                input_names=["input_ids", "attention_mask"], output_names=["embedding"],
+                dynamic_axes={"input_ids": {0: "batch", 1: "tokens"}, "attention_mask": {0: "batch", 1: "tokens"},
+                              "embedding": {0: "batch"}},
+                opset_version=opset, dynamo=False,  # the TorchScript exporter: no onnxscript needed
+            )
+        fused = work / "fused.onnx"
+        fusion_stats: dict[str, int] = {}
+        if getattr(config, "model_type", "") in ("bert", "roberta", "distilbert", "xlm-roberta", "mpnet"):
+            from onnxruntime.transformers.optimizer import optimize_model
+
+            heads = int(getattr(config, "num_attention_heads", 0) or getattr(config, "n_heads", 0))
+            hidden = int(getattr(config, "hidden_size", 0) or getattr(config, "dim", 0))
+            model_type = "bert" if config.model_type in ("roberta", "xlm-roberta", "mpnet") else config.model_type
+            optimized = optimize_model(str(raw), model_type=model_type, num_heads=heads, hidden_size=hidden)
+            optimized.save_model_to_file(str(fused))
+            fusion_stats = {k: int(v) for k, v in optimized.get_fused_operator_statistics().items() if v}
+        else:  # other architectures: ONNX Runtime's generic graph optimisations only
+            shutil.copyfile(raw, fused)
+        final = work / "model.onnx"
+        if quantize == "int8":
+            from onnxruntime.quantization import QuantType, quantize_dynamic
+
+            quantize_dynamic(
+                str(fused), str(final), weight_type=QuantType.QInt8, per_channel=True,
+                # the fused ops (Attention, SkipLayerNormalization) have no shape inference: say they are float
+                extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+            )
+        else:
+            os.replace(fused, final)
+        for leftover in (raw, fused):
+            leftover.unlink(missing_ok=True)
+        # the export must reproduce torch, or it is refused (a silently wrong index is worse than a slow one)
+        session = OnnxEmbedder.open_session(final, num_threads=None)
+        probe = OnnxEmbedder(session, _tokenizer(model_dir, max_seq_length), name="probe", dimension=0).embed(PROBE_TEXTS)
+        reference = _torch_reference(model_dir, PROBE_TEXTS, max_seq_length, trust_remote_code)
+        cosines = (probe * reference).sum(axis=1)
+        if float(cosines.min()) < MIN_COSINE[quantize]:
+            raise RuntimeError(f"{model_dir}: the ONNX export ({quantize}) disagrees with torch "
+                               f"(cosine {cosines.min():.4f} < {MIN_COSINE[quantize]}); use embedding.backend: torch")
+        del session
+        meta = {
+            "source": str(model_dir), "quantize": quantize, "opset": opset, "export_version": EXPORT_VERSION,
+            "pooling": pooling, "model_normalizes": normalize, "max_seq_length_probe": max_seq_length,
+            "fused_operators": fusion_stats, "probe_min_cosine": round(float(cosines.min()), 6),
+            "export_s": round(time.perf_counter() - started, 2), "file_bytes": final.stat().st_size,
+        }
+        import onnxruntime
+        import torch as _torch
+
+        meta["onnxruntime"] = onnxruntime.__version__
+        meta["torch"] = _torch.__version__
+        (work / "export.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        if out_dir.exists():  # another process finished the same export first: keep theirs
+            shutil.rmtree(work, ignore_errors=True)
+        else:
+            os.replace(work, out_dir)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    log.info("exported %s to %s (%s) in %.1f s", model_dir, out_dir, quantize, time.perf_counter() - started)
+    return out_dir / "model.onnx"
+
+
+def _tokenizer(model_dir: Path, max_seq_length: int) -> Any:
+    """The model's fast tokenizer, truncating to max_seq_length and padding each batch to its longest text."""
+    from tokenizers import Tokenizer
+
+    path = model_dir / "tokenizer.json"
+    if path.is_file():
+        tokenizer = Tokenizer.from_file(str(path))
+    else:  # only vocab files: let transformers build the fast tokenizer
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True).backend_tokenizer
+    # tokenizer.json files often carry fixed-length padding (all-MiniLM-L6-v2's pads to 128):
+    # that would make every title cost as much as a 128-token one
+    tokenizer.no_padding()
+    tokenizer.no_truncation()
+    tokenizer.enable_truncation(max_length=int(max_seq_length))
+    return tokenizer
+
+
+class OnnxEmbedder:
+    """Embedder over an ONNX Runtime session whose graph ends in pooled, L2-normalised vectors."""
+
+    def __init__(self, session: Any, tokenizer: Any, *, name: str, dimension: int, batch_size: int = 256,
+                 cache_size: int = 1024) -> None:
+        from index.embedder import _QueryCache
+
+        self.session = session
+        self.tokenizer = tokenizer
+        self.name = name
+        self.batch_size = int(batch_size)
+        self._cache = _QueryCache(cache_size)
+        self._inputs = {i.name for i in session.get_inputs()}
+        self.dimension = int(dimension) or int(self._run([tokenizer.encode("x")]).shape[1])
+
+    @staticmethod
+    def open_session(path: Path, num_threads: int | None) -> Any:
+        ort = require_onnxruntime()
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if num_threads:
+            options.intra_op_num_threads = int(num_threads)
+        options.inter_op_num_threads = 1
+        # no busy-waiting between ops: on a shared 2-core machine spinning threads steal the CPU
+        # that FAISS, the lexical index and the server need (measured: no loss in query latency)
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def _run(self, encodings: Sequence[Any]) -> np.ndarray:
+        width = max(len(e.ids) for e in encodings)
+        ids = np.zeros((len(encodings), width), dtype=np.int64)
+        mask = np.zeros((len(encodings), width), dtype=np.int64)
+        for row, encoding in enumerate(encodings):
+            n = len(encoding.ids)
+            ids[row, :n] = encoding.ids
+            mask[row, :n] = 1
+        feed = {"input_ids": ids, "attention_mask": mask}
+        return self.session.run(None, {k: v for k, v in feed.items() if k in self._inputs})[0]
+
+    def embed(self, texts: Sequence[str], *, batch_size: int | None = None, progress: bool = False) -> np.ndarray:
+        from index.embedder import _normalise
+
+        if len(texts) == 0:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        size = int(batch_size or self.batch_size)
+        out = np.empty((len(texts), self.dimension), dtype=np.float32)
+        # tokenise in slices so memory stays bounded for a 1.3M-title build
+        for start in range(0, len(texts), 50_000):
+            chunk = list(texts[start : start + 50_000])
+            encodings = self.tokenizer.encode_batch(chunk)
+            order = np.argsort([len(e.ids) for e in encodings], kind="stable")  # similar lengths share a batch
+            bar = None
+            if progress:
+                from tqdm import tqdm
+
+                bar = tqdm(total=len(chunk), desc="embedding", unit="text")
+            for b in range(0, len(order), size):
+                rows = order[b : b + size]
+                out[start + rows] = self._run([encodings[i] for i in rows])
+                if bar is not None:
+                    bar.update(len(rows))
+            if bar is not None:
+                bar.close()
+        return _normalise(out)  # the graph normalises; again in float32 for the empty-text zero vector
+
+    def embed_query(self, text: str) -> np.ndarray:
+        cached = self._cache.get(text)
+        if cached is None:
+            cached = self.embed([text])[0]
+            self._cache.put(text, cached)
+        return cached
+
+
+def load_onnx_embedder(model_dir: Path, name: str, config: Any) -> OnnxEmbedder:
+    """An `OnnxEmbedder` for the local model directory `model_dir`, exporting it on first use."""
+    require_onnxruntime()
+    quantize = str(getattr(config, "onnx_quantize", "int8"))
+    max_seq_length = int(config.max_seq_length or 256)
+    root = Path(config.onnx_cache_dir).expanduser() if getattr(config, "onnx_cache_dir", None) else default_cache_root()
+    out_dir = root / f"{model_dir.name or 'model'}-{quantize}-{cache_key(model_dir, quantize, 17)}"
+    model_file = out_dir / "model.onnx"
+    if not model_file.is_file():
+        log.warning("embedding.backend=onnx: exporting %s (%s) to %s, once (~10-30 s)", model_dir, quantize, out_dir)
+        export_model(model_dir, out_dir, quantize=quantize, max_seq_length=max_seq_length,
+                     trust_remote_code=bool(config.trust_remote_code))
+    session = OnnxEmbedder.open_session(model_file, getattr(config, "num_threads", None))
+    return OnnxEmbedder(session, _tokenizer(model_dir, max_seq_length), name=name, dimension=0,
+                        batch_size=config.batch_size, cache_size=config.cache_size)
