@@ -172,6 +172,86 @@ def run_raw(model_dir: Path, ids: list[list[int]], tokenize_s: float, dtype: str
     return out, restored
 
 
+def tokenize_variants(model_dir: Path, titles: list[str], workers: int) -> list[dict[str, Any]]:
+    """Titles/s of the tokenisation step alone: transformers' call vs the Rust backend, with threads."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    backend = tokenizer.backend_tokenizer
+    backend.enable_truncation(64)
+    fast = getattr(backend, "encode_batch_fast", backend.encode_batch)  # no offsets
+    out = []
+
+    def timed(name: str, fn: Any) -> None:
+        t = time.perf_counter()
+        fn()
+        seconds = time.perf_counter() - t
+        out.append({"family": "tokenize", "variant": name, "titles_per_s": len(titles) / seconds, "seconds": seconds})
+
+    timed("transformers_call", lambda: tokenizer(titles, truncation=True, max_length=64)["input_ids"])
+    timed("backend_fast_ids", lambda: [e.ids for e in fast(titles)])
+    chunks = [titles[i:i + 4096] for i in range(0, len(titles), 4096)]
+    with ThreadPoolExecutor(workers) as pool:  # the Rust part releases the GIL
+        timed(f"backend_fast_ids_{workers}threads", lambda: [[e.ids for e in encs] for encs in pool.map(fast, chunks)])
+    return out
+
+
+def run_pipelined(model_dir: Path, titles: list[str], dtype: str, batch: int, workers: int, attn: str,
+                  reference: Any | None, device: str = "cuda") -> tuple[dict[str, Any], Any]:
+    """End to end as an embedder would do it: titles ordered by character length (a free proxy for token
+    length), tokenised in chunks by a thread pool (Rust, GIL released) while the GPU embeds the previous ones."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+    import torch
+    from transformers import AutoTokenizer, BertModel
+
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    backend = tokenizer.backend_tokenizer
+    backend.enable_truncation(64)
+    backend.enable_padding(pad_id=tokenizer.pad_token_id or 0)  # pads each chunk to its longest title
+    fast = getattr(backend, "encode_batch_fast", backend.encode_batch)
+    model = BertModel.from_pretrained(str(model_dir), dtype=_dtype(dtype), attn_implementation=attn,
+                                      add_pooling_layer=False).to(device).eval()
+
+    def encode(chunk: list[str]) -> tuple[Any, Any]:
+        encs = fast(chunk)
+        ids = torch.tensor([e.ids for e in encs], dtype=torch.long)
+        mask = torch.tensor([e.attention_mask for e in encs], dtype=torch.long)
+        return ids.pin_memory() if device == "cuda" else ids, mask.pin_memory() if device == "cuda" else mask
+
+    def one_pass() -> Any:
+        order = sorted(range(len(titles)), key=lambda i: len(titles[i]))
+        chunks = [[titles[i] for i in order[s:s + batch]] for s in range(0, len(order), batch)]
+        outs = []
+        with ThreadPoolExecutor(workers) as pool, torch.inference_mode():
+            for ids, mask in pool.map(encode, chunks):
+                ids, mask = ids.to(device, non_blocking=True), mask.to(device, non_blocking=True)
+                hidden = model(input_ids=ids, attention_mask=mask).last_hidden_state
+                m = mask.unsqueeze(-1).to(hidden.dtype)
+                pooled = (hidden * m).sum(1).float() / m.sum(1).float().clamp(min=1.0)
+                outs.append(torch.nn.functional.normalize(pooled, dim=-1).cpu())
+        _sync()
+        vectors = torch.cat(outs).numpy()
+        restored = np.empty_like(vectors)
+        restored[np.asarray(order)] = vectors
+        return restored
+
+    one_pass()
+    _peak_gib(reset=True)
+    t = time.perf_counter()
+    vectors = one_pass()
+    seconds = time.perf_counter() - t
+    out = {"family": "pipelined", "dtype": dtype, "batch": batch, "attn": attn, "workers": workers,
+           "titles": len(titles), "seconds": seconds, "titles_per_s": len(titles) / seconds,
+           "end_to_end_titles_per_s": len(titles) / seconds, "peak_gib": _peak_gib()}
+    if reference is not None:
+        out["max_1_minus_cos"] = float(1.0 - (vectors * reference).sum(axis=1).min())
+    return out, vectors
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokenizer-dir", default=".embedtok",
@@ -180,6 +260,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=os.environ.get("OUT", "bench_out"))
     parser.add_argument("--no-compile", action="store_true")
     parser.add_argument("--device", default="cuda", help="cuda; cpu only to smoke-test this script")
+    parser.add_argument("--quick", action="store_true",
+                        help="only: fp32 reference, raw fp16 eager, tokenisation variants, pipelined end to end")
     args = parser.parse_args(argv)
 
     import torch
@@ -221,6 +303,18 @@ def main(argv: list[str] | None = None) -> int:
     r, ref_raw = run_raw(model_dir, ids, tokenize_s, "fp32", 4096, attn="sdpa", compile_model=False, sort=True,
                          reference=None, device=dev)
     record(r)
+    if args.quick:
+        for r in tokenize_variants(model_dir, titles, os.cpu_count() or 8):
+            record(r)
+        record(run_raw(model_dir, ids, tokenize_s, "fp16", 4096, attn="eager", compile_model=False, sort=True,
+                       reference=ref_raw, device=dev)[0])
+        for workers, batch in ((os.cpu_count() or 8, 4096), (os.cpu_count() or 8, 8192)):
+            record(run_pipelined(model_dir, titles, "fp16", batch, workers, "eager", ref_raw, device=dev)[0])
+        for r in results:
+            print(f"{r['family']:9} {r.get('variant', r.get('dtype'))!s:32} batch={r.get('batch', '-')} "
+                  f"attn={r.get('attn', '-')} titles/s={r['titles_per_s']:.0f} e2e={r.get('end_to_end_titles_per_s', 0):.0f} "
+                  f"peak={r.get('peak_gib', 0):.3f} 1-cos={r.get('max_1_minus_cos', 0):.2e}")
+        return 0
     for dtype, batch in (("fp16", 1024), ("fp16", 4096), ("fp16", 16384), ("bf16", 4096)):
         record(run_raw(model_dir, ids, tokenize_s, dtype, batch, attn="sdpa", compile_model=False, sort=True,
                        reference=ref_raw, device=dev)[0])

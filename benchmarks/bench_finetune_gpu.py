@@ -113,8 +113,12 @@ def run_pipeline(model_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
         optim="adamw_8bit", bf16=True, logging_steps=5, save_strategy="no", report_to="none",
         # "packed": best-fit-decreasing packing into fixed 8192-token rows (fixed shapes for the compiled
         # blocks); "pipeline": padding-free micro-batches of whole examples (what rag finetune uses)
-        max_length=8192 if args.mode == "packed" else None, packing=args.mode == "packed",
-        padding_free=True, completion_only_loss=False, include_num_input_tokens_seen="non_padding", seed=0,
+        # "grouped": padded micro-batches of similar lengths (LengthGroupedSampler): right padding lets unsloth
+        # drop the mask and run one causal SDPA (flash) call per layer instead of one per packed example
+        max_length=8192 if args.mode == "packed" else (2048 if args.mode == "grouped" else None),
+        packing=args.mode == "packed", padding_free=args.mode != "grouped",
+        train_sampling_strategy="group_by_length" if args.mode == "grouped" else "random",
+        completion_only_loss=False, include_num_input_tokens_seen="non_padding", seed=0,
         gradient_checkpointing=False,  # unsloth's own checkpointing is on
     )
     trainer = trainer_class()(model=model, args=cfg, train_dataset=ds, processing_class=tokenizer, callbacks=[Timer()])

@@ -6,7 +6,7 @@
 # ../shared/tools/device-wheels.sh) and the bundled model's small files in .embedtok (see
 # docs/performance-gpu.md), carry [".whl", ".embedtok"]:
 #
-#   bash benchmarks/gpu_perf.sh [EMBED_SECONDS FINETUNE_SECONDS "MODE:BATCH:GC ..."]
+#   [EMBED_ARGS=--quick] [CHILD_TIMEOUT=150] bash benchmarks/gpu_perf.sh [EMBED_SECONDS FINETUNE_SECONDS "MODE:BATCH:GC ..."]
 #
 # Everything goes to $OUT (at most 8 files come back, so the fine-tuning logs are one tarball).
 # Each stage runs under `timeout`, so the script always reaches the tarball even when one stalls.
@@ -24,7 +24,7 @@ nvidia-smi --query-gpu=name,memory.used,memory.total,clocks.sm,driver_version --
 
 if [ "$EMBED_S" != 0 ]; then
   echo "=== embedding (timeout ${EMBED_S}s)"
-  timeout "$EMBED_S" python3 benchmarks/bench_embed_gpu.py --tokenizer-dir .embedtok --titles 200000 --out "$OUT" \
+  timeout "$EMBED_S" python3 benchmarks/bench_embed_gpu.py --tokenizer-dir .embedtok --titles 200000 --out "$OUT" ${EMBED_ARGS:-} \
     >"$OUT/embed.log" 2>&1
   echo "embed rc=$?"
   grep -E "^(family=|tokenised|[0-9]+ titles|raw |st |NVIDIA|torch.compile)" "$OUT/embed.log" | tail -30
@@ -35,7 +35,7 @@ if [ "$FT_S" != 0 ]; then
   mkdir -p /tmp/ftout
   # shellcheck disable=SC2086
   timeout "$FT_S" python3 benchmarks/bench_finetune_gpu.py --shapes llama3-8b --modes $MODES --out /tmp/ftout \
-    --child-timeout 150 >"$OUT/finetune.log" 2>&1
+    --child-timeout ${CHILD_TIMEOUT:-150} >"$OUT/finetune.log" 2>&1
   echo "finetune rc=$?"
   grep -E "^\[|tok/s|FAILED|best pipeline|^llama3|^shape|OutOfMemory|Error" "$OUT/finetune.log" | tail -40
   # runs that finished before a timeout still left their JSON; show them whatever happened to the summary
