@@ -3,13 +3,21 @@
     rag index build --data ../shared/data/amazontitles/trn_sample.jsonl
     rag index update --data new.jsonl --delete gone_uids.txt
 
+    rag index compact
+
 Build: catalog rows (rag.catalog.CatalogReader: cleaned, validated, de-duplicated) are streamed in
 chunks; each chunk goes into SQLite, its titles are embedded in batches and added to FAISS under
-ids derived from the uid. Update: the parent version's metadata is copied into a new version,
-rows are upserted/deleted by uid, and only rows whose *title* changed are embedded again (a row
-whose content_hash is unchanged is not touched at all; a changed description alone only rewrites
-metadata, because only titles are embedded). Both write a new version directory and switch
-`current` atomically (index/store.py); one writer at a time.
+ids derived from the uid; the result is a version with only a *base* segment.
+
+Update (segments, docs/index.md): the parent's base files (vectors.faiss, meta.sqlite, the lexical
+base) are hard-linked into the new version, never copied or modified; the parent's small *delta*
+(delta.sqlite, delta.faiss, tombstones.npy) is copied and changed: rows are upserted/deleted by
+uid, only rows whose *title* changed are embedded again (a row whose content_hash is unchanged is
+not touched at all; a changed description alone only rewrites metadata, because only titles are
+embedded), and base ids deleted or re-embedded become tombstones. When the delta passes
+`index.compact_ratio` of the base (or on `rag index compact`), the update writes a fresh base
+instead (compaction). Both write a new version directory and switch `current` atomically
+(index/store.py); one writer at a time.
 
 Extension hook: when `config.index.descriptions` is true and `index.lexical` is importable,
 `index.lexical.build_artifacts(meta_db_path, version_dir, config) -> list[str]` is called after
@@ -20,11 +28,13 @@ deleted_uids, config)` is preferred when it exists.
 from __future__ import annotations
 
 import importlib
+import json
 import logging
+import os
 import shutil
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,8 +43,19 @@ import numpy as np
 
 from rag.types import CatalogRow
 
-from .metadata import META_FILE, content_hash, open_for_writing
-from .store import VECTORS_FILE, IndexStore, IndexStoreError, read_manifest, utc_now
+from .metadata import DELTA_META_FILE, META_FILE, MetadataReader, content_hash, open_for_writing
+from .store import (
+    DELTA_VECTORS_FILE,
+    TOMBSTONES_FILE,
+    VECTORS_FILE,
+    HashCache,
+    IndexStore,
+    IndexStoreError,
+    load_tombstones,
+    read_manifest,
+    segment_counts,
+    utc_now,
+)
 from .vector import FaissIndex, uid_to_id
 
 if TYPE_CHECKING:
@@ -103,10 +124,22 @@ class UpdateReport:
     read_summary: Any = None
     path: str = ""
     removed_versions: list[str] = field(default_factory=list)
+    compacted: bool = False  # a fresh base was written (no delta)
+    delta_rows: int = 0
+    tombstones: int = 0
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per step (parent check, embed, store, commit ...)
+
+    @property
+    def store_seconds(self) -> float:
+        """Everything but embedding: reading, lookups, delta/base writing, lexical, hashing, commit."""
+        return self.seconds - self.embed_seconds
 
     def summary(self) -> str:
+        segs = ("compacted: fresh base, no delta" if self.compacted
+                else f"delta {self.delta_rows:,} rows, {self.tombstones:,} tombstones")
         lines = [
-            f"updated index {self.parent} -> {self.version}: {self.rows:,} rows in {self.seconds:.1f}s",
+            (f"updated index {self.parent} -> {self.version}: {self.rows:,} rows in {self.seconds:.1f}s "
+             f"(embedding {self.embed_seconds:.1f}s, store {self.store_seconds:.1f}s; {segs})"),
             f"  inserted {self.inserted:,}, re-embedded {self.updated:,}, metadata only {self.metadata_only:,}, "
             f"unchanged {self.unchanged:,}, deleted {self.deleted:,}"
             + (f" ({self.delete_missing:,} uids to delete were not in the index)" if self.delete_missing else ""),
@@ -213,26 +246,32 @@ def _sources(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
     return out
 
 
-def _insert_resolving(conn: sqlite3.Connection, records: list[tuple]) -> list[tuple]:
+def _insert_resolving(conn: sqlite3.Connection, records: list[tuple],
+                      taken_elsewhere: Callable[[Sequence[int]], set[int]] | None = None) -> list[tuple]:
     """Insert rows; on the (~1e-7) chance of a faiss_id collision, salt the later uid's id.
 
     Returns the records as stored (with the final faiss_id). A uid already present is skipped
-    (the catalog reader de-duplicates, so this only guards direct callers).
+    (the catalog reader de-duplicates, so this only guards direct callers). `taken_elsewhere(ids)`
+    returns those of `ids` used by rows outside this table (an update's delta: the live base rows).
     """
     sql = "INSERT INTO rows (faiss_id, uid, title, content, content_hash, source, line) VALUES (?, ?, ?, ?, ?, ?, ?)"
-    conn.execute("SAVEPOINT chunk")
-    try:
-        conn.executemany(sql, records)
-        conn.execute("RELEASE chunk")
-        return records
-    except sqlite3.IntegrityError:
-        conn.execute("ROLLBACK TO chunk")
-        conn.execute("RELEASE chunk")
+    clash = taken_elsewhere([r[0] for r in records]) if taken_elsewhere is not None else set()
+    if not clash:
+        conn.execute("SAVEPOINT chunk")
+        try:
+            conn.executemany(sql, records)
+            conn.execute("RELEASE chunk")
+            return records
+        except sqlite3.IntegrityError:
+            conn.execute("ROLLBACK TO chunk")
+            conn.execute("RELEASE chunk")
     stored = []
     for record in records:
         uid, salt, faiss_id = record[1], 0, record[0]
         while True:
             try:
+                if taken_elsewhere is not None and taken_elsewhere([faiss_id]):
+                    raise sqlite3.IntegrityError("faiss_id taken by a base row")
                 conn.execute(sql, (faiss_id,) + tuple(record[1:]))
                 stored.append((faiss_id,) + tuple(record[1:]))
                 break
@@ -270,9 +309,12 @@ def _embedder(config: Config, embedder: Embedder | None) -> Embedder:
     return load_embedder(config.embedding)
 
 
-def _finish(store: IndexStore, config: Config, version_dir: Path, manifest: dict[str, Any]) -> tuple[str, list[str]]:
+def _finish(store: IndexStore, config: Config, version_dir: Path, manifest: dict[str, Any], *,
+            parent_dir: Path | None = None, parent_manifest: dict[str, Any] | None = None,
+            hash_cache: HashCache | None = None) -> tuple[str, list[str]]:
     """Write the manifest, switch `current`, drop versions beyond index.keep_versions. Lock held."""
-    version = store.commit_version(version_dir, manifest)
+    version = store.commit_version(version_dir, manifest, parent_dir=parent_dir, parent_manifest=parent_manifest,
+                                   hash_cache=hash_cache)
     removed: list[str] = []
     if config.index.keep_versions and config.index.keep_versions > 0:
         removed = store._gc_locked(config.index.keep_versions)
@@ -346,6 +388,7 @@ def build_index(config: Config, paths: Sequence[str | Path], *, progress: bool =
                 sources=_sources(paths),
                 read_summary=summary.to_dict() if hasattr(summary, "to_dict") else None,
                 artifacts=artifacts,
+                segments={"base": {"rows": rows, "version": version_dir.name}},
                 timings={"embed_s": round(embed_seconds, 3), "total_s": round(time.perf_counter() - started, 3)},
                 file_names=[VECTORS_FILE, META_FILE, *artifacts]
                 + ([REJECTS_FILE] if (version_dir / REJECTS_FILE).exists() else []),
@@ -361,11 +404,12 @@ def build_index(config: Config, paths: Sequence[str | Path], *, progress: bool =
     )
 
 
-def _build_artifacts(config: Config, version_dir: Path, **update: Any) -> list[str]:
+def _build_artifacts(config: Config, version_dir: Path, meta_path: Path | None = None, **update: Any) -> list[str]:
+    """Run the lexical hook. `meta_path`: the rows it reads (an update passes the delta's SQLite)."""
     lexical = _lexical_module(config)
     if lexical is None:
         return []
-    meta_path = version_dir / META_FILE
+    meta_path = meta_path or version_dir / META_FILE
     if update and hasattr(lexical, "update_artifacts"):
         names = lexical.update_artifacts(meta_path, version_dir, update["parent_dir"], update["changed_uids"],
                                          update["deleted_uids"], config)
@@ -397,8 +441,13 @@ def read_uid_list(path: str | Path) -> list[str]:
 
 
 def update_index(config: Config, paths: Sequence[str | Path] = (), delete_uids: Sequence[str] = (), *,
-                 progress: bool = True, embedder: Embedder | None = None) -> UpdateReport:
-    """Upsert the rows of `paths` and delete `delete_uids` (deletions first), as a new version."""
+                 progress: bool = True, embedder: Embedder | None = None, compact: bool | None = None) -> UpdateReport:
+    """Upsert the rows of `paths` and delete `delete_uids` (deletions first), as a new version.
+
+    `compact`: None (default) writes a fresh base when the delta passes `index.compact_ratio` of
+    the base; True always does; False never does, except when the description index cannot be
+    updated incrementally (no update hook, or it would rebuild itself from all rows).
+    """
     started = time.perf_counter()
     paths = [Path(p) for p in paths]
     for path in paths:
@@ -420,15 +469,20 @@ def update_index(config: Config, paths: Sequence[str | Path] = (), delete_uids: 
                 f"(dimension {built_with['dimension']}) but embedding.model gives {embedder.name} "
                 f"(dimension {embedder.dimension}); rebuild with `rag index build` or set embedding.model back"
             )
-        # verify the parent fully before building on it: never propagate a damaged file
-        parent_check = store.verify(parent)
+        # Verify the parent before building on it: never propagate a damaged file. Base files that
+        # are the same inode, size and mtime as when they were hashed are not re-read (their hash is
+        # carried into the new version, so damage stays detectable); every other file is hashed.
+        t0 = time.perf_counter()
+        hash_cache: HashCache = {}
+        parent_check = store.verify(parent, trust_base_stat=True, hash_cache=hash_cache)
         if not parent_check.ok:
             raise BuildError(f"the current version {parent} fails verification, not updating it: "
                              + "; ".join(parent_check.problems) + " (run `rag index rollback` or rebuild)")
+        timings = {"parent_check_s": time.perf_counter() - t0}
         version_dir = store.new_version_dir()
         try:
             report = _apply_update(config, store, parent, parent_dir, parent_manifest, version_dir, paths,
-                                   delete_uids, embedder, progress, started)
+                                   delete_uids, embedder, progress, started, compact, hash_cache, timings)
         except BaseException:
             shutil.rmtree(version_dir, ignore_errors=True)
             raise
@@ -436,110 +490,395 @@ def update_index(config: Config, paths: Sequence[str | Path] = (), delete_uids: 
     return report
 
 
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """Hard link (files of a committed version never change, so sharing the inode is safe), else copy.
+
+    The copy is the fallback across file systems; its hash is then computed, not carried.
+    """
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+
+
+class _Delta:
+    """The writable delta of a version being written: delta.sqlite, delta vectors, tombstones.
+
+    Row resolution (the same as `IndexSnapshot`): a uid's row is its delta row if any, else its
+    base row unless the base id is tombstoned. Every delta row's vector is either in the delta
+    vectors (new or re-embedded title) or, for a metadata-only change of a base row, still in the
+    base (its id is then not tombstoned).
+    """
+
+    def __init__(self, version_dir: Path, parent_dir: Path, parent_manifest: dict[str, Any], dimension: int) -> None:
+        self.base_rows, parent_delta = segment_counts(parent_manifest)
+        self.base = MetadataReader(parent_dir / META_FILE)  # immutable, read-only
+        self.path = version_dir / DELTA_META_FILE
+        if parent_delta is not None:
+            shutil.copyfile(parent_dir / DELTA_META_FILE, self.path)  # small: the rows changed since the base
+            self.tomb = set(load_tombstones(parent_dir / TOMBSTONES_FILE, parent_delta["tombstones"]).tolist())
+            self.vectors = FaissIndex.load(parent_dir / DELTA_VECTORS_FILE, "flat", dimension, {}, mmap=False)
+        else:
+            self.tomb = set()
+            self.vectors = FaissIndex.create(dimension, "flat")
+        import faiss
+
+        self.vector_ids: set[int] = set(faiss.vector_to_array(self.vectors.raw.id_map).tolist()) if self.vectors.ntotal else set()
+        self.conn = open_for_writing(self.path)
+        self.conn.execute("BEGIN")
+        self.remove_vectors: set[int] = set()
+
+    def lookup(self, uids: Sequence[str]) -> dict[str, tuple[int, str, str, str]]:
+        """uid -> (faiss_id, title, content_hash, "delta" | "base") for the live rows among `uids`."""
+        out: dict[str, tuple[int, str, str, str]] = {}
+        uids = list(uids)
+        for start in range(0, len(uids), 900):
+            part = uids[start:start + 900]
+            for fid, uid, title, chash in self.conn.execute(
+                    f"SELECT faiss_id, uid, title, content_hash FROM rows WHERE uid IN ({','.join('?' * len(part))})", part):
+                out[uid] = (int(fid), title, chash, "delta")
+        rest = [u for u in uids if u not in out]
+        for uid, (fid, title, chash) in self.base.lookup_uids(rest).items():
+            if fid not in self.tomb:
+                out[uid] = (fid, title, chash, "base")
+        return out
+
+    def base_taken(self, ids: Sequence[int]) -> set[int]:
+        """ids used by live base rows (a new row must not take one)."""
+        return {i for i in self.base.present_ids(ids) if i not in self.tomb}
+
+    def drop_vector(self, faiss_id: int) -> None:
+        """The row's current vector goes away: from the delta vectors, else tombstone it in the base."""
+        if faiss_id in self.vector_ids:
+            self.remove_vectors.add(faiss_id)
+            self.vector_ids.discard(faiss_id)
+        else:
+            self.tomb.add(faiss_id)
+
+    def finish(self, add_ids: list[np.ndarray], add_vectors: list[np.ndarray]) -> int:
+        """Commit the rows, apply the vector changes, check the invariants; returns the live row count."""
+        self.conn.execute("COMMIT")
+        if self.remove_vectors:
+            self.vectors.remove(np.array(sorted(self.remove_vectors), dtype=np.int64))
+        if add_ids:
+            ids = np.concatenate(add_ids)
+            self.vectors.add(ids, np.concatenate(add_vectors))
+            self.vector_ids.update(ids.tolist())
+        row_ids = {int(r[0]) for r in self.conn.execute("SELECT faiss_id FROM rows")}
+        self.conn.close()
+        overrides = row_ids - self.vector_ids  # metadata-only changes of live base rows
+        if not self.vector_ids <= row_ids or overrides & self.tomb or self.vectors.ntotal != len(self.vector_ids):
+            raise BuildError(f"internal error: delta rows {len(row_ids)}, delta vectors {self.vectors.ntotal}, "
+                             f"tombstones {len(self.tomb)} disagree")
+        self.rows = len(row_ids)
+        return self.base_rows - len(self.tomb) + self.vectors.ntotal
+
+    def close(self) -> None:
+        self.base.close()
+
+
 def _apply_update(config: Config, store: IndexStore, parent: str, parent_dir: Path, parent_manifest: dict[str, Any],
                   version_dir: Path, paths: list[Path], delete_uids: Sequence[str], embedder: Embedder,
-                  progress: bool, started: float) -> UpdateReport:
-    info = parent_manifest["index"]
-    shutil.copyfile(parent_dir / META_FILE, version_dir / META_FILE)
-    # a private, writable copy of the vectors (a memory-mapped index is read-only)
-    index = FaissIndex.load(parent_dir / VECTORS_FILE, info["type"], int(parent_manifest["embedding"]["dimension"]),
-                            info.get("params", {}), mmap=False)
-    conn = open_for_writing(version_dir / META_FILE)
-    conn.execute("BEGIN")
+                  progress: bool, started: float, compact: bool | None, hash_cache: HashCache,
+                  timings: dict[str, float]) -> UpdateReport:
+    dimension = int(parent_manifest["embedding"]["dimension"])
+    t0 = time.perf_counter()
+    delta = _Delta(version_dir, parent_dir, parent_manifest, dimension)
+    conn = delta.conn
     report = UpdateReport(version="", parent=parent, rows=0, seconds=0.0, path=str(version_dir))
+    try:
+        # 1. deletions
+        deleted_uids: list[str] = []
+        deleted_ids: list[int] = []
+        unique_deletes = list(dict.fromkeys(delete_uids))
+        found = delta.lookup(unique_deletes)
+        for uid in unique_deletes:
+            hit = found.get(uid)
+            if hit is None:
+                report.delete_missing += 1
+                continue
+            faiss_id, _title, _hash, where = hit
+            if where == "delta":
+                conn.execute("DELETE FROM rows WHERE faiss_id = ?", (faiss_id,))
+            delta.drop_vector(faiss_id)
+            deleted_uids.append(uid)
+            deleted_ids.append(faiss_id)
+        report.deleted = len(deleted_uids)
 
-    # 1. deletions
-    remove_ids: list[int] = []
-    deleted_uids: list[str] = []
-    for uid in dict.fromkeys(delete_uids):
-        found = conn.execute("SELECT faiss_id FROM rows WHERE uid = ?", (uid,)).fetchone()
-        if found is None:
-            report.delete_missing += 1
-            continue
-        conn.execute("DELETE FROM rows WHERE faiss_id = ?", (found[0],))
-        remove_ids.append(int(found[0]))
-        deleted_uids.append(uid)
-    report.deleted = len(deleted_uids)
+        # 2. upserts, chunk by chunk; vectors of changed titles are collected and applied once
+        summary = None
+        changed_uids: list[str] = []
+        changed_ids: list[int] = []
+        add_ids: list[np.ndarray] = []
+        add_vectors: list[np.ndarray] = []
+        if paths:
+            reader = _reader(config, version_dir / "update_rejects.jsonl")
+            bar = _progress(progress, "updating rows")
+            for chunk in _chunks(reader.iter_rows(paths, progress=progress), CHUNK_ROWS):
+                existing = delta.lookup([row.uid for row in chunk])
+                new_rows: list[CatalogRow] = []
+                to_embed: list[tuple] = []
+                for row in chunk:
+                    record = _record(row)
+                    old = existing.get(row.uid)
+                    if old is None:
+                        new_rows.append(row)
+                        continue
+                    faiss_id, old_title, old_hash, where = old
+                    if old_hash == record[4]:
+                        report.unchanged += 1
+                        continue
+                    record = (faiss_id,) + record[1:]  # keep the id the uid already has (stable, even if salted)
+                    if where == "delta":
+                        conn.execute("UPDATE rows SET title=?, content=?, content_hash=?, source=?, line=? WHERE faiss_id=?",
+                                     (record[2], record[3], record[4], record[5], record[6], faiss_id))
+                    else:
+                        conn.execute("INSERT INTO rows (faiss_id, uid, title, content, content_hash, source, line) "
+                                     "VALUES (?, ?, ?, ?, ?, ?, ?)", record)
+                    changed_uids.append(row.uid)
+                    changed_ids.append(faiss_id)
+                    if old_title == row.title:
+                        report.metadata_only += 1  # the vector (base or delta) is still right
+                    else:
+                        report.updated += 1
+                        delta.drop_vector(faiss_id)
+                        to_embed.append(record)
+                if new_rows:
+                    stored = _insert_resolving(conn, [_record(r) for r in new_rows], delta.base_taken)
+                    report.inserted += len(stored)
+                    changed_uids.extend(r[1] for r in stored)
+                    changed_ids.extend(r[0] for r in stored)
+                    to_embed.extend(stored)
+                if to_embed:
+                    t1 = time.perf_counter()
+                    add_vectors.append(embedder.embed([r[2] for r in to_embed], batch_size=config.embedding.batch_size))
+                    report.embed_seconds += time.perf_counter() - t1
+                    add_ids.append(np.array([r[0] for r in to_embed], dtype=np.int64))
+                    report.embedded += len(to_embed)
+                bar.update(len(chunk))
+            bar.close()
+            summary = reader.summary
+            report.read_summary = summary
+        rows = delta.finish(add_ids, add_vectors)
+        timings["rows_s"] = time.perf_counter() - t0 - report.embed_seconds
+        timings["embed_s"] = report.embed_seconds
 
-    # 2. upserts, chunk by chunk; vectors of changed titles are collected and applied once
-    summary = None
-    changed_uids: list[str] = []
-    add_ids: list[np.ndarray] = []
-    add_vectors: list[np.ndarray] = []
-    if paths:
-        reader = _reader(config, version_dir / "update_rejects.jsonl")
-        bar = _progress(progress, "updating rows")
-        for chunk in _chunks(reader.iter_rows(paths, progress=progress), CHUNK_ROWS):
-            marks = ",".join("?" * len(chunk))
-            existing = {
-                r[1]: (int(r[0]), r[2], r[3])
-                for r in conn.execute(f"SELECT faiss_id, uid, title, content_hash FROM rows WHERE uid IN ({marks})",
-                                      [row.uid for row in chunk])
-            }
-            new_rows: list[CatalogRow] = []
-            to_embed: list[tuple] = []
-            for row in chunk:
-                record = _record(row)
-                old = existing.get(row.uid)
-                if old is None:
-                    new_rows.append(row)
-                    continue
-                faiss_id, old_title, old_hash = old
-                if old_hash == record[4]:
-                    report.unchanged += 1
-                    continue
-                record = (faiss_id,) + record[1:]  # keep the id the uid already has (stable, even if salted)
-                conn.execute("UPDATE rows SET title=?, content=?, content_hash=?, source=?, line=? WHERE faiss_id=?",
-                             (record[2], record[3], record[4], record[5], record[6], faiss_id))
-                changed_uids.append(row.uid)
-                if old_title == row.title:
-                    report.metadata_only += 1
-                else:
-                    report.updated += 1
-                    remove_ids.append(faiss_id)
-                    to_embed.append(record)
-            if new_rows:
-                stored = _insert_resolving(conn, [_record(r) for r in new_rows])
-                report.inserted += len(stored)
-                changed_uids.extend(r[1] for r in stored)
-                to_embed.extend(stored)
-            if to_embed:
-                t0 = time.perf_counter()
-                add_vectors.append(embedder.embed([r[2] for r in to_embed], batch_size=config.embedding.batch_size))
-                report.embed_seconds += time.perf_counter() - t0
-                add_ids.append(np.array([r[0] for r in to_embed], dtype=np.int64))
-                report.embedded += len(to_embed)
-            bar.update(len(chunk))
-        bar.close()
-        summary = reader.summary
-        report.read_summary = summary
-    conn.execute("COMMIT")
-    rows = int(conn.execute("SELECT count(*) FROM rows").fetchone()[0])
-    conn.close()
+        # 3. compaction or a new delta
+        base_rows = delta.base_rows
+        lexical = _lexical_module(config)
+        lexical_full = lexical is not None and (not hasattr(lexical, "update_artifacts") or
+                                                _lexical_needs_full_build(lexical, parent_dir, changed_ids, deleted_ids))
+        ratio = float(getattr(config.index, "compact_ratio", 0.1) or 0)
+        pending = delta.rows + len(delta.tomb)
+        over = ratio > 0 and pending > ratio * base_rows and pending > int(getattr(config.index, "compact_min_rows", 0))
+        do_compact = lexical_full or (over if compact is None else compact)
+        t0 = time.perf_counter()
+        extra = [n for n in ("update_rejects.jsonl",) if (version_dir / n).exists()]
+        if do_compact:
+            index = _write_compacted_base(parent_dir, parent_manifest, version_dir, delta.path, delta.vectors,
+                                          delta.tomb, rows)
+            os.unlink(delta.path)
+            timings["compact_s"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            artifacts = _build_artifacts(config, version_dir)
+            segments: dict[str, Any] = {"base": {"rows": rows, "version": version_dir.name}}
+            index_info = _index_info(index)
+            file_names = [VECTORS_FILE, META_FILE, *artifacts, *extra]
+        else:
+            for name in (VECTORS_FILE, META_FILE):
+                _link_or_copy(parent_dir / name, version_dir / name)
+            delta.vectors.save(version_dir / DELTA_VECTORS_FILE)
+            with open(version_dir / TOMBSTONES_FILE, "wb") as fh:
+                np.save(fh, np.array(sorted(delta.tomb), dtype=np.int64), allow_pickle=False)
+            timings["delta_write_s"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            artifacts = _build_artifacts(config, version_dir, meta_path=delta.path, parent_dir=parent_dir,
+                                         changed_uids=changed_uids, deleted_uids=deleted_uids)
+            _check_lexical_kept_base(lexical, parent_dir, version_dir, artifacts)
+            base_info = (parent_manifest.get("segments") or {}).get("base", {})
+            segments = {"base": {"rows": base_rows, "version": base_info.get("version", parent)},
+                        "delta": {"rows": delta.rows, "vectors": delta.vectors.ntotal, "tombstones": len(delta.tomb)}}
+            index_info = dict(parent_manifest["index"])
+            file_names = [VECTORS_FILE, META_FILE, DELTA_VECTORS_FILE, DELTA_META_FILE, TOMBSTONES_FILE, *artifacts, *extra]
+        timings["lexical_s"] = time.perf_counter() - t0
+    finally:
+        delta.close()
 
-    # 3. vectors: remove deleted + re-embedded ids, add the new vectors (ids stay those of the uids)
-    if remove_ids:
-        index.remove(np.array(remove_ids, dtype=np.int64))
-    if add_ids:
-        index.add(np.concatenate(add_ids), np.concatenate(add_vectors))
-    if index.ntotal != rows:
-        raise BuildError(f"internal error: {index.ntotal} vectors but {rows} metadata rows after the update")
-    index.save(version_dir / VECTORS_FILE)
-
-    artifacts = _build_artifacts(config, version_dir, parent_dir=parent_dir, changed_uids=changed_uids,
-                                 deleted_uids=deleted_uids)
-    manifest = _base_manifest(config, embedder, index, "update", parent)
-    extra = [n for n in ("update_rejects.jsonl",) if (version_dir / n).exists()]
+    manifest = {
+        "format": 1, "created": utc_now(), "operation": "update", "parent": parent,
+        "embedding": dict(parent_manifest["embedding"]), "index": index_info,
+    }
     manifest.update(
         rows=rows,
+        segments=segments,
         sources=parent_manifest.get("sources", []) + _sources(paths),
         read_summary=summary.to_dict() if summary is not None and hasattr(summary, "to_dict") else None,
         artifacts=artifacts,
         update={"inserted": report.inserted, "re_embedded": report.updated, "metadata_only": report.metadata_only,
-                "unchanged": report.unchanged, "deleted": report.deleted, "delete_missing": report.delete_missing},
-        timings={"embed_s": round(report.embed_seconds, 3), "total_s": round(time.perf_counter() - started, 3)},
-        file_names=[VECTORS_FILE, META_FILE, *artifacts, *extra],
+                "unchanged": report.unchanged, "deleted": report.deleted, "delete_missing": report.delete_missing,
+                "compacted": bool(do_compact)},
+        file_names=file_names,
     )
-    report.version, report.removed_versions = _finish(store, config, version_dir, manifest)
+    t0 = time.perf_counter()
+    manifest["timings"] = {k: round(v, 3) for k, v in timings.items()}
+    manifest["timings"]["total_before_commit_s"] = round(time.perf_counter() - started, 3)
+    report.version, report.removed_versions = _finish(store, config, version_dir, manifest, parent_dir=parent_dir,
+                                                      parent_manifest=parent_manifest, hash_cache=hash_cache)
+    timings["commit_s"] = time.perf_counter() - t0
     report.rows = rows
+    report.compacted = bool(do_compact)
+    report.delta_rows = 0 if do_compact else delta.rows
+    report.tombstones = 0 if do_compact else len(delta.tomb)
+    report.timings = {k: round(v, 3) for k, v in timings.items()}
     return report
+
+
+def _index_info(index: FaissIndex) -> dict[str, Any]:
+    import faiss
+
+    return {"type": index.type, "params": index.params, "metric": "inner_product",
+            "faiss_version": getattr(faiss, "__version__", "unknown")}
+
+
+def _write_compacted_base(parent_dir: Path, parent_manifest: dict[str, Any], version_dir: Path, delta_db: Path,
+                          delta_vectors: FaissIndex, tomb: set[int], expected_rows: int) -> FaissIndex:
+    """A fresh base (new inodes, never the parent's files) = parent base - tombstones + delta."""
+    meta_path = version_dir / META_FILE
+    shutil.copyfile(parent_dir / META_FILE, meta_path)
+    conn = open_for_writing(meta_path)
+    conn.execute("BEGIN")
+    conn.executemany("DELETE FROM rows WHERE faiss_id = ?", [(int(i),) for i in sorted(tomb)])
+    conn.execute("COMMIT")
+    conn.execute("ATTACH DATABASE ? AS d", (str(delta_db),))
+    conn.execute("BEGIN")
+    # a delta row replaces the base row of the same faiss_id (metadata-only change) or is new
+    conn.execute("INSERT OR REPLACE INTO rows (faiss_id, uid, title, content, content_hash, source, line) "
+                 "SELECT faiss_id, uid, title, content, content_hash, source, line FROM d.rows")
+    conn.execute("COMMIT")
+    conn.execute("DETACH DATABASE d")
+    rows = int(conn.execute("SELECT count(*) FROM rows").fetchone()[0])
+    conn.close()
+    info = parent_manifest["index"]
+    index = FaissIndex.load(parent_dir / VECTORS_FILE, info["type"], int(parent_manifest["embedding"]["dimension"]),
+                            info.get("params", {}), mmap=False)  # a private, writable copy
+    if tomb:
+        index.remove(np.array(sorted(tomb), dtype=np.int64))  # hnsw: the one graph rebuild, at compaction only
+    if delta_vectors.ntotal:
+        ids, vectors = delta_vectors.export()
+        index.add(ids, vectors)
+    if not (rows == index.ntotal == expected_rows):
+        raise BuildError(f"internal error: compaction gives {index.ntotal} vectors, {rows} rows, expected {expected_rows}")
+    index.save(version_dir / VECTORS_FILE)
+    return index
+
+
+def _lexical_needs_full_build(lexical: Any, parent_dir: Path, changed_ids: Sequence[int], deleted_ids: Sequence[int]) -> bool:
+    """Would `lexical.update_artifacts` rebuild its base from all rows? (An update hands it only the delta's rows.)
+
+    Mirrors its rule with upper bounds (no parent index, another format, an empty base, or delta or
+    tombstones past its COMPACT_FRACTION), so a True here may be conservative but a False is safe.
+    """
+    try:
+        meta_path = parent_dir / getattr(lexical, "META_NAME", "lexical.json")
+        if not meta_path.exists():
+            return True
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        if meta.get("format") != getattr(lexical, "FORMAT", None):
+            return True
+        base_docs = int(meta["segments"]["base"]["docs"])
+        if base_docs == 0:
+            return True
+        tomb = np.load(parent_dir / getattr(lexical, "TOMBSTONES_NAME", "lexical.tombstones.npy"), allow_pickle=False)
+        old_delta = (np.load(parent_dir / "lexical.delta.ids.npy", allow_pickle=False)
+                     if "delta" in meta["segments"] else np.zeros(0, np.int64))
+        changed = np.asarray(list(changed_ids), dtype=np.int64)
+        deleted = np.asarray(list(deleted_ids), dtype=np.int64)
+        bound = float(getattr(lexical, "COMPACT_FRACTION", 0.1)) * base_docs
+        return (len(np.union1d(old_delta, changed)) > bound
+                or len(np.union1d(np.union1d(tomb, changed), deleted)) > bound)
+    except (KeyError, ValueError, OSError, TypeError):
+        return True
+
+
+def _check_lexical_kept_base(lexical: Any, parent_dir: Path, version_dir: Path, artifacts: list[str]) -> None:
+    """The description index must have kept the parent's base (it was given only the delta's rows)."""
+    name = getattr(lexical, "META_NAME", "lexical.json") if lexical is not None else None
+    if not name or name not in artifacts:
+        return
+    try:
+        new = json.loads((version_dir / name).read_text(encoding="utf-8"))["segments"]["base"]
+        old = json.loads((parent_dir / name).read_text(encoding="utf-8"))["segments"]["base"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise BuildError(f"{version_dir / name}: cannot compare with the parent's description index ({exc})") from None
+    if new != old:
+        raise BuildError(f"internal error: {version_dir / name}: the description index rebuilt its base from the "
+                         "delta rows only; run `rag index compact` or `rag index build`")
+
+
+@dataclass
+class CompactReport:
+    version: str | None
+    parent: str
+    rows: int
+    seconds: float
+    removed_versions: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        if self.version is None:
+            return f"index {self.parent} has no delta: nothing to compact ({self.rows:,} rows)"
+        return (f"compacted index {self.parent} -> {self.version}: {self.rows:,} rows in one base segment "
+                f"in {self.seconds:.1f}s" + (f"\n  removed old versions: {', '.join(self.removed_versions)}"
+                                              if self.removed_versions else ""))
+
+
+def compact_index(config: Config, *, force: bool = False) -> CompactReport:
+    """Write the current version's base - tombstones + delta as a fresh base (`rag index compact`).
+
+    No embedding: the delta's vectors are moved into the base. A version without a delta is left
+    alone unless `force`. hnsw: the graph is rebuilt once here when rows were deleted or re-embedded.
+    """
+    started = time.perf_counter()
+    store = IndexStore.from_config(config)
+    with store.lock():
+        store.cleanup_leftovers()
+        parent = store.current_version()
+        if not parent:
+            raise BuildError(f"{store.current_file}: no index to compact; run `rag index build --data PATH` first")
+        parent_dir = store.version_dir(parent)
+        parent_manifest = read_manifest(parent_dir)
+        _base_rows, delta_counts = segment_counts(parent_manifest)
+        if delta_counts is None and not force:
+            return CompactReport(None, parent, int(parent_manifest["rows"]), time.perf_counter() - started)
+        check = store.verify(parent)
+        if not check.ok:
+            raise BuildError(f"the current version {parent} fails verification, not compacting it: "
+                             + "; ".join(check.problems) + " (run `rag index rollback` or rebuild)")
+        version_dir = store.new_version_dir()
+        try:
+            dimension = int(parent_manifest["embedding"]["dimension"])
+            private_delta = version_dir / ".compact-delta.sqlite"
+            if delta_counts is not None:
+                shutil.copyfile(parent_dir / DELTA_META_FILE, private_delta)
+                tomb = set(load_tombstones(parent_dir / TOMBSTONES_FILE, delta_counts["tombstones"]).tolist())
+                vectors = FaissIndex.load(parent_dir / DELTA_VECTORS_FILE, "flat", dimension, {}, mmap=False)
+            else:
+                open_for_writing(private_delta).close()
+                tomb, vectors = set(), FaissIndex.create(dimension, "flat")
+            index = _write_compacted_base(parent_dir, parent_manifest, version_dir, private_delta, vectors, tomb,
+                                          int(parent_manifest["rows"]))
+            private_delta.unlink()
+            artifacts = _build_artifacts(config, version_dir)
+            rows = int(parent_manifest["rows"])
+            manifest = {
+                "format": 1, "created": utc_now(), "operation": "compact", "parent": parent,
+                "embedding": dict(parent_manifest["embedding"]), "index": _index_info(index),
+                "rows": rows, "segments": {"base": {"rows": rows, "version": version_dir.name}},
+                "sources": parent_manifest.get("sources", []), "read_summary": parent_manifest.get("read_summary"),
+                "artifacts": artifacts, "timings": {"total_s": round(time.perf_counter() - started, 3)},
+                "file_names": [VECTORS_FILE, META_FILE, *artifacts],
+            }
+            version, removed = _finish(store, config, version_dir, manifest)
+        except BaseException:
+            shutil.rmtree(version_dir, ignore_errors=True)
+            raise
+    return CompactReport(version, parent, rows, time.perf_counter() - started, removed)

@@ -3,6 +3,7 @@
     rag index build --data ../shared/data/amazontitles/trn_sample.jsonl
     rag index info
     rag index update --data new.jsonl --delete gone_uids.txt
+    rag index compact                       # fold the update delta into a fresh base segment
     rag index versions
     rag index rollback [VERSION]
     rag index gc --keep 3
@@ -55,6 +56,14 @@ def _cmd_update(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_compact(args: argparse.Namespace) -> int:
+    from .build import compact_index
+
+    report = compact_index(_config(args), force=args.force)
+    print(report.summary())
+    return 0
+
+
 def _format_info(manifest: dict[str, Any], path: Any) -> str:
     emb, idx = manifest["embedding"], manifest["index"]
     total = sum(f["size"] for f in manifest["files"].values())
@@ -62,6 +71,7 @@ def _format_info(manifest: dict[str, Any], path: Any) -> str:
         f"version:    {manifest['version']} ({manifest.get('operation', '?')}, parent {manifest.get('parent') or '-'})",
         f"created:    {manifest.get('created')}",
         f"rows:       {manifest['rows']:,}",
+        _format_segments(manifest),
         f"embedding:  {emb['model']} (dimension {emb['dimension']})",
         f"index:      {idx['type']} {json.dumps(idx.get('params', {}))} (faiss {idx.get('faiss_version', '?')})",
         f"files:      {len(manifest['files'])} files, {total / 1e6:.1f} MB in {path}",
@@ -82,6 +92,16 @@ def _format_info(manifest: dict[str, Any], path: Any) -> str:
     if manifest.get("update"):
         lines.append("update:     " + ", ".join(f"{k} {v:,}" for k, v in manifest["update"].items()))
     return "\n".join(lines)
+
+
+def _format_segments(manifest: dict[str, Any]) -> str:
+    from .store import segment_counts
+
+    base_rows, delta = segment_counts(manifest)
+    if delta is None:
+        return f"segments:   base {base_rows:,} rows (no delta)"
+    return (f"segments:   base {base_rows:,} rows - {delta['tombstones']:,} tombstones + delta {delta['vectors']:,} "
+            f"vectors ({delta['rows']:,} delta rows); `rag index compact` folds the delta into a new base")
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -175,6 +195,11 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--delete", metavar="FILE", help="file of uids to delete, one per line")
     p.add_argument("--quiet", "-q", action="store_true")
     p.set_defaults(func=_guarded(_cmd_update))
+
+    p = sub.add_parser("compact", parents=[common],
+                       help="write base - tombstones + delta as a fresh base segment (no embedding)")
+    p.add_argument("--force", action="store_true", help="rewrite the base even when there is no delta")
+    p.set_defaults(func=_guarded(_cmd_compact))
 
     p = sub.add_parser("info", parents=[common], help="show the manifest of the current (or given) version")
     p.add_argument("--version", default=None)

@@ -7,6 +7,9 @@
 `faiss_id` is the id the vector carries in FAISS (`index.vector.uid_to_id`), so a search result
 maps to its row with one primary-key lookup. Rows are stored cleaned (as the catalog reader
 returns them). `content_hash` lets `rag index update` skip rows that did not change.
+
+The same schema serves both segments of a version (docs/index.md, "Segments"): `meta.sqlite`
+holds the base rows, `delta.sqlite` the rows upserted since the base was written.
 """
 from __future__ import annotations
 
@@ -15,10 +18,12 @@ import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from rag.types import CatalogRow
 
 META_FILE = "meta.sqlite"
+DELTA_META_FILE = "delta.sqlite"
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS rows (
     faiss_id INTEGER PRIMARY KEY,
@@ -96,11 +101,54 @@ class MetadataReader:
         return [found.get(int(i)) for i in ids]
 
     def get_by_uid(self, uid: str) -> CatalogRow | None:
+        found = self.lookup_uid(uid)
+        return found[1] if found else None
+
+    def lookup_uid(self, uid: str) -> tuple[int, CatalogRow] | None:
+        """(faiss_id, row) of a uid, or None."""
         with self._lock:
             record = self._conn.execute(f"SELECT {_COLUMNS} FROM rows WHERE uid = ?", (uid,)).fetchone()
-        return _row(record) if record else None
+        return (int(record[0]), _row(record)) if record else None
+
+    def lookup_uids(self, uids: Sequence[str]) -> dict[str, tuple[int, str, str]]:
+        """uid -> (faiss_id, title, content_hash) for the uids present (one indexed query per 900 uids)."""
+        out: dict[str, tuple[int, str, str]] = {}
+        uids = list(uids)
+        for start in range(0, len(uids), _CHUNK):
+            part = uids[start : start + _CHUNK]
+            with self._lock:
+                records = self._conn.execute(
+                    f"SELECT faiss_id, uid, title, content_hash FROM rows WHERE uid IN ({','.join('?' * len(part))})",
+                    part).fetchall()
+            for faiss_id, uid, title, chash in records:
+                out[uid] = (int(faiss_id), title, chash)
+        return out
+
+    def present_ids(self, ids: Sequence[int]) -> set[int]:
+        """The subset of `ids` that have a row here."""
+        out: set[int] = set()
+        ids = [int(i) for i in ids]
+        for start in range(0, len(ids), _CHUNK):
+            part = ids[start : start + _CHUNK]
+            with self._lock:
+                out.update(int(r[0]) for r in self._conn.execute(
+                    f"SELECT faiss_id FROM rows WHERE faiss_id IN ({','.join('?' * len(part))})", part))
+        return out
+
+    def all_ids(self) -> Any:
+        """Every faiss_id, ascending, as an int64 numpy array (meant for the small delta segment)."""
+        import numpy as np
+
+        with self._lock:
+            records = self._conn.execute("SELECT faiss_id FROM rows ORDER BY faiss_id").fetchall()
+        return np.array([r[0] for r in records], dtype=np.int64)
 
     def iter_rows(self, batch: int = 10000) -> Iterator[CatalogRow]:
+        for _faiss_id, row in self.iter_rows_with_ids(batch):
+            yield row
+
+    def iter_rows_with_ids(self, batch: int = 10000) -> Iterator[tuple[int, CatalogRow]]:
+        """(faiss_id, row) in ascending faiss_id order."""
         last = -1
         while True:
             with self._lock:  # keyset pagination: no cursor stays open across yields
@@ -110,7 +158,7 @@ class MetadataReader:
             if not records:
                 return
             for record in records:
-                yield _row(record)
+                yield int(record[0]), _row(record)
             last = int(records[-1][0])
 
     def close(self) -> None:

@@ -6,11 +6,18 @@ Layout under `index.path`:
 
     current                      the id of the version being served (replaced atomically)
     lock                         flock'ed by the one writer; holds the writer's pid
-    versions/<id>/vectors.faiss  FAISS index (faiss.write_index; never pickle)
-    versions/<id>/meta.sqlite    one table of cleaned rows keyed by faiss_id (index/metadata.py)
+    versions/<id>/vectors.faiss  base segment: FAISS index (faiss.write_index; never pickle)
+    versions/<id>/meta.sqlite    base segment: cleaned rows keyed by faiss_id (index/metadata.py)
+    versions/<id>/delta.faiss    delta segment (after an update): flat IDMap2 of new/re-embedded vectors
+    versions/<id>/delta.sqlite   delta segment: rows upserted since the base was written
+    versions/<id>/tombstones.npy sorted int64 faiss ids of base rows deleted or superseded
     versions/<id>/...            extra artifacts (e.g. the lexical index), listed in the manifest
-    versions/<id>/manifest.json  written LAST: rows, model, dimension, index type, sha256+size of
-                                 every file, sources, parent version, catalog read summary
+    versions/<id>/manifest.json  written LAST: rows, segments, model, dimension, index type,
+                                 size+sha256(+mtime) of every file, sources, parent, read summary
+
+Segments: the base files are written by a build or a compaction and never modified; an update
+hard-links them into its new version (same inode, zero copy) and writes only a new small delta.
+A reader sees base - tombstones + delta (`SegmentedVectors`, `IndexSnapshot`).
 
 A writer builds a new version directory, fsyncs every file and the directory, writes the
 manifest (temp file, fsync, rename), then switches `current` (temp file, fsync, `os.replace`,
@@ -41,12 +48,14 @@ import numpy as np
 
 from rag.types import CatalogRow
 
-from .metadata import META_FILE, MetadataReader
+from .metadata import DELTA_META_FILE, META_FILE, MetadataReader
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 VECTORS_FILE = "vectors.faiss"
+DELTA_VECTORS_FILE = "delta.faiss"
+TOMBSTONES_FILE = "tombstones.npy"
 MANIFEST_FILE = "manifest.json"
 CURRENT_FILE = "current"
 LOCK_FILE = "lock"
@@ -73,6 +82,13 @@ class IndexLockedError(IndexStoreError):
 
 
 # --------------------------------------------------------------------------- small file helpers
+
+
+# (st_dev, st_ino, size, mtime_ns) -> sha256 of files this process has hashed (only files older
+# than STABLE_AFTER_NS when hashed). Files of a committed version never change and an update
+# hard-links the base files, so a reload after an update finds the base's inodes here and hashes
+# only the new delta files (not the 3 GB of a 1.3M-row base).
+HashCache = dict[tuple[int, int, int, int], str]
 
 
 def fsync_file(path: Path) -> None:
@@ -113,8 +129,58 @@ def sha256_file(path: Path, chunk: int = 4 << 20) -> str:
     return h.hexdigest()
 
 
-def file_entry(path: Path) -> dict[str, Any]:
-    return {"size": path.stat().st_size, "sha256": sha256_file(path)}
+# A file's mtime identifies its content only if a later write would get a different mtime. File
+# systems stamp writes with a coarse clock (a jiffy, up to 2 s on some), so an mtime is only
+# recorded or trusted once the file is older than this when it is hashed.
+STABLE_AFTER_NS = 2_000_000_000
+
+
+def _stable(st: os.stat_result) -> bool:
+    return time.time_ns() - st.st_mtime_ns > STABLE_AFTER_NS
+
+
+def file_entry(path: Path, hash_cache: HashCache | None = None) -> dict[str, Any]:
+    """size and sha256, plus the mtime (ns) the file had when it was hashed if it was old enough.
+
+    The mtime lets a later update that hard-links this file into a new version carry the hash
+    forward instead of re-reading gigabytes (`carried_entry`); verification never relies on it.
+    `hash_cache` (from checking the parent) saves hashing a file already hashed in this process.
+    """
+    before = path.stat()
+    key = (before.st_dev, before.st_ino, before.st_size, before.st_mtime_ns)
+    digest = hash_cache.get(key) if hash_cache else None
+    if digest is None:
+        digest = sha256_file(path)
+    entry: dict[str, Any] = {"size": before.st_size, "sha256": digest}
+    if _stable(before):
+        entry["mtime_ns"] = before.st_mtime_ns
+    return entry
+
+
+def is_base_file(name: str) -> bool:
+    """Files of a version's base segment: written once by a build/compaction, then only hard-linked."""
+    return name in (VECTORS_FILE, META_FILE) or name.startswith("lexical.base.")
+
+
+def carried_entry(path: Path, parent_path: Path, parent_entry: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The parent's manifest entry for `path` when it may be reused without hashing, else None.
+
+    Reused only when `path` is the very same inode as the parent's file (a hard link) and that
+    inode still has the size and mtime it had when the parent hashed it. A hash carried forward
+    is the hash of the content the parent verified, so damage that happened since is still caught
+    by `rag index verify` or the next open with checksums: carrying never launders a bad file.
+    """
+    if not parent_entry or "mtime_ns" not in parent_entry:
+        return None
+    try:
+        st, pst = path.stat(), parent_path.stat()
+    except OSError:
+        return None
+    if (st.st_dev, st.st_ino) != (pst.st_dev, pst.st_ino):
+        return None
+    if st.st_size != parent_entry.get("size") or st.st_mtime_ns != parent_entry["mtime_ns"]:
+        return None
+    return dict(parent_entry)
 
 
 def new_version_id() -> str:
@@ -188,6 +254,7 @@ class VerifyReport:
     ok: bool
     problems: list[str] = field(default_factory=list)
     files_checked: int = 0
+    files_trusted: int = 0  # not re-hashed: same inode/size/mtime as a file already hashed (see check_files)
     bytes_hashed: int = 0
     seconds: float = 0.0
     rows: int | None = None
@@ -216,42 +283,163 @@ def read_manifest(version_dir: Path) -> dict[str, Any]:
     return manifest
 
 
-def check_files(version_dir: Path, manifest: dict[str, Any], *, checksums: bool, report: VerifyReport) -> None:
-    """Size of every file listed in the manifest, and its sha256 when `checksums`."""
+def check_files(version_dir: Path, manifest: dict[str, Any], *, checksums: bool, report: VerifyReport,
+                hash_cache: HashCache | None = None, trust_base_stat: bool = False) -> None:
+    """Size of every file listed in the manifest, and its sha256 when `checksums`.
+
+    `hash_cache`: skip hashing a file whose inode, size and mtime this process already hashed to
+    the recorded sha256. `trust_base_stat` (used by an update on its parent only): skip hashing a
+    base-segment file whose size and mtime equal those recorded when it was hashed; its recorded
+    hash is carried into the new version, so any damage stays detectable there.
+    """
     for name, entry in sorted(manifest["files"].items()):
         path = version_dir / name
         report.files_checked += 1
-        if not path.exists():
+        try:
+            st = path.stat()
+        except FileNotFoundError:
             report.problems.append(f"{path}: missing (listed in {MANIFEST_FILE}); restore it, roll back or rebuild")
             continue
-        size = path.stat().st_size
+        size = st.st_size
         if size != entry.get("size"):
             report.problems.append(
                 f"{path}: size {size} bytes, manifest says {entry.get('size')} (truncated or replaced); roll back or rebuild"
             )
             continue
-        if checksums:
-            digest = sha256_file(path)
-            report.bytes_hashed += size
-            if digest != entry.get("sha256"):
-                report.problems.append(f"{path}: sha256 differs from {MANIFEST_FILE} (the file is altered); roll back or rebuild")
+        if not checksums:
+            continue
+        key = (st.st_dev, st.st_ino, size, st.st_mtime_ns)
+        if trust_base_stat and is_base_file(name) and entry.get("mtime_ns") == st.st_mtime_ns:
+            report.files_trusted += 1
+            continue
+        if hash_cache is not None and hash_cache.get(key) == entry.get("sha256"):
+            report.files_trusted += 1
+            continue
+        digest = sha256_file(path)
+        report.bytes_hashed += size
+        if digest != entry.get("sha256"):
+            report.problems.append(f"{path}: sha256 differs from {MANIFEST_FILE} (the file is altered); roll back or rebuild")
+        elif hash_cache is not None and _stable(st):
+            hash_cache[key] = digest
+
+
+def segment_counts(manifest: dict[str, Any]) -> tuple[int, dict[str, int] | None]:
+    """(base rows, delta counts or None). Versions written before segments existed are all base."""
+    segments = manifest.get("segments") or {}
+    base_rows = int(segments.get("base", {}).get("rows", manifest["rows"]))
+    delta = segments.get("delta")
+    return base_rows, ({k: int(delta[k]) for k in ("rows", "vectors", "tombstones")} if delta else None)
 
 
 # --------------------------------------------------------------------------- snapshot
 
 
-class IndexSnapshot:
-    """One verified, immutable version: FAISS index + metadata. Safe to share between threads for reads."""
+def _in_sorted(values: np.ndarray, sorted_set: np.ndarray) -> np.ndarray:
+    """Boolean mask: which `values` occur in the sorted int64 array `sorted_set` (binary search)."""
+    if not len(sorted_set):
+        return np.zeros(values.shape, dtype=bool)
+    pos = np.searchsorted(sorted_set, values)
+    pos = np.minimum(pos, len(sorted_set) - 1)
+    return sorted_set[pos] == values
 
-    def __init__(self, path: Path, manifest: dict[str, Any], vector_index: Any, meta: MetadataReader) -> None:
+
+def _top_k(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, the k best (score desc); dropped entries carry id -1 and score -inf and sort last."""
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    scores = np.take_along_axis(scores, order, axis=1)
+    ids = np.take_along_axis(ids, order, axis=1)
+    if scores.shape[1] < k:  # pad (fewer candidates than k)
+        pad = k - scores.shape[1]
+        scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf)
+        ids = np.pad(ids, ((0, 0), (0, pad)), constant_values=-1)
+    return scores.astype(np.float32), ids.astype(np.int64)
+
+
+class SegmentedVectors:
+    """The vectors of one version: base index minus tombstones, plus the delta index.
+
+    `search` over-fetches from the base (k plus some of the tombstones, doubling while a query
+    lost results to tombstones), drops tombstoned ids, searches the small flat delta exactly and
+    merges both by score. Tombstones are a sorted int64 array (binary search per candidate).
+    Exposes `raw`, `type`, `params` and `apply_search_params` of the base, so tuning efSearch or
+    nprobe works as before.
+    """
+
+    def __init__(self, base: Any, delta: Any | None = None, tombstones: np.ndarray | None = None) -> None:
+        self.base = base
+        self.delta = delta
+        self.tombstones = np.zeros(0, np.int64) if tombstones is None else np.asarray(tombstones, np.int64)
+        self.type: str = base.type
+        self.dimension: int = base.dimension
+
+    @property
+    def raw(self) -> Any:
+        return self.base.raw
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return self.base.params
+
+    def apply_search_params(self, **overrides: Any) -> None:
+        self.base.apply_search_params(**overrides)
+
+    @property
+    def ntotal(self) -> int:
+        """Live vectors: base - tombstones + delta."""
+        return self.base.ntotal - len(self.tombstones) + (self.delta.ntotal if self.delta is not None else 0)
+
+    def _search_base(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        n_tomb = len(self.tombstones)
+        if not n_tomb:
+            return self.base.search(vectors, k)
+        base_n = self.base.ntotal
+        live = base_n - n_tomb
+        want = min(k, live)
+        # at most n_tomb results can be tombstoned, so k + n_tomb always suffices; start smaller
+        fetch = min(base_n, k + min(n_tomb, max(k, 16)))
+        while True:
+            scores, ids = self.base.search(vectors, max(1, fetch))
+            dead = _in_sorted(ids, self.tombstones)
+            scores = np.where(dead, -np.inf, scores)
+            ids = np.where(dead, -1, ids)
+            got = (ids >= 0).sum(axis=1)
+            if fetch >= min(base_n, k + n_tomb) or bool((got >= want).all()):
+                return _top_k(scores, ids, k)
+            fetch = min(base_n, k + n_tomb, fetch * 2)
+
+    def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, ids), shape (n, k); -1 ids / -inf scores where fewer than k live rows."""
+        k = int(k)
+        if k <= 0:
+            raise ValueError(f"search: k must be > 0, got {k}")
+        scores, ids = self._search_base(vectors, k)
+        if self.delta is None or self.delta.ntotal == 0:
+            return scores, ids
+        d_scores, d_ids = self.delta.search(vectors, min(k, self.delta.ntotal))
+        return _top_k(np.concatenate([scores, d_scores], axis=1), np.concatenate([ids, d_ids], axis=1), k)
+
+
+class IndexSnapshot:
+    """One verified, immutable version: vectors + metadata. Safe to share between threads for reads.
+
+    Rows resolve delta first (upserted since the base), then base unless tombstoned.
+    """
+
+    def __init__(self, path: Path, manifest: dict[str, Any], vector_index: Any, meta: MetadataReader,
+                 delta_meta: MetadataReader | None = None) -> None:
         self.path = path
         self.manifest = manifest
         self.version: str = manifest["version"]
         self.rows: int = int(manifest["rows"])
         self.dimension: int = int(manifest["embedding"]["dimension"])
         self.embedding_model: str = str(manifest["embedding"]["model"])
-        self.index = vector_index  # index.vector.FaissIndex
+        self.index = vector_index  # SegmentedVectors (or a bare index.vector.FaissIndex)
         self._meta = meta
+        self._delta_meta = delta_meta
+        tomb = getattr(vector_index, "tombstones", None)
+        self._tombstones: np.ndarray = np.zeros(0, np.int64) if tomb is None else tomb
+        # base rows overridden by a delta row (sorted): skipped when iterating the base
+        self._delta_ids: np.ndarray = delta_meta.all_ids() if delta_meta is not None else np.zeros(0, np.int64)
         self.closed = False
 
     @property
@@ -261,6 +449,7 @@ class IndexSnapshot:
 
     @property
     def meta_path(self) -> Path:
+        """The base segment's SQLite file (rows upserted since the base live in delta.sqlite)."""
         return self.path / META_FILE
 
     def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -268,13 +457,44 @@ class IndexSnapshot:
         return self.index.search(vectors, k)
 
     def get_rows(self, ids: Sequence[int]) -> list[CatalogRow | None]:
-        return self._meta.get_rows(ids)
+        if self._delta_meta is None:
+            return self._meta.get_rows(ids)
+        out = self._delta_meta.get_rows(ids)
+        missing = [i for i, (fid, row) in enumerate(zip(ids, out)) if row is None and int(fid) >= 0]
+        if missing:
+            wanted = np.array([int(ids[i]) for i in missing], dtype=np.int64)
+            alive = ~_in_sorted(wanted, self._tombstones)
+            positions = [i for i, ok in zip(missing, alive) if ok]
+            for i, row in zip(positions, self._meta.get_rows([int(ids[i]) for i in positions])):
+                out[i] = row
+        return out
 
     def get_by_uid(self, uid: str) -> CatalogRow | None:
-        return self._meta.get_by_uid(uid)
+        if self._delta_meta is not None:
+            found = self._delta_meta.lookup_uid(uid)
+            if found is not None:
+                return found[1]
+        found = self._meta.lookup_uid(uid)
+        if found is None or (len(self._tombstones) and bool(_in_sorted(np.array([found[0]]), self._tombstones)[0])):
+            return None
+        return found[1]
 
     def iter_rows(self, batch: int = 10000) -> Iterator[CatalogRow]:
-        return self._meta.iter_rows(batch)
+        """Every live row, ascending faiss_id (base minus tombstones and overrides, merged with the delta)."""
+        if self._delta_meta is None:
+            yield from self._meta.iter_rows(batch)
+            return
+        import heapq
+
+        hidden = np.union1d(self._tombstones, self._delta_ids)
+
+        def base() -> Iterator[tuple[int, CatalogRow]]:
+            for faiss_id, row in self._meta.iter_rows_with_ids(batch):
+                if not _in_sorted(np.array([faiss_id]), hidden)[0]:
+                    yield faiss_id, row
+
+        for _faiss_id, row in heapq.merge(base(), self._delta_meta.iter_rows_with_ids(batch), key=lambda t: t[0]):
+            yield row
 
     def lexical_search(self, question: str, k: int) -> list[tuple[int, float, str]]:
         """Description-index candidates (index/lexical.py): (faiss_id, score in [0, 1], best passage).
@@ -291,20 +511,64 @@ class IndexSnapshot:
         return index.search(question, k, get_rows=self.get_rows) if index is not None else []
 
     def close(self) -> None:
-        """Release the SQLite connection. Snapshots handed to other threads are closed by garbage collection instead."""
+        """Release the SQLite connections. Snapshots handed to other threads are closed by garbage collection instead."""
         if not self.closed:
             self.closed = True
             self._meta.close()
+            if self._delta_meta is not None:
+                self._delta_meta.close()
 
     def __repr__(self) -> str:
         return f"IndexSnapshot(version={self.version!r}, rows={self.rows}, dimension={self.dimension}, type={self.index.type!r})"
 
 
-def open_version_dir(version_dir: Path, *, mmap: bool = True, checksums: bool = True,
-                     search_params: dict[str, Any] | None = None) -> IndexSnapshot:
-    """Verify and open one version; raise IndexCorruptError / IndexMissingError naming the file."""
+def _open_meta(path: Path, expected: int) -> MetadataReader:
+    try:
+        meta = MetadataReader(path)
+        count = meta.count()
+    except sqlite3.Error as exc:  # DatabaseError: "file is not a database", missing table
+        raise IndexCorruptError(f"{path}: SQLite cannot read it ({exc}); roll back or rebuild") from None
+    if count != expected:
+        meta.close()
+        raise IndexCorruptError(f"{path}: holds {count} rows but {MANIFEST_FILE} says {expected}; roll back or rebuild")
+    return meta
+
+
+def _load_vectors(path: Path, index_type: str, dimension: int, params: dict[str, Any], *, mmap: bool,
+                  expected: int, what: str = "vectors") -> Any:
     from .vector import FaissIndex
 
+    try:
+        index = FaissIndex.load(path, index_type, dimension, params, mmap=mmap)
+    except (RuntimeError, ValueError, OSError) as exc:  # FAISS raises RuntimeError on a damaged file
+        raise IndexCorruptError(f"{path}: FAISS cannot read it ({str(exc).splitlines()[0] if str(exc) else exc}); roll back or rebuild") from None
+    if index.ntotal != expected:
+        raise IndexCorruptError(f"{path}: holds {index.ntotal} {what} but {MANIFEST_FILE} says {expected} rows; roll back or rebuild")
+    return index
+
+
+def load_tombstones(path: Path, expected: int) -> np.ndarray:
+    """tombstones.npy: sorted, unique int64 faiss ids; refuses anything else (never unpickles)."""
+    try:
+        tomb = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise IndexCorruptError(f"{path}: not a readable .npy file ({exc}); roll back or rebuild") from None
+    if tomb.dtype != np.int64 or tomb.ndim != 1 or (len(tomb) > 1 and not bool((np.diff(tomb) > 0).all())):
+        raise IndexCorruptError(f"{path}: expected a sorted, unique int64 array, got {tomb.dtype} {tomb.shape}; roll back or rebuild")
+    if len(tomb) != expected:
+        raise IndexCorruptError(f"{path}: holds {len(tomb)} tombstones but {MANIFEST_FILE} says {expected}; roll back or rebuild")
+    return tomb
+
+
+def open_version_dir(version_dir: Path, *, mmap: bool = True, checksums: bool = True,
+                     search_params: dict[str, Any] | None = None,
+                     hash_cache: HashCache | None = None) -> IndexSnapshot:
+    """Verify and open one version; raise IndexCorruptError / IndexMissingError naming the file.
+
+    Checks: every listed file's size (and sha256 when `checksums`), base FAISS == base SQLite ==
+    manifest base rows, delta FAISS / delta SQLite / tombstones == the manifest's delta counts,
+    and rows == base rows - tombstones + delta vectors.
+    """
     if not version_dir.is_dir():
         raise IndexMissingError(
             f"{version_dir}: version directory not found; run `rag index versions` to list versions, "
@@ -312,31 +576,38 @@ def open_version_dir(version_dir: Path, *, mmap: bool = True, checksums: bool = 
         )
     manifest = read_manifest(version_dir)
     report = VerifyReport(version=version_dir.name, ok=True)
-    check_files(version_dir, manifest, checksums=checksums, report=report)
+    check_files(version_dir, manifest, checksums=checksums, report=report, hash_cache=hash_cache)
     if report.problems:
         raise IndexCorruptError("; ".join(report.problems))
     rows = int(manifest["rows"])
+    base_rows, delta = segment_counts(manifest)
     dimension = int(manifest["embedding"]["dimension"])
     info = manifest["index"]
-    vec_path = version_dir / VECTORS_FILE
-    try:
-        vector_index = FaissIndex.load(vec_path, info["type"], dimension, info.get("params", {}), mmap=mmap)
-    except (RuntimeError, ValueError, OSError) as exc:  # FAISS raises RuntimeError on a damaged file
-        raise IndexCorruptError(f"{vec_path}: FAISS cannot read it ({str(exc).splitlines()[0] if str(exc) else exc}); roll back or rebuild") from None
+    base = _load_vectors(version_dir / VECTORS_FILE, info["type"], dimension, info.get("params", {}), mmap=mmap,
+                         expected=base_rows)
     if search_params:
-        vector_index.apply_search_params(**search_params)
-    if vector_index.ntotal != rows:
-        raise IndexCorruptError(f"{vec_path}: holds {vector_index.ntotal} vectors but {MANIFEST_FILE} says {rows} rows; roll back or rebuild")
-    meta_path = version_dir / META_FILE
-    try:
-        meta = MetadataReader(meta_path)
-        count = meta.count()
-    except sqlite3.Error as exc:  # DatabaseError: "file is not a database", missing table
-        raise IndexCorruptError(f"{meta_path}: SQLite cannot read it ({exc}); roll back or rebuild") from None
-    if count != rows:
-        meta.close()
-        raise IndexCorruptError(f"{meta_path}: holds {count} rows but {MANIFEST_FILE} says {rows}; roll back or rebuild")
-    return IndexSnapshot(version_dir, manifest, vector_index, meta)
+        base.apply_search_params(**search_params)
+    delta_index = delta_meta = None
+    tomb = None
+    if delta is not None:
+        if base_rows - delta["tombstones"] + delta["vectors"] != rows:
+            raise IndexCorruptError(
+                f"{version_dir / MANIFEST_FILE}: rows {rows} != base {base_rows} - tombstones {delta['tombstones']} "
+                f"+ delta vectors {delta['vectors']}; roll back or rebuild")
+        tomb = load_tombstones(version_dir / TOMBSTONES_FILE, delta["tombstones"])
+        delta_index = _load_vectors(version_dir / DELTA_VECTORS_FILE, "flat", dimension, {}, mmap=False,
+                                    expected=delta["vectors"], what="delta vectors")
+    elif base_rows != rows:
+        raise IndexCorruptError(f"{version_dir / MANIFEST_FILE}: rows {rows} but base segment {base_rows} and no delta; roll back or rebuild")
+    meta = _open_meta(version_dir / META_FILE, base_rows)
+    if delta is not None:
+        try:
+            delta_meta = _open_meta(version_dir / DELTA_META_FILE, delta["rows"])
+        except IndexCorruptError:
+            meta.close()
+            raise
+    vectors = SegmentedVectors(base, delta_index, tomb)
+    return IndexSnapshot(version_dir, manifest, vectors, meta, delta_meta)
 
 
 # --------------------------------------------------------------------------- store
@@ -350,6 +621,10 @@ class IndexStore:
         self.root = Path(root)
         self.verify_checksums_on_open = verify_checksums_on_open
         self.search_params = dict(search_params or {})
+        # files this store object already hashed on open (see HashCache): a reload after an update
+        # hashes only the new delta files, the hard-linked base is recognised by inode + mtime
+        self.hash_cache: HashCache = {}
+        self._hash_cache_lock = threading.Lock()
 
     @classmethod
     def from_config(cls, config: Any) -> IndexStore:
@@ -423,18 +698,29 @@ class IndexStore:
         return version
 
     def open_version(self, version: str, *, mmap: bool = True, checksums: bool | None = None) -> IndexSnapshot:
-        return open_version_dir(
+        with self._hash_cache_lock:
+            cache = dict(self.hash_cache)
+        snapshot = open_version_dir(
             self.version_dir(version), mmap=mmap,
             checksums=self.verify_checksums_on_open if checksums is None else checksums,
-            search_params=self.search_params,
+            search_params=self.search_params, hash_cache=cache,
         )
+        with self._hash_cache_lock:
+            self.hash_cache.update(cache)
+        return snapshot
 
     def open_current(self, *, mmap: bool = True, checksums: bool | None = None) -> IndexSnapshot:
         """Verify and open the current version (sizes always; sha256 unless verify_checksums_on_open is false)."""
         return self.open_version(self._require_current(), mmap=mmap, checksums=checksums)
 
-    def verify(self, version: str | None = None) -> VerifyReport:
-        """Full check of a version: manifest, size + sha256 of every listed file, and matching row counts."""
+    def verify(self, version: str | None = None, *, trust_base_stat: bool = False,
+               hash_cache: HashCache | None = None) -> VerifyReport:
+        """Full check of a version: manifest, size + sha256 of every listed file, and matching row counts.
+
+        `trust_base_stat` (an update checking its parent): base-segment files whose size and mtime
+        match the manifest's record are not re-hashed (their recorded hash is carried forward).
+        `hash_cache` collects what was hashed, for `commit_version` of the new version.
+        """
         version = version or self._require_current()
         started = time.perf_counter()
         report = VerifyReport(version=version, ok=True)
@@ -443,7 +729,8 @@ class IndexStore:
             if not version_dir.is_dir():
                 raise IndexMissingError(f"{version_dir}: version directory not found")
             manifest = read_manifest(version_dir)
-            check_files(version_dir, manifest, checksums=True, report=report)
+            check_files(version_dir, manifest, checksums=True, report=report, trust_base_stat=trust_base_stat,
+                        hash_cache=hash_cache)
             if not report.problems:
                 # sha256 already done; open without re-hashing to check the counts
                 snapshot = open_version_dir(version_dir, mmap=True, checksums=False)
@@ -489,13 +776,20 @@ class IndexStore:
             except FileExistsError:
                 time.sleep(0.000001)
 
-    def commit_version(self, version_dir: Path, manifest: dict[str, Any]) -> str:
-        """fsync the files and the dir, write manifest.json last, then switch `current`. Lock held."""
+    def commit_version(self, version_dir: Path, manifest: dict[str, Any], *, parent_dir: Path | None = None,
+                       parent_manifest: dict[str, Any] | None = None, hash_cache: HashCache | None = None) -> str:
+        """fsync the files and the dir, write manifest.json last, then switch `current`. Lock held.
+
+        Files hard-linked from the parent keep the parent's size + sha256 entry (`carried_entry`:
+        same inode, same size and mtime as when hashed); every other file is hashed.
+        """
         files: dict[str, Any] = {}
+        parent_files = (parent_manifest or {}).get("files", {})
         for name in manifest.get("file_names", []):
             path = version_dir / name
             fsync_file(path)
-            files[name] = file_entry(path)
+            entry = carried_entry(path, parent_dir / name, parent_files.get(name)) if parent_dir is not None else None
+            files[name] = entry if entry is not None else file_entry(path, hash_cache)
         manifest = {k: v for k, v in manifest.items() if k != "file_names"}
         manifest["files"] = files
         manifest.setdefault("format", FORMAT_VERSION)

@@ -121,6 +121,13 @@ class IndexConfig:
     # sha256 of every file when a version is opened (sizes and row counts are always checked);
     # `rag index verify` always hashes. ~1 s per GB on one core; see docs/index.md.
     verify_checksums_on_open: bool = True
+    # An update writes a small delta segment next to the unchanged base (docs/index.md, "Segments");
+    # when delta rows + tombstones exceed this share of the base rows, it writes a fresh base
+    # instead (compaction). 0 disables automatic compaction (`rag index compact` still works).
+    compact_ratio: float = 0.1
+    # ... but never for a delta smaller than this (delta rows + tombstones): searching a few
+    # thousand extra vectors costs nothing, rewriting the base does
+    compact_min_rows: int = 1000
 
 
 @dataclass

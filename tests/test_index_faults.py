@@ -3,8 +3,9 @@
     .venv/bin/python -m pytest tests/test_index_faults.py -q            # 20 SIGKILLs + threads
     .venv/bin/python -m pytest tests/test_index_faults.py -q -m slow    # 100 SIGKILLs
 
-A worker process builds and updates an index in a loop and is killed with SIGKILL after a random
-delay; every version it writes holds exactly `rows_for(g)` rows, all carrying the marker `gen=g`.
+A worker process builds, updates (delta segments on top of deltas) and compacts an index in a
+loop and is killed with SIGKILL after a random delay; every version it writes holds exactly
+`rows_for(g)` rows, all carrying the marker `gen=g`.
 After each kill the store must open (verified, sha256 included) on a whole version whose counts
 match, and the next write must clean up what the killed writer left behind.
 """
@@ -64,26 +65,30 @@ WORKER = textwrap.dedent(
         n = rows_for(gen)
         # even generations change titles (re-embedding), odd ones only descriptions
         data = write_catalog(work / f"gen{gen}.jsonl", n, marker=f"gen={gen}", title_variant=gen % 2)
-        if gen % 4 == 0:
+        # a cycle of 6: build, two deltas (the second on top of the first), a compacting update, two deltas
+        if gen % 6 == 0:
             build_index(config, [data], progress=False)
         else:
-            update_index(config, [data], [f"P{i:07d}" for i in range(n, old)], progress=False)
+            update_index(config, [data], [f"P{i:07d}" for i in range(n, old)], progress=False,
+                         compact=True if gen % 6 == 3 else None)
         print("done", gen, flush=True)
     """
 )
 
 
-def _check_store(root: Path) -> tuple[int, bool]:
-    """The current version opens, is whole and self-consistent; returns (gen, had_leftovers)."""
+def _check_store(root: Path) -> tuple[int, bool, bool]:
+    """The current version opens, is whole and self-consistent; returns (gen, had_leftovers, has_delta)."""
     store = IndexStore(root)
     snap = store.open_current()  # verifies sizes, sha256 and FAISS == SQLite == manifest counts
     gens = {_gen_of(row) for row in snap.iter_rows()}
     assert len(gens) == 1, f"version {snap.version} mixes generations {sorted(gens)}"
     gen = gens.pop()
-    assert snap.rows == rows_for(gen) == snap.index.ntotal
+    assert snap.rows == rows_for(gen) == snap.index.ntotal == len(list(snap.iter_rows()))
+    has_delta = "delta" in snap.manifest.get("segments", {})
     snap.close()
+    assert store.verify().ok
     leftovers = [p for p in store.versions_dir.iterdir() if not (p / MANIFEST_FILE).exists()]
-    return gen, bool(leftovers)
+    return gen, bool(leftovers), has_delta
 
 
 def _kill_loop(tmp_path: Path, kills: int, seed: int) -> dict[str, int]:
@@ -93,7 +98,7 @@ def _kill_loop(tmp_path: Path, kills: int, seed: int) -> dict[str, int]:
     build_index(config, [write_catalog(work / "seed.jsonl", rows_for(0), marker="gen=0")], progress=False)
     rnd = random.Random(seed)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    stats = {"kills": 0, "with_leftovers": 0, "generations": 0}
+    stats = {"kills": 0, "with_leftovers": 0, "generations": 0, "on_delta": 0}
     last_gen = 0
     cycle = 0.5  # seconds one write takes; measured below, since it varies with the machine's load
     for attempt in range(kills):
@@ -115,7 +120,8 @@ def _kill_loop(tmp_path: Path, kills: int, seed: int) -> dict[str, int]:
             worker.stderr.close()
         assert worker.returncode == -signal.SIGKILL, "the worker stopped by itself: " + str(worker.returncode)
         stats["kills"] += 1
-        gen, leftovers = _check_store(root)
+        gen, leftovers, has_delta = _check_store(root)
+        stats["on_delta"] += has_delta
         assert gen >= last_gen
         stats["generations"] += gen - last_gen
         last_gen = gen
@@ -134,6 +140,7 @@ def test_sigkill_during_build_and_update_never_breaks_the_index(tmp_path):
     print(stats)
     assert stats["kills"] == 20
     assert stats["generations"] > 0  # the worker did get writes done between kills
+    assert stats["on_delta"] > 0  # some kills landed on a version with a delta segment
 
 
 @pytest.mark.slow
@@ -179,7 +186,9 @@ def test_queries_from_threads_while_updates_land(tmp_path):
         for gen in range(1, 9):
             n = rows_for(gen)
             data = write_catalog(tmp_path / f"g{gen}.jsonl", n, marker=f"gen={gen}", title_variant=gen % 3)
-            update_index(config, [data], [f"P{i:07d}" for i in range(n, previous)], progress=False)
+            # deltas on top of deltas, with one compaction in the middle
+            update_index(config, [data], [f"P{i:07d}" for i in range(n, previous)], progress=False,
+                         compact=True if gen == 5 else None)
             previous = n
             time.sleep(0.05)
     finally:

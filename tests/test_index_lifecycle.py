@@ -246,6 +246,10 @@ def test_mismatched_counts_are_refused(one_version):
         store.open_current()
     manifest["rows"] = 199
     manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(IndexCorruptError, match="rows 199 but base segment 200"):
+        store.open_current()  # the manifest disagrees with itself
+    manifest["segments"]["base"]["rows"] = 199
+    manifest_path.write_text(json.dumps(manifest))
     with pytest.raises(IndexCorruptError, match="vectors.faiss: holds 200 vectors but manifest.json says 199"):
         store.open_current()
 
@@ -298,10 +302,12 @@ def test_live_index_switches_and_keeps_serving_the_good_version(tmp_path):
 
     # a new version that fails verification: keep serving the previous one, say why
     bad = update_index(config, [write_catalog(tmp_path / "c.jsonl", 5, start=60)], progress=False)
-    with open(store.version_dir(bad.version) / "vectors.faiss", "r+b") as fh:
+    # damage a file of that version only: its base files are hard links shared with `second`
+    # (docs/index.md, "Segments"), so truncating vectors.faiss would damage both
+    with open(store.version_dir(bad.version) / "delta.faiss", "r+b") as fh:
         fh.truncate(100)
     assert live.snapshot().version == second.version
-    assert "vectors.faiss" in live.last_error
+    assert "delta.faiss" in live.last_error
     # once a good version is current again, switch to it
     store.rollback(second.version)
     good = update_index(config, [write_catalog(tmp_path / "d.jsonl", 1, start=70)], progress=False)
