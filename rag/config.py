@@ -146,6 +146,9 @@ class RetrievalConfig:
     # (~0.1 ms), and described products sit at the top of it (docs/descriptions.md)
     description_candidates: int = 20
     min_score: float = 0.25  # below this the answer says nothing relevant was found
+    # FAISS threads for query-time search in serving processes: one query gains nothing from more, and on a
+    # busy 2-core machine extra OpenMP threads cost milliseconds (docs/performance.md). 0 leaves FAISS's default.
+    faiss_threads: int = 1
     rrf_k: int = 60
 
 

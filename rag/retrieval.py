@@ -53,6 +53,10 @@ class Retriever:
         from index.embedder import load_embedder
         from index.store import IndexStore, LiveIndex
 
+        if config.retrieval.faiss_threads > 0:
+            import faiss
+
+            faiss.omp_set_num_threads(config.retrieval.faiss_threads)
         store = IndexStore.from_config(config)  # honours hnsw_ef_search, ivf_nprobe, checksum settings
         if not store.has_current():
             raise FileNotFoundError(
