@@ -474,7 +474,7 @@ def update_index(config: Config, paths: Sequence[str | Path] = (), delete_uids: 
         # carried into the new version, so damage stays detectable); every other file is hashed.
         t0 = time.perf_counter()
         hash_cache: HashCache = {}
-        parent_check = store.verify(parent, trust_base_stat=True, hash_cache=hash_cache)
+        parent_check = store.verify(parent, trust_base_stat=True, hash_cache=hash_cache, base_counts=False)
         if not parent_check.ok:
             raise BuildError(f"the current version {parent} fails verification, not updating it: "
                              + "; ".join(parent_check.problems) + " (run `rag index rollback` or rebuild)")

@@ -282,7 +282,8 @@ def test_live_reload_after_an_update_hashes_only_the_new_files(tmp_path, monkeyp
     store = IndexStore.from_config(config)
     _age(store.version_dir(store.current_version()))
     live = LiveIndex(store, check_interval_s=0, background_reload=False)
-    assert live.snapshot().rows == 300
+    first = live.snapshot()
+    assert first.rows == 300
     update_index(config, [write_catalog(tmp_path / "b.jsonl", 3, start=900)], progress=False)
     hashed: list[str] = []
     real = store_module.sha256_file
@@ -290,6 +291,7 @@ def test_live_reload_after_an_update_hashes_only_the_new_files(tmp_path, monkeyp
     assert live.snapshot().rows == 303
     assert "vectors.faiss" not in hashed and "meta.sqlite" not in hashed  # same inodes, hashed at the first open
     assert "delta.faiss" in hashed
+    assert live.snapshot().index.base is first.index.base  # the loaded base is shared, not read again
 
 
 def test_damage_to_a_shared_base_file_is_caught_in_every_version_sharing_it(with_delta):
