@@ -486,11 +486,12 @@ class IndexSnapshot:
             return
         import heapq
 
-        hidden = np.union1d(self._tombstones, self._delta_ids)
+        # a set: one hash lookup per base row (the delta and tombstones are small next to the base)
+        hidden = set(self._tombstones.tolist()) | set(self._delta_ids.tolist())
 
         def base() -> Iterator[tuple[int, CatalogRow]]:
             for faiss_id, row in self._meta.iter_rows_with_ids(batch):
-                if not _in_sorted(np.array([faiss_id]), hidden)[0]:
+                if faiss_id not in hidden:
                     yield faiss_id, row
 
         for _faiss_id, row in heapq.merge(base(), self._delta_meta.iter_rows_with_ids(batch), key=lambda t: t[0]):
