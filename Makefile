@@ -14,7 +14,7 @@ $(BIN)/python:
 # torch first, from the CPU wheel: a looser requirement would pull the CUDA build.
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[api,dev]"
+	$(BIN)/pip install -q -e ".[api,dev,fast]"
 	touch $@
 
 install: $(VENV)/.installed

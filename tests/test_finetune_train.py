@@ -188,6 +188,7 @@ def test_cli_data_writes_examples(tmp_path: Path) -> None:
     assert json.loads((run / "data_stats.json").read_text())["split_products"]["validation"] == 2
 
 
+@pytest.mark.gpu  # needs the artifacts of a GPU run; deselected with the GPU tests
 @pytest.mark.skipif(not os.environ.get("FINETUNE_GPU_ARTIFACTS"), reason="set FINETUNE_GPU_ARTIFACTS to a GPU run's copy")
 def test_cpu_loads_gpu_adapter() -> None:
     """The adapter unsloth trained on the GPU (tests/test_finetune_gpu.py) loads and runs on the CPU path."""
