@@ -81,7 +81,23 @@ def _normalise(vectors: np.ndarray) -> np.ndarray:
     return vectors / norms
 
 
-class HashingEmbedder:
+class CachedQueryMixin:
+    """`embed_query` through the LRU cache `self._cache`, shared by every embedder here."""
+
+    _cache: _QueryCache
+
+    def embed(self, texts: Sequence[str], *, batch_size: int | None = None, progress: bool = False) -> np.ndarray:
+        raise NotImplementedError
+
+    def embed_query(self, text: str) -> np.ndarray:
+        cached = self._cache.get(text)
+        if cached is None:
+            cached = self.embed([text])[0]
+            self._cache.put(text, cached)
+        return cached
+
+
+class HashingEmbedder(CachedQueryMixin):
     """Deterministic, model-free embedder: hashed character 3-grams and words, L2-normalised.
 
     Fast (no torch) and stable across processes and machines (crc32, not Python's salted hash),
@@ -112,15 +128,9 @@ class HashingEmbedder:
             return np.zeros((0, self.dimension), dtype=np.float32)
         return _normalise(np.stack([self._one(t) for t in texts]))
 
-    def embed_query(self, text: str) -> np.ndarray:
-        cached = self._cache.get(text)
-        if cached is None:
-            cached = self.embed([text])[0]
-            self._cache.put(text, cached)
-        return cached
 
 
-class SentenceTransformerEmbedder:
+class SentenceTransformerEmbedder(CachedQueryMixin):
     """A sentence-transformers model; vectors are float32 and L2-normalised (inner product = cosine)."""
 
     def __init__(self, model: Any, name: str, *, batch_size: int = 256, cache_size: int = 1024) -> None:
@@ -151,12 +161,6 @@ class SentenceTransformerEmbedder:
         # normalise again in float32: cheap, and guards against models that ignore the flag
         return _normalise(np.asarray(vectors))
 
-    def embed_query(self, text: str) -> np.ndarray:
-        cached = self._cache.get(text)
-        if cached is None:
-            cached = self.embed([text])[0]
-            self._cache.put(text, cached)
-        return cached
 
 
 def _resolve_device(device: str) -> str:

@@ -41,6 +41,8 @@ from typing import Any
 
 import numpy as np
 
+from index.embedder import CachedQueryMixin, _QueryCache
+
 log = logging.getLogger(__name__)
 
 EXPORT_VERSION = 1  # bump when the export recipe changes: old cache entries are then not reused
@@ -257,12 +259,11 @@ def _tokenizer(model_dir: Path, max_seq_length: int) -> Any:
     return tokenizer
 
 
-class OnnxEmbedder:
+class OnnxEmbedder(CachedQueryMixin):
     """Embedder over an ONNX Runtime session whose graph ends in pooled, L2-normalised vectors."""
 
     def __init__(self, session: Any, tokenizer: Any, *, name: str, dimension: int, batch_size: int = 256,
                  cache_size: int = 1024) -> None:
-        from index.embedder import _QueryCache
 
         self.session = session
         self.tokenizer = tokenizer
@@ -322,12 +323,6 @@ class OnnxEmbedder:
                 bar.close()
         return _normalise(out)  # the graph normalises; again in float32 for the empty-text zero vector
 
-    def embed_query(self, text: str) -> np.ndarray:
-        cached = self._cache.get(text)
-        if cached is None:
-            cached = self.embed([text])[0]
-            self._cache.put(text, cached)
-        return cached
 
 
 def load_onnx_embedder(model_dir: Path, name: str, config: Any) -> OnnxEmbedder:

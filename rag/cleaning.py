@@ -116,7 +116,8 @@ def default_boilerplate() -> tuple[re.Pattern[str], ...]:
     return tuple(compile_boilerplate(DEFAULT_BOILERPLATE))
 
 
-def _decode_entities(text: str) -> str:
+def decode_entities(text: str) -> str:
+    """Decode HTML entities (named, decimal, hex), also double-encoded ones like `&amp;#8217;`."""
     # Three rounds cover "&amp;amp;#8217;"; stop early once nothing changes.
     for _ in range(3):
         if "&" not in text:
@@ -129,7 +130,7 @@ def _decode_entities(text: str) -> str:
 
 
 def _normalise(text: str) -> str:
-    text = _decode_entities(text)
+    text = decode_entities(text)
     if not text.isascii():
         text = unicodedata.normalize("NFC", text)
     if _UNWANTED.search(text) is not None:

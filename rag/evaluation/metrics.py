@@ -6,7 +6,6 @@ Ranks are 1-based; `None` means the expected row was not retrieved at all.
 """
 from __future__ import annotations
 
-import html
 import math
 import re
 import unicodedata
@@ -21,13 +20,9 @@ def normalise(text: str) -> str:
     must_contain matching uses this on both sides, so "Kerr&#8217;s" in a raw answer and "Kerr's" in
     a question file compare equal, and curly quotes match straight ones.
     """
-    for _ in range(3):
-        if "&" not in text:
-            break
-        decoded = html.unescape(text)
-        if decoded == text:
-            break
-        text = decoded
+    from rag.cleaning import decode_entities
+
+    text = decode_entities(text)
     text = unicodedata.normalize("NFKC", text).replace("\u2019", "'").replace("\u2018", "'")
     text = text.replace("\u201c", '"').replace("\u201d", '"').replace("\u2013", "-").replace("\u2014", "-")
     return " ".join(text.casefold().split())
