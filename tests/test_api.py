@@ -593,14 +593,15 @@ def test_admin_disabled_without_admin_key(index_path: Path, rag: Any) -> None:
 # --------------------------------------------------------------------------- docs and CLI
 
 
-def test_documented_openai_example_runs(server: Any, monkeypatch: pytest.MonkeyPatch, capsys: Any) -> None:
-    """The `openai` example of docs/api.md, run as written (only the port differs)."""
-    doc = (Path(__file__).resolve().parents[1] / "docs" / "api.md").read_text(encoding="utf-8")
+@pytest.mark.parametrize("doc_name", ["docs/api.md", "README.md"])
+def test_documented_openai_example_runs(server: Any, monkeypatch: pytest.MonkeyPatch, capsys: Any, doc_name: str) -> None:
+    """The `openai` example of the docs, run as written (only the port differs)."""
+    doc = (Path(__file__).resolve().parents[1] / doc_name).read_text(encoding="utf-8")
     match = re.search(r"<!-- example: openai -->\s*```python\n(.*?)```", doc, re.DOTALL)
-    assert match, "docs/api.md lost its openai example"
+    assert match, f"{doc_name} lost its openai example"
     code = match.group(1).replace("http://127.0.0.1:8000", server.url)
     monkeypatch.setenv("RAG_API_KEY", API_KEY)
-    exec(compile(code, "docs/api.md", "exec"), {})
+    exec(compile(code, doc_name, "exec"), {})
     out = capsys.readouterr().out
     assert "Maren Holt" in out and ANCHOR_UID in out
 
