@@ -156,65 +156,9 @@ class UpdateReport:
 
 
 def _reader(config: Config, rejects_path: Path) -> Any:
-    try:
-        from rag.catalog import CatalogReader
-    except ModuleNotFoundError as exc:  # the catalog package is optional for the index mechanics
-        if exc.name != "rag.catalog":
-            raise
-        return _MinimalReader()
+    from rag.catalog import CatalogReader
+
     return CatalogReader(config.catalog, rejects_path)
-
-
-@dataclass
-class _MinimalSummary:
-    read: int = 0
-    accepted: int = 0
-    rejected: int = 0
-    duplicates: int = 0
-
-    def summary(self) -> str:
-        return (f"read {self.read:,} = accepted {self.accepted:,} + rejected {self.rejected:,} "
-                f"+ duplicates {self.duplicates:,} (minimal reader: rag.catalog not installed)")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
-
-class _MinimalReader:
-    """Plain JSON-lines reading (no cleaning) used only where rag.catalog is absent."""
-
-    def __init__(self) -> None:
-        self.summary = _MinimalSummary()
-
-    def iter_rows(self, paths: Sequence[str | Path], progress: bool = False) -> Iterator[CatalogRow]:
-        import hashlib
-        import json
-
-        self.summary = _MinimalSummary()
-        seen: set[str] = set()
-        for path in paths:
-            with open(path, encoding="utf-8") as fh:
-                for number, line in enumerate(fh, 1):
-                    if not line.strip():
-                        continue
-                    self.summary.read += 1
-                    try:
-                        obj = json.loads(line)
-                        title = str(obj.get("title") or "").strip()
-                        content = str(obj.get("content") or "").strip()
-                    except (ValueError, AttributeError):
-                        self.summary.rejected += 1
-                        continue
-                    if not title:
-                        self.summary.rejected += 1
-                        continue
-                    uid = obj.get("uid") or "h:" + hashlib.sha256(f"{title}\x1f{content}".encode()).hexdigest()[:16]
-                    if uid in seen:
-                        self.summary.duplicates += 1
-                        continue
-                    seen.add(uid)
-                    self.summary.accepted += 1
-                    yield CatalogRow(uid=str(uid), title=title, content=content, source=str(path), line=number)
 
 
 def _chunks(rows: Iterable[CatalogRow], size: int) -> Iterator[list[CatalogRow]]:
