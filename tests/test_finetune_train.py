@@ -107,6 +107,20 @@ def test_overfit_small_reproduces_answer_and_stops(tmp_path: Path) -> None:
         assert matched == length, results  # the whole answer, token for token
         assert stopped and generated == length + 1 < 40  # then the end token, well before the cap
 
+    # the same adapter served by the hf generator backend (what `rag ask --set generator.adapter=...` runs)
+    from finetune.data import read_examples
+    from rag.generators.hf import HFGenerator
+    from rag.types import GenerationRequest
+
+    serving = load_config(None, ["generator.backend=hf", f"generator.model={run / 'base-model'}",
+                                 f"generator.adapter={run / 'adapter'}", "generator.repetition_penalty=1.0",
+                                 "generator.max_new_tokens=40", "generator.device=cpu"])
+    example = next(iter(read_examples(run / "examples.train.jsonl")))
+    request = GenerationRequest(question="", hits=[], messages=example.messages)
+    generator = HFGenerator(serving)
+    assert generator.generate(request).strip() == example.answer.strip()
+    assert "".join(generator.stream(request)).strip() == example.answer.strip()
+
 
 @pytest.mark.slow
 def test_overfit_four_products_twenty_tokens(tmp_path: Path) -> None:
