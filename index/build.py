@@ -155,6 +155,16 @@ class UpdateReport:
 # --------------------------------------------------------------------------- helpers
 
 
+def _current_parent(store: IndexStore, action: str) -> tuple[str, Path, dict[str, Any]]:
+    """Under the writer lock: clear leftovers of crashed writers, then the current version to build on."""
+    store.cleanup_leftovers()
+    parent = store.current_version()
+    if not parent:
+        raise BuildError(f"{store.current_file}: no index to {action}; run `rag index build --data PATH` first")
+    parent_dir = store.version_dir(parent)
+    return parent, parent_dir, read_manifest(parent_dir)
+
+
 def _reader(config: Config, rejects_path: Path) -> Any:
     from rag.catalog import CatalogReader
 
@@ -399,12 +409,7 @@ def update_index(config: Config, paths: Sequence[str | Path] = (), delete_uids: 
             raise FileNotFoundError(f"{path}: catalog file not found")
     store = IndexStore.from_config(config)
     with store.lock():
-        store.cleanup_leftovers()
-        parent = store.current_version()
-        if not parent:
-            raise BuildError(f"{store.current_file}: no index to update; run `rag index build --data PATH` first")
-        parent_dir = store.version_dir(parent)
-        parent_manifest = read_manifest(parent_dir)
+        parent, parent_dir, parent_manifest = _current_parent(store, "update")
         embedder = _embedder(config, embedder)
         built_with = parent_manifest["embedding"]
         if built_with["model"] != embedder.name or int(built_with["dimension"]) != embedder.dimension:
@@ -784,12 +789,7 @@ def compact_index(config: Config, *, force: bool = False) -> CompactReport:
     started = time.perf_counter()
     store = IndexStore.from_config(config)
     with store.lock():
-        store.cleanup_leftovers()
-        parent = store.current_version()
-        if not parent:
-            raise BuildError(f"{store.current_file}: no index to compact; run `rag index build --data PATH` first")
-        parent_dir = store.version_dir(parent)
-        parent_manifest = read_manifest(parent_dir)
+        parent, parent_dir, parent_manifest = _current_parent(store, "compact")
         _base_rows, delta_counts = segment_counts(parent_manifest)
         if delta_counts is None and not force:
             return CompactReport(None, parent, int(parent_manifest["rows"]), time.perf_counter() - started)
