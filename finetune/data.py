@@ -56,10 +56,7 @@ QUESTION_TEMPLATES: list[tuple[str, str, str]] = [
     ("author", "pt", "Quem escreveu {title}?"),
 ]
 
-ABSTAIN = {
-    "en": "The sources do not describe {title}.",
-    "pt": "As fontes não descrevem {title}.",
-}
+from rag.grounding import ABSTAIN_TEMPLATES as ABSTAIN  # noqa: E402
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 

@@ -15,6 +15,15 @@ Citations count: a sentence that cites sources ([1], [2, 3]) in the prompt conve
 rag/prompt.py is checked against the rows it cites only, so a wrong citation is flagged; a citation
 of a source number that was never given ([7] with 5 sources) always is. Sentences without a
 citation are checked against every row. Sentences with fewer than 3 content words are not judged.
+
+Echoes: a sentence whose content words all come from the question (when it is given) and the rows'
+TITLES, with nothing from a description, only repeats the question or a title and is unsupported
+("City of Djinns: A Year in Delhi [1]." as the answer to "what is City of Djinns about?").
+
+Abstentions ("The sources do not describe X.", "I don't know.", `is_abstention`) are not judged
+here: whether a refusal was right depends on whether the sources held the answer, which only the
+evaluation knows (rag/evaluation/runner.py counts a refusal when the expected row was among the
+sources as not grounded).
 """
 from __future__ import annotations
 
@@ -32,6 +41,25 @@ _CITATION = re.compile(r"\[(\d+(?:\s*,\s*\d+)*)\]")
 STOP_WORDS = frozenset(
     ["a", "an", "the", "and", "or", "but", "if", "of", "to", "in", "on", "at", "by", "for", "with", "from", "as", "is", "are", "was", "were", "be", "been", "being", "this", "that", "these", "those", "it", "its", "it's", "he", "she", "they", "them", "his", "her", "their", "we", "you", "your", "i", "me", "my", "our", "not", "no", "so", "than", "then", "there", "here", "what", "which", "who", "whom", "whose", "when", "where", "why", "how", "about", "into", "over", "under", "up", "down", "out", "do", "does", "did", "has", "have", "had", "can", "could", "will", "would", "should", "may", "might", "must", "also", "just", "only", "very", "more", "most", "such", "any", "all", "some", "each", "other", "both", "either", "neither", "one", "two", "o", "a", "os", "as", "um", "uma", "de", "do", "da", "dos", "das", "e", "é", "em", "no", "na", "nos", "nas", "por", "para", "com", "que", "se", "seu", "sua"]
 )
+# The fine-tuning data's abstention answers (finetune/data.py imports them as ABSTAIN), by language.
+ABSTAIN_TEMPLATES = {
+    "en": "The sources do not describe {title}.",
+    "pt": "As fontes não descrevem {title}.",
+}
+# Refusals, matched case-insensitively inside one sentence (curly apostrophes made straight).
+_ABSTENTION = re.compile(
+    r"\b(?:"
+    r"(?:the |these |those )?(?:provided |given |retrieved )?sources? (?:do|does|did) not\b"
+    r"|(?:the |these |those )?(?:provided |given |retrieved )?sources? (?:don't|doesn't|didn't|say nothing|contain no)\b"
+    r"|i could not find|i couldn't find|i cannot find|i can't find|i did not find|i didn't find"
+    r"|i do not know|i don't know|i dont know"
+    r"|not (?:mentioned|described|given|stated|found) in the (?:provided |given |retrieved )?sources"
+    r"|no information"
+    r"|(?:as |estas |essas )?fontes n[ãa]o"
+    r"|n[ãa]o sei\b|n[ãa]o encontrei|nenhuma informa[çc][ãa]o|n[ãa]o h[áa] informa[çc]"
+    r")",
+    re.IGNORECASE | re.UNICODE,
+)
 MIN_WORDS = 3  # shorter sentences ("I don't know.", "Yes [1].") are not judged
 MAX_PASSAGES_PER_ROW = 40  # embedding mode: bounds the cost of very long descriptions
 
@@ -44,6 +72,26 @@ def content_words(text: str) -> set[str]:
 
 def split_sentences(text: str) -> list[str]:
     return [s.strip() for s in _SENTENCE.split(text.strip()) if s.strip()]
+
+
+def is_abstention_sentence(sentence: str) -> bool:
+    """True when the sentence refuses or says the sources lack the answer ("I don't know", "As fontes não ...")."""
+    text = sentence.replace("\u2019", "'").replace("\u2018", "'")
+    return _ABSTENTION.search(text) is not None
+
+
+def is_abstention(text: str) -> bool:
+    """True when the answer is a refusal: its first sentence is one.
+
+    Recognises the fine-tuning data's abstentions (`ABSTAIN_TEMPLATES`: "The sources do not describe
+    X." / "As fontes não descrevem X."), the extractive answerer's "I could not find a product in the
+    catalog ..." and generic refusals ("I don't know", "I do not know", "not mentioned in the
+    sources", "no information", "não sei", "as fontes não ...", "the sources do not ...").
+    An answer that states something first and refuses a detail later ("X is by Kerr [1]. The
+    sources do not give its price.") is not an abstention. An empty answer is not one either.
+    """
+    sentences = split_sentences(text or "")
+    return bool(sentences) and is_abstention_sentence(sentences[0])
 
 
 def cited_numbers(text: str) -> list[int]:
@@ -80,8 +128,13 @@ def unsupported_sentences(
     min_similarity: float = 0.55,
     mode: GroundingMode | None = None,
     check_citations: bool = True,
+    question: str | None = None,
 ) -> list[str]:
     """Sentences of `answer` that no retrieved row supports.
+
+    A sentence made only of words of `question` and of the rows' titles is unsupported (it repeats
+    the question or a title and states nothing from a description); abstention sentences
+    (`is_abstention_sentence`) are not judged.
 
     mode: "lexical" (word overlap >= min_overlap), "embedding" (cosine >= min_similarity; needs
     `embedder`) or "either" (supported by one or the other). Default: "either" when an embedder is
@@ -96,12 +149,18 @@ def unsupported_sentences(
         raise ValueError(f"grounding mode {mode!r} needs an embedder (e.g. the index's query embedder)")
     hits = list(hits)
     row_words = [content_words(_row_text(h)) for h in hits]
+    echo_words = set().union(*(content_words(h.row.title) for h in hits)) if hits else set()
+    if question:
+        echo_words |= content_words(question)
 
     judged: list[tuple[str, list[int]]] = []  # sentence, rows to check against (indices)
     out: list[str] = []
     for sentence in split_sentences(answer):
         words = content_words(_CITATION.sub(" ", sentence))
-        if len(words) < MIN_WORDS:
+        if len(words) < MIN_WORDS or is_abstention_sentence(sentence):
+            continue
+        if words <= echo_words:
+            out.append(sentence)  # only repeats the question or a title
             continue
         rows = list(range(len(hits)))
         if check_citations:

@@ -116,7 +116,7 @@ class RAG:
         timings["generate"] = time.perf_counter() - generate_started
         text = text.strip()
         t0 = time.perf_counter()
-        unsupported = unsupported_sentences(text, request.hits) if found else []
+        unsupported = unsupported_sentences(text, request.hits, question=request.question) if found else []
         timings["grounding"] = time.perf_counter() - t0
         timings["total"] = time.perf_counter() - started
         return Answer(

@@ -9,7 +9,10 @@ from typing import ClassVar
 import numpy as np
 import pytest
 
-from rag.grounding import cited_numbers, cited_sources, split_sentences, unsupported_sentences
+from rag.grounding import (
+    ABSTAIN_TEMPLATES, cited_numbers, cited_sources, is_abstention, is_abstention_sentence, split_sentences,
+    unsupported_sentences,
+)
 from rag.types import CatalogRow, Hit
 
 DJINNS = Hit(CatalogRow("B001", "City of Djinns: A Year in Delhi",
@@ -63,6 +66,61 @@ def test_cited_numbers_and_sources() -> None:
     assert cited_numbers(text) == [2, 1, 3, 9]
     assert [h.row.uid for h in cited_sources(text, HITS)] == ["B002", "B001", "B005"]
     assert split_sentences("One. Two! Three?") == ["One.", "Two!", "Three?"]
+
+
+def test_a_title_echo_is_unsupported() -> None:
+    echo = "City of Djinns: A Year in Delhi [1]."
+    assert unsupported_sentences(echo, HITS) == [echo]  # title words only, nothing from the description
+    # a sentence that adds what the description says is judged as before
+    assert unsupported_sentences("City of Djinns: A Year in Delhi [1] is a travel memoir by Dalrymple.", HITS) == []
+
+
+def test_a_sentence_repeating_the_question_is_unsupported() -> None:
+    question = "What is the travel memoir City of Djinns about?"
+    echo = "City of Djinns is a travel memoir [1]."
+    # without the question the sentence shares enough words with row 1 to pass...
+    assert unsupported_sentences(echo, HITS) == []
+    # ...with it, every content word comes from the question or a title: an echo
+    assert unsupported_sentences(echo, HITS, question=question) == [echo]
+    answer = "City of Djinns is a travel memoir by William Dalrymple [1]."
+    assert unsupported_sentences(answer, HITS, question=question) == []
+
+
+@pytest.mark.parametrize("text", [
+    "The sources do not describe City of Djinns: A Year in Delhi.",
+    "The sources do not describe the sources.",
+    "As fontes não descrevem Mog's Kittens.",
+    "I could not find a product in the catalog that matches your question. Try the exact title (in quotes).",
+    "I don't know.", "I don\u2019t know which book you mean.", "I do not know.", "Não sei.",
+    "The author is not mentioned in the sources.", "There is no information about the price.",
+    "As fontes não dizem quem escreveu o livro.", "The sources don't say who wrote it [1].",
+])
+def test_abstentions_are_recognised_in_english_and_portuguese(text: str) -> None:
+    assert is_abstention(text)
+
+
+@pytest.mark.parametrize("text", [
+    "City of Djinns [1]: A travel memoir by William Dalrymple.",
+    "Mog's Kittens is a board book by Judith Kerr [2]. The sources do not give its price.",
+    "O livro é de William Dalrymple [1].", "",
+])
+def test_answers_are_not_abstentions(text: str) -> None:
+    assert not is_abstention(text)
+
+
+def test_abstain_templates_are_abstentions_and_shared_with_finetuning() -> None:
+    from finetune.data import ABSTAIN
+
+    assert ABSTAIN is ABSTAIN_TEMPLATES
+    for template in ABSTAIN_TEMPLATES.values():
+        assert is_abstention(template.format(title="Mog's Kittens"))
+
+
+def test_abstention_sentences_are_not_judged() -> None:
+    refusal = "The sources do not describe a cookbook of Italian pasta recipes."
+    assert is_abstention_sentence(refusal)
+    assert unsupported_sentences(refusal, HITS) == []  # judged by the evaluation, which knows the expected row
+    assert unsupported_sentences("It is a cookbook of Italian pasta recipes.", HITS) != []
 
 
 class BagOfWordsEmbedder:
