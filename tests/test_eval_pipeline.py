@@ -83,16 +83,34 @@ def test_answers_eval_scores_extractive_answers(indexed) -> None:
     ]
     questions.append(EvalQuestion("never", f"Tell me about {with_content[0].title}", uid=with_content[0].uid,
                                   kind="impossible", must_contain=["zzqx-not-in-any-answer"]))
+    # the needle is the question's own first title word: an echo of the question would "contain" it
+    title_word = with_content[1].title.split()[0]
+    questions.append(EvalQuestion("echo", f"What is {with_content[1].title} about?", uid=with_content[1].uid,
+                                  kind="echo", must_contain=[title_word]))
+    questions.append(EvalQuestion("absent", "who wrote Zzyzx Qwertyuiop Vlorbnik?", kind="absent", language="en"))
     rag = RAG.from_config(config, retriever=retriever)
     items = resolve_questions(questions, retriever.snapshot)
     result = evaluate_answers(rag, items)
-    overall = result["summary"]["overall"]
-    assert result["summary"]["impossible"]["must_contain"] == 0.0
-    assert overall["cites_expected"] >= 0.75  # extractive answers quote the retrieved rows they cite
+    summary = result["summary"]
+    overall = summary["overall"]
+    assert summary["impossible"]["must_contain"] == 0.0
+    assert summary["echo"]["n_must_skipped"] == 1 and summary["echo"]["n_must_contain"] == 0
+    assert overall["cites_expected"] >= 0.75  # extractive answers cite [1], the row they quote
+    assert overall["cites_expected"] <= overall["retrieved_expected"]  # citing needs the row among the sources
     assert overall["grounded"] >= 0.75
-    assert overall["n_rouge"] == 9 and 0 < overall["rouge_l"] <= 1
+    assert overall["abstained"] <= 0.2 and overall["false_abstention"] == 0.0
+    assert summary["absent"]["n_absent"] == 1 and 0 <= summary["absent"]["abstention_rate"] <= 1
+    assert summary["lang:en"]["n"] == 1
+    assert overall["n_rouge"] == 10 and 0 < overall["rouge_l"] <= 1
+    # the extractive answer always ends on its own: finish_reason "stop" (or none reported at all)
+    assert overall["n_stop"] in (0, overall["n"]) and (overall["n_stop"] == 0 or overall["stop_rate"] == 1.0)
     assert 0 < overall["p50_s"] <= overall["p95_s"]
-    assert "| **overall** | 9 |" in answers_table(result["summary"])
+    table = answers_table(summary)
+    assert "| **overall** | 11 |" in table and "| absent | 1 |" in table
+    records = {r["qid"]: r for r in result["questions"]}
+    for record in records.values():  # cites_expected is read from the answer's own [n]
+        if record["cites_expected"]:
+            assert "[" in record["answer"]
 
 
 def test_cli_questions_retrieval_answers(catalog: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -113,6 +131,24 @@ def test_cli_questions_retrieval_answers(catalog: Path, tmp_path: Path, capsys: 
                  "--kinds", "exact,typo", "--out", str(out2), "--records", *sets]) == 0
     answers = json.loads(out2.read_text())
     assert {q["kind"] for q in answers["questions"]} <= {"exact", "typo"}
+    overall = answers["summary"]["overall"]
+    for key in ("retrieved_expected", "n_must_skipped", "abstained", "false_abstention", "abstention_rate", "stop_rate"):
+        assert key in overall
+    # --split keeps one split, --kind is --kinds
+    from rag.evaluation.questions import load_questions
+
+    questions = load_questions(qfile)
+    for i, q in enumerate(questions):
+        q.split = "test" if i % 3 == 0 else "train"
+    split_file = write_questions(tmp_path / "split.jsonl", questions)
+    out3 = tmp_path / "s.json"
+    assert main(["eval", "answers", "-q", str(split_file), "--data", str(catalog), "--cache-dir", str(cache),
+                 "--split", "test", "--kind", "exact,typo,truncated", "--out", str(out3), "--records", *sets]) == 0
+    split_answers = json.loads(out3.read_text())
+    wanted = {q.qid for q in questions if q.split == "test" and q.kind in {"exact", "typo", "truncated"}}
+    assert {q["qid"] for q in split_answers["questions"]} == wanted and split_answers["info"]["split"] == "test"
+    assert main(["eval", "retrieval", "-q", str(split_file), "--data", str(catalog), "--cache-dir", str(cache),
+                 "--split", "nope", *sets]) == 2  # no question of that split: a usage error
     assert main(["eval", "retrieval", "-q", str(tmp_path / "missing.jsonl"), *sets]) == 2  # clear error, no traceback
 
 

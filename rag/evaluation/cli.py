@@ -48,8 +48,11 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
         p.add_argument("--cache-dir", default=None, help="where --data indexes are kept (default ~/.cache/amazontitles-rag/eval-indexes)")
         p.add_argument("--rebuild", action="store_true", help="rebuild the --data index even if a cached one exists")
         p.add_argument("--out", default=None, help="write every figure and per-question record to this JSON file")
-        p.add_argument("--kinds", default=None, help="only questions of these comma-separated kinds")
-        p.add_argument("--limit", type=int, default=None, help="only the first N questions (after --kinds)")
+        p.add_argument("--kinds", "--kind", dest="kinds", default=None, metavar="K1,K2",
+                       help="only questions of these comma-separated kinds")
+        p.add_argument("--split", default=None, metavar="NAME",
+                       help="only questions whose 'split' field is NAME (e.g. test)")
+        p.add_argument("--limit", type=int, default=None, help="only the first N questions (after --split and --kinds)")
         p.add_argument("--progress", action="store_true", help="show a progress bar on stderr")
         p.add_argument("--records", action="store_true",
                        help="also write every question, hit and answer to --out (off by default: for the real "
@@ -72,6 +75,24 @@ def _echo(text: str) -> None:
     print(text, file=sys.stderr)
 
 
+def filter_questions(questions: list[Any], *, split: str | None = None, kinds: str | None = None,
+                     source: str = "the question file") -> list[Any]:
+    """Keep the questions of one `split` and/or of the comma-separated `kinds`; none left is a usage error."""
+    from rag.cli import UsageError
+
+    if split:
+        questions = [q for q in questions if getattr(q, "split", None) == split]
+        if not questions:
+            raise UsageError(f"--split {split}: no question of this split in {source}")
+    if kinds:
+        wanted = {k.strip() for k in kinds.split(",") if k.strip()}
+        questions = [q for q in questions if q.kind in wanted]
+        if not questions:
+            raise UsageError(f"--kinds {kinds}: no question of these kinds in {source}"
+                             + (f" (split {split})" if split else ""))
+    return questions
+
+
 def _load(args: argparse.Namespace) -> tuple[Any, Any, list[Any], dict[str, Any]]:
     """(config, retriever, resolved questions, run info) for retrieval/answers/ablation."""
     from rag.cli import UsageError, config_from_args
@@ -81,11 +102,8 @@ def _load(args: argparse.Namespace) -> tuple[Any, Any, list[Any], dict[str, Any]
 
     config = config_from_args(args)
     questions = load_questions(args.questions)
-    if args.kinds:
-        wanted = {k.strip() for k in args.kinds.split(",") if k.strip()}
-        questions = [q for q in questions if q.kind in wanted]
-        if not questions:
-            raise UsageError(f"--kinds {args.kinds}: no question of these kinds in {args.questions}")
+    questions = filter_questions(questions, split=getattr(args, "split", None), kinds=args.kinds,
+                                 source=str(args.questions))
     if args.limit is not None:
         if args.limit <= 0:
             raise UsageError(f"--limit must be > 0, got {args.limit}")
@@ -96,6 +114,7 @@ def _load(args: argparse.Namespace) -> tuple[Any, Any, list[Any], dict[str, Any]
     info = {
         "command": "rag " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("rag") else None,
         "questions_file": str(args.questions), "questions": len(items), "data": args.data,
+        "split": getattr(args, "split", None), "kinds": args.kinds,
         "index": _display_path(config.index.path), "index_rows": getattr(retriever.snapshot, "rows", None),
         "embedding_model": config.embedding.model, "generator": config.generator.backend,
         "generator_model": config.generator.model, "retrieval": dict(config.retrieval.__dict__),

@@ -1,5 +1,8 @@
 """Metrics written out in full (no evaluation library): recall@k, MRR, ROUGE-L, must_contain, percentiles.
 
+must_contain ignores the facts a question already states (`needles_to_check`): an answer that only
+repeats the question must not pass.
+
     python -c "from rag.evaluation.metrics import rouge_l; print(rouge_l('a cat sat', 'the cat sat down'))"
 
 Ranks are 1-based; `None` means the expected row was not retrieved at all.
@@ -41,6 +44,30 @@ def contains_share(answer: str, needles: Sequence[str]) -> float:
         return 1.0
     haystack = normalise(answer)
     return sum(normalise(n) in haystack for n in needles) / len(needles)
+
+
+def needles_to_check(question: str, needles: Sequence[str]) -> list[str]:
+    """The needles the question does not already contain (normalised on both sides).
+
+    An answer that repeats the question would "contain" a fact the question states, so such facts
+    prove nothing and are not checked.
+    """
+    asked = normalise(question)
+    return [n for n in needles if n.strip() and normalise(n) not in asked]
+
+
+def must_contain(answer: str, needles: Sequence[str], question: str | None = None) -> bool | None:
+    """Does the answer state every needle the question does not already contain?
+
+    None when there is nothing to check: no needles, or every needle is in the question (the
+    question is then "skipped" for must_contain). Without a question every needle is checked.
+    """
+    needles = [n for n in needles if n.strip()]
+    if question is not None:
+        needles = needles_to_check(question, needles)
+    if not needles:
+        return None
+    return contains_all(answer, needles)
 
 
 def recall_at_k(ranks: Sequence[int | None], k: int) -> float:

@@ -14,6 +14,11 @@ One question per line:
   "template_pt", "described", ...); `must_contain` lists short facts the answer should state.
 * `line` (optional): the 1-based line of the product in the catalog file the questions were written
   for; used only when the uid is not in the catalog (the cleaning rules changed the content hash).
+* `split` and `language` (optional): which split the question belongs to ("train", "validation",
+  "test", ...; `rag eval ... --split NAME` keeps one) and its language ("en", "pt"; the answer
+  summary adds a "lang:<code>" group per language).
+* kind "absent": a question about a product the catalog does not hold; it names no product (no
+  `uid`, no `title`), and a good answer abstains.
 * The question may hold a placeholder that is filled from the expected row's title when the
   questions are resolved against a catalog: `{title}`, `{title:lower}`, `{title:trunc}` and
   `{title:typo=SEED}`. A question file for a catalog that may not be copied (the real sample) can
@@ -35,6 +40,7 @@ from typing import Any, Iterable, Sequence
 
 from rag.types import CatalogRow
 
+ABSENT_KIND = "absent"  # questions about products the catalog does not hold: no uid, no title
 KINDS = ("exact", "lowercase", "truncated", "typo", "template_en", "template_pt")
 
 TEMPLATES_EN = ("What is {t} about?", "Who wrote {t}?", "Tell me about {t}")
@@ -58,6 +64,8 @@ class EvalQuestion:
     kind: str = "unknown"
     must_contain: list[str] = field(default_factory=list)
     line: int | None = None
+    split: str | None = None
+    language: str | None = None
     where: str = ""  # "file:line" for error messages
 
     def to_dict(self) -> dict[str, Any]:
@@ -71,7 +79,16 @@ class EvalQuestion:
             out["must_contain"] = list(self.must_contain)
         if self.line is not None:
             out["line"] = self.line
+        if self.split is not None:
+            out["split"] = self.split
+        if self.language is not None:
+            out["language"] = self.language
         return out
+
+    @property
+    def is_absent(self) -> bool:
+        """A question about a product that is not in the catalog (kind "absent")."""
+        return self.kind == ABSENT_KIND
 
     @property
     def has_placeholder(self) -> bool:
@@ -223,18 +240,22 @@ def generate_questions(
 def _check_fields(obj: Any, where: str) -> EvalQuestion:
     if not isinstance(obj, dict):
         raise QuestionFileError(f"{where}: expected a JSON object, got {type(obj).__name__}")
-    known = {"qid", "question", "uid", "title", "kind", "must_contain", "line", "note"}
+    known = {"qid", "question", "uid", "title", "kind", "must_contain", "line", "note", "split", "language"}
     unknown = sorted(set(obj) - known)
     if unknown:
         raise QuestionFileError(f"{where}: unknown field(s) {', '.join(unknown)}; known fields: {', '.join(sorted(known))}")
     for name in ("qid", "question"):
         if not isinstance(obj.get(name), str) or not obj[name].strip():
             raise QuestionFileError(f"{where}: field {name!r} is required and must be a non-empty string")
-    for name in ("uid", "title", "kind"):
+    for name in ("uid", "title", "kind", "split", "language"):
         if obj.get(name) is not None and not isinstance(obj[name], str):
             raise QuestionFileError(f"{where}: field {name!r} must be a string, got {type(obj[name]).__name__}")
-    if not obj.get("uid") and not obj.get("title"):
-        raise QuestionFileError(f"{where}: give the expected product as 'uid' or 'title' (or both)")
+    if obj.get("kind") == ABSENT_KIND:
+        if obj.get("uid") or obj.get("title"):
+            raise QuestionFileError(f"{where}: a question of kind {ABSENT_KIND!r} names no product: drop 'uid' and 'title'")
+    elif not obj.get("uid") and not obj.get("title"):
+        raise QuestionFileError(f"{where}: give the expected product as 'uid' or 'title' (or both), "
+                                f"or set kind {ABSENT_KIND!r} for a product the catalog does not hold")
     must = obj.get("must_contain", [])
     if not isinstance(must, list) or not all(isinstance(m, str) for m in must):
         raise QuestionFileError(f"{where}: 'must_contain' must be a list of strings")
@@ -243,7 +264,8 @@ def _check_fields(obj: Any, where: str) -> EvalQuestion:
         raise QuestionFileError(f"{where}: 'line' must be a positive integer")
     question = EvalQuestion(
         qid=obj["qid"], question=obj["question"], uid=obj.get("uid") or None, title=obj.get("title") or None,
-        kind=obj.get("kind") or "unknown", must_contain=list(must), line=line, where=where,
+        kind=obj.get("kind") or "unknown", must_contain=list(must), line=line, split=obj.get("split") or None,
+        language=obj.get("language") or None, where=where,
     )
     if question.has_placeholder and not question.uid:
         raise QuestionFileError(f"{where}: a question with a {{title}} placeholder needs a 'uid' to fill it from")

@@ -22,8 +22,8 @@ from typing import Any, Callable, Sequence
 
 from rag.cleaning import clean_title
 from rag.config import Config
-from rag.evaluation.metrics import contains_all, mean, mrr, percentile, recall_at_k, rouge_l
-from rag.evaluation.questions import EvalQuestion, QuestionFileError, render_question
+from rag.evaluation.metrics import contains_all, mean, mrr, needles_to_check, percentile, recall_at_k, rouge_l
+from rag.evaluation.questions import ABSENT_KIND, EvalQuestion, QuestionFileError, render_question
 from rag.types import Answer, CatalogRow, Hit
 
 log = logging.getLogger(__name__)
@@ -116,6 +116,11 @@ class ResolvedQuestion:
     def kind(self) -> str:
         return self.source.kind
 
+    @property
+    def has_expected(self) -> bool:
+        """False for questions that name no product (kind "absent")."""
+        return self.expected_uid is not None or self.expected_title is not None
+
     def matches(self, uid: str, title: str) -> bool:
         if self.expected_uid is not None:
             return uid == self.expected_uid
@@ -197,9 +202,14 @@ def _rank(item: ResolvedQuestion, hits: Sequence[Hit]) -> int | None:
 
 def evaluate_retrieval(retriever: Any, items: Sequence[ResolvedQuestion], ks: Sequence[int] = RETRIEVAL_KS,
                        progress: bool = False) -> dict[str, Any]:
-    """recall@k and MRR (at depth max(ks)) per kind and overall, plus per-question records."""
+    """recall@k and MRR (at depth max(ks)) per kind and overall, plus per-question records.
+
+    Questions that name no product (kind "absent") have no rank to measure and are left out
+    (`skipped_no_expected` counts them)."""
     depth = max(ks)
     records: list[RetrievalRecord] = []
+    skipped = sum(1 for item in items if not item.has_expected)
+    items = [item for item in items if item.has_expected]
     iterator = _progress(items, progress, "retrieval")
     for item in iterator:
         started = time.perf_counter()
@@ -208,7 +218,7 @@ def evaluate_retrieval(retriever: Any, items: Sequence[ResolvedQuestion], ks: Se
         records.append(RetrievalRecord(item.qid, item.kind, item.text, _rank(item, hits), seconds,
                                        [h.row.title for h in hits[:3]]))
     return {"depth": depth, "ks": list(ks), "summary": summarise_retrieval(records, ks),
-            "questions": [r.__dict__ for r in records]}
+            "skipped_no_expected": skipped, "questions": [r.__dict__ for r in records]}
 
 
 def summarise_retrieval(records: Sequence[RetrievalRecord], ks: Sequence[int]) -> dict[str, dict[str, float]]:
@@ -233,41 +243,92 @@ def summarise_retrieval(records: Sequence[RetrievalRecord], ks: Sequence[int]) -
 
 @dataclass
 class AnswerRecord:
+    """One scored answer. None means "does not apply" and is left out of the group's rate."""
+
     qid: str
     kind: str
     question: str
     answer: str
     must_contain: list[str]
-    contains: bool | None  # None when the question lists no must_contain
-    cites_expected: bool | None  # None when the answer had no sources to cite (no context)
-    cites_first: bool | None
+    contains: bool | None  # None when no needle is left to check (none listed, or all in the question)
+    must_checked: list[str]  # the needles the question does not already contain
+    must_skipped: bool  # needles listed, but the question itself holds every one of them
+    cites_expected: bool | None  # the answer's own [n] names the expected row; None: nothing to cite / no expected row
+    cites_first: bool | None  # the FIRST [n] of the answer is the expected row
+    retrieved_expected: bool | None  # the expected row is among answer.sources (retrieval, not the answer)
     rouge_l: float | None  # None without a gold description
     grounded: bool
+    abstained: bool  # the answer is a refusal (rag.grounding.is_abstention)
+    false_abstention: bool | None  # abstained although the expected row was among the sources; None: it was not
+    absent_abstained: bool | None  # kind "absent": abstained or found nothing; None for other questions
+    stopped: bool | None  # the generator stopped at its end token (finish_reason != "length"); None: unknown
+    finish_reason: str | None
+    language: str | None
     seconds: float
     found: bool
 
 
+def _expected_positions(item: ResolvedQuestion, answer: Answer) -> list[int]:
+    """1-based positions of the expected row among the answer's sources."""
+    return [i for i, s in enumerate(answer.sources, start=1) if item.matches(s.uid, s.title)]
+
+
 def answer_record(item: ResolvedQuestion, answer: Answer, seconds: float, *, use_context: bool,
                   grounding_hits: Sequence[Hit] | None = None) -> AnswerRecord:
-    """Score one answer. Without context the answer cites nothing; its grounding is then checked
-    against `grounding_hits` (the rows retrieval gives for the question), so "grounded" keeps one
-    meaning across the ablation: every sentence is supported by catalog rows about the question."""
-    from rag.grounding import unsupported_sentences
+    """Score one answer.
 
+    * cites_expected / cites_first read the answer's own [n] markers (rag.grounding.cited_numbers):
+      a cited number must be the expected row's 1-based position among `answer.sources`;
+      retrieved_expected only says that row was among the sources.
+    * must_contain checks only the needles the question does not already contain.
+    * grounded: no unsupported sentence (rag.grounding, question and title echoes included), the
+      answer is not empty, and it is not a refusal while the expected row was among the rows it
+      was given (a wrong refusal states something false about the sources).
+
+    Without context the answer cites nothing; its grounding is then checked against
+    `grounding_hits` (the rows retrieval gives for the question), so "grounded" keeps one meaning
+    across the ablation: every sentence is supported by catalog rows about the question.
+    """
+    from rag.grounding import cited_numbers, is_abstention, unsupported_sentences
+
+    text = answer.text or ""
+    has_expected = item.has_expected
+    abstained = is_abstention(text)
     if use_context:
         grounded = answer.grounded
-        positions = [i for i, s in enumerate(answer.sources) if item.matches(s.uid, s.title)]
-        cites = bool(positions)
-        first = bool(positions) and positions[0] == 0
+        positions = _expected_positions(item, answer)
+        reference_has_expected = bool(positions)
+        if has_expected:
+            cited = cited_numbers(text)
+            retrieved = bool(positions)
+            cites = any(n in positions for n in cited)
+            first = bool(cited) and cited[0] in positions
+        else:
+            retrieved = cites = first = None
+        false_abstention = abstained if reference_has_expected else None
     else:
-        grounded = not unsupported_sentences(answer.text, list(grounding_hits or []))
-        cites = first = None
+        hits = list(grounding_hits or [])
+        grounded = not unsupported_sentences(text, hits, question=item.text)
+        reference_has_expected = any(item.matches(h.row.uid, h.row.title) for h in hits)
+        retrieved = cites = first = None
+        false_abstention = None  # the model was given no sources to refuse wrongly
+    if not text.strip() or (abstained and reference_has_expected):
+        grounded = False
     gold = item.gold.content if item.gold is not None and item.gold.content else None
-    must = item.source.must_contain
+    must = [m for m in item.source.must_contain if m.strip()]
+    checked = needles_to_check(item.text, must)
+    finish_reason = getattr(answer, "finish_reason", None)
+    stopped = None if finish_reason is None else finish_reason != "length"
+    absent = item.source.kind == ABSENT_KIND
     return AnswerRecord(
-        qid=item.qid, kind=item.kind, question=item.text, answer=answer.text, must_contain=list(must),
-        contains=contains_all(answer.text, must) if must else None, cites_expected=cites, cites_first=first,
-        rouge_l=rouge_l(answer.text, gold) if gold else None, grounded=grounded, seconds=seconds, found=answer.found,
+        qid=item.qid, kind=item.kind, question=item.text, answer=text, must_contain=list(must),
+        contains=contains_all(text, checked) if checked else None, must_checked=checked,
+        must_skipped=bool(must) and not checked, cites_expected=cites, cites_first=first,
+        retrieved_expected=retrieved, rouge_l=rouge_l(text, gold) if gold else None, grounded=grounded,
+        abstained=abstained, false_abstention=false_abstention,
+        absent_abstained=(abstained or not answer.found) if absent else None, stopped=stopped,
+        finish_reason=finish_reason, language=getattr(item.source, "language", None), seconds=seconds,
+        found=answer.found,
     )
 
 
@@ -290,20 +351,38 @@ def _share(values: Sequence[bool | None]) -> tuple[float, int]:
     return (sum(known) / len(known) if known else float("nan")), len(known)
 
 
-def summarise_answers(records: Sequence[AnswerRecord]) -> dict[str, dict[str, float]]:
-    groups: dict[str, list[AnswerRecord]] = {}
+def _groups(records: Sequence[Any]) -> list[tuple[str, list[Any]]]:
+    """Per kind (sorted), then per language ("lang:en", "lang:pt") when questions carry one, then overall."""
+    kinds: dict[str, list[Any]] = {}
+    languages: dict[str, list[Any]] = {}
     for r in records:
-        groups.setdefault(r.kind, []).append(r)
+        kinds.setdefault(r.kind, []).append(r)
+        if getattr(r, "language", None):
+            languages.setdefault(f"lang:{r.language}", []).append(r)
+    return sorted(kinds.items()) + sorted(languages.items()) + [("overall", list(records))]
+
+
+def summarise_answers(records: Sequence[AnswerRecord]) -> dict[str, dict[str, float]]:
     out: dict[str, dict[str, float]] = {}
-    for name, group in sorted(groups.items()) + [("overall", list(records))]:
+    for name, group in _groups(records):
         contains, n_contains = _share([r.contains for r in group])
-        cites, _ = _share([r.cites_expected for r in group])
+        cites, n_cites = _share([r.cites_expected for r in group])
         first, _ = _share([r.cites_first for r in group])
+        retrieved, _ = _share([r.retrieved_expected for r in group])
+        false_abstention, n_false_base = _share([r.false_abstention for r in group])
+        absent, n_absent = _share([r.absent_abstained for r in group])
+        stop, n_stop = _share([r.stopped for r in group])
         rouge = [r.rouge_l for r in group if r.rouge_l is not None]
         out[name] = {
-            "n": len(group), "must_contain": contains, "n_must_contain": n_contains, "cites_expected": cites,
-            "cites_first": first, "rouge_l": mean(rouge), "n_rouge": len(rouge),
+            "n": len(group), "must_contain": contains, "n_must_contain": n_contains,
+            "n_must_skipped": sum(r.must_skipped for r in group),
+            "cites_expected": cites, "cites_first": first, "n_cites": n_cites, "retrieved_expected": retrieved,
+            "rouge_l": mean(rouge), "n_rouge": len(rouge),
             "grounded": sum(r.grounded for r in group) / len(group),
+            "abstained": sum(r.abstained for r in group) / len(group),
+            "false_abstention": false_abstention, "n_expected_in_sources": n_false_base,
+            "abstention_rate": absent, "n_absent": n_absent,
+            "stop_rate": stop, "n_stop": n_stop,
             "p50_s": percentile([r.seconds for r in group], 50), "p95_s": percentile([r.seconds for r in group], 95),
         }
     return out
@@ -375,15 +454,30 @@ def retrieval_table(summary: dict[str, dict[str, float]], ks: Sequence[int] = RE
     return "\n".join(lines)
 
 
+ANSWER_COLUMNS = ["n", "must_contain (n, skipped)", "cites expected", "cites expected [1]", "retrieved expected",
+                  "ROUGE-L", "grounded", "abstained", "false abstention", "absent: abstains", "stop rate",
+                  "p50 s", "p95 s"]
+
+
 def answers_table(rows: dict[str, dict[str, float]], first_column: str = "kind") -> str:
-    head = [first_column, "n", "must_contain", "cites expected", "cites expected [1]", "ROUGE-L", "grounded",
-            "p50 s", "p95 s"]
+    """Markdown table of answer summaries (older result files without the newer keys show n/a)."""
+    head = [first_column] + ANSWER_COLUMNS
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
+
+    def counted(row: dict[str, Any], key: str, n_key: str) -> str:
+        return f"{_fmt(row.get(key))} ({int(row[n_key])})" if row.get(n_key) else "n/a"
+
     for name, row in rows.items():
-        must = f"{_fmt(row['must_contain'])} ({int(row['n_must_contain'])})" if row["n_must_contain"] else "n/a"
-        rouge = f"{_fmt(row['rouge_l'])} ({int(row['n_rouge'])})" if row["n_rouge"] else "n/a"
-        cells = [f"**{name}**" if name == "overall" else name, str(int(row["n"])), must, _fmt(row["cites_expected"]),
-                 _fmt(row["cites_first"]), rouge, _fmt(row["grounded"]), _fmt(row["p50_s"], 3), _fmt(row["p95_s"], 3)]
+        skipped = int(row.get("n_must_skipped") or 0)
+        if row.get("n_must_contain"):
+            must = f"{_fmt(row['must_contain'])} ({int(row['n_must_contain'])}, {skipped} skipped)"
+        else:
+            must = f"n/a (0, {skipped} skipped)" if skipped else "n/a"
+        cells = [f"**{name}**" if name == "overall" else name, str(int(row["n"])), must,
+                 _fmt(row.get("cites_expected")), _fmt(row.get("cites_first")), _fmt(row.get("retrieved_expected")),
+                 counted(row, "rouge_l", "n_rouge"), _fmt(row.get("grounded")), _fmt(row.get("abstained")),
+                 counted(row, "false_abstention", "n_expected_in_sources"), counted(row, "abstention_rate", "n_absent"),
+                 counted(row, "stop_rate", "n_stop"), _fmt(row.get("p50_s"), 3), _fmt(row.get("p95_s"), 3)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
