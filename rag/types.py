@@ -63,6 +63,10 @@ class Answer:
     found: bool = True  # False when nothing relevant was retrieved
     unsupported_sentences: list[str] = field(default_factory=list)  # sentences no source supports
     generator: str = "extractive"
+    # "stop": the generator ended its turn (end-of-turn token, or a fixed answer); "length": it ran
+    # into max_new_tokens and the text is cut; None: the backend cannot tell
+    finish_reason: str | None = None
+    new_tokens: int | None = None  # tokens the generator produced (LLM backends)
 
     @property
     def grounded(self) -> bool:
@@ -78,6 +82,8 @@ class Answer:
             "grounded": self.grounded,
             "unsupported_sentences": list(self.unsupported_sentences),
             "generator": self.generator,
+            "finish_reason": self.finish_reason,
+            "new_tokens": self.new_tokens,
         }
 
 
@@ -92,6 +98,9 @@ class GenerationRequest:
     max_new_tokens: int | None = None
     temperature: float | None = None
     top_p: float | None = None
+    # set by the generator once it is done (per request, so concurrent requests never mix them)
+    finish_reason: str | None = None  # "stop" (end of turn) or "length" (max_new_tokens reached)
+    new_tokens: int | None = None
 
 
 @runtime_checkable

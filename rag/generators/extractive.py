@@ -35,6 +35,13 @@ _INTENTS: dict[str, tuple[re.Pattern[str], frozenset[str]]] = {
 }
 
 
+# The answer when retrieval found nothing above retrieval.min_score (every generator: an LLM with
+# no sources could only invent, so rag.pipeline answers this without calling it).
+NOT_FOUND_ANSWER = (
+    "I could not find a product in the catalog that matches your question. "
+    "Try the exact title (in quotes), or describe the product differently."
+)
+
 _POSSESSIVE_NAME = re.compile(r"\b[A-Z][a-z]+ [A-Z][a-z]+(?:'s|’s)\s")
 
 
@@ -87,10 +94,7 @@ class ExtractiveGenerator:
     def generate(self, request: GenerationRequest) -> str:
         hits = request.hits
         if not hits or hits[0].score < self.min_score:
-            return (
-                "I could not find a product in the catalog that matches your question. "
-                "Try the exact title (in quotes), or describe the product differently."
-            )
+            return NOT_FOUND_ANSWER
         top = hits[0]
         if not top.row.content:
             text = f'The catalog lists "{top.row.title}" [1] but has no description of it.'

@@ -3,8 +3,11 @@
     rag ask "who wrote City of Djinns?" --set generator.backend=hf \\
         --set generator.model=models/TinyLlama-1.1B-Chat-v1.0 --set generator.adapter=runs/finetune/adapter
 
-4-bit NF4 (bitsandbytes) on CUDA when bitsandbytes is installed, bfloat16 on CUDA otherwise,
-float32 on CPU. The prompt is `request.messages` rendered with the tokenizer's chat template;
+Precision by model and device: bfloat16 on CUDA; 4-bit NF4 (bitsandbytes) only when
+`generator.load_in_4bit` is set, bitsandbytes is installed AND the model is large enough for memory
+to matter (at least `FOUR_BIT_MIN_PARAMETERS`; a 135M model in 4 bit is only slower); float32 on
+CPU, never bitsandbytes. A model name from `rag model list` (`smollm2-135m`) stands for its pulled
+directory (rag/models.py). The prompt is `request.messages` rendered with the tokenizer's chat template;
 generation stops on eos and on the template's end-of-turn tokens. The model loads lazily on the
 first request, or at `warm_up()`. `UnslothGenerator` (rag/generators/unsloth_backend.py) reuses
 everything here except loading.
@@ -36,6 +39,31 @@ from rag.generators.common import (
 from rag.types import GenerationRequest
 
 log = logging.getLogger(__name__)
+
+# Below this size 4-bit weights save little memory and cost speed (dequantisation per matmul).
+FOUR_BIT_MIN_PARAMETERS = 2_000_000_000
+
+
+def estimated_parameters(model: str) -> int | None:
+    """Parameters of a local model directory, from its safetensors header(s); None if unknown."""
+    directory = Path(model)
+    if not directory.is_dir():
+        return None
+    total = 0
+    for shard in directory.glob("*.safetensors"):
+        try:
+            with open(shard, "rb") as handle:
+                size = int.from_bytes(handle.read(8), "little")
+                header = json.loads(handle.read(size))
+        except (OSError, ValueError):
+            return None
+        for name, entry in header.items():
+            if name != "__metadata__" and isinstance(entry, dict):
+                count = 1
+                for dim in entry.get("shape", []):
+                    count *= int(dim)
+                total += count
+    return total or None
 
 
 def adapter_base_model(adapter: str | Path) -> str | None:
@@ -81,7 +109,13 @@ class HFGenerator:
                 f"(--set generator.model=PATH), or generator.adapter pointing at a LoRA adapter whose "
                 "adapter_config.json names its base model"
             )
-        self.model_name: str = model
+        from rag.models import ModelPullError, resolve_model
+
+        try:
+            resolved = resolve_model(model, "generator.model" if gen.model else "generator.adapter's base model")
+        except ModelPullError as exc:
+            raise GeneratorError(str(exc)) from exc
+        self.model_name: str = resolved or model
         self.model: Any = None
         self.tokenizer: Any = None
         self.device: str = "cpu"
@@ -144,7 +178,12 @@ class HFGenerator:
         tokenizer = self._load_tokenizer()
         kwargs = self._load_kwargs()
         if self.device.startswith("cuda"):
-            if gen.load_in_4bit and bitsandbytes_available():
+            parameters = estimated_parameters(self.model_name)
+            small = parameters is not None and parameters < FOUR_BIT_MIN_PARAMETERS
+            if gen.load_in_4bit and small:
+                log.info("generator.load_in_4bit: %s has %.0fM parameters; bfloat16 is faster at this size",
+                         self.model_name, parameters / 1e6)
+            elif gen.load_in_4bit and bitsandbytes_available():
                 from transformers import BitsAndBytesConfig
 
                 kwargs["quantization_config"] = BitsAndBytesConfig(
@@ -152,7 +191,7 @@ class HFGenerator:
                     bnb_4bit_use_double_quant=True,
                 )
                 self.quantized = True
-            elif gen.load_in_4bit:
+            elif gen.load_in_4bit and not small:
                 log.warning("generator.load_in_4bit: bitsandbytes is not installed (pip install .[gpu]); "
                             "loading in bfloat16 instead")
             kwargs["dtype"] = torch.bfloat16
@@ -233,14 +272,16 @@ class HFGenerator:
         with torch.inference_mode():
             return self.model.generate(**inputs, generation_config=self._generation_config(sampling), **extra)
 
-    def _decode_new(self, output: Any, prompt_len: int) -> tuple[str, int]:
+    def _decode_new(self, output: Any, prompt_len: int) -> tuple[str, int, bool]:
+        """(text, tokens generated, stopped at an end-of-turn token)."""
         new = output[0, prompt_len:].tolist()
+        stopped = False
         for i, token in enumerate(new):  # generate() stops at a stop id; drop it and anything after
             if token in self.stop_ids:
-                new = new[:i]
+                new, stopped = new[:i], True
                 break
         text = self.tokenizer.decode(new, skip_special_tokens=True)
-        return strip_stop_strings(text, self.stop_texts).strip(), len(new)
+        return strip_stop_strings(text, self.stop_texts).strip(), len(new), stopped
 
     def generate(self, request: GenerationRequest) -> str:
         self.warm_up()
@@ -248,7 +289,9 @@ class HFGenerator:
         inputs = self._encode(request)
         started = time.perf_counter()
         output = self._run_generate(inputs, sampling)
-        text, n = self._decode_new(output, inputs["input_ids"].shape[1])
+        text, n, stopped = self._decode_new(output, inputs["input_ids"].shape[1])
+        request.new_tokens = n
+        request.finish_reason = "stop" if stopped or n < sampling.max_new_tokens else "length"
         self._record(n, time.perf_counter() - started)
         return text
 
@@ -266,13 +309,16 @@ class HFGenerator:
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
         cancel = threading.Event()
         errors: list[BaseException] = []
-        counted = {"tokens": 0}
+        counted = {"tokens": 0, "stopped": False}
+        stop_ids = set(self.stop_ids)
 
         class _Cancel(StoppingCriteria):
             def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
                 import torch
 
                 counted["tokens"] += 1
+                if int(input_ids[0, -1]) in stop_ids:
+                    counted["stopped"] = True
                 return torch.full((input_ids.shape[0],), cancel.is_set(), dtype=torch.bool, device=input_ids.device)
 
         def work() -> None:
@@ -295,6 +341,7 @@ class HFGenerator:
                 if len(cut) < len(candidate):  # a stop marker decoded as text: end here
                     if len(cut) > len(emitted):
                         yield cut[len(emitted):]
+                    counted["stopped"] = True
                     cancel.set()
                     break
                 emitted = candidate
@@ -304,6 +351,9 @@ class HFGenerator:
             thread.join()
         if errors:
             raise errors[0]
+        request.new_tokens = counted["tokens"]
+        request.finish_reason = ("stop" if counted["stopped"] or counted["tokens"] < sampling.max_new_tokens
+                                 else "length")
         self._record(counted["tokens"], time.perf_counter() - started)
 
     def _record(self, tokens: int, seconds: float) -> None:
