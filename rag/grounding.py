@@ -94,6 +94,24 @@ def is_abstention(text: str) -> bool:
     return bool(sentences) and is_abstention_sentence(sentences[0])
 
 
+_MASK = {".": "\ue000", "!": "\ue001", "?": "\ue002"}
+_UNMASK = str.maketrans({v: k for k, v in _MASK.items()})
+
+
+def split_answer(text: str, titles: Sequence[str] = ()) -> list[str]:
+    """`split_sentences`, except that a title quoted in the answer is never cut in two.
+
+    Titles hold sentence marks ("The Kitchen Diaries II: A Year of Simple Suppers. Nigel Slater",
+    "Oscar Wilde vs. John Douglas", "Su Doku: Bk. 3"); cut there, a title's head would stand as a
+    sentence of its own and be judged as a title echo.
+    """
+    masked = text
+    for title in sorted({t for t in titles if t and any(m in t for m in _MASK)}, key=len, reverse=True):
+        pattern = re.compile(re.escape(title), re.IGNORECASE)
+        masked = pattern.sub(lambda m: "".join(_MASK.get(ch, ch) for ch in m.group(0)), masked)
+    return [s.translate(_UNMASK) for s in split_sentences(masked)]
+
+
 def cited_numbers(text: str) -> list[int]:
     """Source numbers cited in `text`, in order of first appearance: "[2] ... [1, 3]" -> [2, 1, 3]."""
     out: list[int] = []
@@ -155,7 +173,8 @@ def unsupported_sentences(
 
     judged: list[tuple[str, list[int]]] = []  # sentence, rows to check against (indices)
     out: list[str] = []
-    for sentence in split_sentences(answer):
+    sentences = split_answer(answer, [h.row.title for h in hits])
+    for sentence in sentences:
         words = content_words(_CITATION.sub(" ", sentence))
         if len(words) < MIN_WORDS or is_abstention_sentence(sentence):
             continue
@@ -194,7 +213,7 @@ def unsupported_sentences(
         if not ok:
             out.append(sentence)
     # Report in the answer's order.
-    order = {s: n for n, s in enumerate(split_sentences(answer))}
+    order = {s: n for n, s in enumerate(sentences)}
     return sorted(out, key=lambda s: order.get(s, 0))
 
 

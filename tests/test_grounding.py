@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from rag.grounding import (
-    ABSTAIN_TEMPLATES, cited_numbers, cited_sources, is_abstention, is_abstention_sentence, split_sentences,
+    ABSTAIN_TEMPLATES, cited_numbers, cited_sources, is_abstention, is_abstention_sentence, split_answer, split_sentences,
     unsupported_sentences,
 )
 from rag.types import CatalogRow, Hit
@@ -73,6 +73,18 @@ def test_a_title_echo_is_unsupported() -> None:
     assert unsupported_sentences(echo, HITS) == [echo]  # title words only, nothing from the description
     # a sentence that adds what the description says is judged as before
     assert unsupported_sentences("City of Djinns: A Year in Delhi [1] is a travel memoir by Dalrymple.", HITS) == []
+
+
+def test_a_title_with_sentence_marks_is_not_cut_into_a_title_echo() -> None:
+    diaries = Hit(CatalogRow("B009", "The Kitchen Diaries II: A Year of Simple Suppers. Nigel Slater",
+                             "Recipes for simple suppers through the seasons by the cookery writer Nigel Slater."), 0.9)
+    answer = ("The Kitchen Diaries II: A Year of Simple Suppers. Nigel Slater [1]: Recipes for simple suppers "
+              "through the seasons by the cookery writer.")
+    assert split_answer(answer, [diaries.row.title]) == [answer]
+    assert len(split_sentences(answer)) == 2  # the plain splitter cuts the title ...
+    assert unsupported_sentences(answer, [diaries]) == []  # ... the grounding check does not
+    echo = "The Kitchen Diaries II: A Year of Simple Suppers. Nigel Slater [1]."
+    assert unsupported_sentences(echo, [diaries]) == [echo]  # the whole title alone is still an echo
 
 
 def test_a_sentence_repeating_the_question_is_unsupported() -> None:
