@@ -14,6 +14,10 @@ Layout under `index.path`:
     versions/<id>/...            extra artifacts (e.g. the lexical index), listed in the manifest
     versions/<id>/manifest.json  written LAST: rows, segments, model, dimension, index type,
                                  size+sha256(+mtime) of every file, sources, parent, read summary
+    versions/<id>/.writing       marker of a version still being written (removed at commit)
+    quarantine/<id>-<time>       damaged versions (no manifest) moved aside, never deleted
+    rejects/<id>.jsonl           rejected lines of a build/update that wrote no version
+    uploads/                     admin uploads being processed (api/app.py), flock'ed while in use
 
 Segments: the base files are written by a build or a compaction and never modified; an update
 hard-links them into its new version (same inode, zero copy) and writes only a new small delta.
@@ -22,7 +26,10 @@ A reader sees base - tombstones + delta (`SegmentedVectors`, `IndexSnapshot`).
 A writer builds a new version directory, fsyncs every file and the directory, writes the
 manifest (temp file, fsync, rename), then switches `current` (temp file, fsync, `os.replace`,
 fsync of the root). A crash at any moment leaves either the old `current` or the new one, never
-a half version; directories without a manifest are leftovers, removed by the next writer.
+a half version. A writer names what it may leave behind as temporary (`versions/.new-*`, the
+`.writing` marker, `versions/.deleting-*`, `.current.tmp-*`, `rejects/.writing-*`, unlocked
+uploads); the next writer removes exactly those. Any other directory without a manifest is a
+damaged version: it is moved to `quarantine/`, never deleted, and never while `current` names it.
 Readers verify a version before serving it (`IndexCorruptError` names the file at fault).
 """
 from __future__ import annotations
@@ -60,6 +67,12 @@ MANIFEST_FILE = "manifest.json"
 CURRENT_FILE = "current"
 LOCK_FILE = "lock"
 VERSIONS_DIR = "versions"
+QUARANTINE_DIR = "quarantine"
+REJECTS_DIR = "rejects"
+UPLOADS_DIR = "uploads"
+WRITING_MARKER = ".writing"  # inside a version dir: written by new_version_dir, removed by commit_version
+NEW_DIR_PREFIX = ".new-"  # versions/.new-<id>: a version dir before its marker is in place
+STAGED_PREFIX = ".writing-"  # rejects/.writing-<id>.jsonl: rejects of a writer still running
 
 
 # --------------------------------------------------------------------------- errors
@@ -270,8 +283,10 @@ def read_manifest(version_dir: Path) -> dict[str, Any]:
     path = version_dir / MANIFEST_FILE
     if not path.exists():
         raise IndexCorruptError(
-            f"{path}: missing; the version is incomplete (an interrupted write?). "
-            "Run `rag index rollback` to serve another version or rebuild with `rag index build`."
+            f"{path}: missing; this version is damaged (its files cannot be checked). Nothing is deleted: "
+            "`rag index rollback` serves the newest complete older version, `rag index build --data PATH` "
+            f"writes a new one; once `current` names another version, the next index write moves this "
+            f"directory to {version_dir.parent.parent / QUARANTINE_DIR}/ for inspection."
         )
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
@@ -777,34 +792,142 @@ class IndexStore:
     def lock(self) -> WriteLock:
         return WriteLock(self.root)
 
+    @property
+    def quarantine_dir(self) -> Path:
+        return self.root / QUARANTINE_DIR
+
+    @property
+    def rejects_dir(self) -> Path:
+        return self.root / REJECTS_DIR
+
+    @property
+    def uploads_dir(self) -> Path:
+        return self.root / UPLOADS_DIR
+
     def cleanup_leftovers(self) -> list[str]:
-        """Remove half-written version dirs (no manifest) and stray temp files. Call with the lock held."""
+        """Remove what interrupted writers left behind; never delete a version. Call with the lock held.
+
+        Removed (things a writer itself names as temporary): `versions/.new-*` and version dirs
+        that still carry the `.writing` marker and have no manifest (a build/update/compact killed
+        before its commit), `versions/.deleting-*` (an interrupted gc), `.current.tmp-*`,
+        `rejects/.writing-*` and uploads no live process holds (`upload_file`). Any other version
+        dir without a manifest is damaged (not a leftover): it is moved to `quarantine/` unless
+        `current` names it, in which case it stays where it is (`verify` and `open` report it).
+        Returns the names of the removed version dirs.
+        """
         removed: list[str] = []
+        current = self.current_version()
         if self.versions_dir.is_dir():
-            for p in self.versions_dir.iterdir():
-                # no manifest: an interrupted build/update; .deleting-*: an interrupted gc
-                if p.is_dir() and (p.name.startswith(".deleting-") or not (p / MANIFEST_FILE).exists()):
+            for p in sorted(self.versions_dir.iterdir()):
+                if not p.is_dir():
+                    continue
+                if (p / MANIFEST_FILE).exists():
+                    with contextlib.suppress(FileNotFoundError):  # committed, then killed before the marker went
+                        (p / WRITING_MARKER).unlink()
+                elif p.name == current:
+                    continue  # never touched: `verify` and opening it say what to do
+                elif p.name.startswith((".deleting-", NEW_DIR_PREFIX)):
                     shutil.rmtree(p, ignore_errors=True)
                     removed.append(p.name)
+                elif (p / WRITING_MARKER).exists():
+                    shutil.rmtree(p, ignore_errors=True)
+                    removed.append(p.name)
+                elif not p.name.startswith("."):
+                    self.quarantine(p.name)
         if self.root.is_dir():
             for p in self.root.glob(f".{CURRENT_FILE}.tmp-*"):
                 with contextlib.suppress(OSError):
                     p.unlink()
+        if self.rejects_dir.is_dir():
+            for p in self.rejects_dir.glob(f"{STAGED_PREFIX}*"):
+                with contextlib.suppress(OSError):
+                    p.unlink()
+        self._remove_abandoned_uploads()
         if removed:
             log.warning("removed %d incomplete version dir(s) left by an interrupted write: %s", len(removed), ", ".join(removed))
         return removed
 
+    def quarantine(self, version: str) -> Path:
+        """Move versions/<version> to quarantine/<version>-<UTC time> (a rename: readers keep their open files)."""
+        if version == self.current_version():
+            raise IndexStoreError(f"{self.version_dir(version)}: is the current version; it is never moved")
+        self.quarantine_dir.mkdir(parents=True, exist_ok=True)
+        stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+        target = self.quarantine_dir / f"{version}-{stamp}"
+        os.replace(self.version_dir(version), target)
+        fsync_dir(self.versions_dir)
+        log.warning("%s: no %s, so it is damaged; moved it to %s (nothing was deleted; inspect it, then remove it "
+                    "yourself)", self.version_dir(version), MANIFEST_FILE, target)
+        return target
+
+    @contextlib.contextmanager
+    def upload_file(self, suffix: str = ".jsonl") -> Iterator[Path]:
+        """A private file under `<root>/uploads/` for an upload being processed; removed when the block ends.
+
+        The file is flock'ed (shared) while the block runs; the kernel drops the lock when the
+        process dies (even by SIGKILL), and `cleanup_leftovers` (every writer) removes the upload
+        files no process holds, so a killed server leaves nothing behind for long.
+        """
+        import tempfile
+
+        self.uploads_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix="upload-", suffix=suffix, dir=self.uploads_dir)
+        path = Path(name)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            yield path
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+            os.close(fd)
+
+    def _remove_abandoned_uploads(self) -> None:
+        if not self.uploads_dir.is_dir():
+            return
+        for p in self.uploads_dir.iterdir():
+            try:
+                fd = os.open(p, os.O_RDONLY)
+            except OSError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                continue  # a live process still uses it
+            else:
+                with contextlib.suppress(OSError):
+                    p.unlink()
+                log.warning("removed %s: an upload left by a process that stopped", p)
+            finally:
+                os.close(fd)
+
     def new_version_dir(self) -> Path:
-        """A fresh, empty version directory (call with the lock held)."""
+        """A fresh version directory holding only the `.writing` marker (call with the lock held).
+
+        The marker is put in place before the directory gets its final name (mkdir `.new-<id>`,
+        marker, rename), so a directory without a manifest and without the marker was never an
+        unfinished write of this code: `cleanup_leftovers` quarantines it instead of deleting it.
+        """
         self.versions_dir.mkdir(parents=True, exist_ok=True)
         while True:
-            path = self.versions_dir / new_version_id()
-            try:
-                path.mkdir()
-                fsync_dir(self.versions_dir)
-                return path
-            except FileExistsError:
+            version = new_version_id()
+            path = self.versions_dir / version
+            staging = self.versions_dir / f"{NEW_DIR_PREFIX}{version}"
+            if path.exists():
                 time.sleep(0.000001)
+                continue
+            staging.mkdir()
+            with open(staging / WRITING_MARKER, "w", encoding="utf-8") as fh:
+                fh.write(f"{os.getpid()}\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+            fsync_dir(staging)
+            try:
+                os.rename(staging, path)  # one writer (the lock), and `path` was checked just above
+            except OSError:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
+            fsync_dir(self.versions_dir)
+            return path
 
     def commit_version(self, version_dir: Path, manifest: dict[str, Any], *, parent_dir: Path | None = None,
                        parent_manifest: dict[str, Any] | None = None, hash_cache: HashCache | None = None) -> str:
@@ -826,6 +949,9 @@ class IndexStore:
         manifest["version"] = version_dir.name
         fsync_dir(version_dir)
         atomic_write_text(version_dir / MANIFEST_FILE, json.dumps(manifest, indent=2, ensure_ascii=False, sort_keys=False) + "\n")
+        with contextlib.suppress(FileNotFoundError):
+            (version_dir / WRITING_MARKER).unlink()  # complete now: the manifest is what counts
+        fsync_dir(version_dir)
         self.switch_current(version_dir.name)
         return version_dir.name
 
