@@ -6,15 +6,21 @@ Input formats (detected from the bytes, not the name):
 - JSON lines (the AmazonTitles `trn.json`): one object per line; `line` is the physical 1-based line.
 - a JSON array `[ {...}, {...} ]` (first non-space character `[`): decoded incrementally in 1 MiB
   chunks with `json.JSONDecoder.raw_decode`; `line` is the 1-based position of the element in the array.
+  Reading does not stop at the array's closing `]`: what follows is read too, line by line, as JSON
+  lines, where a line starting with `[` starts another array; there `line` is the physical line
+  (of the element's start, in a later array). Text after a `]` on the same line is *trailing data*.
 - either of them gzip-compressed (magic bytes 1f 8b; the `.gz` suffix is not required).
 Nothing reads a whole file into memory: JSON lines are read line by line from a binary stream.
 
-Every line ends up in exactly one bucket, so `read == accepted + rejected + duplicates` always holds:
+Every record ends up in exactly one bucket, so `read == accepted + rejected + duplicates + trailing`
+always holds (no byte of the input is dropped unreported):
 - accepted: yielded as a CatalogRow (cleaned title and content; rows without content are kept and
   counted in `empty_content` unless `catalog.keep_empty_content` is false);
 - rejected: written with its reason to the rejects file (`{"source", "line", "reason", "raw"}`);
 - duplicates: a uid seen before (policy `keep_first`), or one seen again later (`keep_last`); they go
-  to the rejects file too, with reason "duplicate uid (...)".
+  to the rejects file too, with reason "duplicate uid (...)";
+- trailing: text after the closing `]` of a JSON array on the same line (e.g. `] junk`); written to the
+  rejects file with its line and reason "trailing data after the closing ']' of a JSON array".
 Blank (whitespace-only) lines are not records: they are skipped, not counted in `read`, and counted in
 `blank_lines`.
 """
@@ -23,11 +29,12 @@ from __future__ import annotations
 import codecs
 import gzip
 import hashlib
+import io
 import json
 import os
 import re
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -49,7 +56,8 @@ RAW_CHARS = 2000  # the rejects file keeps the first 2000 characters of a bad li
 _CHUNK_CHARS = 1 << 20  # JSON array input is decoded in chunks of this many characters
 _MAX_ELEMENT_CHARS = 64 << 20  # a JSON array element larger than this is reported as invalid
 _PROGRESS_EVERY = 4096  # lines between two progress-bar updates (updating per line costs ~20%)
-_SOURCE_SHIFT = 40  # duplicate bookkeeping packs (source index, line) into one int: line < 2**40
+_SHIFT = 40  # duplicate bookkeeping packs (source index, record ordinal, line) into one int: each < 2**40
+_MASK = (1 << _SHIFT) - 1
 
 
 class RecordError(ValueError):
@@ -58,6 +66,13 @@ class RecordError(ValueError):
     def __init__(self, reason: str):
         super().__init__(reason)
         self.reason = reason
+
+
+class TrailingData(RecordError):
+    """Text after the closing `]` of a JSON array on the same line: counted in `ReadSummary.trailing`."""
+
+
+TRAILING_REASON = "trailing data after the closing ']' of a JSON array"
 
 
 def stable_uid(title: str, content: str) -> str:
@@ -72,7 +87,7 @@ def stable_uid(title: str, content: str) -> str:
 
 @dataclass
 class ReadSummary:
-    """What happened to every line read; `read == accepted + rejected + duplicates` always."""
+    """What happened to every record read; `read == accepted + rejected + duplicates + trailing` always."""
 
     read: int = 0
     accepted: int = 0
@@ -84,6 +99,7 @@ class ReadSummary:
     sources: list[str] = field(default_factory=list)
     blank_lines: int = 0  # whitespace-only lines: skipped, not part of `read`
     truncated: int = 0  # accepted rows whose title or content was cut to the configured maximum
+    trailing: int = 0  # text after a JSON array's closing `]` on its line: part of `read`, written to rejects
     seconds: float = 0.0
 
     def add_reason(self, reason: str) -> None:
@@ -93,7 +109,9 @@ class ReadSummary:
         """One human line, e.g. "read 1000 = accepted 950 + rejected 30 + duplicates 20 (...); rejects: path"."""
         text = (
             f"read {self.read:,} = accepted {self.accepted:,} + rejected {self.rejected:,} "
-            f"+ duplicates {self.duplicates:,} (empty content kept: {self.empty_content:,}"
+            f"+ duplicates {self.duplicates:,}"
+            + (f" + trailing data {self.trailing:,}" if self.trailing else "")
+            + f" (empty content kept: {self.empty_content:,}"
         )
         if self.truncated:
             text += f"; truncated: {self.truncated:,}"
@@ -111,7 +129,7 @@ class ReadSummary:
 
     def check(self) -> None:
         """Raise AssertionError if the counts do not add up (a bug in the reader, never the data)."""
-        total = self.accepted + self.rejected + self.duplicates
+        total = self.accepted + self.rejected + self.duplicates + self.trailing
         if total != self.read:
             raise AssertionError(f"read summary does not add up: {self.summary()}")
 
@@ -155,6 +173,25 @@ def _show_raw(raw: bytes | str) -> str:
     return raw.decode("utf-8", "backslashreplace").strip(", \t\r\n")[:RAW_CHARS]
 
 
+def _parse_line(line: bytes) -> dict[str, Any] | RecordError | None:
+    """One JSON line: the object, the RecordError saying why it is not one, or None when blank."""
+    if not line.strip():
+        return None
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return RecordError(f"invalid UTF-8 (byte {exc.start} of the line: {line[exc.start:exc.start + 4]!r})")
+    try:
+        obj = json.loads(text.rstrip("\r\n"))
+    except json.JSONDecodeError as exc:
+        return RecordError(f"invalid JSON ({exc.msg} column {exc.colno})")
+    except RecursionError:
+        return RecordError("invalid JSON (nested too deeply)")
+    if not isinstance(obj, dict):
+        return RecordError(f"not a JSON object (got {type(obj).__name__})")
+    return obj
+
+
 def _iter_json_lines(
     stream: BinaryIO, tick: Callable[[], None] | None
 ) -> Iterator[tuple[int, bytes, dict[str, Any] | RecordError | None]]:
@@ -164,44 +201,95 @@ def _iter_json_lines(
             tick()
         if number == 1 and line.startswith(codecs.BOM_UTF8):
             line = line[3:]  # a BOM at file start is an encoding marker, not data
-        if not line.strip():
-            yield number, line, None
+        yield number, line, _parse_line(line)
+
+
+class _Prefixed(io.RawIOBase):
+    """`prefix` bytes, then the rest of `stream`: hands what an array reader read past its `]` back."""
+
+    def __init__(self, prefix: bytes, stream: BinaryIO) -> None:
+        self._prefix = memoryview(prefix)
+        self._stream = stream
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self._prefix.nbytes:
+            n = min(len(buffer), self._prefix.nbytes)
+            buffer[:n] = self._prefix[:n]
+            self._prefix = self._prefix[n:]
+            return n
+        data = self._stream.read(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
+
+
+def _prefixed(prefix: bytes, stream: BinaryIO) -> BinaryIO:
+    return io.BufferedReader(_Prefixed(prefix, stream))  # type: ignore[return-value]
+
+
+def _iter_after_array(
+    stream: BinaryIO, line: int, tick: Callable[[], None] | None
+) -> Iterator[tuple[int, bytes | str, dict[str, Any] | RecordError | None]]:
+    """What follows a JSON array's closing `]` (on physical line `line`), until the end of the file.
+
+    The rest of the `]` line is trailing data unless it starts another array; each later line is
+    a JSON line, except that a line starting with `[` starts another array (read the same way,
+    its elements numbered by physical line). `line` numbers are physical lines of the file.
+    """
+    number, at_close = line, True
+    text = stream.readline()
+    while text:
+        stripped = text.strip()
+        if stripped.startswith(b"["):
+            closed = yield from _iter_json_array(_prefixed(text, stream), tick, first_line=number, by_line=True)
+            if closed is None:
+                return
+            (stream, number), at_close = closed, True
+            text = stream.readline()
             continue
-        try:
-            text = line.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            yield number, line, RecordError(f"invalid UTF-8 (byte {exc.start} of the line: {line[exc.start:exc.start + 4]!r})")
-            continue
-        try:
-            obj = json.loads(text.rstrip("\r\n"))
-        except json.JSONDecodeError as exc:
-            yield number, line, RecordError(f"invalid JSON ({exc.msg} column {exc.colno})")
-            continue
-        except RecursionError:
-            yield number, line, RecordError("invalid JSON (nested too deeply)")
-            continue
-        if not isinstance(obj, dict):
-            yield number, line, RecordError(f"not a JSON object (got {type(obj).__name__})")
-            continue
-        yield number, line, obj
+        if at_close:
+            if stripped:
+                yield number, text, TrailingData(TRAILING_REASON)
+            at_close = False
+        else:
+            yield number, text, _parse_line(text)
+        if tick is not None and number % _PROGRESS_EVERY == 0:
+            tick()
+        text = stream.readline()
+        number += 1
 
 
 _LONE_SURROGATE = re.compile("[\udc80-\udcff]")
 
 
 def _iter_json_array(
-    stream: BinaryIO, tick: Callable[[], None] | None
-) -> Iterator[tuple[int, str, dict[str, Any] | RecordError | None]]:
+    stream: BinaryIO, tick: Callable[[], None] | None, *, first_line: int = 1, by_line: bool = False
+) -> Generator[tuple[int, str, dict[str, Any] | RecordError | None], None, tuple[BinaryIO, int] | None]:
     """Yield (1-based array position, raw element text, parsed object or error) from `[ {...}, ... ]`.
 
     Bytes that are not UTF-8 are decoded with `surrogateescape`, so only the element that holds
     them is rejected. After a syntax error the reader resynchronises at the next comma followed by
     a whole JSON value; the text skipped is one rejected element.
+
+    `by_line`: number elements by the physical line they start on (the stream's first line being
+    `first_line`) instead of by position. Returns, once the array is closed, (a stream of the bytes
+    after the `]`, the physical line of the `]`); None when the file ended first.
     """
     decoder = json.JSONDecoder()
     text_decoder = codecs.getincrementaldecoder("utf-8")(errors="surrogateescape")
     buf = ""
     eof = False
+    lines_dropped = 0  # newlines in the part of the buffer already dropped
+    lines_counted, counted_to = 0, 0  # newlines in buf[:counted_to]
+
+    def line_at(index: int) -> int:
+        """Physical line of buf[index] (indexes only move forward)."""
+        nonlocal lines_counted, counted_to
+        lines_counted += buf.count("\n", counted_to, index)
+        counted_to = index
+        return first_line + lines_dropped + lines_counted
 
     def more() -> bool:
         nonlocal buf, eof
@@ -233,14 +321,21 @@ def _iter_json_array(
         if pos >= len(buf):
             if not failed_last:  # a cut element already says the file is truncated; else say it here
                 position += 1
-                yield position, "", RecordError("invalid JSON (the array is not closed: missing ']' at end of file)")
-            return
+                yield (line_at(len(buf)) if by_line else position), "", RecordError(
+                    "invalid JSON (the array is not closed: missing ']' at end of file)")
+            return None
         if buf[pos] == "]":
-            return
+            close_line = line_at(pos)
+            pending = text_decoder.getstate()[0] if not eof else b""
+            return _prefixed(buf[pos + 1:].encode("utf-8", "surrogateescape") + pending, stream), close_line
         if pos > _CHUNK_CHARS:  # drop what has been consumed so the buffer stays small
+            line_at(pos)
+            lines_dropped += lines_counted
+            lines_counted, counted_to = 0, 0
             buf = buf[pos:]
             pos = 0
         position += 1
+        number = line_at(pos) if by_line else position
         last_error: tuple[str, int] | None = None
         while True:
             try:
@@ -265,7 +360,7 @@ def _iter_json_array(
                 if resume < len(buf) or len(buf) - pos > _MAX_ELEMENT_CHARS or not more():
                     break
             raw = buf[pos:resume]
-            yield position, raw, RecordError(
+            yield number, raw, RecordError(
                 f"invalid JSON ({obj.msg} character {max(0, obj.pos - pos) + 1} of array element {position})"
             )
             pos = resume
@@ -275,13 +370,13 @@ def _iter_json_array(
         pos = end
         failed_last = False
         if isinstance(obj, RecordError):
-            yield position, raw, obj
+            yield number, raw, obj
         elif _LONE_SURROGATE.search(raw) is not None:
-            yield position, raw, RecordError("invalid UTF-8 (bytes that are not UTF-8 in this element)")
+            yield number, raw, RecordError("invalid UTF-8 (bytes that are not UTF-8 in this element)")
         elif not isinstance(obj, dict):
-            yield position, raw, RecordError(f"not a JSON object (got {type(obj).__name__})")
+            yield number, raw, RecordError(f"not a JSON object (got {type(obj).__name__})")
         else:
-            yield position, raw, obj
+            yield number, raw, obj
 
 
 def _resync(decoder: json.JSONDecoder, buf: str, start: int) -> int:
@@ -318,8 +413,13 @@ def _iter_file(
         done = now
 
     try:
-        reader = _iter_json_array if _peek_is_array(stream) else _iter_json_lines
-        yield from reader(stream, tick if progress_bar is not None else None)  # type: ignore[operator]
+        ticker = tick if progress_bar is not None else None
+        if _peek_is_array(stream):
+            closed = yield from _iter_json_array(stream, ticker)
+            if closed is not None:  # read on after the `]`: nothing after it may vanish
+                yield from _iter_after_array(*closed, ticker)
+        else:
+            yield from _iter_json_lines(stream, ticker)
         if progress_bar is not None:
             tick()
     except (OSError, EOFError, gzip.BadGzipFile) as exc:
@@ -476,12 +576,16 @@ class CatalogReader:
         """keep_last, first pass: the last (source, line) of every uid among the valid rows."""
         last: dict[str, int] = {}
         for index, path in enumerate(paths):
+            ordinal = 0  # the same count as in _rows: every non-blank record
             for number, _raw, obj in _iter_file(path):
-                if obj is None or isinstance(obj, RecordError):
+                if obj is None:
+                    continue
+                ordinal += 1
+                if isinstance(obj, RecordError):
                     continue
                 row, _ = self._make_row(obj, str(path), number)
                 if isinstance(row, CatalogRow):
-                    last[row.uid] = (index << _SOURCE_SHIFT) | number
+                    last[row.uid] = _pack(index, ordinal, number)
         return last
 
     def _rows(
@@ -492,7 +596,7 @@ class CatalogReader:
         first_seen: dict[str, int] = {}
 
         def where(packed: int, current: int) -> str:
-            index, number = packed >> _SOURCE_SHIFT, packed & ((1 << _SOURCE_SHIFT) - 1)
+            index, number = packed >> (2 * _SHIFT), packed & _MASK
             return f"line {number}" if index == current else f"{paths[index]} line {number}"
 
         def reject(source: str, number: int, reason: str, raw: bytes | str, kind: str) -> None:
@@ -503,17 +607,23 @@ class CatalogReader:
 
         for index, path in enumerate(paths):
             source = str(path)
+            ordinal = 0  # identifies a record within its file (a line number may repeat after an array)
             for number, raw, obj in _iter_file(path, bar):
                 if obj is None:
                     s.blank_lines += 1
                     continue
                 s.read += 1
+                ordinal += 1
+                if isinstance(obj, TrailingData):
+                    s.trailing += 1
+                    reject(source, number, obj.reason, raw, "trailing data")
+                    continue
                 row, truncated = (obj, False) if isinstance(obj, RecordError) else self._make_row(obj, source, number)
                 if isinstance(row, RecordError):
                     s.rejected += 1
                     reject(source, number, row.reason, raw, _reason_kind(row.reason))
                     continue
-                here = (index << _SOURCE_SHIFT) | number
+                here = _pack(index, ordinal, number)
                 if last_seen is not None:
                     kept = last_seen[row.uid]
                     if kept != here:
@@ -537,6 +647,11 @@ class CatalogReader:
                 if not row.content:
                     s.empty_content += 1
                 yield row
+
+
+def _pack(index: int, ordinal: int, number: int) -> int:
+    """(source index, record ordinal, line) as one int: a row's identity and where it was (for messages)."""
+    return (((index << _SHIFT) | ordinal) << _SHIFT) | number
 
 
 def _reason_kind(reason: str) -> str:

@@ -348,3 +348,90 @@ def test_fuzzed_files_never_crash_and_always_add_up(tmp_path: Path, kind: str) -
         assert len(rows) == summary.accepted
         assert len(_rejects(tmp_path / "r.jsonl")) == summary.rejected + summary.duplicates
         assert all(r.title and "\x00" not in r.title + r.content for r in rows)
+
+
+# --------------------------------------------------------------------------- after a JSON array's `]` (issue 12)
+
+
+def _rows_of(n: int, start: int = 0) -> list[str]:
+    return [json.dumps({"uid": f"U{i}", "title": f"Title {i}"}) for i in range(start, start + n)]
+
+
+def _adds_up_with_trailing(summary: ReadSummary) -> None:
+    assert summary.read == summary.accepted + summary.rejected + summary.duplicates + summary.trailing
+    summary.check()
+
+
+def test_two_concatenated_arrays_are_both_read(tmp_path: Path) -> None:
+    """The issue: 5 of 10 rows were dropped, exit 0."""
+    data = tmp_path / "two.json"
+    data.write_text("[\n" + ",\n".join(_rows_of(5)) + "\n]\n[\n" + ",\n".join(_rows_of(5, 5)) + "\n]\n", encoding="utf-8")
+    rows, summary = read_catalog([data])
+    assert [r.uid for r in rows] == [f"U{i}" for i in range(10)]
+    assert [r.line for r in rows[5:]] == [9, 10, 11, 12, 13]  # after the first array: physical lines
+    assert summary.read == 10 and summary.trailing == 0
+    _adds_up_with_trailing(summary)
+
+
+def test_array_followed_by_json_lines(tmp_path: Path) -> None:
+    data = tmp_path / "mixed.json"
+    data.write_text("[" + ", ".join(_rows_of(5)) + "]\n\n" + "\n".join(_rows_of(5, 5)) + "\n", encoding="utf-8")
+    rows, summary = read_catalog([data])
+    assert [(r.uid, r.line) for r in rows[4:]] == [("U4", 5), ("U5", 3), ("U6", 4), ("U7", 5), ("U8", 6), ("U9", 7)]
+    assert summary.read == 10 and summary.blank_lines == 1
+    _adds_up_with_trailing(summary)
+
+
+def test_json_lines_whose_first_line_is_a_list_keep_their_rows(tmp_path: Path) -> None:
+    data = _write_lines(tmp_path / "lines.jsonl", [b'["uid", "title"]'] + [r.encode() for r in _rows_of(4)])
+    rows, summary = read_catalog([data], rejects_path=tmp_path / "r.jsonl")
+    assert [(r.uid, r.line) for r in rows] == [("U0", 2), ("U1", 3), ("U2", 4), ("U3", 5)]
+    assert (summary.read, summary.rejected) == (6, 2)  # the two strings of the list
+    assert {r["reason"] for r in _rejects(tmp_path / "r.jsonl")} == {"not a JSON object (got str)"}
+    _adds_up_with_trailing(summary)
+
+
+def test_text_after_the_closing_bracket_is_reported_as_trailing(tmp_path: Path) -> None:
+    data = tmp_path / "junk.json"
+    data.write_text("[" + ", ".join(_rows_of(2)) + "] junk here\n" + _rows_of(1, 2)[0] + "\n{bad\n[" +
+                    _rows_of(1, 3)[0] + "]]\n", encoding="utf-8")
+    rows, summary = read_catalog([data], rejects_path=tmp_path / "r.jsonl")
+    assert [(r.uid, r.line) for r in rows] == [("U0", 1), ("U1", 2), ("U2", 2), ("U3", 4)]
+    assert (summary.read, summary.accepted, summary.rejected, summary.trailing) == (7, 4, 1, 2)
+    rejects = [(r["line"], r["reason"], r["raw"]) for r in _rejects(tmp_path / "r.jsonl")]
+    assert rejects == [
+        (1, "trailing data after the closing ']' of a JSON array", "junk here"),
+        (3, "invalid JSON (Expecting property name enclosed in double quotes column 2)", "{bad"),
+        (4, "trailing data after the closing ']' of a JSON array", "]"),
+    ]
+    text = summary.summary()
+    assert "read 7 = accepted 4 + rejected 1 + duplicates 0 + trailing data 2" in text
+    _adds_up_with_trailing(summary)
+
+
+def test_rows_after_an_array_across_chunks_and_gzip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import rag.catalog
+
+    monkeypatch.setattr(rag.catalog, "_CHUNK_CHARS", 64)  # the `]` and what follows cross chunk boundaries
+    text = "[" + ",".join(_rows_of(50)) + "]\n" + "\n".join(_rows_of(50, 50)) + "\n[" + ",\n".join(_rows_of(50, 100)) + "]"
+    for data in (tmp_path / "plain.json", tmp_path / "packed.json.gz"):
+        if data.suffix == ".gz":
+            with gzip.open(data, "wt", encoding="utf-8") as out:
+                out.write(text)
+        else:
+            data.write_text(text, encoding="utf-8")
+        rows, summary = read_catalog([data])
+        assert [r.uid for r in rows] == [f"U{i}" for i in range(150)], data
+        assert rows[100].line == 52 and rows[149].line == 101
+        _adds_up_with_trailing(summary)
+
+
+def test_keep_last_when_line_numbers_repeat_after_an_array(tmp_path: Path) -> None:
+    """Elements of a one-line array share a line number; duplicates must still be told apart."""
+    data = tmp_path / "dups.json"
+    data.write_text('[{"uid": "A", "title": "first"}]\n[{"uid": "A", "title": "second"}, {"uid": "A", "title": "third"}]\n',
+                    encoding="utf-8")
+    rows, summary = read_catalog([data], config=CatalogConfig(duplicate_policy="keep_last"))
+    assert [(r.uid, r.title) for r in rows] == [("A", "third")]
+    assert summary.duplicates == 2
+    _adds_up_with_trailing(summary)
