@@ -46,6 +46,7 @@ from rag.types import CatalogRow
 from .metadata import DELTA_META_FILE, META_FILE, MetadataReader, content_hash, open_for_writing
 from .store import (
     DELTA_VECTORS_FILE,
+    STAGED_PREFIX,
     TOMBSTONES_FILE,
     VECTORS_FILE,
     HashCache,
@@ -65,6 +66,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 REJECTS_FILE = "rejects.jsonl"
+UPDATE_REJECTS_FILE = "update_rejects.jsonl"
 CHUNK_ROWS = 8192  # rows per SQLite insert + embedding call: bounded memory, steady progress
 
 
@@ -128,6 +130,7 @@ class UpdateReport:
     delta_rows: int = 0
     tombstones: int = 0
     timings: dict[str, float] = field(default_factory=dict)  # seconds per step (parent check, embed, store, commit ...)
+    changed: bool = True  # False: nothing to insert, change or delete; no version was written (version == parent)
 
     @property
     def store_seconds(self) -> float:
@@ -135,6 +138,15 @@ class UpdateReport:
         return self.seconds - self.embed_seconds
 
     def summary(self) -> str:
+        if not self.changed:
+            lines = [
+                f"nothing to change: index {self.parent} stays current ({self.rows:,} rows), no version written; "
+                f"{self.unchanged:,} rows unchanged, none new, changed or deleted"
+                + (f" ({self.delete_missing:,} uids to delete were not in the index)" if self.delete_missing else ""),
+            ]
+            if self.read_summary is not None:
+                lines.append("  catalog: " + self.read_summary.summary())
+            return "\n".join(lines)
         segs = ("compacted: fresh base, no delta" if self.compacted
                 else f"delta {self.delta_rows:,} rows, {self.tombstones:,} tombstones")
         lines = [
@@ -156,19 +168,92 @@ class UpdateReport:
 
 
 def _current_parent(store: IndexStore, action: str) -> tuple[str, Path, dict[str, Any]]:
-    """Under the writer lock: clear leftovers of crashed writers, then the current version to build on."""
+    """Under the writer lock: clear leftovers of crashed writers, then the current version to build on.
+
+    A current version that is damaged (no manifest, no directory) is refused, never removed.
+    """
     store.cleanup_leftovers()
     parent = store.current_version()
     if not parent:
         raise BuildError(f"{store.current_file}: no index to {action}; run `rag index build --data PATH` first")
     parent_dir = store.version_dir(parent)
-    return parent, parent_dir, read_manifest(parent_dir)
+    try:
+        if not parent_dir.is_dir():
+            raise IndexStoreError(f"{parent_dir}: version directory not found")
+        return parent, parent_dir, read_manifest(parent_dir)
+    except IndexStoreError as exc:
+        raise BuildError(
+            f"the current version {parent} is damaged, not running {action} on it (nothing was changed or "
+            f"deleted): {exc}"
+        ) from None
 
 
-def _reader(config: Config, rejects_path: Path) -> Any:
-    from rag.catalog import CatalogReader
+class _Rejects:
+    """The rejects file of one build/update: written outside the version dir while the writer runs.
 
-    return CatalogReader(config.catalog, rejects_path)
+    The reader writes `<root>/rejects/.writing-<id>.jsonl`. On commit the file moves into the new
+    version (`name`, listed in its manifest); when no version is written (an error, too many
+    rejects, nothing to change) it is kept as `<root>/rejects/<id>.jsonl`, which messages name,
+    or removed when empty. A writer killed meanwhile leaves only the `.writing-` file, which the
+    next writer's `cleanup_leftovers` removes. `catalog.rejects_path`, when set, wins (untouched).
+    """
+
+    def __init__(self, store: IndexStore, version_dir: Path, name: str) -> None:
+        store.rejects_dir.mkdir(parents=True, exist_ok=True)
+        self.staged = store.rejects_dir / f"{STAGED_PREFIX}{version_dir.name}.jsonl"
+        self.kept = store.rejects_dir / f"{version_dir.name}.jsonl"
+        self.final = version_dir / name
+
+    def reader(self, config: Config) -> Any:
+        from rag.catalog import CatalogReader
+
+        return CatalogReader(config.catalog, self.staged)
+
+    def commit(self, summary: Any) -> list[str]:
+        """Move the staged file into the version; returns the file names to list in the manifest."""
+        if not self.staged.exists():
+            return []
+        os.replace(self.staged, self.final)
+        if summary is not None:
+            summary.rejects_path = str(self.final)
+        return [self.final.name]
+
+    def keep(self, summary: Any = None) -> Path | None:
+        """No version is written: keep a non-empty rejects file where the summary (and messages) say it is."""
+        if self.staged.exists():
+            if self.staged.stat().st_size:
+                os.replace(self.staged, self.kept)
+            else:
+                self.staged.unlink()
+        where = getattr(summary, "rejects_path", None)
+        if where == str(self.staged):
+            where = str(self.kept) if self.kept.exists() else None
+            summary.rejects_path = where
+        return Path(where) if where and Path(where).exists() and Path(where).stat().st_size else None
+
+
+def _check_rejects(config: Config, summary: Any, paths: Sequence[Path], rejects: _Rejects, *,
+                   require_rows: bool) -> None:
+    """Refuse input whose refused lines exceed `catalog.max_reject_fraction` of the lines read.
+
+    `require_rows` (a build): also refuse input without a single usable row. An update of a file
+    without records is not an error: it has nothing to change (`UpdateReport.changed`).
+    """
+    limit = float(config.catalog.max_reject_fraction)
+    refused = summary.rejected + getattr(summary, "trailing", 0)
+    share = refused / summary.read if summary.read else 0.0
+    accepted = summary.accepted
+    if share <= limit and (accepted or not require_rows):
+        return
+    kept = rejects.keep(summary)
+    where = (f"the refused lines and why are in {kept}" if kept is not None
+             else "no line was refused: the input holds no catalog records")
+    what = "no usable rows" if not accepted else (
+        f"{refused:,} of {summary.read:,} lines refused ({share:.1%}), more than catalog.max_reject_fraction={limit}")
+    hint = ("; fix the input" + (", or raise catalog.max_reject_fraction (e.g. --set catalog.max_reject_fraction=1) "
+                                 "if that share is expected" if accepted else ""))
+    raise BuildError(f"{what} in {', '.join(map(str, paths))}: {summary.summary()}; {where}; "
+                     f"nothing was written{hint}")
 
 
 def _chunks(rows: Iterable[CatalogRow], size: int) -> Iterator[list[CatalogRow]]:
@@ -307,8 +392,9 @@ def build_index(config: Config, paths: Sequence[str | Path], *, progress: bool =
         store.cleanup_leftovers()
         parent = store.current_version()
         version_dir = store.new_version_dir()
+        rejects = _Rejects(store, version_dir, REJECTS_FILE)
         try:
-            reader = _reader(config, version_dir / REJECTS_FILE)
+            reader = rejects.reader(config)
             index = FaissIndex.from_config(embedder.dimension, config.index)
             conn = open_for_writing(version_dir / META_FILE)
             conn.execute("BEGIN")
@@ -327,15 +413,12 @@ def build_index(config: Config, paths: Sequence[str | Path], *, progress: bool =
             conn.execute("COMMIT")
             conn.close()
             summary = reader.summary
-            if rows == 0:
-                raise BuildError(
-                    f"no usable rows in {', '.join(map(str, paths))}: {summary.summary()}; "
-                    "check the rejects file for why lines were refused"
-                )
+            _check_rejects(config, summary, paths, rejects, require_rows=True)
             index.save(version_dir / VECTORS_FILE)
             if index.ntotal != rows:  # pragma: no cover - guards against a FAISS/metadata mismatch bug
                 raise BuildError(f"internal error: {index.ntotal} vectors for {rows} rows")
             artifacts = _build_artifacts(config, version_dir)
+            rejects_names = rejects.commit(summary)
             manifest = _base_manifest(config, embedder, index, "build", parent)
             manifest.update(
                 rows=rows,
@@ -344,11 +427,11 @@ def build_index(config: Config, paths: Sequence[str | Path], *, progress: bool =
                 artifacts=artifacts,
                 segments={"base": {"rows": rows, "version": version_dir.name}},
                 timings={"embed_s": round(embed_seconds, 3), "total_s": round(time.perf_counter() - started, 3)},
-                file_names=[VECTORS_FILE, META_FILE, *artifacts]
-                + ([REJECTS_FILE] if (version_dir / REJECTS_FILE).exists() else []),
+                file_names=[VECTORS_FILE, META_FILE, *artifacts, *rejects_names],
             )
             version, removed = _finish(store, config, version_dir, manifest)
         except BaseException:
+            rejects.keep()
             shutil.rmtree(version_dir, ignore_errors=True)
             raise
     return BuildReport(
@@ -429,12 +512,18 @@ def update_index(config: Config, paths: Sequence[str | Path] = (), delete_uids: 
                              + "; ".join(parent_check.problems) + " (run `rag index rollback` or rebuild)")
         timings = {"parent_check_s": time.perf_counter() - t0}
         version_dir = store.new_version_dir()
+        rejects = _Rejects(store, version_dir, UPDATE_REJECTS_FILE)
         try:
             report = _apply_update(config, store, parent, parent_dir, parent_manifest, version_dir, paths,
-                                   delete_uids, embedder, progress, started, compact, hash_cache, timings)
+                                   delete_uids, embedder, progress, started, compact, hash_cache, timings, rejects)
         except BaseException:
+            rejects.keep()
             shutil.rmtree(version_dir, ignore_errors=True)
             raise
+        if not report.changed:  # nothing to commit: the history (keep_versions) stays as it is
+            rejects.keep(report.read_summary)
+            shutil.rmtree(version_dir, ignore_errors=True)
+            report.version, report.rows, report.path = parent, int(parent_manifest["rows"]), str(parent_dir)
     report.seconds = time.perf_counter() - started
     return report
 
@@ -529,7 +618,7 @@ class _Delta:
 def _apply_update(config: Config, store: IndexStore, parent: str, parent_dir: Path, parent_manifest: dict[str, Any],
                   version_dir: Path, paths: list[Path], delete_uids: Sequence[str], embedder: Embedder,
                   progress: bool, started: float, compact: bool | None, hash_cache: HashCache,
-                  timings: dict[str, float]) -> UpdateReport:
+                  timings: dict[str, float], rejects: _Rejects) -> UpdateReport:
     dimension = int(parent_manifest["embedding"]["dimension"])
     t0 = time.perf_counter()
     delta = _Delta(version_dir, parent_dir, parent_manifest, dimension)
@@ -561,7 +650,7 @@ def _apply_update(config: Config, store: IndexStore, parent: str, parent_dir: Pa
         add_ids: list[np.ndarray] = []
         add_vectors: list[np.ndarray] = []
         if paths:
-            reader = _reader(config, version_dir / "update_rejects.jsonl")
+            reader = rejects.reader(config)
             bar = _progress(progress, "updating rows")
             for chunk in _chunks(reader.iter_rows(paths, progress=progress), CHUNK_ROWS):
                 existing = delta.lookup([row.uid for row in chunk])
@@ -608,6 +697,11 @@ def _apply_update(config: Config, store: IndexStore, parent: str, parent_dir: Pa
             bar.close()
             summary = reader.summary
             report.read_summary = summary
+            _check_rejects(config, summary, paths, rejects, require_rows=False)
+        if not (report.inserted or report.updated or report.metadata_only or report.deleted):
+            report.changed = False  # an identical version would only push a real one out of keep_versions
+            conn.close()  # nothing to commit; the version dir is removed by the caller
+            return report
         rows = delta.finish(add_ids, add_vectors)
         timings["rows_s"] = time.perf_counter() - t0 - report.embed_seconds
         timings["embed_s"] = report.embed_seconds
@@ -622,7 +716,7 @@ def _apply_update(config: Config, store: IndexStore, parent: str, parent_dir: Pa
         over = ratio > 0 and pending > ratio * base_rows and pending > int(getattr(config.index, "compact_min_rows", 0))
         do_compact = lexical_full or (over if compact is None else compact)
         t0 = time.perf_counter()
-        extra = [n for n in ("update_rejects.jsonl",) if (version_dir / n).exists()]
+        extra = rejects.commit(summary)
         if do_compact:
             index = _write_compacted_base(parent_dir, parent_manifest, version_dir, delta.path, delta.vectors,
                                           delta.tomb, rows)

@@ -78,6 +78,8 @@ class CatalogConfig:
     max_content_chars: int = 200_000
     overlong: Literal["truncate", "reject"] = "truncate"  # what to do with a title/content over its maximum
     rejects_path: str | None = None  # wins over the path the caller passes (e.g. <index dir>/rejects.jsonl)
+    # an index build or update whose rejected lines exceed this share of the lines read fails and writes nothing
+    max_reject_fraction: float = 0.5
 
 
 @dataclass
@@ -146,6 +148,10 @@ class RetrievalConfig:
     # (~0.1 ms), and described products sit at the top of it (docs/descriptions.md)
     description_candidates: int = 20
     min_score: float = 0.25  # below this the answer says nothing relevant was found
+    # A question that names a product ("Who wrote The Clockmaker of Tallinn?") finds it only when at least
+    # this share of the name's capitalised words occur in the top 3 rows (rag.query.named_product_coverage);
+    # 0 turns the check off. Fused scores alone cannot tell an absent product from a present one.
+    min_name_coverage: float = 0.5
     # FAISS threads for query-time search in serving processes: one query gains nothing from more, and on a
     # busy 2-core machine extra OpenMP threads cost milliseconds (docs/performance.md). 0 leaves FAISS's default.
     faiss_threads: int = 1
@@ -469,6 +475,8 @@ def _semantic_checks(config: Config) -> list[str]:
     if isinstance(config.generator.top_p, float) and not 0.0 < config.generator.top_p <= 1.0:
         errors.append(f"generator.top_p: must be in (0, 1], got {config.generator.top_p}")
     errors += config.finetune.problems() if isinstance(config.finetune, FinetuneConfig) else []
+    if isinstance(config.catalog.max_reject_fraction, float) and not 0.0 <= config.catalog.max_reject_fraction <= 1.0:
+        errors.append(f"catalog.max_reject_fraction: must be between 0 and 1, got {config.catalog.max_reject_fraction}")
     if isinstance(config.catalog.boilerplate_patterns, list):
         import re
 
