@@ -17,8 +17,6 @@ import dataclasses
 import json
 import logging
 import os
-import shutil
-import tempfile
 import threading
 import time
 import uuid
@@ -300,7 +298,7 @@ def _chunk_json(chunk: s.ChatCompletionChunk) -> dict[str, Any]:
 
 
 def _report_dict(report: Any, upload: Path) -> dict[str, Any]:
-    """The update report as JSON data, without server paths (the upload lived in a temp directory)."""
+    """The update report as JSON data, without the upload's server path (a file under <index>/uploads/)."""
     if dataclasses.is_dataclass(report):
         data = {f.name: getattr(report, f.name) for f in dataclasses.fields(report)}
     elif hasattr(report, "to_dict"):
@@ -311,7 +309,7 @@ def _report_dict(report: Any, upload: Path) -> dict[str, Any]:
     summary = data.pop("read_summary", None)
     if summary is not None:
         read = summary.to_dict() if hasattr(summary, "to_dict") else dict(vars(summary))
-        read.pop("sources", None)  # the temp upload path; rejects_path stays (admins need it)
+        read.pop("sources", None)  # the upload's path; rejects_path stays (admins need it)
         data["read"] = read
     if hasattr(report, "summary"):
         data["summary"] = str(report.summary()).replace(str(upload), "<upload>")
@@ -592,9 +590,11 @@ def _add_routes(app: FastAPI, state: ApiState) -> None:
             state.metrics.updates.inc("conflict")
             raise ApiError(409, "an index update is already running; retry when it has finished")
         async with state.update_lock:  # never suspends: the lock is free
-            tmp = Path(tempfile.mkdtemp(prefix="rag-upload-"))
-            upload = tmp / "upload.jsonl"
-            try:
+            from index.store import IndexStore
+
+            # under <index>/uploads/: removed at the end (finally), and by the next index writer's
+            # clean-up if this process is killed meanwhile (IndexStore.upload_file, cleanup_leftovers)
+            with IndexStore(state.config.index.path).upload_file() as upload:
                 received = await _save_upload(request, upload)
                 if received == 0 and not delete:
                     raise ApiError(422, "nothing to do: send JSON lines in the body (or a multipart `file`) "
@@ -621,9 +621,8 @@ def _add_routes(app: FastAPI, state: ApiState) -> None:
                 return s.UpdateResponse(index_version=_version_of(snapshot), previous_version=previous,
                                         rows=getattr(snapshot, "rows", None),
                                         seconds=round(time.perf_counter() - started, 3),
+                                        changed=bool(getattr(report, "changed", True)),
                                         report=_report_dict(report, upload))
-            finally:
-                shutil.rmtree(tmp, ignore_errors=True)
 
 
 async def _stream_completion(state: ApiState, completion_id: str, created: int, question: str,

@@ -228,4 +228,7 @@ class UpdateResponse(BaseModel):
     previous_version: str | None
     rows: int | None = Field(description="Rows in the served version.")
     seconds: float
+    changed: bool = Field(default=True, description=(
+        "False when the update had nothing to insert, change or delete: no version was written and "
+        "index_version == previous_version (the report's summary starts with 'nothing to change')."))
     report: dict[str, Any] = Field(description="The update report: rows added, replaced, deleted, rejected, ...")

@@ -548,6 +548,62 @@ def test_admin_update_end_to_end(tmp_path: Path, rag: Any) -> None:
         live.stop()
 
 
+def test_admin_update_no_op_and_too_many_rejects(tmp_path: Path) -> None:
+    """Issue 12: a no-op update commits nothing (200, changed false); mostly rejected input is a 422."""
+    import tempfile
+
+    from index.store import IndexStore
+
+    index_path = _build(tmp_path, rows=60)
+    store = IndexStore(index_path)
+    history = store.complete_versions()
+    tmp_before = set(Path(tempfile.gettempdir()).glob("rag-upload-*"))
+    live = _serve(_config(index_path))
+    try:
+        live.wait_ready()
+        url = live.url + "/v1/index/update"
+        headers = {"X-API-Key": ADMIN_KEY, "content-type": "application/x-ndjson"}
+        before = httpx.get(live.url + "/readyz").json()["index_version"]
+        for body in ("\n".join(["{oops"] * 3) + "\n").encode("utf-16"), b"{bad\n{bad\n" + b'{"uid": "Q1", "title": "Fine"}\n':
+            error = _error(httpx.post(url, content=body, headers=headers, timeout=60), 422)
+            assert "catalog.max_reject_fraction" in error["message"] or "no usable rows" in error["message"]
+            assert "nothing was written" in error["message"]
+        for params in ("", "?delete=not-a-uid"):  # nothing to change: no upload rows / a uid not in the index
+            body = b"" if params else b"\n\n"
+            response = httpx.post(url + params, content=body, headers=headers, timeout=60)
+            assert response.status_code == 200, response.text
+            data = response.json()
+            assert data["changed"] is False and data["index_version"] == data["previous_version"] == before
+            assert data["report"]["summary"].startswith("nothing to change")
+        assert store.complete_versions() == history and store.current_version() == before
+        assert list(store.uploads_dir.iterdir()) == []  # uploads lived under the index and are gone
+        assert set(Path(tempfile.gettempdir()).glob("rag-upload-*")) == tmp_before
+    finally:
+        live.stop()
+
+
+def test_admin_upload_is_written_under_the_index(index_path: Path, rag: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    import index.build
+
+    seen: dict[str, Any] = {}
+
+    def recording_update(config: Any, paths: Any, *args: Any, **kwargs: Any) -> Any:
+        seen["paths"] = [Path(p) for p in paths]
+        seen["existed"] = all(p.exists() for p in seen["paths"])
+        raise ValueError("stub update stopped")
+
+    monkeypatch.setattr(index.build, "update_index", recording_update)
+    live = _serve(_config(index_path), rag)
+    try:
+        _error(httpx.post(live.url + "/v1/index/update", content=b'{"uid": "A1", "title": "t"}\n',
+                          headers={"X-API-Key": ADMIN_KEY}, timeout=30), 422)
+    finally:
+        live.stop()
+    (upload,) = seen["paths"]
+    assert seen["existed"] and upload.parent == index_path / "uploads"
+    assert not upload.exists()  # removed on the way out, also after an error
+
+
 def test_admin_update_conflict_409(index_path: Path, rag: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     import index.build
 
