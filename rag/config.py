@@ -148,6 +148,10 @@ class RetrievalConfig:
     # (~0.1 ms), and described products sit at the top of it (docs/descriptions.md)
     description_candidates: int = 20
     min_score: float = 0.25  # below this the answer says nothing relevant was found
+    # A question that names a product ("Who wrote The Clockmaker of Tallinn?") finds it only when at least
+    # this share of the name's capitalised words occur in the top 3 rows (rag.query.named_product_coverage);
+    # 0 turns the check off. Fused scores alone cannot tell an absent product from a present one.
+    min_name_coverage: float = 0.5
     # FAISS threads for query-time search in serving processes: one query gains nothing from more, and on a
     # busy 2-core machine extra OpenMP threads cost milliseconds (docs/performance.md). 0 leaves FAISS's default.
     faiss_threads: int = 1

@@ -106,7 +106,7 @@ class RAG:
             timings.update({f"retrieve.{name}": seconds for name, seconds in stages.items()})
         timings["retrieve"] = time.perf_counter() - t0
         min_score = self.config.retrieval.min_score
-        found = bool(hits) and hits[0].score >= min_score
+        found = bool(hits) and hits[0].score >= min_score and self._names_product(question, hits)
         if self.generator.name == "extractive":
             prompt_hits = hits  # it applies min_score itself and names close matches
         else:
@@ -115,6 +115,16 @@ class RAG:
         messages = build_messages(question, prompt_hits, self.config.prompt, history=history)
         request = GenerationRequest(question=question, hits=prompt_hits, messages=messages, history=history)
         return request, timings, found
+
+    def _names_product(self, question: str, hits: list[Hit]) -> bool:
+        """False when the question names a product whose name the top rows do not contain."""
+        threshold = self.config.retrieval.min_name_coverage
+        if threshold <= 0:
+            return True
+        from rag.query import named_product_coverage
+
+        coverage = named_product_coverage(question, [f"{h.row.title} {h.row.content}" for h in hits[:3]])
+        return coverage is None or coverage >= threshold
 
     def _finish(self, request: GenerationRequest, text: str, timings: dict[str, float], found: bool,
                 started: float, generate_started: float) -> Answer:
@@ -141,8 +151,8 @@ class RAG:
                                                snapshot=snapshot)
         request.max_new_tokens, request.temperature, request.top_p = max_new_tokens, temperature, top_p
         generate_started = time.perf_counter()
-        if use_context and not found and self.generator.name != "extractive":
-            # nothing relevant was retrieved: an LLM could only invent an answer, so it is not asked
+        if use_context and not found:
+            # nothing relevant was retrieved: an LLM could only invent an answer, so no generator is asked
             from rag.generators.extractive import NOT_FOUND_ANSWER
 
             request.finish_reason, request.new_tokens = "stop", 0

@@ -122,3 +122,52 @@ def title_similarity(query: str, title: str) -> float:
     qw, tw = set(q.split()), set(t.split())
     word_cover = len(qw & tw) / len(qw)
     return 0.45 * gram_cover + 0.25 * gram_jaccard + 0.30 * word_cover
+
+
+# Words that name what is asked, not which product: never part of a product's name.
+_ASKING_WORDS = frozenset("""
+who whom whose what which when where why how many much wrote write written author authors book books about tell
+describe year published publish first pages page set award won win prize kind type ages age old made make created
+illustrated illustrator directed director sang composed edition language series product title is was does did
+quem qual quais quando onde porque quantos quantas escreveu autor autora livro sobre ano publicado primeira
+páginas prémio prêmio ganhou idade idades feito criou ilustrou fale diga descreva trata foi tem
+""".split())
+_NAME_WORD = re.compile(r"[\w'’-]+", re.UNICODE)
+
+
+def product_name_words(question: str) -> set[str]:
+    """Capitalised words of the question past its first word that can be part of a product's name.
+
+    "Who wrote The Clockmaker of Tallinn?" -> {"clockmaker", "tallinn"}. The first word is skipped
+    (every question starts with a capital), and so are words that only say what is asked.
+    """
+    from rag.grounding import STOP_WORDS
+
+    out: set[str] = set()
+    for match in _NAME_WORD.finditer(question):
+        word = match.group(0)
+        if match.start() == 0 or not word[0].isupper():
+            continue
+        folded = word.lower().strip("'’-")
+        if len(folded) > 1 and folded not in _ASKING_WORDS and folded not in STOP_WORDS:
+            out.add(folded)
+    return out
+
+
+def named_product_coverage(question: str, texts: list[str]) -> float | None:
+    """Share of the product-name words of `question` found in `texts` (the top rows' title + description).
+
+    None when the question names fewer than two such words (a described product, a follow-up): the
+    check does not apply. A question about a product the catalog does not hold ("Who wrote The
+    Clockmaker of Tallinn?") scores near 0 even when retrieval, which always returns its nearest rows,
+    scores them high; docs/evaluation.md gives the figures.
+    """
+    from rag.grounding import content_words
+
+    names = product_name_words(question)
+    if len(names) < 2:
+        return None
+    words: set[str] = set()
+    for text in texts:
+        words |= content_words(text)
+    return len(names & words) / len(names)

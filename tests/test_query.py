@@ -42,3 +42,36 @@ def test_title_similarity_tolerates_typos_and_ranks_the_right_title() -> None:
     assert good > 0.6 > other
     assert title_similarity("City of Djinns", "City of Djinns") == 1.0
     assert title_similarity("", "anything") == 0.0
+
+
+def test_named_product_coverage_tells_absent_names_from_present_ones():
+    from rag.query import named_product_coverage, product_name_words
+
+    assert product_name_words("Who wrote The Clockmaker of Tallinn?") == {"clockmaker", "tallinn"}
+    rows = ["City of Djinns: A Year in Delhi William Dalrymple spends a year in Delhi."]
+    assert named_product_coverage("Who wrote The Clockmaker of Tallinn?", rows) == 0.0
+    assert named_product_coverage("Who wrote City of Djinns?", rows) is None  # one name word: no judgement
+    assert named_product_coverage("Who wrote City of Djinns: A Year in Delhi?", rows) == 1.0
+    assert named_product_coverage("a travel book about a year spent in delhi", rows) is None
+
+
+def test_pipeline_does_not_find_a_product_the_catalog_lacks(tmp_path):
+    from rag.config import Config
+    from rag.pipeline import RAG
+    from rag.types import CatalogRow, Hit
+
+    class OneRow:
+        snapshot = None
+
+        def search(self, question, k=None, history=(), snapshot=None):
+            row = CatalogRow(uid="u1", title="City of Djinns", content="A year in Delhi by William Dalrymple.")
+            return [Hit(row=row, score=0.9)]
+
+    config = Config()
+    rag = RAG(config, OneRow(), __import__("rag.generators.extractive", fromlist=["x"]).ExtractiveGenerator(config))
+    absent = rag.answer("Who wrote The Clockmaker of Tallinn?")
+    assert not absent.found and absent.sources == [] and "could not find" in absent.text
+    present = rag.answer("Who wrote City of Djinns?")
+    assert present.found and present.sources[0].uid == "u1"
+    config.retrieval.min_name_coverage = 0.0
+    assert RAG(config, OneRow(), rag.generator).answer("Who wrote The Clockmaker of Tallinn?").found
