@@ -826,11 +826,8 @@ class IndexStore:
                         (p / WRITING_MARKER).unlink()
                 elif p.name == current:
                     continue  # never touched: `verify` and opening it say what to do
-                elif p.name.startswith((".deleting-", NEW_DIR_PREFIX)):
-                    shutil.rmtree(p, ignore_errors=True)
-                    removed.append(p.name)
-                elif (p / WRITING_MARKER).exists():
-                    shutil.rmtree(p, ignore_errors=True)
+                elif p.name.startswith((".deleting-", NEW_DIR_PREFIX)) or (p / WRITING_MARKER).exists():
+                    shutil.rmtree(p, ignore_errors=True)  # named or marked as temporary by its writer
                     removed.append(p.name)
                 elif not p.name.startswith("."):
                     self.quarantine(p.name)

@@ -48,7 +48,7 @@ def _one_error_line(err: str) -> str:
 
 def test_update_on_current_without_manifest_fails_and_deletes_nothing(tmp_path, capsys):
     """The issue's repro: delete versions/<current>/manifest.json, then `rag index update`."""
-    config, store = _two_versions(tmp_path)
+    _config, store = _two_versions(tmp_path)
     current = store.current_version()
     (store.version_dir(current) / MANIFEST_FILE).unlink()
     files_before = sorted(p.name for p in store.version_dir(current).iterdir())
@@ -86,7 +86,7 @@ def test_verify_advice_rollback_then_the_damaged_version_is_quarantined(tmp_path
 
 
 def test_rebuild_advice_keeps_the_damaged_version(tmp_path, capsys):
-    config, store = _two_versions(tmp_path, keep=1)
+    _config, store = _two_versions(tmp_path, keep=1)
     current = store.current_version()
     (store.version_dir(current) / MANIFEST_FILE).unlink()
     assert _cli(store.root, "build", "--data", str(write_catalog(tmp_path / "r.jsonl", 20)), "-q", keep=1) == 0
@@ -96,7 +96,7 @@ def test_rebuild_advice_keeps_the_damaged_version(tmp_path, capsys):
 
 
 def test_cleanup_removes_only_what_writers_name_as_temporary(tmp_path):
-    config, store = _two_versions(tmp_path)
+    _config, store = _two_versions(tmp_path)
     older, current = store.complete_versions()
     (store.version_dir(older) / MANIFEST_FILE).unlink()  # damaged, not current
     with store.lock():
@@ -152,7 +152,7 @@ def test_no_op_updates_do_not_evict_the_history(tmp_path, capsys):
 
 @pytest.mark.parametrize("kind", ["utf16", "bare_cr", "invalid"])
 def test_update_of_only_rejected_lines_fails_and_writes_nothing(tmp_path, capsys, kind):
-    config, store = _two_versions(tmp_path, keep=3)
+    _config, store = _two_versions(tmp_path, keep=3)
     history = store.complete_versions()
     rows = [json.dumps(product_row(i)) for i in range(200, 210)]
     data = tmp_path / f"{kind}.jsonl"
