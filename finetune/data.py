@@ -49,12 +49,87 @@ QUESTION_TEMPLATES: list[tuple[str, str, str]] = [
     ("about", "en", "What is the product \"{title}\"?"),
     ("audience", "en", "Who is {title} for?"),
     ("author", "en", "Who wrote or made {title}?"),
+    ("author", "en", "Who is the author of {title}?"),
+    ("when", "en", "When was {title} published?"),
+    ("when", "en", "In what year did {title} come out?"),
+    ("count", "en", "How many pages does {title} have?"),
+    ("count", "en", "How many {noun} does {title} have?"),
+    ("award", "en", "What award did {title} win?"),
+    ("where", "en", "Where is {title} set?"),
     ("describe", "pt", "Descreva {title}."),
     ("about", "pt", "Do que se trata o livro {title}?"),
     ("about", "pt", "O que é {title}?"),
     ("audience", "pt", "Para quem é {title}?"),
     ("author", "pt", "Quem escreveu {title}?"),
+    ("author", "pt", "Quem é o autor de {title}?"),
+    ("when", "pt", "Em que ano foi publicado {title}?"),
+    ("count", "pt", "Quantas páginas tem {title}?"),
+    ("award", "pt", "Que prémio ganhou {title}?"),
+    ("where", "pt", "Onde se passa {title}?"),
 ]
+
+# A fact question is asked only about a product whose description states that kind of fact, so the
+# target answers it (the other kinds fit any description).
+_YEAR = re.compile(r"\b(1[5-9]\d\d|20[0-3]\d)\b")
+_PAGES = re.compile(r"\b\d[\d,]*\s*(?:-\s*)?pages?\b", re.I)
+_COUNTED = re.compile(r"\b(\d[\d,]*)\s+(songs|tracks|recipes|stories|poems|pieces|photographs|photos|illustrations|"
+                      r"maps|puzzles|chapters|episodes|essays|letters|cards|projects|patterns|designs)\b", re.I)
+_AWARD = re.compile(r"\b(award|prize|medal|winner of|won the)\b", re.I)
+_SETTING = re.compile(r"\b(set in|takes place in|set on|set during)\b", re.I)
+_AUTHOR_PATTERNS = [
+    re.compile(r"\b(?:written|illustrated|edited|compiled|directed|created|told|narrated|photographed)?\s*by\s+"
+               r"((?:[A-Z][a-zA-Z'’.-]+\s+){1,3}[A-Z][a-zA-Z'’-]+)"),
+    re.compile(r"((?:[A-Z][a-zA-Z'’.-]+\s+){1,2}[A-Z][a-zA-Z-]+)(?:'s|’s)\s"),
+    re.compile(r"((?:[A-Z][a-zA-Z'’.-]+\s+){1,2}[A-Z][a-zA-Z'’-]+),?\s+(?:is|was)\s+(?:the|an?|one of)\b[^.]{0,40}?"
+               r"\b(?:author|writer|novelist|journalist|poet|illustrator|historian|editor|chef|photographer)"),
+]
+_NOT_NAMES = frozenset("The This That These Those It Its In On At For From With And But When Where What Who How A An "
+                       "New York Times USA Today Publishers Weekly Booklist Library Journal Kirkus Reviews".split())
+
+
+def author_name(text: str) -> str | None:
+    """The first person a description names as author/maker ("... a novel by Eleanor Whitcombe" ->
+    "Eleanor Whitcombe"), by rules; None when no pattern matches."""
+    found: list[tuple[int, str]] = []
+    for pattern in _AUTHOR_PATTERNS:
+        for match in pattern.finditer(text):
+            name = match.group(1).strip(" .")
+            words = name.split()
+            if len(words) < 2 or words[0] in _NOT_NAMES or words[-1] in _NOT_NAMES:
+                continue
+            found.append((match.start(1), name))
+            break
+    return min(found)[1] if found else None
+
+
+def question_kinds(content: str) -> set[str]:
+    """The question kinds a description can answer."""
+    kinds = {"describe", "about", "audience"}
+    if author_name(content):
+        kinds.add("author")
+    if _YEAR.search(content):
+        kinds.add("when")
+    if _PAGES.search(content) or _COUNTED.search(content):
+        kinds.add("count")
+    if _AWARD.search(content):
+        kinds.add("award")
+    if _SETTING.search(content):
+        kinds.add("where")
+    return kinds
+
+
+def fill_template(template: str, title: str, content: str) -> str | None:
+    """The question text; None when a `{noun}` template finds nothing counted in the description."""
+    if "{noun}" in template:
+        match = _COUNTED.search(content)
+        if match is None:
+            return None
+        return template.format(title=title, noun=match.group(2).lower())
+    if "pages" in template or "páginas" in template:
+        if not _PAGES.search(content):
+            return None
+    return template.format(title=title)
+
 
 from rag.grounding import ABSTAIN_TEMPLATES as ABSTAIN  # noqa: E402
 
@@ -199,13 +274,35 @@ def project_retriever(config: Config, data_path: str | Path, run_dir: str | Path
 # --------------------------------------------------------------------------- examples
 
 
+def teacher_answer(question: str, gold: CatalogRow, marker: str, budget: int, count_tokens: CountTokens,
+                   max_sentences: int = 3) -> str:
+    """The answer the extractive answerer's sentence choice gives for `question`, fitted to its kind.
+
+    A "who wrote / who made" question gets the name first ("Eleanor Whitcombe [2]. ..."), then the
+    description sentences that best fit the question (rag.generators.extractive.pick_sentences: the
+    intent's keywords, words shared with the question, position), in their order, within `budget`.
+    """
+    from rag.generators.extractive import detect_intent, pick_sentences
+    from rag.types import Hit
+
+    sentences = pick_sentences(question, Hit(row=gold, score=1.0), max_sentences)
+    body = cut_to_budget(" ".join(sentences) or gold.content, budget, count_tokens)
+    if detect_intent(question) == "author":
+        name = author_name(gold.content)
+        if name:
+            return f"{name}{marker}. {body}{marker}"
+    return f"{body}{marker}"
+
+
 def make_answer(gold: CatalogRow, position: int | None, language: str, config: Config,
-                count_tokens: CountTokens) -> str:
+                count_tokens: CountTokens, question: str = "") -> str:
     ex = config.finetune.examples
     if position is None and ex.no_gold_answer == "abstain":
         return defang_special_tokens(ABSTAIN[language].format(title=gold.title))
     marker = f" [{position}]" if ex.cite_sources and position is not None else ""
-    budget = max(1, ex.answer_max_tokens - (count_tokens(marker) if marker else 0))
+    budget = max(1, ex.answer_max_tokens - 2 * (count_tokens(marker) if marker else 0))
+    if ex.answer_style == "teacher" and question:
+        return defang_special_tokens(teacher_answer(question, gold, marker, budget, count_tokens))
     return defang_special_tokens(cut_to_budget(gold.content, budget, count_tokens)) + marker
 
 
@@ -214,8 +311,14 @@ def make_example(gold: CatalogRow, split: str, rng: random.Random, config: Confi
     ex = config.finetune.examples
     k = min(ex.context_k, config.prompt.max_sources)
     language = "pt" if rng.random() < ex.portuguese_fraction else "en"
-    kind, _, template = rng.choice([t for t in QUESTION_TEMPLATES if t[1] == language])
-    question = template.format(title=gold.title)
+    fitting = question_kinds(gold.content) if ex.answer_style == "teacher" else None
+    candidates = [t for t in QUESTION_TEMPLATES if t[1] == language and (fitting is None or t[0] in fitting)]
+    if fitting is None:
+        candidates = [t for t in candidates if t[0] in ("describe", "about", "audience", "author")]
+    question = None
+    while question is None:
+        kind, _, template = rng.choice(candidates)
+        question = fill_template(template, gold.title, gold.content)
 
     include_gold = rng.random() < ex.gold_probability
     retrieved = retrieve(question, k + 1)
@@ -233,7 +336,7 @@ def make_example(gold: CatalogRow, split: str, rng: random.Random, config: Confi
     else:
         context = distractors[:k]
         gold_position = None
-    answer = make_answer(gold, gold_position, language, config, count_tokens)
+    answer = make_answer(gold, gold_position, language, config, count_tokens, question)
     messages = build_messages(question, context, config.prompt)
     return Example(gold.uid, split, question, language, kind, context, gold_position, answer, messages)
 
@@ -251,8 +354,18 @@ def build_examples(rows: Sequence[CatalogRow], config: Config, retrieve: Retriev
     splits = split_by_product(selected, config.finetune.examples.validation_fraction, config.finetune.training.seed)
     retrieve = retrieve or LexicalRetriever(rows)
     rng = random.Random(config.finetune.training.seed)
-    examples = [make_example(row, splits[row.uid], rng, config, retrieve, rows, count_tokens) for row in selected]
+    examples = [make_example(row, splits[row.uid], rng, config, retrieve, rows, count_tokens)
+                for _ in range(config.finetune.examples.per_product) for row in selected]
     return examples, example_stats(examples, len(rows), len(selected))
+
+
+def holdout_uids(path: str | Path | None) -> set[str]:
+    """uids of the questions marked `"split": "heldout"` in a question file: never trained on."""
+    if not path:
+        return set()
+    from rag.evaluation.questions import load_questions
+
+    return {q.uid for q in load_questions(path) if q.uid and getattr(q, "split", None) == "heldout"}
 
 
 def _describe(values: list[int]) -> dict[str, float]:

@@ -85,7 +85,23 @@ def model_source(config: Config, run_dir: Path, texts: Sequence[str] = ()) -> st
                               initializer_range=ft.tiny.initializer_range,
                               max_position_embeddings=max(ft.max_seq_length, 256))
         return str(target)
-    return ft.base_model
+    from rag.models import ModelPullError, resolve_model
+
+    try:
+        return resolve_model(ft.base_model, "finetune.base_model") or ft.base_model
+    except ModelPullError as exc:
+        raise FinetuneError(str(exc)) from exc
+
+
+def load_tokenizer(config: Config, source: str) -> Any:
+    """The base model's tokenizer alone (cheap: counting answer tokens before the model loads)."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(source, trust_remote_code=config.finetune.trust_remote_code,
+                                             local_files_only=_offline())
+    except (OSError, ValueError) as exc:
+        raise _missing_model(source, exc) from exc
 
 
 def _missing_model(model: str, exc: BaseException) -> FinetuneError:
@@ -196,8 +212,16 @@ def _chat_template(config: Config) -> str | None:
 # --------------------------------------------------------------------------- data
 
 
-def prepare_data(config: Config, run_dir: Path, *, progress: bool = False) -> tuple[list[Any], dict[str, Any], Path]:
-    """Catalog -> examples (written to the run dir); returns (examples, stats, catalog path)."""
+def prepare_data(config: Config, run_dir: Path, *, progress: bool = False,
+                 count_tokens: Any = None) -> tuple[list[Any], dict[str, Any], Path]:
+    """Catalog -> examples (written to the run dir); returns (examples, stats, catalog path).
+
+    The training catalog is `finetune.data` (or the synthetic one) less the products of
+    `examples.holdout_questions`' held-out questions, plus `synthetic_extra_rows` synthetic rows;
+    when it differs from the input it is written to <run_dir>/catalog.train.jsonl, and the index the
+    examples' contexts are retrieved from is built from it, so a held-out product is never a
+    training answer nor a distractor. `count_tokens` counts the model's tokens (answer_max_tokens).
+    """
     from finetune import data as D
 
     ft = config.finetune
@@ -210,12 +234,42 @@ def prepare_data(config: Config, run_dir: Path, *, progress: bool = False) -> tu
         if not catalog.exists():
             write_synthetic_catalog(catalog, rows=ft.synthetic_rows, seed=ft.training.seed)
     rows, summary = D.read_rows(catalog, config, rejects_path=run_dir / "rejects.jsonl")
+    held_out = D.holdout_uids(ft.examples.holdout_questions)
+    kept = [r for r in rows if r.uid not in held_out]
+    extra: list[Any] = []
+    if ft.synthetic_extra_rows > 0 and ft.data:
+        from rag.synthetic import write_synthetic_catalog
+
+        synthetic = run_dir / "catalog.synthetic.jsonl"
+        if not synthetic.exists():
+            write_synthetic_catalog(synthetic, rows=ft.synthetic_extra_rows, seed=ft.training.seed)
+        extra, _ = D.read_rows(synthetic, config, rejects_path=run_dir / "rejects.synthetic.jsonl")
+        known = {r.uid for r in kept}
+        extra = [r for r in extra if r.uid not in known]
+    if len(kept) != len(rows) or extra:
+        rows = kept + extra
+        catalog = run_dir / "catalog.train.jsonl"
+        with catalog.open("w", encoding="utf-8") as fh:
+            for row in rows:
+                fh.write(json.dumps(row.to_dict(), ensure_ascii=False) + "\n")
     retrieve: D.Retrieve | None = None
     if ft.examples.retriever == "project":
         retrieve = D.project_retriever(config, catalog, run_dir)
-    examples, stats = D.build_examples(rows, config, retrieve)
-    stats["catalog"] = {"path": str(catalog), "read_summary": summary}
+    examples, stats = D.build_examples(rows, config, retrieve, count_tokens or D.approx_tokens)
+    stats["catalog"] = {"path": str(catalog), "read_summary": summary, "held_out_products": len(held_out),
+                        "held_out_rows_removed": len(held_out) and sum(1 for u in held_out if u not in
+                                                                        {r.uid for r in kept}),
+                        "synthetic_extra_rows": len(extra),
+                        "token_count": "model tokenizer" if count_tokens else "approx (4 chars per token)"}
     return examples, stats, catalog
+
+
+def token_counter(tokenizer: Any) -> Any:
+    """text -> the model's token count (no special tokens), for answer_max_tokens."""
+    def count(text: str) -> int:
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    return count
 
 
 def tokenize_examples(examples: Sequence[Any], tokenizer: Any, config: Config) -> tuple[dict[str, list[dict[str, Any]]], dict[str, Any]]:
@@ -346,7 +400,10 @@ def sft_config(config: Config, run_dir: Path, backend: str, has_eval: bool) -> A
 
         optim = "adamw_8bit" if on_cuda and importlib.util.find_spec("bitsandbytes") else "adamw_torch"
     batching = tr.batching
-    checkpointing = tr.gradient_checkpointing is not False and backend != "unsloth"  # unsloth sets its own
+    # unsloth sets its own; on a CPU only an explicit `true` turns it on ("unsloth", the default, means
+    # the GPU memory saver: on a CPU it only recomputes activations, 1.5x slower per step)
+    checkpointing = backend != "unsloth" and (tr.gradient_checkpointing is True or
+                                              (tr.gradient_checkpointing == "unsloth" and on_cuda))
     return SFTConfig(
         output_dir=str(run_dir / "checkpoints"),
         per_device_train_batch_size=tr.batch_size,
@@ -422,13 +479,17 @@ def train(config: Config, *, resume: bool = False, progress: bool = True) -> dic
         import torch
 
         torch.set_num_threads(ft.training.num_threads)
-    examples, stats, catalog = prepare_data(config, run_dir, progress=progress)
+    counter = None
+    if not ft.tiny_model:  # the real tokenizer counts the answer budget (the tiny one is trained on the examples)
+        counter = token_counter(load_tokenizer(config, model_source(config, run_dir)))
+    examples, stats, catalog = prepare_data(config, run_dir, progress=progress, count_tokens=counter)
     from finetune.data import write_examples
 
     for split in ("train", "validation"):
         write_examples([e for e in examples if e.split == split], run_dir / f"examples.{split}.jsonl")
     source = model_source(config, run_dir, _tokenizer_texts(examples))
     model, tokenizer = (load_unsloth if backend == "unsloth" else load_transformers)(config, source)
+    model.config.use_cache = False  # a cached forward pass over a packed row mixes its examples
     tokenized, token_stats = tokenize_examples(examples, tokenizer, config)
     stats["tokens"] = token_stats
     (run_dir / "data_stats.json").write_text(json.dumps(stats, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
@@ -461,11 +522,15 @@ def train(config: Config, *, resume: bool = False, progress: bool = True) -> dic
     train_seconds = time.time() - train_started
     metrics: dict[str, Any] = dict(result.metrics)
     if eval_ds is not None:
-        metrics.update(trainer.evaluate())
+        last_eval = next((r for r in reversed(trainer.state.log_history) if "eval_loss" in r), None)
+        if last_eval is not None and last_eval.get("step") == trainer.state.global_step:
+            metrics.update({k: v for k, v in last_eval.items() if k.startswith("eval_")})  # no second pass
+        else:
+            metrics.update(trainer.evaluate())
     adapter_dir = run_dir / "adapter"
     model.save_pretrained(str(adapter_dir), safe_serialization=True)
     tokenizer.save_pretrained(str(adapter_dir))
-    _record_base_model(adapter_dir, source)
+    _record_base_model(adapter_dir, ft.base_model if not ft.tiny_model else source)
     png = plot_loss(log_path, run_dir / "loss.png") if log_path.exists() else None
     summary = {
         "backend": backend, "base_model": source, "run_dir": str(run_dir), "adapter": str(adapter_dir),

@@ -207,6 +207,14 @@ class FinetuneExamplesConfig:
     portuguese_fraction: float = 0.25  # share of questions asked in Portuguese
     cite_sources: bool = True  # end the answer with the gold row's [n] marker
     retriever: Literal["project", "lexical"] = "project"  # project: index + rag.retrieval; lexical: no index
+    # description: the gold description's first sentences; teacher: the sentences the extractive answerer
+    # picks for the question (name first for "who wrote"), and fact questions only where the description
+    # states that kind of fact (finetune/data.py, docs/finetune.md "Answer targets")
+    answer_style: Literal["description", "teacher"] = "description"
+    per_product: int = 1  # examples per product, each with its own question and context draw
+    # a question file (eval/fact_questions.jsonl): the products of its "split": "heldout" questions are
+    # never trained on, so the evaluation on them measures unseen products
+    holdout_questions: str | None = None
 
 
 @dataclass
@@ -268,6 +276,8 @@ class FinetuneConfig:
     output_dir: str = "runs/finetune"  # the run directory (adapter, logs, plots, checkpoints)
     data: str | None = None  # catalog file; null: the synthetic catalog, written into the run directory
     synthetic_rows: int = 2000  # rows of that synthetic catalog
+    # synthetic rows added to a real `data` catalog (0: none): more products to learn the answering skill on
+    synthetic_extra_rows: int = 0
     tiny_model: bool = False  # build a tiny random-init model in <output_dir>/base-model (CPU recipe, tests)
     tiny: FinetuneTinyModelConfig = field(default_factory=FinetuneTinyModelConfig)
     backend: Literal["auto", "unsloth", "transformers"] = "auto"  # auto: unsloth on CUDA, else transformers
@@ -289,7 +299,7 @@ class FinetuneConfig:
             "finetune.examples.answer_max_tokens": ex.answer_max_tokens,
             "finetune.training.batch_size": tr.batch_size,
             "finetune.training.gradient_accumulation_steps": tr.gradient_accumulation_steps,
-            "finetune.synthetic_rows": self.synthetic_rows,
+            "finetune.synthetic_rows": self.synthetic_rows, "finetune.examples.per_product": ex.per_product,
         }.items():
             if isinstance(value, int) and value <= 0:
                 out.append(f"{key}: must be > 0, got {value}")
@@ -304,6 +314,11 @@ class FinetuneConfig:
             out.append(f"finetune.examples.validation_fraction: must be in [0, 1), got {ex.validation_fraction}")
         if isinstance(tr.learning_rate, float) and not 0.0 < tr.learning_rate < 1.0:
             out.append(f"finetune.training.learning_rate: must be in (0, 1), got {tr.learning_rate}")
+        if isinstance(self.synthetic_extra_rows, int) and self.synthetic_extra_rows < 0:
+            out.append(f"finetune.synthetic_extra_rows: must be >= 0, got {self.synthetic_extra_rows}")
+        if ex.holdout_questions and not Path(ex.holdout_questions).is_file():
+            out.append(f"finetune.examples.holdout_questions: {ex.holdout_questions!r} is not a file "
+                       "(a question file such as eval/fact_questions.jsonl)")
         if isinstance(self.lora.target_modules, list) and not self.lora.target_modules:
             out.append("finetune.lora.target_modules: must name at least one module (e.g. q_proj)")
         return out
