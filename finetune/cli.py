@@ -40,12 +40,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_data(args: argparse.Namespace) -> int:
-    from finetune.train import prepare_data
+    from finetune.train import FinetuneError, answer_token_counter, prepare_data
 
     config = _config(args)
     run_dir = Path(config.finetune.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    examples, stats, _ = prepare_data(config, run_dir)
+    try:
+        examples, stats, _ = prepare_data(config, run_dir, count_tokens=answer_token_counter(config, run_dir))
+    except FinetuneError as exc:
+        raise _usage_error(str(exc)) from None
     from finetune.data import write_examples
 
     out = write_examples(examples, args.out or run_dir / "examples.jsonl")

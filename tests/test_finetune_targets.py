@@ -106,3 +106,26 @@ def test_cpu_training_has_no_gradient_checkpointing_unless_asked(tmp_path: Path)
                           "transformers", False)
     assert default.gradient_checkpointing is False
     assert explicit.gradient_checkpointing is True
+
+
+def test_answer_only_loss_equals_the_full_causal_lm_loss(tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from finetune.train import answer_only_loss
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64))
+    input_ids = torch.randint(0, 97, (2, 20))
+    labels = input_ids.clone()
+    labels[0, :12] = -100  # prompt positions carry no loss
+    labels[1, :7] = -100
+    labels[1, 15:] = -100
+    inputs = {"input_ids": input_ids, "labels": labels}
+    full = model(**inputs).loss
+    ours, _ = answer_only_loss(model, inputs)
+    assert torch.allclose(full, ours, atol=1e-5)
+    n = int((labels[:, 1:] != -100).sum())
+    summed, _ = answer_only_loss(model, inputs, num_items_in_batch=torch.tensor(2 * n))
+    assert torch.allclose(summed * 2, full, atol=1e-5)  # normalised by the accumulation's token count
