@@ -189,6 +189,11 @@ class GeneratorConfig:
     timeout_s: float = 60.0
     max_retries: int = 2
     max_sentences: int = 3  # extractive: sentences in the answer
+    # LLM backends: what to do when the grounding check flags an answer (an unsupported or echoed
+    # sentence, or a refusal although relevant rows were found). none: keep it (Answer.grounded says
+    # so); trim: drop the flagged sentences, and answer extractively when nothing is left;
+    # extractive: answer extractively. With a fallback, a streamed answer arrives once checked.
+    grounding_fallback: Literal["none", "trim", "extractive"] = "none"
     device: str = "auto"
 
 

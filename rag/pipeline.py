@@ -116,6 +116,11 @@ class RAG:
         request = GenerationRequest(question=question, hits=prompt_hits, messages=messages, history=history)
         return request, timings, found
 
+    def _checked_stream(self, pieces: Iterator[str], request: GenerationRequest, found: bool) -> Iterator[str]:
+        """The LLM's whole answer, checked, as one piece: a fallback cannot take back streamed text."""
+        text = "".join(pieces).strip()
+        yield self._grounded_text(request, text, found)
+
     def _names_product(self, question: str, hits: list[Hit]) -> bool:
         """False when the question names a product whose name the top rows do not contain."""
         threshold = self.config.retrieval.min_name_coverage
@@ -133,6 +138,8 @@ class RAG:
         if request.finish_reason is None and self.generator.name == "extractive":
             request.finish_reason = "stop"  # a fixed-form answer always ends on its own
         t0 = time.perf_counter()
+        if request.fallback is None:
+            text = self._grounded_text(request, text, found)
         unsupported = unsupported_sentences(text, request.hits, question=request.question) if found else []
         timings["grounding"] = time.perf_counter() - t0
         timings["total"] = time.perf_counter() - started
@@ -140,7 +147,36 @@ class RAG:
             question=request.question, text=text, sources=self._sources(request.hits) if found else [],
             timings=timings, found=found, unsupported_sentences=unsupported, generator=self.generator.name,
             finish_reason=request.finish_reason, new_tokens=request.new_tokens,
+            fallback=request.fallback or None, llm_text=request.llm_text,
         )
+
+    def _grounded_text(self, request: GenerationRequest, text: str, found: bool) -> str:
+        """generator.grounding_fallback applied to an LLM's answer (unchanged when it passes the check).
+
+        Sets request.fallback ("" when nothing was changed) and request.llm_text."""
+        mode = self.config.generator.grounding_fallback
+        request.fallback = ""
+        if mode == "none" or self.generator.name == "extractive" or not found or not request.hits:
+            return text
+        from rag.grounding import is_abstention, split_answer
+
+        flagged = unsupported_sentences(text, request.hits, question=request.question)
+        refused = not text or is_abstention(text)
+        if not flagged and not refused:
+            return text
+        new_text = ""
+        if mode == "trim" and not refused:
+            bad = set(flagged)
+            kept = [s for s in split_answer(text, [h.row.title for h in request.hits]) if s not in bad]
+            new_text = " ".join(kept).strip()
+            request.fallback = "trim" if new_text else ""
+        if not new_text:
+            from rag.generators.extractive import ExtractiveGenerator
+
+            new_text = ExtractiveGenerator(self.config).generate(request)
+            request.fallback = "extractive"
+        request.llm_text = text
+        return new_text
 
     def answer(self, question: str, *, k: int | None = None, history: Sequence[dict[str, str]] | None = None,
                stream: bool = False, use_context: bool = True, max_new_tokens: int | None = None,
@@ -161,9 +197,11 @@ class RAG:
                                     lambda text: self._finish(request, text, timings, found, started, generate_started))
             return self._finish(request, NOT_FOUND_ANSWER, timings, found, started, generate_started)
         if stream:
+            pieces: Iterator[str] = iter(self.generator.stream(request))
+            if self.config.generator.grounding_fallback != "none" and self.generator.name != "extractive":
+                pieces = self._checked_stream(pieces, request, found)
             return AnswerStream(
-                iter(self.generator.stream(request)),
-                lambda text: self._finish(request, text, timings, found, started, generate_started),
+                pieces, lambda text: self._finish(request, text, timings, found, started, generate_started),
             )
         text = self.generator.generate(request)
         return self._finish(request, text, timings, found, started, generate_started)

@@ -67,6 +67,11 @@ class Answer:
     # into max_new_tokens and the text is cut; None: the backend cannot tell
     finish_reason: str | None = None
     new_tokens: int | None = None  # tokens the generator produced (LLM backends)
+    # generator.grounding_fallback: "trim" (unsupported sentences removed) or "extractive" (the LLM's
+    # answer replaced by the extractive one); None: the generator's answer as it came. llm_text is
+    # the LLM's own answer whenever a fallback changed it.
+    fallback: str | None = None
+    llm_text: str | None = None
 
     @property
     def grounded(self) -> bool:
@@ -84,6 +89,8 @@ class Answer:
             "generator": self.generator,
             "finish_reason": self.finish_reason,
             "new_tokens": self.new_tokens,
+            "fallback": self.fallback,
+            "llm_text": self.llm_text,
         }
 
 
@@ -101,6 +108,9 @@ class GenerationRequest:
     # set by the generator once it is done (per request, so concurrent requests never mix them)
     finish_reason: str | None = None  # "stop" (end of turn) or "length" (max_new_tokens reached)
     new_tokens: int | None = None
+    # set by the pipeline when generator.grounding_fallback replaced or trimmed the LLM's answer
+    fallback: str | None = None  # "trim" or "extractive"
+    llm_text: str | None = None  # the LLM's own answer before that
 
 
 @runtime_checkable

@@ -266,6 +266,7 @@ class AnswerRecord:
     language: str | None
     seconds: float
     found: bool
+    fallback: str | None = None  # generator.grounding_fallback changed the LLM's answer: "trim" / "extractive"
 
 
 def _expected_positions(item: ResolvedQuestion, answer: Answer) -> list[int]:
@@ -328,7 +329,7 @@ def answer_record(item: ResolvedQuestion, answer: Answer, seconds: float, *, use
         abstained=abstained, false_abstention=false_abstention,
         absent_abstained=(abstained or not answer.found) if absent else None, stopped=stopped,
         finish_reason=finish_reason, language=getattr(item.source, "language", None), seconds=seconds,
-        found=answer.found,
+        found=answer.found, fallback=getattr(answer, "fallback", None),
     )
 
 
@@ -383,6 +384,7 @@ def summarise_answers(records: Sequence[AnswerRecord]) -> dict[str, dict[str, fl
             "false_abstention": false_abstention, "n_expected_in_sources": n_false_base,
             "abstention_rate": absent, "n_absent": n_absent,
             "stop_rate": stop, "n_stop": n_stop,
+            "fallback_rate": sum(bool(getattr(r, "fallback", None)) for r in group) / len(group),
             "p50_s": percentile([r.seconds for r in group], 50), "p95_s": percentile([r.seconds for r in group], 95),
         }
     return out

@@ -1,0 +1,87 @@
+"""generator.grounding_fallback: an LLM answer the grounding check flags is trimmed or replaced by
+the extractive answer, for plain and streamed answers; a grounded answer is left alone.
+
+    .venv/bin/python -m pytest tests/test_grounding_fallback.py -q
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from rag.config import load_config
+from rag.pipeline import RAG
+from rag.types import CatalogRow, GenerationRequest, Hit
+
+ROW = CatalogRow("A1", "The Salt Road", "A novel by Marta Quillon about two sisters crossing the desert in 1920. "
+                 "It won the Carnegie Medal for its portrait of the caravans.")
+
+
+class Retriever:
+    snapshot = None
+
+    def search(self, question: str, k: int | None = None, history=(), snapshot=None) -> list[Hit]:  # type: ignore[no-untyped-def]
+        return [Hit(row=ROW, score=0.9)]
+
+
+class Canned:
+    """An 'LLM' that says what the test wants."""
+
+    name = "canned"
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def generate(self, request: GenerationRequest) -> str:
+        request.finish_reason = "stop"
+        return self.text
+
+    def stream(self, request: GenerationRequest) -> Iterator[str]:
+        request.finish_reason = "stop"
+        yield from self.text.split(" ")[:1]
+        yield " " + " ".join(self.text.split(" ")[1:])
+
+
+GOOD = "The Salt Road is a novel by Marta Quillon [1]."
+INVENTED = "Penguin printed twelve million copies of the cookbook edition in Tokyo [1]."
+
+
+def _rag(text: str, mode: str) -> RAG:
+    config = load_config(None, [f"generator.grounding_fallback={mode}", "retrieval.min_name_coverage=0"])
+    return RAG(config, Retriever(), Canned(text))
+
+
+@pytest.mark.parametrize("mode", ["trim", "extractive"])
+def test_a_grounded_answer_is_left_alone(mode: str) -> None:
+    answer = _rag(GOOD, mode).answer("Who wrote The Salt Road?")
+    assert answer.text == GOOD and answer.fallback is None and answer.llm_text is None
+
+
+def test_trim_drops_the_unsupported_sentence_only() -> None:
+    answer = _rag(f"{GOOD} {INVENTED}", "trim").answer("Who wrote The Salt Road?")
+    assert answer.text == GOOD
+    assert answer.fallback == "trim" and INVENTED in (answer.llm_text or "")
+    assert answer.grounded
+
+
+@pytest.mark.parametrize("mode", ["trim", "extractive"])
+def test_nothing_supported_or_a_wrong_refusal_falls_back_to_the_extractive_answer(mode: str) -> None:
+    for text in (INVENTED, "The sources do not describe The Salt Road."):
+        answer = _rag(text, mode).answer("Who wrote The Salt Road?")
+        assert answer.fallback == "extractive", text
+        assert answer.text.startswith("The Salt Road [1]:") and "Marta Quillon" in answer.text
+        assert answer.grounded and answer.llm_text == text
+
+
+def test_without_a_fallback_the_flag_stays_on_the_answer() -> None:
+    answer = _rag(INVENTED, "none").answer("Who wrote The Salt Road?")
+    assert answer.text == INVENTED and not answer.grounded and answer.fallback is None
+
+
+def test_a_streamed_answer_arrives_checked() -> None:
+    stream = _rag(f"{GOOD} {INVENTED}", "trim").answer("Who wrote The Salt Road?", stream=True)
+    pieces = list(stream)
+    assert "".join(pieces) == GOOD
+    assert stream.answer is not None and stream.answer.fallback == "trim" and stream.answer.text == GOOD
+    plain = list(_rag(GOOD, "none").answer("Who wrote The Salt Road?", stream=True))
+    assert len(plain) == 2  # without a fallback the pieces stream as they come
