@@ -54,8 +54,13 @@ QUESTION_TEMPLATES: list[tuple[str, str, str]] = [
     ("when", "en", "In what year did {title} come out?"),
     ("count", "en", "How many pages does {title} have?"),
     ("count", "en", "How many {noun} does {title} have?"),
+    ("count", "en", "How many {noun} are in {title}?"),
+    ("when", "en", "What year is mentioned in the description of {title}?"),
+    ("when", "en", "When did the events of {title} happen, or when was it made?"),
     ("award", "en", "What award did {title} win?"),
+    ("award", "en", "Which prize is mentioned for {title}?"),
     ("where", "en", "Where is {title} set?"),
+    ("where", "en", "In what place does {title} take place?"),
     ("describe", "pt", "Descreva {title}."),
     ("about", "pt", "Do que se trata o livro {title}?"),
     ("about", "pt", "O que é {title}?"),
@@ -64,6 +69,8 @@ QUESTION_TEMPLATES: list[tuple[str, str, str]] = [
     ("author", "pt", "Quem é o autor de {title}?"),
     ("when", "pt", "Em que ano foi publicado {title}?"),
     ("count", "pt", "Quantas páginas tem {title}?"),
+    ("count", "pt", "Quantos {noun} tem {title}?"),
+    ("when", "pt", "Quando foi feito {title}?"),
     ("award", "pt", "Que prémio ganhou {title}?"),
     ("where", "pt", "Onde se passa {title}?"),
 ]
@@ -72,8 +79,11 @@ QUESTION_TEMPLATES: list[tuple[str, str, str]] = [
 # target answers it (the other kinds fit any description).
 _YEAR = re.compile(r"\b(1[5-9]\d\d|20[0-3]\d)\b")
 _PAGES = re.compile(r"\b\d[\d,]*\s*(?:-\s*)?pages?\b", re.I)
-_COUNTED = re.compile(r"\b(\d[\d,]*)\s+(songs|tracks|recipes|stories|poems|pieces|photographs|photos|illustrations|"
-                      r"maps|puzzles|chapters|episodes|essays|letters|cards|projects|patterns|designs)\b", re.I)
+# "more than 270 recipes", "75 color photographs", "50 photojournalists": a number, at most one
+# adjective, a plural noun (not a unit of time or money, which "how many" rarely asks about)
+_COUNTED = re.compile(r"\b(?!(?:1[5-9]|20)\d\d\b)(\d[\d,]*)\s+(?:[a-z-]{3,}\s+)?"
+                      r"((?!(?:years|months|weeks|days|hours|minutes|seconds|dollars|cents|times|pounds|miles|inches|"
+                      r"feet|seems|goes|was)\b)[a-z]{3,}s)\b")
 _AWARD = re.compile(r"\b(award|prize|medal|winner of|won the)\b", re.I)
 _SETTING = re.compile(r"\b(set in|takes place in|set on|set during)\b", re.I)
 _AUTHOR_PATTERNS = [
@@ -315,6 +325,9 @@ def make_example(gold: CatalogRow, split: str, rng: random.Random, config: Confi
     candidates = [t for t in QUESTION_TEMPLATES if t[1] == language and (fitting is None or t[0] in fitting)]
     if fitting is None:
         candidates = [t for t in candidates if t[0] in ("describe", "about", "audience", "author")]
+    facts = [t for t in candidates if t[0] not in ("describe", "about", "audience")]
+    if facts and ex.answer_style == "teacher" and rng.random() < ex.fact_question_share:
+        candidates = facts  # the description states a fact: ask about it (users mostly ask facts)
     question = None
     while question is None:
         kind, _, template = rng.choice(candidates)

@@ -182,6 +182,9 @@ class GeneratorConfig:
     temperature: float = 0.0
     top_p: float = 1.0
     repetition_penalty: float = 1.15
+    # hf: forbid any n-gram of this size from repeating in one answer (0: off). A small model that
+    # loops on a sentence ("By X [1]. By X [1]. ...") runs into max_new_tokens; 8 stops the loop.
+    no_repeat_ngram_size: int = 0
     load_in_4bit: bool = True  # only when CUDA and bitsandbytes are present
     trust_remote_code: bool = False
     base_url: str | None = None  # openai: e.g. http://127.0.0.1:8000/v1
@@ -217,6 +220,9 @@ class FinetuneExamplesConfig:
     # states that kind of fact (finetune/data.py, docs/finetune.md "Answer targets")
     answer_style: Literal["description", "teacher"] = "description"
     per_product: int = 1  # examples per product, each with its own question and context draw
+    # teacher style: share of questions that ask a fact the description states (who, when, how many,
+    # where, what award), where it states one; the rest describe the product
+    fact_question_share: float = 0.7
     # a question file (eval/fact_questions.jsonl): the products of its "split": "heldout" questions are
     # never trained on, so the evaluation on them measures unseen products
     holdout_questions: str | None = None
@@ -311,6 +317,7 @@ class FinetuneConfig:
         for key, value in {
             "finetune.examples.gold_probability": ex.gold_probability,
             "finetune.examples.portuguese_fraction": ex.portuguese_fraction,
+            "finetune.examples.fact_question_share": ex.fact_question_share,
             "finetune.lora.dropout": self.lora.dropout, "finetune.training.warmup_ratio": tr.warmup_ratio,
         }.items():
             if isinstance(value, float) and not 0.0 <= value <= 1.0:

@@ -240,3 +240,22 @@ def _embedding_support(
         mask = np.isin(owners, rows)
         result[i] = bool(mask.any() and float(sims[i][mask].max()) >= min_similarity)
     return result
+
+
+# --------------------------------------------------------------------------- answer type
+
+_ASKS_COUNT = re.compile(r"\b(how many|how old|at what age|quant[oa]s|quantas|que idade)\b", re.I)
+_ASKS_YEAR = re.compile(r"\b(what year|which year|in what year|when (?:was|were|did|is)|em que ano|que ano|quando)\b", re.I)
+_HAS_NUMBER = re.compile(r"\d|\b(one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|dozen|hundred|"
+                         r"thousand|um|uma|dois|duas|três|cem|mil)\b", re.I)
+_HAS_YEAR = re.compile(r"\b(1\d\d\d|20\d\d)s?\b|\b(century|século|decade)\b", re.I)
+
+
+def missing_answer_type(question: str, answer: str) -> str | None:
+    """"count" when a how-many question gets an answer with no number, "year" when a when/what-year
+    question gets no year; None otherwise (other questions are not judged)."""
+    if _ASKS_COUNT.search(question) and not _HAS_NUMBER.search(_CITATION.sub(" ", answer)):
+        return "count"
+    if _ASKS_YEAR.search(question) and not _HAS_YEAR.search(answer):
+        return "year"
+    return None

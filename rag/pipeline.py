@@ -158,16 +158,21 @@ class RAG:
         request.fallback = ""
         if mode == "none" or self.generator.name == "extractive" or not found or not request.hits:
             return text
-        from rag.grounding import is_abstention, split_answer
+        from rag.grounding import is_abstention, missing_answer_type, split_answer
 
         flagged = unsupported_sentences(text, request.hits, question=request.question)
-        refused = not text or is_abstention(text)
-        if not flagged and not refused:
+        # an answer with no number to "how many", or no year to "when", misses what was asked
+        refused = not text or is_abstention(text) or missing_answer_type(request.question, text) is not None
+        repeated = len(set(split_answer(text))) < len(split_answer(text))
+        if not flagged and not refused and not (mode == "trim" and repeated):
             return text
         new_text = ""
         if mode == "trim" and not refused:
             bad = set(flagged)
-            kept = [s for s in split_answer(text, [h.row.title for h in request.hits]) if s not in bad]
+            kept: list[str] = []
+            for sentence in split_answer(text, [h.row.title for h in request.hits]):
+                if sentence not in bad and sentence not in kept:  # a looping model repeats sentences
+                    kept.append(sentence)
             new_text = " ".join(kept).strip()
             request.fallback = "trim" if new_text else ""
         if not new_text:

@@ -85,3 +85,28 @@ def test_a_streamed_answer_arrives_checked() -> None:
     assert stream.answer is not None and stream.answer.fallback == "trim" and stream.answer.text == GOOD
     plain = list(_rag(GOOD, "none").answer("Who wrote The Salt Road?", stream=True))
     assert len(plain) == 2  # without a fallback the pieces stream as they come
+
+
+def test_an_answer_of_the_wrong_type_falls_back() -> None:
+    from rag.grounding import missing_answer_type
+
+    assert missing_answer_type("How many pages does it have?", "It is a novel about sisters [1].") == "count"
+    assert missing_answer_type("How many pages does it have?", "It has 312 pages [1].") is None
+    assert missing_answer_type("Em que ano foi publicado?", "Um romance [1].") == "year"
+    assert missing_answer_type("In what year was it published?", "First published in 1987 [1].") is None
+    assert missing_answer_type("Who wrote it?", "A novel [1].") is None  # other questions are not judged
+    answer = _rag("The Salt Road is a novel by Marta Quillon [1].", "extractive").answer("When was The Salt Road set?")
+    assert answer.fallback == "extractive" and "1920" in answer.text
+
+
+def test_trim_removes_a_looped_sentence() -> None:
+    answer = _rag(f"{GOOD} {GOOD} {GOOD}", "trim").answer("Who wrote The Salt Road?")
+    assert answer.text == GOOD and answer.fallback == "trim"
+
+
+def test_no_repeat_ngram_size_reaches_generate() -> None:
+    from rag.config import GeneratorConfig
+    from rag.generators.common import resolve_sampling
+
+    assert resolve_sampling(GeneratorConfig(no_repeat_ngram_size=8)).no_repeat_ngram_size == 8
+    assert resolve_sampling(GeneratorConfig()).no_repeat_ngram_size == 0

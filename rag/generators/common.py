@@ -55,6 +55,7 @@ class Sampling:
     temperature: float
     top_p: float
     repetition_penalty: float
+    no_repeat_ngram_size: int = 0  # > 0: no n-gram of this size twice in one generation (hf backend)
 
     @property
     def greedy(self) -> bool:
@@ -83,6 +84,7 @@ def resolve_sampling(config: GeneratorConfig | None, request: GenerationRequest 
         temperature=float(_clamp(float(temperature), 0.0, TEMPERATURE_CAP)),
         top_p=float(_clamp(float(top_p), TOP_P_FLOOR, 1.0)),
         repetition_penalty=float(_clamp(float(config.repetition_penalty), *REPETITION_PENALTY_RANGE)),
+        no_repeat_ngram_size=max(0, int(config.no_repeat_ngram_size)),
     )
 
 

@@ -262,6 +262,8 @@ class HFGenerator:
             "eos_token_id": list(self.stop_ids),
             "pad_token_id": pad if pad is not None else self.stop_ids[0],
         }
+        if sampling.no_repeat_ngram_size:
+            values["no_repeat_ngram_size"] = sampling.no_repeat_ngram_size
         if not sampling.greedy:
             values.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=0)
         return GenerationConfig(**values)
