@@ -262,8 +262,6 @@ class HFGenerator:
             "eos_token_id": list(self.stop_ids),
             "pad_token_id": pad if pad is not None else self.stop_ids[0],
         }
-        if sampling.no_repeat_ngram_size:
-            values["no_repeat_ngram_size"] = sampling.no_repeat_ngram_size
         if not sampling.greedy:
             values.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=0)
         return GenerationConfig(**values)
@@ -271,6 +269,11 @@ class HFGenerator:
     def _run_generate(self, inputs: dict[str, Any], sampling: Sampling, **extra: Any) -> Any:
         import torch
 
+        if sampling.no_repeat_ngram_size:
+            from transformers import LogitsProcessorList
+
+            extra["logits_processor"] = LogitsProcessorList(
+                [answer_ngram_blocker(sampling.no_repeat_ngram_size, inputs["input_ids"].shape[1])])
         with torch.inference_mode():
             return self.model.generate(**inputs, generation_config=self._generation_config(sampling), **extra)
 
@@ -364,3 +367,29 @@ class HFGenerator:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(model={self.model_name!r}, adapter={str(self.adapter) if self.adapter else None!r})"
+
+
+def answer_ngram_blocker(size: int, prompt_length: int) -> Any:
+    """A logits processor that forbids an n-gram of `size` tokens to occur twice in the ANSWER.
+
+    transformers' own `no_repeat_ngram_size` also counts the prompt, so it forbids copying any
+    `size`-token phrase from the sources, which is what a grounded answer does. This one looks only
+    at the tokens generated after `prompt_length`: it ends a sentence loop and leaves quoting alone.
+    """
+    import torch
+    from transformers import LogitsProcessor
+
+    class AnswerNgramBlocker(LogitsProcessor):  # type: ignore[misc]
+        def __call__(self, input_ids: Any, scores: Any) -> Any:
+            for row in range(input_ids.shape[0]):
+                answer = input_ids[row, prompt_length:].tolist()
+                if len(answer) < size:
+                    continue
+                prefix = answer[len(answer) - size + 1:]
+                banned = [answer[i + size - 1] for i in range(len(answer) - size + 1)
+                          if answer[i:i + size - 1] == prefix]
+                if banned:
+                    scores[row, banned] = -torch.inf
+            return scores
+
+    return AnswerNgramBlocker()
