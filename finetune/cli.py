@@ -46,7 +46,7 @@ def _cmd_data(args: argparse.Namespace) -> int:
     run_dir = Path(config.finetune.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     try:
-        examples, stats, _ = prepare_data(config, run_dir, count_tokens=answer_token_counter(config, run_dir))
+        examples, stats, _ = prepare_data(config, run_dir, count_tokens=answer_token_counter(config, run_dir, required=False))
     except FinetuneError as exc:
         raise _usage_error(str(exc)) from None
     from finetune.data import write_examples

@@ -264,12 +264,19 @@ def prepare_data(config: Config, run_dir: Path, *, progress: bool = False,
     return examples, stats, catalog
 
 
-def answer_token_counter(config: Config, run_dir: Path) -> Any:
+def answer_token_counter(config: Config, run_dir: Path, *, required: bool = True) -> Any:
     """The base model's token counter for answer_max_tokens; None (4 characters a token) for the tiny
-    model, whose tokenizer is trained on the examples themselves."""
+    model, whose tokenizer is trained on the examples themselves, and, when not `required` (`rag
+    finetune data` only writes examples), where the base model is not on this machine."""
     if config.finetune.tiny_model:
         return None
-    return token_counter(load_tokenizer(config, model_source(config, run_dir)))
+    try:
+        return token_counter(load_tokenizer(config, model_source(config, run_dir)))
+    except FinetuneError as exc:
+        if required:
+            raise
+        log.warning("answer_max_tokens counted as 4 characters a token: %s", str(exc).split(";")[0])
+        return None
 
 
 def token_counter(tokenizer: Any) -> Any:
