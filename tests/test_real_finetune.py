@@ -75,7 +75,7 @@ def test_a_brief_cpu_fine_tune_beats_the_base_model_on_held_out_products(tmp_pat
         "finetune.examples.answer_style=teacher", "finetune.examples.gold_probability=1.0",
         "finetune.examples.context_k=3", "finetune.examples.answer_max_tokens=64",
         "finetune.examples.validation_fraction=0", "prompt.max_sources=3", "prompt.max_chars_per_source=420",
-        "finetune.lora.r=16", "finetune.lora.alpha=32", "finetune.training.learning_rate=1e-3",
+        "finetune.lora.r=16", "finetune.lora.alpha=32", "finetune.training.learning_rate=0.001",
         "finetune.training.batch_size=1", "finetune.training.gradient_accumulation_steps=2",
         "finetune.training.max_steps=40", "finetune.training.gradient_checkpointing=false",
         "finetune.training.num_threads=2", "finetune.training.save_steps=1000", "finetune.training.logging_steps=10",
