@@ -246,7 +246,8 @@ def prepare_data(config: Config, run_dir: Path, *, progress: bool = False,
         extra, _ = D.read_rows(synthetic, config, rejects_path=run_dir / "rejects.synthetic.jsonl")
         known = {r.uid for r in kept}
         extra = [r for r in extra if r.uid not in known]
-    if len(kept) != len(rows) or extra:
+    removed = len(rows) - len(kept)
+    if removed or extra:
         rows = kept + extra
         catalog = run_dir / "catalog.train.jsonl"
         with catalog.open("w", encoding="utf-8") as fh:
@@ -257,8 +258,7 @@ def prepare_data(config: Config, run_dir: Path, *, progress: bool = False,
         retrieve = D.project_retriever(config, catalog, run_dir)
     examples, stats = D.build_examples(rows, config, retrieve, count_tokens or D.approx_tokens)
     stats["catalog"] = {"path": str(catalog), "read_summary": summary, "held_out_products": len(held_out),
-                        "held_out_rows_removed": len(held_out) and sum(1 for u in held_out if u not in
-                                                                        {r.uid for r in kept}),
+                        "held_out_rows_removed": removed,
                         "synthetic_extra_rows": len(extra),
                         "token_count": "model tokenizer" if count_tokens else "approx (4 chars per token)"}
     return examples, stats, catalog

@@ -138,9 +138,12 @@ class RAG:
         if request.finish_reason is None and self.generator.name == "extractive":
             request.finish_reason = "stop"  # a fixed-form answer always ends on its own
         t0 = time.perf_counter()
-        if request.fallback is None:
-            text = self._grounded_text(request, text, found)
         unsupported = unsupported_sentences(text, request.hits, question=request.question) if found else []
+        if request.fallback is None:
+            checked = self._grounded_text(request, text, found, unsupported)
+            if checked != text:
+                text = checked
+                unsupported = unsupported_sentences(text, request.hits, question=request.question)
         timings["grounding"] = time.perf_counter() - t0
         timings["total"] = time.perf_counter() - started
         return Answer(
@@ -150,29 +153,30 @@ class RAG:
             fallback=request.fallback or None, llm_text=request.llm_text,
         )
 
-    def _grounded_text(self, request: GenerationRequest, text: str, found: bool) -> str:
+    def _grounded_text(self, request: GenerationRequest, text: str, found: bool,
+                       flagged: list[str] | None = None) -> str:
         """generator.grounding_fallback applied to an LLM's answer (unchanged when it passes the check).
 
-        Sets request.fallback ("" when nothing was changed) and request.llm_text."""
+        `flagged`: the answer's unsupported sentences when the caller has them already. Sets
+        request.fallback ("" when nothing was changed) and request.llm_text."""
         mode = self.config.generator.grounding_fallback
         request.fallback = ""
         if mode == "none" or self.generator.name == "extractive" or not found or not request.hits:
             return text
         from rag.grounding import is_abstention, missing_answer_type, split_answer
 
-        flagged = unsupported_sentences(text, request.hits, question=request.question)
+        if flagged is None:
+            flagged = unsupported_sentences(text, request.hits, question=request.question)
         # an answer with no number to "how many", or no year to "when", misses what was asked
         refused = not text or is_abstention(text) or missing_answer_type(request.question, text) is not None
-        repeated = len(set(split_answer(text))) < len(split_answer(text))
+        sentences = split_answer(text, [h.row.title for h in request.hits])
+        repeated = len(set(sentences)) < len(sentences)  # a looping model repeats sentences
         if not flagged and not refused and not (mode == "trim" and repeated):
             return text
         new_text = ""
         if mode == "trim" and not refused:
             bad = set(flagged)
-            kept: list[str] = []
-            for sentence in split_answer(text, [h.row.title for h in request.hits]):
-                if sentence not in bad and sentence not in kept:  # a looping model repeats sentences
-                    kept.append(sentence)
+            kept = [x for x in dict.fromkeys(sentences) if x not in bad]
             new_text = " ".join(kept).strip()
             request.fallback = "trim" if new_text else ""
         if not new_text:
