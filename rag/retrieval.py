@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Sequence
 
 import numpy as np
@@ -53,10 +55,6 @@ class Retriever:
         from index.embedder import load_embedder
         from index.store import IndexStore, LiveIndex
 
-        if config.retrieval.faiss_threads > 0:
-            import faiss
-
-            faiss.omp_set_num_threads(config.retrieval.faiss_threads)
         store = IndexStore.from_config(config)  # honours hnsw_ef_search, ivf_nprobe, checksum settings
         if not store.has_current():
             raise FileNotFoundError(
@@ -121,7 +119,8 @@ class Retriever:
 
         t0 = time.perf_counter()
         n_candidates = max(cfg.candidates, k)
-        scores, ids = snapshot.search(vector, n_candidates)
+        with faiss_threads(cfg.faiss_threads):
+            scores, ids = snapshot.search(vector, n_candidates)
         dense = {int(i): float(s) for i, s in zip(ids[0], scores[0]) if int(i) != -1}
         timings["search"] = time.perf_counter() - t0
 
@@ -182,6 +181,30 @@ class Retriever:
             hits.append(Hit(row=row, score=float(score), dense_score=d, lexical_score=lexical, snippet=snippets.get(fid, "")))
         hits.sort(key=lambda h: h.score, reverse=True)
         return hits
+
+
+@contextmanager
+def faiss_threads(threads: int) -> Iterator[None]:
+    """Run one FAISS call on `threads` OpenMP threads (retrieval.faiss_threads; 0 leaves OpenMP alone).
+
+    FAISS and torch share one OpenMP runtime, whose thread count is a per-thread setting: a
+    process-wide `faiss.omp_set_num_threads(1)` also put torch (query embedding, the LLM) on one
+    thread. The setting is changed for this call in the calling thread only and restored after it.
+    """
+    if threads <= 0:
+        yield
+        return
+    import faiss
+
+    previous = faiss.omp_get_max_threads()
+    if previous == threads:
+        yield
+        return
+    faiss.omp_set_num_threads(threads)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(previous)
 
 
 def weighted_score(dense: float | None, lexical: float, description: float | None, top_description: float,

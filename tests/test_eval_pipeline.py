@@ -203,3 +203,23 @@ def test_ablation_runs_four_variants_with_a_tiny_model(indexed, tmp_path: Path) 
     assert base != tuned  # the adapter really changes the model
     table = answers_table({n: r["summary"]["overall"] for n, r in results.items()}, first_column="variant")
     assert table.count("\n") == 5 and "fine-tuned, no context" in table
+
+
+def test_building_and_querying_a_pipeline_leaves_torch_threads_alone(catalog: Path, tmp_path: Path) -> None:
+    """retrieval.faiss_threads=1 once set OpenMP process-wide, which put torch (and the LLM) on one thread."""
+    import torch
+
+    from rag.pipeline import RAG
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        config = prepare_index(load_config(None, FAST + ["retrieval.faiss_threads=1"]), [catalog],
+                               cache_dir=tmp_path, echo=lambda _m: None)
+        rag = RAG.from_config(config)
+        assert torch.get_num_threads() == 2
+        rag.answer("what is it about?")
+        rag.retrieve("a question about some product", k=3)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
