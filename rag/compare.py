@@ -174,7 +174,8 @@ def run_compare(
     rag_factory: Callable[[Config], Any] | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> CompareResult:
-    """Answer every question with every variant through `RAG.answer` (one RAG per configuration).
+    """Answer every question with every variant through `RAG` (one RAG per configuration); a
+    generator that batches (`hf`) answers generator.batch_size questions at a time.
 
     A failure inside one answer (a server down, a generation error) fills that cell with the error
     and the comparison goes on; failing to build a configuration's RAG stops it.
@@ -188,20 +189,40 @@ def run_compare(
             if callable(warm_up):
                 warm_up()  # load weights now, so the first cell's time is not the loading time
     result = CompareResult(list(questions), list(variants))
-    for qi, question in enumerate(questions, 1):
-        row: list[Cell] = []
-        for variant in variants:
+    cells: list[list[Cell | None]] = [[None] * len(variants) for _ in questions]
+    for vi, variant in enumerate(variants):
+        rag = rags[variant.key]
+        batched = hasattr(rag, "answer_many") and hasattr(getattr(rag, "generator", None), "generate_batch")
+        size = max(1, int(rag.config.generator.batch_size)) if batched else 1
+        for start in range(0, len(questions), size):
+            chunk = list(questions[start:start + size])
             if progress:
-                progress(f"[{qi}/{len(questions)}] {variant.label}")
-            started = time.perf_counter()
-            try:
-                answer = rags[variant.key].answer(question, k=k, use_context=variant.use_context)
-                row.append(Cell(answer=answer, seconds=time.perf_counter() - started))
-            except Exception as exc:
-                log.debug("compare: %s failed on %r", variant.label, question, exc_info=True)
-                row.append(Cell(error=f"{type(exc).__name__}: {exc}", seconds=time.perf_counter() - started))
-        result.cells.append(row)
+                progress(f"[{start + len(chunk)}/{len(questions)}] {variant.label}")
+            if size > 1:
+                started = time.perf_counter()
+                try:
+                    answers = rag.answer_many(chunk, k=k, use_context=variant.use_context, batch_size=size)
+                except Exception:  # noqa: BLE001 - retried one by one below, so one failure fills one cell
+                    log.debug("compare: batch of %s failed; answering one at a time", variant.label, exc_info=True)
+                else:
+                    seconds = (time.perf_counter() - started) / len(chunk)
+                    for j, answer in enumerate(answers):
+                        cells[start + j][vi] = Cell(answer=answer, seconds=seconds)
+                    continue
+            for j, question in enumerate(chunk):
+                cells[start + j][vi] = _one_cell(rag, question, variant, k)
+    result.cells = [[cell for cell in row if cell is not None] for row in cells]
     return result
+
+
+def _one_cell(rag: Any, question: str, variant: Variant, k: int | None) -> Cell:
+    started = time.perf_counter()
+    try:
+        answer = rag.answer(question, k=k, use_context=variant.use_context)
+        return Cell(answer=answer, seconds=time.perf_counter() - started)
+    except Exception as exc:
+        log.debug("compare: %s failed on %r", variant.label, question, exc_info=True)
+        return Cell(error=f"{type(exc).__name__}: {exc}", seconds=time.perf_counter() - started)
 
 
 # --------------------------------------------------------------------------- output

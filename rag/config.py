@@ -186,6 +186,19 @@ class GeneratorConfig:
     # loops on a sentence ("By X [1]. By X [1]. ...") runs into max_new_tokens; 8 stops the loop.
     no_repeat_ngram_size: int = 0
     load_in_4bit: bool = True  # only when CUDA and bitsandbytes are present
+    # hf: precision of the weights. auto: bfloat16 on CUDA (4-bit NF4 only with load_in_4bit for a model
+    # of 2B+ parameters), float32 on CPU. int8: dynamic int8 quantisation of the linear layers (CPU
+    # only, torch.ao): faster decoding on CPU, different greedy text (docs/performance.md "LLM decoding").
+    dtype: Literal["auto", "float32", "bfloat16", "float16", "int8"] = "auto"
+    # hf: fold the LoRA adapter into the base weights once at load (faster per token; not with 4-bit
+    # weights, where the adapter stays separate); false keeps it separate (peft), e.g. to compare
+    merge_adapter: bool = True
+    # hf on CUDA: decode with a static KV cache and torch.compile (CUDA graphs); the first answer of
+    # each batch size pays the compilation (tens of seconds)
+    compile: bool = False
+    # hf: questions generated together (left-padded, sorted by prompt length) by `rag eval answers`,
+    # `rag eval ablation` and `rag compare`; 1 generates one question at a time
+    batch_size: int = 8
     trust_remote_code: bool = False
     base_url: str | None = None  # openai: e.g. http://127.0.0.1:8000/v1
     api_key_env: str = "OPENAI_API_KEY"  # name of the variable that holds the key, never the key
@@ -490,6 +503,7 @@ def _semantic_checks(config: Config) -> list[str]:
         "retrieval.candidates": config.retrieval.candidates,
         "embedding.batch_size": config.embedding.batch_size,
         "generator.max_new_tokens": config.generator.max_new_tokens,
+        "generator.batch_size": config.generator.batch_size,
         "api.max_concurrency": config.api.max_concurrency,
     }
     for key, value in positive.items():

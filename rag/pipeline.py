@@ -187,6 +187,39 @@ class RAG:
         request.llm_text = text
         return new_text
 
+    def _not_found(self, request: GenerationRequest, timings: dict[str, float], found: bool, started: float) -> Answer:
+        """Nothing relevant was retrieved: an LLM could only invent an answer, so no generator is asked."""
+        from rag.generators.extractive import NOT_FOUND_ANSWER
+
+        request.finish_reason, request.new_tokens = "stop", 0
+        return self._finish(request, NOT_FOUND_ANSWER, timings, found, started, time.perf_counter())
+
+    def answer_many(self, questions: Sequence[str], *, k: int | None = None, use_context: bool = True,
+                    batch_size: int | None = None) -> list[Answer]:
+        """Answer many questions, generating them together where the generator batches (`hf`:
+        generator.batch_size, left-padded, sorted by prompt length); otherwise one at a time. Each
+        Answer is what `answer()` gives for its question; its timings["generate"] is its batch's time."""
+        started = time.perf_counter()
+        prepared = [self.prepare(q, k=k, use_context=use_context) for q in questions]
+        answers: list[Answer | None] = [None] * len(questions)
+        pending = []
+        for i, (request, timings, found) in enumerate(prepared):
+            if use_context and not found:
+                answers[i] = self._not_found(request, timings, found, started)
+            else:
+                pending.append(i)
+        batch = getattr(self.generator, "generate_batch", None)
+        size = max(1, int(batch_size or self.config.generator.batch_size))
+        for start in range(0, len(pending), size if batch else 1):
+            chunk = pending[start:start + (size if batch else 1)]
+            generate_started = time.perf_counter()
+            requests = [prepared[i][0] for i in chunk]
+            texts = batch(requests, batch_size=size) if batch else [self.generator.generate(requests[0])]
+            for i, text in zip(chunk, texts):
+                request, timings, found = prepared[i]
+                answers[i] = self._finish(request, text, timings, found, started, generate_started)
+        return [a for a in answers if a is not None]
+
     def answer(self, question: str, *, k: int | None = None, history: Sequence[dict[str, str]] | None = None,
                stream: bool = False, use_context: bool = True, max_new_tokens: int | None = None,
                temperature: float | None = None, top_p: float | None = None, snapshot: Any = None) -> Answer | AnswerStream:
@@ -197,14 +230,13 @@ class RAG:
         request.max_new_tokens, request.temperature, request.top_p = max_new_tokens, temperature, top_p
         generate_started = time.perf_counter()
         if use_context and not found:
-            # nothing relevant was retrieved: an LLM could only invent an answer, so no generator is asked
-            from rag.generators.extractive import NOT_FOUND_ANSWER
-
-            request.finish_reason, request.new_tokens = "stop", 0
             if stream:
+                from rag.generators.extractive import NOT_FOUND_ANSWER
+
+                request.finish_reason, request.new_tokens = "stop", 0
                 return AnswerStream(iter([NOT_FOUND_ANSWER]),
                                     lambda text: self._finish(request, text, timings, found, started, generate_started))
-            return self._finish(request, NOT_FOUND_ANSWER, timings, found, started, generate_started)
+            return self._not_found(request, timings, found, started)
         if stream:
             pieces: Iterator[str] = iter(self.generator.stream(request))
             if self.config.generator.grounding_fallback != "none" and self.generator.name != "extractive":

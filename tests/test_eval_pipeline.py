@@ -223,3 +223,23 @@ def test_building_and_querying_a_pipeline_leaves_torch_threads_alone(catalog: Pa
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_batched_answer_eval_gives_the_answers_of_one_at_a_time(indexed, tmp_path: Path) -> None:
+    from finetune.tiny import create_tiny_model
+    from rag.pipeline import RAG
+
+    config, retriever, rows = indexed
+    model_dir = create_tiny_model(tmp_path / "tiny")
+    config = load_config(None, FAST + ["generator.backend=hf", f"generator.model={model_dir}",
+                                       "generator.max_new_tokens=8", "generator.device=cpu"])
+    config.index.path = retriever.config.index.path
+    questions = generate_questions(rows, n=6, seed=3, kinds=("template_en", "exact"))
+    questions.append(EvalQuestion("absent", "who wrote Zzyzx Qwertyuiop Vlorbnik?", kind="absent"))
+    items = resolve_questions(questions, retriever.snapshot)
+    rag = RAG.from_config(config, retriever=retriever)
+    one = evaluate_answers(rag, items, batch_size=1)
+    batched = evaluate_answers(rag, items, batch_size=4)
+    assert one["batch_size"] == 1 and batched["batch_size"] == 4 and batched["wall_s"] > 0
+    keys = ("qid", "answer", "finish_reason", "found", "grounded")
+    assert [[q[k] for k in keys] for q in batched["questions"]] == [[q[k] for k in keys] for q in one["questions"]]

@@ -326,3 +326,85 @@ def test_adapter_tokenizer_is_preferred(tiny_model_dir: Path, tiny_adapter_dir: 
     bare = tmp_path / "adapter"
     shutil.copytree(tiny_adapter_dir, bare, ignore=shutil.ignore_patterns("tokenizer*", "special_tokens*", "chat_template*"))
     assert HFGenerator(hf_config(tiny_model_dir, bare))._tokenizer_source() == str(tiny_model_dir)
+
+
+# --------------------------------------------------------------------------- batching, precision
+
+
+def _varied_requests() -> list[GenerationRequest]:
+    from rag.types import CatalogRow
+
+    rows = [CatalogRow(uid=f"U{i}", title=f"Product number {i}", content="word " * (5 + 9 * i)) for i in range(4)]
+    questions = ["who wrote it?", "what is Product number 2 about, in a few words please?", "price?",
+                 "tell me everything about the third product in the catalog", "when?"]
+    return [request_for(q, [Hit(row=rows[j % 4], score=0.9)] * (1 + j % 3)) for j, q in enumerate(questions)]
+
+
+def test_batched_generation_gives_the_texts_of_one_at_a_time(tiny_model_dir: Path) -> None:
+    """Left padding, length sorting and chunking must not change a greedy answer."""
+    generator = HFGenerator(hf_config(tiny_model_dir, max_new_tokens=10, no_repeat_ngram_size=3))
+    requests = _varied_requests()
+    requests[1].max_new_tokens = 4  # its own sampling group
+    generator.warm_up()
+    lengths = {len(generator._prompt_ids(r)) for r in requests}
+    assert len(lengths) >= 4  # the batch really pads
+    alone = []
+    for r in _varied_requests_like(requests):
+        alone.append((generator.generate(r), r.new_tokens, r.finish_reason))
+    batched = generator.generate_batch(requests, batch_size=3)
+    assert batched == [text for text, _, _ in alone]
+    assert [(r.new_tokens, r.finish_reason) for r in requests] == [(n, f) for _, n, f in alone]
+    assert requests[1].new_tokens <= 4
+
+
+def _varied_requests_like(requests: list[GenerationRequest]) -> list[GenerationRequest]:
+    return [GenerationRequest(question=r.question, hits=r.hits, messages=r.messages, max_new_tokens=r.max_new_tokens)
+            for r in requests]
+
+
+def test_batch_size_one_and_a_single_request(tiny_model_dir: Path) -> None:
+    generator = HFGenerator(hf_config(tiny_model_dir, max_new_tokens=6, batch_size=1))
+    requests = _varied_requests()[:2]
+    assert generator.generate_batch(requests) == [generator.generate(r) for r in _varied_requests_like(requests)]
+    assert generator.generate_batch([]) == []
+
+
+def test_int8_weights_on_cpu_generate_and_are_quantised(tiny_model_dir: Path) -> None:
+    generator = HFGenerator(hf_config(tiny_model_dir, max_new_tokens=8, dtype="int8"))
+    generator.warm_up()
+    import torch
+
+    kinds = {type(m) for m in generator.model.modules()}
+    assert torch.ao.nn.quantized.dynamic.Linear in kinds and torch.nn.Linear not in kinds
+    text = generator.generate(request_for())
+    assert isinstance(text, str) and 0 < generator.last_stats["new_tokens"] <= 8
+
+
+def test_int8_on_cuda_is_refused_with_the_option_named(tiny_model_dir: Path) -> None:
+    generator = HFGenerator(hf_config(tiny_model_dir, dtype="int8"))
+    generator.device = "cuda"
+    with pytest.raises(GeneratorError, match="generator.dtype: int8"):
+        generator._torch_dtype()
+
+
+def test_unmerged_adapter_gives_the_merged_logits(tiny_model_dir: Path, tiny_adapter_dir: Path) -> None:
+    import torch
+
+    merged = HFGenerator(hf_config(tiny_model_dir, tiny_adapter_dir))
+    separate = HFGenerator(hf_config(tiny_model_dir, tiny_adapter_dir, merge_adapter=False))
+    merged.warm_up()
+    separate.warm_up()
+    assert not any("lora" in name for name, _ in merged.model.named_modules())
+    assert any("lora" in name for name, _ in separate.model.named_modules())
+    inputs = merged._encode(request_for())
+    with torch.no_grad():
+        a, b = (g.model(**inputs).logits[0, -1] for g in (merged, separate))
+    assert torch.allclose(a, b, atol=1e-4)
+
+
+def test_compile_is_cuda_only_and_cpu_text_is_unchanged(tiny_model_dir: Path) -> None:
+    plain = HFGenerator(hf_config(tiny_model_dir, max_new_tokens=8))
+    compiled = HFGenerator(hf_config(tiny_model_dir, max_new_tokens=8, compile=True))
+    assert compiled.generate(request_for()) == plain.generate(request_for())
+    assert not compiled._compiled()
+    assert compiled._generation_config(resolve_sampling(compiled.config.generator)).disable_compile

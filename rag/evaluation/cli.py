@@ -196,6 +196,7 @@ def _cmd_answers(args: argparse.Namespace) -> int:
     context = "without context" if args.no_context else "with retrieved context"
     print(f"Answers ({rag.generator.name}, {context}): {_header(info)}\n")
     print(answers_table(result["summary"]))
+    print(f"\n{len(items)} questions in {result['wall_s']:.1f} s (batch size {result['batch_size']})")
     _write(args.out, {"kind": "answers", "info": info, **result}, args.records)
     return 0
 
