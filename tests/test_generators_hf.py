@@ -213,17 +213,51 @@ def test_adapter_is_loaded_and_changes_the_model(tiny_model_dir: Path, tiny_adap
     assert torch.allclose(logits[1], logits[2], atol=1e-5)
 
 
-def test_stream_pieces_make_the_generated_text(tiny_model_dir: Path) -> None:
-    generator = HFGenerator(hf_config(tiny_model_dir, max_new_tokens=16))
-    pieces = list(generator.stream(request_for()))
-    assert len(pieces) >= 2
-    assert "".join(pieces).strip() == generator.generate(request_for())
+@pytest.mark.parametrize("settings", [{}, {"repetition_penalty": 1.3, "no_repeat_ngram_size": 2},
+                                      {"repetition_penalty": 1.0, "max_new_tokens": 40}])
+def test_stream_pieces_make_the_generated_text(tiny_model_dir: Path, settings: dict[str, Any]) -> None:
+    """Greedy: the streamed text is generate()'s text, token for token, with the same counts."""
+    generator = HFGenerator(hf_config(tiny_model_dir, **{"max_new_tokens": 16, **settings}))
+    for request in _varied_requests()[:3]:
+        streamed = request_for(request.question, request.hits)
+        pieces = list(generator.stream(streamed))
+        assert len(pieces) >= 2
+        whole = request_for(request.question, request.hits)
+        assert "".join(pieces).strip() == generator.generate(whole)
+        assert (streamed.new_tokens, streamed.finish_reason) == (whole.new_tokens, whole.finish_reason)
     assert not [t for t in threading.enumerate() if t.name == "hf-generate"]
 
 
-def test_stream_propagates_exceptions_and_joins_the_thread(tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_stream_propagates_exceptions_mid_answer(tiny_model_dir: Path) -> None:
+    generator = HFGenerator(hf_config(tiny_model_dir, max_new_tokens=20))
+    generator.warm_up()
+    script = Script(generator.model, generator.tokenizer(" word", add_special_tokens=False)["input_ids"])
+
+    def broken(module: Any, args: Any, kwargs: dict[str, Any], output: Any) -> Any:
+        if script.calls >= 3:
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return output
+
+    handle = generator.model.register_forward_hook(broken, with_kwargs=True)
+    received = []
+    with pytest.raises(RuntimeError, match="simulated"):
+        for piece in generator.stream(request_for()):
+            received.append(piece)
+    assert "".join(received).strip().startswith("word")  # what came before the failure was delivered
+    handle.remove()
+    script.handle.remove()
+
+
+def test_compiled_stream_thread_propagates_exceptions_and_is_joined(tiny_model_dir: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """generator.compile streams through a generate() thread (CUDA); its plumbing runs on CPU too."""
     generator = HFGenerator(hf_config(tiny_model_dir))
     generator.warm_up()
+    request = request_for()
+    sampling = resolve_sampling(generator.config.generator, request)
+    inputs = generator._encode(request)
+    pieces = list(generator._stream_compiled(request, inputs, sampling))
+    assert "".join(pieces).strip() == generator.generate(request_for())
 
     def broken(inputs: Any, sampling: Any, **extra: Any) -> Any:
         extra["streamer"].on_finalized_text("partial ")
@@ -232,7 +266,7 @@ def test_stream_propagates_exceptions_and_joins_the_thread(tiny_model_dir: Path,
     monkeypatch.setattr(generator, "_run_generate", broken)
     received = []
     with pytest.raises(RuntimeError, match="simulated"):
-        for piece in generator.stream(request_for()):
+        for piece in generator._stream_compiled(request, inputs, sampling):
             received.append(piece)
     assert received == ["partial "]
     assert not [t for t in threading.enumerate() if t.name == "hf-generate"]

@@ -74,3 +74,15 @@ def test_streaming_yields_the_same_answer_piece_by_piece(generator: Any) -> None
 def test_no_bitsandbytes_for_a_model_this_small(generator: Any) -> None:
     assert not getattr(generator.model, "is_loaded_in_4bit", False)
     assert "bitsandbytes" not in type(generator.model).__module__
+
+
+def test_batched_answers_equal_one_at_a_time(generator: Any) -> None:
+    """Left-padded batches of different prompt lengths give the greedy answers of single requests."""
+    other = CatalogRow("R2", "Seven Small Owls", "A picture book for ages 3 to 5 about owls who learn to count.")
+    asks = [("Who wrote The Salt Road?", [Hit(row=ROW, score=0.9)]),
+            ("For what ages is Seven Small Owls?", [Hit(row=other, score=0.9), Hit(row=ROW, score=0.4)]),
+            ("What is The Salt Road about?", [Hit(row=ROW, score=0.9), Hit(row=other, score=0.3)])]
+    alone = [generator.generate(_request(q, h, max_new_tokens=24)) for q, h in asks]
+    batch = [_request(q, h, max_new_tokens=24) for q, h in asks]
+    assert generator.generate_batch(batch, batch_size=3) == alone
+    assert all(r.new_tokens and r.finish_reason in ("stop", "length") for r in batch)
