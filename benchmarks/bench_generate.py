@@ -17,12 +17,15 @@ one generate() of 1 new token; decode tokens/s = B * (N - 1) / (t(N) - t(1)).
 
 The prompt is the project's own prompt (rag/prompt.py) over synthetic catalog rows, cut to about
 `--prompt-tokens` tokens. `--shape llama3-8b` builds a random-init model of Llama-3-8B's shape in
-bfloat16 on the device (as benchmarks/bench_finetune_gpu.py does), with SmolLM2's tokenizer. `--out`
+bfloat16 on the device (as benchmarks/bench_finetune_gpu.py does), with SmolLM2's tokenizer;
+`--shape DIR` does the same with the config.json and tokenizer of a model directory (e.g. SmolLM2's
+small files, without its weights). `--out`
 writes JSON.
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import resource
 import statistics
@@ -84,18 +87,6 @@ def _timed(fn: Any, device: str, repeats: int) -> float:
     return statistics.median(times)
 
 
-def _fixed_length(generator: Any, tokens: int) -> None:
-    """Make the backend decode exactly `tokens` new tokens (no early stop), for comparable rates."""
-    original = generator._generation_config
-
-    def config_with_min(sampling: Any, prompt_length: int = 0) -> Any:
-        cfg = original(sampling, prompt_length)
-        cfg.min_new_tokens = min(tokens, sampling.max_new_tokens)
-        return cfg
-
-    generator._generation_config = config_with_min
-
-
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     import torch
 
@@ -111,11 +102,11 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         generator = HFGenerator(config)
         started = time.perf_counter()
         if args.shape:
-            _load_shape(generator, args.shape, args.device)
+            _load_shape(generator, args.shape, args.device, args.tokenizer)
         else:
             generator.warm_up()
         load_s = time.perf_counter() - started
-        label = args.shape or config.generator.model
+        label = args.label or args.shape or config.generator.model
         request = _prompt_request(generator.tokenizer, args.prompt_tokens, config)
         prompt_ids = generator._prompt_ids(request)
         n = args.new_tokens
@@ -136,12 +127,17 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
 
         prefill = _timed(lambda: _forward(model, inputs), device, args.repeats)
         paths: list[tuple[str, int, Any]] = [("plain generate", 1, plain)]
-        _fixed_length(generator, n)
+        generator.min_new_tokens = n  # every path decodes exactly the tokens asked for
 
         def ours(tokens: int, batch: int = 1) -> None:
-            capped = type(sampling)(**{**sampling.__dict__, "max_new_tokens": tokens})
-            batch_inputs = generator._batch_inputs([prompt_ids] * batch)
-            generator._run_generate(batch_inputs, capped)
+            """The backend's public paths: generate() for one request, generate_batch() for more."""
+            copies = [copy.copy(request) for _ in range(batch)]
+            for one in copies:
+                one.max_new_tokens = tokens
+            if batch == 1:
+                generator.generate(copies[0])
+            else:
+                generator.generate_batch(copies, batch)
 
         paths.append(("rag generate", 1, ours))
         for b in [int(x) for x in args.batch.split(",") if int(x) > 1]:
@@ -206,19 +202,34 @@ def _stream_row(generator: Any, request: Any, n: int, device: str, repeats: int)
             "peak_mib": round(_peak_memory(device))}
 
 
-def _load_shape(generator: Any, shape: str, device: str) -> None:
-    """A random-init model of a real checkpoint's shape, with SmolLM2's tokenizer (ids fit every vocab)."""
+def _load_shape(generator: Any, shape: str, device: str, tokenizer_dir: str | None) -> None:
+    """A random-init model of a real checkpoint's shape (same arithmetic, so the same speed).
+
+    `shape` is a name from finetune/tiny.py MODEL_SHAPES (SmolLM2's tokenizer, whose ids fit every
+    vocab) or a model directory whose config.json and tokenizer are used without its weights (so the
+    GPU machine needs only the small files of the pulled SmolLM2)."""
     import torch
+    from transformers import AutoConfig, AutoTokenizer, LlamaForCausalLM
 
     from finetune.tiny import create_model_of_shape
     from rag.generators.common import stop_strings, stop_token_ids
     from rag.models import resolve_model
 
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model("smollm2-135m", "--shape tokenizer"))
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-    model = create_model_of_shape(shape, dtype=dtype, device=device).eval()
+    if Path(shape).is_dir():
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir or shape)
+        config = AutoConfig.from_pretrained(shape)
+        previous = torch.get_default_dtype()
+        torch.set_default_dtype(dtype)
+        try:
+            with torch.device(device):
+                model = LlamaForCausalLM(config)
+        finally:
+            torch.set_default_dtype(previous)
+        model = model.to(dtype).eval()
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir or resolve_model("smollm2-135m", "--shape tokenizer"))
+        model = create_model_of_shape(shape, dtype=dtype, device=device).eval()
     generator.device = device
     generator.tokenizer = tokenizer
     generator.stop_ids = stop_token_ids(tokenizer)
@@ -249,6 +260,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", default="configs/smollm2-chat.yaml")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--shape", default=None, help="random-init model of this shape (finetune/tiny.py MODEL_SHAPES)")
+    parser.add_argument("--tokenizer", default=None, help="tokenizer directory for --shape (default: the pulled SmolLM2)")
+    parser.add_argument("--label", default=None, help="the model's name in the table")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtypes", default="auto", help="comma-separated generator.dtype values")
     parser.add_argument("--batch", default="1,4", help="comma-separated batch sizes (1 is always run)")

@@ -248,28 +248,84 @@ def test_stream_propagates_exceptions_mid_answer(tiny_model_dir: Path) -> None:
     script.handle.remove()
 
 
-def test_compiled_stream_thread_propagates_exceptions_and_is_joined(tiny_model_dir: Path,
-                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    """generator.compile streams through a generate() thread (CUDA); its plumbing runs on CPU too."""
-    generator = HFGenerator(hf_config(tiny_model_dir))
+def _static_path(generator: HFGenerator, monkeypatch: pytest.MonkeyPatch, compile: bool = False) -> None:
+    """Route `generate`/`stream` through the static-cache loop that generator.compile uses on CUDA."""
+    from rag.generators.static_decode import StaticDecoder
+
     generator.warm_up()
+    generator._static = StaticDecoder(generator.model, compile=compile)
+    monkeypatch.setattr(generator, "_compiled", lambda: True)
+
+
+@pytest.mark.parametrize("settings", [{}, {"repetition_penalty": 1.3, "no_repeat_ngram_size": 2},
+                                      {"repetition_penalty": 1.0, "max_new_tokens": 40}])
+def test_static_cache_loop_gives_generate_text(tiny_model_dir: Path, settings: dict[str, Any],
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """The generator.compile path (static KV cache, one-token step, penalty and n-gram ban kept
+    incrementally) decodes generate()'s tokens under greedy decoding, streamed or not, with the same
+    counts; requests of different lengths reuse one cache (reset in place, no leftovers)."""
+    config = {"max_new_tokens": 16, **settings}
+    plain = HFGenerator(hf_config(tiny_model_dir, **config))
+    static = HFGenerator(hf_config(tiny_model_dir, **config))
+    _static_path(static, monkeypatch)
+    for request in _varied_requests()[:4]:
+        expected = request_for(request.question, request.hits)
+        text = plain.generate(expected)
+        whole = request_for(request.question, request.hits)
+        assert static.generate(whole) == text
+        streamed = request_for(request.question, request.hits)
+        assert "".join(static.stream(streamed)).strip() == text
+        assert ((whole.new_tokens, whole.finish_reason) == (streamed.new_tokens, streamed.finish_reason)
+                == (expected.new_tokens, expected.finish_reason))
+    assert len(static._static._caches) == 1
+
+
+def test_static_cache_loop_honours_min_new_tokens_and_closing(tiny_model_dir: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    generator = HFGenerator(hf_config(tiny_model_dir, max_new_tokens=24))
+    _static_path(generator, monkeypatch)
+    generator.min_new_tokens = 24  # what the benchmark sets: no early stop
     request = request_for()
-    sampling = resolve_sampling(generator.config.generator, request)
-    inputs = generator._encode(request)
-    pieces = list(generator._stream_compiled(request, inputs, sampling))
-    assert "".join(pieces).strip() == generator.generate(request_for())
+    generator.generate(request)
+    assert (request.new_tokens, request.finish_reason) == (24, "length")
+    stream = generator.stream(request_for())
+    next(stream)
+    stream.close()  # type: ignore[attr-defined]
+    generator.min_new_tokens = 0
+    again = request_for()
+    assert generator.generate(again) == HFGenerator(hf_config(tiny_model_dir, max_new_tokens=24)).generate(request_for())
 
-    def broken(inputs: Any, sampling: Any, **extra: Any) -> Any:
-        extra["streamer"].on_finalized_text("partial ")
-        raise RuntimeError("CUDA out of memory (simulated)")
 
-    monkeypatch.setattr(generator, "_run_generate", broken)
-    received = []
-    with pytest.raises(RuntimeError, match="simulated"):
-        for piece in generator._stream_compiled(request, inputs, sampling):
-            received.append(piece)
-    assert received == ["partial "]
-    assert not [t for t in threading.enumerate() if t.name == "hf-generate"]
+def test_ngram_ban_matches_the_answer_blocker() -> None:
+    """The incremental table bans exactly what answer_ngram_blocker bans, step by step."""
+    import random
+
+    import torch
+
+    from rag.generators.hf import answer_ngram_blocker
+    from rag.generators.static_decode import NgramBan
+
+    rng = random.Random(3)
+    for size in (1, 2, 3, 4):
+        ban, blocker = NgramBan(size), answer_ngram_blocker(size, prompt_length=2)
+        answer: list[int] = []
+        for _ in range(60):
+            scores = blocker(torch.tensor([[7, 7, *answer]]), torch.zeros((1, 6)))
+            assert sorted(torch.nonzero(scores[0] == -torch.inf).flatten().tolist()) == ban.banned()
+            token = rng.randrange(6)
+            answer.append(token)
+            ban.add(token)
+
+
+@pytest.mark.slow
+def test_compiled_static_step_on_cpu_gives_generate_text(tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch.compile of the one-token step (inductor on the CPU; CUDA graphs on a GPU) changes no token."""
+    plain = HFGenerator(hf_config(tiny_model_dir, max_new_tokens=12))
+    compiled = HFGenerator(hf_config(tiny_model_dir, max_new_tokens=12))
+    _static_path(compiled, monkeypatch, compile=True)
+    for request in _varied_requests()[:2]:
+        assert compiled.generate(request_for(request.question, request.hits)) == plain.generate(
+            request_for(request.question, request.hits))
 
 
 def test_closing_the_stream_early_stops_generation(tiny_model_dir: Path) -> None:

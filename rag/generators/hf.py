@@ -42,9 +42,6 @@ log = logging.getLogger(__name__)
 
 # Below this size 4-bit weights save little memory and cost speed (dequantisation per matmul).
 FOUR_BIT_MIN_PARAMETERS = 2_000_000_000
-# generator.compile: the static KV cache is sized in steps of this many tokens, so that prompts of
-# different lengths share one compiled decoding step.
-STATIC_CACHE_STEP = 1024
 
 
 def estimated_parameters(model: str) -> int | None:
@@ -127,6 +124,8 @@ class HFGenerator:
         self.stop_texts: list[str] = []
         self._lock = threading.Lock()
         self.last_stats: dict[str, float] = {}  # tokens and seconds of the last generation
+        self.min_new_tokens = 0  # benchmarks only: decode at least this many tokens (no early stop)
+        self._static: Any = None  # the StaticDecoder of generator.compile, made on first use
 
     # ------------------------------------------------------------------ loading
 
@@ -302,16 +301,19 @@ class HFGenerator:
             "eos_token_id": list(self.stop_ids),
             "pad_token_id": self._pad_id(),
         }
+        if self.min_new_tokens:
+            values["min_new_tokens"] = min(self.min_new_tokens, sampling.max_new_tokens)
         if not sampling.greedy:
             values.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=0)
         if self._compiled():
             from transformers import CompileConfig
 
+            from rag.generators.static_decode import cache_length
+
             # One static cache size for all prompts (rounded up to STATIC_CACHE_STEP): a new size would
             # recompile the decoding step.
-            needed = prompt_length + sampling.max_new_tokens
             values.update(cache_implementation="static",
-                          max_cache_len=-(-needed // STATIC_CACHE_STEP) * STATIC_CACHE_STEP,
+                          max_cache_len=cache_length(prompt_length + sampling.max_new_tokens),
                           compile_config=CompileConfig(fullgraph=False, mode="reduce-overhead"))
         else:
             values["disable_compile"] = True
@@ -353,6 +355,8 @@ class HFGenerator:
     def generate(self, request: GenerationRequest) -> str:
         self.warm_up()
         sampling = resolve_sampling(self.config.generator, request)
+        if self._compiled():  # one request: the static-cache loop with its compiled step
+            return "".join(self.stream(request)).strip()
         inputs = self._encode(request)
         started = time.perf_counter()
         output = self._run_generate(inputs, sampling)
@@ -400,21 +404,23 @@ class HFGenerator:
         cache, with the same logits processors as `generate`), so the first piece follows the
         prefill and streaming runs at generate()'s speed; a generate() thread feeding a streamer ran
         at a third of it on a GPU. Under greedy decoding the text equals `generate`'s. Closing the
-        iterator early stops at the next token. With generator.compile (CUDA) the compiled
-        generate() runs in a thread behind a streamer instead (`_stream_compiled`).
+        iterator early stops at the next token. With generator.compile (CUDA) the tokens come from
+        the static-cache loop with its compiled step (rag/generators/static_decode.py), which
+        `generate` then uses too, so streaming and not run at one speed.
         """
         self.warm_up()
         sampling = resolve_sampling(self.config.generator, request)
-        inputs = self._encode(request)
         if self._compiled():
-            yield from self._stream_compiled(request, inputs, sampling)
-            return
+            token_ids = self._static_decoder().tokens(self._prompt_ids(request), sampling, self.stop_ids,
+                                                      min_new_tokens=self.min_new_tokens)
+        else:
+            token_ids = self._decode_loop(self._encode(request), sampling)
         started = time.perf_counter()
         tokens: list[int] = []
         emitted = ""
         stopped = False
         try:
-            for token in self._decode_loop(inputs, sampling):
+            for token in token_ids:
                 if token in self.stop_ids:
                     stopped = True
                     break
@@ -467,10 +473,12 @@ class HFGenerator:
         cache = DynamicCache(config=self.model.config)
         step_input = ids
         with torch.inference_mode():
-            for _ in range(sampling.max_new_tokens):
+            for produced in range(sampling.max_new_tokens):
                 out = self.model(input_ids=step_input, attention_mask=mask, past_key_values=cache, use_cache=True,
                                  logits_to_keep=1)
                 scores = processors(ids, out.logits[:, -1, :].to(dtype=torch.float32))
+                if produced < self.min_new_tokens:
+                    scores[:, list(self.stop_ids)] = -torch.inf
                 if sampling.greedy:
                     next_id = torch.argmax(scores, dim=-1)
                 else:
@@ -481,62 +489,12 @@ class HFGenerator:
                 ids = torch.cat([ids, step_input], dim=-1)
                 mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=-1)
 
-    def _stream_compiled(self, request: GenerationRequest, inputs: dict[str, Any], sampling: Sampling) -> Iterator[str]:
-        """generator.compile: the compiled generate() in a thread, read through a TextIteratorStreamer.
+    def _static_decoder(self) -> Any:
+        if self._static is None:
+            from rag.generators.static_decode import StaticDecoder
 
-        The thread is always joined, an exception raised inside generate() is re-raised here, and
-        closing the iterator early stops generation at the next token."""
-        from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
-
-        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
-        cancel = threading.Event()
-        errors: list[BaseException] = []
-        counted = {"tokens": 0, "stopped": False}
-        stop_ids = set(self.stop_ids)
-
-        class _Cancel(StoppingCriteria):
-            def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
-                import torch
-
-                counted["tokens"] += 1
-                if int(input_ids[0, -1]) in stop_ids:
-                    counted["stopped"] = True
-                return torch.full((input_ids.shape[0],), cancel.is_set(), dtype=torch.bool, device=input_ids.device)
-
-        def work() -> None:
-            try:
-                self._run_generate(inputs, sampling, streamer=streamer, stopping_criteria=StoppingCriteriaList([_Cancel()]))
-            except BaseException as exc:  # noqa: BLE001 - handed to the consumer thread below
-                errors.append(exc)
-                streamer.end()  # unblocks the consumer, which then re-raises
-
-        started = time.perf_counter()
-        thread = threading.Thread(target=work, name=f"{self.name}-generate", daemon=True)
-        thread.start()
-        emitted = ""
-        try:
-            for piece in streamer:
-                if not piece:
-                    continue
-                candidate = emitted + piece
-                cut = strip_stop_strings(candidate, self.stop_texts)
-                if len(cut) < len(candidate):  # a stop marker decoded as text: end here
-                    if len(cut) > len(emitted):
-                        yield cut[len(emitted):]
-                    counted["stopped"] = True
-                    cancel.set()
-                    break
-                emitted = candidate
-                yield piece
-        finally:
-            cancel.set()
-            thread.join()
-        if errors:
-            raise errors[0]
-        request.new_tokens = counted["tokens"]
-        request.finish_reason = ("stop" if counted["stopped"] or counted["tokens"] < sampling.max_new_tokens
-                                 else "length")
-        self._record(counted["tokens"], time.perf_counter() - started)
+            self._static = StaticDecoder(self.model, compile=True)
+        return self._static
 
     def _record(self, tokens: int, seconds: float) -> None:
         self.last_stats = {"new_tokens": float(tokens), "seconds": seconds,

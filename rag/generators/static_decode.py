@@ -1,0 +1,168 @@
+"""One-at-a-time decoding over a static KV cache, with the per-token step compiled once (CUDA graphs).
+
+Used by the `hf` backend for `generate` and `stream` of a single request when `generator.compile` is
+set on CUDA (rag/generators/hf.py); batches keep transformers' `generate`.
+
+Why not `model.generate(cache_implementation="static", compile_config=...)`: measured on an H200
+(docs/performance.md "LLM decoding"), SmolLM2-135M decoded at 344 tokens/s through it, while the
+compiled forward alone takes well under a millisecond. The rest is generate()'s Python around each
+step (input preparation, logits processors that copy the whole sequence, stopping criteria that wait
+for the GPU). Here each step is one replay of the compiled forward plus a few small kernels:
+
+* the repetition penalty reads a boolean "seen" mask over the vocabulary, updated in place, instead
+  of gathering over the whole sequence;
+* the answer n-gram blocker keeps a table of the answer's (n-1)-grams on the host, where the token
+  already is (streaming needs it there anyway), and only touches the scores when a ban applies;
+* the prompt's prefill runs eagerly (one forward, its shape differs per prompt); the static cache is
+  allocated once per size class (`STATIC_CACHE_STEP`) and reset in place between requests, so the
+  compiled step sees the same tensors every time.
+
+Under greedy decoding the tokens equal `model.generate`'s with the same penalty and blocker (tested
+on CPU, where the same loop runs uncompiled: tests/test_generators_hf.py).
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from rag.generators.common import Sampling
+
+# The static KV cache is sized in steps of this many tokens, so that prompts of different lengths
+# share one compiled decoding step.
+STATIC_CACHE_STEP = 1024
+
+
+def cache_length(needed: int, step: int = STATIC_CACHE_STEP) -> int:
+    """`needed` rounded up to a multiple of `step` (at least one step)."""
+    return max(step, -(-needed // step) * step)
+
+
+class NgramBan:
+    """Which next tokens would repeat an n-gram of `size` tokens already in the answer.
+
+    The same rule as `answer_ngram_blocker` (rag/generators/hf.py), kept incrementally: the table maps
+    every (size-1)-gram of the answer to the tokens that followed it."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self.answer: list[int] = []
+        self.followers: dict[tuple[int, ...], set[int]] = {}
+
+    def banned(self) -> list[int]:
+        if self.size <= 0 or len(self.answer) < self.size - 1:
+            return []
+        key = tuple(self.answer[len(self.answer) - self.size + 1:]) if self.size > 1 else ()
+        return sorted(self.followers.get(key, ()))
+
+    def add(self, token: int) -> None:
+        if self.size > 0 and len(self.answer) >= self.size - 1:
+            key = tuple(self.answer[len(self.answer) - self.size + 1:]) if self.size > 1 else ()
+            self.followers.setdefault(key, set()).add(token)
+        self.answer.append(token)
+
+
+class StaticDecoder:
+    """Decode one prompt at a time over a `StaticCache`, the per-token forward optionally compiled.
+
+    `compile=True` wraps the one-token forward in `torch.compile(mode="reduce-overhead")`, which
+    records it as a CUDA graph on a GPU; the first request of each cache size pays the compilation.
+    `compile=False` runs the same loop eagerly (any device), which is what the CPU tests check."""
+
+    def __init__(self, model: Any, *, compile: bool = False, cache_step: int = STATIC_CACHE_STEP):
+        self.model = model
+        self.compile = compile
+        self.cache_step = cache_step
+        self._caches: dict[int, Any] = {}
+        self._step_fn: Any = None
+        self._device = next(model.parameters()).device
+
+    def _cache(self, needed: int) -> Any:
+        from transformers import StaticCache
+
+        length = cache_length(needed, self.cache_step)
+        cache = self._caches.get(length)
+        if cache is None:
+            cache = StaticCache(config=self.model.config, max_cache_len=length)
+            self._caches[length] = cache
+        else:
+            cache.reset()
+        return cache
+
+    def _step(self) -> Any:
+        if self._step_fn is None:
+            model = self.model
+
+            def forward(ids: Any, positions: Any, cache: Any) -> Any:
+                return model(input_ids=ids, position_ids=positions, past_key_values=cache, use_cache=True).logits[:, -1, :]
+
+            if self.compile:
+                import torch
+
+                from rag.generators.hf import no_pickled_compile_caches
+
+                no_pickled_compile_caches()
+                forward = torch.compile(forward, mode="reduce-overhead", fullgraph=False, dynamic=False)
+            self._step_fn = forward
+        return self._step_fn
+
+    def tokens(self, prompt_ids: Sequence[int], sampling: Sampling, stop_ids: Sequence[int],
+               min_new_tokens: int = 0) -> Iterator[int]:
+        """The new token ids one by one; the last one is a stop id when the model stopped.
+
+        `min_new_tokens` forbids the stop ids before that many tokens (benchmarks decode a fixed
+        length). Closing the iterator early leaves the decoder ready for the next request."""
+        import torch
+
+        device = self._device
+        vocab = int(self.model.config.vocab_size)
+        step = self._step()
+        ids = torch.tensor([list(prompt_ids)], dtype=torch.long, device=device)
+        penalty = float(sampling.repetition_penalty)
+        seen = None
+        if penalty != 1.0:
+            seen = torch.zeros((1, vocab), dtype=torch.bool, device=device)
+            seen[0, ids[0]] = True
+        ngrams = NgramBan(int(sampling.no_repeat_ngram_size or 0))
+        warpers = _warpers(sampling)
+        stops = set(int(s) for s in stop_ids)
+        stop_index = torch.tensor(sorted(stops), dtype=torch.long, device=device) if stops else None
+        with torch.inference_mode():  # the cache is made and reset in it: its tensors are inference tensors
+            cache = self._cache(len(prompt_ids) + sampling.max_new_tokens + 1)
+            logits = self.model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1, :]
+            position = len(prompt_ids)
+            for produced in range(sampling.max_new_tokens):
+                scores = logits.to(dtype=torch.float32)
+                if seen is not None:
+                    scores = torch.where(seen, torch.where(scores < 0, scores * penalty, scores / penalty), scores)
+                banned = ngrams.banned()
+                if banned:
+                    scores[0, banned] = -torch.inf
+                if produced < min_new_tokens and stop_index is not None:
+                    scores[0, stop_index] = -torch.inf
+                if sampling.greedy:
+                    next_id = torch.argmax(scores, dim=-1)
+                else:
+                    for warp in warpers:
+                        scores = warp(None, scores)
+                    next_id = torch.multinomial(torch.softmax(scores, dim=-1), num_samples=1).squeeze(1)
+                token = int(next_id[0])  # the one wait for the GPU per token
+                yield token
+                if token in stops or produced + 1 >= sampling.max_new_tokens:
+                    return
+                ngrams.add(token)
+                if seen is not None:
+                    seen[0, token] = True
+                positions = torch.full((1, 1), position, dtype=torch.long, device=device)
+                logits = step(next_id.view(1, 1), positions, cache)
+                position += 1
+
+
+def _warpers(sampling: Sampling) -> list[Any]:
+    if sampling.greedy:
+        return []
+    from transformers import TemperatureLogitsWarper, TopPLogitsWarper
+
+    warpers: list[Any] = [TemperatureLogitsWarper(sampling.temperature)]
+    if sampling.top_p < 1.0:
+        warpers.append(TopPLogitsWarper(sampling.top_p))
+    return warpers
