@@ -22,7 +22,7 @@ nvidia-smi --query-gpu=name,memory.used,memory.total,clocks.sm,driver_version --
 bench() { # name timeout args...
   local name=$1 limit=$2; shift 2
   echo "=== $name"
-  timeout "$limit" python3 benchmarks/bench_generate.py --device cuda --out "$OUT/$name.json" "$@" >"$OUT/$name.log" 2>&1
+  timeout "$limit" python3 benchmarks/bench_generate.py --device cuda --set generator.model=.smol-tok --out "$OUT/$name.json" "$@" >"$OUT/$name.log" 2>&1
   echo "rc=$?"; grep -E "^  |^\|" "$OUT/$name.log" | grep -v "^|---" | tail -14
 }
 if [ "$WHAT" = smollm2 ] || [ "$WHAT" = all ]; then
@@ -30,5 +30,5 @@ if [ "$WHAT" = smollm2 ] || [ "$WHAT" = all ]; then
   bench smollm2_cuda_compiled 240 --shape .smol-tok --label smollm2-135m --prompt-tokens 1000 --new-tokens 128 --batch 1,8,32 --repeats 3 --compile
 fi
 if [ "$WHAT" = llama3-8b ] || [ "$WHAT" = all ]; then
-  bench llama3_8b_cuda_compiled 300 --shape llama3-8b --prompt-tokens 1500 --new-tokens 128 --batch 1,8 --repeats 2 --compile
+  bench llama3_8b_cuda_compiled 300 --shape llama3-8b --tokenizer .smol-tok --prompt-tokens 1500 --new-tokens 128 --batch 1,8 --repeats 2 --compile
 fi

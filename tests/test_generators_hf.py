@@ -253,7 +253,7 @@ def _static_path(generator: HFGenerator, monkeypatch: pytest.MonkeyPatch, compil
     from rag.generators.static_decode import StaticDecoder
 
     generator.warm_up()
-    generator._static = StaticDecoder(generator.model, compile=compile)
+    generator._static = StaticDecoder(generator.model, compile=compile, compile_mode="reduce-overhead")
     monkeypatch.setattr(generator, "_compiled", lambda: True)
 
 

@@ -493,7 +493,7 @@ class HFGenerator:
         if self._static is None:
             from rag.generators.static_decode import StaticDecoder
 
-            self._static = StaticDecoder(self.model, compile=True)
+            self._static = StaticDecoder(self.model, compile=True, compile_mode=self.config.generator.compile_mode)
         return self._static
 
     def _record(self, tokens: int, seconds: float) -> None:

