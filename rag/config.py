@@ -80,6 +80,9 @@ class CatalogConfig:
     rejects_path: str | None = None  # wins over the path the caller passes (e.g. <index dir>/rejects.jsonl)
     # an index build or update whose rejected lines exceed this share of the lines read fails and writes nothing
     max_reject_fraction: float = 0.5
+    # a longer line (or JSON array element) is rejected without being read into memory; the longest real
+    # row is ~0.4 MB of JSON (~1.2 MB if every character were \u-escaped), so 4 MiB cuts none of them
+    max_line_bytes: int = 4 << 20
 
 
 @dataclass
@@ -505,6 +508,7 @@ def _semantic_checks(config: Config) -> list[str]:
         "generator.max_new_tokens": config.generator.max_new_tokens,
         "generator.batch_size": config.generator.batch_size,
         "api.max_concurrency": config.api.max_concurrency,
+        "catalog.max_line_bytes": config.catalog.max_line_bytes,
     }
     for key, value in positive.items():
         if isinstance(value, int) and not isinstance(value, bool) and value <= 0:
