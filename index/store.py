@@ -44,6 +44,7 @@ import logging
 import os
 import shutil
 import sqlite3
+import stat
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -649,6 +650,22 @@ def open_version_dir(version_dir: Path, *, mmap: bool = True, checksums: bool = 
     return IndexSnapshot(version_dir, manifest, vectors, meta, delta_meta)
 
 
+def _check_root(root: Path) -> None:
+    """index.path must be a directory, or not exist yet below a directory (it is then created)."""
+    for path in (root, *root.parents):
+        try:
+            st = path.stat()
+        except (FileNotFoundError, NotADirectoryError):  # NotADirectoryError: a file further up; found there
+            continue
+        except OSError as exc:
+            raise IndexStoreError(f"{path}: cannot use it for index.path={str(root)!r} ({exc.strerror})") from None
+        if not stat.S_ISDIR(st.st_mode):
+            what = "is" if path == root else "is above it and"
+            raise IndexStoreError(f"index.path={str(root)!r}: {path} {what} a file, not a directory; set index.path "
+                                  "to a directory (`--set index.path=DIR`; it is created when missing)")
+        return
+
+
 # --------------------------------------------------------------------------- store
 
 
@@ -658,6 +675,7 @@ class IndexStore:
     def __init__(self, root: str | Path, *, verify_checksums_on_open: bool = True,
                  search_params: dict[str, Any] | None = None) -> None:
         self.root = Path(root)
+        _check_root(self.root)
         self.verify_checksums_on_open = verify_checksums_on_open
         self.search_params = dict(search_params or {})
         # files this store object already hashed on open (see HashCache): a reload after an update
