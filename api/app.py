@@ -17,6 +17,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import threading
 import time
 import uuid
@@ -59,6 +60,10 @@ _KINDS = {
     405: "invalid_request_error", 409: "conflict_error", 413: "request_too_large", 422: "invalid_request_error",
     429: "rate_limit_error", 500: "internal_error", 503: "service_unavailable", 504: "timeout_error",
 }
+
+
+# an absolute path (after the start, a space, a quote or a bracket): "/srv/data/index/versions/v1/x.faiss"
+_ABSOLUTE_PATH = re.compile(r"(^|[\s'\"(\[=])(/[^\s'\"()\[\]:;,]+)")
 
 
 class ApiError(HTTPException):
@@ -114,8 +119,17 @@ class ApiState:
     def require_rag(self) -> Any:
         if self.rag is None:
             reason = self.load_error or "the index and models are still loading"
-            raise ApiError(503, f"not ready: {reason}", headers={"Retry-After": "5"})
+            raise ApiError(503, f"not ready: {self.public(reason)}", headers={"Retry-After": "5"})
         return self.rag
+
+    def public(self, text: str) -> str:
+        """`text` without the server's absolute paths (for clients; the log keeps them): the index root
+        becomes `<index.path>`, any other absolute path its last component."""
+        root = Path(self.config.index.path)
+        for name in sorted({str(root.resolve()), str(root.absolute()), str(root)}, key=len, reverse=True):
+            if name not in ("", "."):
+                text = text.replace(name, "<index.path>")
+        return _ABSOLUTE_PATH.sub(lambda m: m.group(1) + ".../" + m.group(2).rstrip("/").rsplit("/", 1)[-1], text)
 
     def snapshot(self) -> Any:
         """The served index snapshot (blocking: may open and verify a new version)."""
@@ -353,11 +367,21 @@ def create_app(config: Config, rag: Any = None) -> FastAPI:
                        max_upload_bytes=config.api.max_upload_bytes)
     app.add_middleware(ApiKeyMiddleware, api_key=state.api_key, open_paths=list(config.api.open_paths),
                        admin_prefix=ADMIN_PREFIX, key_env=config.api.api_key_env)
-    app.add_middleware(RequestContextMiddleware, metrics=state.metrics)
+    app.add_middleware(RequestContextMiddleware, metrics=state.metrics, route_of=lambda scope: _route_of(app, scope))
     _install_error_handlers(app)
     _add_routes(app, state)
     _complete_openapi(app)
     return app
+
+
+def _route_of(app: FastAPI, scope: dict[str, Any]) -> str | None:
+    """The route template a request was for, when a middleware answered before routing (e.g. a 401)."""
+    from starlette.routing import Match
+
+    for route in app.router.routes:
+        if route.matches(scope)[0] == Match.FULL:
+            return getattr(route, "path", None)
+    return None
 
 
 def _complete_openapi(app: FastAPI) -> None:
@@ -454,17 +478,21 @@ def _add_routes(app: FastAPI, state: ApiState) -> None:
              summary="Readiness: the index is loaded and verified",
              responses={503: {"model": s.Readiness, "description": "Not ready; `reason` says why."}})
     async def readyz() -> Any:
+        # no key is needed here: `reason` names files relative to <index.path>, never the server's own paths
         if state.rag is None:
             reason = state.load_error or "loading the index and models"
-            return JSONResponse(s.Readiness(status="not_ready", reason=reason).model_dump(), status_code=503)
+            return JSONResponse(s.Readiness(status="not_ready", reason=state.public(reason)).model_dump(),
+                                status_code=503)
         try:
             snapshot = await run_in_threadpool(state.snapshot)
         except Exception as exc:
             log.error("readiness check failed: %s", exc)
-            return JSONResponse(s.Readiness(status="not_ready", reason=f"{type(exc).__name__}: {exc}").model_dump(),
+            return JSONResponse(s.Readiness(status="not_ready",
+                                            reason=state.public(f"{type(exc).__name__}: {exc}")).model_dump(),
                                 status_code=503)
         live = getattr(state.rag.retriever, "live_index", None)
-        return s.Readiness(status="ready", reason=getattr(live, "last_error", None),
+        last_error = getattr(live, "last_error", None)
+        return s.Readiness(status="ready", reason=state.public(last_error) if last_error else None,
                            index_version=_version_of(snapshot), rows=getattr(snapshot, "rows", None),
                            embedding_model=getattr(snapshot, "embedding_model", None),
                            generator=state.rag.generator.name)
@@ -550,7 +578,8 @@ def _add_routes(app: FastAPI, state: ApiState) -> None:
 
     # ---------------------------------------------------------------- products
 
-    @app.get("/v1/products/{uid}", response_model=s.Product, tags=["catalog"], dependencies=documented_auth,
+    # {uid:path}: catalog uids may hold "/" (sent as is or as %2F)
+    @app.get("/v1/products/{uid:path}", response_model=s.Product, tags=["catalog"], dependencies=documented_auth,
              summary="One catalog row by uid (as served by the current index version)",
              responses=_error_responses(401, 404, 500, 503))
     async def product(uid: str) -> s.Product:

@@ -369,6 +369,9 @@ class ApiConfig:
     max_concurrency: int = 8  # answers in flight; one more gets 429 + Retry-After instead of queueing
     request_timeout_s: float = 60.0  # answers slower than this -> 504 (a stream already started ends with an error event)
     retry_after_s: int = 1  # Retry-After seconds sent with 429
+    # a connection that has not sent a whole request head (request line + headers) this many seconds after
+    # connecting, or after it began the next request, gets 408 and is closed (half-open connections pile up)
+    header_timeout_s: float = 10.0
     model_id: str = "amazontitles-rag"  # the model id of /v1/models and of completions
     # Paths served without the API key (probes and the schema; they reveal no catalog data).
     open_paths: list[str] = field(default_factory=lambda: ["/healthz", "/readyz", "/docs", "/openapi.json"])
@@ -522,6 +525,8 @@ def _semantic_checks(config: Config) -> list[str]:
     errors += config.finetune.problems() if isinstance(config.finetune, FinetuneConfig) else []
     if isinstance(config.catalog.max_reject_fraction, float) and not 0.0 <= config.catalog.max_reject_fraction <= 1.0:
         errors.append(f"catalog.max_reject_fraction: must be between 0 and 1, got {config.catalog.max_reject_fraction}")
+    if isinstance(config.api.header_timeout_s, float) and not config.api.header_timeout_s > 0:
+        errors.append(f"api.header_timeout_s: must be > 0, got {config.api.header_timeout_s}")
     if isinstance(config.catalog.boilerplate_patterns, list):
         import re
 
