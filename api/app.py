@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import re
+import sqlite3
 import threading
 import time
 import uuid
@@ -434,6 +435,18 @@ def _install_error_handlers(app: FastAPI) -> None:
         if exc.status_code == 404 and message == "Not Found":
             message = f"no route {request.method} {request.url.path}; the routes are listed at /docs"
         return respond(request, exc.status_code, message, kind, dict(exc.headers or {}))
+
+    async def index_unusable(request: Request, exc: Exception) -> JSONResponse:
+        """The served index is damaged (a file truncated while served, unreadable SQLite): 503, the process lives."""
+        log.error("request %s: the index cannot serve it: %s", request_id_of(request.scope), exc)
+        state: ApiState = request.app.state.api
+        what = "the index metadata cannot be read" if isinstance(exc, sqlite3.DatabaseError) else "the index is damaged"
+        return respond(request, 503, f"{what}: {state.public(str(exc))}", "service_unavailable", {"Retry-After": "5"})
+
+    from index.store import IndexStoreError
+
+    app.add_exception_handler(IndexStoreError, index_unusable)
+    app.add_exception_handler(sqlite3.DatabaseError, index_unusable)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -121,6 +121,9 @@ class IndexConfig:
     ivf_nprobe: int = 16
     ivf_train_points: int = 0  # vectors the ivf quantizer is trained on; 0 -> 64 * ivf_nlist
     mmap: bool = True  # memory-map the FAISS file on open (flat/hnsw: IO_FLAG_MMAP_IFC, ivf: IO_FLAG_MMAP)
+    # ... when it is at least this large (also the description index's arrays, together); smaller files are
+    # read into memory, so damage to them on disk cannot reach a running server (docs/index.md, "Guarantees")
+    mmap_min_bytes: int = 64 << 20
     descriptions: bool = True  # also build the lexical index over descriptions
     keep_versions: int = 3  # after each build/update, older versions beyond this many are deleted (0: keep all)
     # sha256 of every file when a version is opened (sizes and row counts are always checked);
