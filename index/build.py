@@ -493,7 +493,7 @@ def _check_inputs(paths: Sequence[str | Path], hint: str = "") -> list[Path]:
             raise FileNotFoundError(f"{path}: catalog file not found" + (f" {hint}" if hint else ""))
         if path.is_dir():
             raise BuildError(f"{path}: is a directory; pass catalog files (trn.json, .jsonl, .json, .gz), "
-                             f"e.g. --data {path}/*.jsonl")
+                             f"e.g. --data {path}/*.jsonl; nothing was written")
     return checked
 
 
