@@ -637,7 +637,12 @@ def _add_routes(app: FastAPI, state: ApiState) -> None:
             # under <index>/uploads/: removed at the end (finally), and by the next index writer's
             # clean-up if this process is killed meanwhile (IndexStore.upload_file, cleanup_leftovers)
             with IndexStore(state.config.index.path).upload_file() as upload:
-                received = await _save_upload(request, upload)
+                try:
+                    received = await _save_upload(request, upload)
+                except OSError as exc:  # a full disk under the index: the client's upload is not at fault
+                    log.error("could not store an upload under %s: %s", upload.parent, exc)
+                    raise ApiError(507, f"no room to store the upload on the server ({exc.strerror}); nothing "
+                                        "was written", kind="insufficient_storage") from None
                 if received == 0 and not delete:
                     raise ApiError(422, "nothing to do: send JSON lines in the body (or a multipart `file`) "
                                         "and/or uids in `delete` query parameters")
