@@ -73,8 +73,8 @@ def test_lone_surrogate_in_a_chat_message_is_422(tmp_path: Path, minilm: Any) ->
         bodies = [
             '{"messages": [{"role": "user", "content": "who wrote \\ud800 it?"}]}',
             '{"stream": true, "messages": [{"role": "user", "content": "who wrote \\udfff it?"}]}',
-            '{"messages": [{"role": "user", "content": "a \\ud83d"}, {"role": "assistant", "content": "b"},'
-            ' {"role": "user", "content": "who wrote it?"}]}',
+            ('{"messages": [{"role": "user", "content": "a \\ud83d"}, {"role": "assistant", "content": "b"},'
+             ' {"role": "user", "content": "who wrote it?"}]}'),
             '{"messages": [{"role": "user", "content": [{"type": "text", "text": "who \\udc80 wrote it?"}]}]}',
         ]
         for body in bodies:
@@ -151,8 +151,8 @@ def test_401s_are_counted_under_their_route(served: Any) -> None:
         assert httpx.post(served.url + "/v1/answer", json={"question": "q"}).status_code == 401
     assert httpx.get(served.url + "/v1/products/A/B/1").status_code == 401
     text = httpx.get(served.url + "/metrics", headers=AUTH).text
-    assert re.search(r'^rag_http_requests_total\{route="/v1/answer",method="POST",status="401"\} 2$', text, re.M), text
-    assert re.search(r'^rag_http_requests_total\{route="/v1/products/\{uid\}",method="GET",status="401"\} 1$', text, re.M)
+    assert re.search(r'^rag_http_requests_total\{route="/v1/answer",method="POST",status="401"\} 2$', text, re.MULTILINE), text
+    assert re.search(r'^rag_http_requests_total\{route="/v1/products/\{uid\}",method="GET",status="401"\} 1$', text, re.MULTILINE)
     assert 'route="unmatched",method="POST",status="401"' not in text
 
 
@@ -169,7 +169,7 @@ def _closed_within(sock: socket.socket, seconds: float) -> bytes | None:
     try:
         while chunk := sock.recv(4096):
             received += chunk
-    except (socket.timeout, TimeoutError):
+    except TimeoutError:
         return None
     except ConnectionResetError:
         pass

@@ -64,7 +64,7 @@ def _serves(store: IndexStore, version: str, rows: int) -> None:
     snapshot = store.open_version(version)
     try:
         assert snapshot.rows == rows
-        scores, ids = snapshot.search(np.ones((1, 64), dtype=np.float32) / 8, 3)
+        _scores, ids = snapshot.search(np.ones((1, 64), dtype=np.float32) / 8, 3)
         assert (ids >= 0).all() and snapshot.get_by_uid("P0000001") is not None
     finally:
         snapshot.close()

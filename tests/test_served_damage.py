@@ -177,3 +177,20 @@ def test_truncated_file_read_into_memory_keeps_serving(tmp_path: Path, servers: 
     assert "changed on disk" in ready["reason"] and "vectors.faiss" in ready["reason"]
     assert str(tmp_path) not in ready["reason"]
     assert not IndexStore(index_path).verify().ok  # and `rag index verify` says so too
+
+
+@pytest.mark.parametrize(("overrides", "mapped"), [
+    ([], []),  # the default: files under 64 MiB are read into memory
+    (["index.mmap_min_bytes=0"], ["vectors.faiss", "lexical.base.docs.npy"]),
+    (["index.mmap_min_bytes=0", "index.mmap=false"], []),  # index.mmap was documented but never read
+])
+def test_index_mmap_settings_are_honoured(tmp_path: Path, overrides: list[str], mapped: list[str]) -> None:
+    from rag.retrieval import Retriever
+
+    config = hashing_config(tmp_path / "index", extra=["index.descriptions=true", *overrides])
+    build_index(config, [write_catalog(tmp_path / "catalog.jsonl", 200)], progress=False)
+    retriever = Retriever.from_config(config)
+    assert retriever.live_index.mmap is config.index.mmap
+    retriever.search("The River Garden Cookbook 3")  # opens the description index too
+    names = [path.name for path in retriever.snapshot.mapped.paths]
+    assert all(name in names for name in mapped) and (bool(names) == bool(mapped)), names

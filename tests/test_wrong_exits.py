@@ -178,7 +178,7 @@ def test_ask_argv_not_utf8_and_closed_stdout(tmp_path: Path) -> None:
     index_path, _store = _index(tmp_path)
     sets = [s.encode() for s in _sets(index_path)]
     proc = _python(b"ask", b"caf\xe9?", *sets, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    out, err = proc.communicate(timeout=120)
+    _out, err = proc.communicate(timeout=120)
     assert proc.returncode == 2 and err.decode().startswith("error: the question is not valid UTF-8"), err
 
     # the reader of stdout is gone before the answer is printed (what `| head -1` does after one line)
