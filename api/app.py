@@ -60,6 +60,7 @@ _KINDS = {
     400: "invalid_request_error", 401: "authentication_error", 403: "permission_error", 404: "not_found_error",
     405: "invalid_request_error", 409: "conflict_error", 413: "request_too_large", 422: "invalid_request_error",
     429: "rate_limit_error", 500: "internal_error", 503: "service_unavailable", 504: "timeout_error",
+    507: "insufficient_storage",
 }
 
 
@@ -88,6 +89,7 @@ def _error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
         500: "Internal error; the message carries the request id that the server log has details under.",
         503: "The index is not loaded yet (or failed to load).",
         504: "The answer took longer than api.request_timeout_s.",
+        507: "No space left on the server's disk for the upload or the new index version; nothing was written.",
     }
     return {code: {"model": s.ErrorResponse, "description": described[code]} for code in codes}
 
@@ -623,7 +625,7 @@ def _add_routes(app: FastAPI, state: ApiState) -> None:
             "multipart/form-data": {"schema": {"type": "object", "properties": {
                 "file": {"type": "string", "format": "binary", "description": "JSON lines file"}}}},
         }}},
-        responses=_error_responses(401, 403, 409, 413, 422, 500, 503),
+        responses=_error_responses(401, 403, 409, 413, 422, 500, 503, 507),
     )
     async def update_index(request: Request, delete: list[str] = Query(
             default_factory=list, description="uids to delete (repeat the parameter for several)")) -> s.UpdateResponse:
@@ -833,6 +835,10 @@ def _raise_update_error(exc: Exception, upload: Path) -> None:
     message = str(exc).replace(str(upload), "<upload>")
     if isinstance(exc, IndexLockedError):
         raise ApiError(409, f"another process is writing the index: {message}") from None
+    from index.build import DiskFullError
+
+    if isinstance(exc, DiskFullError):  # the server's disk, not the client's input
+        raise ApiError(507, f"update failed: {message}", kind="insufficient_storage") from None
     if isinstance(exc, (IndexStoreError, ValueError, UnicodeDecodeError)):
         raise ApiError(422, f"update rejected: {message}") from None
     raise exc

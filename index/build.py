@@ -74,6 +74,10 @@ class BuildError(IndexStoreError):
     """The build or update cannot proceed; the message says why and what to do."""
 
 
+class DiskFullError(BuildError):
+    """No space left while writing a version; it was removed and nothing was written."""
+
+
 # --------------------------------------------------------------------------- reports
 
 
@@ -511,7 +515,7 @@ def _reraise_input_error(exc: BaseException, store: IndexStore, parent: str | No
                  or (isinstance(exc, RuntimeError) and os.strerror(errno.ENOSPC) in str(exc)))  # FAISS's write error
     if disk_full:
         where = getattr(exc, "filename", None) or store.root
-        raise BuildError(f"{where}: no space left on the device ({str(exc).splitlines()[0][:200]}); the unfinished version was "
+        raise DiskFullError(f"{where}: no space left on the device ({str(exc).splitlines()[0][:200]}); the unfinished version was "
                          f"removed and nothing was written ({kept}); free space under {store.root} (e.g. "
                          "`rag index gc --keep 1`) and run the command again") from None
 

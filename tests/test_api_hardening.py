@@ -111,6 +111,29 @@ def test_admin_update_with_a_damaged_gz_is_422(tmp_path: Path) -> None:
         live.stop()
 
 
+def test_admin_update_on_a_full_disk_is_507(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ENOSPC for real (FAISS writes to /dev/full): the server's disk, not the client's input, so 507."""
+    if not os.path.exists("/dev/full"):
+        pytest.skip("needs /dev/full")
+    from index.vector import FaissIndex
+
+    config = _config(tmp_path / "index", "index.compact_ratio=0.0001", "index.compact_min_rows=0")
+    build_index(config, [write_catalog(tmp_path / "c.jsonl", 20)], progress=False)
+    save = FaissIndex.save
+    monkeypatch.setattr(FaissIndex, "save", lambda self, path: save(self, "/dev/full"))
+    live = _serve(config)
+    try:
+        live.wait_ready()
+        before = httpx.get(live.url + "/readyz").json()["index_version"]
+        body = write_catalog(tmp_path / "new.jsonl", 5, start=100).read_bytes()
+        response = httpx.post(live.url + "/v1/index/update", content=body, headers={"X-API-Key": ADMIN}, timeout=60)
+        assert response.status_code == 507, response.text
+        assert "no space left on the device" in response.json()["error"]["message"]
+        assert httpx.get(live.url + "/readyz").json()["index_version"] == before
+    finally:
+        live.stop()
+
+
 def test_readyz_shows_no_server_paths(tmp_path: Path) -> None:
     """/readyz needs no key, so its `reason` names files relative to <index.path>, never absolute paths."""
     config = _config(tmp_path / "index")
