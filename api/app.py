@@ -17,6 +17,8 @@ import dataclasses
 import json
 import logging
 import os
+import re
+import sqlite3
 import threading
 import time
 import uuid
@@ -58,7 +60,12 @@ _KINDS = {
     400: "invalid_request_error", 401: "authentication_error", 403: "permission_error", 404: "not_found_error",
     405: "invalid_request_error", 409: "conflict_error", 413: "request_too_large", 422: "invalid_request_error",
     429: "rate_limit_error", 500: "internal_error", 503: "service_unavailable", 504: "timeout_error",
+    507: "insufficient_storage",
 }
+
+
+# an absolute path (after the start, a space, a quote or a bracket): "/srv/data/index/versions/v1/x.faiss"
+_ABSOLUTE_PATH = re.compile(r"(^|[\s'\"(\[=])(/[^\s'\"()\[\]:;,]+)")
 
 
 class ApiError(HTTPException):
@@ -82,6 +89,7 @@ def _error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
         500: "Internal error; the message carries the request id that the server log has details under.",
         503: "The index is not loaded yet (or failed to load).",
         504: "The answer took longer than api.request_timeout_s.",
+        507: "No space left on the server's disk for the upload or the new index version; nothing was written.",
     }
     return {code: {"model": s.ErrorResponse, "description": described[code]} for code in codes}
 
@@ -114,8 +122,17 @@ class ApiState:
     def require_rag(self) -> Any:
         if self.rag is None:
             reason = self.load_error or "the index and models are still loading"
-            raise ApiError(503, f"not ready: {reason}", headers={"Retry-After": "5"})
+            raise ApiError(503, f"not ready: {self.public(reason)}", headers={"Retry-After": "5"})
         return self.rag
+
+    def public(self, text: str) -> str:
+        """`text` without the server's absolute paths (for clients; the log keeps them): the index root
+        becomes `<index.path>`, any other absolute path its last component."""
+        root = Path(self.config.index.path)
+        for name in sorted({str(root.resolve()), str(root.absolute()), str(root)}, key=len, reverse=True):
+            if name not in ("", "."):
+                text = text.replace(name, "<index.path>")
+        return _ABSOLUTE_PATH.sub(lambda m: m.group(1) + ".../" + m.group(2).rstrip("/").rsplit("/", 1)[-1], text)
 
     def snapshot(self) -> Any:
         """The served index snapshot (blocking: may open and verify a new version)."""
@@ -353,11 +370,21 @@ def create_app(config: Config, rag: Any = None) -> FastAPI:
                        max_upload_bytes=config.api.max_upload_bytes)
     app.add_middleware(ApiKeyMiddleware, api_key=state.api_key, open_paths=list(config.api.open_paths),
                        admin_prefix=ADMIN_PREFIX, key_env=config.api.api_key_env)
-    app.add_middleware(RequestContextMiddleware, metrics=state.metrics)
+    app.add_middleware(RequestContextMiddleware, metrics=state.metrics, route_of=lambda scope: _route_of(app, scope))
     _install_error_handlers(app)
     _add_routes(app, state)
     _complete_openapi(app)
     return app
+
+
+def _route_of(app: FastAPI, scope: dict[str, Any]) -> str | None:
+    """The route template a request was for, when a middleware answered before routing (e.g. a 401)."""
+    from starlette.routing import Match
+
+    for route in app.router.routes:
+        if route.matches(scope)[0] == Match.FULL:
+            return getattr(route, "path", None)
+    return None
 
 
 def _complete_openapi(app: FastAPI) -> None:
@@ -411,6 +438,18 @@ def _install_error_handlers(app: FastAPI) -> None:
             message = f"no route {request.method} {request.url.path}; the routes are listed at /docs"
         return respond(request, exc.status_code, message, kind, dict(exc.headers or {}))
 
+    async def index_unusable(request: Request, exc: Exception) -> JSONResponse:
+        """The served index is damaged (a file truncated while served, unreadable SQLite): 503, the process lives."""
+        log.error("request %s: the index cannot serve it: %s", request_id_of(request.scope), exc)
+        state: ApiState = request.app.state.api
+        what = "the index metadata cannot be read" if isinstance(exc, sqlite3.DatabaseError) else "the index is damaged"
+        return respond(request, 503, f"{what}: {state.public(str(exc))}", "service_unavailable", {"Retry-After": "5"})
+
+    from index.store import IndexStoreError
+
+    app.add_exception_handler(IndexStoreError, index_unusable)
+    app.add_exception_handler(sqlite3.DatabaseError, index_unusable)
+
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = []
@@ -454,17 +493,21 @@ def _add_routes(app: FastAPI, state: ApiState) -> None:
              summary="Readiness: the index is loaded and verified",
              responses={503: {"model": s.Readiness, "description": "Not ready; `reason` says why."}})
     async def readyz() -> Any:
+        # no key is needed here: `reason` names files relative to <index.path>, never the server's own paths
         if state.rag is None:
             reason = state.load_error or "loading the index and models"
-            return JSONResponse(s.Readiness(status="not_ready", reason=reason).model_dump(), status_code=503)
+            return JSONResponse(s.Readiness(status="not_ready", reason=state.public(reason)).model_dump(),
+                                status_code=503)
         try:
             snapshot = await run_in_threadpool(state.snapshot)
         except Exception as exc:
             log.error("readiness check failed: %s", exc)
-            return JSONResponse(s.Readiness(status="not_ready", reason=f"{type(exc).__name__}: {exc}").model_dump(),
+            return JSONResponse(s.Readiness(status="not_ready",
+                                            reason=state.public(f"{type(exc).__name__}: {exc}")).model_dump(),
                                 status_code=503)
         live = getattr(state.rag.retriever, "live_index", None)
-        return s.Readiness(status="ready", reason=getattr(live, "last_error", None),
+        last_error = getattr(live, "last_error", None)
+        return s.Readiness(status="ready", reason=state.public(last_error) if last_error else None,
                            index_version=_version_of(snapshot), rows=getattr(snapshot, "rows", None),
                            embedding_model=getattr(snapshot, "embedding_model", None),
                            generator=state.rag.generator.name)
@@ -550,7 +593,8 @@ def _add_routes(app: FastAPI, state: ApiState) -> None:
 
     # ---------------------------------------------------------------- products
 
-    @app.get("/v1/products/{uid}", response_model=s.Product, tags=["catalog"], dependencies=documented_auth,
+    # {uid:path}: catalog uids may hold "/" (sent as is or as %2F)
+    @app.get("/v1/products/{uid:path}", response_model=s.Product, tags=["catalog"], dependencies=documented_auth,
              summary="One catalog row by uid (as served by the current index version)",
              responses=_error_responses(401, 404, 500, 503))
     async def product(uid: str) -> s.Product:
@@ -581,7 +625,7 @@ def _add_routes(app: FastAPI, state: ApiState) -> None:
             "multipart/form-data": {"schema": {"type": "object", "properties": {
                 "file": {"type": "string", "format": "binary", "description": "JSON lines file"}}}},
         }}},
-        responses=_error_responses(401, 403, 409, 413, 422, 500, 503),
+        responses=_error_responses(401, 403, 409, 413, 422, 500, 503, 507),
     )
     async def update_index(request: Request, delete: list[str] = Query(
             default_factory=list, description="uids to delete (repeat the parameter for several)")) -> s.UpdateResponse:
@@ -595,7 +639,12 @@ def _add_routes(app: FastAPI, state: ApiState) -> None:
             # under <index>/uploads/: removed at the end (finally), and by the next index writer's
             # clean-up if this process is killed meanwhile (IndexStore.upload_file, cleanup_leftovers)
             with IndexStore(state.config.index.path).upload_file() as upload:
-                received = await _save_upload(request, upload)
+                try:
+                    received = await _save_upload(request, upload)
+                except OSError as exc:  # a full disk under the index: the client's upload is not at fault
+                    log.error("could not store an upload under %s: %s", upload.parent, exc)
+                    raise ApiError(507, f"no room to store the upload on the server ({exc.strerror}); nothing "
+                                        "was written", kind="insufficient_storage") from None
                 if received == 0 and not delete:
                     raise ApiError(422, "nothing to do: send JSON lines in the body (or a multipart `file`) "
                                         "and/or uids in `delete` query parameters")
@@ -786,6 +835,10 @@ def _raise_update_error(exc: Exception, upload: Path) -> None:
     message = str(exc).replace(str(upload), "<upload>")
     if isinstance(exc, IndexLockedError):
         raise ApiError(409, f"another process is writing the index: {message}") from None
+    from index.build import DiskFullError
+
+    if isinstance(exc, DiskFullError):  # the server's disk, not the client's input
+        raise ApiError(507, f"update failed: {message}", kind="insufficient_storage") from None
     if isinstance(exc, (IndexStoreError, ValueError, UnicodeDecodeError)):
         raise ApiError(422, f"update rejected: {message}") from None
     raise exc

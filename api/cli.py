@@ -29,10 +29,17 @@ def _is_loopback(host: str) -> bool:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
+    import faulthandler
+
     import uvicorn
 
     from api.app import create_app
+    from api.protocol import server_options
     from rag.cli import config_from_args
+
+    # A fatal signal (SIGSEGV, SIGBUS from a damaged memory-mapped file, ...) writes every thread's Python
+    # stack to stderr before the process dies: never a dead server with nothing logged (docs/api.md).
+    faulthandler.enable(all_threads=True)
 
     config = config_from_args(args)
     host = args.host or config.api.host
@@ -46,7 +53,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     print(f"serving on http://{host}:{port} (docs at /docs; ready when /readyz says so)", file=sys.stderr)
     # One process: the pipeline (index, embedder, model) is loaded once and shared by the thread pool.
     uvicorn.run(app, host=host, port=port, log_level=level, access_log=args.access_log,
-                timeout_graceful_shutdown=5)
+                timeout_graceful_shutdown=5, **server_options(config))
     return 0
 
 

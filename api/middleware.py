@@ -29,6 +29,7 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_CONVERTER = re.compile(r"\{(\w+):\w+\}")
 
 
 def request_id_of(scope: Scope) -> str:
@@ -82,9 +83,10 @@ class RequestContextMiddleware:
     The traceback goes to the server log with the request id; the client only sees the id.
     """
 
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics, route_of: Callable[[Scope], str | None] | None = None) -> None:
         self.app = app
         self.metrics = metrics
+        self.route_of = route_of  # the route template of a request answered before routing (401, 413)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -115,7 +117,8 @@ class RequestContextMiddleware:
                                  "internal_error")
         finally:
             route = scope.get("route")
-            template = getattr(route, "path", None) or "unmatched"
+            template = getattr(route, "path", None) or (self.route_of(scope) if self.route_of else None) or "unmatched"
+            template = _CONVERTER.sub(r"{\1}", template)  # /v1/products/{uid:path} -> /v1/products/{uid}
             method = str(scope.get("method", ""))
             self.metrics.requests.inc(template, method, str(status_holder["status"]))
             self.metrics.latency.observe(time.perf_counter() - started, template, method)

@@ -9,9 +9,19 @@ setting holds each limit.
 """
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _check_unicode(field: str, text: str | None) -> None:
+    """JSON may carry a lone surrogate (`"\\ud800"`), which is no character: the tokenizers fail on it."""
+    if text is not None and (found := _SURROGATE.search(text)) is not None:
+        raise ValueError(f"{field} holds a lone UTF-16 surrogate (U+{ord(found.group()):04X} at character "
+                         f"{found.start() + 1}), which is not a character; send valid Unicode text")
 
 # --------------------------------------------------------------------------- shared
 
@@ -35,6 +45,11 @@ class Message(BaseModel):
 
     role: Literal["user", "assistant"]
     content: str = Field(max_length=100_000)
+
+    @model_validator(mode="after")
+    def _valid_unicode(self) -> Message:
+        _check_unicode("content", self.content)
+        return self
 
 
 class SourceModel(BaseModel):
@@ -94,6 +109,14 @@ class ChatMessage(BaseModel):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
     name: str | None = None
+
+    @model_validator(mode="after")
+    def _valid_unicode(self) -> ChatMessage:
+        parts = self.content if isinstance(self.content, list) else [self.content]
+        for part in parts:
+            _check_unicode("content", part.text if isinstance(part, TextPart) else part)
+        _check_unicode("name", self.name)
+        return self
 
 
 class StreamOptions(BaseModel):

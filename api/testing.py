@@ -29,7 +29,14 @@ class LiveServer:
         self._socket.bind((host, 0))
         self.host, self.port = self._socket.getsockname()[:2]
         self.url = f"http://{self.host}:{self.port}"
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, lifespan="on", timeout_graceful_shutdown=2))
+        options: dict[str, Any] = {}
+        state = getattr(getattr(app, "state", None), "api", None)
+        if state is not None:  # an app of api.app: the same protocol settings as `rag serve`
+            from api.protocol import server_options
+
+            options = server_options(state.config)
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, lifespan="on", timeout_graceful_shutdown=2,
+                                                    **options))
         self._thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self._socket]},
                                         name=f"uvicorn-{self.port}", daemon=True)
 

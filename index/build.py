@@ -74,6 +74,10 @@ class BuildError(IndexStoreError):
     """The build or update cannot proceed; the message says why and what to do."""
 
 
+class DiskFullError(BuildError):
+    """No space left while writing a version; it was removed and nothing was written."""
+
+
 # --------------------------------------------------------------------------- reports
 
 
@@ -382,14 +386,11 @@ def build_index(config: Config, paths: Sequence[str | Path], *, progress: bool =
                 embedder: Embedder | None = None) -> BuildReport:
     """Build a new version from catalog files and make it current."""
     started = time.perf_counter()
-    paths = [Path(p) for p in paths]
-    for path in paths:
-        if not path.exists():
-            raise FileNotFoundError(f"{path}: catalog file not found (pass --data PATH or set `data` in the config)")
-    embedder = _embedder(config, embedder)
+    paths = _check_inputs(paths, "(pass --data PATH or set `data` in the config)")
     store = IndexStore.from_config(config)
-    with store.lock():
+    with store.lock():  # before the model loads: a second writer fails at once, not after seconds
         store.cleanup_leftovers()
+        embedder = _embedder(config, embedder)
         parent = store.current_version()
         version_dir = store.new_version_dir()
         rejects = _Rejects(store, version_dir, REJECTS_FILE)
@@ -430,9 +431,10 @@ def build_index(config: Config, paths: Sequence[str | Path], *, progress: bool =
                 file_names=[VECTORS_FILE, META_FILE, *artifacts, *rejects_names],
             )
             version, removed = _finish(store, config, version_dir, manifest)
-        except BaseException:
+        except BaseException as exc:
             rejects.keep()
             shutil.rmtree(version_dir, ignore_errors=True)
+            _reraise_input_error(exc, store, parent)
             raise
     return BuildReport(
         version=version, rows=rows, seconds=time.perf_counter() - started, read_summary=summary,
@@ -465,16 +467,58 @@ def _build_artifacts(config: Config, version_dir: Path, meta_path: Path | None =
 
 
 def read_uid_list(path: str | Path) -> list[str]:
-    """One uid per line; blank lines and lines starting with # are ignored."""
+    """One uid per line (UTF-8); blank lines and lines starting with # are ignored."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: uid list not found (one uid per line)")
+    if path.is_dir():
+        raise BuildError(f"{path}: is a directory; --delete takes a file of uids, one per line")
     uids = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        line = line.strip()
-        if line and not line.startswith("#"):
-            uids.append(line)
+    with open(path, "rb") as fh:
+        for number, raw in enumerate(fh, start=1):
+            try:
+                line = raw.decode("utf-8").strip()
+            except UnicodeDecodeError as exc:
+                raise BuildError(f"{path}: line {number} is not valid UTF-8 (byte {exc.start + 1} of the line: "
+                                 f"{raw[exc.start:exc.start + 4]!r}); the uid list must be UTF-8 text, one uid per "
+                                 "line") from None
+            if number == 1:
+                line = line.removeprefix("\ufeff")
+            if line and not line.startswith("#"):
+                uids.append(line)
     return uids
+
+
+def _check_inputs(paths: Sequence[str | Path], hint: str = "") -> list[Path]:
+    """Each catalog path exists and is a file (checked before the lock and the model are taken)."""
+    checked = [Path(p) for p in paths]
+    for path in checked:
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: catalog file not found" + (f" {hint}" if hint else ""))
+        if path.is_dir():
+            raise BuildError(f"{path}: is a directory; pass catalog files (trn.json, .jsonl, .json, .gz), "
+                             f"e.g. --data {path}/*.jsonl; nothing was written")
+    return checked
+
+
+def _reraise_input_error(exc: BaseException, store: IndexStore, parent: str | None) -> None:
+    """A catalog file that cannot be read, or a full disk: one line that says nothing was written."""
+    import errno
+
+    from rag.catalog import CatalogError
+
+    kept = f"index {parent} stays current" if parent else "no index was written"
+    if isinstance(exc, CatalogError):
+        raise BuildError(f"{exc}; nothing was written ({kept})") from None
+    disk_full = ((isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT))
+                 or (isinstance(exc, sqlite3.OperationalError) and "disk is full" in str(exc))
+                 or (isinstance(exc, RuntimeError) and os.strerror(errno.ENOSPC) in str(exc)))  # FAISS's write error
+    if disk_full:
+        where = getattr(exc, "filename", None) or store.root
+        raise DiskFullError(f"{where}: no space left on the device ({str(exc).splitlines()[0][:200]}); the unfinished version was "
+                         f"removed and nothing was written ({kept}); free space under {store.root} (e.g. "
+                         "`rag index gc --keep 1`) and run the command again") from None
+
 
 
 def update_index(config: Config, paths: Sequence[str | Path] = (), delete_uids: Sequence[str] = (), *,
@@ -486,10 +530,7 @@ def update_index(config: Config, paths: Sequence[str | Path] = (), delete_uids: 
     updated incrementally (no update hook, or it would rebuild itself from all rows).
     """
     started = time.perf_counter()
-    paths = [Path(p) for p in paths]
-    for path in paths:
-        if not path.exists():
-            raise FileNotFoundError(f"{path}: catalog file not found")
+    paths = _check_inputs(paths)
     store = IndexStore.from_config(config)
     with store.lock():
         parent, parent_dir, parent_manifest = _current_parent(store, "update")
@@ -516,9 +557,10 @@ def update_index(config: Config, paths: Sequence[str | Path] = (), delete_uids: 
         try:
             report = _apply_update(config, store, parent, parent_dir, parent_manifest, version_dir, paths,
                                    delete_uids, embedder, progress, started, compact, hash_cache, timings, rejects)
-        except BaseException:
+        except BaseException as exc:
             rejects.keep()
             shutil.rmtree(version_dir, ignore_errors=True)
+            _reraise_input_error(exc, store, parent)
             raise
         if not report.changed:  # nothing to commit: the history (keep_versions) stays as it is
             rejects.keep(report.read_summary)

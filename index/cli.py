@@ -175,6 +175,13 @@ def _guarded(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Na
                 raise
             print(f"error: {exc}", file=sys.stderr)
             return 2
+        except OSError as exc:  # disk full, permissions, a read-only file system: the environment, not a bug
+            if isinstance(exc, (FileNotFoundError, BrokenPipeError)):
+                raise
+            from rag.cli import describe_os_error
+
+            print(f"error: {describe_os_error(exc)}", file=sys.stderr)
+            return 2
 
     run.__name__ = func.__name__
     return run

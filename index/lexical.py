@@ -794,6 +794,13 @@ def for_snapshot(snapshot: Any) -> LexicalIndex | None:
         if snapshot in _OPEN:
             return _OPEN[snapshot]
         path = Path(getattr(snapshot, "path", ""))
-        index = LexicalIndex(path) if (path / META_NAME).exists() else None
+        index = None
+        if (path / META_NAME).exists():
+            arrays = [n for n in getattr(snapshot, "artifacts", []) if n.endswith(".npy")]
+            should_map = getattr(snapshot, "should_map", None)
+            mmap = should_map(arrays) if should_map is not None else True  # index.mmap, index.mmap_min_bytes
+            index = LexicalIndex(path, mmap=mmap)
+            if mmap and hasattr(snapshot, "watch_mapped"):
+                snapshot.watch_mapped(arrays)  # checked before each search: no SIGBUS from a truncated file
         _OPEN[snapshot] = index
         return index

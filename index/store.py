@@ -44,6 +44,7 @@ import logging
 import os
 import shutil
 import sqlite3
+import stat
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -434,6 +435,55 @@ class SegmentedVectors:
         return _top_k(np.concatenate([scores, d_scores], axis=1), np.concatenate([ids, d_ids], axis=1), k)
 
 
+class MappedFiles:
+    """The memory-mapped files of one served version, checked before every read of them.
+
+    Reading a mapped page past the end of a file that was truncated in place (`truncate`, a `cp`
+    over it, a full disk during a copy) kills the process with SIGBUS, which Python cannot catch.
+    So before each search `check()` compares each file's size now (fstat of a descriptor held on
+    the very inode that is mapped) with the size it had when verified, and raises
+    IndexCorruptError instead: the request fails, the process lives. About 1 µs per file. A
+    truncation that lands in the microseconds between the check and the read still kills the
+    process; `rag serve` then logs every thread's stack (faulthandler). Small files are not
+    mapped at all (`index.mmap_min_bytes`), so damage to them cannot reach a running server.
+    """
+
+    def __init__(self) -> None:
+        self._files: list[tuple[int, Path, int]] = []
+        self._lock = threading.Lock()
+
+    def add(self, path: Path, size: int) -> None:
+        fd = os.open(path, os.O_RDONLY)
+        with self._lock:
+            self._files.append((fd, path, int(size)))
+
+    @property
+    def paths(self) -> list[Path]:
+        return [path for _fd, path, _size in self._files]
+
+    def check(self) -> None:
+        for fd, path, size in self._files:
+            try:
+                now = os.fstat(fd).st_size
+            except OSError:  # closed: the snapshot is being dropped
+                continue
+            if now < size:
+                raise IndexCorruptError(
+                    f"{path}: {now} bytes, {size} when this version was opened: the file was truncated while it was "
+                    "served (memory-mapped, so it is not read past its end); restore it, `rag index rollback` or "
+                    "rebuild; `rag index verify` checks every version")
+
+    def close(self) -> None:
+        with self._lock:
+            files, self._files = self._files, []
+        for fd, _path, _size in files:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def __del__(self) -> None:
+        self.close()
+
+
 class IndexSnapshot:
     """One verified, immutable version: vectors + metadata. Safe to share between threads for reads.
 
@@ -441,8 +491,11 @@ class IndexSnapshot:
     """
 
     def __init__(self, path: Path, manifest: dict[str, Any], vector_index: Any, meta: MetadataReader,
-                 delta_meta: MetadataReader | None = None) -> None:
+                 delta_meta: MetadataReader | None = None, *, mapped: MappedFiles | None = None,
+                 mmap: bool = False, mmap_min_bytes: int = 0) -> None:
         self.path = path
+        self.mapped = mapped if mapped is not None else MappedFiles()
+        self._mmap, self._mmap_min_bytes = mmap, int(mmap_min_bytes)
         self.manifest = manifest
         self.version: str = manifest["version"]
         self.rows: int = int(manifest["rows"])
@@ -469,7 +522,37 @@ class IndexSnapshot:
 
     def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(scores, faiss ids), shape (n, k); -1 ids where fewer than k rows exist."""
+        self.mapped.check()
         return self.index.search(vectors, k)
+
+    def check_mapped(self) -> None:
+        """Raise IndexCorruptError when a memory-mapped file of this version shrank since it was opened."""
+        self.mapped.check()
+
+    def should_map(self, names: Sequence[str]) -> bool:
+        """Memory-map these files of the version (index.mmap and together >= index.mmap_min_bytes)?"""
+        files = self.manifest.get("files", {})
+        return self._mmap and sum(int(files.get(n, {}).get("size", 0)) for n in names) >= self._mmap_min_bytes
+
+    def watch_mapped(self, names: Sequence[str]) -> None:
+        """Check these memory-mapped files of the version before each read (MappedFiles)."""
+        files = self.manifest.get("files", {})
+        for name in names:
+            if name in files:
+                self.mapped.add(self.path / name, int(files[name]["size"]))
+
+    def disk_problems(self) -> list[str]:
+        """Files of this version whose size on disk is no longer the manifest's (a cheap stat, no hashing)."""
+        problems = []
+        for name, entry in sorted(self.manifest.get("files", {}).items()):
+            try:
+                size = (self.path / name).stat().st_size
+            except OSError as exc:
+                problems.append(f"{self.path / name}: {exc.strerror}")
+                continue
+            if size != entry.get("size"):
+                problems.append(f"{self.path / name}: size {size} bytes on disk, manifest says {entry.get('size')}")
+        return problems
 
     def get_rows(self, ids: Sequence[int]) -> list[CatalogRow | None]:
         if self._delta_meta is None:
@@ -524,12 +607,16 @@ class IndexSnapshot:
                 raise
             return []
         index = lexical.for_snapshot(self)
-        return index.search(question, k, get_rows=self.get_rows) if index is not None else []
+        if index is None:
+            return []
+        self.mapped.check()
+        return index.search(question, k, get_rows=self.get_rows)
 
     def close(self) -> None:
         """Release the SQLite connections. Snapshots handed to other threads are closed by garbage collection instead."""
         if not self.closed:
             self.closed = True
+            self.mapped.close()
             self._meta.close()
             if self._delta_meta is not None:
                 self._delta_meta.close()
@@ -579,7 +666,7 @@ def load_tombstones(path: Path, expected: int) -> np.ndarray:
 def open_version_dir(version_dir: Path, *, mmap: bool = True, checksums: bool = True,
                      search_params: dict[str, Any] | None = None,
                      hash_cache: HashCache | None = None, base_cache: dict[Any, Any] | None = None,
-                     load_base: bool = True) -> IndexSnapshot | None:
+                     load_base: bool = True, mmap_min_bytes: int = 0) -> IndexSnapshot | None:
     """Verify and open one version; raise IndexCorruptError / IndexMissingError naming the file.
 
     Checks: every listed file's size (and sha256 when `checksums`), base FAISS == base SQLite ==
@@ -592,6 +679,8 @@ def open_version_dir(version_dir: Path, *, mmap: bool = True, checksums: bool = 
     map). The index is only searched, which FAISS allows from many threads.
     `load_base=False` checks the files and the delta only and returns None (an update's parent
     check: the base is hard-linked, its counts were checked when it was written and by `verify`).
+    `mmap`: memory-map the base FAISS file (and later the description index) when it is at least
+    `mmap_min_bytes`; smaller files are read into memory. Mapped files are watched (`MappedFiles`).
     """
     if not version_dir.is_dir():
         raise IndexMissingError(
@@ -608,14 +697,19 @@ def open_version_dir(version_dir: Path, *, mmap: bool = True, checksums: bool = 
     dimension = int(manifest["embedding"]["dimension"])
     info = manifest["index"]
     base = None
+    mapped = MappedFiles()
     if load_base:
         vec_path = version_dir / VECTORS_FILE
         st = vec_path.stat()
-        key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, info["type"], mmap, base_rows,
+        mmap_base = mmap and st.st_size >= mmap_min_bytes
+        if mmap_base:
+            mapped.add(vec_path, st.st_size)
+        key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, info["type"], mmap_base, base_rows,
                json.dumps(search_params or {}, sort_keys=True))
         base = base_cache.get(key) if base_cache is not None else None
         if base is None:
-            base = _load_vectors(vec_path, info["type"], dimension, info.get("params", {}), mmap=mmap, expected=base_rows)
+            base = _load_vectors(vec_path, info["type"], dimension, info.get("params", {}), mmap=mmap_base,
+                                 expected=base_rows)
             if search_params:
                 base.apply_search_params(**search_params)
             if base_cache is not None:
@@ -646,7 +740,27 @@ def open_version_dir(version_dir: Path, *, mmap: bool = True, checksums: bool = 
             raise
     assert base is not None
     vectors = SegmentedVectors(base, delta_index, tomb)
-    return IndexSnapshot(version_dir, manifest, vectors, meta, delta_meta)
+    snapshot = IndexSnapshot(version_dir, manifest, vectors, meta, delta_meta, mapped=mapped, mmap=mmap,
+                             mmap_min_bytes=mmap_min_bytes)
+    # a file truncated between the size check above and the mapping: refuse now rather than SIGBUS later
+    snapshot.check_mapped()
+    return snapshot
+
+
+def _check_root(root: Path) -> None:
+    """index.path must be a directory, or not exist yet below a directory (it is then created)."""
+    for path in (root, *root.parents):
+        try:
+            st = path.stat()
+        except (FileNotFoundError, NotADirectoryError):  # NotADirectoryError: a file further up; found there
+            continue
+        except OSError as exc:
+            raise IndexStoreError(f"{path}: cannot use it for index.path={str(root)!r} ({exc.strerror})") from None
+        if not stat.S_ISDIR(st.st_mode):
+            what = "is" if path == root else "is above it and"
+            raise IndexStoreError(f"index.path={str(root)!r}: {path} {what} a file, not a directory; set index.path "
+                                  "to a directory (`--set index.path=DIR`; it is created when missing)")
+        return
 
 
 # --------------------------------------------------------------------------- store
@@ -656,9 +770,11 @@ class IndexStore:
     """All versions under one root directory, the `current` pointer and the writer lock."""
 
     def __init__(self, root: str | Path, *, verify_checksums_on_open: bool = True,
-                 search_params: dict[str, Any] | None = None) -> None:
+                 search_params: dict[str, Any] | None = None, mmap_min_bytes: int = 0) -> None:
         self.root = Path(root)
+        _check_root(self.root)
         self.verify_checksums_on_open = verify_checksums_on_open
+        self.mmap_min_bytes = int(mmap_min_bytes)  # smaller FAISS / description-index files are read, not mapped
         self.search_params = dict(search_params or {})
         # files this store object already hashed on open (see HashCache): a reload after an update
         # hashes only the new delta files, the hard-linked base is recognised by inode + mtime
@@ -671,7 +787,8 @@ class IndexStore:
         """The store of `config.index`, with its open-time settings (checksums, efSearch, nprobe)."""
         ic = config.index
         return cls(ic.path, verify_checksums_on_open=getattr(ic, "verify_checksums_on_open", True),
-                   search_params={"hnsw_ef_search": ic.hnsw_ef_search, "ivf_nprobe": ic.ivf_nprobe})
+                   search_params={"hnsw_ef_search": ic.hnsw_ef_search, "ivf_nprobe": ic.ivf_nprobe},
+                   mmap_min_bytes=int(getattr(ic, "mmap_min_bytes", 0)))
 
     # ------------------------------------------------------------------ paths
 
@@ -745,6 +862,7 @@ class IndexStore:
             self.version_dir(version), mmap=mmap,
             checksums=self.verify_checksums_on_open if checksums is None else checksums,
             search_params=self.search_params, hash_cache=cache, base_cache=base_cache,
+            mmap_min_bytes=self.mmap_min_bytes,
         )
         assert snapshot is not None
         with self._hash_cache_lock:
@@ -1019,6 +1137,12 @@ class LiveIndex:
     A version that fails verification is logged and skipped: the previous good one keeps serving.
     Snapshots are never closed here, so queries in flight finish on the version they started with;
     an old snapshot is freed when its last user drops it.
+
+    Damage to the served version itself: a memory-mapped file that shrank (`MappedFiles`) makes
+    `snapshot()` raise IndexCorruptError (logged once), so requests fail instead of the process,
+    until `current` names a version that verifies (`rag index rollback`, a rebuild) or the file is
+    restored. Files read into memory keep serving from memory; a file whose size on disk changed
+    is reported in `last_error` (checked with `current`, one stat per file).
     """
 
     def __init__(self, store: IndexStore, check_interval_s: float = 1.0, *, mmap: bool = True,
@@ -1030,8 +1154,41 @@ class LiveIndex:
         self._snapshot: IndexSnapshot | None = None
         self._last_check = 0.0
         self._failed: str | None = None  # version that failed to verify; not retried until `current` changes
-        self.last_error: str | None = None
+        self._reload_error: str | None = None
+        self._disk_error: str | None = None  # files of the served version that changed on disk
+        self._damaged: str | None = None  # a mapped file of the served version shrank (logged once)
         self._reload_lock = threading.Lock()
+
+    @property
+    def last_error(self) -> str | None:
+        """Why the served version is not the newest or not intact (None when all is well)."""
+        return self._damaged or self._reload_error or self._disk_error
+
+    @last_error.setter
+    def last_error(self, value: str | None) -> None:
+        self._reload_error = value
+
+    def _check_served(self, snap: IndexSnapshot) -> IndexSnapshot:
+        try:
+            snap.check_mapped()
+        except IndexCorruptError as exc:
+            if self._damaged != str(exc):
+                log.error("the served index version %s is damaged; requests get this error until `current` names "
+                          "a version that verifies or the file is restored: %s", snap.version, exc)
+                self._damaged = str(exc)
+            raise
+        if self._damaged is not None:
+            log.warning("index version %s is intact again", snap.version)
+            self._damaged = None
+        return snap
+
+    def _check_disk(self, snap: IndexSnapshot) -> None:
+        problems = snap.disk_problems()
+        text = ("files of the served version changed on disk (still serving what was loaded; `rag index verify`): "
+                + "; ".join(problems)) if problems else None
+        if text and text != self._disk_error:
+            log.error("index version %s: %s", snap.version, text)
+        self._disk_error = text
 
     def snapshot(self) -> IndexSnapshot:
         snap = self._snapshot
@@ -1044,12 +1201,15 @@ class LiveIndex:
         if time.monotonic() - self._last_check >= self.check_interval_s and self._reload_lock.acquire(blocking=False):
             if self.store.current_version() in (snap.version, self._failed):
                 self._last_check = time.monotonic()  # the common case: nothing new, no thread
-                self._reload_lock.release()
+                try:
+                    self._check_disk(snap)
+                finally:
+                    self._reload_lock.release()
             elif self.background_reload:
                 threading.Thread(target=self._reload_and_release, name="index-reload", daemon=True).start()
             else:
                 self._reload_and_release()
-        return self._snapshot  # type: ignore[return-value]
+        return self._check_served(self._snapshot)  # type: ignore[arg-type]
 
     def _reload_and_release(self) -> None:
         try:
@@ -1074,6 +1234,7 @@ class LiveIndex:
             return
         self._failed = None
         self.last_error = None
+        self._disk_error = None
         self._snapshot = fresh
         log.info("switched to index version %s (%d rows)", fresh.version, fresh.rows)
 

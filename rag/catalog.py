@@ -34,6 +34,7 @@ import json
 import os
 import re
 import time
+import zlib
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -44,6 +45,7 @@ from rag.config import CatalogConfig
 from rag.types import CatalogRow
 
 __all__ = [
+    "CatalogError",
     "CatalogReader",
     "ReadSummary",
     "RecordError",
@@ -58,6 +60,14 @@ _MAX_ELEMENT_CHARS = 64 << 20  # a JSON array element larger than this is report
 _PROGRESS_EVERY = 4096  # lines between two progress-bar updates (updating per line costs ~20%)
 _SHIFT = 40  # duplicate bookkeeping packs (source index, record ordinal, line) into one int: each < 2**40
 _MASK = (1 << _SHIFT) - 1
+
+
+class CatalogError(ValueError):
+    """A catalog file that cannot be read as a whole (a directory, a truncated or damaged .gz).
+
+    A ValueError, so the CLI prints it as one line with exit status 2 and the API answers 422;
+    the message names the file and says what is wrong with it.
+    """
 
 
 class RecordError(ValueError):
@@ -173,6 +183,35 @@ def _show_raw(raw: bytes | str) -> str:
     return raw.decode("utf-8", "backslashreplace").strip(", \t\r\n")[:RAW_CHARS]
 
 
+def _read_line(stream: BinaryIO, limit: int) -> tuple[bytes, int]:
+    """One physical line of at most `limit` bytes (newline excluded) without reading more into memory.
+
+    Returns (line, 0), or for a longer line (its first `limit` + 1 bytes, its length in bytes): the
+    rest of it is read and dropped in 1 MiB pieces, so one 50 MB line costs 1 MiB, not a gigabyte.
+    """
+    line = stream.readline(limit + 1)
+    if len(line) <= limit or line.endswith(b"\n"):
+        return line, 0
+    return line, len(line) + _skip_line(stream)
+
+
+def _skip_line(stream: BinaryIO) -> int:
+    """Read up to and including the next newline in 1 MiB pieces; the bytes skipped, newline excluded."""
+    total = 0
+    while True:
+        rest = stream.readline(1 << 20)
+        total += len(rest)
+        if not rest.endswith(b"\n"):
+            if not rest:
+                return total
+            continue
+        return total - 1 - rest.endswith(b"\r\n")
+
+
+def _overlong(size: int, limit: int) -> RecordError:
+    return RecordError(f"line longer than catalog.max_line_bytes={limit} ({size:,} bytes)")
+
+
 def _parse_line(line: bytes) -> dict[str, Any] | RecordError | None:
     """One JSON line: the object, the RecordError saying why it is not one, or None when blank."""
     if not line.strip():
@@ -193,15 +232,20 @@ def _parse_line(line: bytes) -> dict[str, Any] | RecordError | None:
 
 
 def _iter_json_lines(
-    stream: BinaryIO, tick: Callable[[], None] | None
+    stream: BinaryIO, tick: Callable[[], None] | None, max_line_bytes: int
 ) -> Iterator[tuple[int, bytes, dict[str, Any] | RecordError | None]]:
     """Yield (line number, raw bytes, parsed object or error); None for blank lines."""
-    for number, line in enumerate(stream, start=1):
+    number = 0
+    while True:
+        line, overlong = _read_line(stream, max_line_bytes)
+        if not line:
+            return
+        number += 1
         if tick is not None and number % _PROGRESS_EVERY == 0:
             tick()
         if number == 1 and line.startswith(codecs.BOM_UTF8):
             line = line[3:]  # a BOM at file start is an encoding marker, not data
-        yield number, line, _parse_line(line)
+        yield number, line, (_overlong(overlong, max_line_bytes) if overlong else _parse_line(line))
 
 
 class _Prefixed(io.RawIOBase):
@@ -230,7 +274,7 @@ def _prefixed(prefix: bytes, stream: BinaryIO) -> BinaryIO:
 
 
 def _iter_after_array(
-    stream: BinaryIO, line: int, tick: Callable[[], None] | None
+    stream: BinaryIO, line: int, tick: Callable[[], None] | None, max_line_bytes: int
 ) -> Iterator[tuple[int, bytes | str, dict[str, Any] | RecordError | None]]:
     """What follows a JSON array's closing `]` (on physical line `line`), until the end of the file.
 
@@ -239,25 +283,29 @@ def _iter_after_array(
     its elements numbered by physical line). `line` numbers are physical lines of the file.
     """
     number, at_close = line, True
-    text = stream.readline()
+    text = stream.readline(max_line_bytes + 1)
     while text:
         stripped = text.strip()
         if stripped.startswith(b"["):
-            closed = yield from _iter_json_array(_prefixed(text, stream), tick, first_line=number, by_line=True)
+            closed = yield from _iter_json_array(_prefixed(text, stream), tick, max_line_bytes, first_line=number,
+                                                 by_line=True)
             if closed is None:
                 return
             (stream, number), at_close = closed, True
-            text = stream.readline()
+            text = stream.readline(max_line_bytes + 1)
             continue
+        overlong = 0
+        if len(text) > max_line_bytes and not text.endswith(b"\n"):  # read the rest of the long line, dropping it
+            overlong = len(text) + _skip_line(stream)
         if at_close:
             if stripped:
                 yield number, text, TrailingData(TRAILING_REASON)
             at_close = False
         else:
-            yield number, text, _parse_line(text)
+            yield number, text, (_overlong(overlong, max_line_bytes) if overlong else _parse_line(text))
         if tick is not None and number % _PROGRESS_EVERY == 0:
             tick()
-        text = stream.readline()
+        text = stream.readline(max_line_bytes + 1)
         number += 1
 
 
@@ -265,7 +313,8 @@ _LONE_SURROGATE = re.compile("[\udc80-\udcff]")
 
 
 def _iter_json_array(
-    stream: BinaryIO, tick: Callable[[], None] | None, *, first_line: int = 1, by_line: bool = False
+    stream: BinaryIO, tick: Callable[[], None] | None, max_element_chars: int = _MAX_ELEMENT_CHARS, *,
+    first_line: int = 1, by_line: bool = False
 ) -> Generator[tuple[int, str, dict[str, Any] | RecordError | None], None, tuple[BinaryIO, int] | None]:
     """Yield (1-based array position, raw element text, parsed object or error) from `[ {...}, ... ]`.
 
@@ -347,7 +396,7 @@ def _iter_json_array(
                 # near) the end of the buffer, or inside a string still open there: read on. An error
                 # that stays where it was once more text follows is a real one.
                 at_end = exc.msg.startswith("Unterminated string") or exc.pos >= len(buf) - 16
-                if (not at_end and error == last_error) or len(buf) - pos > _MAX_ELEMENT_CHARS or not more():
+                if (not at_end and error == last_error) or len(buf) - pos > max_element_chars or not more():
                     obj, end = exc, exc.pos
                     break
                 last_error = error
@@ -357,12 +406,17 @@ def _iter_json_array(
         if isinstance(obj, json.JSONDecodeError):
             while True:  # the next element may start in a chunk not read yet
                 resume = _resync(decoder, buf, max(end, pos + 1))
-                if resume < len(buf) or len(buf) - pos > _MAX_ELEMENT_CHARS or not more():
+                if resume < len(buf) or len(buf) - pos > max_element_chars or not more():
                     break
             raw = buf[pos:resume]
-            yield number, raw, RecordError(
-                f"invalid JSON ({obj.msg} character {max(0, obj.pos - pos) + 1} of array element {position})"
-            )
+            if resume - pos > max_element_chars:
+                yield number, raw[:RAW_CHARS], RecordError(
+                    f"array element {position} longer than catalog.max_line_bytes={max_element_chars} "
+                    f"(at least {resume - pos:,} characters)")
+            else:
+                yield number, raw, RecordError(
+                    f"invalid JSON ({obj.msg} character {max(0, obj.pos - pos) + 1} of array element {position})"
+                )
             pos = resume
             failed_last = True
             continue
@@ -401,9 +455,14 @@ def _resync(decoder: json.JSONDecoder, buf: str, start: int) -> int:
 
 
 def _iter_file(
-    path: Path, progress_bar: Any | None = None
+    path: Path, progress_bar: Any | None = None, max_line_bytes: int = _MAX_ELEMENT_CHARS
 ) -> Iterator[tuple[int, bytes | str, dict[str, Any] | RecordError | None]]:
-    stream, raw_file = _open_binary(path)
+    try:
+        stream, raw_file = _open_binary(path)
+    except IsADirectoryError:
+        raise CatalogError(f"{path}: is a directory; pass the catalog file (trn.json, .jsonl, .json, .gz)") from None
+    except OSError as exc:
+        raise CatalogError(f"{path}: cannot open the catalog file ({exc.strerror or exc})") from None
     done = 0
 
     def tick() -> None:
@@ -412,22 +471,44 @@ def _iter_file(
         progress_bar.update(now - done)
         done = now
 
-    try:
+    def records() -> Iterator[tuple[int, bytes | str, dict[str, Any] | RecordError | None]]:
         ticker = tick if progress_bar is not None else None
         if _peek_is_array(stream):
-            closed = yield from _iter_json_array(stream, ticker)
+            closed = yield from _iter_json_array(stream, ticker, max_line_bytes)
             if closed is not None:  # read on after the `]`: nothing after it may vanish
-                yield from _iter_after_array(*closed, ticker)
+                yield from _iter_after_array(*closed, ticker, max_line_bytes)
         else:
-            yield from _iter_json_lines(stream, ticker)
+            yield from _iter_json_lines(stream, ticker, max_line_bytes)
+
+    last = 0  # the line (array position) of the last record read, for the message of a file cut short
+    try:
+        for record in records():
+            last = record[0]
+            yield record
         if progress_bar is not None:
             tick()
-    except (OSError, EOFError, gzip.BadGzipFile) as exc:
-        # a truncated .gz raises EOFError at its end; report the file, do not hide the problem
-        raise OSError(f"{path}: cannot read ({exc}); is the file complete?") from exc
+    except (OSError, EOFError, zlib.error) as exc:
+        raise _unreadable(path, last, exc) from exc
     finally:
         stream.close()
         raw_file.close()
+
+
+def _unreadable(path: Path, last: int, exc: BaseException) -> CatalogError:
+    """What is wrong with a file whose bytes cannot be read to the end (mostly a damaged .gz)."""
+    at = f" (after line {last:,} of the uncompressed data)" if last else ""
+    text = str(exc)
+    if isinstance(exc, EOFError):  # gzip: "Compressed file ended before the end-of-stream marker was reached"
+        what = (f"the gzip data ends before its end-of-stream marker{at}: the file is truncated (an interrupted "
+                "download or copy?); fetch or copy it again")
+    elif isinstance(exc, gzip.BadGzipFile) and text.startswith("Not a gzipped file"):
+        what = (f"bytes that are not gzip follow the end of the gzip data{at} (trailing garbage, or another file "
+                "appended to it); remove them or re-create the file")
+    elif isinstance(exc, (gzip.BadGzipFile, zlib.error)):
+        what = f"the gzip data is damaged ({text}){at}; re-create or fetch the file again"
+    else:
+        what = f"cannot read it ({getattr(exc, 'strerror', None) or text}){at}"
+    return CatalogError(f"{path}: {what}")
 
 
 def iter_raw_records(path: str | Path) -> Iterator[tuple[int, dict[str, Any] | Exception]]:
@@ -471,7 +552,7 @@ class CatalogReader:
             )
         if c.overlong not in ("truncate", "reject"):
             raise ValueError(f"catalog.overlong: {c.overlong!r} is not one of 'truncate', 'reject'")
-        for name in ("min_title_chars", "max_title_chars", "max_content_chars"):
+        for name in ("min_title_chars", "max_title_chars", "max_content_chars", "max_line_bytes"):
             value = getattr(c, name)
             if not isinstance(value, int) or value < (0 if name == "min_title_chars" else 1):
                 raise ValueError(f"catalog.{name}: must be a positive integer, got {value!r}")
@@ -543,7 +624,7 @@ class CatalogReader:
             if not path.exists():
                 raise FileNotFoundError(f"{path}: catalog file not found")
             if path.is_dir():
-                raise IsADirectoryError(f"{path}: is a directory; pass the catalog file (trn.json, .jsonl, .json, .gz)")
+                raise CatalogError(f"{path}: is a directory; pass the catalog file (trn.json, .jsonl, .json, .gz)")
         self.summary = ReadSummary(
             rejects_path=str(self.rejects_path) if self.rejects_path else None,
             sources=[str(p) for p in path_list],
@@ -577,7 +658,7 @@ class CatalogReader:
         last: dict[str, int] = {}
         for index, path in enumerate(paths):
             ordinal = 0  # the same count as in _rows: every non-blank record
-            for number, _raw, obj in _iter_file(path):
+            for number, _raw, obj in _iter_file(path, max_line_bytes=self.config.max_line_bytes):
                 if obj is None:
                     continue
                 ordinal += 1
@@ -608,7 +689,7 @@ class CatalogReader:
         for index, path in enumerate(paths):
             source = str(path)
             ordinal = 0  # identifies a record within its file (a line number may repeat after an array)
-            for number, raw, obj in _iter_file(path, bar):
+            for number, raw, obj in _iter_file(path, bar, self.config.max_line_bytes):
                 if obj is None:
                     s.blank_lines += 1
                     continue

@@ -15,6 +15,7 @@ so this file never imports torch, faiss or FastAPI before a command needs them.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
 import sys
@@ -48,9 +49,25 @@ def config_from_args(args: argparse.Namespace) -> Config:
     return load_config(getattr(args, "config", None), getattr(args, "overrides", None))
 
 
+def check_question(question: str, what: str = "the question") -> str:
+    """A question from the command line, checked before anything loads: UTF-8, not empty, not too long."""
+    from rag.pipeline import MAX_QUESTION_CHARS
+
+    try:
+        question.encode("utf-8")
+    except UnicodeEncodeError as exc:  # argv bytes that are not UTF-8 arrive as lone surrogates
+        raise UsageError(f"{what} is not valid UTF-8 (character {exc.start + 1}); pass it as UTF-8 text") from None
+    if not question.strip():
+        raise UsageError(f"{what} is empty: ask something about a product, e.g. rag ask \"who wrote City of Djinns?\"")
+    if len(question) > MAX_QUESTION_CHARS:
+        raise UsageError(f"{what} is {len(question):,} characters; the limit is {MAX_QUESTION_CHARS:,}")
+    return question
+
+
 def _cmd_ask(args: argparse.Namespace) -> int:
     from rag.pipeline import RAG
 
+    args.question = check_question(args.question)
     config = config_from_args(args)
     rag = RAG.from_config(config)
     if args.stream:
@@ -103,7 +120,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     if not store.has_current():
         report = build_index(config, [data], progress=True)
         print(report.summary() if hasattr(report, "summary") else report)
-    args.question = args.question or SAMPLE_QUESTION
+    args.question = check_question(args.question) if args.question is not None else SAMPLE_QUESTION
     print(f"\nQ: {args.question}")
     args.stream = False
     args.json = False
@@ -202,19 +219,50 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `rag ask ... | head`: the reader left; stop quietly, as a killed-by-SIGPIPE tool does
+        _silence_stdout()
+        return 128 + 13
     except Exception as exc:
         if not _is_user_error(exc) or getattr(args, "verbose", False):
             raise
-        print(f"error: {exc}", file=sys.stderr)
+        text = describe_os_error(exc) if isinstance(exc, OSError) and exc.errno in _ENVIRONMENT_ERRNOS else exc
+        print(f"error: {text}", file=sys.stderr)
         return 2
 
 
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's final flush does not fail (and print) again."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
+
+
 _OWN_PACKAGES = {"rag", "index", "finetune", "api"}
+_ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EISDIR,
+                       errno.ENOTDIR, errno.EMFILE}
+
+
+def describe_os_error(exc: OSError) -> str:
+    """One line naming the file: `path: No space left on device` (plus what to do for a full disk)."""
+    where = f"{exc.filename}: " if exc.filename else ""
+    text = f"{where}{exc.strerror or exc}"
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        text += ("; free space (e.g. `rag index gc --keep 1`) and run the command again; an unfinished index "
+                 "version is never served")
+    return text
 
 
 def _is_user_error(exc: BaseException) -> bool:
-    """Errors this project raised on purpose (they say what to do): printed without a traceback."""
+    """Errors this project raised on purpose (they say what to do), or the environment's (a full disk):
+    printed as one line without a traceback."""
     if isinstance(exc, (ConfigError, UsageError, FileNotFoundError, PermissionError)):
+        return True
+    if isinstance(exc, OSError) and exc.errno in _ENVIRONMENT_ERRNOS:
         return True
     return type(exc).__module__.split(".")[0] in _OWN_PACKAGES
 

@@ -80,6 +80,9 @@ class CatalogConfig:
     rejects_path: str | None = None  # wins over the path the caller passes (e.g. <index dir>/rejects.jsonl)
     # an index build or update whose rejected lines exceed this share of the lines read fails and writes nothing
     max_reject_fraction: float = 0.5
+    # a longer line (or JSON array element) is rejected without being read into memory; the longest real
+    # row is ~0.4 MB of JSON (~1.2 MB if every character were \u-escaped), so 4 MiB cuts none of them
+    max_line_bytes: int = 4 << 20
 
 
 @dataclass
@@ -118,6 +121,9 @@ class IndexConfig:
     ivf_nprobe: int = 16
     ivf_train_points: int = 0  # vectors the ivf quantizer is trained on; 0 -> 64 * ivf_nlist
     mmap: bool = True  # memory-map the FAISS file on open (flat/hnsw: IO_FLAG_MMAP_IFC, ivf: IO_FLAG_MMAP)
+    # ... when it is at least this large (also the description index's arrays, together); smaller files are
+    # read into memory, so damage to them on disk cannot reach a running server (docs/index.md, "Guarantees")
+    mmap_min_bytes: int = 64 << 20
     descriptions: bool = True  # also build the lexical index over descriptions
     keep_versions: int = 3  # after each build/update, older versions beyond this many are deleted (0: keep all)
     # sha256 of every file when a version is opened (sizes and row counts are always checked);
@@ -369,6 +375,9 @@ class ApiConfig:
     max_concurrency: int = 8  # answers in flight; one more gets 429 + Retry-After instead of queueing
     request_timeout_s: float = 60.0  # answers slower than this -> 504 (a stream already started ends with an error event)
     retry_after_s: int = 1  # Retry-After seconds sent with 429
+    # a connection that has not sent a whole request head (request line + headers) this many seconds after
+    # connecting, or after it began the next request, gets 408 and is closed (half-open connections pile up)
+    header_timeout_s: float = 10.0
     model_id: str = "amazontitles-rag"  # the model id of /v1/models and of completions
     # Paths served without the API key (probes and the schema; they reveal no catalog data).
     open_paths: list[str] = field(default_factory=lambda: ["/healthz", "/readyz", "/docs", "/openapi.json"])
@@ -508,6 +517,7 @@ def _semantic_checks(config: Config) -> list[str]:
         "generator.max_new_tokens": config.generator.max_new_tokens,
         "generator.batch_size": config.generator.batch_size,
         "api.max_concurrency": config.api.max_concurrency,
+        "catalog.max_line_bytes": config.catalog.max_line_bytes,
     }
     for key, value in positive.items():
         if isinstance(value, int) and not isinstance(value, bool) and value <= 0:
@@ -521,6 +531,8 @@ def _semantic_checks(config: Config) -> list[str]:
     errors += config.finetune.problems() if isinstance(config.finetune, FinetuneConfig) else []
     if isinstance(config.catalog.max_reject_fraction, float) and not 0.0 <= config.catalog.max_reject_fraction <= 1.0:
         errors.append(f"catalog.max_reject_fraction: must be between 0 and 1, got {config.catalog.max_reject_fraction}")
+    if isinstance(config.api.header_timeout_s, float) and not config.api.header_timeout_s > 0:
+        errors.append(f"api.header_timeout_s: must be > 0, got {config.api.header_timeout_s}")
     if isinstance(config.catalog.boilerplate_patterns, list):
         import re
 

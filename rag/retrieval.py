@@ -56,12 +56,19 @@ class Retriever:
         from index.store import IndexStore, LiveIndex
 
         store = IndexStore.from_config(config)  # honours hnsw_ef_search, ivf_nprobe, checksum settings
-        if not store.has_current():
+        if store.current_version() is None:
+            versions = store.complete_versions()
+            if versions:  # `current` is missing or empty, but there are versions to serve
+                raise FileNotFoundError(
+                    f"{store.current_file}: missing or empty, so no version is served although "
+                    f"{len(versions)} exist under {store.versions_dir}; `rag index rollback {versions[-1]}` "
+                    "serves the newest (`rag index versions` lists them)")
             raise FileNotFoundError(
                 f"no index at {config.index.path!r} (index.path): build one with "
                 f"`rag index build --data PATH` or run `rag demo` for the bundled synthetic catalog"
             )
-        live = LiveIndex(store)
+        # a damaged current version (no directory, no manifest, a bad file) says so: open_current names the file
+        live = LiveIndex(store, mmap=bool(getattr(config.index, "mmap", True)))
         snapshot = live.snapshot()
         if embedder is None:
             embedder = load_embedder(config.embedding)

@@ -229,7 +229,8 @@ def test_openapi_documents_every_route(server: Any) -> None:
     }
     routes = {(method, path) for path, item in spec["paths"].items() for method in item}
     assert expected <= routes, expected - routes
-    app_routes = {(m.lower(), r.path) for r in server.app.routes for m in getattr(r, "methods", ())
+    app_routes = {(m.lower(), re.sub(r"\{(\w+):\w+\}", r"{\1}", r.path))  # {uid:path} is {uid} in the schema
+                  for r in server.app.routes for m in getattr(r, "methods", ())
                   if r.path not in ("/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc") and m != "HEAD"}
     assert app_routes <= routes, app_routes - routes
     for method, path in expected:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from rag.catalog import CatalogReader, ReadSummary, iter_raw_records, read_catalog, stable_uid
+from rag.catalog import CatalogError, CatalogReader, ReadSummary, iter_raw_records, read_catalog, stable_uid
 from rag.config import CatalogConfig, load_config
 from rag.types import CatalogRow
 
@@ -176,8 +176,48 @@ def test_truncated_gzip_names_the_file(tmp_path: Path) -> None:
     data = tmp_path / "cut.jsonl.gz"
     blob = gzip.compress(b"".join(_record(f"U{i}", "T" * 50) + b"\n" for i in range(2000)))
     data.write_bytes(blob[: len(blob) // 2])
-    with pytest.raises(OSError, match="cut.jsonl.gz"):
+    with pytest.raises(CatalogError, match=r"cut.jsonl.gz: the gzip data ends before its end-of-stream marker "
+                                           r"\(after line \d+.*the file is truncated"):
         read_catalog([data])
+
+
+def test_gzip_with_trailing_garbage_or_damage_says_what_is_wrong(tmp_path: Path) -> None:
+    """Issue 12, 8: not "is the file complete?" for a complete file followed by garbage; zlib errors too."""
+    blob = gzip.compress(b"".join(_record(f"U{i}", "T" * 50) + b"\n" for i in range(200)))
+    trailing, damaged = tmp_path / "trailing.jsonl.gz", tmp_path / "damaged.jsonl.gz"
+    trailing.write_bytes(blob + b"this is not gzip")
+    damaged.write_bytes(blob[:20] + b"\x00" * 30 + blob[50:])
+    with pytest.raises(CatalogError, match="trailing.jsonl.gz: bytes that are not gzip follow the end of the gzip data") as info:
+        read_catalog([trailing])
+    assert "complete?" not in str(info.value)
+    with pytest.raises(CatalogError, match="damaged.jsonl.gz: the gzip data is damaged"):  # was a bare zlib.error
+        read_catalog([damaged])
+    with pytest.raises(CatalogError, match="is a directory"):
+        read_catalog([tmp_path])
+
+
+def test_a_line_over_max_line_bytes_is_rejected_without_reading_it_into_memory(tmp_path: Path) -> None:
+    """Issue 12, 9: one 52 MB line cost ~1 GB in the reader; now it is one reject (catalog.max_line_bytes)."""
+    data = tmp_path / "long.jsonl"
+    with open(data, "wb") as out:
+        out.write(_record("A", "Before") + b"\n")
+        out.write(b'{"uid": "L", "title": "' + b"x" * 3000 + b'"}\r\n')
+        out.write(_record("B", "After") + b"\n")
+        out.write(b'{"uid": "M", "title": "' + b"y" * 5000)  # the last line, cut and long
+    config = CatalogConfig(max_line_bytes=1000)
+    rows, summary = read_catalog([data], config, rejects_path=tmp_path / "rejects.jsonl")
+    assert [r.uid for r in rows] == ["A", "B"]
+    assert (summary.read, summary.accepted, summary.rejected) == (4, 2, 2)
+    rejects = [json.loads(line) for line in (tmp_path / "rejects.jsonl").read_text().splitlines()]
+    assert [(r["line"], r["reason"]) for r in rejects] == [
+        (2, "line longer than catalog.max_line_bytes=1000 (3,025 bytes)"),
+        (4, "line longer than catalog.max_line_bytes=1000 (5,023 bytes)")]
+    assert all(len(r["raw"]) <= 1001 for r in rejects)
+    # after a JSON array's `]` the same limit holds
+    data.write_bytes(b'[{"uid": "C", "title": "In array"}]\n' + b'{"uid": "L", "title": "' + b"x" * 3000 + b'"}\n'
+                     + _record("D", "After array") + b"\n")
+    rows, summary = read_catalog([data], config)
+    assert [r.uid for r in rows] == ["C", "D"] and summary.reasons == {"line longer than catalog.max_line_bytes=1000": 1}
 
 
 def _dup_file(tmp_path: Path) -> Path:
@@ -292,7 +332,7 @@ def test_iter_raw_records(tmp_path: Path) -> None:
 def test_errors_name_the_problem(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="missing.jsonl"):
         read_catalog([tmp_path / "missing.jsonl"])
-    with pytest.raises(IsADirectoryError):
+    with pytest.raises(CatalogError, match="is a directory"):
         read_catalog([tmp_path])
     with pytest.raises(ValueError, match="duplicate_policy"):
         CatalogReader(CatalogConfig(duplicate_policy="keep_all"))  # type: ignore[arg-type]
