@@ -11,7 +11,7 @@ two versions inside one answer.
 from __future__ import annotations
 
 import time
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Literal, Sequence, overload
 
 from rag.config import Config
 from rag.grounding import unsupported_sentences
@@ -49,14 +49,55 @@ class AnswerStream:
         assert self.answer is not None
         return self.answer
 
+    def stop(self, text: str | None = None) -> Answer:
+        """End the stream now (a stop sequence was seen): close the generator and finish the Answer
+        with `text` (default: the pieces so far), finish_reason "stop"."""
+        if self.answer is None:
+            close = getattr(self._pieces, "close", None)
+            if close is not None:
+                close()  # a generator's finally (an LLM backend's clean-up) runs now
+            self.answer = self._finish("".join(self._parts) if text is None else text)
+            self.answer.finish_reason = "stop"
+        return self.answer
+
 
 class RAG:
     """The question-answering pipeline: a Retriever and a Generator under one Config."""
 
     def __init__(self, config: Config, retriever: Any, generator: Generator) -> None:
+        # checked here, when the pipeline is built, rather than at the first question
+        if not isinstance(config, Config):
+            raise TypeError(f"RAG: config must be a rag.Config, got {type(config).__name__}")
+        for attr in ("search", "snapshot"):
+            if not hasattr(retriever, attr):
+                raise TypeError(f"RAG: retriever {type(retriever).__name__} has no {attr!r} (use rag.retrieval.Retriever)")
+        for attr in ("name", "generate", "stream"):
+            if not hasattr(generator, attr):
+                raise TypeError(f"RAG: generator {type(generator).__name__} has no {attr!r} (see rag.types.Generator)")
         self.config = config
         self.retriever = retriever
         self.generator = generator
+        self.closed = False
+
+    def close(self) -> None:
+        """Release the generator (its HTTP client or model) and the index's open files. Idempotent;
+        the pipeline cannot answer afterwards (rag.close() drops the ones rag.answer() cached)."""
+        if self.closed:
+            return
+        self.closed = True
+        close = getattr(self.generator, "close", None)
+        if callable(close):
+            close()
+        live = getattr(self.retriever, "live_index", None)
+        snapshot = getattr(live, "_snapshot", None)
+        if snapshot is not None and callable(getattr(snapshot, "close", None)):
+            snapshot.close()
+
+    def __enter__(self) -> "RAG":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     @classmethod
     def from_config(cls, config: Config, *, generator: Generator | None = None, retriever: Any = None) -> "RAG":
@@ -92,7 +133,11 @@ class RAG:
         """Retrieve and build the generation request (exposed for the API and `rag compare`).
 
         `snapshot` pins the index version (the API passes the one whose version it reports)."""
+        if self.closed:
+            raise RuntimeError("this RAG pipeline was closed (RAG.close / rag.close); build a new one")
         question = self._check_question(question)
+        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
+            raise ValueError(f"k must be a whole number >= 1, got {k!r}")
         history = list(history or [])
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
@@ -219,6 +264,16 @@ class RAG:
                 request, timings, found = prepared[i]
                 answers[i] = self._finish(request, text, timings, found, started, generate_started)
         return [a for a in answers if a is not None]
+
+    @overload
+    def answer(self, question: str, *, k: int | None = ..., history: Sequence[dict[str, str]] | None = ...,
+               stream: Literal[False] = ..., use_context: bool = ..., max_new_tokens: int | None = ...,
+               temperature: float | None = ..., top_p: float | None = ..., snapshot: Any = ...) -> Answer: ...
+
+    @overload
+    def answer(self, question: str, *, k: int | None = ..., history: Sequence[dict[str, str]] | None = ...,
+               stream: Literal[True], use_context: bool = ..., max_new_tokens: int | None = ...,
+               temperature: float | None = ..., top_p: float | None = ..., snapshot: Any = ...) -> AnswerStream: ...
 
     def answer(self, question: str, *, k: int | None = None, history: Sequence[dict[str, str]] | None = None,
                stream: bool = False, use_context: bool = True, max_new_tokens: int | None = None,
