@@ -21,8 +21,7 @@ import re
 import sqlite3
 import threading
 import time
-import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -31,7 +30,7 @@ from typing import Any, TypeVar
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Security
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -219,27 +218,6 @@ def _check_limits(config: Config, question: str, k: int | None, max_tokens: int 
         raise ApiError(422, f"{n_messages} messages is over the limit api.max_messages={api.max_messages}")
 
 
-def _message_text(message: s.ChatMessage) -> str:
-    if isinstance(message.content, str):
-        return message.content
-    if message.content is None:
-        return ""
-    return "".join(part.text for part in message.content)
-
-
-def _split_chat(messages: Sequence[s.ChatMessage]) -> tuple[str, list[dict[str, str]]]:
-    """The last user message is the question; earlier user/assistant turns are the history."""
-    turns = [(m.role, _message_text(m)) for m in messages if m.role in ("user", "assistant")]
-    if not turns or turns[-1][0] != "user":
-        raise ApiError(422, "the last user/assistant message must be a user message: it is the question")
-    history = [{"role": role, "content": text} for role, text in turns[:-1]]
-    return turns[-1][1], history
-
-
-def _words(text: str) -> int:
-    return len(text.split())
-
-
 def _version_of(answer_snapshot: Any) -> str | None:
     version = getattr(answer_snapshot, "version", None)
     return str(version) if version is not None else None
@@ -286,32 +264,6 @@ async def _answer(state: ApiState, question: str, history: list[dict[str, str]],
         slot.release()
     _record_stages(state, answer)
     return answer, version
-
-
-def _sse(payload: dict[str, Any] | str) -> bytes:
-    data = payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False)
-    return f"data: {data}\n\n".encode()
-
-
-_END = object()
-
-
-class _Failure:
-    """An exception raised in the streaming worker thread, carried to the event loop."""
-
-    def __init__(self, error: BaseException) -> None:
-        self.error = error
-
-
-def _chunk_json(chunk: s.ChatCompletionChunk) -> dict[str, Any]:
-    """A chunk as OpenAI writes it: `finish_reason: null` kept, unset delta fields and extensions left out."""
-    data = chunk.model_dump()
-    for key in ("usage", "sources", "rag"):
-        if data.get(key) is None:
-            data.pop(key, None)
-    for choice in data["choices"]:
-        choice["delta"] = {k: v for k, v in choice["delta"].items() if v is not None}
-    return data
 
 
 def _report_dict(report: Any, upload: Path) -> dict[str, Any]:
@@ -372,6 +324,9 @@ def create_app(config: Config, rag: Any = None) -> FastAPI:
                        admin_prefix=ADMIN_PREFIX, key_env=config.api.api_key_env)
     app.add_middleware(RequestContextMiddleware, metrics=state.metrics, route_of=lambda scope: _route_of(app, scope))
     _install_error_handlers(app)
+    from api import openai_compat
+
+    openai_compat.install(app)  # its error shape wraps everything on the OpenAI paths
     _add_routes(app, state)
     _complete_openapi(app)
     return app
@@ -545,51 +500,9 @@ def _add_routes(app: FastAPI, state: ApiState) -> None:
             generator=data["generator"], index_version=version, request_id=request_id_of(request.scope),
         )
 
-    @app.get("/v1/models", response_model=s.ModelList, tags=["openai"], dependencies=documented_auth,
-             summary="The one model this server answers with (OpenAI shape)", responses=_error_responses(401))
-    async def models() -> s.ModelList:
-        return s.ModelList(data=[s.ModelCard(id=api.model_id, created=state.model_created, owned_by="amazontitles-rag")])
+    from api import openai_compat
 
-    @app.get("/v1/models/{model}", response_model=s.ModelCard, tags=["openai"], dependencies=documented_auth,
-             summary="One model (OpenAI shape)", responses=_error_responses(401, 404))
-    async def model(model: str) -> s.ModelCard:
-        if model != api.model_id:
-            raise ApiError(404, f"no model {model!r}; this server serves {api.model_id!r}")
-        return s.ModelCard(id=api.model_id, created=state.model_created, owned_by="amazontitles-rag")
-
-    @app.post(
-        "/v1/chat/completions", response_model=s.ChatCompletion, tags=["openai"], dependencies=documented_auth,
-        summary="OpenAI-compatible chat completion: the last user message is the question",
-        responses={
-            200: {"description": "A chat.completion (JSON), or with `stream: true` server-sent events: "
-                                 "`data: <chat.completion.chunk JSON>` lines ending with `data: [DONE]`; the "
-                                 "final chunk carries `sources` and `rag`.",
-                  "content": {"text/event-stream": {"schema": {"$ref": "#/components/schemas/ChatCompletionChunk"}}}},
-            **_error_responses(*common_errors, 429, 503, 504),
-        },
-    )
-    async def chat_completions(body: s.ChatCompletionRequest, request: Request) -> Any:
-        question, history = _split_chat(body.messages)
-        max_tokens = body.max_completion_tokens or body.max_tokens
-        if body.max_tokens and body.max_completion_tokens:
-            max_tokens = max(body.max_tokens, body.max_completion_tokens)
-        _check_limits(state.config, question, body.k, max_tokens, len(body.messages))
-        completion_id = "chatcmpl-" + uuid.uuid4().hex
-        created = int(time.time())
-        prompt_words = _words(question) + sum(_words(t["content"]) for t in history)
-        if body.stream:
-            include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            return await _stream_completion(state, completion_id, created, question, history, body, max_tokens,
-                                            prompt_words, include_usage, request)
-        result, version = await _answer(state, question, history, body.k, max_tokens, body.temperature, body.top_p)
-        completion_words = _words(result.text)
-        return s.ChatCompletion(
-            id=completion_id, created=created, model=api.model_id,
-            choices=[s.Choice(message=s.AssistantMessage(content=result.text))],
-            usage=s.Usage(prompt_tokens=prompt_words, completion_tokens=completion_words,
-                          total_tokens=prompt_words + completion_words),
-            sources=_sources(result), rag=_rag_info(result, version),
-        )
+    openai_compat.add_routes(app, state, documented_auth=documented_auth, error_responses=_error_responses)
 
     # ---------------------------------------------------------------- products
 
@@ -672,141 +585,6 @@ def _add_routes(app: FastAPI, state: ApiState) -> None:
                                         seconds=round(time.perf_counter() - started, 3),
                                         changed=bool(getattr(report, "changed", True)),
                                         report=_report_dict(report, upload))
-
-
-async def _stream_completion(state: ApiState, completion_id: str, created: int, question: str,
-                             history: list[dict[str, str]], body: s.ChatCompletionRequest, max_tokens: int | None,
-                             prompt_words: int, include_usage: bool, request: Request) -> StreamingResponse:
-    """Start the answer and wait for its first piece (errors up to here get a proper status), then stream."""
-    model_id = state.config.api.model_id
-    state.require_rag()
-    slot = await state.acquire_slot()
-    deadline = time.monotonic() + state.config.api.request_timeout_s
-
-    def start() -> tuple[Any, Any, str | None]:
-        rag = state.require_rag()
-        snapshot = rag.retriever.snapshot
-        version = _version_of(snapshot)
-        stream = rag.answer(question, k=body.k, history=history, stream=True, max_new_tokens=max_tokens,
-                            temperature=body.temperature, top_p=body.top_p, snapshot=snapshot)
-        return stream, next(stream, _END), version
-
-    try:
-        stream, first, version = await state.run(slot, start, deadline - time.monotonic())
-    except ValueError as exc:
-        slot.release()
-        raise ApiError(422, str(exc)) from None
-    except BaseException:
-        slot.release()
-        raise
-
-    def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> bytes:
-        payload = s.ChatCompletionChunk(id=completion_id, created=created, model=model_id,
-                                        choices=[s.ChunkChoice(delta=s.Delta(**delta), finish_reason=finish)], **extra)
-        return _sse(_chunk_json(payload))
-
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[Any] = asyncio.Queue()
-    stop = threading.Event()
-
-    def put(item: Any) -> None:
-        try:
-            loop.call_soon_threadsafe(queue.put_nowait, item)
-        except RuntimeError:  # the event loop is gone (server shutting down)
-            stop.set()
-
-    def pump() -> None:
-        """Drain the generator in ONE worker thread (no thread hop per piece); pieces go to the queue."""
-        try:
-            for piece in stream:
-                if stop.is_set():  # the client went away: stop pulling pieces
-                    return
-                put(piece)
-            put(_END)
-        except BaseException as exc:  # handed to the event loop, which logs it and tells the client
-            put(_Failure(exc))
-
-    async def next_pieces() -> Any:
-        """The next piece(s) joined (coalescing what is queued already), _END, or a _Failure; 504 at the deadline."""
-        try:
-            item = await asyncio.wait_for(queue.get(), timeout=max(deadline - time.monotonic(), 0.001))
-        except asyncio.TimeoutError:
-            raise ApiError(504, "the answer took longer than api.request_timeout_s="
-                                f"{state.config.api.request_timeout_s} s") from None
-        pieces = []
-        while isinstance(item, str):
-            pieces.append(item)
-            if queue.empty():
-                break
-            item = queue.get_nowait()
-        if pieces and not isinstance(item, str):
-            queue.put_nowait(item)  # the end marker goes back for the next call
-        return "".join(pieces) if pieces else item
-
-    async def events() -> AsyncIterator[bytes]:
-        try:
-            yield chunk({"role": "assistant", "content": ""})
-            if first is not _END:
-                yield chunk({"content": first})
-                slot.track(loop.run_in_executor(state.executor, pump))
-                while True:
-                    try:
-                        piece = await next_pieces()
-                    except ApiError as exc:  # 504 mid-stream: the status is sent already, so say it in the stream
-                        stop.set()
-                        yield _sse({"error": {"message": exc.detail, "type": exc.kind, "code": exc.status_code,
-                                              "request_id": request_id_of(request.scope)}})
-                        yield _sse("[DONE]")
-                        return
-                    if piece is _END:
-                        break
-                    if isinstance(piece, _Failure):
-                        raise piece.error
-                    yield chunk({"content": piece})
-            answer = stream.answer
-            _record_stages(state, answer)
-            completion_words = _words(answer.text)
-            usage = s.Usage(prompt_tokens=prompt_words, completion_tokens=completion_words,
-                            total_tokens=prompt_words + completion_words)
-            final = s.ChatCompletionChunk(id=completion_id, created=created, model=model_id,
-                                          choices=[s.ChunkChoice(delta=s.Delta(), finish_reason="stop")],
-                                          sources=_sources(answer), rag=_rag_info(answer, version))
-            yield _sse(_chunk_json(final))
-            if include_usage:  # OpenAI sends usage in an extra chunk with no choices
-                yield _sse(_chunk_json(s.ChatCompletionChunk(id=completion_id, created=created, model=model_id,
-                                                             choices=[], usage=usage)))
-            yield _sse("[DONE]")
-        except Exception:
-            log.exception("request %s: streaming failed", request_id_of(request.scope))
-            yield _sse({"error": {"message": "internal error; the server log has the details under request id "
-                                             + request_id_of(request.scope), "type": "internal_error", "code": 500,
-                                  "request_id": request_id_of(request.scope)}})
-            yield _sse("[DONE]")
-        finally:
-            stop.set()
-            slot.release()
-
-    def close() -> None:
-        stop.set()
-        slot.release()
-
-    return _ClosingStreamingResponse(events(), on_close=close, media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-
-
-class _ClosingStreamingResponse(StreamingResponse):
-    """Runs `on_close` however the response ends, even when the client left before the body started
-    (then the body generator never runs, and its `finally` would not free the concurrency slot)."""
-
-    def __init__(self, content: Any, *, on_close: Callable[[], None], **kwargs: Any) -> None:
-        super().__init__(content, **kwargs)
-        self._on_close = on_close
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            self._on_close()
 
 
 async def _save_upload(request: Request, path: Path) -> int:

@@ -34,6 +34,20 @@ class ErrorDetail(BaseModel):
     errors: list[dict[str, Any]] | None = Field(default=None, description="Validation errors (422 only).")
 
 
+class OpenAIErrorDetail(BaseModel):
+    message: str = Field(description="What went wrong and what to do about it.")
+    type: str = Field(description="invalid_request_error, authentication_error, rate_limit_error, ...")
+    param: str | None = Field(description="The request parameter at fault (e.g. max_tokens, messages.0.role), if any.")
+    code: str | None = Field(description="A machine-readable code, e.g. model_not_found, unsupported_parameter.")
+    request_id: str = Field(description="Also in the X-Request-ID response header.")
+
+
+class OpenAIErrorResponse(BaseModel):
+    """Errors of /v1/chat/completions and /v1/models, in OpenAI's shape (400 for invalid requests)."""
+
+    error: OpenAIErrorDetail
+
+
 class ErrorResponse(BaseModel):
     """Every error has this shape (the OpenAI clients read `error.message`)."""
 
@@ -124,21 +138,34 @@ class StreamOptions(BaseModel):
 
 
 class ChatCompletionRequest(BaseModel):
-    """OpenAI chat completion request. The last user message is the question; earlier turns are history."""
+    """OpenAI chat completion request. The last user message is the question; earlier turns are history.
 
-    # Unknown OpenAI parameters (presence_penalty, seed, ...) are accepted and ignored so that
-    # clients such as LangChain's ChatOpenAI work unchanged.
+    Parameters this server cannot honour (`response_format` other than text, `tools`/`functions`,
+    `logprobs`, `n` > 1) are answered 400 naming the parameter (api/openai_compat.py); sampling
+    knobs it has no use for (presence_penalty, seed, user, ...) are accepted and ignored."""
+
     model_config = ConfigDict(extra="allow")
 
-    model: str = Field(default="amazontitles-rag", description="Any value is accepted; responses carry api.model_id.")
+    model: str = Field(default="amazontitles-rag",
+                       description="api.model_id or one of api.model_aliases (GET /v1/models lists them); others: 404.")
     messages: list[ChatMessage] = Field(min_length=1, description="At most api.max_messages turns.")
     stream: bool = False
     stream_options: StreamOptions | None = None
-    max_tokens: int | None = Field(default=None, ge=1, description="At most api.max_tokens_cap.")
-    max_completion_tokens: int | None = Field(default=None, ge=1, description="At most api.max_tokens_cap.")
+    max_tokens: int | None = Field(default=None, ge=1, description="At most api.max_tokens_cap; the answer stops "
+                                   "there with finish_reason \"length\".")
+    max_completion_tokens: int | None = Field(default=None, ge=1, description="Same as max_tokens (wins over it).")
+    stop: str | list[str] | None = Field(default=None, description="Up to 4 sequences; the answer ends before the "
+                                         "first one (not included), finish_reason \"stop\".")
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
-    n: int = Field(default=1, ge=1, le=1, description="Only one choice is produced.")
+    n: int | None = Field(default=None, description="Only 1 (one choice is produced).")
+    response_format: dict[str, Any] | None = Field(default=None, description='Only {"type": "text"}.')
+    tools: list[dict[str, Any]] | None = Field(default=None, description="Not supported (400) unless empty.")
+    tool_choice: str | dict[str, Any] | None = Field(default=None, description='Only "none" or "auto" without tools.')
+    functions: list[dict[str, Any]] | None = Field(default=None, description="Not supported (400) unless empty.")
+    function_call: str | dict[str, Any] | None = Field(default=None, description='Only "none" or "auto".')
+    logprobs: bool | None = Field(default=None, description="Only false: no log probabilities are produced.")
+    top_logprobs: int | None = Field(default=None, description="Only 0 or null.")
     k: int | None = Field(default=None, ge=1, description="Extension: rows to retrieve (at most api.max_k).")
 
 
@@ -151,10 +178,13 @@ class Choice(BaseModel):
     index: int = 0
     message: AssistantMessage
     finish_reason: Literal["stop", "length"] = "stop"
+    logprobs: None = None
 
 
 class Usage(BaseModel):
-    """Counts of whitespace-separated words, not model tokens (the default generator has no tokenizer)."""
+    """Tokens: the whole prompt (system prompt, retrieved rows, history, question) and the answer,
+    counted with the generator's tokenizer, or for the extractive answerer with the stated one
+    (`rag.tokenizer` names it; rag/tokens.py)."""
 
     prompt_tokens: int
     completion_tokens: int
@@ -170,6 +200,7 @@ class RagInfo(BaseModel):
     timings: dict[str, float]
     generator: str
     index_version: str | None
+    tokenizer: str | None = Field(default=None, description="The tokenizer `usage` is counted with.")
 
 
 class ChatCompletion(BaseModel):
@@ -192,6 +223,7 @@ class ChunkChoice(BaseModel):
     index: int = 0
     delta: Delta
     finish_reason: Literal["stop", "length"] | None = None
+    logprobs: None = None
 
 
 class ChatCompletionChunk(BaseModel):

@@ -25,8 +25,20 @@ from rag.types import Answer, CatalogRow, Hit, Source
 if TYPE_CHECKING:
     from rag.pipeline import RAG, AnswerStream
 
-__all__ = ["answer", "Answer", "AnswerStream", "Source", "Hit", "CatalogRow", "Config", "ConfigError",
-           "load_config", "get_rag", "close", "RAG"]
+__all__ = [
+    "RAG",
+    "Answer",
+    "AnswerStream",
+    "CatalogRow",
+    "Config",
+    "ConfigError",
+    "Hit",
+    "Source",
+    "answer",
+    "close",
+    "get_rag",
+    "load_config",
+]
 __version__ = "0.1.0"
 
 # content key -> pipeline; YAML path (or None: the defaults) -> content key

@@ -379,6 +379,8 @@ class ApiConfig:
     # connecting, or after it began the next request, gets 408 and is closed (half-open connections pile up)
     header_timeout_s: float = 10.0
     model_id: str = "amazontitles-rag"  # the model id of /v1/models and of completions
+    # other model names /v1/chat/completions answers to (listed by /v1/models); any other name -> 404
+    model_aliases: list[str] = field(default_factory=list)
     # Paths served without the API key (probes and the schema; they reveal no catalog data).
     open_paths: list[str] = field(default_factory=lambda: ["/healthz", "/readyz", "/docs", "/openapi.json"])
 

@@ -195,7 +195,7 @@ class RAG:
             question=request.question, text=text, sources=self._sources(request.hits) if found else [],
             timings=timings, found=found, unsupported_sentences=unsupported, generator=self.generator.name,
             finish_reason=request.finish_reason, new_tokens=request.new_tokens,
-            fallback=request.fallback or None, llm_text=request.llm_text,
+            fallback=request.fallback or None, llm_text=request.llm_text, prompt_messages=request.messages,
         )
 
     def _grounded_text(self, request: GenerationRequest, text: str, found: bool,
@@ -232,12 +232,20 @@ class RAG:
         request.llm_text = text
         return new_text
 
-    def _not_found(self, request: GenerationRequest, timings: dict[str, float], found: bool, started: float) -> Answer:
-        """Nothing relevant was retrieved: an LLM could only invent an answer, so no generator is asked."""
-        from rag.generators.extractive import NOT_FOUND_ANSWER
+    def _not_found_text(self, request: GenerationRequest) -> str:
+        """The fixed answer for nothing found (sets finish_reason); the extractive answerer cuts it
+        at max_new_tokens like its own answers."""
+        from rag.generators.extractive import NOT_FOUND_ANSWER, cut_to_tokens
 
         request.finish_reason, request.new_tokens = "stop", 0
-        return self._finish(request, NOT_FOUND_ANSWER, timings, found, started, time.perf_counter())
+        if self.generator.name == "extractive":
+            return cut_to_tokens(request, NOT_FOUND_ANSWER)
+        return NOT_FOUND_ANSWER
+
+    def _not_found(self, request: GenerationRequest, timings: dict[str, float], found: bool, started: float) -> Answer:
+        """Nothing relevant was retrieved: an LLM could only invent an answer, so no generator is asked."""
+        text = self._not_found_text(request)
+        return self._finish(request, text, timings, found, started, time.perf_counter())
 
     def answer_many(self, questions: Sequence[str], *, k: int | None = None, use_context: bool = True,
                     batch_size: int | None = None) -> list[Answer]:
@@ -286,10 +294,7 @@ class RAG:
         generate_started = time.perf_counter()
         if use_context and not found:
             if stream:
-                from rag.generators.extractive import NOT_FOUND_ANSWER
-
-                request.finish_reason, request.new_tokens = "stop", 0
-                return AnswerStream(iter([NOT_FOUND_ANSWER]),
+                return AnswerStream(iter([self._not_found_text(request)]),
                                     lambda text: self._finish(request, text, timings, found, started, generate_started))
             return self._not_found(request, timings, found, started)
         if stream:

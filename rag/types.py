@@ -72,6 +72,9 @@ class Answer:
     # the LLM's own answer whenever a fallback changed it.
     fallback: str | None = None
     llm_text: str | None = None
+    # the chat messages the generator was given (system prompt, retrieved rows, history, question):
+    # what `usage.prompt_tokens` counts; not part of to_dict()
+    prompt_messages: list[dict[str, str]] | None = field(default=None, repr=False, compare=False)
 
     @property
     def grounded(self) -> bool:

@@ -176,6 +176,21 @@ def _error(response: httpx.Response, status: int) -> dict[str, Any]:
     return error
 
 
+def _openai_error(response: httpx.Response, status: int, param: str | None = None, code: str | None = None) -> dict[str, Any]:
+    """An error of the OpenAI routes: OpenAI's shape, a string (or null) code, the parameter at fault."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code", "request_id"}, error
+    assert error["code"] is None or isinstance(error["code"], str)
+    assert error["request_id"] == response.headers["x-request-id"]
+    if param is not None:
+        assert error["param"] == param, error
+    if code is not None:
+        assert error["code"] == code, error
+    return error
+
+
 # --------------------------------------------------------------------------- probes, schema, metrics
 
 
@@ -242,10 +257,11 @@ def test_openapi_documents_every_route(server: Any) -> None:
             assert "401" in operation["responses"], f"{method} {path}: 401 not documented"
             for code in ("401",):
                 schema = operation["responses"][code]["content"]["application/json"]["schema"]
-                assert schema["$ref"].endswith("/ErrorResponse")
-    for path in ("/v1/answer", "/v1/chat/completions"):
+                shape = "/OpenAIErrorResponse" if "/chat/" in path or "/models" in path else "/ErrorResponse"
+                assert schema["$ref"].endswith(shape), (path, schema)
+    for path, invalid in (("/v1/answer", "422"), ("/v1/chat/completions", "400")):
         responses = spec["paths"][path]["post"]["responses"]
-        assert {"413", "422", "429", "503", "504"} <= set(responses), path
+        assert {"413", invalid, "429", "503", "504"} <= set(responses), path
         assert "requestBody" in spec["paths"][path]["post"]
     assert {"403", "409"} <= set(spec["paths"]["/v1/index/update"]["post"]["responses"])
     schemas = spec["components"]["schemas"]
@@ -320,20 +336,21 @@ def test_validation_limits(server: Any) -> None:
     assert "question" in post("/v1/answer", {"question": ""})["message"]
     assert "question" in post("/v1/answer", {})["message"]
     assert "nope" in post("/v1/answer", {"question": ANCHOR_Q, "nope": 1})["message"]
-    chat = {"model": "amazontitles-rag", "messages": [{"role": "user", "content": ANCHOR_Q}]}
-    assert "api.max_tokens_cap=1024" in post("/v1/chat/completions", {**chat, "max_tokens": 5000})["message"]
-    assert "api.max_tokens_cap" in post("/v1/chat/completions", {**chat, "max_completion_tokens": 5000})["message"]
-    assert "user message" in post("/v1/chat/completions", {
-        **chat, "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]})["message"]
-    assert "messages" in post("/v1/chat/completions", {"model": "x", "messages": []})["message"]
-    long_chat = {**chat, "messages": [{"role": "user", "content": "q" * 2001}]}
-    assert "api.max_question_chars" in post("/v1/chat/completions", long_chat)["message"]
     response = httpx.post(server.url + "/v1/answer", content=b"{not json", headers={**AUTH, "content-type": "application/json"})
     _error(response, 422)
-    import openai
 
-    with pytest.raises(openai.UnprocessableEntityError, match="max_tokens_cap"):
-        _openai(server.url).chat.completions.create(model="amazontitles-rag", messages=chat["messages"], max_tokens=5000)
+    def chat_post(body: Any, param: str) -> dict[str, Any]:  # the OpenAI route: 400, OpenAI's error shape
+        return _openai_error(httpx.post(server.url + "/v1/chat/completions", json=body, headers=AUTH), 400, param)
+
+    chat = {"model": "amazontitles-rag", "messages": [{"role": "user", "content": ANCHOR_Q}]}
+    assert "api.max_tokens_cap=1024" in chat_post({**chat, "max_tokens": 5000}, "max_tokens")["message"]
+    assert "api.max_tokens_cap" in chat_post({**chat, "max_completion_tokens": 5000}, "max_completion_tokens")["message"]
+    assert "user message" in chat_post({
+        **chat, "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]},
+        "messages")["message"]
+    assert "messages" in chat_post({"model": "amazontitles-rag", "messages": []}, "messages")["message"]
+    long_chat = {**chat, "messages": [{"role": "user", "content": "q" * 2001}]}
+    assert "api.max_question_chars" in chat_post(long_chat, "messages")["message"]
 
 
 def test_concurrency_cap_429_and_timeout_504(gate: tuple[Any, GateGenerator]) -> None:
@@ -350,8 +367,8 @@ def test_concurrency_cap_429_and_timeout_504(gate: tuple[Any, GateGenerator]) ->
     timeout_error = _error(results["first"], 504)  # request_timeout_s=2.0
     assert "api.request_timeout_s" in timeout_error["message"]
     # the timed-out work still runs in its thread, so the slot stays taken: no queue, still 429
-    _error(httpx.post(live.url + "/v1/chat/completions",
-                      json={"messages": [{"role": "user", "content": ANCHOR_Q}]}), 429)
+    _openai_error(httpx.post(live.url + "/v1/chat/completions",
+                             json={"messages": [{"role": "user", "content": ANCHOR_Q}]}), 429, code="rate_limit_exceeded")
     assert httpx.get(live.url + "/healthz").status_code == 200  # probes are never capped
     generator.gate.set()
     _wait_idle(live.url)
@@ -372,7 +389,8 @@ def test_stream_timeout_mid_stream_ends_with_error_event(gate: tuple[Any, GateGe
         events = [line[6:] for line in response.iter_lines() if line.startswith("data: ")]
     assert events[-1] == "[DONE]"
     assert json.loads(events[1])["choices"][0]["delta"]["content"] == "Stub "
-    assert json.loads(events[-2])["error"]["code"] == 504
+    error = json.loads(events[-2])["error"]
+    assert error["code"] == "timeout" and "api.request_timeout_s" in error["message"] and error["param"] is None
 
 
 def test_client_disconnect_mid_stream_frees_the_slot(gate: tuple[Any, GateGenerator]) -> None:
@@ -462,7 +480,9 @@ def test_chat_completion_with_openai_client(server: Any) -> None:
     assert "Maren Holt" in text and completion.choices[0].finish_reason == "stop"
     extra = completion.model_extra
     assert extra["sources"][0]["uid"] == ANCHOR_UID and extra["rag"]["grounded"] is True
-    assert completion.usage.completion_tokens == len(text.split())
+    from rag.tokens import stated_tokenizer
+
+    assert completion.usage.completion_tokens == stated_tokenizer().count(text)  # tests/test_openai_compat.py: more
     # follow-up: earlier turns are the history
     follow = client.chat.completions.create(model="amazontitles-rag", messages=[
         {"role": "user", "content": ANCHOR_Q}, {"role": "assistant", "content": text},
@@ -484,7 +504,9 @@ def test_chat_completion_streaming_with_openai_client(server: Any) -> None:
     assert streamed == whole and len([c for c in chunks if c.choices and c.choices[0].delta.content]) >= 2
     final = [c for c in chunks if c.choices and c.choices[0].finish_reason == "stop"]
     assert len(final) == 1 and final[0].model_extra["sources"][0]["uid"] == ANCHOR_UID
-    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == len(whole.split())
+    from rag.tokens import stated_tokenizer
+
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == stated_tokenizer().count(whole)
 
 
 def test_chat_stream_raw_sse(server: Any) -> None:
@@ -502,7 +524,7 @@ def test_chat_stream_raw_sse(server: Any) -> None:
     assert final["choices"][0]["finish_reason"] == "stop" and final["sources"] and "rag" in final
     # streaming validation errors still get a status code, before any event
     bad = {**body, "messages": [{"role": "user", "content": "q" * 3000}]}
-    _error(httpx.post(server.url + "/v1/chat/completions", json=bad, headers=AUTH), 422)
+    _openai_error(httpx.post(server.url + "/v1/chat/completions", json=bad, headers=AUTH), 400, "messages")
 
 
 # --------------------------------------------------------------------------- admin update
@@ -672,7 +694,8 @@ def test_serve_help_lists_host_and_port() -> None:
 
 
 def test_request_models_never_crash_on_odd_input(server: Any) -> None:
-    """Fuzz the request models: random JSON of the wrong shapes gets 200 or 422, never a 500."""
+    """Fuzz the request models: random JSON of the wrong shapes gets 200 or 422 (the OpenAI route:
+    200, 400 or 404 for a model it does not serve), never a 500."""
     import random
 
     rng = random.Random(1234)
@@ -699,7 +722,8 @@ def test_request_models_never_crash_on_odd_input(server: Any) -> None:
                 body["stream"] = False
             response = client.post(path, content=json.dumps(body, allow_nan=True),
                                    headers={"content-type": "application/json"})
-            assert response.status_code in (200, 422), (body, response.text)
+            expected = (200, 400, 404) if path.endswith("completions") else (200, 422)
+            assert response.status_code in expected, (body, response.text)
 
 
 def test_load_script_starts_rag_serve_and_reports(index_path: Path, tmp_path: Path,

@@ -11,8 +11,9 @@ import gc
 import os
 import re
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -144,7 +145,7 @@ def test_readme_python_example_runs(workdir: Path, monkeypatch: pytest.MonkeyPat
     monkeypatch.chdir(workdir)
     rag.close()
     try:
-        exec(compile(match.group(1), "README.md", "exec"), {"__name__": "__readme__"})
+        exec(compile(match.group(1), "README.md", "exec"), {"__name__": "__readme__"})  # noqa: S102 - the README's own code
     finally:
         rag.close()
     out = capsys.readouterr().out

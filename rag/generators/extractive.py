@@ -3,6 +3,8 @@
 It takes the best retrieved row, splits its cleaned description into sentences and keeps the ones
 that best fit the question's intent (who wrote it, what it is about, who it is for), in their
 original order, citing the row as [1]. When retrieval found nothing convincing it says so plainly.
+A request's max_new_tokens cuts the answer after that many tokens of the stated tokenizer
+(rag.tokens: the bundled MiniLM's WordPiece), with finish_reason "length".
 """
 from __future__ import annotations
 
@@ -79,6 +81,19 @@ def pick_sentences(question: str, hit: Hit, max_sentences: int) -> list[str]:
     return [sentence for _, _, sentence in sorted(best, key=lambda item: item[1])]
 
 
+def cut_to_tokens(request: GenerationRequest, text: str) -> str:
+    """Honour request.max_new_tokens with the stated tokenizer (rag.tokens): the text cut after that
+    many tokens, finish_reason "length" when it was cut ("stop" otherwise), new_tokens its count."""
+    if request.max_new_tokens is None:
+        return text
+    from rag.tokens import stated_tokenizer
+
+    text, count, cut = stated_tokenizer().truncate(text, max(1, int(request.max_new_tokens)))
+    request.finish_reason = "length" if cut else "stop"
+    request.new_tokens = count
+    return text
+
+
 class ExtractiveGenerator:
     """Answers from the best row's description sentences; needs no LLM."""
 
@@ -92,6 +107,9 @@ class ExtractiveGenerator:
         self.min_score = config.retrieval.min_score
 
     def generate(self, request: GenerationRequest) -> str:
+        return cut_to_tokens(request, self._compose(request))
+
+    def _compose(self, request: GenerationRequest) -> str:
         hits = request.hits
         if not hits or hits[0].score < self.min_score:
             return NOT_FOUND_ANSWER

@@ -254,6 +254,12 @@ class HFGenerator:
 
     # ------------------------------------------------------------------ generation
 
+    def count_prompt_tokens(self, messages: Sequence[dict[str, str]]) -> int:
+        """Tokens of the prompt these chat messages render to (chat template or fallback, special
+        tokens included): what generation reads, and what the API's usage.prompt_tokens reports."""
+        self.warm_up()
+        return len(self._prompt_ids(GenerationRequest(question="", hits=[], messages=list(messages))))
+
     def _prompt_ids(self, request: GenerationRequest) -> list[int]:
         """The prompt's token ids: `request.messages` through the chat template (or the fallback)."""
         text, templated = render_prompt(self.tokenizer, request.messages)
