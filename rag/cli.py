@@ -18,6 +18,7 @@ import argparse
 import errno
 import importlib
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
@@ -93,7 +94,13 @@ def _cmd_ask(args: argparse.Namespace) -> int:
 def _cmd_chat(args: argparse.Namespace) -> int:
     from rag.chat import run_repl
 
-    return run_repl(config_from_args(args), k=args.k)
+    code = run_repl(config_from_args(args), k=args.k)
+    # Leaving normally tears down torch, faiss and the tokenizers' thread pools: >1 s after Ctrl-D.
+    # Nothing is left to write (run_repl saved the readline history), so end the process now.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    os._exit(code)
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:

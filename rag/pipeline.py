@@ -20,6 +20,17 @@ from rag.types import Answer, GenerationRequest, Generator, Hit, Source
 
 MAX_QUESTION_CHARS = 4000
 
+# The answer to a follow-up ("who wrote it?") when no product is under discussion.
+WHICH_PRODUCT_ANSWER = (
+    "Which product do you mean? Nothing has been discussed yet, so I can't tell what \"it\" refers to: "
+    "name the product, e.g. \"who wrote City of Djinns?\"."
+)
+
+
+def _refers_back_to_nothing(parsed: Any) -> bool:
+    """A follow-up (its words name no product) for which the history held no product either."""
+    return bool(getattr(parsed, "followup", False)) and not getattr(parsed, "title_query", "")
+
 
 class AnswerStream:
     """Iterator of text pieces; `.answer` holds the final Answer once the iterator is exhausted."""
@@ -143,7 +154,11 @@ class RAG:
         t0 = time.perf_counter()
         snapshot = snapshot or self.retriever.snapshot
         hits: list[Hit] = []
-        if use_context:
+        parse = getattr(self.retriever, "parse", None)
+        # "what is it about?" with no product in the conversation: searching its words would only
+        # find an unrelated row, so the answer asks which product is meant instead
+        needs_product = bool(use_context and callable(parse) and _refers_back_to_nothing(parse(question, history)))
+        if use_context and not needs_product:
             if hasattr(self.retriever, "search_with_timings"):
                 hits, stages = self.retriever.search_with_timings(question, k, history, snapshot)
             else:
@@ -158,7 +173,8 @@ class RAG:
             # an LLM reads every source it is given as relevant: rows below min_score stay out
             prompt_hits = [h for h in hits if h.score >= min_score] if found else []
         messages = build_messages(question, prompt_hits, self.config.prompt, history=history)
-        request = GenerationRequest(question=question, hits=prompt_hits, messages=messages, history=history)
+        request = GenerationRequest(question=question, hits=prompt_hits, messages=messages, history=history,
+                                    needs_product=needs_product)
         return request, timings, found
 
     def _checked_stream(self, pieces: Iterator[str], request: GenerationRequest, found: bool) -> Iterator[str]:
@@ -238,9 +254,10 @@ class RAG:
         from rag.generators.extractive import NOT_FOUND_ANSWER, cut_to_tokens
 
         request.finish_reason, request.new_tokens = "stop", 0
+        text = WHICH_PRODUCT_ANSWER if request.needs_product else NOT_FOUND_ANSWER
         if self.generator.name == "extractive":
-            return cut_to_tokens(request, NOT_FOUND_ANSWER)
-        return NOT_FOUND_ANSWER
+            return cut_to_tokens(request, text)
+        return text
 
     def _not_found(self, request: GenerationRequest, timings: dict[str, float], found: bool, started: float) -> Answer:
         """Nothing relevant was retrieved: an LLM could only invent an answer, so no generator is asked."""

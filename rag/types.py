@@ -114,6 +114,8 @@ class GenerationRequest:
     # set by the pipeline when generator.grounding_fallback replaced or trimmed the LLM's answer
     fallback: str | None = None  # "trim" or "extractive"
     llm_text: str | None = None  # the LLM's own answer before that
+    # set by the pipeline: a follow-up ("what is it about?") with no product under discussion
+    needs_product: bool = False
 
 
 @runtime_checkable

@@ -48,7 +48,9 @@ def test_commands_help_k_sources_clear(rag_pipeline: RAG) -> None:
     assert "/sources" in out and "/clear" in out
     assert "k = 2" in out
     assert "/k takes a whole number" in out
-    assert out.count("[2] ") >= 2  # two sources shown, then shown again by /sources
+    assert "[2] Mog the Forgetful Cat" in out  # /sources lists both retrieved rows ...
+    assert out.count("[2] Mog the Forgetful Cat") == 1  # ... the answer itself only the ones it cites
+    assert "(+1 more retrieved row, not cited: /sources lists them)" in out
     assert "[3] " not in out
     assert "Conversation cleared." in out
     assert "Unknown command /nope" in out
@@ -64,3 +66,22 @@ def test_clear_forgets_the_product(rag_pipeline: RAG) -> None:
     out = drive(rag_pipeline, ["what is City of Djinns about?", "/clear", "who wrote it?"])
     answers = [line for line in out.splitlines() if line.startswith("bot> ")]
     assert "Dalrymple" not in answers[1]
+
+
+def test_only_cited_sources_are_listed_after_an_answer(rag_pipeline: RAG) -> None:
+    out = drive(rag_pipeline, ["what is City of Djinns about?", "/sources"])
+    answer_part, sources_part = out.split("Sources:", 1)[1].split("Sources:", 1)
+    assert "[1] City of Djinns" in answer_part and "[2] " not in answer_part
+    assert "more retrieved rows, not cited" in answer_part
+    assert "[1] City of Djinns" in sources_part and "[5] " in sources_part  # /sources: every retrieved row
+
+
+def test_context_free_follow_up_asks_which_product(rag_pipeline: RAG) -> None:
+    out = drive(rag_pipeline, ["what is it about?", "what is City of Djinns about?", "/clear", "who wrote it?",
+                               "is it for kids?"])
+    answers = [line for line in out.splitlines() if line.startswith("bot> ")]
+    assert answers[0].startswith("bot> Which product do you mean?")
+    assert "City of Djinns" in answers[1]
+    assert answers[2].startswith("bot> Which product do you mean?") and "Dalrymple" not in answers[2]
+    assert answers[3].startswith("bot> Which product do you mean?")
+    assert "Sources: none (no product named yet)" in out
