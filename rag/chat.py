@@ -20,10 +20,12 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, TextIO
+from typing import Any, TextIO
 
 from rag.config import Config
+from rag.quiet import quiet_libraries
 from rag.types import Answer
 
 HELP = """Commands:
@@ -62,19 +64,6 @@ def format_sources(answer: Answer, *, every_row: bool = True) -> str:
     if answer.unsupported_sentences:
         lines.append(f"  ! {len(answer.unsupported_sentences)} sentence(s) not supported by these sources")
     return "\n".join(lines)
-
-
-def quiet_libraries() -> None:
-    """Keep third-party progress bars and warnings off the terminal (set before they are imported)."""
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # also transformers' "Loading weights" bar
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    if "transformers" in sys.modules:  # already imported: its switches read the environment once
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-        hf_logging.set_verbosity_error()
 
 
 def _history_file() -> Path:
@@ -223,7 +212,7 @@ def run_repl(
                 signal.pthread_kill(main_thread.ident, signal.SIGINT)
 
         loader = PipelineLoader(config, on_error=interrupt).start()
-    save_history: Callable[[], None] = lambda: None  # noqa: E731
+    save_history: Callable[[], None] = lambda: None
     if input_fn is input and sys.stdin.isatty():
         save_history = _enable_readline()
     generator = rag.generator.name if rag is not None else config.generator.backend
@@ -237,7 +226,7 @@ def run_repl(
             try:
                 line = input_fn("you> ")
             except EOFError:
-                print("", file=out)
+                print(file=out)
                 return 0
             except KeyboardInterrupt:
                 if loader is not None and loader.error is not None:
@@ -288,7 +277,7 @@ def run_repl(
                 print("bot> ", end="", file=out, flush=True)
                 for piece in stream:
                     print(piece, end="", file=out, flush=True)
-                print("", file=out)
+                print(file=out)
                 answer = stream.answer
             except KeyboardInterrupt:
                 print("\n(answer interrupted)", file=out)

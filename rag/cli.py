@@ -217,6 +217,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    if argv is None and not getattr(args, "verbose", False):  # a real command line, not main([...]) in-process
+        from rag.quiet import quiet_libraries
+
+        quiet_libraries()
     logging.basicConfig(
         level=logging.DEBUG if getattr(args, "verbose", False) else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
