@@ -498,3 +498,25 @@ def test_compile_is_cuda_only_and_cpu_text_is_unchanged(tiny_model_dir: Path) ->
     assert compiled.generate(request_for()) == plain.generate(request_for())
     assert not compiled._compiled()
     assert compiled._generation_config(resolve_sampling(compiled.config.generator)).disable_compile
+
+
+@pytest.mark.parametrize("capacity", [1, 7, 400])
+def test_reserved_cache_gives_the_logits_of_the_dynamic_cache(tiny_model_dir: Path, capacity: int) -> None:
+    """The streaming loop's cache writes in place and grows past its reservation: same logits."""
+    import torch
+    from transformers import DynamicCache
+
+    from rag.generators.static_decode import reserved_cache
+
+    generator = HFGenerator(hf_config(tiny_model_dir))
+    generator.warm_up()
+    model = generator.model
+    ids = torch.tensor([generator._prompt_ids(request_for())])
+    caches = [DynamicCache(config=model.config), reserved_cache(model.config, capacity)]
+    with torch.inference_mode():
+        logits = [model(input_ids=ids, past_key_values=c, use_cache=True).logits[:, -1] for c in caches]
+        for step in range(12):
+            assert torch.allclose(logits[0], logits[1], atol=1e-5), step
+            token = torch.argmax(logits[0], dim=-1, keepdim=True)
+            logits = [model(input_ids=token, past_key_values=c, use_cache=True).logits[:, -1] for c in caches]
+    assert caches[1].get_seq_length() == ids.shape[1] + 12

@@ -471,12 +471,12 @@ class HFGenerator:
     def _decode_loop(self, inputs: dict[str, Any], sampling: Sampling) -> Iterator[int]:
         """Token ids one by one (batch of one): a prefill, then a forward per token on the KV cache."""
         import torch
-        from transformers import DynamicCache
+        from rag.generators.static_decode import reserved_cache
 
         ids = inputs["input_ids"]
         mask = inputs["attention_mask"]
         processors = self._logits_processors(sampling, ids.shape[1])
-        cache = DynamicCache(config=self.model.config)
+        cache = reserved_cache(self.model.config, ids.shape[1] + sampling.max_new_tokens)
         step_input = ids
         with torch.inference_mode():
             for produced in range(sampling.max_new_tokens):

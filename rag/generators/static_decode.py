@@ -171,3 +171,47 @@ def _warpers(sampling: Sampling) -> list[Any]:
     if sampling.top_p < 1.0:
         warpers.append(TopPLogitsWarper(sampling.top_p))
     return warpers
+
+
+def reserved_cache(config: Any, capacity: int) -> Any:
+    """A `DynamicCache` whose full-attention layers write into buffers reserved for `capacity` tokens.
+
+    transformers' DynamicLayer concatenates its whole key/value tensors with each new token: on a
+    2-core CPU that copy was a fifth of SmolLM2's decoding time at a 1,000-token prompt (46 MB per
+    token). Here each token is written in place and the layer hands out a view of the filled part,
+    so attention sees exactly the same keys (unlike a static cache, whose masked empty slots cost
+    attention time). Past `capacity` a layer grows by doubling."""
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
+
+    class ReservedLayer(DynamicLayer):  # type: ignore[misc]
+        def __init__(self) -> None:
+            super().__init__()
+            self.filled = 0
+
+        def lazy_initialization(self, key_states: Any, value_states: Any) -> None:
+            super().lazy_initialization(key_states, value_states)
+            batch, heads = key_states.shape[:2]
+            self._keys = key_states.new_empty((batch, heads, capacity, key_states.shape[-1]))
+            self._values = value_states.new_empty((batch, heads, capacity, value_states.shape[-1]))
+
+        def update(self, key_states: Any, value_states: Any, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
+            import torch
+
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+            end = self.filled + key_states.shape[-2]
+            if end > self._keys.shape[-2]:  # past the reservation: double it
+                size = max(end, 2 * self._keys.shape[-2])
+                grow = (0, 0, 0, size - self._keys.shape[-2])
+                self._keys = torch.nn.functional.pad(self._keys, grow)
+                self._values = torch.nn.functional.pad(self._values, grow)
+            self._keys[:, :, self.filled:end] = key_states
+            self._values[:, :, self.filled:end] = value_states
+            self.filled = end
+            self.keys, self.values = self._keys[:, :, :end], self._values[:, :, :end]
+            return self.keys, self.values
+
+    cache = DynamicCache(config=config)
+    cache.layers = [ReservedLayer() if type(layer) is DynamicLayer else layer for layer in cache.layers]
+    return cache
