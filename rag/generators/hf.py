@@ -359,18 +359,10 @@ class HFGenerator:
         return self._decode_row(output, 0, prompt_len)
 
     def generate(self, request: GenerationRequest) -> str:
-        self.warm_up()
-        sampling = resolve_sampling(self.config.generator, request)
-        if self._compiled():  # one request: the static-cache loop with its compiled step
-            return "".join(self.stream(request)).strip()
-        inputs = self._encode(request)
-        started = time.perf_counter()
-        output = self._run_generate(inputs, sampling)
-        text, n, stopped = self._decode_new(output, inputs["input_ids"].shape[1])
-        request.new_tokens = n
-        request.finish_reason = "stop" if stopped or n < sampling.max_new_tokens else "length"
-        self._record(n, time.perf_counter() - started)
-        return text
+        """One answer, through the same token loop as `stream` (rag/generators/static_decode.py
+        explains why it is not `model.generate`: on one request its loop is faster, on CPU and GPU).
+        Batches go through `generate_batch`."""
+        return "".join(self.stream(request)).strip()
 
     def generate_batch(self, requests: Sequence[GenerationRequest], batch_size: int | None = None) -> list[str]:
         """Answer many requests, `batch_size` at a time (generator.batch_size): the same texts as
