@@ -36,6 +36,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api import schemas as s
+from api import web
 from api.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from api.metrics import Metrics
 from api.middleware import (
@@ -320,7 +321,10 @@ def create_app(config: Config, rag: Any = None) -> FastAPI:
     # Added innermost first: RequestContext ends up outermost, so even 401/413 carry a request id.
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=config.api.max_body_bytes, upload_path=UPDATE_PATH,
                        max_upload_bytes=config.api.max_upload_bytes)
-    app.add_middleware(ApiKeyMiddleware, api_key=state.api_key, open_paths=list(config.api.open_paths),
+    # The chat page (api/web.py) holds no data and a browser cannot send a key when it opens a URL:
+    # its own paths are always open; its API calls send the key. Its responses carry the page's CSP.
+    app.add_middleware(ApiKeyMiddleware, api_key=state.api_key,
+                       open_paths=[*config.api.open_paths, *web.PAGE_PATHS],
                        admin_prefix=ADMIN_PREFIX, key_env=config.api.api_key_env)
     app.add_middleware(RequestContextMiddleware, metrics=state.metrics, route_of=lambda scope: _route_of(app, scope))
     _install_error_handlers(app)
@@ -328,6 +332,7 @@ def create_app(config: Config, rag: Any = None) -> FastAPI:
 
     openai_compat.install(app)  # its error shape wraps everything on the OpenAI paths
     _add_routes(app, state)
+    app.include_router(web.router)
     _complete_openapi(app)
     return app
 
