@@ -18,7 +18,7 @@ get no access to the API from a browser.
 from __future__ import annotations
 
 import hashlib
-from functools import lru_cache
+from functools import cache
 from importlib import resources
 from typing import Any
 
@@ -54,7 +54,7 @@ PAGE_PATHS = ["/", SETTINGS_PATH, *(f"/web/{name}" for name in ASSETS if name !=
 router = APIRouter(include_in_schema=False)
 
 
-@lru_cache(maxsize=None)
+@cache
 def asset(name: str) -> tuple[bytes, str]:
     """The bytes of api/web/`name` and their ETag (read once per process)."""
     if name not in ASSETS:

@@ -14,6 +14,7 @@ test can look at console messages and exceptions afterwards.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import shutil
@@ -22,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
 CHROMIUM_FLAGS = [
@@ -134,14 +136,10 @@ class Chromium:
         return page
 
     def close(self) -> None:
-        try:
-            self.send("Browser.close", timeout=5)
-        except Exception:  # already gone, or refusing: the process is killed below anyway
-            pass
-        try:
+        with contextlib.suppress(CDPError, OSError, TimeoutError, ConnectionClosed):
+            self.send("Browser.close", timeout=5)  # already gone, or refusing: the process is killed below anyway
+        with contextlib.suppress(OSError, ConnectionClosed):
             self.ws.close()
-        except Exception:
-            pass
         try:
             self.process.wait(timeout=10)
         except subprocess.TimeoutExpired:

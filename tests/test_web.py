@@ -19,12 +19,11 @@ import socket
 import subprocess
 import sys
 import time
-import tomllib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from fnmatch import fnmatch
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 import pytest
@@ -149,7 +148,7 @@ def test_page_has_no_inline_script_or_style_and_loads_nothing_from_elsewhere() -
                 assert str(attrs[name]).startswith("/") and not str(attrs[name]).startswith("//"), (tag, attrs)
     for path in WEB.iterdir():  # no CDN, no web font, no remote anything: the page works offline
         text = path.read_text(encoding="utf-8").replace('xmlns="http://www.w3.org/2000/svg"', "")
-        assert not re.search(r"https?://|//[a-z0-9.-]+\.[a-z]{2,}/|@import|url\(", text, re.I), path.name
+        assert not re.search(r"https?://|//[a-z0-9.-]+\.[a-z]{2,}/|@import|url\(", text, re.IGNORECASE), path.name
 
 
 def test_script_inserts_text_never_html() -> None:
@@ -206,6 +205,7 @@ def test_colours_have_readable_contrast_in_both_schemes() -> None:
 def test_the_page_ships_as_package_data_and_stays_small() -> None:
     from api import web
 
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
     globs = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["api"]
     files = sorted(p.name for p in WEB.iterdir())
     assert files == sorted(web.ASSETS), "api/web/ and api.web.ASSETS list different files"
@@ -428,10 +428,11 @@ def test_chat_page_in_chromium(chromium: Any, web_index: Path, tmp_path: Path) -
 
 
 class _FakeLLM:
-    """An OpenAI-compatible server that streams one scripted answer slowly (the `openai` backend's upstream)."""
+    """An OpenAI-compatible server that streams scripted answers slowly (the `openai` backend's upstream)."""
 
-    PIECES = ["The Lighthouse ", "Keeper's Daughter ", "[1] is a novel ", "by Eleanor Whitcombe. ",
+    PIECES: ClassVar[list[str]] = ["The Lighthouse ", "Keeper's Daughter ", "[1] is a novel ", "by Eleanor Whitcombe. ",
               "It won the ", "Galactic Prize ", "for Interstellar ", "Pastry in 3021."]
+    FOLLOW_UP: ClassVar[list[str]] = ["Eleanor Whitcombe ", "wrote it ", "[1]."]
 
     def __init__(self, delay: float) -> None:
         from fastapi import FastAPI
@@ -444,8 +445,10 @@ class _FakeLLM:
         async def complete(body: dict[str, Any]) -> Any:
             self.requests.append(body)
 
+            script = self.PIECES if len(self.requests) == 1 else self.FOLLOW_UP
+
             async def events() -> Any:
-                for piece in self.PIECES:
+                for piece in script:
                     await asyncio.sleep(delay)
                     yield f"data: {json.dumps({'choices': [{'index': 0, 'delta': {'content': piece}}]})}\n\n"
                 yield "data: [DONE]\n\n"
@@ -467,6 +470,8 @@ def test_streaming_and_grounding_marks_with_the_openai_backend(chromium: Any, we
         page = chromium.new_page(width=1000, height=760)
         page.navigate(url + "/")
         page.wait_for("document.getElementById('server-status').textContent.startsWith('ready')", timeout=20)
+        assert page.evaluate("document.activeElement.id") == "question"  # focus starts on the question
+        page.evaluate("document.getElementById('k').value = '3'; document.getElementById('question').focus()")
         page.insert_text(ANCHOR_Q)
         page.press_enter()
         # part of the answer is on the page while the rest is still being written
@@ -480,14 +485,65 @@ def test_streaming_and_grounding_marks_with_the_openai_backend(chromium: Any, we
         assert answer["text"] == "".join(_FakeLLM.PIECES).strip()
         assert answer["pieces"] >= 3 and answer["total"] - answer["ttft"] >= 1000, answer
         assert answer["cites"] == [["[1]", "#t1-src-1"]]
+        assert [card["title"] for card in answer["cards"]][:1] == ["The Lighthouse Keeper's Daughter"]
+        assert len(answer["cards"]) == 3
         assert answer["marks"] == ["It won the Galactic Prize for Interstellar Pastry in 3021."]
         assert answer["hidden"] == [" (not supported by a source)"]  # what a screen reader says about the mark
         assert answer["note"] and "grounding check" in answer["note"]
         assert "Eleanor Whitcombe" not in "".join(answer["marks"])  # the supported sentence is not marked
         assert fake.requests and fake.requests[0]["stream"] is True
+        follow = _ask(page, "Who wrote it?", 1)
+        assert follow["text"] == "Eleanor Whitcombe wrote it [1]." and follow["marks"] == [], (
+            follow, (tmp_path / "serve.log").read_text()[-3000:])
+        assert follow["cards"][0]["title"] == "The Lighthouse Keeper's Daughter"
+        prompt = json.dumps(fake.requests[1]["messages"])
+        assert ANCHOR_Q.replace("'", "") in prompt.replace("'", "") and "Galactic Prize" in prompt  # the conversation reached the model
         assert page.console_errors() == []
         print(f"\ntime to first token in the browser (openai backend, first piece after 250 ms upstream): "
               f"{answer['ttft']} ms, complete {answer['total']} ms, {answer['pieces']} pieces")
-        screenshot_to = os.environ.get("RAG_WEB_SCREENSHOT")
-        if screenshot_to:
-            Path(screenshot_to).write_bytes(page.screenshot())
+        # the README's screenshot: the whole conversation in one frame
+        height = page.evaluate("document.documentElement.scrollHeight")
+        page.set_viewport(900, min(int(height), 1400))
+        page.evaluate("window.scrollTo(0, 0)")
+        shot = page.screenshot()
+        assert shot[:8] == b"\x89PNG\r\n\x1a\n"
+        (tmp_path / "web-chat.png").write_bytes(shot)
+        if os.environ.get("RAG_WEB_SCREENSHOT"):
+            Path(os.environ["RAG_WEB_SCREENSHOT"]).write_bytes(shot)
+
+
+@pytest.mark.integration
+def test_hf_backend_with_a_lora_adapter_in_chromium(chromium: Any, web_index: Path, tmp_path: Path) -> None:
+    """The real SmolLM2 through the `hf` backend with a LoRA adapter: the page streams its tokens."""
+    from rag.models import is_pulled, model_path
+
+    if not is_pulled("smollm2-135m"):
+        pytest.skip(f"the real model is not pulled into {model_path('smollm2-135m')}: run `make model`")
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_pretrained(model_path("smollm2-135m"))
+    adapter = tmp_path / "adapter"  # an untrained adapter (B = 0): the backend's adapter path, the base's answers
+    get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])).save_pretrained(adapter)
+    del base
+    with _rag_serve(web_index, tmp_path / "serve.log", "generator.backend=hf", "generator.model=smollm2-135m",
+                    f"generator.adapter={adapter}", "generator.device=cpu", "generator.max_new_tokens=16",
+                    "retrieval.k=2") as url:
+        page = chromium.new_page(width=1000, height=760)
+        page.navigate(url + "/")
+        page.wait_for("document.getElementById('server-status').textContent.startsWith('ready')", timeout=30)
+        answer = _ask(page, ANCHOR_Q, 0, timeout=120)
+        assert answer["state"] == "done", (answer, (tmp_path / "serve.log").read_text()[-3000:])
+        assert answer["text"].strip() and answer["pieces"] > 1, answer
+        assert answer["cards"] and answer["cards"][0]["title"] == "The Lighthouse Keeper's Daughter"
+        assert page.evaluate("document.querySelector('.turn .timing').textContent").endswith("· hf")
+        page.click("#new-chat")  # a fresh conversation: the same question once the model is warm
+        assert page.evaluate("document.querySelectorAll('.turn').length") == 0
+        warm = _ask(page, ANCHOR_Q, 0, timeout=120)
+        assert warm["state"] == "done" and warm["pieces"] > 1, warm
+        assert page.console_errors() == []
+        print(f"\ntime to first token in the browser (hf, SmolLM2-135M + LoRA, CPU, k=2): first question "
+              f"{answer['ttft']} ms (complete {answer['total']} ms), asked again {warm['ttft']} ms "
+              f"(complete {warm['total']} ms, {warm['pieces']} pieces)")
