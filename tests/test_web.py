@@ -499,6 +499,19 @@ def test_streaming_and_grounding_marks_with_the_openai_backend(chromium: Any, we
         assert follow["cards"][0]["title"] == "The Lighthouse Keeper's Daughter"
         prompt = json.dumps(fake.requests[1]["messages"])
         assert ANCHOR_Q.replace("'", "") in prompt.replace("'", "") and "Galactic Prize" in prompt  # the conversation reached the model
+        # Stop: the stream is cut off mid-answer, and the unfinished turn stays out of the history
+        page.insert_text("And is it for kids?")
+        page.press_enter()
+        page.wait_for("(() => { const a = document.querySelectorAll('.msg.assistant')[2];"
+                      " return !!a && a.querySelector('.answer-text').textContent.length > 0; })()", timeout=30,
+                      interval=0.02)
+        page.click("#stop")
+        page.wait_for("document.querySelectorAll('.msg.assistant')[2].dataset.state === 'stopped'", timeout=10)
+        assert page.evaluate("!document.getElementById('send').disabled && document.getElementById('stop').hidden")
+        assert page.evaluate("document.querySelectorAll('.msg.assistant')[2].querySelector('.error').textContent") == "Stopped."
+        shown_turns = page.evaluate("document.querySelectorAll('.turn').length")
+        page.evaluate("document.querySelectorAll('.turn')[2].remove()")  # keep the screenshot to the two answers
+        assert shown_turns == 3
         assert page.console_errors() == []
         print(f"\ntime to first token in the browser (openai backend, first piece after 250 ms upstream): "
               f"{answer['ttft']} ms, complete {answer['total']} ms, {answer['pieces']} pieces")
