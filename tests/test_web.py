@@ -298,8 +298,20 @@ def _ask(page: Any, question: str, turns_before: int, timeout: float = 60) -> di
     assert page.evaluate("document.activeElement.id") == "question"
     page.insert_text(question)
     page.press_enter()
-    page.wait_for(f"{DONE} >= {turns_before + 1} || !!document.querySelector('.msg.assistant[data-state=error]')",
-                  timeout=timeout)
+    from tests.cdp import CDPError
+
+    try:
+        page.wait_for(f"{DONE} >= {turns_before + 1} || !!document.querySelector('.msg.assistant[data-state=error]')",
+                      timeout=timeout)
+    except CDPError as exc:
+        state = page.evaluate("JSON.stringify({turns: document.querySelectorAll('.turn').length,"
+                              " question: document.getElementById('question').value,"
+                              " active: document.activeElement && document.activeElement.id,"
+                              " send: document.getElementById('send').disabled,"
+                              " last: (([...document.querySelectorAll('.msg.assistant')].pop() || {}).dataset || {}).state,"
+                              " text: document.getElementById('conversation').innerText.slice(-400)})")
+        raise AssertionError(f"no answer to {question!r}: {exc}; the page: {state}; "
+                             f"console: {page.console_errors()}") from None
     return _turn(page, turns_before)
 
 

@@ -393,8 +393,12 @@
   }
 
   ui.productClose.addEventListener("click", () => ui.dialog.close());
+  // Back to the title that opened the dialog, unless focus has moved on meanwhile ("close" fires a
+  // task after the dialog closed, and the user may be typing in the question box by then).
   ui.dialog.addEventListener("close", () => {
-    if (productOpener && productOpener.isConnected) productOpener.focus();
+    const active = document.activeElement;
+    const unclaimed = !active || active === document.body || ui.dialog.contains(active);
+    if (productOpener && productOpener.isConnected && unclaimed) productOpener.focus();
     productOpener = null;
   });
 
