@@ -374,6 +374,9 @@ def _load(state: ApiState) -> None:
 
         started = time.perf_counter()
         rag = RAG.from_config(state.config)
+        warm_up = getattr(rag.generator, "warm_up", None)
+        if callable(warm_up):  # an LLM loads now, before /readyz says ready, not on the first question
+            warm_up()
         snapshot = rag.retriever.snapshot
         state.rag = rag
         log.info("ready: index version %s (%s rows), generator %s, loaded in %.1fs",

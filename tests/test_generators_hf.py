@@ -533,3 +533,47 @@ def test_reserved_cache_gives_the_logits_of_the_dynamic_cache(tiny_model_dir: Pa
             token = torch.argmax(logits[0], dim=-1, keepdim=True)
             logits = [model(input_ids=token, past_key_values=c, use_cache=True).logits[:, -1] for c in caches]
     assert caches[1].get_seq_length() == ids.shape[1] + 12
+
+
+@pytest.mark.parametrize("path", ["eager", "static"])
+def test_stream_pieces_can_be_pulled_from_different_threads(tiny_model_dir: Path, path: str,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """`rag serve` pulls a stream's pieces in whichever worker thread is free; inference mode is per
+    thread, so a loop that held it across its yields failed on the second thread ("Inplace update to
+    inference tensor outside InferenceMode")."""
+    generator = HFGenerator(hf_config(tiny_model_dir, max_new_tokens=12))
+    if path == "static":
+        _static_path(generator, monkeypatch)
+    expected = reference_generate(HFGenerator(hf_config(tiny_model_dir, max_new_tokens=12)), request_for())
+    for _ in range(2):  # the second request reuses the static cache, reset in another thread
+        stream = generator.stream(request_for())
+        pieces: list[str] = []
+        while True:
+            box: list[Any] = []
+            worker = threading.Thread(target=lambda: box.append(next(stream, None)))
+            worker.start()
+            worker.join()
+            if box[0] is None:
+                break
+            pieces.append(box[0])
+        assert "".join(pieces).strip() == expected
+
+
+def test_the_server_loads_the_llm_before_it_says_ready(tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """api.app._load warms the generator up, so the first question does not pay the model load."""
+    from api import app as api_app
+    from rag.pipeline import RAG
+
+    generator = HFGenerator(hf_config(tiny_model_dir))
+    monkeypatch.setattr(RAG, "from_config", classmethod(lambda cls, config: RAG(config, _NoRetriever(), generator)))
+    state = api_app.ApiState(hf_config(tiny_model_dir), None)
+    api_app._load(state)
+    assert state.load_error is None and state.rag is not None
+    assert generator.model is not None
+
+
+class _NoRetriever:
+    snapshot = None
+
+    def search(self, *args: Any, **kwargs: Any) -> list[Any]:
+        return []

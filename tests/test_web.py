@@ -538,12 +538,6 @@ def test_streaming_and_grounding_marks_with_the_openai_backend(chromium: Any, we
             Path(os.environ["RAG_WEB_SCREENSHOT"]).write_bytes(shot)
 
 
-# Known bug on main (rag/generators/hf.py, _decode_loop): the token loop holds torch.inference_mode()
-# across its yields, and inference mode is per thread; rag serve pulls a stream's first piece in one
-# worker thread and the rest in another, so the next cache update raises "Inplace update to inference
-# tensor outside InferenceMode" and the page shows "internal error". Passes when both run in one thread.
-@pytest.mark.xfail(reason="hf streaming across threads in rag serve (inference_mode held over yields in "
-                          "rag/generators/hf.py)", raises=AssertionError, strict=False)
 @pytest.mark.integration
 def test_hf_backend_with_a_lora_adapter_in_chromium(chromium: Any, web_index: Path, tmp_path: Path) -> None:
     """The real SmolLM2 through the `hf` backend with a LoRA adapter: the page streams its tokens."""

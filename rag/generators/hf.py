@@ -470,8 +470,10 @@ class HFGenerator:
         processors = self._logits_processors(sampling, ids.shape[1])
         cache = reserved_cache(self.model.config, ids.shape[1] + sampling.max_new_tokens)
         step_input = ids
-        with torch.inference_mode():
-            for produced in range(sampling.max_new_tokens):
+        # inference mode is per thread, and a server may pull each piece of a stream in another
+        # worker thread: every step enters it afresh, and no `yield` happens inside it
+        for produced in range(sampling.max_new_tokens):
+            with torch.inference_mode():
                 out = self.model(input_ids=step_input, attention_mask=mask, past_key_values=cache, use_cache=True,
                                  logits_to_keep=1)
                 scores = processors(ids, out.logits[:, -1, :].to(dtype=torch.float32))
@@ -482,10 +484,10 @@ class HFGenerator:
                 else:
                     next_id = torch.multinomial(torch.softmax(scores, dim=-1), num_samples=1).squeeze(1)
                 token = int(next_id[0])
-                yield token
                 step_input = next_id[:, None]
                 ids = torch.cat([ids, step_input], dim=-1)
                 mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=-1)
+            yield token
 
     def _static_decoder(self) -> Any:
         if self._static is None:

@@ -121,21 +121,25 @@ class StaticDecoder:
         device = self._device
         vocab = int(self.model.config.vocab_size)
         step = self._step()
-        ids = torch.tensor([list(prompt_ids)], dtype=torch.long, device=device)
         penalty = float(sampling.repetition_penalty)
-        seen = None
-        if penalty != 1.0:
-            seen = torch.zeros((1, vocab), dtype=torch.bool, device=device)
-            seen[0, ids[0]] = True
         ngrams = NgramBan(int(sampling.no_repeat_ngram_size or 0))
         warpers = _warpers(sampling)
         stops = set(int(s) for s in stop_ids)
-        stop_index = torch.tensor(sorted(stops), dtype=torch.long, device=device) if stops else None
-        with torch.inference_mode():  # the cache is made and reset in it: its tensors are inference tensors
+        # inference mode is per thread, and a server may pull each token in another worker thread:
+        # every step enters it afresh (its tensors are made and changed only inside it), and no
+        # `yield` happens inside it
+        with torch.inference_mode():
+            ids = torch.tensor([list(prompt_ids)], dtype=torch.long, device=device)
+            seen = None
+            if penalty != 1.0:
+                seen = torch.zeros((1, vocab), dtype=torch.bool, device=device)
+                seen[0, ids[0]] = True
+            stop_index = torch.tensor(sorted(stops), dtype=torch.long, device=device) if stops else None
             cache = self._cache(len(prompt_ids) + sampling.max_new_tokens + 1)
             logits = self.model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1, :]
-            position = len(prompt_ids)
-            for produced in range(sampling.max_new_tokens):
+        position = len(prompt_ids)
+        for produced in range(sampling.max_new_tokens):
+            with torch.inference_mode():
                 scores = logits.to(dtype=torch.float32)
                 if seen is not None:
                     scores = torch.where(seen, torch.where(scores < 0, scores * penalty, scores / penalty), scores)
@@ -151,15 +155,16 @@ class StaticDecoder:
                         scores = warp(None, scores)
                     next_id = torch.multinomial(torch.softmax(scores, dim=-1), num_samples=1).squeeze(1)
                 token = int(next_id[0])  # the one wait for the GPU per token
-                yield token
-                if token in stops or produced + 1 >= sampling.max_new_tokens:
-                    return
-                ngrams.add(token)
+            yield token
+            if token in stops or produced + 1 >= sampling.max_new_tokens:
+                return
+            ngrams.add(token)
+            with torch.inference_mode():
                 if seen is not None:
                     seen[0, token] = True
                 positions = torch.full((1, 1), position, dtype=torch.long, device=device)
                 logits = step(next_id.view(1, 1), positions, cache)
-                position += 1
+            position += 1
 
 
 def _warpers(sampling: Sampling) -> list[Any]:
