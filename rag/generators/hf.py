@@ -398,13 +398,13 @@ class HFGenerator:
     def stream(self, request: GenerationRequest) -> Iterator[str]:
         """Yield text pieces as the tokens are generated, in the calling thread.
 
-        Eager decoding runs its own token loop (prefill, then one forward per token over the KV
-        cache, with the same logits processors as `generate`), so the first piece follows the
-        prefill and streaming runs at generate()'s speed; a generate() thread feeding a streamer ran
-        at a third of it on a GPU. Under greedy decoding the text equals `generate`'s. Closing the
+        Eager decoding runs its own token loop (prefill, then one forward per token over a KV cache
+        written in place, with the same logits processors as transformers' `generate`), so the
+        first piece follows the prefill; a generate() thread feeding a streamer ran at a third of
+        the speed on a GPU. `generate` of one request joins these pieces, so both run at one speed;
+        under greedy decoding the text equals transformers' `generate` (tested). Closing the
         iterator early stops at the next token. With generator.compile (CUDA) the tokens come from
-        the static-cache loop with its compiled step (rag/generators/static_decode.py), which
-        `generate` then uses too, so streaming and not run at one speed.
+        the static-cache loop with its compiled step (rag/generators/static_decode.py).
         """
         self.warm_up()
         sampling = resolve_sampling(self.config.generator, request)
