@@ -527,7 +527,11 @@ def _add_routes(app: FastAPI, state: ApiState) -> None:
         row, version = await run_in_threadpool(lookup)
         if row is None:
             raise ApiError(404, f"no product with uid {uid!r} in index version {version}")
-        return s.Product(uid=row.uid, title=row.title, content=row.content, index_version=version)
+        from rag.safety import plain_text
+
+        # plain text, also from an index built before cleaning removed markup (docs/api.md)
+        return s.Product(uid=row.uid, title=plain_text(row.title), content=plain_text(row.content),
+                         index_version=version)
 
     # ---------------------------------------------------------------- admin
 

@@ -70,9 +70,9 @@ class SourceModel(BaseModel):
     """A catalog row that an answer is based on; cite numbers [1], [2] in the text follow this order."""
 
     uid: str = Field(description="The product id (ASIN) in the catalog.")
-    title: str
+    title: str = Field(description="The product title; plain text (never HTML or markdown).")
     score: float = Field(description="Fused retrieval score; higher is better.")
-    snippet: str = Field(description="The part of the description the answer used (may be empty).")
+    snippet: str = Field(description="The part of the description the answer used (may be empty); plain text.")
 
 
 # --------------------------------------------------------------------------- /v1/answer
@@ -96,7 +96,8 @@ class AnswerRequest(BaseModel):
 
 class AnswerResponse(BaseModel):
     question: str
-    answer: str = Field(description="The answer text; JSON data, never HTML. Citations [n] refer to `sources`.")
+    answer: str = Field(description="The answer text; plain text, never HTML or markdown (escape it to show it "
+                                    "in a page). Citations [n] refer to `sources`.")
     sources: list[SourceModel]
     timings: dict[str, float] = Field(description="Seconds per stage (retrieve, generate, grounding, total, ...).")
     found: bool = Field(description="False when retrieval found nothing relevant (then `sources` is empty).")
@@ -256,8 +257,8 @@ class ModelList(BaseModel):
 
 class Product(BaseModel):
     uid: str
-    title: str
-    content: str = Field(description="The cleaned description (may be empty).")
+    title: str = Field(description="The cleaned title; plain text (never HTML or markdown).")
+    content: str = Field(description="The cleaned description (may be empty); plain text.")
     index_version: str | None
 
 

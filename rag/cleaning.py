@@ -13,9 +13,14 @@ Order of the steps, and why:
 2. Unicode NFC, so "e" + combining accent and "é" compare equal (and the patterns see composed text);
 3. map C1 code points (U+0080-U+009F, which are never meant in real text) to what Windows-1252 meant
    by them (U+0092 -> right single quote), drop the other control and invisible format characters
-   and lone surrogates (they cannot be written as UTF-8);
-4. remove boilerplate (each match becomes a space, so words on either side never fuse);
-5. collapse every run of whitespace (newlines and tabs included) to one space and strip.
+   (bidi overrides and isolates such as U+202E, which make text read differently than it is stored,
+   and Unicode tag characters, which can carry text no reader sees) and lone surrogates (they cannot
+   be written as UTF-8);
+4. remove HTML markup (`strip_markup`): catalog text is plain text, and step 1 turns an escaped
+   `&lt;script&gt;` into a live `<script>`, so tags are removed after decoding, `<script>` and
+   `<style>` elements with their content;
+5. remove boilerplate (each match becomes a space, so words on either side never fuse);
+6. collapse every run of whitespace (newlines and tabs included) to one space and strip.
 """
 from __future__ import annotations
 
@@ -25,12 +30,48 @@ import unicodedata
 from collections.abc import Sequence
 from functools import lru_cache
 
-__all__ = ["clean_text", "clean_title", "compile_boilerplate", "default_boilerplate"]
+__all__ = ["clean_text", "clean_title", "compile_boilerplate", "default_boilerplate", "strip_invisible", "strip_markup"]
 
-# Control characters other than whitespace, C1 controls, lone surrogates and the invisible format
-# characters that only get in the way of search: zero-width space/joiners' cousins, word joiner,
-# soft hyphen, BOM. (ZWJ U+200D is kept: it is part of emoji sequences.)
-_UNWANTED = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1b\x7f-\x9f\u00ad\u200b\u2060\ufeff\ud800-\udfff]")
+# Invisible format characters that only get in the way of search or hide what a text says: zero-width
+# space, word joiner, soft hyphen, BOM; the bidi marks, embeddings, overrides and isolates (U+200E,
+# U+200F, U+061C, U+202A-U+202E, U+2066-U+2069: "Trojan Source" text reads differently than it is
+# stored); invisible operators (U+2061-U+2064), deprecated format controls (U+206A-U+206F), Mongolian
+# vowel separator, interlinear annotation marks; the Unicode tag characters (U+E0000-U+E007F) and
+# supplementary variation selectors (U+E0100-U+E01EF), which can smuggle text no reader sees into a
+# prompt. Dropped without a trace: joining the halves is what the writer meant. ZWJ U+200D and ZWNJ
+# U+200C are kept (emoji sequences, Persian and Indic scripts), as are the emoji variation selectors.
+_INVISIBLE = (
+    "\u00ad\u061c\u180e\u200b\u200e\u200f\u202a-\u202e\u2060-\u2064\u206a-\u206f\ufeff\ufff9-\ufffb"
+    "\U000e0000-\U000e007f\U000e0100-\U000e01ef"
+)
+_INVISIBLE_CHARS = re.compile(f"[{_INVISIBLE}]")
+# Control characters other than whitespace, C1 controls, lone surrogates and the invisible characters.
+_UNWANTED = re.compile(f"[\x00-\x08\x0b\x0c\x0e-\x1b\x7f-\x9f\ud800-\udfff{_INVISIBLE}]")
+
+# HTML markup. Plain text never needs it, and a consumer that pastes a field into a page unescaped
+# would run it. Removed: comments, CDATA, doctype/processing instructions, `<script>`/`<style>`/... elements
+# with their content, tags of HTML elements (any attributes), and any other tag-shaped text with an
+# attribute (`<x onclick=...>` is an element to a browser). Left alone: text that only looks like
+# angle brackets ("I <3 NY", "a < b > c", "<Your Name Here> Notebook") and special-token look-alikes
+# (`<|eot_id|>`, handled by rag.prompt and rag.safety).
+_HTML_ELEMENTS = (
+    "a|abbr|address|area|article|aside|audio|b|base|bdi|bdo|big|blink|blockquote|body|br|button|canvas|caption|"
+    "center|cite|code|col|colgroup|data|datalist|dd|del|details|dfn|dialog|div|dl|dt|em|embed|fieldset|"
+    "figcaption|figure|font|footer|form|frame|frameset|h[1-6]|head|header|hr|html|i|iframe|img|input|ins|kbd|"
+    "label|legend|li|link|main|map|mark|marquee|math|menu|meta|meter|nav|noscript|object|ol|optgroup|option|"
+    "output|p|param|picture|pre|progress|q|rp|rt|ruby|s|samp|script|section|select|small|source|span|strike|"
+    "strong|style|sub|summary|sup|svg|table|tbody|td|template|textarea|tfoot|th|thead|time|title|tr|track|tt|"
+    "u|ul|var|video|wbr|xmp|plaintext|xml|image|use|animate|set|foreignobject"
+)
+_MARKUP = re.compile(
+    r"<!--.*?(?:-->|$)"  # comments (an unclosed one runs to the end)
+    r"|<!\[CDATA\[.*?(?:\]\]>|$)"
+    r"|<[!?][A-Za-z][^<>]*>"  # <!DOCTYPE ...>, <?xml ...?>
+    r"|<(script|style|iframe|object|noscript|template|textarea|xmp|title)\b[^>]*>.*?(?:</\1\s*>|$)"
+    rf"|</?(?:{_HTML_ELEMENTS})(?=[\s/>])[^<>]*>"
+    r"|</?[A-Za-z][\w:-]*\s+[^<>]*=[^<>]*>",
+    re.IGNORECASE | re.DOTALL,
+)
 
 
 def _c1_replacement(match: re.Match[str]) -> str:
@@ -42,9 +83,28 @@ def _c1_replacement(match: re.Match[str]) -> str:
             return bytes([code]).decode("cp1252")
         except UnicodeDecodeError:
             return ""
-    if char in "\u00ad\u200b\u2060\ufeff":
+    if _INVISIBLE_CHARS.match(char):
         return ""  # invisible: joining the halves is what the writer meant
     return " "  # other controls: a space, so the words on either side stay apart
+
+
+def strip_invisible(text: str) -> str:
+    """Remove the invisible format characters (bidi controls, tag characters, zero-width space, ...)."""
+    return _INVISIBLE_CHARS.sub("", text) if _INVISIBLE_CHARS.search(text) else text
+
+
+def strip_markup(text: str) -> str:
+    """Remove HTML markup (see `_MARKUP`); each removed tag becomes a space so words stay apart.
+
+    Repeated until nothing changes, so removing one tag cannot assemble another (`<scr<b>ipt>`)."""
+    for _ in range(5):
+        if "<" not in text:
+            return text
+        stripped = _MARKUP.sub(" ", text)
+        if stripped == text:
+            return text
+        text = stripped
+    return text.replace("<", "‹")  # still changing after five rounds: no tag can be left whole
 
 
 def _required_literal(pattern: re.Pattern[str]) -> str | None:
@@ -135,11 +195,13 @@ def _normalise(text: str) -> str:
         text = unicodedata.normalize("NFC", text)
     if _UNWANTED.search(text) is not None:
         text = _UNWANTED.sub(_c1_replacement, text)
+    if "<" in text:
+        text = strip_markup(text)
     return text
 
 
 def clean_text(text: str, boilerplate: Sequence[re.Pattern[str]] | None = None) -> str:
-    """Clean one description: entities, Unicode NFC, control characters, boilerplate, whitespace.
+    """Clean one description: entities, Unicode NFC, control characters, markup, boilerplate, whitespace.
 
     `boilerplate` defaults to the compiled `DEFAULT_BOILERPLATE`; pass `[]` to remove none.
     All whitespace (newlines included) becomes single spaces; the result is stripped.

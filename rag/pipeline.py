@@ -7,6 +7,11 @@
 
 Each answer takes one index snapshot at its start, so a hot reload between requests never mixes
 two versions inside one answer.
+
+Every text an Answer carries (text, sources' titles and snippets, unsupported sentences, llm_text)
+is plain text: `rag.safety.OutputGuard` removes markup, link targets, script URLs and special-token
+look-alikes, and cuts any run of the system prompt that the sources do not hold (the canary), also
+from a stream as it goes.
 """
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ from typing import Any, Iterator, Literal, Sequence, overload
 from rag.config import Config
 from rag.grounding import unsupported_sentences
 from rag.prompt import build_messages, clip_text
+from rag.safety import OutputGuard, plain_text
 from rag.types import Answer, GenerationRequest, Generator, Hit, Source
 
 MAX_QUESTION_CHARS = 4000
@@ -133,11 +139,18 @@ class RAG:
         return question.strip()
 
     def _sources(self, hits: list[Hit]) -> list[Source]:
+        # plain text even from an index built before cleaning removed markup
         return [
-            Source(uid=h.row.uid, title=h.row.title, score=h.score,
-                   snippet=h.snippet or clip_text(h.row.content, 240))
+            Source(uid=h.row.uid, title=plain_text(h.row.title), score=h.score,
+                   snippet=plain_text(h.snippet or clip_text(h.row.content, 240)))
             for h in hits
         ]
+
+    def _guard(self, request: GenerationRequest) -> OutputGuard:
+        """The output guard of one answer: the system prompt is the canary; what the model was given
+        as sources (and the question) may be quoted."""
+        exempt = [request.question] + [f"{h.row.title} {h.row.content}" for h in request.hits]
+        return OutputGuard(self.config.prompt.system, exempt)
 
     def prepare(self, question: str, *, k: int | None = None, history: Sequence[dict[str, str]] | None = None,
                 use_context: bool = True, snapshot: Any = None) -> tuple[GenerationRequest, dict[str, float], bool]:
@@ -195,7 +208,8 @@ class RAG:
     def _finish(self, request: GenerationRequest, text: str, timings: dict[str, float], found: bool,
                 started: float, generate_started: float) -> Answer:
         timings["generate"] = time.perf_counter() - generate_started
-        text = text.strip()
+        guard = self._guard(request)
+        text = guard.clean(text).strip()
         if request.finish_reason is None and self.generator.name == "extractive":
             request.finish_reason = "stop"  # a fixed-form answer always ends on its own
         t0 = time.perf_counter()
@@ -203,7 +217,7 @@ class RAG:
         if request.fallback is None:
             checked = self._grounded_text(request, text, found, unsupported)
             if checked != text:
-                text = checked
+                text = guard.clean(checked).strip()
                 unsupported = unsupported_sentences(text, request.hits, question=request.question)
         timings["grounding"] = time.perf_counter() - t0
         timings["total"] = time.perf_counter() - started
@@ -211,7 +225,9 @@ class RAG:
             question=request.question, text=text, sources=self._sources(request.hits) if found else [],
             timings=timings, found=found, unsupported_sentences=unsupported, generator=self.generator.name,
             finish_reason=request.finish_reason, new_tokens=request.new_tokens,
-            fallback=request.fallback or None, llm_text=request.llm_text, prompt_messages=request.messages,
+            fallback=request.fallback or None,
+            llm_text=guard.clean(request.llm_text) if request.llm_text is not None else None,
+            prompt_messages=request.messages,
         )
 
     def _grounded_text(self, request: GenerationRequest, text: str, found: bool,
@@ -318,6 +334,7 @@ class RAG:
             pieces: Iterator[str] = iter(self.generator.stream(request))
             if self.config.generator.grounding_fallback != "none" and self.generator.name != "extractive":
                 pieces = self._checked_stream(pieces, request, found)
+            pieces = self._guard(request).stream(pieces)
             return AnswerStream(
                 pieces, lambda text: self._finish(request, text, timings, found, started, generate_started),
             )

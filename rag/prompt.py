@@ -1,8 +1,10 @@
 """The one prompt builder, shared by serving (rag.answer) and fine-tuning (finetune.data).
 
 The fine-tuned model must see at inference exactly the prompt it learned from, so both sides call
-`build_messages`. Catalog text is data, never instructions: anything in it that a tokenizer could
-read as a special token (`<|eot_id|>`, `</s>`, `[INST]`, ...) is defanged by `defang_special_tokens`.
+`build_messages`. Catalog text, history turns and the question are data, never instructions: anything in them that a
+tokenizer could read as a special token (`<|eot_id|>`, `</s>`, `[INST]`, ...) is defanged by
+`defang_special_tokens`. That list of shapes is the first line only: `rag.safety.encode_prompt` checks
+the token ids against the tokenizer's own special tokens.
 """
 from __future__ import annotations
 
@@ -80,13 +82,17 @@ def build_messages(
 ) -> list[dict[str, str]]:
     """Chat messages for one turn: system, the last history turns, then sources + question.
 
-    `rows` may be CatalogRows or Hits (their rows are used, in order).
+    `rows` may be CatalogRows or Hits (their rows are used, in order). Everything but the system prompt
+    is untrusted and defanged here; the hf backend's `rag.safety.encode_prompt` then makes sure on the
+    token ids that none of it became a special token of the model's own vocabulary.
     """
     config = config or PromptConfig()
     plain = [r.row if isinstance(r, Hit) else r for r in rows]
     messages = [{"role": "system", "content": config.system}]
     if history and config.include_history_turns > 0:
         turns = list(history)[-2 * config.include_history_turns :]
-        messages += [{"role": m["role"], "content": m["content"]} for m in turns if m.get("role") in ("user", "assistant")]
+        # History comes from the client (the API takes any turns), so it is untrusted like the rows.
+        messages += [{"role": m["role"], "content": defang_special_tokens(str(m.get("content") or ""), extra_tokens)}
+                     for m in turns if m.get("role") in ("user", "assistant")]
     messages.append({"role": "user", "content": build_user_message(question, plain, config, extra_tokens)})
     return messages

@@ -30,7 +30,6 @@ from rag.generators.common import (
     choose_device,
     missing_model_message,
     offline_mode,
-    render_prompt,
     resolve_sampling,
     stop_strings,
     stop_token_ids,
@@ -261,9 +260,14 @@ class HFGenerator:
         return len(self._prompt_ids(GenerationRequest(question="", hits=[], messages=list(messages))))
 
     def _prompt_ids(self, request: GenerationRequest) -> list[int]:
-        """The prompt's token ids: `request.messages` through the chat template (or the fallback)."""
-        text, templated = render_prompt(self.tokenizer, request.messages)
-        return list(self.tokenizer(text, add_special_tokens=not templated)["input_ids"])
+        """The prompt's token ids: `request.messages` through the chat template (or the fallback),
+        encoded by `rag.safety.encode_prompt`: no special-token id comes from rows, history or question."""
+        from rag.safety import PromptInjectionError, encode_prompt
+
+        try:
+            return encode_prompt(self.tokenizer, request.messages)
+        except PromptInjectionError as exc:
+            raise GeneratorError(f"{self.model_name}: {exc}") from exc
 
     def _encode(self, request: GenerationRequest) -> dict[str, Any]:
         return self._batch_inputs([self._prompt_ids(request)])
