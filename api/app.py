@@ -530,7 +530,7 @@ def _add_routes(app: FastAPI, state: ApiState) -> None:
         from rag.safety import plain_text
 
         # plain text, also from an index built before cleaning removed markup (docs/api.md)
-        return s.Product(uid=row.uid, title=plain_text(row.title), content=plain_text(row.content),
+        return s.Product(uid=row.uid, title=plain_text(row.title).strip(), content=plain_text(row.content).strip(),
                          index_version=version)
 
     # ---------------------------------------------------------------- admin

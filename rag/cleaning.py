@@ -41,7 +41,7 @@ __all__ = ["clean_text", "clean_title", "compile_boilerplate", "default_boilerpl
 # prompt. Dropped without a trace: joining the halves is what the writer meant. ZWJ U+200D and ZWNJ
 # U+200C are kept (emoji sequences, Persian and Indic scripts), as are the emoji variation selectors.
 _INVISIBLE = (
-    "\u00ad\u061c\u180e\u200b\u200e\u200f\u202a-\u202e\u2060-\u2064\u206a-\u206f\ufeff\ufff9-\ufffb"
+    "\u00ad\u061c\u180e\u200b\u200e\u200f\u202a-\u202e\u2060-\u206f\ufeff\ufff9-\ufffb"
     "\U000e0000-\U000e007f\U000e0100-\U000e01ef"
 )
 _INVISIBLE_CHARS = re.compile(f"[{_INVISIBLE}]")

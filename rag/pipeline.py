@@ -141,8 +141,8 @@ class RAG:
     def _sources(self, hits: list[Hit]) -> list[Source]:
         # plain text even from an index built before cleaning removed markup
         return [
-            Source(uid=h.row.uid, title=plain_text(h.row.title), score=h.score,
-                   snippet=plain_text(h.snippet or clip_text(h.row.content, 240)))
+            Source(uid=h.row.uid, title=plain_text(h.row.title).strip(), score=h.score,
+                   snippet=plain_text(h.snippet or clip_text(h.row.content, 240)).strip())
             for h in hits
         ]
 

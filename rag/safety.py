@@ -79,14 +79,20 @@ class PromptLayout:
     segments: tuple[int, ...]
     templated: bool
 
-    def markers(self) -> list[str]:
-        """The template's own turn headers: each non-blank line of its pieces with punctuation in it."""
+    def markers(self, special_tokens: Iterable[str] = ()) -> list[str]:
+        """The template's own turn headers: each non-blank line of its pieces with punctuation in it,
+        also with the special tokens cut out (`<s>### System:` holds the header `### System:`)."""
+        specials = [t for t in special_tokens if t]
         found: list[str] = []
         for piece in self.pieces:
             for line in piece.splitlines():
-                line = line.strip()
-                if len(line) >= 3 and line.translate(_LOOKALIKE) != line and line not in found:
-                    found.append(line)
+                parts = [line]
+                if specials:
+                    parts += re.split("|".join(re.escape(t) for t in specials), line)
+                for part in parts:
+                    part = part.strip()
+                    if len(part) >= 3 and part.translate(_LOOKALIKE) != part and part not in found:
+                        found.append(part)
         return sorted(found, key=len, reverse=True)
 
 
@@ -219,8 +225,8 @@ def encode_prompt(tokenizer: Any, messages: Sequence[dict[str, str]],
     layout = prompt_layout(tokenizer, messages)
     protected = protected_token_ids(tokenizer, layout)
     untrusted = {i for i, m in enumerate(messages) if m["role"] not in trusted_roles}
-    markers = layout.markers()
     specials = sorted(set(protected.values()), key=len, reverse=True)
+    markers = layout.markers(specials)
     contents = [_neutralise(m["content"], specials, markers) if i in untrusted else m["content"]
                 for i, m in enumerate(messages)]
     text, templated = render_prompt(tokenizer, [{"role": m["role"], "content": c} for m, c in zip(messages, contents)])
@@ -321,6 +327,7 @@ def plain_text(text: str, special_tokens: Iterable[str] = ()) -> str:
 
 
 _WORD = re.compile(r"\w+")
+_CLOSING = re.compile(r"[\])]*")
 
 
 def _words(text: str) -> list[str]:
@@ -368,7 +375,8 @@ class OutputGuard:
             while j + 1 < len(words) and leaked[j + 1]:
                 j += 1
             out += [text[position:matches[i].start()], LEAK_MARK]
-            position, i = matches[j].end(), j + 1
+            # the run's closing brackets go with it ("cite them as [1]" leaves no "]")
+            position, i = _CLOSING.match(text, matches[j].end()).end(), j + 1
         out.append(text[position:])
         return "".join(out)
 
@@ -403,6 +411,8 @@ class OutputGuard:
             if tuple(words[-n:]) in self.prefixes:
                 cut = min(cut, matches[-n].start())
                 break
+        while cut > 0 and text[cut - 1].isspace():  # a held word that joins a cut run takes its space along
+            cut -= 1
         return cut
 
     def stream(self, pieces: Iterable[str]) -> Iterator[str]:
