@@ -14,12 +14,17 @@ from typing import Iterable, Sequence
 from rag.config import PromptConfig
 from rag.types import CatalogRow, Hit
 
-# <|anything|>, <s>, </s>, <unk>, <pad>, <eos>, <bos>, <|im_start|>, [INST], [/INST], <<SYS>>, <</SYS>>
+# <|anything|>, <s>, </s>, <unk>, <pad>, <eos>, <bos>, <|im_start|>, [INST], [/INST], <<SYS>>, <</SYS>>,
+# Mistral's [TOOL_RESULTS] & co., Gemma's <start_of_turn>/<end_of_turn>, DeepSeek's <｜User｜> (full-width
+# bars). The openai backend relies on this list alone (the server tokenizes); the hf backend checks the
+# ids against its tokenizer's own special tokens as well (rag.safety.encode_prompt).
 _SPECIAL_LIKE = re.compile(
-    r"<\|[^<>|]{0,40}\|>|</?(?:s|unk|pad|eos|bos|eot|mask|sep|cls)>|\[/?INST\]|<</?SYS>>|\[/?(?:SYSTEM_PROMPT|TOOL_CALLS|AVAILABLE_TOOLS)\]",
+    r"<\|[^<>|]{0,40}\|>|<｜[^<>｜]{0,40}｜>|</?(?:s|unk|pad|eos|bos|eot|mask|sep|cls)>|\[/?INST\]|<</?SYS>>"
+    r"|\[/?(?:SYSTEM_PROMPT|TOOL_CALLS|AVAILABLE_TOOLS|TOOL_RESULTS|TOOL_CONTENT|THINK|IMG|IMG_BREAK|IMG_END)\]"
+    r"|<(?:start|end)_of_(?:turn|image)>",
     re.IGNORECASE,
 )
-_ANGLE = str.maketrans({"<": "‹", ">": "›", "[": "⟦", "]": "⟧", "|": "¦"})
+_ANGLE = str.maketrans({"<": "‹", ">": "›", "[": "⟦", "]": "⟧", "|": "¦", "｜": "¦"})
 
 
 def defang_special_tokens(text: str, extra_tokens: Iterable[str] = ()) -> str:

@@ -215,6 +215,48 @@ def _encode_untrusted(tokenizer: Any, text: str, protected: dict[int, str]) -> l
     return [int(i) for i in ids if int(i) not in protected]
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """What encode_prompt derives from the template and the trusted messages alone (cached)."""
+
+    tokenizer: Any
+    layout: PromptLayout
+    protected: dict[int, str]
+    specials: list[str]
+    markers: list[str]
+    prefix: list[int]
+    suffix: list[int]
+    expected: list[int]  # the special ids the template and the trusted segments write, in order
+
+
+_PLANS: dict[tuple[Any, ...], _Plan] = {}
+_PLANS_MAX = 64
+
+
+def _plan(tokenizer: Any, messages: Sequence[dict[str, str]], untrusted: set[int]) -> _Plan:
+    key = (id(tokenizer), len(tokenizer) if hasattr(tokenizer, "__len__") else None,
+           getattr(tokenizer, "chat_template", None),
+           tuple((m["role"], m["content"] if i not in untrusted else None) for i, m in enumerate(messages)))
+    plan = _PLANS.get(key)
+    if plan is not None and plan.tokenizer is tokenizer:
+        return plan
+    layout = prompt_layout(tokenizer, messages)
+    protected = protected_token_ids(tokenizer, layout)
+    specials = sorted(set(protected.values()), key=len, reverse=True)
+    prefix, suffix = ([], []) if layout.templated else _wrap_ids(tokenizer)
+    expected = [t for t in prefix if t in protected]
+    for k, piece in enumerate(layout.pieces):
+        expected += [t for t in _encode(tokenizer, piece) if t in protected]
+        if k < len(layout.segments) and layout.segments[k] not in untrusted:
+            expected += [t for t in _encode(tokenizer, messages[layout.segments[k]]["content"]) if t in protected]
+    expected += [t for t in suffix if t in protected]
+    plan = _Plan(tokenizer, layout, protected, specials, layout.markers(specials), prefix, suffix, expected)
+    if len(_PLANS) >= _PLANS_MAX:
+        _PLANS.clear()
+    _PLANS[key] = plan
+    return plan
+
+
 def encode_prompt(tokenizer: Any, messages: Sequence[dict[str, str]],
                   trusted_roles: Sequence[str] = TRUSTED_ROLES) -> list[int]:
     """The prompt ids of `messages` (chat template, or the plain-text fallback) such that no special
@@ -222,23 +264,12 @@ def encode_prompt(tokenizer: Any, messages: Sequence[dict[str, str]],
     from rag.generators.common import render_prompt
 
     messages = [{"role": str(m["role"]), "content": str(m.get("content") or "")} for m in messages]
-    layout = prompt_layout(tokenizer, messages)
-    protected = protected_token_ids(tokenizer, layout)
     untrusted = {i for i, m in enumerate(messages) if m["role"] not in trusted_roles}
-    specials = sorted(set(protected.values()), key=len, reverse=True)
-    markers = layout.markers(specials)
-    contents = [_neutralise(m["content"], specials, markers) if i in untrusted else m["content"]
+    plan = _plan(tokenizer, messages, untrusted)
+    layout, protected, expected, prefix, suffix = plan.layout, plan.protected, plan.expected, plan.prefix, plan.suffix
+    contents = [_neutralise(m["content"], plan.specials, plan.markers) if i in untrusted else m["content"]
                 for i, m in enumerate(messages)]
     text, templated = render_prompt(tokenizer, [{"role": m["role"], "content": c} for m, c in zip(messages, contents)])
-    prefix, suffix = ([], []) if templated else _wrap_ids(tokenizer)
-
-    # What the template and the trusted segments contribute: the only special ids allowed, in order.
-    expected = [t for t in prefix if t in protected]
-    for k, piece in enumerate(layout.pieces):
-        expected += [t for t in _encode(tokenizer, piece) if t in protected]
-        if k < len(layout.segments) and layout.segments[k] not in untrusted:
-            expected += [t for t in _encode(tokenizer, contents[layout.segments[k]]) if t in protected]
-    expected += [t for t in suffix if t in protected]
 
     spans = _locate(layout, text, contents)
     fast = bool(getattr(tokenizer, "is_fast", False))
@@ -408,11 +439,14 @@ class OutputGuard:
             cut = min(cut, matches[-1].start())
         words = [m.group(0).lower() for m in matches]
         for n in range(min(self.size - 1, len(words)), 0, -1):
-            if tuple(words[-n:]) in self.prefixes:
-                cut = min(cut, matches[-n].start())
+            if tuple(words[-n:]) in self.prefixes and matches[-n].start() < cut:
+                cut = matches[-n].start()
+                while cut > 0 and text[cut - 1].isspace():  # should the held words join a cut run,
+                    cut -= 1  # the space before them goes with them
                 break
-        while cut > 0 and text[cut - 1].isspace():  # a held word that joins a cut run takes its space along
-            cut -= 1
+        before = text[:cut].rstrip()
+        if before.endswith(LEAK_MARK):  # the run may go on: what follows the mark is not final yet
+            cut = len(before)
         return cut
 
     def stream(self, pieces: Iterable[str]) -> Iterator[str]:

@@ -497,3 +497,16 @@ def test_stream_guard_never_emits_a_leak_it_cuts_later() -> None:
     out = list(guard.stream(_pieces(text)))
     assert "".join(out) == guard.clean(text) and not leaks("".join(out))
     assert "".join(out).startswith("Fine.") and "a board book [1]." in "".join(out)
+
+
+def test_prompt_builder_defangs_the_markers_of_every_family() -> None:
+    """The openai backend sends text (the server tokenizes it), so the text itself must not carry
+    the control tokens of Gemma, DeepSeek or Mistral's tool markers either."""
+    markers = ["<start_of_turn>", "<end_of_turn>", "<｜User｜>", "<｜Assistant｜>", "[TOOL_RESULTS]",
+               "[/TOOL_RESULTS]", "[SYSTEM_PROMPT]", "<|im_start|>", "[INST]", "</s>"]
+    evil = " ".join(markers)
+    messages = build_messages(f"who? {evil}", [CatalogRow("B1", f"T {evil}", f"C {evil}")],
+                              history=[{"role": "user", "content": evil}, {"role": "assistant", "content": evil}])
+    for message in messages[1:]:
+        for marker in markers:
+            assert marker not in message["content"], (marker, message["role"])
