@@ -137,9 +137,8 @@ def protected_token_ids(tokenizer: Any, layout: PromptLayout | None = None) -> d
             if str(added.content) and str(added.content) in template:
                 tokens[int(token_id)] = str(added.content)
     unk = getattr(tokenizer, "unk_token_id", None)
-    if unk is not None and int(unk) in tokens:
-        if layout is None or tokens[int(unk)] not in "".join(layout.pieces):
-            del tokens[int(unk)]
+    if unk is not None and int(unk) in tokens and (layout is None or tokens[int(unk)] not in "".join(layout.pieces)):
+        del tokens[int(unk)]
     return tokens
 
 
