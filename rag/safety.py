@@ -54,6 +54,7 @@ TRUSTED_ROLES = ("system",)
 # sources do not answer the question") are shorter.
 LEAK_WORDS = 8
 LEAK_MARK = "[…]"
+COMMIT_CHARS = 256  # OutputGuard.stream re-cleans at most about this much text per piece
 
 _PLACEHOLDER = "\ue000{}\ue001"  # private-use characters: no template trims or escapes them
 _PLACEHOLDER_RE = re.compile("\ue000(\\d+)\ue001")
@@ -380,6 +381,7 @@ class OutputGuard:
             w = _words(text)
             exempt_grams.update(tuple(w[i:i + self.size]) for i in range(len(w) - self.size + 1))
         self.grams = {tuple(words[i:i + self.size]) for i in range(len(words) - self.size + 1)} - exempt_grams
+        self.vocabulary = {word for gram in self.grams for word in gram}
         # every shorter run of system words: a stream holds such a tail back until it is known
         self.prefixes = {tuple(words[i:i + n]) for n in range(1, self.size) for i in range(len(words) - n + 1)}
 
@@ -387,8 +389,14 @@ class OutputGuard:
         """Cut every run of words covered by a leaked n-gram of the system prompt (one mark per run)."""
         if not self.grams:
             return text
+        words = " ".join(_WORD.findall(text)).lower().split(" ")
+        run = longest = 0  # fast path: a leak needs `size` words in a row from the system prompt
+        for word in words:
+            run = run + 1 if word in self.vocabulary else 0
+            longest = max(longest, run)
+        if longest < self.size:
+            return text
         matches = list(_WORD.finditer(text))
-        words = [m.group(0).lower() for m in matches]
         leaked = [False] * len(words)
         for i in range(len(words) - self.size + 1):
             if tuple(words[i:i + self.size]) in self.grams:
@@ -433,9 +441,14 @@ class OutputGuard:
         if text.endswith("!"):
             cut = min(cut, len(text) - 1)
         # the last word may still grow ("javascr" + "ipt:"), and trailing system-prompt words may become a leak
-        matches = list(_WORD.finditer(text))
+        # (only the words before what is held already count: `<|eot_id|` is no word of the answer)
+        tail = max(0, cut - 40 * self.size - 40)
+        matches = list(_WORD.finditer(text, tail, cut))
+        if tail and matches:
+            matches = matches[1:]  # the first may be cut
         if matches and matches[-1].end() == len(text):
-            cut = min(cut, matches[-1].start())
+            cut = matches[-1].start()
+            matches = matches[:-1]  # held anyway; the complete words before it decide the rest
         words = [m.group(0).lower() for m in matches]
         for n in range(min(self.size - 1, len(words)), 0, -1):
             if tuple(words[-n:]) in self.prefixes and matches[-n].start() < cut:
@@ -443,22 +456,36 @@ class OutputGuard:
                 while cut > 0 and text[cut - 1].isspace():  # should the held words join a cut run,
                     cut -= 1  # the space before them goes with them
                 break
-        before = text[:cut].rstrip()
-        if before.endswith(LEAK_MARK):  # the run may go on: what follows the mark is not final yet
-            cut = len(before)
+        mark = text.rfind(LEAK_MARK, 0, cut)
+        if mark != -1 and not _WORD.search(text, mark + len(LEAK_MARK), cut):
+            cut = mark + len(LEAK_MARK)  # the run may go on (across punctuation) until a word says otherwise
         return cut
 
     def stream(self, pieces: Iterable[str]) -> Iterator[str]:
         """`clean` applied to a stream: yields the cleaned text as it becomes final, holding back a
-        tail that the next pieces could turn into markup or a leak."""
-        raw, emitted = "", ""
+        tail that the next pieces could turn into markup or a leak.
+
+        Only the text after the last commit point is cleaned again for each piece (so a long answer
+        costs linear time): a commit point is the end of a word after which nothing is held (no open
+        tag or link, and the word is not one of the system prompt's, so no leak can span it)."""
+        raw = ""
+        base_raw = 0  # raw[:base_raw] is committed; its cleaned text is base_out
+        base_out = emitted = ""
         for piece in pieces:
             raw += piece
-            cleaned = self.clean(raw)
-            ready = cleaned[:self._held_from(cleaned)]
+            tail = self.clean(raw[base_raw:])
+            ready = base_out + tail[:self._held_from(tail)]
             if len(ready) > len(emitted) and ready.startswith(emitted):
                 yield ready[len(emitted):]
                 emitted = ready
-        cleaned = self.clean(raw)
-        if len(cleaned) > len(emitted) and cleaned.startswith(emitted):
-            yield cleaned[len(emitted):]
+            end = len(raw.rstrip())
+            if end - base_raw > COMMIT_CHARS and end < len(raw) and len(emitted) >= len(base_out + tail.rstrip()):
+                committed = base_out + self.clean(raw[base_raw:end])
+                mark = committed.rfind(LEAK_MARK)
+                open_run = mark != -1 and not _WORD.search(committed, mark + len(LEAK_MARK))
+                settled = committed[-1:].strip() != ""  # a removed tag's space would double the next one
+                if settled and not open_run and emitted.startswith(committed) and not emitted[len(committed):].strip():
+                    base_raw, base_out = end, committed  # the space after it stays in the tail
+        rest = base_out + self.clean(raw[base_raw:])
+        if len(rest) > len(emitted) and rest.startswith(emitted):
+            yield rest[len(emitted):]

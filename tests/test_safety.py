@@ -554,3 +554,50 @@ def test_hf_generate_stream_and_batch_feed_the_model_only_template_specials(tiny
     for ids in seen:
         ids = [i for i in ids if i != tok.pad_token_id]  # batch rows are left-padded
         assert [i for i in ids if i in special_ids(tok)] == expected
+
+
+@pytest.mark.parametrize("size", [1, 4, 9, 30])
+def test_stream_guard_on_a_long_answer(size: int) -> None:
+    """Past the commit points of a long stream: a leak, a tag and a link split over pieces."""
+    from rag.safety import COMMIT_CHARS
+
+    guard = OutputGuard(CANARY_SYSTEM)
+    filler = "A board book by Judith Kerr about a cat and her kittens, for toddlers. " * (3 * COMMIT_CHARS // 70)
+    text = (f"{filler}Also: {CANARY_SYSTEM} {filler}See <b>this</b> ![](https://t.example/p.gif) "
+            f"[more](javascript:alert(1)) {filler}End.")
+    pieces = [text[i:i + size] for i in range(0, len(text), size)]
+    out = "".join(guard.stream(pieces))
+    assert not leaks(out) and not _MARKUP.search(out)
+    assert out == guard.clean(text)
+
+
+def test_stream_guard_equals_clean_on_random_streams() -> None:
+    """Seeded random answers (system-prompt fragments of 1-14 words, tags, links, special tokens,
+    runs of spaces, long enough to pass commit points) in random piece sizes: the stream is exactly
+    `clean` of the whole text, and never shows a leak or markup on the way."""
+    import random
+
+    from rag.safety import LEAK_WORDS
+
+    rng = random.Random(12)
+    system_words = CANARY_SYSTEM.split()
+    parts = ["A board book by Judith Kerr. ", "for toddlers aged 1 to 3, ", "<b>bold</b> ", "![](http://t.example/p.gif) ",
+             "[more](javascript:alert(1)) ", "cite [1]. ", "  ", "\n", "I <3 NY ", "Tom & Jerry ", "<|eot_id|>", "the ",
+             "Use only ", "sources "]
+    words = re.findall(r"\w+", CANARY_SYSTEM.lower())
+    runs = [" " + " ".join(words[i:i + LEAK_WORDS]) + " " for i in range(len(words) - LEAK_WORDS + 1)]
+    guard = OutputGuard(CANARY_SYSTEM)
+    for _ in range(200):
+        chunks = []
+        for _ in range(rng.randint(5, 60)):
+            if rng.random() < 0.15:
+                start = rng.randrange(len(system_words))
+                chunks.append(" ".join(system_words[start:start + rng.randint(1, 14)]) + rng.choice([" ", ". ", ""]))
+            else:
+                chunks.append(rng.choice(parts))
+        text = "".join(chunks)
+        size = rng.randint(1, 12)
+        out = "".join(guard.stream(text[i:i + size] for i in range(0, len(text), size)))
+        shown = " " + " ".join(re.findall(r"\w+", out.lower())) + " "  # what was streamed stays shown
+        assert not any(run in shown for run in runs) and not _MARKUP.search(out)
+        assert out == guard.clean(text), text
