@@ -587,7 +587,7 @@ def test_stream_guard_equals_clean_on_random_streams() -> None:
     words = re.findall(r"\w+", CANARY_SYSTEM.lower())
     runs = [" " + " ".join(words[i:i + LEAK_WORDS]) + " " for i in range(len(words) - LEAK_WORDS + 1)]
     guard = OutputGuard(CANARY_SYSTEM)
-    for _ in range(200):
+    for _ in range(80):
         chunks = []
         for _ in range(rng.randint(5, 60)):
             if rng.random() < 0.15:
