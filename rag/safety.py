@@ -211,7 +211,10 @@ def _encode_untrusted(tokenizer: Any, text: str, protected: dict[int, str]) -> l
             splitting = _SPLITTING[id(backend)] = (backend, copy)
         ids = splitting[1].encode(text, add_special_tokens=False).ids
     else:
-        ids = tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+        try:
+            ids = tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+        except TypeError:  # a tokenizer class without the option: the filter below still holds
+            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     return [int(i) for i in ids if int(i) not in protected]
 
 
