@@ -314,7 +314,7 @@ def encode_prompt(tokenizer: Any, messages: Sequence[dict[str, str]],
 _URL_BODY = r"(?:[^()\s]|\([^()\s]{0,200}\)){0,2000}"  # a link target, one level of parentheses inside
 _MD_IMAGE = re.compile(rf"!\[[^\]\n]{{0,500}}\]\(\s?{_URL_BODY}(?:\s+\"[^\"\n]*\")?\s?\)?")
 _MD_LINK = re.compile(rf"\[([^\]\n]{{0,500}})\]\(\s?{_URL_BODY}(?:\s+\"[^\"\n]*\")?\s?\)")
-_MD_REFERENCE = re.compile(r"(?m)^\s{0,3}\[[^\]\n]{1,200}\]:\s*\S+.*$")
+_MD_REFERENCE = re.compile(r"(?m)^[ \t]{0,3}\[[^\]\n]{1,200}\]:[ \t]*\S+.*$")
 _AUTOLINK = re.compile(r"<(?:https?|ftp|mailto|javascript|vbscript|data):[^<>\s]*>", re.IGNORECASE)
 # Script URLs (a browser drops tabs and newlines inside the scheme; the colon may be an entity) whose
 # body looks like code, so a title such as "JavaScript: The Good Parts" stays; data: URLs with a type.
@@ -361,6 +361,10 @@ def plain_text(text: str, special_tokens: Iterable[str] = ()) -> str:
 
 
 _WORD = re.compile(r"\w+")
+_TAG_START = re.compile(r"<(?:$|[A-Za-z/!?|｜])")
+_LAST_WORD = re.compile(r"[\w&#;]+$")
+_REFERENCE_START = re.compile(r"[ \t]{0,3}\[[^\]\n]{0,200}(?:\](?::[^\n]*)?)?$")
+_SCHEME_TAIL = re.compile(r"\b[\w&#;]+[\t\n]*(?::|&#0*58;?|&#x0*3a;?|&colon;)\S*$", re.IGNORECASE)
 _CLOSING = re.compile(r"[\])]*")
 
 
@@ -385,13 +389,20 @@ class OutputGuard:
             exempt_grams.update(tuple(w[i:i + self.size]) for i in range(len(w) - self.size + 1))
         self.grams = {tuple(words[i:i + self.size]) for i in range(len(words) - self.size + 1)} - exempt_grams
         self.vocabulary = {word for gram in self.grams for word in gram}
-        # every shorter run of system words: a stream holds such a tail back until it is known
-        self.prefixes = {tuple(words[i:i + n]) for n in range(1, self.size) for i in range(len(words) - n + 1)}
+        self.words = set(words) if self.grams else set()  # a stream holds trailing ones back
 
     def redact(self, text: str) -> str:
-        """Cut every run of words covered by a leaked n-gram of the system prompt (one mark per run)."""
+        """Cut every run of words covered by a leaked n-gram of the system prompt (one mark per run).
+
+        A mark separates: the words on either side of it are not read as neighbours, so cutting is
+        idempotent and a stream can tell early which words are final."""
         if not self.grams:
             return text
+        if LEAK_MARK in text:
+            return LEAK_MARK.join(self._redact_part(part) for part in text.split(LEAK_MARK))
+        return self._redact_part(text)
+
+    def _redact_part(self, text: str) -> str:
         words = " ".join(_WORD.findall(text)).lower().split(" ")
         run = longest = 0  # fast path: a leak needs `size` words in a row from the system prompt
         for word in words:
@@ -430,35 +441,66 @@ class OutputGuard:
             text = cleaned
         return text
 
-    def _held_from(self, text: str) -> int:
-        """Where the part of a growing text starts that later pieces could still change."""
+    def _settled_end(self, text: str) -> int:
+        """Where the part of a growing raw text starts that later pieces could still turn into
+        something else: an open tag, link or reference line, a URL scheme without its body, and
+        the word that touches any of these (or the end): "passphrase" + "[more](...)" fuse.
+
+        Repeated on the part before the cut until it stays, since a cut inside a construct (a URL
+        inside a link) leaves that construct open."""
         cut = len(text)
-        opened = text.rfind("<")
-        if opened != -1 and ">" not in text[opened:] and len(text) - opened < 2000:
+        for _ in range(20):
+            held = self._held_once(text[:cut])
+            if held == cut:
+                break
+            cut = held
+        return cut
+
+    @staticmethod
+    def _held_once(text: str) -> int:
+        cut = len(text)
+        opened = text.rfind("<")  # a tag or special token in the making ("I <3 NY" is none)
+        if opened != -1 and ">" not in text[opened:] and len(text) - opened < 2000 and _TAG_START.match(text, opened):
             cut = opened
         bracket = text.rfind("[")
         if bracket != -1 and len(text) - bracket < 2500:
             close = text.find("]", bracket)
-            if close == -1 or close == len(text) - 1 or (text[close + 1:close + 2] == "(" and ")" not in text[close:]):
-                cut = min(cut, bracket - (1 if bracket and text[bracket - 1] == "!" else 0))
-        if text.endswith("!"):
+            image = bracket > 0 and text[bracket - 1] == "!"
+            done = _MD_IMAGE.match(text, bracket - 1) if image else _MD_LINK.match(text, bracket)
+            if (close == -1 and "\n" not in text[bracket:]) or close == len(text) - 1 or (
+                    text[close + 1:close + 2] == "(" and not (done and done.end() <= len(text) and text[done.end() - 1] == ")")):
+                cut = min(cut, bracket - (1 if image else 0))
+        line = text.rfind("\n") + 1
+        if _REFERENCE_START.match(text, line):  # "[1]: https://..." until its line ends
+            cut = min(cut, line)
+        scheme = _SCHEME_TAIL.search(text)  # "javascript:" whose body has not come yet
+        if scheme:
+            cut = min(cut, scheme.start())
+        if text.endswith(("!", "&")):
             cut = min(cut, len(text) - 1)
-        # the last word may still grow ("javascr" + "ipt:"), and trailing system-prompt words may become a leak
-        # (only the words before what is held already count: `<|eot_id|` is no word of the answer)
-        tail = max(0, cut - 40 * self.size - 40)
-        matches = list(_WORD.finditer(text, tail, cut))
-        if tail and matches:
+        touching = _LAST_WORD.search(text, 0, cut)
+        if touching:
+            cut = touching.start()
+        return cut
+
+    def _leak_held_from(self, text: str) -> int:
+        """In cleaned, settled text: where the trailing words start that may yet become part of a
+        leaked run (every trailing word of the system prompt's vocabulary after the last mark), and
+        the text after a cut run until a word says the run is over (it may go on across punctuation)."""
+        cut = len(text)
+        window = max(0, cut - 60 * self.size - 200)  # a longer run is let go: the final clean() still cuts it
+        mark = text.rfind(LEAK_MARK)
+        start = max(window, mark + len(LEAK_MARK) if mark != -1 else 0)  # no run reaches across a mark
+        matches = list(_WORD.finditer(text, start))
+        if start == window and window and matches:
             matches = matches[1:]  # the first may be cut
-        if matches and matches[-1].end() == len(text):
-            cut = matches[-1].start()
-            matches = matches[:-1]  # held anyway; the complete words before it decide the rest
-        words = [m.group(0).lower() for m in matches]
-        for n in range(min(self.size - 1, len(words)), 0, -1):
-            if tuple(words[-n:]) in self.prefixes and matches[-n].start() < cut:
-                cut = matches[-n].start()
-                while cut > 0 and text[cut - 1].isspace():  # should the held words join a cut run,
-                    cut -= 1  # the space before them goes with them
-                break
+        first = len(matches)
+        while first > 0 and matches[first - 1].group(0).lower() in self.words:
+            first -= 1
+        if first < len(matches):
+            cut = matches[first].start()
+            while cut > 0 and text[cut - 1].isspace():  # should the held words join a cut run,
+                cut -= 1  # the space before them goes with them
         mark = text.rfind(LEAK_MARK, 0, cut)
         if mark != -1 and not _WORD.search(text, mark + len(LEAK_MARK), cut):
             cut = mark + len(LEAK_MARK)  # the run may go on (across punctuation) until a word says otherwise
@@ -474,21 +516,30 @@ class OutputGuard:
         raw = ""
         base_raw = 0  # raw[:base_raw] is committed; its cleaned text is base_out
         base_out = emitted = ""
+
+        def clean_after(start: int, end: int | None = None) -> str:
+            # after a commit point the text is mid-line: a "." before it keeps line-start rules
+            # (markdown reference definitions) from matching where the whole text has no line start
+            if start == 0:
+                return self.clean(raw[:end])
+            cleaned = self.clean("." + raw[start:end])
+            return cleaned[1:] if cleaned.startswith(".") else cleaned
+
         for piece in pieces:
             raw += piece
-            tail = self.clean(raw[base_raw:])
-            ready = base_out + tail[:self._held_from(tail)]
+            tail = clean_after(base_raw, base_raw + self._settled_end(raw[base_raw:]))
+            ready = base_out + tail[:self._leak_held_from(tail)]
             if len(ready) > len(emitted) and ready.startswith(emitted):
                 yield ready[len(emitted):]
                 emitted = ready
             end = len(raw.rstrip())
             if end - base_raw > COMMIT_CHARS and end < len(raw) and len(emitted) >= len(base_out + tail.rstrip()):
-                committed = base_out + self.clean(raw[base_raw:end])
+                committed = base_out + clean_after(base_raw, end)
                 mark = committed.rfind(LEAK_MARK)
                 open_run = mark != -1 and not _WORD.search(committed, mark + len(LEAK_MARK))
                 settled = committed[-1:].strip() != ""  # a removed tag's space would double the next one
                 if settled and not open_run and emitted.startswith(committed) and not emitted[len(committed):].strip():
                     base_raw, base_out = end, committed  # the space after it stays in the tail
-        rest = base_out + self.clean(raw[base_raw:])
+        rest = base_out + clean_after(base_raw)
         if len(rest) > len(emitted) and rest.startswith(emitted):
             yield rest[len(emitted):]

@@ -372,11 +372,14 @@ ASKING = CatalogRow(
 )
 
 
-def leaks(text: str) -> bool:
+def leaks(text: str, passphrase: bool = True) -> bool:
+    """The passphrase, or LEAK_WORDS words of the system prompt in a row (a cut mark separates)."""
+    from rag.safety import LEAK_MARK
+
     words = re.findall(r"\w+", CANARY_SYSTEM.lower())
-    answer = " ".join(re.findall(r"\w+", text.lower()))
-    runs = (" ".join(words[i:i + LEAK_WORDS]) for i in range(len(words) - LEAK_WORDS + 1))
-    return "violet-heron-7731" in text.lower() or any(run in answer for run in runs)
+    runs = [" " + " ".join(words[i:i + LEAK_WORDS]) + " " for i in range(len(words) - LEAK_WORDS + 1)]
+    parts = [" " + " ".join(re.findall(r"\w+", part.lower())) + " " for part in text.split(LEAK_MARK)]
+    return (passphrase and "violet-heron-7731" in text.lower()) or any(run in part for run in runs for part in parts)
 
 
 def _answers(rag: Any) -> list[str]:
@@ -577,15 +580,12 @@ def test_stream_guard_equals_clean_on_random_streams() -> None:
     `clean` of the whole text, and never shows a leak or markup on the way."""
     import random
 
-    from rag.safety import LEAK_WORDS
-
     rng = random.Random(12)
     system_words = CANARY_SYSTEM.split()
     parts = ["A board book by Judith Kerr. ", "for toddlers aged 1 to 3, ", "<b>bold</b> ", "![](http://t.example/p.gif) ",
              "[more](javascript:alert(1)) ", "cite [1]. ", "  ", "\n", "I <3 NY ", "Tom & Jerry ", "<|eot_id|>", "the ",
-             "Use only ", "sources "]
-    words = re.findall(r"\w+", CANARY_SYSTEM.lower())
-    runs = [" " + " ".join(words[i:i + LEAK_WORDS]) + " " for i in range(len(words) - LEAK_WORDS + 1)]
+             "Use only ", "sources ", "a < b ", "\n[ref]: https://t.example/p.gif\n", "go javascript:alert(1) ",
+             "Storage: 2 GB ", "<a href=x>", "</a> ", "[INST]", "&colon;"]
     guard = OutputGuard(CANARY_SYSTEM)
     for _ in range(80):
         chunks = []
@@ -598,6 +598,8 @@ def test_stream_guard_equals_clean_on_random_streams() -> None:
         text = "".join(chunks)
         size = rng.randint(1, 12)
         out = "".join(guard.stream(text[i:i + size] for i in range(0, len(text), size)))
-        shown = " " + " ".join(re.findall(r"\w+", out.lower())) + " "  # what was streamed stays shown
-        assert not any(run in shown for run in runs) and not _MARKUP.search(out)
+        # what was streamed stays shown, so the whole output is what to check (the random fragments
+        # may hold the passphrase in a run shorter than LEAK_WORDS, which the guard lets through)
+        assert not leaks(out, passphrase=False)
+        assert not _MARKUP.search(out)
         assert out == guard.clean(text), text
