@@ -523,7 +523,7 @@ class OutputGuard:
             if start == 0:
                 return self.clean(raw[:end])
             cleaned = self.clean("." + raw[start:end])
-            return cleaned[1:] if cleaned.startswith(".") else cleaned
+            return cleaned.removeprefix(".")
 
         for piece in pieces:
             raw += piece
