@@ -343,9 +343,18 @@ def test_api_answer_and_product_fields_are_plain_text(monkeypatch: pytest.Monkey
     with TestClient(create_app(rag.config, rag=rag)) as client:
         product = client.get("/v1/products/B1").json()
         answer = client.post("/v1/answer", json={"question": "what is Mog's Kittens about?"}).json()
+        chat = {"model": "amazontitles-rag", "messages": [{"role": "user", "content": "what is Mog's Kittens about?"}]}
+        completion = client.post("/v1/chat/completions", json=chat).json()
+        with client.stream("POST", "/v1/chat/completions", json={**chat, "stream": True}) as response:
+            events = [json.loads(line[6:]) for line in response.iter_lines()
+                      if line.startswith("data: ") and line != "data: [DONE]"]
     assert product["title"] == "Mog's Kittens" and "toddlers aged 1 to 3" in product["content"]
+    streamed = "".join(c["delta"].get("content") or "" for e in events for c in e.get("choices", []))
+    assert "toddlers aged 1 to 3" in streamed and "toddlers aged 1 to 3" in completion["choices"][0]["message"]["content"]
     for text in [product["title"], product["content"], answer["answer"], answer["sources"][0]["title"],
-                 answer["sources"][0]["snippet"]]:
+                 answer["sources"][0]["snippet"], completion["choices"][0]["message"]["content"],
+                 completion["sources"][0]["title"], completion["sources"][0]["snippet"], streamed,
+                 json.dumps([e.get("sources") for e in events])]:
         assert not _MARKUP.search(text), text
 
 
