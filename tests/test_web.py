@@ -34,7 +34,12 @@ KEY_ENV = "RAG_TEST_WEB_KEY"
 API_KEY = "web-test-key-789"
 HOSTILE_UID = "HOSTILE0001"
 HOSTILE_TITLE = 'Zanzibar Quokka Lantern <img src=x onerror="window.__xssHook=1">'
-HOSTILE_CONTENT = ("The Zanzibar Quokka Lantern is a brass lantern made by Tamsin Oyelaran. "
+# The server strips markup from every text field (rag/safety.py plain_text); text that only looks
+# like markup stays, so the page must still insert it as text: "<Your Name Here>" would vanish as an
+# unknown element if it went through innerHTML.
+LOOKALIKE = "<Your Name Here>"
+HOSTILE_CONTENT = ("The Zanzibar Quokka Lantern is a brass lantern made by Tamsin Oyelaran, engraved "
+                   f"{LOOKALIKE}. "
                    "<script>window.__xssHook=2</script> It lights small rooms "
                    '<b onmouseover="window.__xssHook=3">without smoke</b>.')
 ANCHOR_Q = "What is The Lighthouse Keeper's Daughter about?"
@@ -384,9 +389,9 @@ def test_chat_page_in_chromium(chromium: Any, web_index: Path, tmp_path: Path) -
 
         hostile = _ask(page, "What is the Zanzibar Quokka Lantern?", 2)
         assert hostile["state"] == "done", hostile
-        assert hostile["cards"][0]["title"] == HOSTILE_TITLE  # the markup shown as text, character for character
-        assert "<script>window.__xssHook=2</script>" in hostile["text"]
-        assert "<script>window.__xssHook=2</script>" in hostile["cards"][0]["snippet"]
+        assert hostile["cards"][0]["title"] == "Zanzibar Quokka Lantern"  # the server stripped the markup
+        assert LOOKALIKE in hostile["text"] and LOOKALIKE in hostile["cards"][0]["snippet"]  # inserted as text
+        assert "__xssHook" not in hostile["text"] + hostile["cards"][0]["snippet"]
         page.click(".turn:nth-child(3) .source-title")  # the product view: the full catalog row
         page.wait_for("document.getElementById('product').open && "
                       "document.getElementById('product-uid').textContent === 'HOSTILE0001' && "
@@ -394,7 +399,9 @@ def test_chat_page_in_chromium(chromium: Any, web_index: Path, tmp_path: Path) -
         product = page.evaluate("({title: document.getElementById('product-title').textContent,"
                                 " content: document.getElementById('product-content').textContent,"
                                 " version: document.getElementById('product-version').textContent})")
-        assert product["title"] == HOSTILE_TITLE and product["content"] == HOSTILE_CONTENT and product["version"]
+        assert product["title"] == "Zanzibar Quokka Lantern" and product["version"]
+        assert LOOKALIKE in product["content"] and "lights small rooms" in product["content"]
+        assert "__xssHook" not in product["content"] + product["title"]
         injected = page.evaluate("document.querySelectorAll('main img, main script, main b, dialog img, dialog script,"
                                  " dialog b, [onerror], [onmouseover]').length")
         assert injected == 0
