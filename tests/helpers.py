@@ -1,7 +1,9 @@
 """Small in-memory stand-ins shared by unit tests (the real index is tested in test_index_*)."""
 from __future__ import annotations
 
-from typing import Sequence
+import subprocess
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -59,3 +61,24 @@ CATALOG = [
     CatalogRow("B009", "Harry Potter and the Prisoner of Azkaban (Book 3)",
                "The third book in the series by J.K. Rowling, where Harry meets Sirius Black."),
 ]
+
+
+def wait_until_ready(process: subprocess.Popen[Any], url: str, output: Callable[[], str], timeout_s: float = 90,
+                     poll_s: float = 0.1) -> None:
+    """Poll `url`/readyz until a started `rag serve` says ready; fail with its output if it exits or stalls."""
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if process.poll() is not None:
+            raise AssertionError(f"rag serve exited with {process.returncode}:\n{output()[-3000:]}")
+        try:
+            if httpx.get(url + "/readyz", timeout=5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError(f"rag serve not ready after {timeout_s:.0f} s:\n{output()[-3000:]}")
+        time.sleep(poll_s)

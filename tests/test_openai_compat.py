@@ -14,13 +14,14 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+
+from tests.helpers import wait_until_ready
 
 pytestmark = pytest.mark.integration
 
@@ -66,19 +67,8 @@ def server(index_path: Path) -> Iterator[str]:
     env = {**os.environ, KEY_ENV: KEY, "PYTHONPATH": str(ROOT)}
     process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
     try:
-        while True:
-            if process.poll() is not None:
-                raise AssertionError(f"rag serve exited: {process.stdout.read() if process.stdout else ''}")
-            try:
-                if httpx.get(url + "/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError("rag serve was not ready in 90 s")
-            time.sleep(0.1)
+        wait_until_ready(process, url, lambda: process.stdout.read() if process.stdout and process.poll() is not None else "")
         yield url
     finally:
         process.terminate()

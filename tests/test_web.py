@@ -25,8 +25,9 @@ from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any, ClassVar
 
-import httpx
 import pytest
+
+from tests.helpers import wait_until_ready
 
 ROOT = Path(__file__).resolve().parents[1]
 WEB = ROOT / "api" / "web"
@@ -262,18 +263,7 @@ def _rag_serve(index_path: Path, log: Path, *overrides: str, api_key: str | None
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            if process.poll() is not None:
-                raise AssertionError(f"rag serve exited with {process.returncode}:\n{log.read_text()[-3000:]}")
-            try:
-                if httpx.get(url + "/readyz", timeout=5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError(f"rag serve not ready after 90 s:\n{log.read_text()[-3000:]}")
-            time.sleep(0.2)
+        wait_until_ready(process, url, log.read_text, poll_s=0.2)
         yield url
     finally:
         process.terminate()
