@@ -199,6 +199,9 @@ def convert_gguf(gguf_path: Path, spec: ModelSpec, out_dir: Path, echo: Callable
     plain.generation_config = GenerationConfig(bos_token_id=bos_id, eos_token_id=eos_id, pad_token_id=pad_id)
     tokenizer.eos_token, tokenizer.pad_token, tokenizer.bos_token = spec.eos_token, spec.pad_token, spec.bos_token
     tokenizer.model_max_length = int(getattr(config, "max_position_embeddings", 8192))
+    # the GGUF loader sets clean_up_tokenization_spaces, which a byte-level BPE ignores with a warning
+    # on every decode ("destructive for BPE"): the model never had it
+    tokenizer.clean_up_tokenization_spaces = False
     plain.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
     return {"parameters": sum(p.numel() for p in plain.parameters()), "eos_token": spec.eos_token,

@@ -37,6 +37,14 @@ def _request(question: str, hits: list[Hit], **kw: Any) -> GenerationRequest:
     return GenerationRequest(question=question, hits=hits, messages=build_messages(question, hits), **kw)
 
 
+def test_decoding_prints_no_tokenizer_warning(generator: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    """The GGUF-converted BPE tokenizer must not carry clean_up_tokenization_spaces, which transformers
+    ignores for a BPE with a warning on each decode (shown to every `rag ask` user)."""
+    assert generator.tokenizer.clean_up_tokenization_spaces is False
+    generator.tokenizer.decode(generator.tokenizer("a b, c.")["input_ids"])
+    assert "clean_up_tokenization_spaces" not in capsys.readouterr().err
+
+
 def test_the_known_name_resolves_to_the_pulled_chatml_model(generator: Any) -> None:
     tok = generator.tokenizer
     assert generator.model_name == str(model_path(NAME))

@@ -166,9 +166,14 @@ class HFGenerator:
 
         source = self._tokenizer_source()
         try:
-            return AutoTokenizer.from_pretrained(source, **self._load_kwargs())
+            tokenizer = AutoTokenizer.from_pretrained(source, **self._load_kwargs())
         except (OSError, ValueError) as exc:
             raise GeneratorError(missing_model_message(source, cause=exc)) from exc
+        if _byte_level_bpe(tokenizer):
+            # transformers ignores clean_up_tokenization_spaces for a BPE and warns on every
+            # decode; a tokenizer converted from GGUF (an older `rag model pull`) still sets it
+            tokenizer.clean_up_tokenization_spaces = False
+        return tokenizer
 
     def _load(self) -> tuple[Any, Any]:
         import torch
@@ -506,6 +511,11 @@ class HFGenerator:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(model={self.model_name!r}, adapter={str(self.adapter) if self.adapter else None!r})"
+
+
+def _byte_level_bpe(tokenizer: Any) -> bool:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    return type(getattr(backend, "model", None)).__name__ == "BPE"
 
 
 def answer_ngram_blocker(size: int, prompt_length: int) -> Any:
