@@ -91,7 +91,6 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     import torch
 
     from rag.config import load_config
-    from rag.generators.common import resolve_sampling
     from rag.generators.hf import HFGenerator
 
     rows: list[dict[str, Any]] = []
@@ -110,7 +109,6 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         request = _prompt_request(generator.tokenizer, args.prompt_tokens, config)
         prompt_ids = generator._prompt_ids(request)
         n = args.new_tokens
-        sampling = resolve_sampling(config.generator, request)
         model, device = generator.model, args.device
         inputs = generator._batch_inputs([prompt_ids])
         base = {"model": label, "device": device, "dtype": dtype, "prompt_tokens": len(prompt_ids), "new_tokens": n,

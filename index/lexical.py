@@ -150,7 +150,7 @@ PT_EN: dict[str, str] = {
     "perdida": "lost", "desaparece": "disappears", "desaparecido": "missing disappeared", "pais": "country",
     "dormir": "sleep", "sono": "sleep", "sonolento": "sleepy", "sonolentos": "sleepy", "contar": "count",
     "conta": "counts", "sete": "seven", "doze": "twelve", "dois": "two", "tres": "three", "anos": "years",
-    "ano": "year", "idade": "ages age", "paginas": "pages", "receitas": "recipes", "cozinheiro": "cook",
+    "ano": "year", "idade": "ages age", "paginas": "pages", "cozinheiro": "cook",
     "panela": "pan pot", "frigideira": "pan skillet", "faca": "knife", "facas": "knives", "cobre": "copper",
     "aco": "steel", "inoxidavel": "stainless", "alho": "garlic", "prensa": "press", "espremedor": "press",
     "cafe": "coffee", "cha": "tea", "vinho": "wine", "pao": "bread", "bolo": "cake", "torta": "pie",
