@@ -339,8 +339,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'family':6} {'dtype':5} {'batch':>6} {'attn':6} {'comp':5} {'sort':5} {'titles/s':>10} {'e2e/s':>10} "
           f"{'peak GiB':>9} {'1-cos':>9}")
     for r in results:
-        print(f"{r['family']:6} {r['dtype']:5} {r['batch']:6} {r.get('attn', '-'):6} {str(r.get('compile', '-')):5} "
-              f"{str(r.get('sorted', 'st')):5} {r['titles_per_s']:10.0f} {r.get('end_to_end_titles_per_s', r['titles_per_s']):10.0f} "
+        print(f"{r['family']:6} {r['dtype']:5} {r['batch']:6} {r.get('attn', '-'):6} {r.get('compile', '-')!s:5} "
+              f"{r.get('sorted', 'st')!s:5} {r['titles_per_s']:10.0f} {r.get('end_to_end_titles_per_s', r['titles_per_s']):10.0f} "
               f"{r['peak_gib']:9.3f} {r.get('max_1_minus_cos', 0.0):9.2e}")
     return 0
 

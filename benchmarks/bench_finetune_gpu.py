@@ -73,8 +73,8 @@ GC_CHOICES: dict[str, Any] = {"unsloth": "unsloth", "true": True, "false": False
 
 
 def run_pipeline(model_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
-    import unsloth  # noqa: F401  - before transformers/trl
     import torch
+    import unsloth  # noqa: F401  - before transformers/trl
     from datasets import Dataset
     from transformers import TrainerCallback
     from trl import SFTConfig

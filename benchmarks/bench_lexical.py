@@ -201,7 +201,7 @@ def build_version(meta: Path, lex_dir: Path, root: Path, index_type: str, embedd
         names = json.loads((lex_dir / "build.json").read_text())["files"]
         for name in names:
             os.link(lex_dir / name, vdir / name)
-        manifest = {"rows": int(len(ids)), "operation": "build", "parent": None,
+        manifest = {"rows": len(ids), "operation": "build", "parent": None,
                     "embedding": {"model": embedder.name, "dimension": int(embedder.dimension)},
                     "index": {"type": index.type, "params": index.params}, "artifacts": names,
                     "file_names": [VECTORS_FILE, META_FILE, *names]}

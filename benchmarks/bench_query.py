@@ -43,10 +43,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from rag.config import load_config  # noqa: E402
-from rag.evaluation.metrics import percentile  # noqa: E402
-from rag.evaluation.questions import typo_title  # noqa: E402
-from rag.evaluation.runner import environment, environment_line  # noqa: E402
+from rag.config import load_config
+from rag.evaluation.metrics import percentile
+from rag.evaluation.questions import typo_title
+from rag.evaluation.runner import environment, environment_line
 
 
 def peak_rss_mib() -> float:

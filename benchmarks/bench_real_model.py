@@ -35,8 +35,8 @@ def main() -> int:
     args = parser.parse_args()
 
     from rag.config import load_config
-    from rag.pipeline import RAG
     from rag.evaluation.runner import environment
+    from rag.pipeline import RAG
 
     config = load_config(args.config, ["generator.grounding_fallback=none", *args.set])
     started = time.perf_counter()

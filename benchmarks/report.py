@@ -19,7 +19,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from rag.evaluation.runner import answers_table, environment_line, retrieval_table  # noqa: E402
+from rag.evaluation.runner import answers_table, environment_line, retrieval_table
 
 
 def _plt() -> Any:

@@ -28,9 +28,10 @@ import math
 import random
 import re
 from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 from rag.config import Config
 from rag.prompt import build_messages, defang_special_tokens
@@ -78,14 +79,14 @@ QUESTION_TEMPLATES: list[tuple[str, str, str]] = [
 # A fact question is asked only about a product whose description states that kind of fact, so the
 # target answers it (the other kinds fit any description).
 _YEAR = re.compile(r"\b(1[5-9]\d\d|20[0-3]\d)\b")
-_PAGES = re.compile(r"\b\d[\d,]*\s*(?:-\s*)?pages?\b", re.I)
+_PAGES = re.compile(r"\b\d[\d,]*\s*(?:-\s*)?pages?\b", re.IGNORECASE)
 # "more than 270 recipes", "75 color photographs", "50 photojournalists": a number, at most one
 # adjective, a plural noun (not a unit of time or money, which "how many" rarely asks about)
 _COUNTED = re.compile(r"\b(?!(?:1[5-9]|20)\d\d\b)(\d[\d,]*)\s+(?:[a-z-]{3,}\s+)?"
                       r"((?!(?:years|months|weeks|days|hours|minutes|seconds|dollars|cents|times|pounds|miles|inches|"
                       r"feet|seems|goes|was)\b)[a-z]{3,}s)\b")
-_AWARD = re.compile(r"\b(award|prize|medal|winner of|won the)\b", re.I)
-_SETTING = re.compile(r"\b(set in|takes place in|set on|set during)\b", re.I)
+_AWARD = re.compile(r"\b(award|prize|medal|winner of|won the)\b", re.IGNORECASE)
+_SETTING = re.compile(r"\b(set in|takes place in|set on|set during)\b", re.IGNORECASE)
 _AUTHOR_PATTERNS = [
     re.compile(r"\b(?:written|illustrated|edited|compiled|directed|created|told|narrated|photographed)?\s*by\s+"
                r"((?:[A-Z][a-zA-Z'’.-]+\s+){1,3}[A-Z][a-zA-Z'’-]+)"),
@@ -93,8 +94,7 @@ _AUTHOR_PATTERNS = [
     re.compile(r"((?:[A-Z][a-zA-Z'’.-]+\s+){1,2}[A-Z][a-zA-Z'’-]+),?\s+(?:is|was)\s+(?:the|an?|one of)\b[^.]{0,40}?"
                r"\b(?:author|writer|novelist|journalist|poet|illustrator|historian|editor|chef|photographer)"),
 ]
-_NOT_NAMES = frozenset("The This That These Those It Its In On At For From With And But When Where What Who How A An "
-                       "New York Times USA Today Publishers Weekly Booklist Library Journal Kirkus Reviews".split())
+_NOT_NAMES = frozenset(["The", "This", "That", "These", "Those", "It", "Its", "In", "On", "At", "For", "From", "With", "And", "But", "When", "Where", "What", "Who", "How", "A", "An", "New", "York", "Times", "USA", "Today", "Publishers", "Weekly", "Booklist", "Library", "Journal", "Kirkus", "Reviews"])
 
 
 def author_name(text: str) -> str | None:
@@ -141,7 +141,7 @@ def fill_template(template: str, title: str, content: str) -> str | None:
     return template.format(title=title)
 
 
-from rag.grounding import ABSTAIN_TEMPLATES as ABSTAIN  # noqa: E402
+from rag.grounding import ABSTAIN_TEMPLATES as ABSTAIN
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
@@ -168,7 +168,7 @@ class Example:
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Example":
+    def from_dict(cls, data: dict[str, Any]) -> Example:
         return cls(
             uid=data["uid"], split=data["split"], question=data["question"], language=data["language"],
             kind=data["kind"], gold_position=data.get("gold_position"),
@@ -385,7 +385,7 @@ def _describe(values: list[int]) -> dict[str, float]:
     if not values:
         return {"count": 0}
     ordered = sorted(values)
-    pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]  # noqa: E731
+    pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]
     return {"count": len(values), "mean": round(sum(values) / len(values), 1), "min": ordered[0],
             "p50": pick(0.5), "p95": pick(0.95), "max": ordered[-1]}
 

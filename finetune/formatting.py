@@ -21,8 +21,9 @@ Rules (docs/finetune.md, "Formatting"):
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 log = logging.getLogger(__name__)
 

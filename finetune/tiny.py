@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
     from transformers import LlamaConfig, PreTrainedModel
@@ -63,14 +64,7 @@ MODEL_SHAPES: dict[str, dict[str, Any]] = {
     ),
 }
 
-_FALLBACK_WORDS = (
-    "the a an of and to in for with on by from book novel guide story history life world new edition "
-    "paperback hardcover volume series collection author illustrated children cooking travel science "
-    "music film love war family mystery poems art design garden health home kitchen toy game set "
-    "who wrote what is about describe it this product for readers kids adults made written "
-    "do que se trata o livro quem escreveu sobre para é uma um de da do em com "
-    "sources question answer cite numbered catalog description no the sources do not describe"
-).split()
+_FALLBACK_WORDS = ["the", "a", "an", "of", "and", "to", "in", "for", "with", "on", "by", "from", "book", "novel", "guide", "story", "history", "life", "world", "new", "edition", "paperback", "hardcover", "volume", "series", "collection", "author", "illustrated", "children", "cooking", "travel", "science", "music", "film", "love", "war", "family", "mystery", "poems", "art", "design", "garden", "health", "home", "kitchen", "toy", "game", "set", "who", "wrote", "what", "is", "about", "describe", "it", "this", "product", "for", "readers", "kids", "adults", "made", "written", "do", "que", "se", "trata", "o", "livro", "quem", "escreveu", "sobre", "para", "é", "uma", "um", "de", "da", "do", "em", "com", "sources", "question", "answer", "cite", "numbered", "catalog", "description", "no", "the", "sources", "do", "not", "describe"]
 
 
 def _default_texts(rows: int = 400, seed: int = 0) -> Iterator[str]:
@@ -84,7 +78,7 @@ def _default_texts(rows: int = 400, seed: int = 0) -> Iterator[str]:
 
         records = synthetic.generate_records(rows, seed=seed)  # type: ignore[attr-defined]
         for record in records:
-            data = record if isinstance(record, dict) else getattr(record, "to_dict", lambda: {})()
+            data = record if isinstance(record, dict) else getattr(record, "to_dict", dict)()
             yield str(data.get("title", ""))
             yield str(data.get("content", ""))
         return
@@ -190,7 +184,7 @@ def create_tiny_model(
     return out
 
 
-def shape_config(name: str, **overrides: Any) -> "LlamaConfig":
+def shape_config(name: str, **overrides: Any) -> LlamaConfig:
     """A LlamaConfig with the shapes of a real checkpoint (`MODEL_SHAPES` keys); overrides win."""
     from transformers import LlamaConfig
 
@@ -203,7 +197,7 @@ def shape_config(name: str, **overrides: Any) -> "LlamaConfig":
 
 
 def create_model_of_shape(name: str, *, dtype: Any = None, device: str | None = None, seed: int = 0,
-                          **overrides: Any) -> "PreTrainedModel":
+                          **overrides: Any) -> PreTrainedModel:
     """A random-init LlamaForCausalLM with a real checkpoint's shapes, built directly on `device`."""
     import torch
     from transformers import LlamaForCausalLM

@@ -22,13 +22,13 @@ data, catalog.jsonl + index/.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from rag.config import Config, dump_config
 

@@ -48,9 +48,10 @@ import threading
 import time
 import unicodedata
 import weakref
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -75,30 +76,10 @@ SNIPPET_ROWS = 10  # results that get a snippet: ~0.25 ms each (row fetch + sent
 # --------------------------------------------------------------------------- text analysis
 
 # English stop words (function words, plus question and request words that say nothing about a product).
-STOPWORDS_EN = frozenset("""
-a about above after again against all also am an and any are aren as at be because been before being below
-between both but by can cannot could couldn did didn do does doesn doing don down during each either else
-ever every few for from further get gets got had has have having he her here hers herself him himself his how
-i if in into is isn it its itself just let ll me might more most must my myself no nor not now of off on once
-one only or other ought our ours ourselves out over own re s same shall she should so some such t than that
-the their theirs them themselves then there these they this those through to too under until up upon us ve
-very was wasn we were weren what when where which while who whom whose why will with within without won would
-you your yours yourself yourselves
-anyone anything someone something thing things kind sort really maybe think remember remembered recall
-looking look find finding search searching want wanted need know knew tell called named name title
-please help like hi hello thanks
-""".split())
+STOPWORDS_EN = frozenset(["a", "about", "above", "after", "again", "against", "all", "also", "am", "an", "and", "any", "are", "aren", "as", "at", "be", "because", "been", "before", "being", "below", "between", "both", "but", "by", "can", "cannot", "could", "couldn", "did", "didn", "do", "does", "doesn", "doing", "don", "down", "during", "each", "either", "else", "ever", "every", "few", "for", "from", "further", "get", "gets", "got", "had", "has", "have", "having", "he", "her", "here", "hers", "herself", "him", "himself", "his", "how", "i", "if", "in", "into", "is", "isn", "it", "its", "itself", "just", "let", "ll", "me", "might", "more", "most", "must", "my", "myself", "no", "nor", "not", "now", "of", "off", "on", "once", "one", "only", "or", "other", "ought", "our", "ours", "ourselves", "out", "over", "own", "re", "s", "same", "shall", "she", "should", "so", "some", "such", "t", "than", "that", "the", "their", "theirs", "them", "themselves", "then", "there", "these", "they", "this", "those", "through", "to", "too", "under", "until", "up", "upon", "us", "ve", "very", "was", "wasn", "we", "were", "weren", "what", "when", "where", "which", "while", "who", "whom", "whose", "why", "will", "with", "within", "without", "won", "would", "you", "your", "yours", "yourself", "yourselves", "anyone", "anything", "someone", "something", "thing", "things", "kind", "sort", "really", "maybe", "think", "remember", "remembered", "recall", "looking", "look", "find", "finding", "search", "searching", "want", "wanted", "need", "know", "knew", "tell", "called", "named", "name", "title", "please", "help", "like", "hi", "hello", "thanks"])
 
 # Portuguese stop words (accents folded), and the request words of questions.
-STOPWORDS_PT = frozenset("""
-a ao aos aquela aquelas aquele aqueles aquilo as ate com como da das de dela delas dele deles depois do dos
-e ela elas ele eles em entre era eram essa essas esse esses esta estas este estes eu foi for foram ha isso
-isto ja la lhe lhes mais mas me mesmo meu meus minha minhas muito na nas nao nem no nos nossa nossas nosso
-nossos num numa o os ou para pela pelas pelo pelos por qual quando que quem se seja sem ser seu seus so sua
-suas tambem te tem tinha ter teu tua um uma umas uns voce voces vos sobre onde cujo cuja sao esta estao
-procuro procurando lembro lembrar lembra acho qualquer coisa algo alguem chamado chamada nome titulo
-queria quero gostaria encontrar achar sei saber diga fale conte
-""".split())
+STOPWORDS_PT = frozenset(["a", "ao", "aos", "aquela", "aquelas", "aquele", "aqueles", "aquilo", "as", "ate", "com", "como", "da", "das", "de", "dela", "delas", "dele", "deles", "depois", "do", "dos", "e", "ela", "elas", "ele", "eles", "em", "entre", "era", "eram", "essa", "essas", "esse", "esses", "esta", "estas", "este", "estes", "eu", "foi", "for", "foram", "ha", "isso", "isto", "ja", "la", "lhe", "lhes", "mais", "mas", "me", "mesmo", "meu", "meus", "minha", "minhas", "muito", "na", "nas", "nao", "nem", "no", "nos", "nossa", "nossas", "nosso", "nossos", "num", "numa", "o", "os", "ou", "para", "pela", "pelas", "pelo", "pelos", "por", "qual", "quando", "que", "quem", "se", "seja", "sem", "ser", "seu", "seus", "so", "sua", "suas", "tambem", "te", "tem", "tinha", "ter", "teu", "tua", "um", "uma", "umas", "uns", "voce", "voces", "vos", "sobre", "onde", "cujo", "cuja", "sao", "esta", "estao", "procuro", "procurando", "lembro", "lembrar", "lembra", "acho", "qualquer", "coisa", "algo", "alguem", "chamado", "chamada", "nome", "titulo", "queria", "quero", "gostaria", "encontrar", "achar", "sei", "saber", "diga", "fale", "conte"])
 
 STOPWORDS = STOPWORDS_EN | STOPWORDS_PT
 
@@ -453,7 +434,7 @@ def build_artifacts(meta_db_path: str | Path, version_dir: str | Path, config: A
         "format": FORMAT, "k1": K1, "b": B, "title_weight": TITLE_WEIGHT, "champions": seg_champions,
         "analyzer": "fold+stop(en,pt)+light-stem",
         "avgdl": (seg.doc_len_sum / n) if n else 1.0,
-        "segments": {"base": {"docs": n, "terms": len(seg.terms), "postings": int(len(seg.docs))}},
+        "segments": {"base": {"docs": n, "terms": len(seg.terms), "postings": len(seg.docs)}},
         "tombstones": 0, "built_seconds": round(time.perf_counter() - started, 3),
     }
     log.info("description index: %d docs, %d terms, %d postings in %.1fs", n, len(seg.terms), len(seg.docs),
@@ -540,9 +521,9 @@ def update_artifacts(meta_db_path: str | Path, version_dir: str | Path, parent_d
                             b=float(parent_meta["b"]), title_weight=int(parent_meta["title_weight"]),
                             champions=int(parent_meta.get("champions", CHAMPIONS)))
         names += write_segment(version_dir, "delta", seg)
-        segments["delta"] = {"docs": len(seg.ids), "terms": len(seg.terms), "postings": int(len(seg.docs))}
+        segments["delta"] = {"docs": len(seg.ids), "terms": len(seg.terms), "postings": len(seg.docs)}
     _save_npy(version_dir / TOMBSTONES_NAME, tomb)
-    meta = dict(parent_meta, segments=segments, tombstones=int(len(tomb)),
+    meta = dict(parent_meta, segments=segments, tombstones=len(tomb),
                 updated_seconds=round(time.perf_counter() - started, 3))
     return [_write_meta(version_dir, meta), *names, TOMBSTONES_NAME]
 
@@ -565,7 +546,7 @@ class _Segment:
         self.champ_indptr = np.load(f"{prefix}champ_indptr.npy", allow_pickle=False, mmap_mode=mode)
         self.champ_docs = np.load(f"{prefix}champ_docs.npy", allow_pickle=False, mmap_mode=mode)
         self.champ_impact = np.load(f"{prefix}champ_impact.npy", allow_pickle=False, mmap_mode=mode)
-        self.n_docs = int(len(self.ids))
+        self.n_docs = len(self.ids)
         if len(self.indptr) != len(self.hashes) + 1 or len(self.docs) != len(self.impact):
             raise ValueError(f"{prefix}*.npy: array lengths disagree (hashes {len(self.hashes)}, indptr "
                              f"{len(self.indptr)}, docs {len(self.docs)}, impact {len(self.impact)}); rebuild the index")
@@ -780,7 +761,7 @@ def best_passage(content: str, terms: set[str] | Sequence[str], max_chars: int =
 
 # --------------------------------------------------------------------------- per-snapshot cache
 
-_OPEN: "weakref.WeakKeyDictionary[Any, LexicalIndex | None]" = weakref.WeakKeyDictionary()
+_OPEN: weakref.WeakKeyDictionary[Any, LexicalIndex | None] = weakref.WeakKeyDictionary()
 _OPEN_LOCK = threading.Lock()
 
 

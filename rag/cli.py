@@ -20,8 +20,8 @@ import importlib
 import logging
 import os
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 from rag.config import Config, ConfigError, dump_config, load_config
 

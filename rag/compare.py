@@ -202,7 +202,7 @@ def run_compare(
                 started = time.perf_counter()
                 try:
                     answers = rag.answer_many(chunk, k=k, use_context=variant.use_context, batch_size=size)
-                except Exception:  # noqa: BLE001 - retried one by one below, so one failure fills one cell
+                except Exception:
                     log.debug("compare: batch of %s failed; answering one at a time", variant.label, exc_info=True)
                 else:
                     seconds = (time.perf_counter() - started) / len(chunk)

@@ -278,7 +278,7 @@ class FinetuneTrainingConfig:
     lr_scheduler: str = "linear"
     optim: str = "auto"  # auto: adamw_8bit with bitsandbytes on CUDA, adamw_torch otherwise
     batching: Literal["padding_free", "packing", "padded"] = "padding_free"
-    gradient_checkpointing: Union[bool, Literal["unsloth"]] = "unsloth"  # "unsloth" means true off unsloth
+    gradient_checkpointing: bool | Literal["unsloth"] = "unsloth"  # "unsloth" means true off unsloth
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"  # auto: bf16 where supported, fp32 on CPU
     logging_steps: int = 1
     save_steps: int = 200

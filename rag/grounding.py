@@ -244,11 +244,11 @@ def _embedding_support(
 
 # --------------------------------------------------------------------------- answer type
 
-_ASKS_COUNT = re.compile(r"\b(how many|how old|at what age|quant[oa]s|quantas|que idade)\b", re.I)
-_ASKS_YEAR = re.compile(r"\b(what year|which year|in what year|when (?:was|were|did|is)|em que ano|que ano|quando)\b", re.I)
+_ASKS_COUNT = re.compile(r"\b(how many|how old|at what age|quant[oa]s|quantas|que idade)\b", re.IGNORECASE)
+_ASKS_YEAR = re.compile(r"\b(what year|which year|in what year|when (?:was|were|did|is)|em que ano|que ano|quando)\b", re.IGNORECASE)
 _HAS_NUMBER = re.compile(r"\d|\b(one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|dozen|hundred|"
-                         r"thousand|um|uma|dois|duas|três|cem|mil)\b", re.I)
-_HAS_YEAR = re.compile(r"\b(1\d\d\d|20\d\d)s?\b|\b(century|século|decade)\b", re.I)
+                         r"thousand|um|uma|dois|duas|três|cem|mil)\b", re.IGNORECASE)
+_HAS_YEAR = re.compile(r"\b(1\d\d\d|20\d\d)s?\b|\b(century|século|decade)\b", re.IGNORECASE)
 
 
 def missing_answer_type(question: str, answer: str) -> str | None:

@@ -16,7 +16,8 @@ from a stream as it goes.
 from __future__ import annotations
 
 import time
-from typing import Any, Iterator, Literal, Sequence, overload
+from collections.abc import Iterator, Sequence
+from typing import Any, Literal, overload
 
 from rag.config import Config
 from rag.grounding import unsupported_sentences
@@ -47,7 +48,7 @@ class AnswerStream:
         self._parts: list[str] = []
         self.answer: Answer | None = None
 
-    def __iter__(self) -> "AnswerStream":
+    def __iter__(self) -> AnswerStream:
         return self
 
     def __next__(self) -> str:
@@ -110,14 +111,14 @@ class RAG:
         if snapshot is not None and callable(getattr(snapshot, "close", None)):
             snapshot.close()
 
-    def __enter__(self) -> "RAG":
+    def __enter__(self) -> RAG:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
     @classmethod
-    def from_config(cls, config: Config, *, generator: Generator | None = None, retriever: Any = None) -> "RAG":
+    def from_config(cls, config: Config, *, generator: Generator | None = None, retriever: Any = None) -> RAG:
         from rag.generators import make_generator
         from rag.retrieval import Retriever
 

@@ -9,7 +9,7 @@ the token ids against the tokenizer's own special tokens.
 from __future__ import annotations
 
 import re
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 from rag.config import PromptConfig
 from rag.types import CatalogRow, Hit

@@ -43,8 +43,7 @@ _TRAILING = [
 ]
 _TRAILING_PATTERNS = [r"\s+(?:is\s+)?(?:about|for)$", r"\s+(?:written|made|directed|sung)\s+by$", r"\s+by$", r"\s+author$"]
 FOLLOWUP_WORDS = frozenset(
-    "it its it's this that these those they them he she him her one the book movie film album product item series "
-    "and also so then ele ela dele dela isso esse essa este esta e o a os as livro filme disco produto".split()
+    ["it", "its", "it's", "this", "that", "these", "those", "they", "them", "he", "she", "him", "her", "one", "the", "book", "movie", "film", "album", "product", "item", "series", "and", "also", "so", "then", "ele", "ela", "dele", "dela", "isso", "esse", "essa", "este", "esta", "e", "o", "a", "os", "as", "livro", "filme", "disco", "produto"]
 )
 
 
@@ -125,13 +124,7 @@ def title_similarity(query: str, title: str) -> float:
 
 
 # Words that name what is asked, not which product: never part of a product's name.
-_ASKING_WORDS = frozenset("""
-who whom whose what which when where why how many much wrote write written author authors book books about tell
-describe year published publish first pages page set award won win prize kind type ages age old made make created
-illustrated illustrator directed director sang composed edition language series product title is was does did
-quem qual quais quando onde porque quantos quantas escreveu autor autora livro sobre ano publicado primeira
-páginas prémio prêmio ganhou idade idades feito criou ilustrou fale diga descreva trata foi tem
-""".split())
+_ASKING_WORDS = frozenset(["who", "whom", "whose", "what", "which", "when", "where", "why", "how", "many", "much", "wrote", "write", "written", "author", "authors", "book", "books", "about", "tell", "describe", "year", "published", "publish", "first", "pages", "page", "set", "award", "won", "win", "prize", "kind", "type", "ages", "age", "old", "made", "make", "created", "illustrated", "illustrator", "directed", "director", "sang", "composed", "edition", "language", "series", "product", "title", "is", "was", "does", "did", "quem", "qual", "quais", "quando", "onde", "porque", "quantos", "quantas", "escreveu", "autor", "autora", "livro", "sobre", "ano", "publicado", "primeira", "páginas", "prémio", "prêmio", "ganhou", "idade", "idades", "feito", "criou", "ilustrou", "fale", "diga", "descreva", "trata", "foi", "tem"])
 _NAME_WORD = re.compile(r"[\w'’-]+", re.UNICODE)
 
 

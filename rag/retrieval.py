@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -51,7 +51,7 @@ class Retriever:
         self.last_timings: dict[str, float] = {}
 
     @classmethod
-    def from_config(cls, config: Config, *, embedder: Any = None) -> "Retriever":
+    def from_config(cls, config: Config, *, embedder: Any = None) -> Retriever:
         from index.embedder import load_embedder
         from index.store import IndexStore, LiveIndex
 

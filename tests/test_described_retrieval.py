@@ -8,8 +8,9 @@ without naming it, in English and in Portuguese.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import pytest
 

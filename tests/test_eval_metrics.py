@@ -9,10 +9,25 @@ import math
 
 import pytest
 
-from rag.evaluation.metrics import contains_all, contains_share, lcs_length, mrr, percentile, recall_at_k, rouge_l
+from rag.evaluation.metrics import (
+    contains_all,
+    contains_share,
+    lcs_length,
+    mrr,
+    percentile,
+    recall_at_k,
+    rouge_l,
+)
 from rag.evaluation.questions import (
-    KINDS, EvalQuestion, QuestionFileError, generate_questions, load_questions, render_question, truncate_title,
-    typo_title, write_questions,
+    KINDS,
+    EvalQuestion,
+    QuestionFileError,
+    generate_questions,
+    load_questions,
+    render_question,
+    truncate_title,
+    typo_title,
+    write_questions,
 )
 from rag.types import CatalogRow
 
@@ -29,7 +44,7 @@ def test_recall_and_mrr_by_hand() -> None:
 
 
 def test_rouge_l_matches_hand_computed_lcs() -> None:
-    assert lcs_length("a b c d e".split(), "a x c y e".split()) == 3
+    assert lcs_length(["a", "b", "c", "d", "e"], ["a", "x", "c", "y", "e"]) == 3
     # candidate 4 tokens, reference 6 tokens, LCS "the cat the mat" = 4 -> P=1, R=4/6
     score = rouge_l("the cat the mat", "the cat sat on the mat")
     p, r = 1.0, 4 / 6
@@ -61,7 +76,7 @@ def test_title_variants() -> None:
     assert truncate_title("Flux") == ""
     typo = typo_title("The Lighthouse Keeper's Daughter", seed=3)
     assert typo != "The Lighthouse Keeper's Daughter" and typo == typo_title("The Lighthouse Keeper's Daughter", seed=3)
-    assert all(a[0] == b[0] for a, b in zip(typo.split(), "The Lighthouse Keeper's Daughter".split()))
+    assert all(a[0] == b[0] for a, b in zip(typo.split(), ["The", "Lighthouse", "Keeper's", "Daughter"]))
     assert render_question("Quem escreveu {title:lower}?", "Mog's Kittens") == "Quem escreveu mog's kittens?"
     assert render_question("{title:trunc}", "City of Djinns: A Year in Delhi") == "City of Djinns"
 
@@ -146,9 +161,9 @@ def test_result_files_leave_out_per_question_records_by_default() -> None:
 
 # --------------------------------------------------------------------------- honest answer metrics (issue 18)
 
-from rag.evaluation.metrics import must_contain, needles_to_check  # noqa: E402
-from rag.evaluation.runner import ResolvedQuestion, answer_record, answers_table, summarise_answers  # noqa: E402
-from rag.types import Answer, Source  # noqa: E402
+from rag.evaluation.metrics import must_contain, needles_to_check
+from rag.evaluation.runner import ResolvedQuestion, answer_record, answers_table, summarise_answers
+from rag.types import Answer, Source
 
 GOLD = CatalogRow("h:gold", "City of Djinns: A Year in Delhi",
                   "A travel memoir by William Dalrymple. The author spends a year living in Delhi.")

@@ -13,7 +13,13 @@ from rag.cli import main
 from rag.config import load_config
 from rag.evaluation.questions import EvalQuestion, generate_questions, write_questions
 from rag.evaluation.runner import (
-    answers_table, evaluate_answers, evaluate_retrieval, prepare_index, resolve_questions, retrieval_table, run_ablation,
+    answers_table,
+    evaluate_answers,
+    evaluate_retrieval,
+    prepare_index,
+    resolve_questions,
+    retrieval_table,
+    run_ablation,
 )
 
 pytestmark = pytest.mark.integration

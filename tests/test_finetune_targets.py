@@ -10,9 +10,7 @@ from pathlib import Path
 import pytest
 
 from finetune.data import (
-    LexicalRetriever,
     author_name,
-    build_examples,
     holdout_uids,
     make_answer,
     question_kinds,

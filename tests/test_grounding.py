@@ -10,7 +10,13 @@ import numpy as np
 import pytest
 
 from rag.grounding import (
-    ABSTAIN_TEMPLATES, cited_numbers, cited_sources, is_abstention, is_abstention_sentence, split_answer, split_sentences,
+    ABSTAIN_TEMPLATES,
+    cited_numbers,
+    cited_sources,
+    is_abstention,
+    is_abstention_sentence,
+    split_answer,
+    split_sentences,
     unsupported_sentences,
 )
 from rag.types import CatalogRow, Hit

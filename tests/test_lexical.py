@@ -15,7 +15,12 @@ import pytest
 
 from index import lexical
 from index.lexical import (
-    LexicalIndex, best_passage, build_artifacts, build_segment, query_terms, stem, update_artifacts,
+    LexicalIndex,
+    best_passage,
+    build_artifacts,
+    query_terms,
+    stem,
+    update_artifacts,
 )
 from index.metadata import META_FILE, content_hash, open_for_writing
 

@@ -34,9 +34,10 @@ import json
 import math
 import random
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from rag.types import CatalogRow
 
@@ -302,6 +303,5 @@ def write_questions(path: str | Path, questions: Iterable[EvalQuestion]) -> Path
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", encoding="utf-8") as handle:
-        for question in questions:
-            handle.write(json.dumps(question.to_dict(), ensure_ascii=False) + "\n")
+        handle.writelines(json.dumps(question.to_dict(), ensure_ascii=False) + "\n" for question in questions)
     return path

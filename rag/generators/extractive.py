@@ -9,7 +9,7 @@ A request's max_new_tokens cuts the answer after that many tokens of the stated 
 from __future__ import annotations
 
 import re
-from typing import Iterator
+from collections.abc import Iterator
 
 from rag.config import Config
 from rag.grounding import content_words, split_sentences
@@ -18,21 +18,17 @@ from rag.types import GenerationRequest, Hit
 _INTENTS: dict[str, tuple[re.Pattern[str], frozenset[str]]] = {
     "author": (
         re.compile(r"\b(who (wrote|made|directed|created|sang|composed|illustrated|produced|is the author)|author|writer|"
-                   r"quem (escreveu|fez|criou|dirigiu)|autor|autora)\b", re.I),
-        frozenset("by author authors wrote written writer writes novelist illustrated illustrator edited editor "
-                  "directed director composed composer performed band singer artist created creator made maker "
-                  "manufacturer brand novel poet journalist autor escrito".split()),
+                   r"quem (escreveu|fez|criou|dirigiu)|autor|autora)\b", re.IGNORECASE),
+        frozenset(["by", "author", "authors", "wrote", "written", "writer", "writes", "novelist", "illustrated", "illustrator", "edited", "editor", "directed", "director", "composed", "composer", "performed", "band", "singer", "artist", "created", "creator", "made", "maker", "manufacturer", "brand", "novel", "poet", "journalist", "autor", "escrito"]),
     ),
     "audience": (
         re.compile(r"\b(who('s| is)\b.{0,200}\bfor\b|for (kids|children|adults|teens|beginners|whom)|what age|ages?|suitable|"
-                   r"para (crianças|quem|adultos)|idade)\b", re.I),
-        frozenset("children kids child ages age young readers reader adults adult teens teen toddlers babies infants infant months years "
-                  "beginners grade grades family families parents students fans lovers anyone everyone "
-                  "crianças adultos".split()),
+                   r"para (crianças|quem|adultos)|idade)\b", re.IGNORECASE),
+        frozenset(["children", "kids", "child", "ages", "age", "young", "readers", "reader", "adults", "adult", "teens", "teen", "toddlers", "babies", "infants", "infant", "months", "years", "beginners", "grade", "grades", "family", "families", "parents", "students", "fans", "lovers", "anyone", "everyone", "crianças", "adultos"]),
     ),
     "price": (
-        re.compile(r"\b(price|cost|how much|preço|quanto custa)\b", re.I),
-        frozenset("price cost priced dollars value".split()),
+        re.compile(r"\b(price|cost|how much|preço|quanto custa)\b", re.IGNORECASE),
+        frozenset(["price", "cost", "priced", "dollars", "value"]),
     ),
 }
 

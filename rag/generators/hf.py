@@ -472,6 +472,7 @@ class HFGenerator:
     def _decode_loop(self, inputs: dict[str, Any], sampling: Sampling) -> Iterator[int]:
         """Token ids one by one (batch of one): a prefill, then a forward per token on the KV cache."""
         import torch
+
         from rag.generators.static_decode import reserved_cache
 
         ids = inputs["input_ids"]
