@@ -451,51 +451,30 @@ class HFGenerator:
             request.finish_reason = "stop" if stopped or len(tokens) < sampling.max_new_tokens else "length"
             self._record(len(tokens), time.perf_counter() - started)
 
-    def _logits_processors(self, sampling: Sampling, prompt_length: int) -> Any:
-        """What generate() applies for these settings: repetition penalty, the answer n-gram blocker,
-        then temperature and top-p when sampling."""
-        from transformers import LogitsProcessorList, RepetitionPenaltyLogitsProcessor
-
-        processors = LogitsProcessorList()
-        if sampling.repetition_penalty != 1.0:
-            processors.append(RepetitionPenaltyLogitsProcessor(penalty=sampling.repetition_penalty))
-        if sampling.no_repeat_ngram_size:
-            processors.append(answer_ngram_blocker(sampling.no_repeat_ngram_size, prompt_length))
-        if not sampling.greedy:
-            from transformers import TemperatureLogitsWarper, TopPLogitsWarper
-
-            processors.append(TemperatureLogitsWarper(sampling.temperature))
-            if sampling.top_p < 1.0:
-                processors.append(TopPLogitsWarper(sampling.top_p))
-        return processors
-
     def _decode_loop(self, inputs: dict[str, Any], sampling: Sampling) -> Iterator[int]:
-        """Token ids one by one (batch of one): a prefill, then a forward per token on the KV cache."""
+        """Token ids one by one (batch of one): a prefill, then a forward per token on a KV cache
+        written in place, each token chosen by `TokenPicker` (generate()'s penalty, answer n-gram
+        ban and sampling, kept incrementally)."""
         import torch
 
-        from rag.generators.static_decode import reserved_cache
+        from rag.generators.static_decode import TokenPicker, reserved_cache
 
-        ids = inputs["input_ids"]
+        step_input = inputs["input_ids"]
         mask = inputs["attention_mask"]
-        processors = self._logits_processors(sampling, ids.shape[1])
-        cache = reserved_cache(self.model.config, ids.shape[1] + sampling.max_new_tokens)
-        step_input = ids
         # inference mode is per thread, and a server may pull each piece of a stream in another
         # worker thread: every step enters it afresh, and no `yield` happens inside it
-        for produced in range(sampling.max_new_tokens):
+        with torch.inference_mode():
+            picker = TokenPicker(step_input, int(self.model.config.vocab_size), sampling, self.stop_ids,
+                                 self.min_new_tokens)
+            cache = reserved_cache(self.model.config, step_input.shape[1] + sampling.max_new_tokens)
+        for _ in range(sampling.max_new_tokens):
             with torch.inference_mode():
                 out = self.model(input_ids=step_input, attention_mask=mask, past_key_values=cache, use_cache=True,
                                  logits_to_keep=1)
-                scores = processors(ids, out.logits[:, -1, :].to(dtype=torch.float32))
-                if produced < self.min_new_tokens:
-                    scores[:, list(self.stop_ids)] = -torch.inf
-                if sampling.greedy:
-                    next_id = torch.argmax(scores, dim=-1)
-                else:
-                    next_id = torch.multinomial(torch.softmax(scores, dim=-1), num_samples=1).squeeze(1)
+                next_id = picker.pick(out.logits[:, -1, :])
                 token = int(next_id[0])
+                picker.add(token)
                 step_input = next_id[:, None]
-                ids = torch.cat([ids, step_input], dim=-1)
                 mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=-1)
             yield token
 

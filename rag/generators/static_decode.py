@@ -61,6 +61,56 @@ class NgramBan:
         self.answer.append(token)
 
 
+class TokenPicker:
+    """The next token from one row of logits, with the settings `generate` applies: repetition
+    penalty, the answer n-gram ban, the minimum length, then greedy or temperature/top-p sampling.
+
+    Shared by both one-request loops (the eager one in rag/generators/hf.py and `StaticDecoder`).
+    The penalty reads a boolean "seen" mask over the vocabulary, updated in place, instead of
+    gathering over the whole sequence each token; the n-gram ban is `NgramBan`'s table on the host.
+    Make and use it inside `torch.inference_mode()`."""
+
+    def __init__(self, prompt: Any, vocab: int, sampling: Sampling, stop_ids: Sequence[int], min_new_tokens: int = 0):
+        import torch
+
+        self.sampling = sampling
+        self.penalty = float(sampling.repetition_penalty)
+        self.seen = None
+        if self.penalty != 1.0:
+            self.seen = torch.zeros((1, vocab), dtype=torch.bool, device=prompt.device)
+            self.seen[0, prompt[0]] = True
+        self.ngrams = NgramBan(int(sampling.no_repeat_ngram_size or 0))
+        self.warpers = _warpers(sampling)
+        self.min_new_tokens = min_new_tokens
+        stops = sorted({int(s) for s in stop_ids})
+        self.stop_index = torch.tensor(stops, dtype=torch.long, device=prompt.device) if stops else None
+        self.produced = 0
+
+    def pick(self, logits: Any) -> Any:
+        """The next token id as a (1,) tensor (still on the device); call `add` with it after."""
+        import torch
+
+        scores = logits.to(dtype=torch.float32)
+        if self.seen is not None:
+            scores = torch.where(self.seen, torch.where(scores < 0, scores * self.penalty, scores / self.penalty), scores)
+        banned = self.ngrams.banned()
+        if banned:
+            scores[0, banned] = -torch.inf
+        if self.produced < self.min_new_tokens and self.stop_index is not None:
+            scores[0, self.stop_index] = -torch.inf
+        if self.sampling.greedy:
+            return torch.argmax(scores, dim=-1)
+        for warp in self.warpers:
+            scores = warp(None, scores)
+        return torch.multinomial(torch.softmax(scores, dim=-1), num_samples=1).squeeze(1)
+
+    def add(self, token: int) -> None:
+        self.produced += 1
+        self.ngrams.add(token)
+        if self.seen is not None:
+            self.seen[0, token] = True
+
+
 class StaticDecoder:
     """Decode one prompt at a time over a `StaticCache`, the per-token forward optionally compiled.
 
@@ -119,49 +169,26 @@ class StaticDecoder:
         import torch
 
         device = self._device
-        vocab = int(self.model.config.vocab_size)
         step = self._step()
-        penalty = float(sampling.repetition_penalty)
-        ngrams = NgramBan(int(sampling.no_repeat_ngram_size or 0))
-        warpers = _warpers(sampling)
-        stops = set(int(s) for s in stop_ids)
         # inference mode is per thread, and a server may pull each token in another worker thread:
         # every step enters it afresh (its tensors are made and changed only inside it), and no
         # `yield` happens inside it
         with torch.inference_mode():
             ids = torch.tensor([list(prompt_ids)], dtype=torch.long, device=device)
-            seen = None
-            if penalty != 1.0:
-                seen = torch.zeros((1, vocab), dtype=torch.bool, device=device)
-                seen[0, ids[0]] = True
-            stop_index = torch.tensor(sorted(stops), dtype=torch.long, device=device) if stops else None
+            picker = TokenPicker(ids, int(self.model.config.vocab_size), sampling, stop_ids, min_new_tokens)
             cache = self._cache(len(prompt_ids) + sampling.max_new_tokens + 1)
             logits = self.model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1, :]
+        stops = {int(s) for s in stop_ids}
         position = len(prompt_ids)
         for produced in range(sampling.max_new_tokens):
             with torch.inference_mode():
-                scores = logits.to(dtype=torch.float32)
-                if seen is not None:
-                    scores = torch.where(seen, torch.where(scores < 0, scores * penalty, scores / penalty), scores)
-                banned = ngrams.banned()
-                if banned:
-                    scores[0, banned] = -torch.inf
-                if produced < min_new_tokens and stop_index is not None:
-                    scores[0, stop_index] = -torch.inf
-                if sampling.greedy:
-                    next_id = torch.argmax(scores, dim=-1)
-                else:
-                    for warp in warpers:
-                        scores = warp(None, scores)
-                    next_id = torch.multinomial(torch.softmax(scores, dim=-1), num_samples=1).squeeze(1)
+                next_id = picker.pick(logits)
                 token = int(next_id[0])  # the one wait for the GPU per token
             yield token
             if token in stops or produced + 1 >= sampling.max_new_tokens:
                 return
-            ngrams.add(token)
             with torch.inference_mode():
-                if seen is not None:
-                    seen[0, token] = True
+                picker.add(token)
                 positions = torch.full((1, 1), position, dtype=torch.long, device=device)
                 logits = step(next_id.view(1, 1), positions, cache)
             position += 1
