@@ -408,7 +408,7 @@ class HFGenerator:
         """Yield text pieces as the tokens are generated, in the calling thread.
 
         Eager decoding runs its own token loop (prefill, then one forward per token over a KV cache
-        written in place, with the same logits processors as transformers' `generate`), so the
+        written in place, each token chosen as transformers' `generate` would: `TokenPicker`), so the
         first piece follows the prefill; a generate() thread feeding a streamer ran at a third of
         the speed on a GPU. `generate` of one request joins these pieces, so both run at one speed;
         under greedy decoding the text equals transformers' `generate` (tested). Closing the
