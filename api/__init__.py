@@ -4,6 +4,7 @@
 
 FastAPI is imported only when `create_app` is called, so `import api` stays light.
 """
+
 from __future__ import annotations
 
 from typing import Any

@@ -10,6 +10,7 @@ until the index is loaded and verified. Retrieval and generation run in a thread
 `api.max_concurrency`; a request beyond that cap gets 429 with Retry-After at once (no queue), and
 one slower than `api.request_timeout_s` gets 504. See docs/api.md for every route.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -57,9 +58,18 @@ ADMIN_PREFIX = "/v1/index/"
 UPDATE_PATH = "/v1/index/update"
 
 _KINDS = {
-    400: "invalid_request_error", 401: "authentication_error", 403: "permission_error", 404: "not_found_error",
-    405: "invalid_request_error", 409: "conflict_error", 413: "request_too_large", 422: "invalid_request_error",
-    429: "rate_limit_error", 500: "internal_error", 503: "service_unavailable", 504: "timeout_error",
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    409: "conflict_error",
+    413: "request_too_large",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+    500: "internal_error",
+    503: "service_unavailable",
+    504: "timeout_error",
     507: "insufficient_storage",
 }
 
@@ -71,8 +81,9 @@ _ABSOLUTE_PATH = re.compile(r"(^|[\s'\"(\[=])(/[^\s'\"()\[\]:;,]+)")
 class ApiError(HTTPException):
     """An error answered as `{"error": {...}}` with the given status (and headers, e.g. Retry-After)."""
 
-    def __init__(self, status: int, message: str, *, kind: str | None = None,
-                 headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, status: int, message: str, *, kind: str | None = None, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(status_code=status, detail=message, headers=headers)
         self.kind = kind or _KINDS.get(status, "error")
 
@@ -132,7 +143,9 @@ class ApiState:
         for name in sorted({str(root.resolve()), str(root.absolute()), str(root)}, key=len, reverse=True):
             if name not in ("", "."):
                 text = text.replace(name, "<index.path>")
-        return _ABSOLUTE_PATH.sub(lambda m: m.group(1) + ".../" + m.group(2).rstrip("/").rsplit("/", 1)[-1], text)
+        return _ABSOLUTE_PATH.sub(
+            lambda m: m.group(1) + ".../" + m.group(2).rstrip("/").rsplit("/", 1)[-1], text
+        )
 
     def snapshot(self) -> Any:
         """The served index snapshot (blocking: may open and verify a new version)."""
@@ -146,8 +159,10 @@ class ApiState:
             self.metrics.rejected.inc("concurrency")
             retry = str(self.config.api.retry_after_s)
             raise ApiError(
-                429, f"too many requests in flight (api.max_concurrency={self.config.api.max_concurrency}); "
-                f"retry after {retry} s", headers={"Retry-After": retry},
+                429,
+                f"too many requests in flight (api.max_concurrency={self.config.api.max_concurrency}); "
+                f"retry after {retry} s",
+                headers={"Retry-After": retry},
             )
         await self.semaphore.acquire()  # never suspends: the semaphore is not locked
         self.in_flight += 1
@@ -161,7 +176,8 @@ class ApiState:
             return await asyncio.wait_for(asyncio.shield(future), timeout=max(timeout, 0.001))
         except asyncio.TimeoutError:
             raise ApiError(
-                504, f"the answer took longer than api.request_timeout_s={self.config.api.request_timeout_s} s",
+                504,
+                f"the answer took longer than api.request_timeout_s={self.config.api.request_timeout_s} s",
             ) from None
 
 
@@ -203,18 +219,24 @@ def _state(request: Request) -> ApiState:
     return request.app.state.api
 
 
-def _check_limits(config: Config, question: str, k: int | None, max_tokens: int | None,
-                  n_messages: int | None = None) -> None:
+def _check_limits(
+    config: Config, question: str, k: int | None, max_tokens: int | None, n_messages: int | None = None
+) -> None:
     api = config.api
     if len(question) > api.max_question_chars:
-        raise ApiError(422, f"the question is {len(question)} characters; the limit is "
-                            f"api.max_question_chars={api.max_question_chars}")
+        raise ApiError(
+            422,
+            f"the question is {len(question)} characters; the limit is "
+            f"api.max_question_chars={api.max_question_chars}",
+        )
     if not question.strip():
         raise ApiError(422, "the question is empty: ask something about a product")
     if k is not None and k > api.max_k:
         raise ApiError(422, f"k={k} is over the limit api.max_k={api.max_k}")
     if max_tokens is not None and max_tokens > api.max_tokens_cap:
-        raise ApiError(422, f"max_tokens={max_tokens} is over the limit api.max_tokens_cap={api.max_tokens_cap}")
+        raise ApiError(
+            422, f"max_tokens={max_tokens} is over the limit api.max_tokens_cap={api.max_tokens_cap}"
+        )
     if n_messages is not None and n_messages > api.max_messages:
         raise ApiError(422, f"{n_messages} messages is over the limit api.max_messages={api.max_messages}")
 
@@ -225,9 +247,14 @@ def _version_of(answer_snapshot: Any) -> str | None:
 
 
 def _rag_info(answer: Any, index_version: str | None) -> s.RagInfo:
-    return s.RagInfo(found=answer.found, grounded=answer.grounded, unsupported_sentences=list(answer.unsupported_sentences),
-                     timings={k: round(v, 6) for k, v in answer.timings.items()}, generator=answer.generator,
-                     index_version=index_version)
+    return s.RagInfo(
+        found=answer.found,
+        grounded=answer.grounded,
+        unsupported_sentences=list(answer.unsupported_sentences),
+        timings={k: round(v, 6) for k, v in answer.timings.items()},
+        generator=answer.generator,
+        index_version=index_version,
+    )
 
 
 def _sources(answer: Any) -> list[s.SourceModel]:
@@ -240,23 +267,45 @@ def _record_stages(state: ApiState, answer: Any) -> None:
             state.metrics.stages.observe(seconds, stage)
 
 
-def _answer_blocking(state: ApiState, question: str, history: list[dict[str, str]], k: int | None,
-                     max_tokens: int | None, temperature: float | None, top_p: float | None) -> tuple[Any, str | None]:
+def _answer_blocking(
+    state: ApiState,
+    question: str,
+    history: list[dict[str, str]],
+    k: int | None,
+    max_tokens: int | None,
+    temperature: float | None,
+    top_p: float | None,
+) -> tuple[Any, str | None]:
     rag = state.require_rag()
     snapshot = rag.retriever.snapshot  # one version for the answer and the label it reports
     version = _version_of(snapshot)
-    answer = rag.answer(question, k=k, history=history, max_new_tokens=max_tokens, temperature=temperature,
-                        top_p=top_p, snapshot=snapshot)
+    answer = rag.answer(
+        question,
+        k=k,
+        history=history,
+        max_new_tokens=max_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        snapshot=snapshot,
+    )
     return answer, version
 
 
-async def _answer(state: ApiState, question: str, history: list[dict[str, str]], k: int | None,
-                  max_tokens: int | None, temperature: float | None, top_p: float | None) -> tuple[Any, str | None]:
+async def _answer(
+    state: ApiState,
+    question: str,
+    history: list[dict[str, str]],
+    k: int | None,
+    max_tokens: int | None,
+    temperature: float | None,
+    top_p: float | None,
+) -> tuple[Any, str | None]:
     state.require_rag()
     slot = await state.acquire_slot()
     try:
         answer, version = await state.run(
-            slot, lambda: _answer_blocking(state, question, history, k, max_tokens, temperature, top_p),
+            slot,
+            lambda: _answer_blocking(state, question, history, k, max_tokens, temperature, top_p),
             state.config.api.request_timeout_s,
         )
     except ValueError as exc:  # the pipeline's own checks on the question
@@ -319,14 +368,24 @@ def create_app(config: Config, rag: Any = None) -> FastAPI:
     )
     app.state.api = state
     # Added innermost first: RequestContext ends up outermost, so even 401/413 carry a request id.
-    app.add_middleware(BodyLimitMiddleware, max_body_bytes=config.api.max_body_bytes, upload_path=UPDATE_PATH,
-                       max_upload_bytes=config.api.max_upload_bytes)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_body_bytes=config.api.max_body_bytes,
+        upload_path=UPDATE_PATH,
+        max_upload_bytes=config.api.max_upload_bytes,
+    )
     # The chat page (api/web.py) holds no data and a browser cannot send a key when it opens a URL:
     # its own paths are always open; its API calls send the key. Its responses carry the page's CSP.
-    app.add_middleware(ApiKeyMiddleware, api_key=state.api_key,
-                       open_paths=[*config.api.open_paths, *web.PAGE_PATHS],
-                       admin_prefix=ADMIN_PREFIX, key_env=config.api.api_key_env)
-    app.add_middleware(RequestContextMiddleware, metrics=state.metrics, route_of=lambda scope: _route_of(app, scope))
+    app.add_middleware(
+        ApiKeyMiddleware,
+        api_key=state.api_key,
+        open_paths=[*config.api.open_paths, *web.PAGE_PATHS],
+        admin_prefix=ADMIN_PREFIX,
+        key_env=config.api.api_key_env,
+    )
+    app.add_middleware(
+        RequestContextMiddleware, metrics=state.metrics, route_of=lambda scope: _route_of(app, scope)
+    )
     _install_error_handlers(app)
     from api import openai_compat
 
@@ -356,8 +415,9 @@ def _complete_openapi(app: FastAPI) -> None:
             from pydantic.json_schema import models_json_schema
 
             spec = generate()
-            _, defs = models_json_schema([(s.ChatCompletionChunk, "serialization")],
-                                         ref_template="#/components/schemas/{model}")
+            _, defs = models_json_schema(
+                [(s.ChatCompletionChunk, "serialization")], ref_template="#/components/schemas/{model}"
+            )
             components = spec.setdefault("components", {}).setdefault("schemas", {})
             for name, schema in defs.get("$defs", {}).items():
                 components.setdefault(name, schema)
@@ -379,17 +439,27 @@ def _load(state: ApiState) -> None:
             warm_up()
         snapshot = rag.retriever.snapshot
         state.rag = rag
-        log.info("ready: index version %s (%s rows), generator %s, loaded in %.1fs",
-                 getattr(snapshot, "version", "?"), getattr(snapshot, "rows", "?"), rag.generator.name,
-                 time.perf_counter() - started)
+        log.info(
+            "ready: index version %s (%s rows), generator %s, loaded in %.1fs",
+            getattr(snapshot, "version", "?"),
+            getattr(snapshot, "rows", "?"),
+            rag.generator.name,
+            time.perf_counter() - started,
+        )
     except Exception as exc:  # keep serving /healthz and report the reason on /readyz
         state.load_error = f"{type(exc).__name__}: {exc}"
         log.error("could not load the pipeline: %s", state.load_error)
 
 
 def _install_error_handlers(app: FastAPI) -> None:
-    def respond(request: Request, status: int, message: str, kind: str, headers: dict[str, str] | None = None,
-                errors: list[dict[str, Any]] | None = None) -> JSONResponse:
+    def respond(
+        request: Request,
+        status: int,
+        message: str,
+        kind: str,
+        headers: dict[str, str] | None = None,
+        errors: list[dict[str, Any]] | None = None,
+    ) -> JSONResponse:
         body = error_body(status, message, kind, request_id_of(request.scope), errors)
         return JSONResponse(content=json.loads(body), status_code=status, headers=headers)
 
@@ -405,8 +475,14 @@ def _install_error_handlers(app: FastAPI) -> None:
         """The served index is damaged (a file truncated while served, unreadable SQLite): 503, the process lives."""
         log.error("request %s: the index cannot serve it: %s", request_id_of(request.scope), exc)
         state: ApiState = request.app.state.api
-        what = "the index metadata cannot be read" if isinstance(exc, sqlite3.DatabaseError) else "the index is damaged"
-        return respond(request, 503, f"{what}: {state.public(str(exc))}", "service_unavailable", {"Retry-After": "5"})
+        what = (
+            "the index metadata cannot be read"
+            if isinstance(exc, sqlite3.DatabaseError)
+            else "the index is damaged"
+        )
+        return respond(
+            request, 503, f"{what}: {state.public(str(exc))}", "service_unavailable", {"Retry-After": "5"}
+        )
 
     from index.store import IndexStoreError
 
@@ -423,28 +499,40 @@ def _install_error_handlers(app: FastAPI) -> None:
             parts.append(f"{where}: {error.get('msg')}")
             # never echo the input back (it may be huge, and it is the client's own data)
             errors.append(jsonable_encoder({k: v for k, v in error.items() if k in ("loc", "msg", "type")}))
-        return respond(request, 422, "invalid request: " + "; ".join(parts), "invalid_request_error", errors=errors)
+        return respond(
+            request, 422, "invalid request: " + "; ".join(parts), "invalid_request_error", errors=errors
+        )
 
 
 def _add_routes(app: FastAPI, state: ApiState) -> None:
     api = state.config.api
     # Declared for the OpenAPI schema; ApiKeyMiddleware enforces the key (so it covers every path).
     bearer = HTTPBearer(auto_error=False, description="The API key (or, on admin routes, the admin key).")
-    key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="The API key (or the admin key).")
+    key_header = APIKeyHeader(
+        name="X-API-Key", auto_error=False, description="The API key (or the admin key)."
+    )
     documented_auth = [Security(bearer), Security(key_header)]
     common_errors = (401, 413, 422, 500)
 
-    def require_admin(credentials: HTTPAuthorizationCredentials | None = Security(bearer),
-                      header_key: str | None = Security(key_header)) -> None:
+    def require_admin(
+        credentials: HTTPAuthorizationCredentials | None = Security(bearer),
+        header_key: str | None = Security(key_header),
+    ) -> None:
         """The admin key, from `Authorization: Bearer` or `X-API-Key`; 403 while no admin key is configured."""
         if not state.admin_key:
-            raise ApiError(403, f"admin routes are disabled: set the environment variable {api.admin_key_env} "
-                                f"(api.admin_key_env) to a secret and restart the server")
+            raise ApiError(
+                403,
+                f"admin routes are disabled: set the environment variable {api.admin_key_env} "
+                f"(api.admin_key_env) to a secret and restart the server",
+            )
         given = credentials.credentials if credentials is not None else header_key
         if not keys_equal(given, state.admin_key):
-            raise ApiError(401, "missing or wrong admin key: send it as 'Authorization: Bearer <admin key>' or "
-                                f"'X-API-Key: <admin key>' (the server reads it from {api.admin_key_env})",
-                           headers={"WWW-Authenticate": "Bearer"})
+            raise ApiError(
+                401,
+                "missing or wrong admin key: send it as 'Authorization: Bearer <admin key>' or "
+                f"'X-API-Key: <admin key>' (the server reads it from {api.admin_key_env})",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
 
     # ---------------------------------------------------------------- probes and metrics
 
@@ -452,35 +540,56 @@ def _add_routes(app: FastAPI, state: ApiState) -> None:
     async def healthz() -> s.Health:
         return s.Health()
 
-    @app.get("/readyz", response_model=s.Readiness, tags=["operations"],
-             summary="Readiness: the index is loaded and verified",
-             responses={503: {"model": s.Readiness, "description": "Not ready; `reason` says why."}})
+    @app.get(
+        "/readyz",
+        response_model=s.Readiness,
+        tags=["operations"],
+        summary="Readiness: the index is loaded and verified",
+        responses={503: {"model": s.Readiness, "description": "Not ready; `reason` says why."}},
+    )
     async def readyz() -> Any:
         # no key is needed here: `reason` names files relative to <index.path>, never the server's own paths
         if state.rag is None:
             reason = state.load_error or "loading the index and models"
-            return JSONResponse(s.Readiness(status="not_ready", reason=state.public(reason)).model_dump(),
-                                status_code=503)
+            return JSONResponse(
+                s.Readiness(status="not_ready", reason=state.public(reason)).model_dump(), status_code=503
+            )
         try:
             snapshot = await run_in_threadpool(state.snapshot)
         except Exception as exc:
             log.error("readiness check failed: %s", exc)
-            return JSONResponse(s.Readiness(status="not_ready",
-                                            reason=state.public(f"{type(exc).__name__}: {exc}")).model_dump(),
-                                status_code=503)
+            return JSONResponse(
+                s.Readiness(
+                    status="not_ready", reason=state.public(f"{type(exc).__name__}: {exc}")
+                ).model_dump(),
+                status_code=503,
+            )
         live = getattr(state.rag.retriever, "live_index", None)
         last_error = getattr(live, "last_error", None)
-        return s.Readiness(status="ready", reason=state.public(last_error) if last_error else None,
-                           index_version=_version_of(snapshot), rows=getattr(snapshot, "rows", None),
-                           embedding_model=getattr(snapshot, "embedding_model", None),
-                           generator=state.rag.generator.name)
+        return s.Readiness(
+            status="ready",
+            reason=state.public(last_error) if last_error else None,
+            index_version=_version_of(snapshot),
+            rows=getattr(snapshot, "rows", None),
+            embedding_model=getattr(snapshot, "embedding_model", None),
+            generator=state.rag.generator.name,
+        )
 
-    @app.get("/metrics", response_class=PlainTextResponse, tags=["operations"], dependencies=documented_auth,
-             summary="Prometheus metrics (text exposition format 0.0.4)",
-             responses={200: {"content": {METRICS_CONTENT_TYPE: {"schema": {"type": "string"}}},
-                              "description": "Requests by route and status, latency histograms, index version "
-                                             "and rows, answers in flight, resident memory."},
-                        **_error_responses(401)})
+    @app.get(
+        "/metrics",
+        response_class=PlainTextResponse,
+        tags=["operations"],
+        dependencies=documented_auth,
+        summary="Prometheus metrics (text exposition format 0.0.4)",
+        responses={
+            200: {
+                "content": {METRICS_CONTENT_TYPE: {"schema": {"type": "string"}}},
+                "description": "Requests by route and status, latency histograms, index version "
+                "and rows, answers in flight, resident memory.",
+            },
+            **_error_responses(401),
+        },
+    )
     async def metrics() -> PlainTextResponse:
         version = rows = None
         if state.rag is not None:
@@ -493,19 +602,32 @@ def _add_routes(app: FastAPI, state: ApiState) -> None:
 
     # ---------------------------------------------------------------- answers
 
-    @app.post("/v1/answer", response_model=s.AnswerResponse, tags=["answers"], dependencies=documented_auth,
-              summary="Answer a question about a product, with its sources and timings",
-              responses=_error_responses(*common_errors, 429, 503, 504))
+    @app.post(
+        "/v1/answer",
+        response_model=s.AnswerResponse,
+        tags=["answers"],
+        dependencies=documented_auth,
+        summary="Answer a question about a product, with its sources and timings",
+        responses=_error_responses(*common_errors, 429, 503, 504),
+    )
     async def answer(body: s.AnswerRequest, request: Request) -> s.AnswerResponse:
         _check_limits(state.config, body.question, body.k, body.max_tokens, len(body.history) + 1)
         history = [m.model_dump() for m in body.history]
-        result, version = await _answer(state, body.question, history, body.k, body.max_tokens,
-                                        body.temperature, body.top_p)
+        result, version = await _answer(
+            state, body.question, history, body.k, body.max_tokens, body.temperature, body.top_p
+        )
         data = result.to_dict()
         return s.AnswerResponse(
-            question=data["question"], answer=data["answer"], sources=_sources(result), timings=data["timings"],
-            found=data["found"], grounded=data["grounded"], unsupported_sentences=data["unsupported_sentences"],
-            generator=data["generator"], index_version=version, request_id=request_id_of(request.scope),
+            question=data["question"],
+            answer=data["answer"],
+            sources=_sources(result),
+            timings=data["timings"],
+            found=data["found"],
+            grounded=data["grounded"],
+            unsupported_sentences=data["unsupported_sentences"],
+            generator=data["generator"],
+            index_version=version,
+            request_id=request_id_of(request.scope),
         )
 
     from api import openai_compat
@@ -515,9 +637,14 @@ def _add_routes(app: FastAPI, state: ApiState) -> None:
     # ---------------------------------------------------------------- products
 
     # {uid:path}: catalog uids may hold "/" (sent as is or as %2F)
-    @app.get("/v1/products/{uid:path}", response_model=s.Product, tags=["catalog"], dependencies=documented_auth,
-             summary="One catalog row by uid (as served by the current index version)",
-             responses=_error_responses(401, 404, 500, 503))
+    @app.get(
+        "/v1/products/{uid:path}",
+        response_model=s.Product,
+        tags=["catalog"],
+        dependencies=documented_auth,
+        summary="One catalog row by uid (as served by the current index version)",
+        responses=_error_responses(401, 404, 500, 503),
+    )
     async def product(uid: str) -> s.Product:
         def lookup() -> tuple[Any, str | None]:
             snapshot = state.snapshot()
@@ -530,30 +657,56 @@ def _add_routes(app: FastAPI, state: ApiState) -> None:
         from rag.safety import plain_text
 
         # plain text, also from an index built before cleaning removed markup (docs/api.md)
-        return s.Product(uid=row.uid, title=plain_text(row.title).strip(), content=plain_text(row.content).strip(),
-                         index_version=version)
+        return s.Product(
+            uid=row.uid,
+            title=plain_text(row.title).strip(),
+            content=plain_text(row.content).strip(),
+            index_version=version,
+        )
 
     # ---------------------------------------------------------------- admin
 
     @app.post(
-        UPDATE_PATH, response_model=s.UpdateResponse, tags=["admin"], dependencies=[Depends(require_admin)],
+        UPDATE_PATH,
+        response_model=s.UpdateResponse,
+        tags=["admin"],
+        dependencies=[Depends(require_admin)],
         summary="Upsert products (JSON lines) and delete uids; needs the admin key",
         description=(
-            "Send JSON lines (`{\"uid\": ..., \"title\": ..., \"content\": ...}` one per line) as the raw body "
+            'Send JSON lines (`{"uid": ..., "title": ..., "content": ...}` one per line) as the raw body '
             "(Content-Type `application/x-ndjson`, `application/jsonl` or `text/plain`) or as the `file` field of "
             "a multipart form. Uids to delete go in repeated `delete` query parameters. One update runs at a "
             "time (409 for another); the served index switches to the new version when it is done. Bodies are "
             "limited to api.max_upload_bytes."
         ),
-        openapi_extra={"requestBody": {"required": False, "content": {
-            "application/x-ndjson": {"schema": {"type": "string", "description": "JSON lines"}},
-            "multipart/form-data": {"schema": {"type": "object", "properties": {
-                "file": {"type": "string", "format": "binary", "description": "JSON lines file"}}}},
-        }}},
+        openapi_extra={
+            "requestBody": {
+                "required": False,
+                "content": {
+                    "application/x-ndjson": {"schema": {"type": "string", "description": "JSON lines"}},
+                    "multipart/form-data": {
+                        "schema": {
+                            "type": "object",
+                            "properties": {
+                                "file": {
+                                    "type": "string",
+                                    "format": "binary",
+                                    "description": "JSON lines file",
+                                }
+                            },
+                        }
+                    },
+                },
+            }
+        },
         responses=_error_responses(401, 403, 409, 413, 422, 500, 503, 507),
     )
-    async def update_index(request: Request, delete: list[str] = Query(
-            default_factory=list, description="uids to delete (repeat the parameter for several)")) -> s.UpdateResponse:
+    async def update_index(
+        request: Request,
+        delete: list[str] = Query(
+            default_factory=list, description="uids to delete (repeat the parameter for several)"
+        ),
+    ) -> s.UpdateResponse:
         rag = state.require_rag()
         if state.update_lock.locked():
             state.metrics.updates.inc("conflict")
@@ -568,11 +721,17 @@ def _add_routes(app: FastAPI, state: ApiState) -> None:
                     received = await _save_upload(request, upload)
                 except OSError as exc:  # a full disk under the index: the client's upload is not at fault
                     log.error("could not store an upload under %s: %s", upload.parent, exc)
-                    raise ApiError(507, f"no room to store the upload on the server ({exc.strerror}); nothing "
-                                        "was written", kind="insufficient_storage") from None
+                    raise ApiError(
+                        507,
+                        f"no room to store the upload on the server ({exc.strerror}); nothing was written",
+                        kind="insufficient_storage",
+                    ) from None
                 if received == 0 and not delete:
-                    raise ApiError(422, "nothing to do: send JSON lines in the body (or a multipart `file`) "
-                                        "and/or uids in `delete` query parameters")
+                    raise ApiError(
+                        422,
+                        "nothing to do: send JSON lines in the body (or a multipart `file`) "
+                        "and/or uids in `delete` query parameters",
+                    )
                 paths = [upload] if received else []
                 previous = _version_of(await run_in_threadpool(state.snapshot))
                 started = time.perf_counter()
@@ -580,23 +739,33 @@ def _add_routes(app: FastAPI, state: ApiState) -> None:
                 def run_update() -> tuple[Any, Any]:
                     from index.build import update_index as do_update
 
-                    report = do_update(state.config, paths, delete_uids=list(delete), progress=False,
-                                       embedder=getattr(rag.retriever, "embedder", None))
+                    report = do_update(
+                        state.config,
+                        paths,
+                        delete_uids=list(delete),
+                        progress=False,
+                        embedder=getattr(rag.retriever, "embedder", None),
+                    )
                     live = getattr(rag.retriever, "live_index", None)
                     snapshot = live.reload() if live is not None else rag.retriever.snapshot
                     return report, snapshot
 
                 try:
-                    report, snapshot = await asyncio.get_running_loop().run_in_executor(state.update_executor, run_update)
+                    report, snapshot = await asyncio.get_running_loop().run_in_executor(
+                        state.update_executor, run_update
+                    )
                 except Exception as exc:
                     state.metrics.updates.inc("error")
                     _raise_update_error(exc, upload)
                 state.metrics.updates.inc("ok")
-                return s.UpdateResponse(index_version=_version_of(snapshot), previous_version=previous,
-                                        rows=getattr(snapshot, "rows", None),
-                                        seconds=round(time.perf_counter() - started, 3),
-                                        changed=bool(getattr(report, "changed", True)),
-                                        report=_report_dict(report, upload))
+                return s.UpdateResponse(
+                    index_version=_version_of(snapshot),
+                    previous_version=previous,
+                    rows=getattr(snapshot, "rows", None),
+                    seconds=round(time.perf_counter() - started, 3),
+                    changed=bool(getattr(report, "changed", True)),
+                    report=_report_dict(report, upload),
+                )
 
 
 async def _save_upload(request: Request, path: Path) -> int:

@@ -7,6 +7,7 @@
 Keys come from the environment variables named by api.api_key_env and api.admin_key_env; they are
 never printed. Serving beyond loopback without an API key prints a warning.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,20 +46,31 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     host = args.host or config.api.host
     port = args.port if args.port is not None else config.api.port
     if not _is_loopback(host) and not os.environ.get(config.api.api_key_env):
-        print(f"warning: serving on {host} without an API key; set {config.api.api_key_env} to require one",
-              file=sys.stderr)
+        print(
+            f"warning: serving on {host} without an API key; set {config.api.api_key_env} to require one",
+            file=sys.stderr,
+        )
     level = "debug" if args.verbose else args.log_level
     logging.getLogger("api").setLevel(level.upper())
     app = create_app(config)
     print(f"serving on http://{host}:{port} (docs at /docs; ready when /readyz says so)", file=sys.stderr)
     # One process: the pipeline (index, embedder, model) is loaded once and shared by the thread pool.
-    uvicorn.run(app, host=host, port=port, log_level=level, access_log=args.access_log,
-                timeout_graceful_shutdown=5, **server_options(config))
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        log_level=level,
+        access_log=args.access_log,
+        timeout_graceful_shutdown=5,
+        **server_options(config),
+    )
     return 0
 
 
 def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
-    p = subparsers.add_parser("serve", parents=[common], help="run the HTTP API (FastAPI + uvicorn); see docs/api.md")
+    p = subparsers.add_parser(
+        "serve", parents=[common], help="run the HTTP API (FastAPI + uvicorn); see docs/api.md"
+    )
     p.add_argument("--host", default=None, help="interface to bind (default: api.host, 127.0.0.1)")
     p.add_argument("--port", type=int, default=None, help="port (default: api.port, 8000)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])

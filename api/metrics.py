@@ -6,6 +6,7 @@ Counters and histograms live in one small thread-safe registry; `render()` write
 exposition format (version 0.0.4). Route labels are route *templates* (`/v1/products/{uid}`), never
 raw paths, so a scan of random URLs cannot blow up the number of series.
 """
+
 from __future__ import annotations
 
 import datetime as _dt
@@ -64,8 +65,13 @@ class Counter:
 
 
 class Histogram:
-    def __init__(self, name: str, help_text: str, labelnames: tuple[str, ...] = (),
-                 buckets: tuple[float, ...] = LATENCY_BUCKETS) -> None:
+    def __init__(
+        self,
+        name: str,
+        help_text: str,
+        labelnames: tuple[str, ...] = (),
+        buckets: tuple[float, ...] = LATENCY_BUCKETS,
+    ) -> None:
         self.name, self.help, self.labelnames = name, help_text, labelnames
         self.buckets = tuple(sorted(buckets))
         self._series: dict[tuple[str, ...], list[float]] = {}  # bucket counts..., +Inf count, sum
@@ -104,7 +110,9 @@ class Histogram:
 class Gauge:
     """A gauge whose value is read when metrics are scraped."""
 
-    def __init__(self, name: str, help_text: str, read: Callable[[], Iterable[tuple[dict[str, str], float]]]) -> None:
+    def __init__(
+        self, name: str, help_text: str, read: Callable[[], Iterable[tuple[dict[str, str], float]]]
+    ) -> None:
         self.name, self.help, self.read = name, help_text, read
 
     def render(self) -> Iterable[str]:
@@ -131,28 +139,43 @@ class Metrics:
 
     def __init__(self, in_flight: Callable[[], int] = lambda: 0) -> None:
         self.started = time.time()
-        self.requests = Counter("rag_http_requests_total", "HTTP requests by route template, method and status.",
-                                ("route", "method", "status"))
-        self.latency = Histogram("rag_http_request_duration_seconds",
-                                 "Time to the end of the response (streams included), by route template.",
-                                 ("route", "method"))
-        self.stages = Histogram("rag_answer_stage_seconds", "Seconds per answer stage (retrieve, generate, ...).",
-                                ("stage",))
-        self.rejected = Counter("rag_http_rejected_total", "Requests turned away before any work, by reason.",
-                                ("reason",))
+        self.requests = Counter(
+            "rag_http_requests_total",
+            "HTTP requests by route template, method and status.",
+            ("route", "method", "status"),
+        )
+        self.latency = Histogram(
+            "rag_http_request_duration_seconds",
+            "Time to the end of the response (streams included), by route template.",
+            ("route", "method"),
+        )
+        self.stages = Histogram(
+            "rag_answer_stage_seconds", "Seconds per answer stage (retrieve, generate, ...).", ("stage",)
+        )
+        self.rejected = Counter(
+            "rag_http_rejected_total", "Requests turned away before any work, by reason.", ("reason",)
+        )
         self.updates = Counter("rag_index_updates_total", "Admin index updates by result.", ("result",))
         self._in_flight = in_flight
 
     @staticmethod
     def _index_gauges(version: str | None, rows: int | None) -> list[Any]:
         return [
-            Gauge("rag_index_info", "The index version being served (value 1; the version is a label).",
-                  lambda: [({"version": str(version)}, 1.0)] if version is not None else []),
-            Gauge("rag_index_version_timestamp_seconds",
-                  "Creation time of the served index version (its id is a UTC timestamp), seconds since the epoch.",
-                  lambda: [({}, stamp)] if (stamp := version_timestamp(version)) is not None else []),
-            Gauge("rag_index_rows", "Rows (products) in the served index version.",
-                  lambda: [({}, float(rows))] if rows is not None else []),
+            Gauge(
+                "rag_index_info",
+                "The index version being served (value 1; the version is a label).",
+                lambda: [({"version": str(version)}, 1.0)] if version is not None else [],
+            ),
+            Gauge(
+                "rag_index_version_timestamp_seconds",
+                "Creation time of the served index version (its id is a UTC timestamp), seconds since the epoch.",
+                lambda: [({}, stamp)] if (stamp := version_timestamp(version)) is not None else [],
+            ),
+            Gauge(
+                "rag_index_rows",
+                "Rows (products) in the served index version.",
+                lambda: [({}, float(rows))] if rows is not None else [],
+            ),
         ]
 
     def render(self, index_version: str | None = None, index_rows: int | None = None) -> str:
@@ -160,12 +183,21 @@ class Metrics:
         metrics: list[Any] = [self.requests, self.latency, self.stages, self.rejected, self.updates]
         metrics += self._index_gauges(index_version, index_rows)
         metrics += [
-            Gauge("rag_answers_in_flight", "Answers being computed or streamed now.",
-                  lambda: [({}, float(self._in_flight()))]),
-            Gauge("process_resident_memory_bytes", "Resident memory size in bytes.",
-                  lambda: [({}, float(resident_memory_bytes()))]),
-            Gauge("process_start_time_seconds", "Start time of the process since the Unix epoch in seconds.",
-                  lambda: [({}, self.started)]),
+            Gauge(
+                "rag_answers_in_flight",
+                "Answers being computed or streamed now.",
+                lambda: [({}, float(self._in_flight()))],
+            ),
+            Gauge(
+                "process_resident_memory_bytes",
+                "Resident memory size in bytes.",
+                lambda: [({}, float(resident_memory_bytes()))],
+            ),
+            Gauge(
+                "process_start_time_seconds",
+                "Start time of the process since the Unix epoch in seconds.",
+                lambda: [({}, self.started)],
+            ),
         ]
         lines: list[str] = []
         for metric in metrics:

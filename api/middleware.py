@@ -4,6 +4,7 @@ They are plain ASGI (not Starlette's BaseHTTPMiddleware) so streamed responses p
 untouched and the body limit can count bytes as they arrive. Order, outermost first:
 RequestContext -> ApiKey -> BodyLimit -> the FastAPI routes.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -36,15 +37,18 @@ def request_id_of(scope: Scope) -> str:
     return str(scope.get("state", {}).get("request_id", "-"))
 
 
-def error_body(status: int, message: str, kind: str, request_id: str, errors: list[dict[str, Any]] | None = None) -> bytes:
+def error_body(
+    status: int, message: str, kind: str, request_id: str, errors: list[dict[str, Any]] | None = None
+) -> bytes:
     error: dict[str, Any] = {"message": message, "type": kind, "code": status, "request_id": request_id}
     if errors is not None:
         error["errors"] = errors
     return json.dumps({"error": error}, ensure_ascii=False).encode("utf-8")
 
 
-async def send_error(send: Send, scope: Scope, status: int, message: str, kind: str,
-                     headers: dict[str, str] | None = None) -> None:
+async def send_error(
+    send: Send, scope: Scope, status: int, message: str, kind: str, headers: dict[str, str] | None = None
+) -> None:
     body = error_body(status, message, kind, request_id_of(scope))
     raw_headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     raw_headers += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (headers or {}).items()]
@@ -56,8 +60,9 @@ def keys_equal(given: str | None, expected: str) -> bool:
     """Constant-time comparison that does not leak the key's length either (both sides are hashed first)."""
     if given is None:
         return False
-    return hmac.compare_digest(hashlib.sha256(given.encode("utf-8")).digest(),
-                               hashlib.sha256(expected.encode("utf-8")).digest())
+    return hmac.compare_digest(
+        hashlib.sha256(given.encode("utf-8")).digest(), hashlib.sha256(expected.encode("utf-8")).digest()
+    )
 
 
 def presented_key(headers: dict[str, str], *extra_headers: str) -> str | None:
@@ -83,7 +88,9 @@ class RequestContextMiddleware:
     The traceback goes to the server log with the request id; the client only sees the id.
     """
 
-    def __init__(self, app: ASGIApp, metrics: Metrics, route_of: Callable[[Scope], str | None] | None = None) -> None:
+    def __init__(
+        self, app: ASGIApp, metrics: Metrics, route_of: Callable[[Scope], str | None] | None = None
+    ) -> None:
         self.app = app
         self.metrics = metrics
         self.route_of = route_of  # the route template of a request answered before routing (401, 413)
@@ -112,12 +119,20 @@ class RequestContextMiddleware:
         except Exception:
             log.exception("request %s %s %s failed", request_id, scope.get("method"), scope.get("path"))
             if not status_holder["started"]:
-                await send_error(send_with_id, scope, 500,
-                                 f"internal error; the server log has the details under request id {request_id}",
-                                 "internal_error")
+                await send_error(
+                    send_with_id,
+                    scope,
+                    500,
+                    f"internal error; the server log has the details under request id {request_id}",
+                    "internal_error",
+                )
         finally:
             route = scope.get("route")
-            template = getattr(route, "path", None) or (self.route_of(scope) if self.route_of else None) or "unmatched"
+            template = (
+                getattr(route, "path", None)
+                or (self.route_of(scope) if self.route_of else None)
+                or "unmatched"
+            )
             template = _CONVERTER.sub(r"{\1}", template)  # /v1/products/{uid:path} -> /v1/products/{uid}
             method = str(scope.get("method", ""))
             self.metrics.requests.inc(template, method, str(status_holder["status"]))
@@ -130,8 +145,9 @@ class ApiKeyMiddleware:
     Admin paths check the admin key themselves (api.app.require_admin), so one header carries one key.
     """
 
-    def __init__(self, app: ASGIApp, api_key: str | None, open_paths: list[str], admin_prefix: str,
-                 key_env: str) -> None:
+    def __init__(
+        self, app: ASGIApp, api_key: str | None, open_paths: list[str], admin_prefix: str, key_env: str
+    ) -> None:
         self.app = app
         self.api_key = api_key
         self.open_paths = set(open_paths)
@@ -148,10 +164,13 @@ class ApiKeyMiddleware:
             return
         if not keys_equal(presented_key(header_dict(scope)), self.api_key):
             await send_error(
-                send, scope, 401,
+                send,
+                scope,
+                401,
                 "missing or wrong API key: send it as 'Authorization: Bearer <key>' or 'X-API-Key: <key>' "
                 f"(the server reads it from the environment variable {self.key_env})",
-                "authentication_error", {"www-authenticate": "Bearer"},
+                "authentication_error",
+                {"www-authenticate": "Bearer"},
             )
             return
         await self.app(scope, receive, send)
@@ -184,10 +203,14 @@ class BodyLimitMiddleware:
         declared = header_dict(scope).get("content-length")
         if declared is not None:
             if not declared.strip().isdigit():
-                await send_error(send, scope, 400, f"invalid Content-Length header {declared!r}", "invalid_request_error")
+                await send_error(
+                    send, scope, 400, f"invalid Content-Length header {declared!r}", "invalid_request_error"
+                )
                 return
             if int(declared) > limit:
-                await send_error(send, scope, 413, str(BodyTooLarge(limit, setting).detail), "request_too_large")
+                await send_error(
+                    send, scope, 413, str(BodyTooLarge(limit, setting).detail), "request_too_large"
+                )
                 return
         received = 0
         started = False

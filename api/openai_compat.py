@@ -18,6 +18,7 @@ The wire format follows OpenAI's, so its SDK and LangChain's ChatOpenAI behave a
 
 Routes are added by `add_routes(app, state, ...)` from api.app.create_app.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -45,13 +46,25 @@ MAX_STOP_SEQUENCES = 4
 
 # default `code` by status for errors that carry none (OpenAI's codes where it has one)
 _CODES = {
-    400: "invalid_value", 401: "invalid_api_key", 403: "permission_denied", 404: "not_found",
-    405: "method_not_allowed", 409: "conflict", 413: "request_too_large", 429: "rate_limit_exceeded",
-    500: "internal_error", 503: "service_unavailable", 504: "timeout",
+    400: "invalid_value",
+    401: "invalid_api_key",
+    403: "permission_denied",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "request_too_large",
+    429: "rate_limit_exceeded",
+    500: "internal_error",
+    503: "service_unavailable",
+    504: "timeout",
 }
 # pydantic error type -> OpenAI-style code
-_VALIDATION_CODES = {"missing": "missing_required_parameter", "extra_forbidden": "unknown_parameter",
-                     "json_invalid": "invalid_json", "model_attributes_type": "invalid_type"}
+_VALIDATION_CODES = {
+    "missing": "missing_required_parameter",
+    "extra_forbidden": "unknown_parameter",
+    "json_invalid": "invalid_json",
+    "model_attributes_type": "invalid_type",
+}
 
 
 def is_openai_path(path: str) -> bool:
@@ -61,16 +74,32 @@ def is_openai_path(path: str) -> bool:
 class OpenAIError(ApiError):
     """An error of the OpenAI routes: status, message, the parameter at fault and a string code."""
 
-    def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None,
-                 kind: str | None = None, headers: dict[str, str] | None = None) -> None:
-        super().__init__(status, message, kind=kind or ("invalid_request_error" if status in (400, 404) else None),
-                         headers=headers)
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        kind: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(
+            status,
+            message,
+            kind=kind or ("invalid_request_error" if status in (400, 404) else None),
+            headers=headers,
+        )
         self.param = param
         self.code = code or _CODES.get(status)
 
 
-def error_payload(message: str, kind: str, param: str | None, code: str | None, request_id: str) -> dict[str, Any]:
-    return {"error": {"message": message, "type": kind, "param": param, "code": code, "request_id": request_id}}
+def error_payload(
+    message: str, kind: str, param: str | None, code: str | None, request_id: str
+) -> dict[str, Any]:
+    return {
+        "error": {"message": message, "type": kind, "param": param, "code": code, "request_id": request_id}
+    }
 
 
 def _bad(message: str, param: str | None, code: str = "invalid_value") -> OpenAIError:
@@ -94,7 +123,11 @@ def reshape_error(status: int, body: dict[str, Any]) -> tuple[int, dict[str, Any
     if "param" not in error:
         error["param"] = _param_of(errors[0].get("loc", ())) if errors else None
     if not isinstance(error.get("code"), str):
-        error["code"] = _VALIDATION_CODES.get(errors[0].get("type", ""), "invalid_value") if errors else _CODES.get(status)
+        error["code"] = (
+            _VALIDATION_CODES.get(errors[0].get("type", ""), "invalid_value")
+            if errors
+            else _CODES.get(status)
+        )
     if status == 400:
         error["type"] = "invalid_request_error"
     return status, {"error": {k: error.get(k) for k in ("message", "type", "param", "code", "request_id")}}
@@ -116,7 +149,9 @@ class OpenAIErrorShapeMiddleware:
         async def reshaping_send(message: dict[str, Any]) -> None:
             if message["type"] == "http.response.start":
                 headers = {k.lower(): v for k, v in message.get("headers", [])}
-                if message["status"] >= 400 and headers.get(b"content-type", b"").startswith(b"application/json"):
+                if message["status"] >= 400 and headers.get(b"content-type", b"").startswith(
+                    b"application/json"
+                ):
                     held["start"] = message  # wait for the body
                     return
                 await send(message)
@@ -183,25 +218,46 @@ def check_supported(body: s.ChatCompletionRequest) -> None:
     """400 for what this server cannot do, naming the parameter (rather than ignoring it)."""
     fmt = body.response_format
     if fmt is not None and fmt.get("type", "text") != "text":
-        raise _bad(f"response_format {fmt.get('type')!r} is not supported: answers are plain text with [n] "
-                   "citations of the catalog rows in `sources`; leave response_format out or use {\"type\": \"text\"}",
-                   "response_format", "unsupported_value")
+        raise _bad(
+            f"response_format {fmt.get('type')!r} is not supported: answers are plain text with [n] "
+            'citations of the catalog rows in `sources`; leave response_format out or use {"type": "text"}',
+            "response_format",
+            "unsupported_value",
+        )
     if body.tools:
-        raise _bad("tools are not supported: this model answers from the catalog and calls no functions",
-                   "tools", "unsupported_parameter")
+        raise _bad(
+            "tools are not supported: this model answers from the catalog and calls no functions",
+            "tools",
+            "unsupported_parameter",
+        )
     if body.functions:
-        raise _bad("functions are not supported: this model answers from the catalog and calls no functions",
-                   "functions", "unsupported_parameter")
+        raise _bad(
+            "functions are not supported: this model answers from the catalog and calls no functions",
+            "functions",
+            "unsupported_parameter",
+        )
     for name, value in (("tool_choice", body.tool_choice), ("function_call", body.function_call)):
         if value is not None and value not in ("none", "auto"):
-            raise _bad(f"{name} {value!r} is not supported: there are no tools to call", name, "unsupported_value")
+            raise _bad(
+                f"{name} {value!r} is not supported: there are no tools to call", name, "unsupported_value"
+            )
     if body.logprobs:
-        raise _bad("logprobs are not supported: the answers are not sampled token by token from one model "
-                   "(the default answerer extracts catalog sentences)", "logprobs", "unsupported_parameter")
+        raise _bad(
+            "logprobs are not supported: the answers are not sampled token by token from one model "
+            "(the default answerer extracts catalog sentences)",
+            "logprobs",
+            "unsupported_parameter",
+        )
     if body.top_logprobs:
-        raise _bad("top_logprobs is not supported (no logprobs are produced)", "top_logprobs", "unsupported_parameter")
+        raise _bad(
+            "top_logprobs is not supported (no logprobs are produced)",
+            "top_logprobs",
+            "unsupported_parameter",
+        )
     if body.n is not None and body.n != 1:
-        raise _bad(f"n={body.n} is not supported: one choice is produced per request", "n", "unsupported_value")
+        raise _bad(
+            f"n={body.n} is not supported: one choice is produced per request", "n", "unsupported_value"
+        )
 
 
 def stop_sequences(stop: str | list[str] | None) -> list[str]:
@@ -217,10 +273,15 @@ def check_limits(state: ApiState, body: s.ChatCompletionRequest, question: str) 
     """The api.* limits as 400s naming the parameter; returns the max_tokens to honour."""
     api = state.config.api
     if len(body.messages) > api.max_messages:
-        raise _bad(f"{len(body.messages)} messages is over the limit api.max_messages={api.max_messages}", "messages")
+        raise _bad(
+            f"{len(body.messages)} messages is over the limit api.max_messages={api.max_messages}", "messages"
+        )
     if len(question) > api.max_question_chars:
-        raise _bad(f"the question is {len(question)} characters; the limit is "
-                   f"api.max_question_chars={api.max_question_chars}", "messages")
+        raise _bad(
+            f"the question is {len(question)} characters; the limit is "
+            f"api.max_question_chars={api.max_question_chars}",
+            "messages",
+        )
     if not question.strip():
         raise _bad("the question is empty: ask something about a product", "messages")
     if body.k is not None and body.k > api.max_k:
@@ -249,10 +310,10 @@ class StopCutter:
         self.buffer += piece
         found = [i for i in (self.buffer.find(x) for x in self.stops) if i != -1]
         if found:
-            out, self.buffer = self.buffer[:min(found)], ""
+            out, self.buffer = self.buffer[: min(found)], ""
             return out, True
         keep = min(self.hold, len(self.buffer))
-        out, self.buffer = self.buffer[:len(self.buffer) - keep], self.buffer[len(self.buffer) - keep:]
+        out, self.buffer = self.buffer[: len(self.buffer) - keep], self.buffer[len(self.buffer) - keep :]
         return out, False
 
     def flush(self) -> str:
@@ -292,7 +353,9 @@ def _usage(state: ApiState, answer: Any) -> tuple[s.Usage, str]:
     from rag.tokens import usage
 
     prompt, completion, tokenizer = usage(state.require_rag().generator, answer)
-    return s.Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion), tokenizer
+    return s.Usage(
+        prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion
+    ), tokenizer
 
 
 def _rag_extension(answer: Any, version: str | None, tokenizer: str) -> s.RagInfo:
@@ -301,13 +364,25 @@ def _rag_extension(answer: Any, version: str | None, tokenizer: str) -> s.RagInf
     return info
 
 
-def _answer_blocking(state: ApiState, question: str, history: list[dict[str, str]], body: s.ChatCompletionRequest,
-                     max_tokens: int | None, stops: list[str]) -> tuple[Any, str | None, s.Usage, str]:
+def _answer_blocking(
+    state: ApiState,
+    question: str,
+    history: list[dict[str, str]],
+    body: s.ChatCompletionRequest,
+    max_tokens: int | None,
+    stops: list[str],
+) -> tuple[Any, str | None, s.Usage, str]:
     rag = state.require_rag()
     snapshot = rag.retriever.snapshot  # one version for the answer and the label it reports
     version = _version_of(snapshot)
-    options: dict[str, Any] = {"k": body.k, "history": history, "max_new_tokens": max_tokens,
-                               "temperature": body.temperature, "top_p": body.top_p, "snapshot": snapshot}
+    options: dict[str, Any] = {
+        "k": body.k,
+        "history": history,
+        "max_new_tokens": max_tokens,
+        "temperature": body.temperature,
+        "top_p": body.top_p,
+        "snapshot": snapshot,
+    }
     if stops:  # through the stream, so the generator stops at the stop sequence
         stream = rag.answer(question, stream=True, **options)
         for _ in cut_at_stops(stream, stops):
@@ -319,8 +394,13 @@ def _answer_blocking(state: ApiState, question: str, history: list[dict[str, str
     return answer, version, usage, tokenizer
 
 
-def add_routes(app: FastAPI, state: ApiState, *, documented_auth: list[Any],
-               error_responses: Callable[..., dict[int | str, dict[str, Any]]]) -> None:
+def add_routes(
+    app: FastAPI,
+    state: ApiState,
+    *,
+    documented_auth: list[Any],
+    error_responses: Callable[..., dict[int | str, dict[str, Any]]],
+) -> None:
     """GET /v1/models, GET /v1/models/{model}, POST /v1/chat/completions."""
 
     def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
@@ -328,44 +408,75 @@ def add_routes(app: FastAPI, state: ApiState, *, documented_auth: list[Any],
         for value in documented.values():
             value["model"] = s.OpenAIErrorResponse
         if 400 in codes:
-            documented[400] = {"model": s.OpenAIErrorResponse, "description": (
-                "Invalid request: `param` names the field (a missing or wrong value, a limit, or an unsupported "
-                "parameter: response_format other than text, tools, functions, logprobs, n > 1).")}
+            documented[400] = {
+                "model": s.OpenAIErrorResponse,
+                "description": (
+                    "Invalid request: `param` names the field (a missing or wrong value, a limit, or an unsupported "
+                    "parameter: response_format other than text, tools, functions, logprobs, n > 1)."
+                ),
+            }
         return documented
 
     def card(model_id: str) -> s.ModelCard:
         return s.ModelCard(id=model_id, created=state.model_created, owned_by="amazontitles-rag")
 
-    @app.get(MODELS_PATH, response_model=s.ModelList, tags=["openai"], dependencies=documented_auth,
-             summary="The models this server answers to: api.model_id and its aliases (OpenAI shape)",
-             responses=responses(401))
+    @app.get(
+        MODELS_PATH,
+        response_model=s.ModelList,
+        tags=["openai"],
+        dependencies=documented_auth,
+        summary="The models this server answers to: api.model_id and its aliases (OpenAI shape)",
+        responses=responses(401),
+    )
     async def models() -> s.ModelList:
         return s.ModelList(data=[card(m) for m in served_models(state)])
 
-    @app.get(MODELS_PATH + "/{model}", response_model=s.ModelCard, tags=["openai"],
-             dependencies=documented_auth, summary="One model (OpenAI shape)", responses=responses(401, 404))
+    @app.get(
+        MODELS_PATH + "/{model}",
+        response_model=s.ModelCard,
+        tags=["openai"],
+        dependencies=documented_auth,
+        summary="One model (OpenAI shape)",
+        responses=responses(401, 404),
+    )
     async def model(model: str) -> s.ModelCard:
         if model not in served_models(state):
-            raise OpenAIError(404, f"The model {model!r} does not exist; this server serves "
-                                   f"{', '.join(map(repr, served_models(state)))}", param="model", code="model_not_found")
+            raise OpenAIError(
+                404,
+                f"The model {model!r} does not exist; this server serves "
+                f"{', '.join(map(repr, served_models(state)))}",
+                param="model",
+                code="model_not_found",
+            )
         return card(model)
 
     @app.post(
-        CHAT_PATH, response_model=s.ChatCompletion, tags=["openai"], dependencies=documented_auth,
+        CHAT_PATH,
+        response_model=s.ChatCompletion,
+        tags=["openai"],
+        dependencies=documented_auth,
         summary="OpenAI-compatible chat completion: the last user message is the question",
         responses={
-            200: {"description": "A chat.completion (JSON), or with `stream: true` server-sent events: "
-                                 "`data: <chat.completion.chunk JSON>` lines ending with `data: [DONE]`; the "
-                                 "final chunk carries `sources` and `rag`.",
-                  "content": {"text/event-stream": {"schema": {"$ref": "#/components/schemas/ChatCompletionChunk"}}}},
+            200: {
+                "description": "A chat.completion (JSON), or with `stream: true` server-sent events: "
+                "`data: <chat.completion.chunk JSON>` lines ending with `data: [DONE]`; the "
+                "final chunk carries `sources` and `rag`.",
+                "content": {
+                    "text/event-stream": {"schema": {"$ref": "#/components/schemas/ChatCompletionChunk"}}
+                },
+            },
             **responses(400, 401, 404, 413, 429, 500, 503, 504),
         },
     )
     async def chat_completions(body: s.ChatCompletionRequest, request: Request) -> Any:
         if body.model not in served_models(state):
-            raise OpenAIError(404, f"The model {body.model!r} does not exist; this server serves "
-                                   f"{', '.join(map(repr, served_models(state)))} (GET /v1/models lists them)",
-                              param="model", code="model_not_found")
+            raise OpenAIError(
+                404,
+                f"The model {body.model!r} does not exist; this server serves "
+                f"{', '.join(map(repr, served_models(state)))} (GET /v1/models lists them)",
+                param="model",
+                code="model_not_found",
+            )
         check_supported(body)
         question, history = split_chat(body.messages)
         max_tokens = check_limits(state, body, question)
@@ -374,23 +485,43 @@ def add_routes(app: FastAPI, state: ApiState, *, documented_auth: list[Any],
         created = int(time.time())
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            return await _stream_completion(state, completion_id, created, question, history, body, max_tokens,
-                                            stops, include_usage, request)
+            return await _stream_completion(
+                state,
+                completion_id,
+                created,
+                question,
+                history,
+                body,
+                max_tokens,
+                stops,
+                include_usage,
+                request,
+            )
         state.require_rag()
         slot = await state.acquire_slot()
         try:
             answer, version, usage, tokenizer = await state.run(
-                slot, lambda: _answer_blocking(state, question, history, body, max_tokens, stops),
-                state.config.api.request_timeout_s)
+                slot,
+                lambda: _answer_blocking(state, question, history, body, max_tokens, stops),
+                state.config.api.request_timeout_s,
+            )
         except ValueError as exc:  # the pipeline's own checks on the question
             raise _bad(str(exc), "messages") from None
         finally:
             slot.release()
         _record_stages(state, answer)
         return s.ChatCompletion(
-            id=completion_id, created=created, model=state.config.api.model_id,
-            choices=[s.Choice(message=s.AssistantMessage(content=answer.text), finish_reason=_finish_reason(answer))],
-            usage=usage, sources=_sources(answer), rag=_rag_extension(answer, version, tokenizer),
+            id=completion_id,
+            created=created,
+            model=state.config.api.model_id,
+            choices=[
+                s.Choice(
+                    message=s.AssistantMessage(content=answer.text), finish_reason=_finish_reason(answer)
+                )
+            ],
+            usage=usage,
+            sources=_sources(answer),
+            rag=_rag_extension(answer, version, tokenizer),
         )
 
 
@@ -423,9 +554,18 @@ def _chunk_json(chunk: s.ChatCompletionChunk) -> dict[str, Any]:
     return data
 
 
-async def _stream_completion(state: ApiState, completion_id: str, created: int, question: str,
-                             history: list[dict[str, str]], body: s.ChatCompletionRequest, max_tokens: int | None,
-                             stops: list[str], include_usage: bool, request: Request) -> StreamingResponse:
+async def _stream_completion(
+    state: ApiState,
+    completion_id: str,
+    created: int,
+    question: str,
+    history: list[dict[str, str]],
+    body: s.ChatCompletionRequest,
+    max_tokens: int | None,
+    stops: list[str],
+    include_usage: bool,
+    request: Request,
+) -> StreamingResponse:
     """Start the answer and wait for its first piece (errors up to here get a proper status), then stream."""
     model_id = state.config.api.model_id  # an alias asked for is answered as the model it names
     state.require_rag()
@@ -436,8 +576,16 @@ async def _stream_completion(state: ApiState, completion_id: str, created: int, 
         rag = state.require_rag()
         snapshot = rag.retriever.snapshot
         version = _version_of(snapshot)
-        stream = rag.answer(question, k=body.k, history=history, stream=True, max_new_tokens=max_tokens,
-                            temperature=body.temperature, top_p=body.top_p, snapshot=snapshot)
+        stream = rag.answer(
+            question,
+            k=body.k,
+            history=history,
+            stream=True,
+            max_new_tokens=max_tokens,
+            temperature=body.temperature,
+            top_p=body.top_p,
+            snapshot=snapshot,
+        )
         pieces = cut_at_stops(stream, stops)
         return stream, pieces, next(pieces, _END), version
 
@@ -451,8 +599,13 @@ async def _stream_completion(state: ApiState, completion_id: str, created: int, 
         raise
 
     def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> bytes:
-        payload = s.ChatCompletionChunk(id=completion_id, created=created, model=model_id,
-                                        choices=[s.ChunkChoice(delta=s.Delta(**delta), finish_reason=finish)], **extra)
+        payload = s.ChatCompletionChunk(
+            id=completion_id,
+            created=created,
+            model=model_id,
+            choices=[s.ChunkChoice(delta=s.Delta(**delta), finish_reason=finish)],
+            **extra,
+        )
         return _sse(_chunk_json(payload))
 
     def error_event(message: str, kind: str, code: str) -> bytes:
@@ -484,8 +637,10 @@ async def _stream_completion(state: ApiState, completion_id: str, created: int, 
         try:
             item = await asyncio.wait_for(queue.get(), timeout=max(deadline - time.monotonic(), 0.001))
         except asyncio.TimeoutError:
-            raise ApiError(504, "the answer took longer than api.request_timeout_s="
-                                f"{state.config.api.request_timeout_s} s") from None
+            raise ApiError(
+                504,
+                f"the answer took longer than api.request_timeout_s={state.config.api.request_timeout_s} s",
+            ) from None
         joined = []
         while isinstance(item, str):
             joined.append(item)
@@ -505,7 +660,9 @@ async def _stream_completion(state: ApiState, completion_id: str, created: int, 
                 while True:
                     try:
                         piece = await next_pieces()
-                    except ApiError as exc:  # 504 mid-stream: the status is sent already, so say it in the stream
+                    except (
+                        ApiError
+                    ) as exc:  # 504 mid-stream: the status is sent already, so say it in the stream
                         stop.set()
                         yield error_event(str(exc.detail), exc.kind, "timeout")
                         yield _sse("[DONE]")
@@ -518,18 +675,32 @@ async def _stream_completion(state: ApiState, completion_id: str, created: int, 
             answer = stream.answer
             _record_stages(state, answer)
             usage, tokenizer = await run_in_threadpool(_usage, state, answer)
-            final = s.ChatCompletionChunk(id=completion_id, created=created, model=model_id,
-                                          choices=[s.ChunkChoice(delta=s.Delta(), finish_reason=_finish_reason(answer))],
-                                          sources=_sources(answer), rag=_rag_extension(answer, version, tokenizer))
+            final = s.ChatCompletionChunk(
+                id=completion_id,
+                created=created,
+                model=model_id,
+                choices=[s.ChunkChoice(delta=s.Delta(), finish_reason=_finish_reason(answer))],
+                sources=_sources(answer),
+                rag=_rag_extension(answer, version, tokenizer),
+            )
             yield _sse(_chunk_json(final))
             if include_usage:  # OpenAI sends usage in an extra chunk with no choices
-                yield _sse(_chunk_json(s.ChatCompletionChunk(id=completion_id, created=created, model=model_id,
-                                                             choices=[], usage=usage)))
+                yield _sse(
+                    _chunk_json(
+                        s.ChatCompletionChunk(
+                            id=completion_id, created=created, model=model_id, choices=[], usage=usage
+                        )
+                    )
+                )
             yield _sse("[DONE]")
         except Exception:
             log.exception("request %s: streaming failed", request_id_of(request.scope))
-            yield error_event("internal error; the server log has the details under request id "
-                              + request_id_of(request.scope), "internal_error", "internal_error")
+            yield error_event(
+                "internal error; the server log has the details under request id "
+                + request_id_of(request.scope),
+                "internal_error",
+                "internal_error",
+            )
             yield _sse("[DONE]")
         finally:
             stop.set()
@@ -539,8 +710,12 @@ async def _stream_completion(state: ApiState, completion_id: str, created: int, 
         stop.set()
         slot.release()
 
-    return _ClosingStreamingResponse(events(), on_close=close, media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return _ClosingStreamingResponse(
+        events(),
+        on_close=close,
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
 
 
 class _ClosingStreamingResponse(StreamingResponse):

@@ -10,6 +10,7 @@ byte of the next request. When the time is up the server answers 408 (if part of
 and closes the connection. Bodies and responses are not limited here (`api.request_timeout_s`
 covers answers).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -68,13 +69,27 @@ class HeaderTimeoutH11Protocol(H11Protocol):
         if self.transport.is_closing() or not self._waiting_for_head():
             return
         if self._head_started:
-            body = json.dumps({"error": {
-                "message": f"the request line and headers did not arrive within api.header_timeout_s="
-                           f"{self.header_timeout_s} s", "type": "timeout_error", "code": 408, "request_id": "-"}})
+            body = json.dumps(
+                {
+                    "error": {
+                        "message": f"the request line and headers did not arrive within api.header_timeout_s="
+                        f"{self.header_timeout_s} s",
+                        "type": "timeout_error",
+                        "code": 408,
+                        "request_id": "-",
+                    }
+                }
+            )
             self.transport.write(
                 b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\n"
-                + f"content-length: {len(body)}\r\n\r\n".encode() + body.encode())
-        log.debug("closed a connection from %s: no whole request head within %.1f s", self.client, self.header_timeout_s)
+                + f"content-length: {len(body)}\r\n\r\n".encode()
+                + body.encode()
+            )
+        log.debug(
+            "closed a connection from %s: no whole request head within %.1f s",
+            self.client,
+            self.header_timeout_s,
+        )
         self.transport.close()
 
 

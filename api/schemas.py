@@ -7,6 +7,7 @@ Limits that depend on the configuration (question length, max_tokens, k, turns) 
 routes against `api.*` and answered with 422 naming the limit; the descriptions here say which
 setting holds each limit.
 """
+
 from __future__ import annotations
 
 import re
@@ -20,8 +21,11 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 def _check_unicode(field: str, text: str | None) -> None:
     """JSON may carry a lone surrogate (`"\\ud800"`), which is no character: the tokenizers fail on it."""
     if text is not None and (found := _SURROGATE.search(text)) is not None:
-        raise ValueError(f"{field} holds a lone UTF-16 surrogate (U+{ord(found.group()):04X} at character "
-                         f"{found.start() + 1}), which is not a character; send valid Unicode text")
+        raise ValueError(
+            f"{field} holds a lone UTF-16 surrogate (U+{ord(found.group()):04X} at character "
+            f"{found.start() + 1}), which is not a character; send valid Unicode text"
+        )
+
 
 # --------------------------------------------------------------------------- shared
 
@@ -30,15 +34,21 @@ class ErrorDetail(BaseModel):
     message: str = Field(description="What went wrong and what to do about it.")
     type: str = Field(description="A short machine-readable kind, e.g. invalid_request_error, rate_limited.")
     code: int = Field(description="The HTTP status code.")
-    request_id: str = Field(description="Also in the X-Request-ID response header; quote it when reporting a problem.")
+    request_id: str = Field(
+        description="Also in the X-Request-ID response header; quote it when reporting a problem."
+    )
     errors: list[dict[str, Any]] | None = Field(default=None, description="Validation errors (422 only).")
 
 
 class OpenAIErrorDetail(BaseModel):
     message: str = Field(description="What went wrong and what to do about it.")
     type: str = Field(description="invalid_request_error, authentication_error, rate_limit_error, ...")
-    param: str | None = Field(description="The request parameter at fault (e.g. max_tokens, messages.0.role), if any.")
-    code: str | None = Field(description="A machine-readable code, e.g. model_not_found, unsupported_parameter.")
+    param: str | None = Field(
+        description="The request parameter at fault (e.g. max_tokens, messages.0.role), if any."
+    )
+    code: str | None = Field(
+        description="A machine-readable code, e.g. model_not_found, unsupported_parameter."
+    )
     request_id: str = Field(description="Also in the X-Request-ID response header.")
 
 
@@ -72,7 +82,9 @@ class SourceModel(BaseModel):
     uid: str = Field(description="The product id (ASIN) in the catalog.")
     title: str = Field(description="The product title; plain text (never HTML or markdown).")
     score: float = Field(description="Fused retrieval score; higher is better.")
-    snippet: str = Field(description="The part of the description the answer used (may be empty); plain text.")
+    snippet: str = Field(
+        description="The part of the description the answer used (may be empty); plain text."
+    )
 
 
 # --------------------------------------------------------------------------- /v1/answer
@@ -82,24 +94,34 @@ class AnswerRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     question: str = Field(
-        min_length=1, description="The question (at most api.max_question_chars characters, default 2000).",
+        min_length=1,
+        description="The question (at most api.max_question_chars characters, default 2000).",
         examples=["What is The Lighthouse Keeper's Daughter about?"],
     )
-    k: int | None = Field(default=None, ge=1, description="Rows to retrieve (default retrieval.k; at most api.max_k).")
-    history: list[Message] = Field(
-        default_factory=list, description="Earlier turns, oldest first, so follow-ups like 'who wrote it?' work.",
+    k: int | None = Field(
+        default=None, ge=1, description="Rows to retrieve (default retrieval.k; at most api.max_k)."
     )
-    max_tokens: int | None = Field(default=None, ge=1, description="Generation cap (at most api.max_tokens_cap).")
+    history: list[Message] = Field(
+        default_factory=list,
+        description="Earlier turns, oldest first, so follow-ups like 'who wrote it?' work.",
+    )
+    max_tokens: int | None = Field(
+        default=None, ge=1, description="Generation cap (at most api.max_tokens_cap)."
+    )
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
 
 
 class AnswerResponse(BaseModel):
     question: str
-    answer: str = Field(description="The answer text; plain text, never HTML or markdown (escape it to show it "
-                                    "in a page). Citations [n] refer to `sources`.")
+    answer: str = Field(
+        description="The answer text; plain text, never HTML or markdown (escape it to show it "
+        "in a page). Citations [n] refer to `sources`."
+    )
     sources: list[SourceModel]
-    timings: dict[str, float] = Field(description="Seconds per stage (retrieve, generate, grounding, total, ...).")
+    timings: dict[str, float] = Field(
+        description="Seconds per stage (retrieve, generate, grounding, total, ...)."
+    )
     found: bool = Field(description="False when retrieval found nothing relevant (then `sources` is empty).")
     grounded: bool = Field(description="True when every sentence of the answer is supported by a source.")
     unsupported_sentences: list[str]
@@ -147,23 +169,37 @@ class ChatCompletionRequest(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    model: str = Field(default="amazontitles-rag",
-                       description="api.model_id or one of api.model_aliases (GET /v1/models lists them); others: 404.")
+    model: str = Field(
+        default="amazontitles-rag",
+        description="api.model_id or one of api.model_aliases (GET /v1/models lists them); others: 404.",
+    )
     messages: list[ChatMessage] = Field(min_length=1, description="At most api.max_messages turns.")
     stream: bool = False
     stream_options: StreamOptions | None = None
-    max_tokens: int | None = Field(default=None, ge=1, description="At most api.max_tokens_cap; the answer stops "
-                                   "there with finish_reason \"length\".")
-    max_completion_tokens: int | None = Field(default=None, ge=1, description="Same as max_tokens (wins over it).")
-    stop: str | list[str] | None = Field(default=None, description="Up to 4 sequences; the answer ends before the "
-                                         "first one (not included), finish_reason \"stop\".")
+    max_tokens: int | None = Field(
+        default=None,
+        ge=1,
+        description='At most api.max_tokens_cap; the answer stops there with finish_reason "length".',
+    )
+    max_completion_tokens: int | None = Field(
+        default=None, ge=1, description="Same as max_tokens (wins over it)."
+    )
+    stop: str | list[str] | None = Field(
+        default=None,
+        description="Up to 4 sequences; the answer ends before the "
+        'first one (not included), finish_reason "stop".',
+    )
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
     n: int | None = Field(default=None, description="Only 1 (one choice is produced).")
     response_format: dict[str, Any] | None = Field(default=None, description='Only {"type": "text"}.')
     tools: list[dict[str, Any]] | None = Field(default=None, description="Not supported (400) unless empty.")
-    tool_choice: str | dict[str, Any] | None = Field(default=None, description='Only "none" or "auto" without tools.')
-    functions: list[dict[str, Any]] | None = Field(default=None, description="Not supported (400) unless empty.")
+    tool_choice: str | dict[str, Any] | None = Field(
+        default=None, description='Only "none" or "auto" without tools.'
+    )
+    functions: list[dict[str, Any]] | None = Field(
+        default=None, description="Not supported (400) unless empty."
+    )
     function_call: str | dict[str, Any] | None = Field(default=None, description='Only "none" or "auto".')
     logprobs: bool | None = Field(default=None, description="Only false: no log probabilities are produced.")
     top_logprobs: int | None = Field(default=None, description="Only 0 or null.")
@@ -284,7 +320,13 @@ class UpdateResponse(BaseModel):
     previous_version: str | None
     rows: int | None = Field(description="Rows in the served version.")
     seconds: float
-    changed: bool = Field(default=True, description=(
-        "False when the update had nothing to insert, change or delete: no version was written and "
-        "index_version == previous_version (the report's summary starts with 'nothing to change')."))
-    report: dict[str, Any] = Field(description="The update report: rows added, replaced, deleted, rejected, ...")
+    changed: bool = Field(
+        default=True,
+        description=(
+            "False when the update had nothing to insert, change or delete: no version was written and "
+            "index_version == previous_version (the report's summary starts with 'nothing to change')."
+        ),
+    )
+    report: dict[str, Any] = Field(
+        description="The update report: rows added, replaced, deleted, rejected, ..."
+    )

@@ -7,6 +7,7 @@
 The socket is bound to 127.0.0.1 on a free port before uvicorn starts, so there is no race for the
 port; `url` is known as soon as the object exists.
 """
+
 from __future__ import annotations
 
 import socket
@@ -35,10 +36,15 @@ class LiveServer:
             from api.protocol import server_options
 
             options = server_options(state.config)
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, lifespan="on", timeout_graceful_shutdown=2,
-                                                    **options))
-        self._thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self._socket]},
-                                        name=f"uvicorn-{self.port}", daemon=True)
+        self.server = uvicorn.Server(
+            uvicorn.Config(app, log_level=log_level, lifespan="on", timeout_graceful_shutdown=2, **options)
+        )
+        self._thread = threading.Thread(
+            target=self.server.run,
+            kwargs={"sockets": [self._socket]},
+            name=f"uvicorn-{self.port}",
+            daemon=True,
+        )
 
     def start(self, timeout: float = 20.0) -> LiveServer:
         self._thread.start()

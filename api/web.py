@@ -15,6 +15,7 @@ for it and sends it on every API request; it keeps the key in `sessionStorage` (
 gone when the tab closes). No CORS headers are sent: the page is same-origin, and other origins
 get no access to the API from a browser.
 """
+
 from __future__ import annotations
 
 import hashlib

@@ -9,6 +9,7 @@ the read summary, and the process's peak RSS (resource.getrusage ru_maxrss) afte
 reader must keep peak RSS under 1 GiB for 1M rows: it streams, and only the uid -> line map of the
 duplicate check grows with the file. The rows are counted and dropped, as `rag index build` does in batches.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,13 +36,19 @@ def peak_rss_mib() -> float:
 
 
 def machine() -> str:
-    return (f"{platform.platform()}, Python {platform.python_version()}, {os.cpu_count()} CPUs, "
-            f"processor {platform.processor() or platform.machine()}")
+    return (
+        f"{platform.platform()}, Python {platform.python_version()}, {os.cpu_count()} CPUs, "
+        f"processor {platform.processor() or platform.machine()}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rows", type=int, default=1_000_000, help="synthetic rows to generate (default 1,000,000)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--rows", type=int, default=1_000_000, help="synthetic rows to generate (default 1,000,000)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--gz", action="store_true", help="generate gzip-compressed JSON lines")
     parser.add_argument("--data", type=Path, help="read this catalog file instead of generating one")
@@ -58,26 +65,40 @@ def main(argv: list[str] | None = None) -> int:
             started = time.perf_counter()
             write_synthetic_catalog(path, rows=args.rows, seed=args.seed)
             seconds = time.perf_counter() - started
-            results.update(generate_rows=args.rows, generate_s=round(seconds, 2),
-                           generate_rows_per_s=round(args.rows / seconds), file_mib=round(path.stat().st_size / 2**20, 1),
-                           rss_after_generate_mib=round(peak_rss_mib(), 1))
-            print(f"generate: {args.rows:,} rows in {seconds:.1f} s = {args.rows / seconds:,.0f} rows/s, "
-                  f"{path.stat().st_size / 2**20:,.1f} MiB ({path.name}); peak RSS so far {peak_rss_mib():,.0f} MiB")
+            results.update(
+                generate_rows=args.rows,
+                generate_s=round(seconds, 2),
+                generate_rows_per_s=round(args.rows / seconds),
+                file_mib=round(path.stat().st_size / 2**20, 1),
+                rss_after_generate_mib=round(peak_rss_mib(), 1),
+            )
+            print(
+                f"generate: {args.rows:,} rows in {seconds:.1f} s = {args.rows / seconds:,.0f} rows/s, "
+                f"{path.stat().st_size / 2**20:,.1f} MiB ({path.name}); peak RSS so far {peak_rss_mib():,.0f} MiB"
+            )
         else:
             path = args.data
-        reader = CatalogReader(CatalogConfig(duplicate_policy=args.policy),
-                               rejects_path=Path(tmp) / "rejects.jsonl")
+        reader = CatalogReader(
+            CatalogConfig(duplicate_policy=args.policy), rejects_path=Path(tmp) / "rejects.jsonl"
+        )
         started = time.perf_counter()
         count = 0
         for _row in reader.iter_rows([path], progress=args.progress):
             count += 1
         seconds = time.perf_counter() - started
         size_mib = path.stat().st_size / 2**20
-        results.update(read_rows=count, read_s=round(seconds, 2), read_rows_per_s=round(count / seconds),
-                       read_mib_per_s=round(size_mib / seconds, 1), peak_rss_mib=round(peak_rss_mib(), 1),
-                       summary=reader.summary.to_dict())
-        print(f"read: {reader.summary.read:,} lines -> {count:,} rows in {seconds:.1f} s = {count / seconds:,.0f} rows/s, "
-              f"{size_mib / seconds:,.1f} MiB/s ({args.policy})")
+        results.update(
+            read_rows=count,
+            read_s=round(seconds, 2),
+            read_rows_per_s=round(count / seconds),
+            read_mib_per_s=round(size_mib / seconds, 1),
+            peak_rss_mib=round(peak_rss_mib(), 1),
+            summary=reader.summary.to_dict(),
+        )
+        print(
+            f"read: {reader.summary.read:,} lines -> {count:,} rows in {seconds:.1f} s = {count / seconds:,.0f} rows/s, "
+            f"{size_mib / seconds:,.1f} MiB/s ({args.policy})"
+        )
         print(f"summary: {reader.summary.summary()}")
         print(f"peak RSS: {peak_rss_mib():,.0f} MiB (limit 1024 MiB)")
     if args.json:

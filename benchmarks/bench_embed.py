@@ -14,6 +14,7 @@ one text per call, uncached), peak RSS, and quality against torch fp32: cosine o
 titles that the backend also ranks in its top 10). Retrieval recall on the question set is measured
 with `rag eval retrieval` (commands in docs/performance.md). Prints the machine; `--out` writes JSON.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,8 +48,11 @@ def titles_of(args: argparse.Namespace) -> dict[str, list[str]]:
     if args.real_data:
         from rag.catalog import iter_raw_records
 
-        sets["real"] = [clean_title(str(rec.get("title") or "")) for _line, rec in iter_raw_records(args.real_data)
-                        if isinstance(rec, dict)]
+        sets["real"] = [
+            clean_title(str(rec.get("title") or ""))
+            for _line, rec in iter_raw_records(args.real_data)
+            if isinstance(rec, dict)
+        ]
     return sets
 
 
@@ -70,9 +74,13 @@ def one(args: argparse.Namespace) -> dict[str, Any]:
         vectors = embedder.embed(titles)
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
         np.save(Path(args.vectors_dir) / f"{args.one}_{name}.npy", vectors, allow_pickle=False)
-        out[name] = {"titles": len(titles), "seconds": round(wall, 2), "titles_per_s": round(len(titles) / wall, 1),
-                     "titles_per_cpu_s": round(len(titles) / cpu, 1),
-                     "mean_chars": round(sum(map(len, titles)) / len(titles), 1)}
+        out[name] = {
+            "titles": len(titles),
+            "seconds": round(wall, 2),
+            "titles_per_s": round(len(titles) / wall, 1),
+            "titles_per_cpu_s": round(len(titles) / cpu, 1),
+            "mean_chars": round(sum(map(len, titles)) / len(titles), 1),
+        }
     from rag.evaluation.metrics import percentile
 
     queries = [f"what is {t} about?" for t in titles_of(args)["synthetic"][:100]]
@@ -98,7 +106,9 @@ def agreement(ref: np.ndarray, other: np.ndarray, probes: int = 300, k: int = 10
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--titles", type=int, default=5000)
     parser.add_argument("--real-data", default=None, help="a catalog file whose titles are also embedded")
     parser.add_argument("--backends", default="torch,onnx-fp32,onnx-int8", help=",".join(BACKENDS))
@@ -120,13 +130,27 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for backend in [b.strip() for b in args.backends.split(",") if b.strip()]:
-            cmd = [sys.executable, __file__, "--one", backend, "--vectors-dir", tmp, "--titles", str(args.titles),
-                   "--batch-size", str(args.batch_size), "--seed", str(args.seed)]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--one",
+                backend,
+                "--vectors-dir",
+                tmp,
+                "--titles",
+                str(args.titles),
+                "--batch-size",
+                str(args.batch_size),
+                "--seed",
+                str(args.seed),
+            ]
             cmd += ["--real-data", args.real_data] if args.real_data else []
             cmd += ["--threads", str(args.threads)] if args.threads else []
             proc = subprocess.run(cmd, check=False, capture_output=True, text=True)
             if proc.returncode != 0:
-                print(f"{backend}: failed: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode}")
+                print(
+                    f"{backend}: failed: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode}"
+                )
                 results.append({"backend": backend, "error": proc.stderr.strip().splitlines()[-1:]})
                 continue
             row = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -135,38 +159,65 @@ def main(argv: list[str] | None = None) -> int:
                 if name in row and ref_path.exists():
                     ref, vec = np.load(ref_path), np.load(path)
                     cos = (ref * vec).sum(axis=1)
-                    row[name].update({"cosine_to_torch_min": round(float(cos.min()), 4),
-                                      "cosine_to_torch_mean": round(float(cos.mean()), 5),
-                                      "top10_agreement_with_torch": round(agreement(ref, vec), 4)})
+                    row[name].update(
+                        {
+                            "cosine_to_torch_min": round(float(cos.min()), 4),
+                            "cosine_to_torch_mean": round(float(cos.mean()), 5),
+                            "top10_agreement_with_torch": round(agreement(ref, vec), 4),
+                        }
+                    )
             syn = row["synthetic"]
             # flat figures first, so benchmarks/report.py's generic table shows them
-            row = {"backend": backend, "synthetic_titles_per_s": syn["titles_per_s"],
-                   "synthetic_titles_per_cpu_s": syn["titles_per_cpu_s"],
-                   "real_titles_per_s": row.get("real", {}).get("titles_per_s"),
-                   "query_p50_ms": row["query_p50_ms"], "query_p95_ms": row["query_p95_ms"],
-                   "peak_rss_mib": row["peak_rss_mib"], "cosine_to_torch_min": syn.get("cosine_to_torch_min", 1.0),
-                   "top10_agreement_with_torch": syn.get("top10_agreement_with_torch", 1.0),
-                   **{k: v for k, v in row.items() if k != "backend"}}
+            row = {
+                "backend": backend,
+                "synthetic_titles_per_s": syn["titles_per_s"],
+                "synthetic_titles_per_cpu_s": syn["titles_per_cpu_s"],
+                "real_titles_per_s": row.get("real", {}).get("titles_per_s"),
+                "query_p50_ms": row["query_p50_ms"],
+                "query_p95_ms": row["query_p95_ms"],
+                "peak_rss_mib": row["peak_rss_mib"],
+                "cosine_to_torch_min": syn.get("cosine_to_torch_min", 1.0),
+                "top10_agreement_with_torch": syn.get("top10_agreement_with_torch", 1.0),
+                **{k: v for k, v in row.items() if k != "backend"},
+            }
             results.append(row)
-            print(f"{backend}: {syn['titles_per_s']:.0f} titles/s ({syn['titles_per_cpu_s']:.0f} per CPU-s), "
-                  f"query p50 {row['query_p50_ms']:.1f} ms, peak RSS {row['peak_rss_mib']:.0f} MiB, "
-                  f"cosine to torch min {syn.get('cosine_to_torch_min', 1.0)}, load {row['load_average'][0]}", flush=True)
+            print(
+                f"{backend}: {syn['titles_per_s']:.0f} titles/s ({syn['titles_per_cpu_s']:.0f} per CPU-s), "
+                f"query p50 {row['query_p50_ms']:.1f} ms, peak RSS {row['peak_rss_mib']:.0f} MiB, "
+                f"cosine to torch min {syn.get('cosine_to_torch_min', 1.0)}, load {row['load_average'][0]}",
+                flush=True,
+            )
     print()
-    print("| backend | synthetic titles/s | per CPU-s | real titles/s | query p50/p95 ms | peak RSS MiB | cos min/mean | top-10 agreement |")
+    print(
+        "| backend | synthetic titles/s | per CPU-s | real titles/s | query p50/p95 ms | peak RSS MiB | cos min/mean | top-10 agreement |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
         if "error" in r:
             print(f"| {r['backend']} | failed: {r['error']} |")
             continue
         s, real = r["synthetic"], r.get("real", {})
-        print(f"| {r['backend']} | {s['titles_per_s']:.0f} | {s['titles_per_cpu_s']:.0f} | {real.get('titles_per_s', '-')} | "
-              f"{r['query_p50_ms']:.1f} / {r['query_p95_ms']:.1f} | {r['peak_rss_mib']:.0f} | "
-              f"{s.get('cosine_to_torch_min', 1.0)} / {s.get('cosine_to_torch_mean', 1.0)} | {s.get('top10_agreement_with_torch', 1.0)} |")
+        print(
+            f"| {r['backend']} | {s['titles_per_s']:.0f} | {s['titles_per_cpu_s']:.0f} | {real.get('titles_per_s', '-')} | "
+            f"{r['query_p50_ms']:.1f} / {r['query_p95_ms']:.1f} | {r['peak_rss_mib']:.0f} | "
+            f"{s.get('cosine_to_torch_min', 1.0)} / {s.get('cosine_to_torch_mean', 1.0)} | {s.get('top10_agreement_with_torch', 1.0)} |"
+        )
     env["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps({"benchmark": "embed", "environment": env, "titles": args.titles,
-                                              "batch_size": args.batch_size, "results": results}, indent=2) + "\n")
+        Path(args.out).write_text(
+            json.dumps(
+                {
+                    "benchmark": "embed",
+                    "environment": env,
+                    "titles": args.titles,
+                    "batch_size": args.batch_size,
+                    "results": results,
+                },
+                indent=2,
+            )
+            + "\n"
+        )
         print(f"wrote {args.out}")
     return 0
 

@@ -22,6 +22,7 @@ bfloat16 on the device (as benchmarks/bench_finetune_gpu.py does), with SmolLM2'
 small files, without its weights). `--out`
 writes JSON.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,15 +38,20 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
-def _prompt_request(tokenizer: Any, target_tokens: int, config: Any, question: str = "What is this product about?") -> Any:
+def _prompt_request(
+    tokenizer: Any, target_tokens: int, config: Any, question: str = "What is this product about?"
+) -> Any:
     """A GenerationRequest whose rendered prompt is about `target_tokens` tokens (synthetic rows)."""
     from rag.generators.common import render_prompt
     from rag.prompt import build_messages
     from rag.synthetic import generate_records
     from rag.types import CatalogRow, GenerationRequest, Hit
 
-    rows = [CatalogRow(uid=r["uid"], title=r["title"], content=r["content"])
-            for r in generate_records(300, seed=7) if len(r["content"]) > 1200]
+    rows = [
+        CatalogRow(uid=r["uid"], title=r["title"], content=r["content"])
+        for r in generate_records(300, seed=7)
+        if len(r["content"]) > 1200
+    ]
     prompt_config = config.prompt
     prompt_config.max_sources = 5
     best = None
@@ -95,8 +101,13 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
 
     rows: list[dict[str, Any]] = []
     for dtype in args.dtypes.split(","):
-        sets = [f"generator.device={args.device}", f"generator.dtype={dtype}", f"generator.max_new_tokens={args.new_tokens}",
-                f"generator.compile={'true' if args.compile else 'false'}", *args.set]
+        sets = [
+            f"generator.device={args.device}",
+            f"generator.dtype={dtype}",
+            f"generator.max_new_tokens={args.new_tokens}",
+            f"generator.compile={'true' if args.compile else 'false'}",
+            *args.set,
+        ]
         config = load_config(args.config, sets)
         generator = HFGenerator(config)
         started = time.perf_counter()
@@ -111,17 +122,33 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         n = args.new_tokens
         model, device = generator.model, args.device
         inputs = generator._batch_inputs([prompt_ids])
-        base = {"model": label, "device": device, "dtype": dtype, "prompt_tokens": len(prompt_ids), "new_tokens": n,
-                "load_s": round(load_s, 2), "threads": torch.get_num_threads()}
-        print(f"{label} on {device}, {dtype}: prompt {len(prompt_ids)} tokens, {n} new tokens, "
-              f"loaded in {load_s:.1f} s", file=sys.stderr)
+        base = {
+            "model": label,
+            "device": device,
+            "dtype": dtype,
+            "prompt_tokens": len(prompt_ids),
+            "new_tokens": n,
+            "load_s": round(load_s, 2),
+            "threads": torch.get_num_threads(),
+        }
+        print(
+            f"{label} on {device}, {dtype}: prompt {len(prompt_ids)} tokens, {n} new tokens, "
+            f"loaded in {load_s:.1f} s",
+            file=sys.stderr,
+        )
 
         def plain(tokens: int, batch: int = 1) -> None:
             ids = inputs["input_ids"].repeat(batch, 1)
             mask = inputs["attention_mask"].repeat(batch, 1)
             with torch.inference_mode():
-                model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=tokens, min_new_tokens=tokens,
-                               do_sample=False, pad_token_id=generator._pad_id())
+                model.generate(
+                    input_ids=ids,
+                    attention_mask=mask,
+                    max_new_tokens=tokens,
+                    min_new_tokens=tokens,
+                    do_sample=False,
+                    pad_token_id=generator._pad_id(),
+                )
 
         _forward(model, inputs)  # warm-up: the first forward on a GPU also initialises the matmul libraries
         prefill = _timed(lambda: _forward(model, inputs), device, args.repeats)
@@ -154,16 +181,32 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                 first = _timed(lambda: fn(1, batch), device, args.repeats)
                 full = _timed(lambda: fn(n, batch), device, args.repeats)
             except Exception as exc:  # noqa: BLE001 - one failing path must not lose the others' figures
-                print(f"  {name} batch {batch}: failed: {type(exc).__name__}: {str(exc)[:300]}", file=sys.stderr)
+                print(
+                    f"  {name} batch {batch}: failed: {type(exc).__name__}: {str(exc)[:300]}", file=sys.stderr
+                )
                 continue
             rate = batch * (n - 1) / (full - first) if full > first else float("nan")
-            rows.append({**base, "path": name, "batch": batch, "ttft_s": round(first, 4), "prefill_s": round(prefill, 4),
-                         "total_s": round(full, 3), "decode_tok_s": round(rate, 1),
-                         "peak_mib": round(_peak_memory(device))})
+            rows.append(
+                {
+                    **base,
+                    "path": name,
+                    "batch": batch,
+                    "ttft_s": round(first, 4),
+                    "prefill_s": round(prefill, 4),
+                    "total_s": round(full, 3),
+                    "decode_tok_s": round(rate, 1),
+                    "peak_mib": round(_peak_memory(device)),
+                }
+            )
             print(_line(rows[-1]), file=sys.stderr)
         try:
-            rows.append({**base, **_stream_row(generator, request, n, device, args.repeats),
-                         "prefill_s": round(prefill, 4)})
+            rows.append(
+                {
+                    **base,
+                    **_stream_row(generator, request, n, device, args.repeats),
+                    "prefill_s": round(prefill, 4),
+                }
+            )
             print(_line(rows[-1]), file=sys.stderr)
         except Exception as exc:  # noqa: BLE001
             print(f"  rag stream: failed: {type(exc).__name__}: {str(exc)[:300]}", file=sys.stderr)
@@ -194,11 +237,18 @@ def _stream_row(generator: Any, request: Any, n: int, device: str, repeats: int)
         tokens = request.new_tokens or 0
         firsts.append(first or total)
         totals.append(total)
-        rates.append((tokens - 1) / (total - first) if first and tokens > 1 and total > first else float("nan"))
+        rates.append(
+            (tokens - 1) / (total - first) if first and tokens > 1 and total > first else float("nan")
+        )
     # the first run warms the streaming thread up; the medians are over the rest
-    return {"path": "rag stream", "batch": 1, "ttft_s": round(statistics.median(firsts[1:]), 4),
-            "total_s": round(statistics.median(totals[1:]), 3), "decode_tok_s": round(statistics.median(rates[1:]), 1),
-            "peak_mib": round(_peak_memory(device))}
+    return {
+        "path": "rag stream",
+        "batch": 1,
+        "ttft_s": round(statistics.median(firsts[1:]), 4),
+        "total_s": round(statistics.median(totals[1:]), 3),
+        "decode_tok_s": round(statistics.median(rates[1:]), 1),
+        "peak_mib": round(_peak_memory(device)),
+    }
 
 
 def _load_shape(generator: Any, shape: str, device: str, tokenizer_dir: str | None) -> None:
@@ -227,7 +277,9 @@ def _load_shape(generator: Any, shape: str, device: str, tokenizer_dir: str | No
             torch.set_default_dtype(previous)
         model = model.to(dtype).eval()
     else:
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir or resolve_model("smollm2-135m", "--shape tokenizer"))
+        tokenizer = AutoTokenizer.from_pretrained(
+            tokenizer_dir or resolve_model("smollm2-135m", "--shape tokenizer")
+        )
         model = create_model_of_shape(shape, dtype=dtype, device=device).eval()
     generator.device = device
     generator.tokenizer = tokenizer
@@ -237,20 +289,26 @@ def _load_shape(generator: Any, shape: str, device: str, tokenizer_dir: str | No
 
 
 def _line(row: dict[str, Any]) -> str:
-    return (f"  {row['path']:<16} batch {row['batch']:>2}  decode {row['decode_tok_s']:>7} tok/s  "
-            f"first token {row['ttft_s'] * 1000:>7.1f} ms  total {row['total_s']:>7.3f} s  peak {row['peak_mib']} MiB")
+    return (
+        f"  {row['path']:<16} batch {row['batch']:>2}  decode {row['decode_tok_s']:>7} tok/s  "
+        f"first token {row['ttft_s'] * 1000:>7.1f} ms  total {row['total_s']:>7.3f} s  peak {row['peak_mib']} MiB"
+    )
 
 
 def table(rows: list[dict[str, Any]]) -> str:
     """Markdown: one line per path, with the ratio to plain generate of the same model and dtype."""
-    out = ["| model | device | dtype | path | batch | prompt | decode tok/s | × plain | first token ms | peak MiB |",
-           "|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    out = [
+        "| model | device | dtype | path | batch | prompt | decode tok/s | × plain | first token ms | peak MiB |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
     plain = {(r["model"], r["dtype"]): r["decode_tok_s"] for r in rows if r["path"] == "plain generate"}
     for r in rows:
         ref = plain.get((r["model"], r["dtype"]))
         ratio = f"{r['decode_tok_s'] / ref:.2f}" if ref and r["batch"] == 1 else ""
-        out.append(f"| {r['model']} | {r['device']} | {r['dtype']} | {r['path']} | {r['batch']} | {r['prompt_tokens']} | "
-                   f"{r['decode_tok_s']} | {ratio} | {r['ttft_s'] * 1000:.0f} | {r['peak_mib']} |")
+        out.append(
+            f"| {r['model']} | {r['device']} | {r['dtype']} | {r['path']} | {r['batch']} | {r['prompt_tokens']} | "
+            f"{r['decode_tok_s']} | {ratio} | {r['ttft_s'] * 1000:.0f} | {r['peak_mib']} |"
+        )
     return "\n".join(out)
 
 
@@ -258,8 +316,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/smollm2-chat.yaml")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--shape", default=None, help="random-init model of this shape (finetune/tiny.py MODEL_SHAPES)")
-    parser.add_argument("--tokenizer", default=None, help="tokenizer directory for --shape (default: the pulled SmolLM2)")
+    parser.add_argument(
+        "--shape", default=None, help="random-init model of this shape (finetune/tiny.py MODEL_SHAPES)"
+    )
+    parser.add_argument(
+        "--tokenizer", default=None, help="tokenizer directory for --shape (default: the pulled SmolLM2)"
+    )
     parser.add_argument("--label", default=None, help="the model's name in the table")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtypes", default="auto", help="comma-separated generator.dtype values")
@@ -279,7 +341,9 @@ def main(argv: list[str] | None = None) -> int:
     print(table(rows))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps({"environment": info, "args": vars(args), "rows": rows}, indent=2) + "\n")
+        Path(args.out).write_text(
+            json.dumps({"environment": info, "args": vars(args), "rows": rows}, indent=2) + "\n"
+        )
     return 0
 
 

@@ -12,6 +12,7 @@ exact top-10 ids that the approximate index also returns in its top 10; "ties as
 counts a returned row whose score equals the exact 10th score (identical titles have identical
 vectors, so the exact top-10 set is ambiguous at its boundary).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,8 +26,14 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-TEMPLATES = ("what is {t} about?", "who made {t}?", "do you have {w}?", "tell me about {t}",
-             "is {w} any good?", "I am looking for {w}")
+TEMPLATES = (
+    "what is {t} about?",
+    "who made {t}?",
+    "do you have {w}?",
+    "tell me about {t}",
+    "is {w} any good?",
+    "I am looking for {w}",
+)
 
 
 def questions(titles: list[str], n: int, seed: int) -> list[str]:
@@ -39,8 +46,10 @@ def questions(titles: list[str], n: int, seed: int) -> list[str]:
 
 
 def recall_at(exact: np.ndarray, approx: np.ndarray, k: int) -> float:
-    hits = [len(set(e[:k][e[:k] >= 0]) & set(a[:k][a[:k] >= 0])) / max(1, (e[:k] >= 0).sum())
-            for e, a in zip(exact, approx)]
+    hits = [
+        len(set(e[:k][e[:k] >= 0]) & set(a[:k][a[:k] >= 0])) / max(1, (e[:k] >= 0).sum())
+        for e, a in zip(exact, approx)
+    ]
     return float(np.mean(hits))
 
 
@@ -52,7 +61,7 @@ def recall_with_ties(exact_scores: np.ndarray, approx_scores: np.ndarray, k: int
     equally good row as a miss. FAISS returns exact inner products for flat/hnsw/ivf-flat, so
     comparing scores is sound.
     """
-    kth = exact_scores[:, k - 1:k]
+    kth = exact_scores[:, k - 1 : k]
     return float(np.mean(approx_scores[:, :k] >= kth - eps))
 
 
@@ -74,9 +83,17 @@ def run(name: str, ids: np.ndarray, vectors: np.ndarray, titles: list[str], embe
     flat = FaissIndex.create(dim, "flat")
     flat.add(ids, vectors)
     exact, exact_scores, flat_ms = per_query_ms(flat, qs, args.k)
-    result = {"dataset": name, "rows": len(ids), "queries": len(qs), "flat_ms_per_query": round(flat_ms, 3),
-              "hnsw": [], "ivf": []}
-    print(f"\n{name}: {len(ids):,} vectors (d={dim}), {len(qs)} question queries; flat {flat_ms:.2f} ms/query")
+    result = {
+        "dataset": name,
+        "rows": len(ids),
+        "queries": len(qs),
+        "flat_ms_per_query": round(flat_ms, 3),
+        "hnsw": [],
+        "ivf": [],
+    }
+    print(
+        f"\n{name}: {len(ids):,} vectors (d={dim}), {len(qs)} question queries; flat {flat_ms:.2f} ms/query"
+    )
 
     t0 = time.perf_counter()
     hnsw = FaissIndex.create(dim, "hnsw", hnsw_m=args.hnsw_m, hnsw_ef_construction=args.ef_construction)
@@ -89,8 +106,14 @@ def run(name: str, ids: np.ndarray, vectors: np.ndarray, titles: list[str], embe
         approx, scores, ms = per_query_ms(hnsw, qs, args.k)
         r = recall_at(exact, approx, args.k)
         rt = recall_with_ties(exact_scores, scores, args.k)
-        result["hnsw"].append({"ef_search": ef, "recall_at_10": round(r, 4), "recall_at_10_ties": round(rt, 4),
-                               "ms_per_query": round(ms, 3)})
+        result["hnsw"].append(
+            {
+                "ef_search": ef,
+                "recall_at_10": round(r, 4),
+                "recall_at_10_ties": round(rt, 4),
+                "ms_per_query": round(ms, 3),
+            }
+        )
         print(f"    efSearch={ef:<4} recall@{args.k}={r:.4f} (ties as hits {rt:.4f})  {ms:.3f} ms/query")
 
     if len(ids) >= 2000:
@@ -107,17 +130,34 @@ def run(name: str, ids: np.ndarray, vectors: np.ndarray, titles: list[str], embe
             approx, scores, ms = per_query_ms(ivf, qs, args.k)
             r = recall_at(exact, approx, args.k)
             rt = recall_with_ties(exact_scores, scores, args.k)
-            result["ivf"].append({"nlist": used, "nprobe": nprobe, "recall_at_10": round(r, 4),
-                                  "recall_at_10_ties": round(rt, 4), "ms_per_query": round(ms, 3)})
-            print(f"    nprobe={nprobe:<4} recall@{args.k}={r:.4f} (ties as hits {rt:.4f})  {ms:.3f} ms/query")
+            result["ivf"].append(
+                {
+                    "nlist": used,
+                    "nprobe": nprobe,
+                    "recall_at_10": round(r, 4),
+                    "recall_at_10_ties": round(rt, 4),
+                    "ms_per_query": round(ms, 3),
+                }
+            )
+            print(
+                f"    nprobe={nprobe:<4} recall@{args.k}={r:.4f} (ties as hits {rt:.4f})  {ms:.3f} ms/query"
+            )
     return result
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rows", type=int, default=20_000, help="synthetic titles to embed (when no other source)")
-    parser.add_argument("--catalog", action="append", default=[], help="catalog file(s) whose titles are embedded")
-    parser.add_argument("--vectors-from", default=None, help="index.path of a built flat index to take vectors from")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--rows", type=int, default=20_000, help="synthetic titles to embed (when no other source)"
+    )
+    parser.add_argument(
+        "--catalog", action="append", default=[], help="catalog file(s) whose titles are embedded"
+    )
+    parser.add_argument(
+        "--vectors-from", default=None, help="index.path of a built flat index to take vectors from"
+    )
     parser.add_argument("--queries", type=int, default=500)
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--hnsw-m", type=int, default=32)
@@ -125,8 +165,12 @@ def main() -> int:
     parser.add_argument("--ef-search", type=int, nargs="+", default=[16, 32, 64, 128, 256])
     parser.add_argument("--nprobe", type=int, nargs="+", default=[4, 16, 64])
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1,
-                        help="FAISS OpenMP threads (1: single-query latency as one server worker sees it)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="FAISS OpenMP threads (1: single-query latency as one server worker sees it)",
+    )
     args = parser.parse_args()
 
     import faiss
@@ -155,7 +199,11 @@ def main() -> int:
 
         from rag.synthetic import write_synthetic_catalog
 
-        sources = [write_synthetic_catalog(Path(tempfile.mkdtemp()) / "synthetic.jsonl", rows=args.rows, seed=args.seed)]
+        sources = [
+            write_synthetic_catalog(
+                Path(tempfile.mkdtemp()) / "synthetic.jsonl", rows=args.rows, seed=args.seed
+            )
+        ]
     for source in sources:
         rows = list(CatalogReader(load_config().catalog).iter_rows([source]))
         titles = [r.title for r in rows]

@@ -21,6 +21,7 @@ the embedding step and the peak RSS), then updates 1% of the rows with changed t
 them re-embedded) plus 0.1% deletions, and prints both times, their ratio and the machine.
 Also times `verify` (sha256 of every file). Output: a human summary and one JSON line.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,8 +46,13 @@ def machine() -> dict[str, object]:
                 break
     except OSError:
         pass
-    info: dict[str, object] = {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
-                               "platform": platform.platform(), "load_avg_start": os.getloadavg()}
+    info: dict[str, object] = {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "load_avg_start": os.getloadavg(),
+    }
     try:
         import torch
 
@@ -61,18 +67,32 @@ def peak_rss_mb() -> float:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--update-fraction", type=float, default=0.01)
     parser.add_argument("--delete-fraction", type=float, default=0.001)
-    parser.add_argument("--embedder", default="bundled:all-MiniLM-L6-v2", help="embedding.model (hashing:64 for mechanics only)")
+    parser.add_argument(
+        "--embedder",
+        default="bundled:all-MiniLM-L6-v2",
+        help="embedding.model (hashing:64 for mechanics only)",
+    )
     parser.add_argument("--type", default="flat", choices=["flat", "hnsw", "ivf"])
-    parser.add_argument("--workdir", default=None, help="keep the catalog and index here (default: a temp dir)")
+    parser.add_argument(
+        "--workdir", default=None, help="keep the catalog and index here (default: a temp dir)"
+    )
     parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--reuse-index", default=None, help="time only the update on a copy of this index (see above)")
-    parser.add_argument("--large", default=None, metavar="WORKDIR", help="10k new rows into the 1.3M-row base in WORKDIR")
+    parser.add_argument(
+        "--reuse-index", default=None, help="time only the update on a copy of this index (see above)"
+    )
+    parser.add_argument(
+        "--large", default=None, metavar="WORKDIR", help="10k new rows into the 1.3M-row base in WORKDIR"
+    )
     parser.add_argument("--backend", default="torch", help="embedding.backend for --large / --reuse-index")
-    parser.add_argument("--runs", type=int, default=1, help="--large: timed updates, each with 10k fresh uids")
+    parser.add_argument(
+        "--runs", type=int, default=1, help="--large: timed updates, each with 10k fresh uids"
+    )
     args = parser.parse_args()
     if args.large:
         return large(args)
@@ -88,9 +108,17 @@ def main() -> int:
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench_index_update_"))
     work.mkdir(parents=True, exist_ok=True)
     info = machine()
-    config = load_config(None, [f"index.path={work / 'index'}", f"embedding.model={args.embedder}",
-                                f"index.type={args.type}", "index.descriptions=false", "index.keep_versions=0",
-                                f"embedding.batch_size={args.batch_size}"])
+    config = load_config(
+        None,
+        [
+            f"index.path={work / 'index'}",
+            f"embedding.model={args.embedder}",
+            f"index.type={args.type}",
+            "index.descriptions=false",
+            "index.keep_versions=0",
+            f"embedding.batch_size={args.batch_size}",
+        ],
+    )
     catalog = work / "catalog.jsonl"
     if not catalog.exists():
         write_synthetic_catalog(catalog, rows=args.rows, seed=0)
@@ -162,14 +190,22 @@ def main() -> int:
         "open_with_sha256_s": round(open_sha_s, 3),
         "version_files_bytes": sizes,
     }
-    print(f"\nmachine: {info['cpu']}, {info['cores']} cores, load avg {info['load_avg_start']} -> {result['machine']['load_avg_end']}")
-    print(f"build:  {build.rows:,} rows in {build.seconds:.1f}s ({build.titles_per_s:,.0f} titles/s embedding), "
-          f"peak RSS {rss_after_build:,.0f} MB (after model load {rss_after_load:,.0f} MB)")
-    print(f"update: {len(changed):,} changed + {len(deletes):,} deleted in {update.seconds:.2f}s "
-          f"({update.embedded:,} embedded in {update.embed_seconds:.2f}s)")
+    print(
+        f"\nmachine: {info['cpu']}, {info['cores']} cores, load avg {info['load_avg_start']} -> {result['machine']['load_avg_end']}"
+    )
+    print(
+        f"build:  {build.rows:,} rows in {build.seconds:.1f}s ({build.titles_per_s:,.0f} titles/s embedding), "
+        f"peak RSS {rss_after_build:,.0f} MB (after model load {rss_after_load:,.0f} MB)"
+    )
+    print(
+        f"update: {len(changed):,} changed + {len(deletes):,} deleted in {update.seconds:.2f}s "
+        f"({update.embedded:,} embedded in {update.embed_seconds:.2f}s)"
+    )
     print(f"ratio:  update is {build.seconds / update.seconds:.1f}x faster than a rebuild")
-    print(f"verify: {verify.bytes_hashed / 1e6:.1f} MB hashed in {verify.seconds:.3f}s; open sizes-only "
-          f"{open_sizes_s:.3f}s, open with sha256 {open_sha_s:.3f}s")
+    print(
+        f"verify: {verify.bytes_hashed / 1e6:.1f} MB hashed in {verify.seconds:.3f}s; open sizes-only "
+        f"{open_sizes_s:.3f}s, open with sha256 {open_sha_s:.3f}s"
+    )
     print(json.dumps(result))
     return 0
 
@@ -209,9 +245,17 @@ def reuse(args: argparse.Namespace) -> int:
         shutil.rmtree(dst)
     _copy_tree_linked(src, dst)
     info = machine()
-    config = load_config(None, [f"index.path={dst}", f"embedding.model={args.embedder}", "index.descriptions=false",
-                                "index.keep_versions=0", f"embedding.backend={args.backend}",
-                                f"embedding.batch_size={args.batch_size}"])
+    config = load_config(
+        None,
+        [
+            f"index.path={dst}",
+            f"embedding.model={args.embedder}",
+            "index.descriptions=false",
+            "index.keep_versions=0",
+            f"embedding.backend={args.backend}",
+            f"embedding.batch_size={args.batch_size}",
+        ],
+    )
     store = IndexStore.from_config(config)
     build_version = store.complete_versions()[0]
     store.switch_current(build_version)  # the copy only: the source index is untouched
@@ -225,16 +269,39 @@ def reuse(args: argparse.Namespace) -> int:
         for i, line in enumerate(fh):
             if i % 1000 == 1:
                 deletes.append(json.loads(line)["uid"])
-    update = update_index(config, [update_file], deletes, progress=False, embedder=_NamedAs(embedder, build_manifest["embedding"]["model"]))
+    update = update_index(
+        config,
+        [update_file],
+        deletes,
+        progress=False,
+        embedder=_NamedAs(embedder, build_manifest["embedding"]["model"]),
+    )
     print(update.summary())
-    print(f"\nmachine: {info['cpu']}, {info['cores']} cores, load avg {info['load_avg_start']} -> {os.getloadavg()}")
-    print(f"build (recorded in {build_version}'s manifest): {build_manifest['rows']:,} rows in {build_s:.1f}s")
-    print(f"update ({args.backend}): {update.embedded:,} embedded + {update.deleted:,} deleted in {update.seconds:.2f}s "
-          f"(embedding {update.embed_seconds:.2f}s, store {update.store_seconds:.2f}s: {update.timings})")
+    print(
+        f"\nmachine: {info['cpu']}, {info['cores']} cores, load avg {info['load_avg_start']} -> {os.getloadavg()}"
+    )
+    print(
+        f"build (recorded in {build_version}'s manifest): {build_manifest['rows']:,} rows in {build_s:.1f}s"
+    )
+    print(
+        f"update ({args.backend}): {update.embedded:,} embedded + {update.deleted:,} deleted in {update.seconds:.2f}s "
+        f"(embedding {update.embed_seconds:.2f}s, store {update.store_seconds:.2f}s: {update.timings})"
+    )
     print(f"ratio: update is {build_s / update.seconds:.1f}x faster than the rebuild")
-    print(json.dumps({"machine": {**info, "load_avg_end": os.getloadavg()}, "build_s": build_s, "update_s": update.seconds,
-                      "update_embed_s": update.embed_seconds, "update_store_s": update.store_seconds,
-                      "timings": update.timings, "ratio": build_s / update.seconds, "backend": args.backend}))
+    print(
+        json.dumps(
+            {
+                "machine": {**info, "load_avg_end": os.getloadavg()},
+                "build_s": build_s,
+                "update_s": update.seconds,
+                "update_embed_s": update.embed_seconds,
+                "update_store_s": update.store_seconds,
+                "timings": update.timings,
+                "ratio": build_s / update.seconds,
+                "backend": args.backend,
+            }
+        )
+    )
     return 0
 
 
@@ -251,34 +318,53 @@ def large(args: argparse.Namespace) -> int:
 
     work = Path(args.large)
     info = machine()
-    config = load_config(None, [f"index.path={work / 'index'}", "embedding.model=bundled:all-MiniLM-L6-v2",
-                                f"embedding.backend={args.backend}", "index.keep_versions=3",
-                                f"embedding.batch_size={args.batch_size}"])
+    config = load_config(
+        None,
+        [
+            f"index.path={work / 'index'}",
+            "embedding.model=bundled:all-MiniLM-L6-v2",
+            f"embedding.backend={args.backend}",
+            "index.keep_versions=3",
+            f"embedding.batch_size={args.batch_size}",
+        ],
+    )
     store = IndexStore.from_config(config)
     manifest = store.manifest()
     t0 = time.perf_counter()
     embedder = load_embedder(config.embedding)
     print(f"model {embedder.name} ({args.backend}) loaded in {time.perf_counter() - t0:.1f}s", flush=True)
     named = _NamedAs(embedder, manifest["embedding"]["model"])
-    new_rows = [json.loads(line) for line in (work / "new.jsonl").read_text(encoding="utf-8").splitlines() if line.strip()]
+    new_rows = [
+        json.loads(line)
+        for line in (work / "new.jsonl").read_text(encoding="utf-8").splitlines()
+        if line.strip()
+    ]
     queries = embedder.embed([r["title"] for r in new_rows[:64]])
 
     t0 = time.perf_counter()
     live = LiveIndex(store, check_interval_s=0.2)
     first = live.snapshot()  # the first open hashes the whole base once (as a server start does)
-    print(f"LiveIndex first open of {first.version} ({first.rows:,} rows): {time.perf_counter() - t0:.1f}s", flush=True)
+    print(
+        f"LiveIndex first open of {first.version} ({first.rows:,} rows): {time.perf_counter() - t0:.1f}s",
+        flush=True,
+    )
     if not any("mtime_ns" in e for e in first.manifest["files"].values()):
         # a base written before segments existed: one small update records the files' mtimes
         t0 = time.perf_counter()
         rep = update_index(config, [], ["no-such-uid"], progress=False, embedder=named)
-        print(f"first update on a pre-segments version (hashes the base once): {time.perf_counter() - t0:.1f}s", flush=True)
+        print(
+            f"first update on a pre-segments version (hashes the base once): {time.perf_counter() - t0:.1f}s",
+            flush=True,
+        )
         del rep
     results = []
     for run in range(args.runs):
         tag = f"r{int(time.time())}-{run}-"
         data = work / f"new_{run}.jsonl"
         with open(data, "w", encoding="utf-8") as fh:
-            fh.writelines(json.dumps({**r, "uid": tag + str(r.get("uid"))}, ensure_ascii=False) + "\n" for r in new_rows)
+            fh.writelines(
+                json.dumps({**r, "uid": tag + str(r.get("uid"))}, ensure_ascii=False) + "\n" for r in new_rows
+            )
         stop = threading.Event()
         stats = {"queries": 0, "errors": 0, "versions": set(), "lat": []}
 
@@ -316,24 +402,42 @@ def large(args: argparse.Namespace) -> int:
         found = snap.get_by_uid(tag + str(new_rows[5].get("uid")))
         lat = np.array(stats["lat"]) * 1000
         result = {
-            "run": run, "parent": before, "version": update.version, "rows": update.rows, "inserted": update.inserted,
-            "update_s": round(update.seconds, 2), "embed_s": round(update.embed_seconds, 2),
-            "store_s": round(update.store_seconds, 2), "timings": update.timings, "delta_rows": update.delta_rows,
-            "compacted": update.compacted, "live_switch_after_commit_s": round(switch_s, 2),
-            "queries": stats["queries"], "query_errors": stats["errors"], "versions_seen": len(stats["versions"]),
-            "query_ms_p50": round(float(np.percentile(lat, 50)), 1), "query_ms_p95": round(float(np.percentile(lat, 95)), 1),
-            "query_ms_max": round(float(lat.max()), 1), "new_row_found": found is not None,
-            "load_avg_before": load0, "load_avg_after": os.getloadavg(), "backend": args.backend,
+            "run": run,
+            "parent": before,
+            "version": update.version,
+            "rows": update.rows,
+            "inserted": update.inserted,
+            "update_s": round(update.seconds, 2),
+            "embed_s": round(update.embed_seconds, 2),
+            "store_s": round(update.store_seconds, 2),
+            "timings": update.timings,
+            "delta_rows": update.delta_rows,
+            "compacted": update.compacted,
+            "live_switch_after_commit_s": round(switch_s, 2),
+            "queries": stats["queries"],
+            "query_errors": stats["errors"],
+            "versions_seen": len(stats["versions"]),
+            "query_ms_p50": round(float(np.percentile(lat, 50)), 1),
+            "query_ms_p95": round(float(np.percentile(lat, 95)), 1),
+            "query_ms_max": round(float(lat.max()), 1),
+            "new_row_found": found is not None,
+            "load_avg_before": load0,
+            "load_avg_after": os.getloadavg(),
+            "backend": args.backend,
         }
         results.append(result)
         print(update.summary(), flush=True)
         print(json.dumps(result), flush=True)
-    print(f"\nmachine: {info['cpu']}, {info['cores']} cores, load avg {info['load_avg_start']} -> {os.getloadavg()}")
+    print(
+        f"\nmachine: {info['cpu']}, {info['cores']} cores, load avg {info['load_avg_start']} -> {os.getloadavg()}"
+    )
     for r in results:
-        print(f"10k new rows into {r['rows'] - r['inserted']:,}: {r['update_s']}s total = embedding {r['embed_s']}s "
-              f"({args.backend}) + store {r['store_s']}s; queries {r['queries']} ({r['query_errors']} errors), "
-              f"p50 {r['query_ms_p50']} ms, p95 {r['query_ms_p95']} ms, max {r['query_ms_max']} ms; "
-              f"LiveIndex on the new version {r['live_switch_after_commit_s']}s after the commit")
+        print(
+            f"10k new rows into {r['rows'] - r['inserted']:,}: {r['update_s']}s total = embedding {r['embed_s']}s "
+            f"({args.backend}) + store {r['store_s']}s; queries {r['queries']} ({r['query_errors']} errors), "
+            f"p50 {r['query_ms_p50']} ms, p95 {r['query_ms_p95']} ms, max {r['query_ms_max']} ms; "
+            f"LiveIndex on the new version {r['live_switch_after_commit_s']}s after the commit"
+        )
     return 0
 
 

@@ -22,6 +22,7 @@ What it does, exactly:
 
 Prints the machine (CPU, cores, load average, versions) and writes JSON for benchmarks/report.py.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,7 +51,9 @@ def tiled(base: np.ndarray, rows: int, noise: float, seed: int) -> np.ndarray:
     out[:n] = base[:rows]
     for start in range(n, rows, 100_000):
         stop = min(start + 100_000, rows)
-        block = base[np.arange(start, stop) % n] + rng.normal(0.0, noise, size=(stop - start, base.shape[1])).astype(np.float32)
+        block = base[np.arange(start, stop) % n] + rng.normal(
+            0.0, noise, size=(stop - start, base.shape[1])
+        ).astype(np.float32)
         out[start:stop] = block / np.linalg.norm(block, axis=1, keepdims=True)
     return out
 
@@ -87,16 +90,25 @@ def timed_search(index: Any, qvec: np.ndarray, embed_ms: list[float], k: int, wa
         search_ms.append((time.perf_counter() - t0) * 1e3)
         ids_all.append(ids[0])
     total_ms = [e + s for e, s in zip(embed_ms, search_ms)]  # the query's own embedding + its search
-    return {"embed_p50_ms": percentile(embed_ms, 50), "embed_p95_ms": percentile(embed_ms, 95),
-            "search_p50_ms": percentile(search_ms, 50), "search_p95_ms": percentile(search_ms, 95),
-            "total_p50_ms": percentile(total_ms, 50), "total_p95_ms": percentile(total_ms, 95),
-            "ids": np.stack(ids_all)}
+    return {
+        "embed_p50_ms": percentile(embed_ms, 50),
+        "embed_p95_ms": percentile(embed_ms, 95),
+        "search_p50_ms": percentile(search_ms, 50),
+        "search_p95_ms": percentile(search_ms, 95),
+        "total_p50_ms": percentile(total_ms, 50),
+        "total_p95_ms": percentile(total_ms, 95),
+        "ids": np.stack(ids_all),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--rows", type=int, default=1_300_000)
-    parser.add_argument("--real", type=int, default=20_000, help="titles embedded for real (the rest are noisy copies)")
+    parser.add_argument(
+        "--real", type=int, default=20_000, help="titles embedded for real (the rest are noisy copies)"
+    )
     parser.add_argument("--noise", type=float, default=0.03)
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--warmup", type=int, default=10)
@@ -108,12 +120,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ef-construction", type=int, default=40)
     parser.add_argument("--nlist", type=int, default=4096)
     parser.add_argument("--threads", type=int, default=None, help="embedding threads (default: all cores)")
-    parser.add_argument("--faiss-threads", type=int, default=1,
-                        help="FAISS OpenMP threads while searching (1: a single query gains nothing from more, "
-                             "and on a busy machine OpenMP barriers cost ms); the build uses all cores")
+    parser.add_argument(
+        "--faiss-threads",
+        type=int,
+        default=1,
+        help="FAISS OpenMP threads while searching (1: a single query gains nothing from more, "
+        "and on a busy machine OpenMP barriers cost ms); the build uses all cores",
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="config overrides (default embedding.backend=onnx)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config overrides (default embedding.backend=onnx)",
+    )
     parser.add_argument("--cache-dir", default=str(Path.home() / ".cache" / "amazontitles-rag" / "bench"))
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
@@ -150,12 +172,17 @@ def main(argv: list[str] | None = None) -> int:
         embed_info = {"cached": False, "seconds": seconds, "titles_per_s": len(titles) / seconds}
         cache.parent.mkdir(parents=True, exist_ok=True)
         np.save(cache, base, allow_pickle=False)
-        print(f"embedded {len(titles):,} titles in {seconds:.1f} s ({len(titles) / seconds:.0f}/s)", flush=True)
+        print(
+            f"embedded {len(titles):,} titles in {seconds:.1f} s ({len(titles) / seconds:.0f}/s)", flush=True
+        )
     vectors = tiled(base, args.rows, args.noise, args.seed)
     ids = np.arange(args.rows, dtype=np.int64)
     texts = questions(titles, args.queries + args.warmup, args.seed + 1)
     qvec, embed_ms = embed_queries(embedder, texts, args.warmup)
-    print(f"query embedding alone: p50 {percentile(embed_ms, 50):.2f} ms, p95 {percentile(embed_ms, 95):.2f} ms", flush=True)
+    print(
+        f"query embedding alone: p50 {percentile(embed_ms, 50):.2f} ms, p95 {percentile(embed_ms, 95):.2f} ms",
+        flush=True,
+    )
 
     exact = faiss.IndexFlatIP(vectors.shape[1])
     exact.add(vectors)
@@ -171,22 +198,37 @@ def main(argv: list[str] | None = None) -> int:
         row = timed_search(index, qvec, embed_ms, args.k, args.warmup)
         found = row.pop("ids")
         recall = float(np.mean([len(set(found[i]) & set(truth[i])) / args.k for i in range(len(truth))]))
-        row.update({"rows": args.rows, "index_type": name, **param, "build_s": round(build_s, 1),
-                    f"recall@{args.k}_vs_exact": recall, "load_average": [round(x, 2) for x in os.getloadavg()]})
+        row.update(
+            {
+                "rows": args.rows,
+                "index_type": name,
+                **param,
+                "build_s": round(build_s, 1),
+                f"recall@{args.k}_vs_exact": recall,
+                "load_average": [round(x, 2) for x in os.getloadavg()],
+            }
+        )
         results.append(row)
-        print(f"{name} {param}: total p50 {row['total_p50_ms']:.2f} ms p95 {row['total_p95_ms']:.2f} "
-              f"(embed p50 {row['embed_p50_ms']:.2f}, search p50 {row['search_p50_ms']:.2f}), "
-              f"recall@{args.k} {recall:.3f}, load {row['load_average'][0]}", flush=True)
+        print(
+            f"{name} {param}: total p50 {row['total_p50_ms']:.2f} ms p95 {row['total_p95_ms']:.2f} "
+            f"(embed p50 {row['embed_p50_ms']:.2f}, search p50 {row['search_p50_ms']:.2f}), "
+            f"recall@{args.k} {recall:.3f}, load {row['load_average'][0]}",
+            flush=True,
+        )
         if args.out:  # write after every row: a timed-out run keeps what it measured
             write(args.out, env, label, embed_info, args, results)
 
     for name in [t.strip() for t in args.types.split(",") if t.strip()]:
-        params: dict[str, Any] = {"hnsw_m": args.hnsw_m, "hnsw_ef_construction": args.ef_construction,
-                                  "ivf_nlist": args.nlist, "ivf_train_points": 64 * args.nlist}
+        params: dict[str, Any] = {
+            "hnsw_m": args.hnsw_m,
+            "hnsw_ef_construction": args.ef_construction,
+            "ivf_nlist": args.nlist,
+            "ivf_train_points": 64 * args.nlist,
+        }
         index = FaissIndex.create(vectors.shape[1], name, **params)
         t0 = time.perf_counter()
         for start in range(0, args.rows, 100_000):
-            index.add(ids[start:start + 100_000], vectors[start:start + 100_000])
+            index.add(ids[start : start + 100_000], vectors[start : start + 100_000])
         index.flush()
         build_s = time.perf_counter() - t0
         faiss.omp_set_num_threads(args.faiss_threads)
@@ -194,7 +236,12 @@ def main(argv: list[str] | None = None) -> int:
         if name == "hnsw":
             for ef in [int(x) for x in args.ef.split(",")]:
                 index.apply_search_params(hnsw_ef_search=ef)
-                record(name, index, build_s, {"hnsw_m": args.hnsw_m, "ef_construction": args.ef_construction, "ef_search": ef})
+                record(
+                    name,
+                    index,
+                    build_s,
+                    {"hnsw_m": args.hnsw_m, "ef_construction": args.ef_construction, "ef_search": ef},
+                )
         elif name == "ivf":
             for nprobe in [int(x) for x in args.nprobe.split(",")]:
                 index.apply_search_params(ivf_nprobe=nprobe)
@@ -210,11 +257,26 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def write(out: str, env: dict[str, Any], label: str, embed_info: dict[str, Any], args: argparse.Namespace,
-          results: list[dict[str, Any]]) -> None:
-    payload = {"benchmark": "latency_1m", "environment": env, "embedding": label, "embed_titles": embed_info,
-               "rows": args.rows, "real_vectors": args.real, "noise": args.noise, "k": args.k,
-               "queries": args.queries, "results": results}
+def write(
+    out: str,
+    env: dict[str, Any],
+    label: str,
+    embed_info: dict[str, Any],
+    args: argparse.Namespace,
+    results: list[dict[str, Any]],
+) -> None:
+    payload = {
+        "benchmark": "latency_1m",
+        "environment": env,
+        "embedding": label,
+        "embed_titles": embed_info,
+        "rows": args.rows,
+        "real_vectors": args.real,
+        "noise": args.noise,
+        "k": args.k,
+        "queries": args.queries,
+        "results": results,
+    }
     path = Path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")

@@ -28,6 +28,7 @@ What it does, exactly:
    process (on a shared machine other jobs inflate wall time; CPU time is the work itself).
 Prints the machine; `--out` writes the figures as JSON.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -96,8 +97,17 @@ def prepare(rows: int, workdir: Path, seed: int) -> Path:
     reader = CatalogReader(Config().catalog, workdir / "rejects.jsonl")
     batch = []
     for row in reader.iter_rows([data]):
-        batch.append((uid_to_id(row.uid), row.uid, row.title, row.content, content_hash(row.title, row.content),
-                      row.source, row.line))
+        batch.append(
+            (
+                uid_to_id(row.uid),
+                row.uid,
+                row.title,
+                row.content,
+                content_hash(row.title, row.content),
+                row.source,
+                row.line,
+            )
+        )
         if len(batch) >= 10000:
             conn.executemany("INSERT OR IGNORE INTO rows VALUES (?,?,?,?,?,?,?)", batch)
             batch = []
@@ -106,7 +116,10 @@ def prepare(rows: int, workdir: Path, seed: int) -> Path:
     conn.close()
     tmp.rename(meta)
     data.unlink()
-    print(f"prepared {rows:,} cleaned rows in {time.perf_counter() - t0:.0f}s ({reader.summary.summary()})", file=sys.stderr)
+    print(
+        f"prepared {rows:,} cleaned rows in {time.perf_counter() - t0:.0f}s ({reader.summary.summary()})",
+        file=sys.stderr,
+    )
     return meta
 
 
@@ -130,14 +143,15 @@ def make_questions(meta: Path, n: int, seed: int) -> list[tuple[str, int]]:
     frames_en = ["a book about {}", "{}", "the one where {}", "something with {}"]
     frames_pt = ["um livro sobre {}", "procuro algo com {}"]
     while len(out) < n:
-        fid, content = conn.execute("SELECT faiss_id, content FROM rows WHERE rowid >= ? LIMIT 1",
-                                    (rng.randrange(total),)).fetchone() or (None, "")
+        fid, content = conn.execute(
+            "SELECT faiss_id, content FROM rows WHERE rowid >= ? LIMIT 1", (rng.randrange(total),)
+        ).fetchone() or (None, "")
         sentences = [s for s in re.split(r"(?<=[.!?])\s+", content or "") if len(s.split()) >= 6]
         if not sentences:
             continue
         words = rng.choice(sentences).rstrip(".!?").split()
         start = rng.randrange(max(1, len(words) - 6))
-        phrase = " ".join(words[start:start + rng.randint(6, 10)])
+        phrase = " ".join(words[start : start + rng.randint(6, 10)])
         frame = rng.choice(frames_pt if len(out) % 3 == 2 else frames_en)
         out.append((frame.format(phrase), int(fid)))
     conn.close()
@@ -157,11 +171,14 @@ def bench_update(meta: Path, base_dir: Path, workdir: Path, seed: int) -> dict[s
     rng = random.Random(seed)
     uids = [r[0] for r in conn.execute("SELECT uid FROM rows")]
     picked = rng.sample(uids, max(1, n // 100) + max(1, n // 1000))
-    changed, deleted = picked[: max(1, n // 100)], picked[max(1, n // 100):]
+    changed, deleted = picked[: max(1, n // 100)], picked[max(1, n // 100) :]
     for uid in changed:
         title, content = conn.execute("SELECT title, content FROM rows WHERE uid=?", (uid,)).fetchone()
         content = (content + " Now with a revised foreword.").strip()
-        conn.execute("UPDATE rows SET content=?, content_hash=? WHERE uid=?", (content, content_hash(title, content), uid))
+        conn.execute(
+            "UPDATE rows SET content=?, content_hash=? WHERE uid=?",
+            (content, content_hash(title, content), uid),
+        )
     conn.executemany("DELETE FROM rows WHERE uid=?", [(u,) for u in deleted])
     conn.commit()
     conn.close()
@@ -184,7 +201,9 @@ def build_version(meta: Path, lex_dir: Path, root: Path, index_type: str, embedd
     if store.has_current():
         return config
     conn = sqlite3.connect(meta)
-    ids = np.fromiter((r[0] for r in conn.execute("SELECT faiss_id FROM rows ORDER BY faiss_id")), dtype=np.int64)
+    ids = np.fromiter(
+        (r[0] for r in conn.execute("SELECT faiss_id FROM rows ORDER BY faiss_id")), dtype=np.int64
+    )
     conn.close()
     with store.lock():
         vdir = store.new_version_dir()
@@ -194,31 +213,49 @@ def build_version(meta: Path, lex_dir: Path, root: Path, index_type: str, embedd
         for start in range(0, len(ids), 100_000):
             vec = rng.standard_normal((min(100_000, len(ids) - start), embedder.dimension), dtype=np.float32)
             vec /= np.linalg.norm(vec, axis=1, keepdims=True)
-            index.add(ids[start:start + 100_000], vec)
+            index.add(ids[start : start + 100_000], vec)
         index.save(vdir / VECTORS_FILE)
-        print(f"{index_type} index over {len(ids):,} random vectors in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
+        print(
+            f"{index_type} index over {len(ids):,} random vectors in {time.perf_counter() - t0:.0f}s",
+            file=sys.stderr,
+        )
         os.link(meta, vdir / META_FILE)  # hard links: the benchmark's files are never modified
         names = json.loads((lex_dir / "build.json").read_text())["files"]
         for name in names:
             os.link(lex_dir / name, vdir / name)
-        manifest = {"rows": len(ids), "operation": "build", "parent": None,
-                    "embedding": {"model": embedder.name, "dimension": int(embedder.dimension)},
-                    "index": {"type": index.type, "params": index.params}, "artifacts": names,
-                    "file_names": [VECTORS_FILE, META_FILE, *names]}
+        manifest = {
+            "rows": len(ids),
+            "operation": "build",
+            "parent": None,
+            "embedding": {"model": embedder.name, "dimension": int(embedder.dimension)},
+            "index": {"type": index.type, "params": index.params},
+            "artifacts": names,
+            "file_names": [VECTORS_FILE, META_FILE, *names],
+        }
         store.commit_version(vdir, manifest)
     return config
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--rows", type=int, default=100_000)
     p.add_argument("--queries", type=int, default=200)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--dense", choices=["none", "flat", "hnsw", "ivf"], default="none",
-                   help="also time the whole Retriever.search with this FAISS index type (random vectors)")
+    p.add_argument(
+        "--dense",
+        choices=["none", "flat", "hnsw", "ivf"],
+        default="none",
+        help="also time the whole Retriever.search with this FAISS index type (random vectors)",
+    )
     p.add_argument("--cache-dir", default="/tmp/bench_lexical", help="where the rows and indexes are kept")
     p.add_argument("--out", default=None, help="write the figures to this JSON file")
-    p.add_argument("--reuse", action="store_true", help="reuse the description index of an earlier run (figures from then)")
+    p.add_argument(
+        "--reuse",
+        action="store_true",
+        help="reuse the description index of an earlier run (figures from then)",
+    )
     p.add_argument("--child-build", nargs=2, metavar=("META", "DIR"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child_build:
@@ -236,24 +273,40 @@ def main(argv: list[str] | None = None) -> int:
     else:
         shutil.rmtree(lex_dir, ignore_errors=True)
         lex_dir.mkdir()
-        os.link(meta, lex_dir / "meta.sqlite")  # the parent version's rows: update_artifacts looks deleted uids up there
-        child = subprocess.run([sys.executable, __file__, "--child-build", str(meta), str(lex_dir)],
-                               capture_output=True, text=True, check=True)
+        os.link(
+            meta, lex_dir / "meta.sqlite"
+        )  # the parent version's rows: update_artifacts looks deleted uids up there
+        child = subprocess.run(
+            [sys.executable, __file__, "--child-build", str(meta), str(lex_dir)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         built = json.loads(child.stdout.strip().splitlines()[-1])
         (lex_dir / "build.json").write_text(json.dumps(built))
     size = sum((lex_dir / f).stat().st_size for f in built["files"])
     lex_meta = json.loads((lex_dir / "lexical.json").read_text())
     base = lex_meta["segments"]["base"]
-    result["build"] = {"seconds": built["seconds"], "peak_rss_mb": built["peak_rss_mb"], "disk_mb": size / 2**20,
-                       "docs": base["docs"], "terms": base["terms"], "postings": base["postings"]}
-    print(f"build: {built['seconds']:.1f}s, peak RSS {built['peak_rss_mb']:.0f} MB, on disk {size / 2**20:.1f} MB "
-          f"({base['docs']:,} docs, {base['terms']:,} terms, {base['postings']:,} postings)")
+    result["build"] = {
+        "seconds": built["seconds"],
+        "peak_rss_mb": built["peak_rss_mb"],
+        "disk_mb": size / 2**20,
+        "docs": base["docs"],
+        "terms": base["terms"],
+        "postings": base["postings"],
+    }
+    print(
+        f"build: {built['seconds']:.1f}s, peak RSS {built['peak_rss_mb']:.0f} MB, on disk {size / 2**20:.1f} MB "
+        f"({base['docs']:,} docs, {base['terms']:,} terms, {base['postings']:,} postings)"
+    )
 
     upd = bench_update(meta, lex_dir, work, args.seed)
     result["update"] = upd
     result["full_rebuild_seconds"] = built["seconds"]
-    print(f"update: {upd['changed']:,} changed + {upd['deleted']:,} deleted rows in {upd['seconds']:.2f}s, "
-          f"{upd['new_bytes'] / 2**20:.2f} MB of new files (the base is hard-linked)")
+    print(
+        f"update: {upd['changed']:,} changed + {upd['deleted']:,} deleted rows in {upd['seconds']:.2f}s, "
+        f"{upd['new_bytes'] / 2**20:.2f} MB of new files (the base is hard-linked)"
+    )
 
     from index.lexical import LexicalIndex
     from index.metadata import MetadataReader
@@ -280,19 +333,32 @@ def main(argv: list[str] | None = None) -> int:
         score_times.append((time.perf_counter() - t0) * 1000)
         exact = index.score(terms, 10, exhaustive=True)
         # pruning fidelity: the best score found equals the exhaustive BM25's best score
-        agree += bool(pruned and exact and abs(pruned[0][1] - exact[0][1]) <= 1e-4 * exact[0][1]) or (not pruned and not exact)
-    result["search"] = {"queries": len(questions), "p50_ms": pct(times, 50), "p95_ms": pct(times, 95),
-                        "cpu_p50_ms": pct(cpu_times, 50), "cpu_p95_ms": pct(cpu_times, 95),
-                        "score_p50_ms": pct(score_times, 50), "score_p95_ms": pct(score_times, 95),
-                        "top1_equals_exhaustive": agree / len(questions),
-                        "rss_open_mb": rss_open - rss0, "rss_after_mb": rss_mb() - rss0}
+        agree += bool(pruned and exact and abs(pruned[0][1] - exact[0][1]) <= 1e-4 * exact[0][1]) or (
+            not pruned and not exact
+        )
+    result["search"] = {
+        "queries": len(questions),
+        "p50_ms": pct(times, 50),
+        "p95_ms": pct(times, 95),
+        "cpu_p50_ms": pct(cpu_times, 50),
+        "cpu_p95_ms": pct(cpu_times, 95),
+        "score_p50_ms": pct(score_times, 50),
+        "score_p95_ms": pct(score_times, 95),
+        "top1_equals_exhaustive": agree / len(questions),
+        "rss_open_mb": rss_open - rss0,
+        "rss_after_mb": rss_mb() - rss0,
+    }
     s = result["search"]
-    print(f"description search (k=50, snippets for the top 10): p50 {s['p50_ms']:.2f} ms, p95 {s['p95_ms']:.2f} ms "
-          f"(CPU time p50 {s['cpu_p50_ms']:.2f} ms, p95 {s['cpu_p95_ms']:.2f} ms); "
-          f"BM25 scoring alone p50 {s['score_p50_ms']:.2f} ms, p95 {s['score_p95_ms']:.2f} ms; "
-          f"top-1 equal to exhaustive BM25 in {s['top1_equals_exhaustive']:.0%} of {len(questions)} questions")
-    print(f"memory: RSS +{s['rss_open_mb']:.0f} MB on open, +{s['rss_after_mb']:.0f} MB after the queries "
-          f"(memory-mapped pages)")
+    print(
+        f"description search (k=50, snippets for the top 10): p50 {s['p50_ms']:.2f} ms, p95 {s['p95_ms']:.2f} ms "
+        f"(CPU time p50 {s['cpu_p50_ms']:.2f} ms, p95 {s['cpu_p95_ms']:.2f} ms); "
+        f"BM25 scoring alone p50 {s['score_p50_ms']:.2f} ms, p95 {s['score_p95_ms']:.2f} ms; "
+        f"top-1 equal to exhaustive BM25 in {s['top1_equals_exhaustive']:.0%} of {len(questions)} questions"
+    )
+    print(
+        f"memory: RSS +{s['rss_open_mb']:.0f} MB on open, +{s['rss_after_mb']:.0f} MB after the queries "
+        f"(memory-mapped pages)"
+    )
 
     if args.dense != "none":
         from index.embedder import load_embedder
@@ -325,8 +391,10 @@ def main(argv: list[str] | None = None) -> int:
                     if stage != "embed":
                         stages.setdefault(f"{label}.{stage}", []).append(sec * 1000)
                 stages.setdefault(f"{label}.total", []).append(total)
-        result["retrieval"] = {"index_type": args.dense,
-                               **{k: {"p50_ms": pct(v, 50), "p95_ms": pct(v, 95)} for k, v in stages.items()}}
+        result["retrieval"] = {
+            "index_type": args.dense,
+            **{k: {"p50_ms": pct(v, 50), "p95_ms": pct(v, 95)} for k, v in stages.items()},
+        }
         print(f"whole retrieval ({args.dense} title index; query embedding timed separately; ms p50 / p95):")
         for k, v in stages.items():
             print(f"  {k:28s} {pct(v, 50):8.2f} {pct(v, 95):8.2f}")

@@ -27,6 +27,7 @@ title fusion and the description index; `rag eval retrieval` reports that end to
 Prints the machine (CPU model, cores, RAM, python/torch/faiss versions); `--out` writes JSON for
 `benchmarks/report.py`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -61,7 +62,9 @@ def synthetic_titles(rows: int, seed: int) -> list[str]:
     return [clean_title(r["title"]) for r in generate_records(rows, seed=seed)]
 
 
-def embed_titles(embedder: Any, titles: list[str], cache: Path | None, batch_size: int) -> tuple[np.ndarray, dict[str, float]]:
+def embed_titles(
+    embedder: Any, titles: list[str], cache: Path | None, batch_size: int
+) -> tuple[np.ndarray, dict[str, float]]:
     if cache is not None and cache.exists():
         vectors = np.load(cache, allow_pickle=False)
         if vectors.shape[0] == len(titles):
@@ -86,7 +89,9 @@ def tiled_vectors(base: np.ndarray, rows: int, noise: float, seed: int, chunk: i
         block = base[idx % n].copy()
         copies = idx >= n
         if copies.any():
-            block[copies] += rng.normal(0.0, noise, size=(int(copies.sum()), base.shape[1])).astype(np.float32)
+            block[copies] += rng.normal(0.0, noise, size=(int(copies.sum()), base.shape[1])).astype(
+                np.float32
+            )
             block[copies] /= np.linalg.norm(block[copies], axis=1, keepdims=True)
         yield idx.astype(np.int64), block
         start = stop
@@ -105,8 +110,15 @@ def make_queries(titles: list[str], count: int, seed: int, indexed: int) -> list
     return queries
 
 
-def bench_scale(config: Any, embedder: Any, base: np.ndarray, scale: int, index_type: str, queries: list[tuple[str, int]],
-                args: argparse.Namespace) -> dict[str, Any]:
+def bench_scale(
+    config: Any,
+    embedder: Any,
+    base: np.ndarray,
+    scale: int,
+    index_type: str,
+    queries: list[tuple[str, int]],
+    args: argparse.Namespace,
+) -> dict[str, Any]:
     from index.vector import FaissIndex
 
     config.index.type = index_type
@@ -120,7 +132,7 @@ def bench_scale(config: Any, embedder: Any, base: np.ndarray, scale: int, index_
     for text, _row in queries[: args.warmup]:
         index.search(np.asarray(embedder.embed([text]), dtype=np.float32), args.k)
     embed_ms, search_ms, total_ms, hits = [], [], [], 0
-    for text, row in queries[args.warmup:]:
+    for text, row in queries[args.warmup :]:
         t0 = time.perf_counter()
         vector = np.asarray(embedder.embed([text]), dtype=np.float32).reshape(1, -1)
         t1 = time.perf_counter()
@@ -132,12 +144,20 @@ def bench_scale(config: Any, embedder: Any, base: np.ndarray, scale: int, index_
         hits += int(row in set(int(i) for i in ids[0]))
     n = len(total_ms)
     result = {
-        "rows": scale, "index_type": index_type, "real_vectors": min(scale, base.shape[0]),
-        "tiled_vectors": max(0, scale - base.shape[0]), "build_s": build_s, "queries": n,
-        "embed_p50_ms": percentile(embed_ms, 50), "embed_p95_ms": percentile(embed_ms, 95),
-        "search_p50_ms": percentile(search_ms, 50), "search_p95_ms": percentile(search_ms, 95),
-        "total_p50_ms": percentile(total_ms, 50), "total_p95_ms": percentile(total_ms, 95),
-        f"hit@{args.k}": hits / n if n else math.nan, "peak_rss_mib": peak_rss_mib(),
+        "rows": scale,
+        "index_type": index_type,
+        "real_vectors": min(scale, base.shape[0]),
+        "tiled_vectors": max(0, scale - base.shape[0]),
+        "build_s": build_s,
+        "queries": n,
+        "embed_p50_ms": percentile(embed_ms, 50),
+        "embed_p95_ms": percentile(embed_ms, 95),
+        "search_p50_ms": percentile(search_ms, 50),
+        "search_p95_ms": percentile(search_ms, 95),
+        "total_p50_ms": percentile(total_ms, 50),
+        "total_p95_ms": percentile(total_ms, 95),
+        f"hit@{args.k}": hits / n if n else math.nan,
+        "peak_rss_mib": peak_rss_mib(),
         "vector_mib": scale * base.shape[1] * 4 / 2**20,
     }
     del index
@@ -145,40 +165,74 @@ def bench_scale(config: Any, embedder: Any, base: np.ndarray, scale: int, index_
 
 
 def table(results: list[dict[str, Any]], k: int) -> str:
-    head = ["rows", "index", "real / tiled vectors", "build s", "embed p50/p95 ms", "search p50/p95 ms",
-            "total p50/p95 ms", f"hit@{k}", "peak RSS MiB"]
+    head = [
+        "rows",
+        "index",
+        "real / tiled vectors",
+        "build s",
+        "embed p50/p95 ms",
+        "search p50/p95 ms",
+        "total p50/p95 ms",
+        f"hit@{k}",
+        "peak RSS MiB",
+    ]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---:"] * len(head)) + "|"]
     for r in results:
-        lines.append("| " + " | ".join([
-            f"{r['rows']:,}", r["index_type"], f"{r['real_vectors']:,} / {r['tiled_vectors']:,}", f"{r['build_s']:.1f}",
-            f"{r['embed_p50_ms']:.1f} / {r['embed_p95_ms']:.1f}", f"{r['search_p50_ms']:.2f} / {r['search_p95_ms']:.2f}",
-            f"{r['total_p50_ms']:.1f} / {r['total_p95_ms']:.1f}", f"{r[f'hit@{k}']:.2f}", f"{r['peak_rss_mib']:.0f}",
-        ]) + " |")
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    f"{r['rows']:,}",
+                    r["index_type"],
+                    f"{r['real_vectors']:,} / {r['tiled_vectors']:,}",
+                    f"{r['build_s']:.1f}",
+                    f"{r['embed_p50_ms']:.1f} / {r['embed_p95_ms']:.1f}",
+                    f"{r['search_p50_ms']:.2f} / {r['search_p95_ms']:.2f}",
+                    f"{r['total_p50_ms']:.1f} / {r['total_p95_ms']:.1f}",
+                    f"{r[f'hit@{k}']:.2f}",
+                    f"{r['peak_rss_mib']:.0f}",
+                ]
+            )
+            + " |"
+        )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--scales", default="10000,100000,1300000", help="comma-separated row counts")
     parser.add_argument("--embed-rows", type=int, default=100_000, help="titles embedded with the real model")
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--index-types", default="flat", help="comma-separated: flat, hnsw, ivf")
-    parser.add_argument("--noise", type=float, default=0.01, help="std of the per-dimension noise of tiled copies")
+    parser.add_argument(
+        "--noise", type=float, default=0.01, help="std of the per-dimension noise of tiled copies"
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=None, help="torch and FAISS threads (default: all cores)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch and FAISS threads (default: all cores)"
+    )
     parser.add_argument("--config", default=None, help="YAML config (embedding model, index params)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--cache-dir", default=str(Path.home() / ".cache" / "amazontitles-rag" / "bench"),
-                        help="where the embedded title vectors are cached (.npy)")
-    parser.add_argument("--out", default=None, help="write the figures as JSON (e.g. results/bench_query.json)")
+    parser.add_argument(
+        "--cache-dir",
+        default=str(Path.home() / ".cache" / "amazontitles-rag" / "bench"),
+        help="where the embedded title vectors are cached (.npy)",
+    )
+    parser.add_argument(
+        "--out", default=None, help="write the figures as JSON (e.g. results/bench_query.json)"
+    )
     args = parser.parse_args(argv)
 
     scales = [int(s) for s in args.scales.split(",") if s.strip()]
     if any(s <= 0 for s in scales):
         parser.error("--scales: every row count must be > 0")
-    config = load_config(args.config, args.overrides + ["embedding.cache_size=0"])  # time every query embedding
+    config = load_config(
+        args.config, args.overrides + ["embedding.cache_size=0"]
+    )  # time every query embedding
     if args.threads:
         import faiss
         import torch
@@ -194,42 +248,64 @@ def main(argv: list[str] | None = None) -> int:
     embed_rows = min(args.embed_rows, max(scales))
     t0 = time.perf_counter()
     titles = synthetic_titles(embed_rows, args.seed)
-    print(f"generated {len(titles):,} synthetic titles in {time.perf_counter() - t0:.1f} s "
-          f"(mean {sum(map(len, titles)) / len(titles):.0f} characters)", flush=True)
+    print(
+        f"generated {len(titles):,} synthetic titles in {time.perf_counter() - t0:.1f} s "
+        f"(mean {sum(map(len, titles)) / len(titles):.0f} characters)",
+        flush=True,
+    )
     embedder = load_embedder(config.embedding)
     safe_model = "".join(ch if ch.isalnum() else "_" for ch in config.embedding.model)
-    cache = Path(args.cache_dir) / f"titles_{safe_model}_{embed_rows}_{args.seed}.npy" if args.cache_dir else None
+    cache = (
+        Path(args.cache_dir) / f"titles_{safe_model}_{embed_rows}_{args.seed}.npy" if args.cache_dir else None
+    )
     base, embed_info = embed_titles(embedder, titles, cache, config.embedding.batch_size)
     if embed_info.get("cached"):
         print(f"title vectors: {base.shape} from the cache {cache}", flush=True)
     else:
-        print(f"embedded {len(titles):,} titles with {config.embedding.model} in {embed_info['seconds']:.1f} s "
-              f"({embed_info['titles_per_s']:.0f} titles/s)", flush=True)
+        print(
+            f"embedded {len(titles):,} titles with {config.embedding.model} in {embed_info['seconds']:.1f} s "
+            f"({embed_info['titles_per_s']:.0f} titles/s)",
+            flush=True,
+        )
     results = []
     for index_type in [t.strip() for t in args.index_types.split(",") if t.strip()]:
         for scale in scales:
             queries = make_queries(titles, args.queries + args.warmup, args.seed + 1, indexed=scale)
             result = bench_scale(config, embedder, base, scale, index_type, queries, args)
             results.append(result)
-            print(f"{scale:>9,} rows {index_type}: total p50 {result['total_p50_ms']:.1f} ms, p95 "
-                  f"{result['total_p95_ms']:.1f} ms (search p50 {result['search_p50_ms']:.2f} ms), "
-                  f"build {result['build_s']:.1f} s", flush=True)
+            print(
+                f"{scale:>9,} rows {index_type}: total p50 {result['total_p50_ms']:.1f} ms, p95 "
+                f"{result['total_p95_ms']:.1f} ms (search p50 {result['search_p50_ms']:.2f} ms), "
+                f"build {result['build_s']:.1f} s",
+                flush=True,
+            )
     print()
     print(table(results, args.k))
     if any(r["tiled_vectors"] for r in results):
-        print(f"\nRows above {base.shape[0]:,} are perturbed copies of the {base.shape[0]:,} real title vectors "
-              f"(noise {args.noise} per dimension, re-normalised); query vectors are always real model embeddings.")
+        print(
+            f"\nRows above {base.shape[0]:,} are perturbed copies of the {base.shape[0]:,} real title vectors "
+            f"(noise {args.noise} per dimension, re-normalised); query vectors are always real model embeddings."
+        )
     try:
         import os
 
         env["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
-        print(f"load average at the end: {env['load_average_end'][0]} (other work on the machine inflates latency)")
+        print(
+            f"load average at the end: {env['load_average_end'][0]} (other work on the machine inflates latency)"
+        )
     except OSError:  # pragma: no cover
         pass
     if args.out:
-        payload = {"benchmark": "query", "environment": env, "embedding_model": config.embedding.model,
-                   "embed_rows": base.shape[0], "embedding": embed_info, "noise": args.noise, "k": args.k,
-                   "results": results}
+        payload = {
+            "benchmark": "query",
+            "environment": env,
+            "embedding_model": config.embedding.model,
+            "embed_rows": base.shape[0],
+            "embedding": embed_info,
+            "noise": args.noise,
+            "k": args.k,
+            "results": results,
+        }
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")

@@ -7,6 +7,7 @@ Prints, per question: time to the first streamed piece, total time, new tokens, 
 first token, finish reason and the answer; then the model load time and p50 figures. Uses
 configs/smollm2-chat.yaml (any --config / --set overrides it). `--out` writes JSON.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,19 +56,36 @@ def main() -> int:
         answer = stream.answer
         tokens = answer.new_tokens or 0
         rate = (tokens - 1) / (total - first) if first is not None and tokens > 1 and total > first else None
-        rows.append({"question": question, "first_piece_s": first, "total_s": total, "new_tokens": tokens,
-                     "tokens_per_s": rate, "finish_reason": answer.finish_reason, "answer": answer.text,
-                     "sources": [s.title for s in answer.sources]})
-        print(f"{question}\n  first piece {first:.2f} s, total {total:.2f} s, {tokens} tokens"
-              f"{f', {rate:.1f} tokens/s' if rate else ''}, finish {answer.finish_reason}\n  {answer.text[:300]}")
+        rows.append(
+            {
+                "question": question,
+                "first_piece_s": first,
+                "total_s": total,
+                "new_tokens": tokens,
+                "tokens_per_s": rate,
+                "finish_reason": answer.finish_reason,
+                "answer": answer.text,
+                "sources": [s.title for s in answer.sources],
+            }
+        )
+        print(
+            f"{question}\n  first piece {first:.2f} s, total {total:.2f} s, {tokens} tokens"
+            f"{f', {rate:.1f} tokens/s' if rate else ''}, finish {answer.finish_reason}\n  {answer.text[:300]}"
+        )
     firsts = [r["first_piece_s"] for r in rows if r["first_piece_s"] is not None]
     rates = [r["tokens_per_s"] for r in rows if r["tokens_per_s"]]
-    summary = {"load_s": load_s, "p50_first_piece_s": statistics.median(firsts),
-               "p50_tokens_per_s": statistics.median(rates) if rates else None,
-               "stopped": sum(r["finish_reason"] == "stop" for r in rows), "n": len(rows)}
+    summary = {
+        "load_s": load_s,
+        "p50_first_piece_s": statistics.median(firsts),
+        "p50_tokens_per_s": statistics.median(rates) if rates else None,
+        "stopped": sum(r["finish_reason"] == "stop" for r in rows),
+        "n": len(rows),
+    }
     print(json.dumps({"summary": summary, "machine": environment()}, indent=2))
     if args.out:
-        Path(args.out).write_text(json.dumps({"summary": summary, "rows": rows, "machine": environment()}, indent=2) + "\n")
+        Path(args.out).write_text(
+            json.dumps({"summary": summary, "rows": rows, "machine": environment()}, indent=2) + "\n"
+        )
     return 0
 
 

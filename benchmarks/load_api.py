@@ -13,6 +13,7 @@ Only loopback servers are accepted (127.0.0.0/8, ::1, localhost): this is not a 
 testing other people's machines. Questions are made from titles of the catalog in `data` (the
 bundled synthetic catalog written by `rag demo`), so most of them have an answer in the index.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -106,8 +107,11 @@ async def one_request(client: httpx.AsyncClient, route: str, question: str, stat
                 stats.error("empty answer")
                 return
         else:
-            body = {"model": "amazontitles-rag", "messages": [{"role": "user", "content": question}],
-                    "stream": route == "stream"}
+            body = {
+                "model": "amazontitles-rag",
+                "messages": [{"role": "user", "content": question}],
+                "stream": route == "stream",
+            }
             if route == "chat":
                 response = await client.post("/v1/chat/completions", json=body)
                 status = response.status_code
@@ -117,7 +121,12 @@ async def one_request(client: httpx.AsyncClient, route: str, question: str, stat
                     done = False
                     first = None
                     async for line in response.aiter_lines():
-                        if first is None and line.startswith("data: {") and '"content": "' in line and '"content": ""' not in line:
+                        if (
+                            first is None
+                            and line.startswith("data: {")
+                            and '"content": "' in line
+                            and '"content": ""' not in line
+                        ):
                             first = time.perf_counter() - started
                         if line.startswith("data: {") and '"error"' in line[:20]:
                             stats.error("error event in stream")
@@ -151,8 +160,15 @@ async def read_rss(client: httpx.AsyncClient) -> int | None:
     return int(match.group(1)) if match else None
 
 
-async def run_load(url: str, headers: dict[str, str], clients: int, seconds: float, routes: list[str],
-                   questions: list[str], seed: int) -> dict[str, Any]:
+async def run_load(
+    url: str,
+    headers: dict[str, str],
+    clients: int,
+    seconds: float,
+    routes: list[str],
+    questions: list[str],
+    seed: int,
+) -> dict[str, Any]:
     stats = Stats()
     rss_samples: list[int] = []
     limits = httpx.Limits(max_connections=clients + 2, max_keepalive_connections=clients + 2)
@@ -183,27 +199,50 @@ async def run_load(url: str, headers: dict[str, str], clients: int, seconds: flo
     everything = [x for values in stats.latency.values() for x in values]
     ms = lambda v: round(v * 1000, 1)
     return {
-        "url": url, "clients": clients, "seconds": round(wall, 2), "routes": routes,
-        "requests_ok": stats.ok, "requests_per_s": round(stats.ok / wall, 2) if wall else 0.0,
-        "latency_ms": {"p50": ms(percentile(everything, 50)), "p95": ms(percentile(everything, 95)),
-                       "p99": ms(percentile(everything, 99)),
-                       "mean": ms(statistics.fmean(everything)) if everything else float("nan")},
-        "latency_ms_by_route": {r: {"n": len(v), "p50": ms(percentile(v, 50)), "p95": ms(percentile(v, 95))}
-                                for r, v in stats.latency.items()},
+        "url": url,
+        "clients": clients,
+        "seconds": round(wall, 2),
+        "routes": routes,
+        "requests_ok": stats.ok,
+        "requests_per_s": round(stats.ok / wall, 2) if wall else 0.0,
+        "latency_ms": {
+            "p50": ms(percentile(everything, 50)),
+            "p95": ms(percentile(everything, 95)),
+            "p99": ms(percentile(everything, 99)),
+            "mean": ms(statistics.fmean(everything)) if everything else float("nan"),
+        },
+        "latency_ms_by_route": {
+            r: {"n": len(v), "p50": ms(percentile(v, 50)), "p95": ms(percentile(v, 95))}
+            for r, v in stats.latency.items()
+        },
         "stream_ttft_ms": {"p50": ms(percentile(stats.ttft, 50)), "p95": ms(percentile(stats.ttft, 95))}
-        if stats.ttft else None,
+        if stats.ttft
+        else None,
         "rejected_429": stats.rejected_429,
-        "errors": sum(stats.errors.values()), "errors_by_kind": stats.errors,
-        "server_rss_mb": {"before": round(rss_before / 2**20, 1) if rss_before else None,
-                          "peak": round(max(rss_samples) / 2**20, 1) if rss_samples else None,
-                          "after": round(rss_after / 2**20, 1) if rss_after else None},
+        "errors": sum(stats.errors.values()),
+        "errors_by_kind": stats.errors,
+        "server_rss_mb": {
+            "before": round(rss_before / 2**20, 1) if rss_before else None,
+            "peak": round(max(rss_samples) / 2**20, 1) if rss_samples else None,
+            "after": round(rss_after / 2**20, 1) if rss_after else None,
+        },
     }
 
 
 def start_server(args: argparse.Namespace) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
-    command = [sys.executable, "-m", "rag.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
-               "--log-level", "warning"]
+    command = [
+        sys.executable,
+        "-m",
+        "rag.cli",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+    ]
     if args.config:
         command += ["--config", args.config]
     for override in args.overrides:
@@ -213,13 +252,17 @@ def start_server(args: argparse.Namespace) -> tuple[subprocess.Popen[bytes], str
     return process, f"http://127.0.0.1:{port}"
 
 
-def wait_ready(url: str, headers: dict[str, str], process: subprocess.Popen[bytes] | None, timeout: float) -> dict[str, Any]:
+def wait_ready(
+    url: str, headers: dict[str, str], process: subprocess.Popen[bytes] | None, timeout: float
+) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     last: Any = "no answer"
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
-            raise SystemExit(f"the server exited with status {process.returncode} before it was ready "
-                             "(use --server-log FILE to see why)")
+            raise SystemExit(
+                f"the server exited with status {process.returncode} before it was ready "
+                "(use --server-log FILE to see why)"
+            )
         try:
             response = httpx.get(url + "/readyz", headers=headers, timeout=5)
             if response.status_code == 200:
@@ -232,19 +275,31 @@ def wait_ready(url: str, headers: dict[str, str], process: subprocess.Popen[byte
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--url", help="a running loopback server (default: start `rag serve` on a free port)")
     parser.add_argument("--clients", type=int, default=8, help="concurrent clients (default 8)")
     parser.add_argument("--seconds", type=float, default=20.0, help="measured duration (default 20)")
-    parser.add_argument("--mix", default="answer,chat,stream",
-                        help="routes the clients cycle through: answer (/v1/answer), chat (non-streamed), "
-                             "stream (SSE); default answer,chat,stream")
+    parser.add_argument(
+        "--mix",
+        default="answer,chat,stream",
+        help="routes the clients cycle through: answer (/v1/answer), chat (non-streamed), "
+        "stream (SSE); default answer,chat,stream",
+    )
     parser.add_argument("--questions", type=int, default=500, help="distinct questions (default 500)")
-    parser.add_argument("--catalog", default=None, help="catalog for questions (default: the config's `data`)")
+    parser.add_argument(
+        "--catalog", default=None, help="catalog for questions (default: the config's `data`)"
+    )
     parser.add_argument("--config", "-c", help="config for the server this script starts")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="config override for the server this script starts (repeatable)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override for the server this script starts (repeatable)",
+    )
     parser.add_argument("--server-log", help="write the started server's output here")
     parser.add_argument("--ready-timeout", type=float, default=300.0)
     parser.add_argument("--seed", type=int, default=0)
@@ -261,7 +316,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.url:
         host = urlparse(args.url).hostname or ""
         if not is_loopback(host):
-            parser.error(f"--url {args.url}: only loopback servers (127.0.0.1, ::1, localhost) may be load tested")
+            parser.error(
+                f"--url {args.url}: only loopback servers (127.0.0.1, ::1, localhost) may be load tested"
+            )
 
     from rag.config import load_config
 
@@ -277,8 +334,11 @@ def main(argv: list[str] | None = None) -> int:
             process, url = start_server(args)
         t0 = time.monotonic()
         ready = wait_ready(url, headers, process, args.ready_timeout)
-        print(f"server {url} ready in {time.monotonic() - t0:.1f}s: index {ready.get('index_version')} "
-              f"({ready.get('rows')} rows), generator {ready.get('generator')}", file=sys.stderr)
+        print(
+            f"server {url} ready in {time.monotonic() - t0:.1f}s: index {ready.get('index_version')} "
+            f"({ready.get('rows')} rows), generator {ready.get('generator')}",
+            file=sys.stderr,
+        )
         report = asyncio.run(run_load(url, headers, args.clients, args.seconds, routes, questions, args.seed))
     finally:
         if process is not None:

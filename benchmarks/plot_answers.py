@@ -4,14 +4,21 @@
         base=results/smollm2/cpu_base_heldout.json tuned=results/smollm2/cpu_ft_heldout.json \\
         "tuned + fallback=results/smollm2/cpu_ft_fallback_heldout.json" extractive=results/smollm2/cpu_extractive_heldout.json
 """
+
 from __future__ import annotations
 
 import argparse
 import json
 from pathlib import Path
 
-METRICS = [("must_contain", "must_contain"), ("cites_expected", "cites expected"), ("rouge_l", "ROUGE-L"),
-           ("grounded", "grounded"), ("stop_rate", "stop rate"), ("false_abstention", "false abstention")]
+METRICS = [
+    ("must_contain", "must_contain"),
+    ("cites_expected", "cites expected"),
+    ("rouge_l", "ROUGE-L"),
+    ("grounded", "grounded"),
+    ("stop_rate", "stop rate"),
+    ("false_abstention", "false abstention"),
+]
 
 
 def main() -> int:
@@ -37,7 +44,9 @@ def main() -> int:
         values = [float(summary.get(key) or 0.0) for key, _ in METRICS]
         bars = ax.bar([m + i * width for m in range(len(METRICS))], values, width, label=label)
         ax.bar_label(bars, fmt="%.2f", fontsize=7, padding=1)
-    ax.set_xticks([m + width * (len(runs) - 1) / 2 for m in range(len(METRICS))], [name for _, name in METRICS])
+    ax.set_xticks(
+        [m + width * (len(runs) - 1) / 2 for m in range(len(METRICS))], [name for _, name in METRICS]
+    )
     ax.set_ylim(0, 1.1)
     ax.set_title(args.title + f" (n={int(runs[0][1]['n'])})")
     ax.legend(fontsize=8, ncol=len(runs), loc="upper center", bbox_to_anchor=(0.5, -0.1))

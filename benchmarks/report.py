@@ -9,6 +9,7 @@ Understands the files that `benchmarks/bench_query.py --out` ("benchmark": "quer
 benchmarks' outputs) is shown as a generic table of its scalar figures and of its first list of
 records. Plots: retrieval latency against rows (log scale), recall@k per question kind.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,17 +35,24 @@ def _plt() -> Any:
 def query_section(name: str, data: dict[str, Any], out_dir: Path) -> list[str]:
     results = data.get("results", [])
     lines = [f"## Retrieval latency vs rows ({name})", "", environment_line(data.get("environment", {})), ""]
-    lines.append(f"Embedding model {data.get('embedding_model')}; {data.get('embed_rows'):,} real title vectors; "
-                 f"rows above that are perturbed copies (noise {data.get('noise')}); top-{data.get('k')}.")
+    lines.append(
+        f"Embedding model {data.get('embedding_model')}; {data.get('embed_rows'):,} real title vectors; "
+        f"rows above that are perturbed copies (noise {data.get('noise')}); top-{data.get('k')}."
+    )
     emb = data.get("embedding", {})
     if emb.get("titles_per_s"):
         lines.append(f"Title embedding throughput: {emb['titles_per_s']:.0f} titles/s.")
-    lines += ["", "| rows | index | total p50 ms | total p95 ms | embed p50 ms | search p50 ms | search p95 ms | hit@k | build s |",
-              "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines += [
+        "",
+        "| rows | index | total p50 ms | total p95 ms | embed p50 ms | search p50 ms | search p95 ms | hit@k | build s |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in results:
         hit = next((v for k, v in r.items() if k.startswith("hit@")), float("nan"))
-        lines.append(f"| {r['rows']:,} | {r['index_type']} | {r['total_p50_ms']:.1f} | {r['total_p95_ms']:.1f} | "
-                     f"{r['embed_p50_ms']:.1f} | {r['search_p50_ms']:.2f} | {r['search_p95_ms']:.2f} | {hit:.2f} | {r['build_s']:.1f} |")
+        lines.append(
+            f"| {r['rows']:,} | {r['index_type']} | {r['total_p50_ms']:.1f} | {r['total_p95_ms']:.1f} | "
+            f"{r['embed_p50_ms']:.1f} | {r['search_p50_ms']:.2f} | {r['search_p95_ms']:.2f} | {hit:.2f} | {r['build_s']:.1f} |"
+        )
     if results:
         plt = _plt()
         fig, ax = plt.subplots(figsize=(6, 4))
@@ -52,7 +60,13 @@ def query_section(name: str, data: dict[str, Any], out_dir: Path) -> list[str]:
             rows = [r for r in results if r["index_type"] == index_type]
             xs = [r["rows"] for r in rows]
             ax.plot(xs, [r["total_p50_ms"] for r in rows], marker="o", label=f"{index_type} total p50")
-            ax.plot(xs, [r["total_p95_ms"] for r in rows], marker="o", linestyle="--", label=f"{index_type} total p95")
+            ax.plot(
+                xs,
+                [r["total_p95_ms"] for r in rows],
+                marker="o",
+                linestyle="--",
+                label=f"{index_type} total p95",
+            )
             ax.plot(xs, [r["search_p50_ms"] for r in rows], marker="s", label=f"{index_type} search p50")
         ax.set_xscale("log")
         ax.set_yscale("log")
@@ -73,9 +87,14 @@ def eval_section(name: str, data: dict[str, Any], out_dir: Path) -> list[str]:
     info = data.get("info", {})
     lines = [f"## {data['kind'].capitalize()} evaluation ({name})", ""]
     if info:
-        lines += [f"{info.get('questions')} questions from `{info.get('questions_file')}`, index of "
-                  f"{info.get('index_rows')} rows ({info.get('embedding_model')}), generator {info.get('generator')} "
-                  f"{info.get('generator_model') or ''}", "", environment_line(info.get("environment", {})), ""]
+        lines += [
+            f"{info.get('questions')} questions from `{info.get('questions_file')}`, index of "
+            f"{info.get('index_rows')} rows ({info.get('embedding_model')}), generator {info.get('generator')} "
+            f"{info.get('generator_model') or ''}",
+            "",
+            environment_line(info.get("environment", {})),
+            "",
+        ]
     if data["kind"] == "retrieval":
         summary = data["summary"]
         lines.append(retrieval_table(summary, data.get("ks", (1, 5, 10))))
@@ -84,8 +103,12 @@ def eval_section(name: str, data: dict[str, Any], out_dir: Path) -> list[str]:
         fig, ax = plt.subplots(figsize=(7, 4))
         width = 0.8 / len(data.get("ks", (1, 5, 10)))
         for i, k in enumerate(data.get("ks", (1, 5, 10))):
-            ax.bar([x + i * width for x in range(len(kinds))], [summary[n][f"recall@{k}"] for n in kinds], width,
-                   label=f"recall@{k}")
+            ax.bar(
+                [x + i * width for x in range(len(kinds))],
+                [summary[n][f"recall@{k}"] for n in kinds],
+                width,
+                label=f"recall@{k}",
+            )
         ax.set_xticks([x + width for x in range(len(kinds))], kinds, rotation=30, ha="right")
         ax.set_ylim(0, 1.05)
         ax.set_title("Retrieval recall by question kind")
@@ -98,7 +121,11 @@ def eval_section(name: str, data: dict[str, Any], out_dir: Path) -> list[str]:
     elif data["kind"] == "answers":
         lines.append(answers_table(data["summary"]))
     elif data["kind"] == "ablation":
-        lines.append(answers_table({n: r["summary"]["overall"] for n, r in data["variants"].items()}, first_column="variant"))
+        lines.append(
+            answers_table(
+                {n: r["summary"]["overall"] for n, r in data["variants"].items()}, first_column="variant"
+            )
+        )
     return lines
 
 
@@ -130,8 +157,12 @@ def _short(value: Any) -> str:
 
 
 def build_report(results_dir: Path) -> Path:
-    sections: list[str] = ["# Evaluation and benchmark report", "",
-                           f"Generated by `benchmarks/report.py` from the JSON files in `{results_dir.name}/`.", ""]
+    sections: list[str] = [
+        "# Evaluation and benchmark report",
+        "",
+        f"Generated by `benchmarks/report.py` from the JSON files in `{results_dir.name}/`.",
+        "",
+    ]
     for path in sorted(results_dir.glob("*.json")):
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
@@ -153,11 +184,16 @@ def build_report(results_dir: Path) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="results/*.json -> results/REPORT.md + PNG plots")
-    parser.add_argument("--results", default="results", help="folder holding the JSON outputs (default results/)")
+    parser.add_argument(
+        "--results", default="results", help="folder holding the JSON outputs (default results/)"
+    )
     args = parser.parse_args(argv)
     results_dir = Path(args.results)
     if not results_dir.is_dir():
-        print(f"error: {results_dir}: no such folder; run benchmarks with --out {results_dir}/NAME.json first", file=sys.stderr)
+        print(
+            f"error: {results_dir}: no such folder; run benchmarks with --out {results_dir}/NAME.json first",
+            file=sys.stderr,
+        )
         return 2
     out = build_report(results_dir)
     print(f"wrote {out}")

@@ -1,10 +1,11 @@
 """`rag finetune` subcommands.
 
-    rag finetune --config configs/tiny-cpu.yaml [--resume]          # train (same as `rag finetune train`)
-    rag finetune data --config configs/tiny-cpu.yaml [--out FILE]    # write the examples JSONL only
-    rag finetune export --run runs/tiny-cpu --merged [--base MODEL]  # 16-bit merged safetensors
-    rag finetune export --run runs/llama3 --gguf q4_k_m               # GGUF (CUDA + unsloth)
+rag finetune --config configs/tiny-cpu.yaml [--resume]          # train (same as `rag finetune train`)
+rag finetune data --config configs/tiny-cpu.yaml [--out FILE]    # write the examples JSONL only
+rag finetune export --run runs/tiny-cpu --merged [--base MODEL]  # 16-bit merged safetensors
+rag finetune export --run runs/llama3 --gguf q4_k_m               # GGUF (CUDA + unsloth)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,9 +34,24 @@ def _cmd_train(args: argparse.Namespace) -> int:
         summary = train(config, resume=args.resume, progress=not args.quiet)
     except FinetuneError as exc:
         raise _usage_error(str(exc)) from None
-    print(json.dumps({k: summary[k] for k in ("backend", "steps", "train_seconds", "final_loss", "eval_loss",
-                                              "adapter", "loss_plot")}, indent=2))
-    print(f"serve it: rag ask \"...\" --set generator.backend=hf --set generator.adapter={summary['adapter']}")
+    print(
+        json.dumps(
+            {
+                k: summary[k]
+                for k in (
+                    "backend",
+                    "steps",
+                    "train_seconds",
+                    "final_loss",
+                    "eval_loss",
+                    "adapter",
+                    "loss_plot",
+                )
+            },
+            indent=2,
+        )
+    )
+    print(f'serve it: rag ask "..." --set generator.backend=hf --set generator.adapter={summary["adapter"]}')
     return 0
 
 
@@ -46,15 +62,21 @@ def _cmd_data(args: argparse.Namespace) -> int:
     run_dir = Path(config.finetune.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     try:
-        examples, stats, _ = prepare_data(config, run_dir, count_tokens=answer_token_counter(config, run_dir, required=False))
+        examples, stats, _ = prepare_data(
+            config, run_dir, count_tokens=answer_token_counter(config, run_dir, required=False)
+        )
     except FinetuneError as exc:
         raise _usage_error(str(exc)) from None
     from finetune.data import write_examples
 
     out = write_examples(examples, args.out or run_dir / "examples.jsonl")
-    (out.parent / "data_stats.json").write_text(json.dumps(stats, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    print(f"wrote {len(examples)} examples to {out} "
-          f"(train {stats['split_examples'].get('train', 0)}, validation {stats['split_examples'].get('validation', 0)})")
+    (out.parent / "data_stats.json").write_text(
+        json.dumps(stats, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+    )
+    print(
+        f"wrote {len(examples)} examples to {out} "
+        f"(train {stats['split_examples'].get('train', 0)}, validation {stats['split_examples'].get('validation', 0)})"
+    )
     return 0
 
 
@@ -78,7 +100,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     parser = subparsers.add_parser(
-        "finetune", parents=[common], help="LoRA/QLoRA fine-tuning: train (default), data, export",
+        "finetune",
+        parents=[common],
+        help="LoRA/QLoRA fine-tuning: train (default), data, export",
         description="Fine-tune a chat model on catalog question/answer examples (docs/finetune.md).",
     )
     parser.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
@@ -91,14 +115,20 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_train)
 
-    p = actions.add_parser("data", parents=[common], help="write the training examples (JSONL) for inspection")
+    p = actions.add_parser(
+        "data", parents=[common], help="write the training examples (JSONL) for inspection"
+    )
     p.add_argument("--out", help="output file (default: <finetune.output_dir>/examples.jsonl)")
     p.set_defaults(func=_cmd_data)
 
-    p = actions.add_parser("export", parents=[common], help="merge the adapter into 16-bit weights, or write GGUF")
+    p = actions.add_parser(
+        "export", parents=[common], help="merge the adapter into 16-bit weights, or write GGUF"
+    )
     p.add_argument("--run", required=True, help="run directory (finetune.output_dir of the training run)")
     p.add_argument("--merged", action="store_true", help="write 16-bit merged safetensors to RUN/merged")
-    p.add_argument("--gguf", metavar="QUANT", help="write GGUF with this llama.cpp quantisation (e.g. q4_k_m, q8_0)")
+    p.add_argument(
+        "--gguf", metavar="QUANT", help="write GGUF with this llama.cpp quantisation (e.g. q4_k_m, q8_0)"
+    )
     p.add_argument("--base", help="base model to merge into (default: the adapter's base_model_name_or_path)")
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     p.add_argument("--out", help="output directory")

@@ -19,6 +19,7 @@ One example per selected product (row):
 Products are split into train/validation BY uid before any example is made, so no product (and no
 paraphrase of its description) is in both splits.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -47,7 +48,7 @@ QUESTION_TEMPLATES: list[tuple[str, str, str]] = [
     ("describe", "en", "Describe {title}."),
     ("describe", "en", "Can you tell me about {title}?"),
     ("about", "en", "What is {title} about?"),
-    ("about", "en", "What is the product \"{title}\"?"),
+    ("about", "en", 'What is the product "{title}"?'),
     ("audience", "en", "Who is {title} for?"),
     ("author", "en", "Who wrote or made {title}?"),
     ("author", "en", "Who is the author of {title}?"),
@@ -82,19 +83,62 @@ _YEAR = re.compile(r"\b(1[5-9]\d\d|20[0-3]\d)\b")
 _PAGES = re.compile(r"\b\d[\d,]*\s*(?:-\s*)?pages?\b", re.IGNORECASE)
 # "more than 270 recipes", "75 color photographs", "50 photojournalists": a number, at most one
 # adjective, a plural noun (not a unit of time or money, which "how many" rarely asks about)
-_COUNTED = re.compile(r"\b(?!(?:1[5-9]|20)\d\d\b)(\d[\d,]*)\s+(?:[a-z-]{3,}\s+)?"
-                      r"((?!(?:years|months|weeks|days|hours|minutes|seconds|dollars|cents|times|pounds|miles|inches|"
-                      r"feet|seems|goes|was)\b)[a-z]{3,}s)\b")
+_COUNTED = re.compile(
+    r"\b(?!(?:1[5-9]|20)\d\d\b)(\d[\d,]*)\s+(?:[a-z-]{3,}\s+)?"
+    r"((?!(?:years|months|weeks|days|hours|minutes|seconds|dollars|cents|times|pounds|miles|inches|"
+    r"feet|seems|goes|was)\b)[a-z]{3,}s)\b"
+)
 _AWARD = re.compile(r"\b(award|prize|medal|winner of|won the)\b", re.IGNORECASE)
 _SETTING = re.compile(r"\b(set in|takes place in|set on|set during)\b", re.IGNORECASE)
 _AUTHOR_PATTERNS = [
-    re.compile(r"\b(?:written|illustrated|edited|compiled|directed|created|told|narrated|photographed)?\s*by\s+"
-               r"((?:[A-Z][a-zA-Z'’.-]+\s+){1,3}[A-Z][a-zA-Z'’-]+)"),
+    re.compile(
+        r"\b(?:written|illustrated|edited|compiled|directed|created|told|narrated|photographed)?\s*by\s+"
+        r"((?:[A-Z][a-zA-Z'’.-]+\s+){1,3}[A-Z][a-zA-Z'’-]+)"
+    ),
     re.compile(r"((?:[A-Z][a-zA-Z'’.-]+\s+){1,2}[A-Z][a-zA-Z-]+)(?:'s|’s)\s"),
-    re.compile(r"((?:[A-Z][a-zA-Z'’.-]+\s+){1,2}[A-Z][a-zA-Z'’-]+),?\s+(?:is|was)\s+(?:the|an?|one of)\b[^.]{0,40}?"
-               r"\b(?:author|writer|novelist|journalist|poet|illustrator|historian|editor|chef|photographer)"),
+    re.compile(
+        r"((?:[A-Z][a-zA-Z'’.-]+\s+){1,2}[A-Z][a-zA-Z'’-]+),?\s+(?:is|was)\s+(?:the|an?|one of)\b[^.]{0,40}?"
+        r"\b(?:author|writer|novelist|journalist|poet|illustrator|historian|editor|chef|photographer)"
+    ),
 ]
-_NOT_NAMES = frozenset(["The", "This", "That", "These", "Those", "It", "Its", "In", "On", "At", "For", "From", "With", "And", "But", "When", "Where", "What", "Who", "How", "A", "An", "New", "York", "Times", "USA", "Today", "Publishers", "Weekly", "Booklist", "Library", "Journal", "Kirkus", "Reviews"])
+_NOT_NAMES = frozenset(
+    [
+        "The",
+        "This",
+        "That",
+        "These",
+        "Those",
+        "It",
+        "Its",
+        "In",
+        "On",
+        "At",
+        "For",
+        "From",
+        "With",
+        "And",
+        "But",
+        "When",
+        "Where",
+        "What",
+        "Who",
+        "How",
+        "A",
+        "An",
+        "New",
+        "York",
+        "Times",
+        "USA",
+        "Today",
+        "Publishers",
+        "Weekly",
+        "Booklist",
+        "Library",
+        "Journal",
+        "Kirkus",
+        "Reviews",
+    ]
+)
 
 
 def author_name(text: str) -> str | None:
@@ -162,18 +206,32 @@ class Example:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "uid": self.uid, "split": self.split, "question": self.question, "language": self.language,
-            "kind": self.kind, "gold_position": self.gold_position,
-            "context": [r.to_dict() for r in self.context], "messages": self.messages, "answer": self.answer,
+            "uid": self.uid,
+            "split": self.split,
+            "question": self.question,
+            "language": self.language,
+            "kind": self.kind,
+            "gold_position": self.gold_position,
+            "context": [r.to_dict() for r in self.context],
+            "messages": self.messages,
+            "answer": self.answer,
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Example:
         return cls(
-            uid=data["uid"], split=data["split"], question=data["question"], language=data["language"],
-            kind=data["kind"], gold_position=data.get("gold_position"),
-            context=[CatalogRow(uid=r["uid"], title=r["title"], content=r.get("content", "")) for r in data["context"]],
-            answer=data["answer"], messages=list(data.get("messages", [])),
+            uid=data["uid"],
+            split=data["split"],
+            question=data["question"],
+            language=data["language"],
+            kind=data["kind"],
+            gold_position=data.get("gold_position"),
+            context=[
+                CatalogRow(uid=r["uid"], title=r["title"], content=r.get("content", ""))
+                for r in data["context"]
+            ],
+            answer=data["answer"],
+            messages=list(data.get("messages", [])),
         )
 
 
@@ -268,7 +326,9 @@ def project_retriever(config: Config, data_path: str | Path, run_dir: str | Path
     from index.build import build_index  # heavy: faiss + the embedder
     from rag.retrieval import Retriever
 
-    local = dataclasses.replace(config, index=dataclasses.replace(config.index, path=str(Path(run_dir) / "index")))
+    local = dataclasses.replace(
+        config, index=dataclasses.replace(config.index, path=str(Path(run_dir) / "index"))
+    )
     from index.store import IndexStore
 
     if not IndexStore(local.index.path).has_current():
@@ -284,8 +344,14 @@ def project_retriever(config: Config, data_path: str | Path, run_dir: str | Path
 # --------------------------------------------------------------------------- examples
 
 
-def teacher_answer(question: str, gold: CatalogRow, marker: str, budget: int, count_tokens: CountTokens,
-                   max_sentences: int = 3) -> str:
+def teacher_answer(
+    question: str,
+    gold: CatalogRow,
+    marker: str,
+    budget: int,
+    count_tokens: CountTokens,
+    max_sentences: int = 3,
+) -> str:
     """The answer the extractive answerer's sentence choice gives for `question`, fitted to its kind.
 
     A "who wrote / who made" question gets the name first ("Eleanor Whitcombe [2]. ..."), then the
@@ -304,8 +370,14 @@ def teacher_answer(question: str, gold: CatalogRow, marker: str, budget: int, co
     return f"{body}{marker}"
 
 
-def make_answer(gold: CatalogRow, position: int | None, language: str, config: Config,
-                count_tokens: CountTokens, question: str = "") -> str:
+def make_answer(
+    gold: CatalogRow,
+    position: int | None,
+    language: str,
+    config: Config,
+    count_tokens: CountTokens,
+    question: str = "",
+) -> str:
     ex = config.finetune.examples
     if position is None and ex.no_gold_answer == "abstain":
         return defang_special_tokens(ABSTAIN[language].format(title=gold.title))
@@ -316,8 +388,15 @@ def make_answer(gold: CatalogRow, position: int | None, language: str, config: C
     return defang_special_tokens(cut_to_budget(gold.content, budget, count_tokens)) + marker
 
 
-def make_example(gold: CatalogRow, split: str, rng: random.Random, config: Config, retrieve: Retrieve,
-                 pool: Sequence[CatalogRow], count_tokens: CountTokens) -> Example:
+def make_example(
+    gold: CatalogRow,
+    split: str,
+    rng: random.Random,
+    config: Config,
+    retrieve: Retrieve,
+    pool: Sequence[CatalogRow],
+    count_tokens: CountTokens,
+) -> Example:
     ex = config.finetune.examples
     k = min(ex.context_k, config.prompt.max_sources)
     language = "pt" if rng.random() < ex.portuguese_fraction else "en"
@@ -354,8 +433,12 @@ def make_example(gold: CatalogRow, split: str, rng: random.Random, config: Confi
     return Example(gold.uid, split, question, language, kind, context, gold_position, answer, messages)
 
 
-def build_examples(rows: Sequence[CatalogRow], config: Config, retrieve: Retrieve | None = None,
-                   count_tokens: CountTokens = approx_tokens) -> tuple[list[Example], dict[str, Any]]:
+def build_examples(
+    rows: Sequence[CatalogRow],
+    config: Config,
+    retrieve: Retrieve | None = None,
+    count_tokens: CountTokens = approx_tokens,
+) -> tuple[list[Example], dict[str, Any]]:
     """Select, split and turn rows into examples; return them with statistics."""
     selected = select_rows(rows, config)
     if not selected:
@@ -364,11 +447,16 @@ def build_examples(rows: Sequence[CatalogRow], config: Config, retrieve: Retriev
             f"no catalog row has a description of {ex.min_content_chars}..{ex.max_content_chars} characters "
             "(finetune.examples.min_content_chars / max_content_chars): nothing to train on"
         )
-    splits = split_by_product(selected, config.finetune.examples.validation_fraction, config.finetune.training.seed)
+    splits = split_by_product(
+        selected, config.finetune.examples.validation_fraction, config.finetune.training.seed
+    )
     retrieve = retrieve or LexicalRetriever(rows)
     rng = random.Random(config.finetune.training.seed)
-    examples = [make_example(row, splits[row.uid], rng, config, retrieve, rows, count_tokens)
-                for _ in range(config.finetune.examples.per_product) for row in selected]
+    examples = [
+        make_example(row, splits[row.uid], rng, config, retrieve, rows, count_tokens)
+        for _ in range(config.finetune.examples.per_product)
+        for row in selected
+    ]
     return examples, example_stats(examples, len(rows), len(selected))
 
 
@@ -386,8 +474,14 @@ def _describe(values: list[int]) -> dict[str, float]:
         return {"count": 0}
     ordered = sorted(values)
     pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-    return {"count": len(values), "mean": round(sum(values) / len(values), 1), "min": ordered[0],
-            "p50": pick(0.5), "p95": pick(0.95), "max": ordered[-1]}
+    return {
+        "count": len(values),
+        "mean": round(sum(values) / len(values), 1),
+        "min": ordered[0],
+        "p50": pick(0.5),
+        "p95": pick(0.95),
+        "max": ordered[-1],
+    }
 
 
 def example_stats(examples: Sequence[Example], rows_read: int, rows_selected: int) -> dict[str, Any]:
@@ -409,13 +503,17 @@ def example_stats(examples: Sequence[Example], rows_read: int, rows_selected: in
 # --------------------------------------------------------------------------- catalog input
 
 
-def read_rows(path: str | Path, config: Config, rejects_path: str | Path | None = None) -> tuple[list[CatalogRow], dict[str, Any]]:
+def read_rows(
+    path: str | Path, config: Config, rejects_path: str | Path | None = None
+) -> tuple[list[CatalogRow], dict[str, Any]]:
     """Read and clean a catalog file with the project's reader; returns rows and the read summary."""
     from rag.catalog import read_catalog
 
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"{path}: catalog file not found (finetune.data); write one with `rag synth --out {path}`")
+        raise FileNotFoundError(
+            f"{path}: catalog file not found (finetune.data); write one with `rag synth --out {path}`"
+        )
     rows, summary = read_catalog([path], config.catalog, rejects_path=rejects_path)
     return rows, (summary.to_dict() if hasattr(summary, "to_dict") else dataclasses.asdict(summary))
 
@@ -443,11 +541,13 @@ def drop_one_distractor(example: Example, config: Config) -> Example | None:
     if not distractors:
         return None
     drop = distractors[-1]
-    context = example.context[:drop] + example.context[drop + 1:]
+    context = example.context[:drop] + example.context[drop + 1 :]
     position, answer = example.gold_position, example.answer
     if position is not None and drop < position - 1:
         old, position = f" [{position}]", position - 1
         if answer.endswith(old):
             answer = answer[: -len(old)] + f" [{position}]"
     messages = build_messages(example.question, context, config.prompt)
-    return dataclasses.replace(example, context=context, gold_position=position, answer=answer, messages=messages)
+    return dataclasses.replace(
+        example, context=context, gold_position=position, answer=answer, messages=messages
+    )

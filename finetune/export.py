@@ -6,6 +6,7 @@
 Merging needs the base model in 16 bit: a run trained on a pre-quantised hub checkpoint
 (`unsloth/...-bnb-4bit`) must be given its 16-bit original with `--base`.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,8 +22,10 @@ log = logging.getLogger(__name__)
 def _adapter_dir(run: Path) -> Path:
     adapter = run / "adapter" if (run / "adapter").is_dir() else run
     if not (adapter / "adapter_config.json").is_file():
-        raise FinetuneError(f"--run {run}: no adapter/adapter_config.json there; point it at a run directory "
-                            "that `rag finetune` wrote")
+        raise FinetuneError(
+            f"--run {run}: no adapter/adapter_config.json there; point it at a run directory "
+            "that `rag finetune` wrote"
+        )
     return adapter
 
 
@@ -34,8 +37,9 @@ def base_model_of(adapter: Path) -> str:
     return str(base)
 
 
-def export_merged(run: str | Path, out: str | Path | None = None, *, base: str | None = None,
-                  dtype: str = "bfloat16") -> Path:
+def export_merged(
+    run: str | Path, out: str | Path | None = None, *, base: str | None = None, dtype: str = "bfloat16"
+) -> Path:
     """Load base (16 bit) + adapter, merge the LoRA weights in, save safetensors + tokenizer."""
     import torch
     from peft import PeftModel
@@ -45,8 +49,10 @@ def export_merged(run: str | Path, out: str | Path | None = None, *, base: str |
     adapter = _adapter_dir(run)
     base = base or base_model_of(adapter)
     if "bnb-4bit" in base or "4bit" in base.lower():
-        raise FinetuneError(f"the base model {base!r} is 4-bit quantised; merge into its 16-bit original with "
-                            "--base (e.g. TinyLlama/TinyLlama-1.1B-Chat-v1.0 or a local copy of it)")
+        raise FinetuneError(
+            f"the base model {base!r} is 4-bit quantised; merge into its 16-bit original with "
+            "--base (e.g. TinyLlama/TinyLlama-1.1B-Chat-v1.0 or a local copy of it)"
+        )
     torch_dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[dtype]
     try:
         model = AutoModelForCausalLM.from_pretrained(base, dtype=torch_dtype, local_files_only=_offline())
@@ -62,8 +68,9 @@ def export_merged(run: str | Path, out: str | Path | None = None, *, base: str |
     return target
 
 
-def export_gguf(run: str | Path, out: str | Path | None = None, *, quantization: str = "q4_k_m",
-                base: str | None = None) -> Path:
+def export_gguf(
+    run: str | Path, out: str | Path | None = None, *, quantization: str = "q4_k_m", base: str | None = None
+) -> Path:
     """GGUF through unsloth's save_pretrained_gguf (it drives llama.cpp's converter)."""
     if not cuda_available() or not unsloth_available():
         raise FinetuneError(
@@ -80,11 +87,17 @@ def export_gguf(run: str | Path, out: str | Path | None = None, *, quantization:
     try:
         model.save_pretrained_gguf(str(target), tokenizer, quantization_method=quantization)
     except Exception as exc:  # unsloth raises plain RuntimeErrors when llama.cpp cannot be built or found
-        raise FinetuneError(f"GGUF export failed ({exc}); unsloth needs llama.cpp (it clones and builds it on "
-                            "first use, which needs network and a compiler)") from exc
+        raise FinetuneError(
+            f"GGUF export failed ({exc}); unsloth needs llama.cpp (it clones and builds it on "
+            "first use, which needs network and a compiler)"
+        ) from exc
     return target
 
 
 def describe(path: Path) -> dict[str, Any]:
     files = sorted(p for p in path.rglob("*") if p.is_file())
-    return {"path": str(path), "files": [p.name for p in files], "bytes": sum(p.stat().st_size for p in files)}
+    return {
+        "path": str(path),
+        "files": [p.name for p in files],
+        "bytes": sum(p.stat().st_size for p in files),
+    }

@@ -18,6 +18,7 @@ Rules (docs/finetune.md, "Formatting"):
 - catalog text was defanged by `rag.prompt` (`<|eot_id|>` becomes `‹¦eot_id¦›`); `check_special_tokens`
   verifies on the ids that no catalog text became a control token.
 """
+
 from __future__ import annotations
 
 import logging
@@ -45,8 +46,14 @@ FALLBACK_TEMPLATE = (
 )
 
 # Tokens known to be unused pad candidates in common vocabularies, best first.
-_PAD_CANDIDATES = ("<pad>", "[PAD]", "<|pad|>", "<|finetune_right_pad_id|>", "<|reserved_special_token_0|>",
-                   "<|reserved_special_token_250|>")
+_PAD_CANDIDATES = (
+    "<pad>",
+    "[PAD]",
+    "<|pad|>",
+    "<|finetune_right_pad_id|>",
+    "<|reserved_special_token_0|>",
+    "<|reserved_special_token_250|>",
+)
 
 _SENTINEL = "Zq7Sentinel"
 
@@ -96,7 +103,7 @@ def turn_format(tokenizer: Any) -> TurnFormat:
     """Find the end-of-turn token by rendering a sentinel answer and reading what follows it."""
     messages = [{"role": "user", "content": "q"}, {"role": "assistant", "content": _SENTINEL}]
     text = tokenizer.apply_chat_template(messages, tokenize=False)
-    after = text[text.rindex(_SENTINEL) + len(_SENTINEL):]
+    after = text[text.rindex(_SENTINEL) + len(_SENTINEL) :]
     specials = sorted(special_tokens(tokenizer), key=len, reverse=True)
     stripped = after.lstrip(" ")
     for token in specials:
@@ -115,8 +122,9 @@ class Tokenized:
         return len(self.input_ids)
 
 
-def tokenize_example(tokenizer: Any, messages: Sequence[dict[str, str]], answer: str,
-                     fmt: TurnFormat | None = None) -> Tokenized:
+def tokenize_example(
+    tokenizer: Any, messages: Sequence[dict[str, str]], answer: str, fmt: TurnFormat | None = None
+) -> Tokenized:
     """Token ids of prompt + answer + end token, labels -100 on the prompt."""
     fmt = fmt or turn_format(tokenizer)
     prompt_text = render_prompt(tokenizer, messages)
@@ -128,7 +136,7 @@ def tokenize_example(tokenizer: Any, messages: Sequence[dict[str, str]], answer:
             "the chat template renders the prompt differently once an answer follows it, so the training "
             "prompt would not be the serving prompt; set finetune.chat_template to a template without that behaviour"
         )
-    completion = full_text[len(prompt_text):]
+    completion = full_text[len(prompt_text) :]
     if fmt.end_is_from_template:
         # Keep the answer up to and including its end-of-turn token; drop what the template adds after it.
         cut = completion.rfind(fmt.end_token)
@@ -140,7 +148,9 @@ def tokenize_example(tokenizer: Any, messages: Sequence[dict[str, str]], answer:
     end_id = tokenizer.convert_tokens_to_ids(fmt.end_token)
     if not completion_ids or completion_ids[-1] != end_id:
         raise ValueError(f"the answer does not end with the end token {fmt.end_token!r} after tokenisation")
-    return Tokenized(prompt_ids + completion_ids, [IGNORE_INDEX] * len(prompt_ids) + completion_ids, len(prompt_ids))
+    return Tokenized(
+        prompt_ids + completion_ids, [IGNORE_INDEX] * len(prompt_ids) + completion_ids, len(prompt_ids)
+    )
 
 
 def special_tokens(tokenizer: Any) -> set[str]:
@@ -160,8 +170,12 @@ def special_token_ids(tokenizer: Any) -> set[int]:
     return ids
 
 
-def check_special_tokens(tokenizer: Any, tokenized: Tokenized, messages: Sequence[dict[str, str]],
-                         _cache: dict[tuple[int, int], int] | None = None) -> bool:
+def check_special_tokens(
+    tokenizer: Any,
+    tokenized: Tokenized,
+    messages: Sequence[dict[str, str]],
+    _cache: dict[tuple[int, int], int] | None = None,
+) -> bool:
     """True when the ids hold exactly the control tokens the template itself writes.
 
     Renders the same message structure with placeholder contents and counts special ids: any extra

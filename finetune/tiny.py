@@ -13,6 +13,7 @@ fixture instead of downloading weights.
 of real checkpoints (Llama-3-8B, Mistral-7B, TinyLlama-1.1B) for throughput and memory benchmarks
 on a GPU machine that cannot download weights.
 """
+
 from __future__ import annotations
 
 import json
@@ -48,23 +49,136 @@ CHAT_TEMPLATE = (
 # Real checkpoint shapes (from their published config.json files) for benchmarks.
 MODEL_SHAPES: dict[str, dict[str, Any]] = {
     "llama3-8b": dict(
-        hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
-        intermediate_size=14336, vocab_size=128256, max_position_embeddings=8192, rope_theta=500000.0,
+        hidden_size=4096,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        intermediate_size=14336,
+        vocab_size=128256,
+        max_position_embeddings=8192,
+        rope_theta=500000.0,
         rms_norm_eps=1e-5,
     ),
     "mistral-7b": dict(
-        hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
-        intermediate_size=14336, vocab_size=32768, max_position_embeddings=32768, rope_theta=1000000.0,
+        hidden_size=4096,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        intermediate_size=14336,
+        vocab_size=32768,
+        max_position_embeddings=32768,
+        rope_theta=1000000.0,
         rms_norm_eps=1e-5,
     ),
     "tinyllama-1.1b": dict(
-        hidden_size=2048, num_hidden_layers=22, num_attention_heads=32, num_key_value_heads=4,
-        intermediate_size=5632, vocab_size=32000, max_position_embeddings=2048, rope_theta=10000.0,
+        hidden_size=2048,
+        num_hidden_layers=22,
+        num_attention_heads=32,
+        num_key_value_heads=4,
+        intermediate_size=5632,
+        vocab_size=32000,
+        max_position_embeddings=2048,
+        rope_theta=10000.0,
         rms_norm_eps=1e-5,
     ),
 }
 
-_FALLBACK_WORDS = ["the", "a", "an", "of", "and", "to", "in", "for", "with", "on", "by", "from", "book", "novel", "guide", "story", "history", "life", "world", "new", "edition", "paperback", "hardcover", "volume", "series", "collection", "author", "illustrated", "children", "cooking", "travel", "science", "music", "film", "love", "war", "family", "mystery", "poems", "art", "design", "garden", "health", "home", "kitchen", "toy", "game", "set", "who", "wrote", "what", "is", "about", "describe", "it", "this", "product", "for", "readers", "kids", "adults", "made", "written", "do", "que", "se", "trata", "o", "livro", "quem", "escreveu", "sobre", "para", "é", "uma", "um", "de", "da", "do", "em", "com", "sources", "question", "answer", "cite", "numbered", "catalog", "description", "no", "the", "sources", "do", "not", "describe"]
+_FALLBACK_WORDS = [
+    "the",
+    "a",
+    "an",
+    "of",
+    "and",
+    "to",
+    "in",
+    "for",
+    "with",
+    "on",
+    "by",
+    "from",
+    "book",
+    "novel",
+    "guide",
+    "story",
+    "history",
+    "life",
+    "world",
+    "new",
+    "edition",
+    "paperback",
+    "hardcover",
+    "volume",
+    "series",
+    "collection",
+    "author",
+    "illustrated",
+    "children",
+    "cooking",
+    "travel",
+    "science",
+    "music",
+    "film",
+    "love",
+    "war",
+    "family",
+    "mystery",
+    "poems",
+    "art",
+    "design",
+    "garden",
+    "health",
+    "home",
+    "kitchen",
+    "toy",
+    "game",
+    "set",
+    "who",
+    "wrote",
+    "what",
+    "is",
+    "about",
+    "describe",
+    "it",
+    "this",
+    "product",
+    "for",
+    "readers",
+    "kids",
+    "adults",
+    "made",
+    "written",
+    "do",
+    "que",
+    "se",
+    "trata",
+    "o",
+    "livro",
+    "quem",
+    "escreveu",
+    "sobre",
+    "para",
+    "é",
+    "uma",
+    "um",
+    "de",
+    "da",
+    "do",
+    "em",
+    "com",
+    "sources",
+    "question",
+    "answer",
+    "cite",
+    "numbered",
+    "catalog",
+    "description",
+    "no",
+    "the",
+    "sources",
+    "do",
+    "not",
+    "describe",
+]
 
 
 def _default_texts(rows: int = 400, seed: int = 0) -> Iterator[str]:
@@ -149,8 +263,9 @@ def create_tiny_model(
         raise ValueError(f"hidden_size={hidden_size} must be a multiple of heads={heads}")
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer = train_tokenizer(texts if texts is not None else _default_texts(seed=seed), vocab_size,
-                                max_position_embeddings)
+    tokenizer = train_tokenizer(
+        texts if texts is not None else _default_texts(seed=seed), vocab_size, max_position_embeddings
+    )
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in (BOS, EOS, PAD)}
     config = LlamaConfig(
         vocab_size=len(tokenizer),
@@ -172,13 +287,26 @@ def create_tiny_model(
         torch.manual_seed(seed)
         model = LlamaForCausalLM(config)
     model.generation_config = GenerationConfig(
-        bos_token_id=ids[BOS], eos_token_id=ids[EOS], pad_token_id=ids[PAD], do_sample=False,
+        bos_token_id=ids[BOS],
+        eos_token_id=ids[EOS],
+        pad_token_id=ids[PAD],
+        do_sample=False,
     )
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     (out / "tiny_model.json").write_text(
-        json.dumps({"created_by": "finetune.tiny.create_tiny_model", "seed": seed, "vocab_size": len(tokenizer),
-                    "hidden_size": hidden_size, "layers": layers, "heads": heads}, indent=2) + "\n",
+        json.dumps(
+            {
+                "created_by": "finetune.tiny.create_tiny_model",
+                "seed": seed,
+                "vocab_size": len(tokenizer),
+                "hidden_size": hidden_size,
+                "layers": layers,
+                "heads": heads,
+            },
+            indent=2,
+        )
+        + "\n",
         encoding="utf-8",
     )
     return out
@@ -191,13 +319,20 @@ def shape_config(name: str, **overrides: Any) -> LlamaConfig:
     key = name.lower()
     if key not in MODEL_SHAPES:
         raise ValueError(f"unknown model shape {name!r}; known shapes: {', '.join(sorted(MODEL_SHAPES))}")
-    values = {**MODEL_SHAPES[key], "tie_word_embeddings": False, "bos_token_id": 1, "eos_token_id": 2,
-              "pad_token_id": 0, **overrides}
+    values = {
+        **MODEL_SHAPES[key],
+        "tie_word_embeddings": False,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "pad_token_id": 0,
+        **overrides,
+    }
     return LlamaConfig(**values)
 
 
-def create_model_of_shape(name: str, *, dtype: Any = None, device: str | None = None, seed: int = 0,
-                          **overrides: Any) -> PreTrainedModel:
+def create_model_of_shape(
+    name: str, *, dtype: Any = None, device: str | None = None, seed: int = 0, **overrides: Any
+) -> PreTrainedModel:
     """A random-init LlamaForCausalLM with a real checkpoint's shapes, built directly on `device`."""
     import torch
     from transformers import LlamaForCausalLM
@@ -216,8 +351,15 @@ def create_model_of_shape(name: str, *, dtype: Any = None, device: str | None = 
     return model.to(dtype)
 
 
-def save_model_of_shape(name: str, output_dir: str | os.PathLike[str], *, tokenizer_from: str | os.PathLike[str]
-                        | None = None, device: str | None = None, seed: int = 0, **overrides: Any) -> Path:
+def save_model_of_shape(
+    name: str,
+    output_dir: str | os.PathLike[str],
+    *,
+    tokenizer_from: str | os.PathLike[str] | None = None,
+    device: str | None = None,
+    seed: int = 0,
+    **overrides: Any,
+) -> Path:
     """Save a random-init model of a real shape (bf16 safetensors) with a tokenizer trained to its vocab.
 
     Lets the unsloth/QLoRA path load a checkpoint from a local directory exactly as it would load
@@ -237,8 +379,16 @@ def save_model_of_shape(name: str, output_dir: str | os.PathLike[str], *, tokeni
         # keeps the real vocabulary size either way (ids beyond the tokenizer are simply unused).
         tokenizer = train_tokenizer(_default_texts(), vocab_size=min(vocab, 4096))
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in (BOS, EOS, PAD)}
-    model = create_model_of_shape(name, dtype=torch.bfloat16, device=device, seed=seed,
-                                  bos_token_id=ids[BOS], eos_token_id=ids[EOS], pad_token_id=ids[PAD], **overrides)
+    model = create_model_of_shape(
+        name,
+        dtype=torch.bfloat16,
+        device=device,
+        seed=seed,
+        bos_token_id=ids[BOS],
+        eos_token_id=ids[EOS],
+        pad_token_id=ids[PAD],
+        **overrides,
+    )
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     return out
@@ -253,7 +403,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hidden-size", type=int, default=64)
     parser.add_argument("--layers", type=int, default=2)
     args = parser.parse_args(argv)
-    path = create_tiny_model(args.output_dir, seed=args.seed, hidden_size=args.hidden_size, layers=args.layers)
+    path = create_tiny_model(
+        args.output_dir, seed=args.seed, hidden_size=args.hidden_size, layers=args.layers
+    )
     print(f"wrote a tiny model to {path}")
     return 0
 

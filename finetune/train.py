@@ -20,6 +20,7 @@ config.yaml (resolved), data_stats.json, examples.train.jsonl / examples.validat
 train_log.jsonl, loss.png, run.json, checkpoints/ (for --resume) and, for the default synthetic
 data, catalog.jsonl + index/.
 """
+
 from __future__ import annotations
 
 import json
@@ -62,8 +63,10 @@ def resolve_backend(config: Config) -> str:
     wanted = config.finetune.backend
     if wanted == "unsloth":
         if not cuda_available():
-            raise FinetuneError("finetune.backend: unsloth needs a CUDA GPU; use --set finetune.backend=transformers "
-                                "(or auto) to train on the CPU")
+            raise FinetuneError(
+                "finetune.backend: unsloth needs a CUDA GPU; use --set finetune.backend=transformers "
+                "(or auto) to train on the CPU"
+            )
         if not unsloth_available():
             raise FinetuneError("finetune.backend: unsloth is not installed; pip install '.[gpu]'")
         return "unsloth"
@@ -80,10 +83,17 @@ def model_source(config: Config, run_dir: Path, texts: Sequence[str] = ()) -> st
 
         target = run_dir / "base-model"
         if not (target / "config.json").exists():
-            create_tiny_model(target, list(texts) or None, seed=ft.training.seed, vocab_size=ft.tiny.vocab_size,
-                              hidden_size=ft.tiny.hidden_size, layers=ft.tiny.layers, heads=ft.tiny.heads,
-                              initializer_range=ft.tiny.initializer_range,
-                              max_position_embeddings=max(ft.max_seq_length, 256))
+            create_tiny_model(
+                target,
+                list(texts) or None,
+                seed=ft.training.seed,
+                vocab_size=ft.tiny.vocab_size,
+                hidden_size=ft.tiny.hidden_size,
+                layers=ft.tiny.layers,
+                heads=ft.tiny.heads,
+                initializer_range=ft.tiny.initializer_range,
+                max_position_embeddings=max(ft.max_seq_length, 256),
+            )
         return str(target)
     from rag.models import ModelPullError, resolve_model
 
@@ -98,8 +108,9 @@ def load_tokenizer(config: Config, source: str) -> Any:
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(source, trust_remote_code=config.finetune.trust_remote_code,
-                                             local_files_only=_offline())
+        return AutoTokenizer.from_pretrained(
+            source, trust_remote_code=config.finetune.trust_remote_code, local_files_only=_offline()
+        )
     except (OSError, ValueError) as exc:
         raise _missing_model(source, exc) from exc
 
@@ -111,8 +122,10 @@ def _missing_model(model: str, exc: BaseException) -> FinetuneError:
 
 
 def _offline() -> bool:
-    return any(os.environ.get(n, "").strip().lower() in ("1", "true", "yes", "on")
-               for n in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return any(
+        os.environ.get(n, "").strip().lower() in ("1", "true", "yes", "on")
+        for n in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
 
 
 # --------------------------------------------------------------------------- model loading
@@ -126,11 +139,19 @@ def load_unsloth(config: Config, source: str) -> tuple[Any, Any]:
     ft = config.finetune
     try:
         model, tokenizer = FastLanguageModel.from_pretrained(
-            model_name=source, max_seq_length=ft.max_seq_length, dtype=None, load_in_4bit=ft.load_in_4bit,
+            model_name=source,
+            max_seq_length=ft.max_seq_length,
+            dtype=None,
+            load_in_4bit=ft.load_in_4bit,
             trust_remote_code=ft.trust_remote_code,  # HF_HUB_OFFLINE is honoured by huggingface_hub itself
         )
     except (OSError, ValueError, RuntimeError) as exc:
-        if "Connection" in str(exc) or "not found" in str(exc).lower() or isinstance(exc, OSError) or _offline():
+        if (
+            "Connection" in str(exc)
+            or "not found" in str(exc).lower()
+            or isinstance(exc, OSError)
+            or _offline()
+        ):
             raise _missing_model(source, exc) from exc
         raise
     from finetune.formatting import prepare_tokenizer
@@ -138,11 +159,17 @@ def load_unsloth(config: Config, source: str) -> tuple[Any, Any]:
     if prepare_tokenizer(tokenizer, _chat_template(config)):
         model.resize_token_embeddings(len(tokenizer))
     model = FastLanguageModel.get_peft_model(
-        model, r=ft.lora.r, lora_alpha=ft.lora.alpha, lora_dropout=ft.lora.dropout,
-        target_modules=list(ft.lora.target_modules), bias=ft.lora.bias,
-        use_gradient_checkpointing="unsloth" if ft.training.gradient_checkpointing == "unsloth"
+        model,
+        r=ft.lora.r,
+        lora_alpha=ft.lora.alpha,
+        lora_dropout=ft.lora.dropout,
+        target_modules=list(ft.lora.target_modules),
+        bias=ft.lora.bias,
+        use_gradient_checkpointing="unsloth"
+        if ft.training.gradient_checkpointing == "unsloth"
         else bool(ft.training.gradient_checkpointing),
-        random_state=ft.training.seed, max_seq_length=ft.max_seq_length,
+        random_state=ft.training.seed,
+        max_seq_length=ft.max_seq_length,
     )
     return model, tokenizer
 
@@ -175,7 +202,9 @@ def load_transformers(config: Config, source: str) -> tuple[Any, Any]:
                 from transformers import BitsAndBytesConfig
 
                 kwargs["quantization_config"] = BitsAndBytesConfig(
-                    load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                    load_in_4bit=True,
+                    bnb_4bit_quant_type="nf4",
+                    bnb_4bit_use_double_quant=True,
                     bnb_4bit_compute_dtype=kwargs["dtype"],
                 )
                 quantized = True
@@ -191,10 +220,15 @@ def load_transformers(config: Config, source: str) -> tuple[Any, Any]:
         from peft import prepare_model_for_kbit_training
 
         model = prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=ft.training.gradient_checkpointing is not False)
+            model, use_gradient_checkpointing=ft.training.gradient_checkpointing is not False
+        )
     lora = LoraConfig(
-        r=ft.lora.r, lora_alpha=ft.lora.alpha, lora_dropout=ft.lora.dropout,
-        target_modules=list(ft.lora.target_modules), bias=ft.lora.bias, task_type="CAUSAL_LM",
+        r=ft.lora.r,
+        lora_alpha=ft.lora.alpha,
+        lora_dropout=ft.lora.dropout,
+        target_modules=list(ft.lora.target_modules),
+        bias=ft.lora.bias,
+        task_type="CAUSAL_LM",
     )
     return get_peft_model(model, lora), tokenizer
 
@@ -212,8 +246,9 @@ def _chat_template(config: Config) -> str | None:
 # --------------------------------------------------------------------------- data
 
 
-def prepare_data(config: Config, run_dir: Path, *, progress: bool = False,
-                 count_tokens: Any = None) -> tuple[list[Any], dict[str, Any], Path]:
+def prepare_data(
+    config: Config, run_dir: Path, *, progress: bool = False, count_tokens: Any = None
+) -> tuple[list[Any], dict[str, Any], Path]:
     """Catalog -> examples (written to the run dir); returns (examples, stats, catalog path).
 
     The training catalog is `finetune.data` (or the synthetic one) less the products of
@@ -257,10 +292,14 @@ def prepare_data(config: Config, run_dir: Path, *, progress: bool = False,
     if ft.examples.retriever == "project":
         retrieve = D.project_retriever(config, catalog, run_dir)
     examples, stats = D.build_examples(rows, config, retrieve, count_tokens or D.approx_tokens)
-    stats["catalog"] = {"path": str(catalog), "read_summary": summary, "held_out_products": len(held_out),
-                        "held_out_rows_removed": removed,
-                        "synthetic_extra_rows": len(extra),
-                        "token_count": "model tokenizer" if count_tokens else "approx (4 chars per token)"}
+    stats["catalog"] = {
+        "path": str(catalog),
+        "read_summary": summary,
+        "held_out_products": len(held_out),
+        "held_out_rows_removed": removed,
+        "synthetic_extra_rows": len(extra),
+        "token_count": "model tokenizer" if count_tokens else "approx (4 chars per token)",
+    }
     return examples, stats, catalog
 
 
@@ -281,13 +320,16 @@ def answer_token_counter(config: Config, run_dir: Path, *, required: bool = True
 
 def token_counter(tokenizer: Any) -> Any:
     """text -> the model's token count (no special tokens), for answer_max_tokens."""
+
     def count(text: str) -> int:
         return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
     return count
 
 
-def tokenize_examples(examples: Sequence[Any], tokenizer: Any, config: Config) -> tuple[dict[str, list[dict[str, Any]]], dict[str, Any]]:
+def tokenize_examples(
+    examples: Sequence[Any], tokenizer: Any, config: Config
+) -> tuple[dict[str, list[dict[str, Any]]], dict[str, Any]]:
     """Tokenise every example (fitting it into max_seq_length by dropping distractors)."""
     from finetune import data as D
     from finetune.formatting import check_special_tokens, tokenize_example, turn_format
@@ -311,16 +353,28 @@ def tokenize_examples(examples: Sequence[Any], tokenizer: Any, config: Config) -
             continue
         if not check_special_tokens(tokenizer, tokenized, current.messages, cache):
             dropped["special_token_in_text"] += 1
-            log.warning("example for uid %s dropped: catalog text tokenises into a control token", current.uid)
+            log.warning(
+                "example for uid %s dropped: catalog text tokenises into a control token", current.uid
+            )
             continue
-        out[current.split].append({"input_ids": tokenized.input_ids, "labels": tokenized.labels,
-                                   "prompt_length": tokenized.prompt_length})
+        out[current.split].append(
+            {
+                "input_ids": tokenized.input_ids,
+                "labels": tokenized.labels,
+                "prompt_length": tokenized.prompt_length,
+            }
+        )
     lengths = [len(e["input_ids"]) for split in out.values() for e in split]
     answers = [len(e["input_ids"]) - e["prompt_length"] for split in out.values() for e in split]
-    stats = {"end_token": fmt.end_token, "dropped": dropped, "distractors_dropped_to_fit": shrunk,
-             "sequence_tokens": D._describe(lengths), "answer_tokens": D._describe(answers),
-             "train_tokens": sum(len(e["input_ids"]) for e in out["train"]),
-             "train_answer_tokens": sum(len(e["input_ids"]) - e["prompt_length"] for e in out["train"])}
+    stats = {
+        "end_token": fmt.end_token,
+        "dropped": dropped,
+        "distractors_dropped_to_fit": shrunk,
+        "sequence_tokens": D._describe(lengths),
+        "answer_tokens": D._describe(answers),
+        "train_tokens": sum(len(e["input_ids"]) for e in out["train"]),
+        "train_answer_tokens": sum(len(e["input_ids"]) - e["prompt_length"] for e in out["train"]),
+    }
     if not out["train"]:
         raise FinetuneError(f"no training example fits finetune.max_seq_length={limit}; raise it")
     return out, stats
@@ -337,11 +391,16 @@ def jsonl_callback(path: Path) -> Any:
         def __init__(self) -> None:
             self.started = time.time()
 
-        def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **_: Any) -> None:
+        def on_log(
+            self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **_: Any
+        ) -> None:
             if not logs or not state.is_world_process_zero:
                 return
-            record = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4),
-                      "elapsed_s": round(time.time() - self.started, 2)}
+            record = {
+                "step": state.global_step,
+                "epoch": round(state.epoch or 0.0, 4),
+                "elapsed_s": round(time.time() - self.started, 2),
+            }
             record.update({k: (round(v, 8) if isinstance(v, float) else v) for k, v in logs.items()})
             with path.open("a", encoding="utf-8") as fh:
                 fh.write(json.dumps(record) + "\n")
@@ -421,8 +480,9 @@ def sft_config(config: Config, run_dir: Path, backend: str, has_eval: bool) -> A
     batching = tr.batching
     # unsloth sets its own; on a CPU only an explicit `true` turns it on ("unsloth", the default, means
     # the GPU memory saver: on a CPU it only recomputes activations, 1.5x slower per step)
-    checkpointing = backend != "unsloth" and (tr.gradient_checkpointing is True or
-                                              (tr.gradient_checkpointing == "unsloth" and on_cuda))
+    checkpointing = backend != "unsloth" and (
+        tr.gradient_checkpointing is True or (tr.gradient_checkpointing == "unsloth" and on_cuda)
+    )
     return SFTConfig(
         output_dir=str(run_dir / "checkpoints"),
         per_device_train_batch_size=tr.batch_size,
@@ -477,11 +537,14 @@ def answer_only_loss(model: Any, inputs: dict[str, Any], num_items_in_batch: Any
     labels = inputs["labels"]
     shifted = labels[:, 1:]
     keep = (shifted != -100).any(dim=0).nonzero().squeeze(-1)
-    outputs = model(**{k: v for k, v in inputs.items() if k != "labels"}, logits_to_keep=keep, use_cache=False)
+    outputs = model(
+        **{k: v for k, v in inputs.items() if k != "labels"}, logits_to_keep=keep, use_cache=False
+    )
     logits = outputs.logits.float()
     target = shifted[:, keep].to(logits.device)
-    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-100,
-                           reduction="sum")
+    loss = F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-100, reduction="sum"
+    )
     count = num_items_in_batch if num_items_in_batch is not None else (target != -100).sum()
     if isinstance(count, torch.Tensor):
         count = count.to(loss.device)
@@ -500,10 +563,16 @@ def trainer_class() -> type:
     from trl.trainer import utils as trl_utils
 
     class CatalogSFTTrainer(SFTTrainer):  # type: ignore[misc, valid-type]
-        def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
-                         num_items_in_batch: Any = None) -> Any:
-            fused_ok = getattr(trl_utils, "_ChunkedLogProbFunction", None) is not None and \
-                inputs["input_ids"].device.type in ("cuda", "xpu")
+        def compute_loss(
+            self,
+            model: Any,
+            inputs: dict[str, Any],
+            return_outputs: bool = False,
+            num_items_in_batch: Any = None,
+        ) -> Any:
+            fused_ok = getattr(trl_utils, "_ChunkedLogProbFunction", None) is not None and inputs[
+                "input_ids"
+            ].device.type in ("cuda", "xpu")
             if fused_ok:
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             loss, outputs = answer_only_loss(model, inputs, num_items_in_batch)
@@ -526,8 +595,9 @@ def train(config: Config, *, resume: bool = False, progress: bool = True) -> dic
         import torch
 
         torch.set_num_threads(ft.training.num_threads)
-    examples, stats, catalog = prepare_data(config, run_dir, progress=progress,
-                                            count_tokens=answer_token_counter(config, run_dir))
+    examples, stats, catalog = prepare_data(
+        config, run_dir, progress=progress, count_tokens=answer_token_counter(config, run_dir)
+    )
     from finetune.data import write_examples
 
     for split in ("train", "validation"):
@@ -537,13 +607,17 @@ def train(config: Config, *, resume: bool = False, progress: bool = True) -> dic
     model.config.use_cache = False  # a cached forward pass over a packed row mixes its examples
     tokenized, token_stats = tokenize_examples(examples, tokenizer, config)
     stats["tokens"] = token_stats
-    (run_dir / "data_stats.json").write_text(json.dumps(stats, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    (run_dir / "data_stats.json").write_text(
+        json.dumps(stats, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+    )
     (run_dir / "config.yaml").write_text(dump_config(config), encoding="utf-8")
 
     from datasets import Dataset
 
     def to_dataset(items: list[dict[str, Any]]) -> Any:
-        return Dataset.from_dict({"input_ids": [e["input_ids"] for e in items], "labels": [e["labels"] for e in items]})
+        return Dataset.from_dict(
+            {"input_ids": [e["input_ids"] for e in items], "labels": [e["labels"] for e in items]}
+        )
 
     train_ds = to_dataset(tokenized["train"])
     eval_ds = to_dataset(tokenized["validation"]) if tokenized["validation"] else None
@@ -560,8 +634,14 @@ def train(config: Config, *, resume: bool = False, progress: bool = True) -> dic
             log.warning("--resume: no checkpoint in %s; starting from the beginning", ckpt_dir)
     if not resume and log_path.exists():
         log_path.unlink()
-    trainer = trainer_class()(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
-                         processing_class=tokenizer, callbacks=[jsonl_callback(log_path), no_pickle_callback()])
+    trainer = trainer_class()(
+        model=model,
+        args=args,
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
+        processing_class=tokenizer,
+        callbacks=[jsonl_callback(log_path), no_pickle_callback()],
+    )
     train_started = time.time()
     result = trainer.train(resume_from_checkpoint=checkpoint)
     train_seconds = time.time() - train_started
@@ -578,12 +658,19 @@ def train(config: Config, *, resume: bool = False, progress: bool = True) -> dic
     _record_base_model(adapter_dir, ft.base_model if not ft.tiny_model else source)
     png = plot_loss(log_path, run_dir / "loss.png") if log_path.exists() else None
     summary = {
-        "backend": backend, "base_model": source, "run_dir": str(run_dir), "adapter": str(adapter_dir),
-        "steps": trainer.state.global_step, "train_seconds": round(train_seconds, 2),
-        "total_seconds": round(time.time() - started, 2), "resumed_from": checkpoint,
-        "train_examples": len(train_ds), "validation_examples": len(eval_ds) if eval_ds is not None else 0,
+        "backend": backend,
+        "base_model": source,
+        "run_dir": str(run_dir),
+        "adapter": str(adapter_dir),
+        "steps": trainer.state.global_step,
+        "train_seconds": round(train_seconds, 2),
+        "total_seconds": round(time.time() - started, 2),
+        "resumed_from": checkpoint,
+        "train_examples": len(train_ds),
+        "validation_examples": len(eval_ds) if eval_ds is not None else 0,
         "final_loss": next((r.get("loss") for r in reversed(trainer.state.log_history) if "loss" in r), None),
-        "eval_loss": metrics.get("eval_loss"), "loss_plot": str(png) if png else None,
+        "eval_loss": metrics.get("eval_loss"),
+        "loss_plot": str(png) if png else None,
         "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))},
     }
     (run_dir / "run.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")

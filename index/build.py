@@ -25,6 +25,7 @@ the metadata is final; the file names it returns are checksummed into the manife
 On update, `index.lexical.update_artifacts(meta_db_path, version_dir, parent_dir, changed_uids,
 deleted_uids, config)` is preferred when it exists.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -133,8 +134,12 @@ class UpdateReport:
     compacted: bool = False  # a fresh base was written (no delta)
     delta_rows: int = 0
     tombstones: int = 0
-    timings: dict[str, float] = field(default_factory=dict)  # seconds per step (parent check, embed, store, commit ...)
-    changed: bool = True  # False: nothing to insert, change or delete; no version was written (version == parent)
+    timings: dict[str, float] = field(
+        default_factory=dict
+    )  # seconds per step (parent check, embed, store, commit ...)
+    changed: bool = (
+        True  # False: nothing to insert, change or delete; no version was written (version == parent)
+    )
 
     @property
     def store_seconds(self) -> float:
@@ -146,19 +151,32 @@ class UpdateReport:
             lines = [
                 f"nothing to change: index {self.parent} stays current ({self.rows:,} rows), no version written; "
                 f"{self.unchanged:,} rows unchanged, none new, changed or deleted"
-                + (f" ({self.delete_missing:,} uids to delete were not in the index)" if self.delete_missing else ""),
+                + (
+                    f" ({self.delete_missing:,} uids to delete were not in the index)"
+                    if self.delete_missing
+                    else ""
+                ),
             ]
             if self.read_summary is not None:
                 lines.append("  catalog: " + self.read_summary.summary())
             return "\n".join(lines)
-        segs = ("compacted: fresh base, no delta" if self.compacted
-                else f"delta {self.delta_rows:,} rows, {self.tombstones:,} tombstones")
+        segs = (
+            "compacted: fresh base, no delta"
+            if self.compacted
+            else f"delta {self.delta_rows:,} rows, {self.tombstones:,} tombstones"
+        )
         lines = [
-            (f"updated index {self.parent} -> {self.version}: {self.rows:,} rows in {self.seconds:.1f}s "
-             f"(embedding {self.embed_seconds:.1f}s, store {self.store_seconds:.1f}s; {segs})"),
+            (
+                f"updated index {self.parent} -> {self.version}: {self.rows:,} rows in {self.seconds:.1f}s "
+                f"(embedding {self.embed_seconds:.1f}s, store {self.store_seconds:.1f}s; {segs})"
+            ),
             f"  inserted {self.inserted:,}, re-embedded {self.updated:,}, metadata only {self.metadata_only:,}, "
             f"unchanged {self.unchanged:,}, deleted {self.deleted:,}"
-            + (f" ({self.delete_missing:,} uids to delete were not in the index)" if self.delete_missing else ""),
+            + (
+                f" ({self.delete_missing:,} uids to delete were not in the index)"
+                if self.delete_missing
+                else ""
+            ),
             f"  embedded {self.embedded:,} titles in {self.embed_seconds:.1f}s",
         ]
         if self.read_summary is not None:
@@ -179,7 +197,9 @@ def _current_parent(store: IndexStore, action: str) -> tuple[str, Path, dict[str
     store.cleanup_leftovers()
     parent = store.current_version()
     if not parent:
-        raise BuildError(f"{store.current_file}: no index to {action}; run `rag index build --data PATH` first")
+        raise BuildError(
+            f"{store.current_file}: no index to {action}; run `rag index build --data PATH` first"
+        )
     parent_dir = store.version_dir(parent)
     try:
         if not parent_dir.is_dir():
@@ -236,8 +256,9 @@ class _Rejects:
         return Path(where) if where and Path(where).exists() and Path(where).stat().st_size else None
 
 
-def _check_rejects(config: Config, summary: Any, paths: Sequence[Path], rejects: _Rejects, *,
-                   require_rows: bool) -> None:
+def _check_rejects(
+    config: Config, summary: Any, paths: Sequence[Path], rejects: _Rejects, *, require_rows: bool
+) -> None:
     """Refuse input whose refused lines exceed `catalog.max_reject_fraction` of the lines read.
 
     `require_rows` (a build): also refuse input without a single usable row. An update of a file
@@ -250,14 +271,27 @@ def _check_rejects(config: Config, summary: Any, paths: Sequence[Path], rejects:
     if share <= limit and (accepted or not require_rows):
         return
     kept = rejects.keep(summary)
-    where = (f"the refused lines and why are in {kept}" if kept is not None
-             else "no line was refused: the input holds no catalog records")
-    what = "no usable rows" if not accepted else (
-        f"{refused:,} of {summary.read:,} lines refused ({share:.1%}), more than catalog.max_reject_fraction={limit}")
-    hint = ("; fix the input" + (", or raise catalog.max_reject_fraction (e.g. --set catalog.max_reject_fraction=1) "
-                                 "if that share is expected" if accepted else ""))
-    raise BuildError(f"{what} in {', '.join(map(str, paths))}: {summary.summary()}; {where}; "
-                     f"nothing was written{hint}")
+    where = (
+        f"the refused lines and why are in {kept}"
+        if kept is not None
+        else "no line was refused: the input holds no catalog records"
+    )
+    what = (
+        "no usable rows"
+        if not accepted
+        else (
+            f"{refused:,} of {summary.read:,} lines refused ({share:.1%}), more than catalog.max_reject_fraction={limit}"
+        )
+    )
+    hint = "; fix the input" + (
+        ", or raise catalog.max_reject_fraction (e.g. --set catalog.max_reject_fraction=1) "
+        "if that share is expected"
+        if accepted
+        else ""
+    )
+    raise BuildError(
+        f"{what} in {', '.join(map(str, paths))}: {summary.summary()}; {where}; nothing was written{hint}"
+    )
 
 
 def _chunks(rows: Iterable[CatalogRow], size: int) -> Iterator[list[CatalogRow]]:
@@ -274,7 +308,9 @@ def _chunks(rows: Iterable[CatalogRow], size: int) -> Iterator[list[CatalogRow]]
 def _progress(enabled: bool, desc: str, total: int | None = None) -> Any:
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, unit="rows", desc=desc, disable=not enabled, position=1 if enabled else 0, leave=True)
+    return tqdm(
+        total=total, unit="rows", desc=desc, disable=not enabled, position=1 if enabled else 0, leave=True
+    )
 
 
 def _sources(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
@@ -289,8 +325,11 @@ def _sources(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
     return out
 
 
-def _insert_resolving(conn: sqlite3.Connection, records: list[tuple],
-                      taken_elsewhere: Callable[[Sequence[int]], set[int]] | None = None) -> list[tuple]:
+def _insert_resolving(
+    conn: sqlite3.Connection,
+    records: list[tuple],
+    taken_elsewhere: Callable[[Sequence[int]], set[int]] | None = None,
+) -> list[tuple]:
     """Insert rows; on the (~1e-7) chance of a faiss_id collision, salt the later uid's id.
 
     Returns the records as stored (with the final faiss_id). A uid already present is skipped
@@ -329,8 +368,15 @@ def _insert_resolving(conn: sqlite3.Connection, records: list[tuple],
 
 
 def _record(row: CatalogRow, faiss_id: int | None = None) -> tuple:
-    return (uid_to_id(row.uid) if faiss_id is None else faiss_id, row.uid, row.title, row.content or "",
-            content_hash(row.title, row.content or ""), row.source, row.line)
+    return (
+        uid_to_id(row.uid) if faiss_id is None else faiss_id,
+        row.uid,
+        row.title,
+        row.content or "",
+        content_hash(row.title, row.content or ""),
+        row.source,
+        row.line,
+    )
 
 
 def _lexical_module(config: Config) -> Any:
@@ -352,19 +398,29 @@ def _embedder(config: Config, embedder: Embedder | None) -> Embedder:
     return load_embedder(config.embedding)
 
 
-def _finish(store: IndexStore, config: Config, version_dir: Path, manifest: dict[str, Any], *,
-            parent_dir: Path | None = None, parent_manifest: dict[str, Any] | None = None,
-            hash_cache: HashCache | None = None) -> tuple[str, list[str]]:
+def _finish(
+    store: IndexStore,
+    config: Config,
+    version_dir: Path,
+    manifest: dict[str, Any],
+    *,
+    parent_dir: Path | None = None,
+    parent_manifest: dict[str, Any] | None = None,
+    hash_cache: HashCache | None = None,
+) -> tuple[str, list[str]]:
     """Write the manifest, switch `current`, drop versions beyond index.keep_versions. Lock held."""
-    version = store.commit_version(version_dir, manifest, parent_dir=parent_dir, parent_manifest=parent_manifest,
-                                   hash_cache=hash_cache)
+    version = store.commit_version(
+        version_dir, manifest, parent_dir=parent_dir, parent_manifest=parent_manifest, hash_cache=hash_cache
+    )
     removed: list[str] = []
     if config.index.keep_versions and config.index.keep_versions > 0:
         removed = store._gc_locked(config.index.keep_versions)
     return version, removed
 
 
-def _base_manifest(config: Config, embedder: Embedder, index: FaissIndex, operation: str, parent: str | None) -> dict[str, Any]:
+def _base_manifest(
+    config: Config, embedder: Embedder, index: FaissIndex, operation: str, parent: str | None
+) -> dict[str, Any]:
     import faiss
 
     return {
@@ -372,18 +428,27 @@ def _base_manifest(config: Config, embedder: Embedder, index: FaissIndex, operat
         "created": utc_now(),
         "operation": operation,
         "parent": parent,
-        "embedding": {"model": embedder.name, "config_model": config.embedding.model,
-                      "dimension": int(embedder.dimension), "max_seq_length": config.embedding.max_seq_length},
-        "index": {"type": index.type, "params": index.params, "metric": "inner_product",
-                  "faiss_version": getattr(faiss, "__version__", "unknown")},
+        "embedding": {
+            "model": embedder.name,
+            "config_model": config.embedding.model,
+            "dimension": int(embedder.dimension),
+            "max_seq_length": config.embedding.max_seq_length,
+        },
+        "index": {
+            "type": index.type,
+            "params": index.params,
+            "metric": "inner_product",
+            "faiss_version": getattr(faiss, "__version__", "unknown"),
+        },
     }
 
 
 # --------------------------------------------------------------------------- build
 
 
-def build_index(config: Config, paths: Sequence[str | Path], *, progress: bool = True,
-                embedder: Embedder | None = None) -> BuildReport:
+def build_index(
+    config: Config, paths: Sequence[str | Path], *, progress: bool = True, embedder: Embedder | None = None
+) -> BuildReport:
     """Build a new version from catalog files and make it current."""
     started = time.perf_counter()
     paths = _check_inputs(paths, "(pass --data PATH or set `data` in the config)")
@@ -427,7 +492,10 @@ def build_index(config: Config, paths: Sequence[str | Path], *, progress: bool =
                 read_summary=summary.to_dict() if hasattr(summary, "to_dict") else None,
                 artifacts=artifacts,
                 segments={"base": {"rows": rows, "version": version_dir.name}},
-                timings={"embed_s": round(embed_seconds, 3), "total_s": round(time.perf_counter() - started, 3)},
+                timings={
+                    "embed_s": round(embed_seconds, 3),
+                    "total_s": round(time.perf_counter() - started, 3),
+                },
                 file_names=[VECTORS_FILE, META_FILE, *artifacts, *rejects_names],
             )
             version, removed = _finish(store, config, version_dir, manifest)
@@ -437,21 +505,35 @@ def build_index(config: Config, paths: Sequence[str | Path], *, progress: bool =
             _reraise_input_error(exc, store, parent)
             raise
     return BuildReport(
-        version=version, rows=rows, seconds=time.perf_counter() - started, read_summary=summary,
-        embed_seconds=embed_seconds, index_type=index.type, path=str(version_dir),
-        embedding_model=embedder.name, removed_versions=removed,
+        version=version,
+        rows=rows,
+        seconds=time.perf_counter() - started,
+        read_summary=summary,
+        embed_seconds=embed_seconds,
+        index_type=index.type,
+        path=str(version_dir),
+        embedding_model=embedder.name,
+        removed_versions=removed,
     )
 
 
-def _build_artifacts(config: Config, version_dir: Path, meta_path: Path | None = None, **update: Any) -> list[str]:
+def _build_artifacts(
+    config: Config, version_dir: Path, meta_path: Path | None = None, **update: Any
+) -> list[str]:
     """Run the lexical hook. `meta_path`: the rows it reads (an update passes the delta's SQLite)."""
     lexical = _lexical_module(config)
     if lexical is None:
         return []
     meta_path = meta_path or version_dir / META_FILE
     if update and hasattr(lexical, "update_artifacts"):
-        names = lexical.update_artifacts(meta_path, version_dir, update["parent_dir"], update["changed_uids"],
-                                         update["deleted_uids"], config)
+        names = lexical.update_artifacts(
+            meta_path,
+            version_dir,
+            update["parent_dir"],
+            update["changed_uids"],
+            update["deleted_uids"],
+            config,
+        )
     elif hasattr(lexical, "build_artifacts"):
         names = lexical.build_artifacts(meta_path, version_dir, config)
     else:
@@ -479,9 +561,11 @@ def read_uid_list(path: str | Path) -> list[str]:
             try:
                 line = raw.decode("utf-8").strip()
             except UnicodeDecodeError as exc:
-                raise BuildError(f"{path}: line {number} is not valid UTF-8 (byte {exc.start + 1} of the line: "
-                                 f"{raw[exc.start:exc.start + 4]!r}); the uid list must be UTF-8 text, one uid per "
-                                 "line") from None
+                raise BuildError(
+                    f"{path}: line {number} is not valid UTF-8 (byte {exc.start + 1} of the line: "
+                    f"{raw[exc.start : exc.start + 4]!r}); the uid list must be UTF-8 text, one uid per "
+                    "line"
+                ) from None
             if number == 1:
                 line = line.removeprefix("\ufeff")
             if line and not line.startswith("#"):
@@ -496,8 +580,10 @@ def _check_inputs(paths: Sequence[str | Path], hint: str = "") -> list[Path]:
         if not path.exists():
             raise FileNotFoundError(f"{path}: catalog file not found" + (f" {hint}" if hint else ""))
         if path.is_dir():
-            raise BuildError(f"{path}: is a directory; pass catalog files (trn.json, .jsonl, .json, .gz), "
-                             f"e.g. --data {path}/*.jsonl; nothing was written")
+            raise BuildError(
+                f"{path}: is a directory; pass catalog files (trn.json, .jsonl, .json, .gz), "
+                f"e.g. --data {path}/*.jsonl; nothing was written"
+            )
     return checked
 
 
@@ -510,19 +596,29 @@ def _reraise_input_error(exc: BaseException, store: IndexStore, parent: str | No
     kept = f"index {parent} stays current" if parent else "no index was written"
     if isinstance(exc, CatalogError):
         raise BuildError(f"{exc}; nothing was written ({kept})") from None
-    disk_full = ((isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT))
-                 or (isinstance(exc, sqlite3.OperationalError) and "disk is full" in str(exc))
-                 or (isinstance(exc, RuntimeError) and os.strerror(errno.ENOSPC) in str(exc)))  # FAISS's write error
+    disk_full = (
+        (isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT))
+        or (isinstance(exc, sqlite3.OperationalError) and "disk is full" in str(exc))
+        or (isinstance(exc, RuntimeError) and os.strerror(errno.ENOSPC) in str(exc))
+    )  # FAISS's write error
     if disk_full:
         where = getattr(exc, "filename", None) or store.root
-        raise DiskFullError(f"{where}: no space left on the device ({str(exc).splitlines()[0][:200]}); the unfinished version was "
-                         f"removed and nothing was written ({kept}); free space under {store.root} (e.g. "
-                         "`rag index gc --keep 1`) and run the command again") from None
+        raise DiskFullError(
+            f"{where}: no space left on the device ({str(exc).splitlines()[0][:200]}); the unfinished version was "
+            f"removed and nothing was written ({kept}); free space under {store.root} (e.g. "
+            "`rag index gc --keep 1`) and run the command again"
+        ) from None
 
 
-
-def update_index(config: Config, paths: Sequence[str | Path] = (), delete_uids: Sequence[str] = (), *,
-                 progress: bool = True, embedder: Embedder | None = None, compact: bool | None = None) -> UpdateReport:
+def update_index(
+    config: Config,
+    paths: Sequence[str | Path] = (),
+    delete_uids: Sequence[str] = (),
+    *,
+    progress: bool = True,
+    embedder: Embedder | None = None,
+    compact: bool | None = None,
+) -> UpdateReport:
     """Upsert the rows of `paths` and delete `delete_uids` (deletions first), as a new version.
 
     `compact`: None (default) writes a fresh base when the delta passes `index.compact_ratio` of
@@ -549,14 +645,32 @@ def update_index(config: Config, paths: Sequence[str | Path] = (), delete_uids: 
         hash_cache: HashCache = {}
         parent_check = store.verify(parent, trust_base_stat=True, hash_cache=hash_cache, base_counts=False)
         if not parent_check.ok:
-            raise BuildError(f"the current version {parent} fails verification, not updating it: "
-                             + "; ".join(parent_check.problems) + " (run `rag index rollback` or rebuild)")
+            raise BuildError(
+                f"the current version {parent} fails verification, not updating it: "
+                + "; ".join(parent_check.problems)
+                + " (run `rag index rollback` or rebuild)"
+            )
         timings = {"parent_check_s": time.perf_counter() - t0}
         version_dir = store.new_version_dir()
         rejects = _Rejects(store, version_dir, UPDATE_REJECTS_FILE)
         try:
-            report = _apply_update(config, store, parent, parent_dir, parent_manifest, version_dir, paths,
-                                   delete_uids, embedder, progress, started, compact, hash_cache, timings, rejects)
+            report = _apply_update(
+                config,
+                store,
+                parent,
+                parent_dir,
+                parent_manifest,
+                version_dir,
+                paths,
+                delete_uids,
+                embedder,
+                progress,
+                started,
+                compact,
+                hash_cache,
+                timings,
+                rejects,
+            )
         except BaseException as exc:
             rejects.keep()
             shutil.rmtree(version_dir, ignore_errors=True)
@@ -590,20 +704,26 @@ class _Delta:
     base (its id is then not tombstoned).
     """
 
-    def __init__(self, version_dir: Path, parent_dir: Path, parent_manifest: dict[str, Any], dimension: int) -> None:
+    def __init__(
+        self, version_dir: Path, parent_dir: Path, parent_manifest: dict[str, Any], dimension: int
+    ) -> None:
         self.base_rows, parent_delta = segment_counts(parent_manifest)
         self.base = MetadataReader(parent_dir / META_FILE)  # immutable, read-only
         self.path = version_dir / DELTA_META_FILE
         if parent_delta is not None:
             shutil.copyfile(parent_dir / DELTA_META_FILE, self.path)  # small: the rows changed since the base
-            self.tomb = set(load_tombstones(parent_dir / TOMBSTONES_FILE, parent_delta["tombstones"]).tolist())
+            self.tomb = set(
+                load_tombstones(parent_dir / TOMBSTONES_FILE, parent_delta["tombstones"]).tolist()
+            )
             self.vectors = FaissIndex.load(parent_dir / DELTA_VECTORS_FILE, "flat", dimension, {}, mmap=False)
         else:
             self.tomb = set()
             self.vectors = FaissIndex.create(dimension, "flat")
         import faiss
 
-        self.vector_ids: set[int] = set(faiss.vector_to_array(self.vectors.raw.id_map).tolist()) if self.vectors.ntotal else set()
+        self.vector_ids: set[int] = (
+            set(faiss.vector_to_array(self.vectors.raw.id_map).tolist()) if self.vectors.ntotal else set()
+        )
         self.conn = open_for_writing(self.path)
         self.conn.execute("BEGIN")
         self.remove_vectors: set[int] = set()
@@ -613,9 +733,11 @@ class _Delta:
         out: dict[str, tuple[int, str, str, str]] = {}
         uids = list(uids)
         for start in range(0, len(uids), 900):
-            part = uids[start:start + 900]
+            part = uids[start : start + 900]
             for fid, uid, title, chash in self.conn.execute(
-                    f"SELECT faiss_id, uid, title, content_hash FROM rows WHERE uid IN ({','.join('?' * len(part))})", part):
+                f"SELECT faiss_id, uid, title, content_hash FROM rows WHERE uid IN ({','.join('?' * len(part))})",
+                part,
+            ):
                 out[uid] = (int(fid), title, chash, "delta")
         rest = [u for u in uids if u not in out]
         for uid, (fid, title, chash) in self.base.lookup_uids(rest).items():
@@ -647,9 +769,15 @@ class _Delta:
         row_ids = {int(r[0]) for r in self.conn.execute("SELECT faiss_id FROM rows")}
         self.conn.close()
         overrides = row_ids - self.vector_ids  # metadata-only changes of live base rows
-        if not self.vector_ids <= row_ids or overrides & self.tomb or self.vectors.ntotal != len(self.vector_ids):
-            raise BuildError(f"internal error: delta rows {len(row_ids)}, delta vectors {self.vectors.ntotal}, "
-                             f"tombstones {len(self.tomb)} disagree")
+        if (
+            not self.vector_ids <= row_ids
+            or overrides & self.tomb
+            or self.vectors.ntotal != len(self.vector_ids)
+        ):
+            raise BuildError(
+                f"internal error: delta rows {len(row_ids)}, delta vectors {self.vectors.ntotal}, "
+                f"tombstones {len(self.tomb)} disagree"
+            )
         self.rows = len(row_ids)
         return self.base_rows - len(self.tomb) + self.vectors.ntotal
 
@@ -657,10 +785,23 @@ class _Delta:
         self.base.close()
 
 
-def _apply_update(config: Config, store: IndexStore, parent: str, parent_dir: Path, parent_manifest: dict[str, Any],
-                  version_dir: Path, paths: list[Path], delete_uids: Sequence[str], embedder: Embedder,
-                  progress: bool, started: float, compact: bool | None, hash_cache: HashCache,
-                  timings: dict[str, float], rejects: _Rejects) -> UpdateReport:
+def _apply_update(
+    config: Config,
+    store: IndexStore,
+    parent: str,
+    parent_dir: Path,
+    parent_manifest: dict[str, Any],
+    version_dir: Path,
+    paths: list[Path],
+    delete_uids: Sequence[str],
+    embedder: Embedder,
+    progress: bool,
+    started: float,
+    compact: bool | None,
+    hash_cache: HashCache,
+    timings: dict[str, float],
+    rejects: _Rejects,
+) -> UpdateReport:
     dimension = int(parent_manifest["embedding"]["dimension"])
     t0 = time.perf_counter()
     delta = _Delta(version_dir, parent_dir, parent_manifest, dimension)
@@ -708,13 +849,20 @@ def _apply_update(config: Config, store: IndexStore, parent: str, parent_dir: Pa
                     if old_hash == record[4]:
                         report.unchanged += 1
                         continue
-                    record = (faiss_id,) + record[1:]  # keep the id the uid already has (stable, even if salted)
+                    record = (faiss_id,) + record[
+                        1:
+                    ]  # keep the id the uid already has (stable, even if salted)
                     if where == "delta":
-                        conn.execute("UPDATE rows SET title=?, content=?, content_hash=?, source=?, line=? WHERE faiss_id=?",
-                                     (record[2], record[3], record[4], record[5], record[6], faiss_id))
+                        conn.execute(
+                            "UPDATE rows SET title=?, content=?, content_hash=?, source=?, line=? WHERE faiss_id=?",
+                            (record[2], record[3], record[4], record[5], record[6], faiss_id),
+                        )
                     else:
-                        conn.execute("INSERT INTO rows (faiss_id, uid, title, content, content_hash, source, line) "
-                                     "VALUES (?, ?, ?, ?, ?, ?, ?)", record)
+                        conn.execute(
+                            "INSERT INTO rows (faiss_id, uid, title, content, content_hash, source, line) "
+                            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                            record,
+                        )
                     changed_uids.append(row.uid)
                     changed_ids.append(faiss_id)
                     if old_title == row.title:
@@ -731,7 +879,9 @@ def _apply_update(config: Config, store: IndexStore, parent: str, parent_dir: Pa
                     to_embed.extend(stored)
                 if to_embed:
                     t1 = time.perf_counter()
-                    add_vectors.append(embedder.embed([r[2] for r in to_embed], batch_size=config.embedding.batch_size))
+                    add_vectors.append(
+                        embedder.embed([r[2] for r in to_embed], batch_size=config.embedding.batch_size)
+                    )
                     report.embed_seconds += time.perf_counter() - t1
                     add_ids.append(np.array([r[0] for r in to_embed], dtype=np.int64))
                     report.embedded += len(to_embed)
@@ -751,17 +901,24 @@ def _apply_update(config: Config, store: IndexStore, parent: str, parent_dir: Pa
         # 3. compaction or a new delta
         base_rows = delta.base_rows
         lexical = _lexical_module(config)
-        lexical_full = lexical is not None and (not hasattr(lexical, "update_artifacts") or
-                                                _lexical_needs_full_build(lexical, parent_dir, changed_ids, deleted_ids))
+        lexical_full = lexical is not None and (
+            not hasattr(lexical, "update_artifacts")
+            or _lexical_needs_full_build(lexical, parent_dir, changed_ids, deleted_ids)
+        )
         ratio = float(getattr(config.index, "compact_ratio", 0.1) or 0)
         pending = delta.rows + len(delta.tomb)
-        over = ratio > 0 and pending > ratio * base_rows and pending > int(getattr(config.index, "compact_min_rows", 0))
+        over = (
+            ratio > 0
+            and pending > ratio * base_rows
+            and pending > int(getattr(config.index, "compact_min_rows", 0))
+        )
         do_compact = lexical_full or (over if compact is None else compact)
         t0 = time.perf_counter()
         extra = rejects.commit(summary)
         if do_compact:
-            index = _write_compacted_base(parent_dir, parent_manifest, version_dir, delta.path, delta.vectors,
-                                          delta.tomb, rows)
+            index = _write_compacted_base(
+                parent_dir, parent_manifest, version_dir, delta.path, delta.vectors, delta.tomb, rows
+            )
             os.unlink(delta.path)
             timings["compact_s"] = time.perf_counter() - t0
             t0 = time.perf_counter()
@@ -777,21 +934,41 @@ def _apply_update(config: Config, store: IndexStore, parent: str, parent_dir: Pa
                 np.save(fh, np.array(sorted(delta.tomb), dtype=np.int64), allow_pickle=False)
             timings["delta_write_s"] = time.perf_counter() - t0
             t0 = time.perf_counter()
-            artifacts = _build_artifacts(config, version_dir, meta_path=delta.path, parent_dir=parent_dir,
-                                         changed_uids=changed_uids, deleted_uids=deleted_uids)
+            artifacts = _build_artifacts(
+                config,
+                version_dir,
+                meta_path=delta.path,
+                parent_dir=parent_dir,
+                changed_uids=changed_uids,
+                deleted_uids=deleted_uids,
+            )
             _check_lexical_kept_base(lexical, parent_dir, version_dir, artifacts)
             base_info = (parent_manifest.get("segments") or {}).get("base", {})
-            segments = {"base": {"rows": base_rows, "version": base_info.get("version", parent)},
-                        "delta": {"rows": delta.rows, "vectors": delta.vectors.ntotal, "tombstones": len(delta.tomb)}}
+            segments = {
+                "base": {"rows": base_rows, "version": base_info.get("version", parent)},
+                "delta": {"rows": delta.rows, "vectors": delta.vectors.ntotal, "tombstones": len(delta.tomb)},
+            }
             index_info = dict(parent_manifest["index"])
-            file_names = [VECTORS_FILE, META_FILE, DELTA_VECTORS_FILE, DELTA_META_FILE, TOMBSTONES_FILE, *artifacts, *extra]
+            file_names = [
+                VECTORS_FILE,
+                META_FILE,
+                DELTA_VECTORS_FILE,
+                DELTA_META_FILE,
+                TOMBSTONES_FILE,
+                *artifacts,
+                *extra,
+            ]
         timings["lexical_s"] = time.perf_counter() - t0
     finally:
         delta.close()
 
     manifest = {
-        "format": 1, "created": utc_now(), "operation": "update", "parent": parent,
-        "embedding": dict(parent_manifest["embedding"]), "index": index_info,
+        "format": 1,
+        "created": utc_now(),
+        "operation": "update",
+        "parent": parent,
+        "embedding": dict(parent_manifest["embedding"]),
+        "index": index_info,
     }
     manifest.update(
         rows=rows,
@@ -799,16 +976,29 @@ def _apply_update(config: Config, store: IndexStore, parent: str, parent_dir: Pa
         sources=parent_manifest.get("sources", []) + _sources(paths),
         read_summary=summary.to_dict() if summary is not None and hasattr(summary, "to_dict") else None,
         artifacts=artifacts,
-        update={"inserted": report.inserted, "re_embedded": report.updated, "metadata_only": report.metadata_only,
-                "unchanged": report.unchanged, "deleted": report.deleted, "delete_missing": report.delete_missing,
-                "compacted": bool(do_compact)},
+        update={
+            "inserted": report.inserted,
+            "re_embedded": report.updated,
+            "metadata_only": report.metadata_only,
+            "unchanged": report.unchanged,
+            "deleted": report.deleted,
+            "delete_missing": report.delete_missing,
+            "compacted": bool(do_compact),
+        },
         file_names=file_names,
     )
     t0 = time.perf_counter()
     manifest["timings"] = {k: round(v, 3) for k, v in timings.items()}
     manifest["timings"]["total_before_commit_s"] = round(time.perf_counter() - started, 3)
-    report.version, report.removed_versions = _finish(store, config, version_dir, manifest, parent_dir=parent_dir,
-                                                      parent_manifest=parent_manifest, hash_cache=hash_cache)
+    report.version, report.removed_versions = _finish(
+        store,
+        config,
+        version_dir,
+        manifest,
+        parent_dir=parent_dir,
+        parent_manifest=parent_manifest,
+        hash_cache=hash_cache,
+    )
     timings["commit_s"] = time.perf_counter() - t0
     report.rows = rows
     report.compacted = bool(do_compact)
@@ -821,12 +1011,23 @@ def _apply_update(config: Config, store: IndexStore, parent: str, parent_dir: Pa
 def _index_info(index: FaissIndex) -> dict[str, Any]:
     import faiss
 
-    return {"type": index.type, "params": index.params, "metric": "inner_product",
-            "faiss_version": getattr(faiss, "__version__", "unknown")}
+    return {
+        "type": index.type,
+        "params": index.params,
+        "metric": "inner_product",
+        "faiss_version": getattr(faiss, "__version__", "unknown"),
+    }
 
 
-def _write_compacted_base(parent_dir: Path, parent_manifest: dict[str, Any], version_dir: Path, delta_db: Path,
-                          delta_vectors: FaissIndex, tomb: set[int], expected_rows: int) -> FaissIndex:
+def _write_compacted_base(
+    parent_dir: Path,
+    parent_manifest: dict[str, Any],
+    version_dir: Path,
+    delta_db: Path,
+    delta_vectors: FaissIndex,
+    tomb: set[int],
+    expected_rows: int,
+) -> FaissIndex:
     """A fresh base (new inodes, never the parent's files) = parent base - tombstones + delta."""
     meta_path = version_dir / META_FILE
     shutil.copyfile(parent_dir / META_FILE, meta_path)
@@ -837,27 +1038,40 @@ def _write_compacted_base(parent_dir: Path, parent_manifest: dict[str, Any], ver
     conn.execute("ATTACH DATABASE ? AS d", (str(delta_db),))
     conn.execute("BEGIN")
     # a delta row replaces the base row of the same faiss_id (metadata-only change) or is new
-    conn.execute("INSERT OR REPLACE INTO rows (faiss_id, uid, title, content, content_hash, source, line) "
-                 "SELECT faiss_id, uid, title, content, content_hash, source, line FROM d.rows")
+    conn.execute(
+        "INSERT OR REPLACE INTO rows (faiss_id, uid, title, content, content_hash, source, line) "
+        "SELECT faiss_id, uid, title, content, content_hash, source, line FROM d.rows"
+    )
     conn.execute("COMMIT")
     conn.execute("DETACH DATABASE d")
     rows = int(conn.execute("SELECT count(*) FROM rows").fetchone()[0])
     conn.close()
     info = parent_manifest["index"]
-    index = FaissIndex.load(parent_dir / VECTORS_FILE, info["type"], int(parent_manifest["embedding"]["dimension"]),
-                            info.get("params", {}), mmap=False)  # a private, writable copy
+    index = FaissIndex.load(
+        parent_dir / VECTORS_FILE,
+        info["type"],
+        int(parent_manifest["embedding"]["dimension"]),
+        info.get("params", {}),
+        mmap=False,
+    )  # a private, writable copy
     if tomb:
-        index.remove(np.array(sorted(tomb), dtype=np.int64))  # hnsw: the one graph rebuild, at compaction only
+        index.remove(
+            np.array(sorted(tomb), dtype=np.int64)
+        )  # hnsw: the one graph rebuild, at compaction only
     if delta_vectors.ntotal:
         ids, vectors = delta_vectors.export()
         index.add(ids, vectors)
     if not (rows == index.ntotal == expected_rows):
-        raise BuildError(f"internal error: compaction gives {index.ntotal} vectors, {rows} rows, expected {expected_rows}")
+        raise BuildError(
+            f"internal error: compaction gives {index.ntotal} vectors, {rows} rows, expected {expected_rows}"
+        )
     index.save(version_dir / VECTORS_FILE)
     return index
 
 
-def _lexical_needs_full_build(lexical: Any, parent_dir: Path, changed_ids: Sequence[int], deleted_ids: Sequence[int]) -> bool:
+def _lexical_needs_full_build(
+    lexical: Any, parent_dir: Path, changed_ids: Sequence[int], deleted_ids: Sequence[int]
+) -> bool:
     """Would `lexical.update_artifacts` rebuild its base from all rows? (An update hands it only the delta's rows.)
 
     Mirrors its rule with upper bounds (no parent index, another format, an empty base, or delta or
@@ -873,14 +1087,21 @@ def _lexical_needs_full_build(lexical: Any, parent_dir: Path, changed_ids: Seque
         base_docs = int(meta["segments"]["base"]["docs"])
         if base_docs == 0:
             return True
-        tomb = np.load(parent_dir / getattr(lexical, "TOMBSTONES_NAME", "lexical.tombstones.npy"), allow_pickle=False)
-        old_delta = (np.load(parent_dir / "lexical.delta.ids.npy", allow_pickle=False)
-                     if "delta" in meta["segments"] else np.zeros(0, np.int64))
+        tomb = np.load(
+            parent_dir / getattr(lexical, "TOMBSTONES_NAME", "lexical.tombstones.npy"), allow_pickle=False
+        )
+        old_delta = (
+            np.load(parent_dir / "lexical.delta.ids.npy", allow_pickle=False)
+            if "delta" in meta["segments"]
+            else np.zeros(0, np.int64)
+        )
         changed = np.asarray(list(changed_ids), dtype=np.int64)
         deleted = np.asarray(list(deleted_ids), dtype=np.int64)
         bound = float(getattr(lexical, "COMPACT_FRACTION", 0.1)) * base_docs
-        return (len(np.union1d(old_delta, changed)) > bound
-                or len(np.union1d(np.union1d(tomb, changed), deleted)) > bound)
+        return (
+            len(np.union1d(old_delta, changed)) > bound
+            or len(np.union1d(np.union1d(tomb, changed), deleted)) > bound
+        )
     except (KeyError, ValueError, OSError, TypeError):
         return True
 
@@ -894,10 +1115,14 @@ def _check_lexical_kept_base(lexical: Any, parent_dir: Path, version_dir: Path, 
         new = json.loads((version_dir / name).read_text(encoding="utf-8"))["segments"]["base"]
         old = json.loads((parent_dir / name).read_text(encoding="utf-8"))["segments"]["base"]
     except (OSError, ValueError, KeyError) as exc:
-        raise BuildError(f"{version_dir / name}: cannot compare with the parent's description index ({exc})") from None
+        raise BuildError(
+            f"{version_dir / name}: cannot compare with the parent's description index ({exc})"
+        ) from None
     if new != old:
-        raise BuildError(f"internal error: {version_dir / name}: the description index rebuilt its base from the "
-                         "delta rows only; run `rag index compact` or `rag index build`")
+        raise BuildError(
+            f"internal error: {version_dir / name}: the description index rebuilt its base from the "
+            "delta rows only; run `rag index compact` or `rag index build`"
+        )
 
 
 @dataclass
@@ -911,9 +1136,15 @@ class CompactReport:
     def summary(self) -> str:
         if self.version is None:
             return f"index {self.parent} has no delta: nothing to compact ({self.rows:,} rows)"
-        return (f"compacted index {self.parent} -> {self.version}: {self.rows:,} rows in one base segment "
-                f"in {self.seconds:.1f}s" + (f"\n  removed old versions: {', '.join(self.removed_versions)}"
-                                              if self.removed_versions else ""))
+        return (
+            f"compacted index {self.parent} -> {self.version}: {self.rows:,} rows in one base segment "
+            f"in {self.seconds:.1f}s"
+            + (
+                f"\n  removed old versions: {', '.join(self.removed_versions)}"
+                if self.removed_versions
+                else ""
+            )
+        )
 
 
 def compact_index(config: Config, *, force: bool = False) -> CompactReport:
@@ -931,8 +1162,11 @@ def compact_index(config: Config, *, force: bool = False) -> CompactReport:
             return CompactReport(None, parent, int(parent_manifest["rows"]), time.perf_counter() - started)
         check = store.verify(parent)
         if not check.ok:
-            raise BuildError(f"the current version {parent} fails verification, not compacting it: "
-                             + "; ".join(check.problems) + " (run `rag index rollback` or rebuild)")
+            raise BuildError(
+                f"the current version {parent} fails verification, not compacting it: "
+                + "; ".join(check.problems)
+                + " (run `rag index rollback` or rebuild)"
+            )
         version_dir = store.new_version_dir()
         try:
             dimension = int(parent_manifest["embedding"]["dimension"])
@@ -944,17 +1178,31 @@ def compact_index(config: Config, *, force: bool = False) -> CompactReport:
             else:
                 open_for_writing(private_delta).close()
                 tomb, vectors = set(), FaissIndex.create(dimension, "flat")
-            index = _write_compacted_base(parent_dir, parent_manifest, version_dir, private_delta, vectors, tomb,
-                                          int(parent_manifest["rows"]))
+            index = _write_compacted_base(
+                parent_dir,
+                parent_manifest,
+                version_dir,
+                private_delta,
+                vectors,
+                tomb,
+                int(parent_manifest["rows"]),
+            )
             private_delta.unlink()
             artifacts = _build_artifacts(config, version_dir)
             rows = int(parent_manifest["rows"])
             manifest = {
-                "format": 1, "created": utc_now(), "operation": "compact", "parent": parent,
-                "embedding": dict(parent_manifest["embedding"]), "index": _index_info(index),
-                "rows": rows, "segments": {"base": {"rows": rows, "version": version_dir.name}},
-                "sources": parent_manifest.get("sources", []), "read_summary": parent_manifest.get("read_summary"),
-                "artifacts": artifacts, "timings": {"total_s": round(time.perf_counter() - started, 3)},
+                "format": 1,
+                "created": utc_now(),
+                "operation": "compact",
+                "parent": parent,
+                "embedding": dict(parent_manifest["embedding"]),
+                "index": _index_info(index),
+                "rows": rows,
+                "segments": {"base": {"rows": rows, "version": version_dir.name}},
+                "sources": parent_manifest.get("sources", []),
+                "read_summary": parent_manifest.get("read_summary"),
+                "artifacts": artifacts,
+                "timings": {"total_s": round(time.perf_counter() - started, 3)},
                 "file_names": [VECTORS_FILE, META_FILE, *artifacts],
             }
             version, removed = _finish(store, config, version_dir, manifest)

@@ -12,6 +12,7 @@
 All take `--config FILE` and `--set key=value` (e.g. `--set index.path=data/other_index`).
 Exit status: 0 on success, 1 when verification fails, 2 on errors the user can fix.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,7 +50,10 @@ def _cmd_update(args: argparse.Namespace) -> int:
     config = _config(args)
     deletes = read_uid_list(args.delete) if args.delete else []
     if not args.data and not deletes:
-        print("error: nothing to do: pass --data FILE (rows to upsert) and/or --delete FILE (uids to remove)", file=sys.stderr)
+        print(
+            "error: nothing to do: pass --data FILE (rows to upsert) and/or --delete FILE (uids to remove)",
+            file=sys.stderr,
+        )
         return 2
     report = update_index(config, args.data or [], deletes, progress=not args.quiet)
     print(report.summary())
@@ -81,8 +85,11 @@ def _format_info(manifest: dict[str, Any], path: Any) -> str:
     if manifest.get("artifacts"):
         lines.append(f"artifacts:  {', '.join(manifest['artifacts'])}")
     for source in manifest.get("sources", []):
-        lines.append(f"source:     {source.get('path')} ({source.get('size', '?'):,} B)" if isinstance(source.get("size"), int)
-                     else f"source:     {source.get('path')}")
+        lines.append(
+            f"source:     {source.get('path')} ({source.get('size', '?'):,} B)"
+            if isinstance(source.get("size"), int)
+            else f"source:     {source.get('path')}"
+        )
     summary = manifest.get("read_summary")
     if summary:
         lines.append(
@@ -100,8 +107,10 @@ def _format_segments(manifest: dict[str, Any]) -> str:
     base_rows, delta = segment_counts(manifest)
     if delta is None:
         return f"segments:   base {base_rows:,} rows (no delta)"
-    return (f"segments:   base {base_rows:,} rows - {delta['tombstones']:,} tombstones + delta {delta['vectors']:,} "
-            f"vectors ({delta['rows']:,} delta rows); `rag index compact` folds the delta into a new base")
+    return (
+        f"segments:   base {base_rows:,} rows - {delta['tombstones']:,} tombstones + delta {delta['vectors']:,} "
+        f"vectors ({delta['rows']:,} delta rows); `rag index compact` folds the delta into a new base"
+    )
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -127,8 +136,10 @@ def _cmd_versions(args: argparse.Namespace) -> int:
     for v in versions:
         mark = "*" if v["is_current"] else " "
         rows = f"{v['rows']:,}" if isinstance(v.get("rows"), int) else "?"
-        print(f"{mark} {v['version']}  {v.get('created') or '?':<25} {rows:>12} rows  "
-              f"{v.get('operation') or '?':<8} {v.get('type') or '?':<5} parent {v.get('parent') or '-'}")
+        print(
+            f"{mark} {v['version']}  {v.get('created') or '?':<25} {rows:>12} rows  "
+            f"{v.get('operation') or '?':<8} {v.get('type') or '?':<5} parent {v.get('parent') or '-'}"
+        )
     return 0
 
 
@@ -193,18 +204,30 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     index.set_defaults(func=lambda args: (index.print_help(), 2)[1])
 
     p = sub.add_parser("build", parents=[common], help="build a new index version from catalog files")
-    p.add_argument("--data", nargs="+", metavar="PATH", help="catalog files (JSON lines, .json, .gz); default: `data` of the config")
+    p.add_argument(
+        "--data",
+        nargs="+",
+        metavar="PATH",
+        help="catalog files (JSON lines, .json, .gz); default: `data` of the config",
+    )
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     p.set_defaults(func=_guarded(_cmd_build))
 
-    p = sub.add_parser("update", parents=[common], help="upsert rows and delete uids as a new version (only changed titles are embedded)")
+    p = sub.add_parser(
+        "update",
+        parents=[common],
+        help="upsert rows and delete uids as a new version (only changed titles are embedded)",
+    )
     p.add_argument("--data", nargs="+", metavar="PATH", help="catalog files with new or changed rows")
     p.add_argument("--delete", metavar="FILE", help="file of uids to delete, one per line")
     p.add_argument("--quiet", "-q", action="store_true")
     p.set_defaults(func=_guarded(_cmd_update))
 
-    p = sub.add_parser("compact", parents=[common],
-                       help="write base - tombstones + delta as a fresh base segment (no embedding)")
+    p = sub.add_parser(
+        "compact",
+        parents=[common],
+        help="write base - tombstones + delta as a fresh base segment (no embedding)",
+    )
     p.add_argument("--force", action="store_true", help="rewrite the base even when there is no delta")
     p.set_defaults(func=_guarded(_cmd_compact))
 
@@ -217,11 +240,15 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_guarded(_cmd_versions))
 
-    p = sub.add_parser("rollback", parents=[common], help="serve an older version (default: the one before current)")
+    p = sub.add_parser(
+        "rollback", parents=[common], help="serve an older version (default: the one before current)"
+    )
     p.add_argument("version", nargs="?", default=None)
     p.set_defaults(func=_guarded(_cmd_rollback))
 
-    p = sub.add_parser("gc", parents=[common], help="delete old versions, keeping the newest N and the current one")
+    p = sub.add_parser(
+        "gc", parents=[common], help="delete old versions, keeping the newest N and the current one"
+    )
     p.add_argument("--keep", type=int, default=None, help="versions to keep (default: index.keep_versions)")
     p.set_defaults(func=_guarded(_cmd_gc))
 

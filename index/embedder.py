@@ -18,6 +18,7 @@ optimum-intel and openvino). docs/performance.md has the measurements.
 
 torch and sentence-transformers are imported inside `load_embedder`, never at import time.
 """
+
 from __future__ import annotations
 
 import logging
@@ -86,7 +87,9 @@ class CachedQueryMixin:
 
     _cache: _QueryCache
 
-    def embed(self, texts: Sequence[str], *, batch_size: int | None = None, progress: bool = False) -> np.ndarray:
+    def embed(
+        self, texts: Sequence[str], *, batch_size: int | None = None, progress: bool = False
+    ) -> np.ndarray:
         raise NotImplementedError
 
     def embed_query(self, text: str) -> np.ndarray:
@@ -123,11 +126,12 @@ class HashingEmbedder(CachedQueryMixin):
             vector[h % self.dimension] += 1.0 if (h >> 31) & 1 else -1.0
         return vector
 
-    def embed(self, texts: Sequence[str], *, batch_size: int | None = None, progress: bool = False) -> np.ndarray:
+    def embed(
+        self, texts: Sequence[str], *, batch_size: int | None = None, progress: bool = False
+    ) -> np.ndarray:
         if len(texts) == 0:
             return np.zeros((0, self.dimension), dtype=np.float32)
         return _normalise(np.stack([self._one(t) for t in texts]))
-
 
 
 class SentenceTransformerEmbedder(CachedQueryMixin):
@@ -148,7 +152,9 @@ class SentenceTransformerEmbedder(CachedQueryMixin):
         self.batch_size = batch_size
         self._cache = _QueryCache(cache_size)
 
-    def embed(self, texts: Sequence[str], *, batch_size: int | None = None, progress: bool = False) -> np.ndarray:
+    def embed(
+        self, texts: Sequence[str], *, batch_size: int | None = None, progress: bool = False
+    ) -> np.ndarray:
         if len(texts) == 0:
             return np.zeros((0, self.dimension), dtype=np.float32)
         vectors = self.model.encode(
@@ -160,7 +166,6 @@ class SentenceTransformerEmbedder(CachedQueryMixin):
         )
         # normalise again in float32: cheap, and guards against models that ignore the flag
         return _normalise(np.asarray(vectors))
-
 
 
 def _resolve_device(device: str) -> str:
@@ -205,7 +210,9 @@ def load_embedder(config: EmbeddingConfig) -> Embedder:
     path = resolve_model_path(spec)
     is_local = Path(path).expanduser().is_dir()
     if not is_local and spec.startswith((".", "/", "~")):  # clearly a path, not a hub id
-        raise EmbedderError(f"embedding.model: directory {spec!r} does not exist; point it at a sentence-transformers model directory.")
+        raise EmbedderError(
+            f"embedding.model: directory {spec!r} does not exist; point it at a sentence-transformers model directory."
+        )
     if config.num_threads:
         import torch
 
@@ -215,7 +222,9 @@ def load_embedder(config: EmbeddingConfig) -> Embedder:
     try:
         from sentence_transformers import SentenceTransformer
     except ImportError:  # pragma: no cover - a dependency of the project
-        raise EmbedderError("sentence-transformers is not installed: pip install sentence-transformers") from None
+        raise EmbedderError(
+            "sentence-transformers is not installed: pip install sentence-transformers"
+        ) from None
 
     offline = _offline()
     try:
@@ -232,7 +241,11 @@ def load_embedder(config: EmbeddingConfig) -> Embedder:
                 f"embedding.backend: 'openvino' needs optimum-intel and openvino ({exc}); "
                 "`pip install optimum-intel openvino`, or use embedding.backend: onnx (`pip install .[fast]`) or torch."
             ) from exc
-        where = "the local directory" if is_local else ("the local hub cache (HF_HUB_OFFLINE=1)" if offline else "the hub")
+        where = (
+            "the local directory"
+            if is_local
+            else ("the local hub cache (HF_HUB_OFFLINE=1)" if offline else "the hub")
+        )
         raise EmbedderError(
             f"embedding.model: cannot load {spec!r} from {where}: {exc}\n"
             "Download the model once (e.g. `huggingface-cli download <id>` on a machine with network), "
@@ -240,7 +253,9 @@ def load_embedder(config: EmbeddingConfig) -> Embedder:
         ) from exc
     if config.max_seq_length:
         model.max_seq_length = config.max_seq_length
-    return SentenceTransformerEmbedder(model, spec, batch_size=config.batch_size, cache_size=config.cache_size)
+    return SentenceTransformerEmbedder(
+        model, spec, batch_size=config.batch_size, cache_size=config.cache_size
+    )
 
 
 def _load_onnx(spec: str, path: str, is_local: bool, config: EmbeddingConfig) -> Embedder:
@@ -259,7 +274,9 @@ def _load_onnx(spec: str, path: str, is_local: bool, config: EmbeddingConfig) ->
                 "Set embedding.model to a local model directory or 'bundled:all-MiniLM-L6-v2'."
             ) from exc
     if config.device not in ("cpu", "auto"):
-        log.warning("embedding.device=%s is ignored by the onnx backend (CPU execution provider)", config.device)
+        log.warning(
+            "embedding.device=%s is ignored by the onnx backend (CPU execution provider)", config.device
+        )
     try:
         return load_onnx_embedder(model_dir, spec, config)
     except OnnxBackendMissing as exc:

@@ -35,6 +35,7 @@ a light English stemmer) after a small Portuguese -> English word map, because q
 Portuguese while the catalog is English. Scoring is exact for rare terms; a common term contributes
 through its champion list, and the best candidates then get their exact BM25 (see `score`).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -60,11 +61,22 @@ log = logging.getLogger(__name__)
 FORMAT = 2  # 2: champion lists
 META_NAME = "lexical.json"
 TOMBSTONES_NAME = "lexical.tombstones.npy"
-SEGMENT_FILES = ("hashes.npy", "terms.json", "indptr.npy", "docs.npy", "impact.npy", "ids.npy",
-                 "champ_indptr.npy", "champ_docs.npy", "champ_impact.npy")
+SEGMENT_FILES = (
+    "hashes.npy",
+    "terms.json",
+    "indptr.npy",
+    "docs.npy",
+    "impact.npy",
+    "ids.npy",
+    "champ_indptr.npy",
+    "champ_docs.npy",
+    "champ_impact.npy",
+)
 K1 = 1.2
 B = 0.75
-TITLE_WEIGHT = 2  # title words count twice: a word of the title says more about the product than one of a long blurb
+TITLE_WEIGHT = (
+    2  # title words count twice: a word of the title says more about the product than one of a long blurb
+)
 COMPACT_FRACTION = 0.10  # rebuild the base when delta rows or tombstones exceed this share of it
 CHUNK_DOCS = 50_000  # documents tokenised per numpy counting pass during a build
 CHAMPIONS = 20_000  # terms in more documents keep a "champion list" of their best-impact postings
@@ -76,10 +88,350 @@ SNIPPET_ROWS = 10  # results that get a snippet: ~0.25 ms each (row fetch + sent
 # --------------------------------------------------------------------------- text analysis
 
 # English stop words (function words, plus question and request words that say nothing about a product).
-STOPWORDS_EN = frozenset(["a", "about", "above", "after", "again", "against", "all", "also", "am", "an", "and", "any", "are", "aren", "as", "at", "be", "because", "been", "before", "being", "below", "between", "both", "but", "by", "can", "cannot", "could", "couldn", "did", "didn", "do", "does", "doesn", "doing", "don", "down", "during", "each", "either", "else", "ever", "every", "few", "for", "from", "further", "get", "gets", "got", "had", "has", "have", "having", "he", "her", "here", "hers", "herself", "him", "himself", "his", "how", "i", "if", "in", "into", "is", "isn", "it", "its", "itself", "just", "let", "ll", "me", "might", "more", "most", "must", "my", "myself", "no", "nor", "not", "now", "of", "off", "on", "once", "one", "only", "or", "other", "ought", "our", "ours", "ourselves", "out", "over", "own", "re", "s", "same", "shall", "she", "should", "so", "some", "such", "t", "than", "that", "the", "their", "theirs", "them", "themselves", "then", "there", "these", "they", "this", "those", "through", "to", "too", "under", "until", "up", "upon", "us", "ve", "very", "was", "wasn", "we", "were", "weren", "what", "when", "where", "which", "while", "who", "whom", "whose", "why", "will", "with", "within", "without", "won", "would", "you", "your", "yours", "yourself", "yourselves", "anyone", "anything", "someone", "something", "thing", "things", "kind", "sort", "really", "maybe", "think", "remember", "remembered", "recall", "looking", "look", "find", "finding", "search", "searching", "want", "wanted", "need", "know", "knew", "tell", "called", "named", "name", "title", "please", "help", "like", "hi", "hello", "thanks"])
+STOPWORDS_EN = frozenset(
+    [
+        "a",
+        "about",
+        "above",
+        "after",
+        "again",
+        "against",
+        "all",
+        "also",
+        "am",
+        "an",
+        "and",
+        "any",
+        "are",
+        "aren",
+        "as",
+        "at",
+        "be",
+        "because",
+        "been",
+        "before",
+        "being",
+        "below",
+        "between",
+        "both",
+        "but",
+        "by",
+        "can",
+        "cannot",
+        "could",
+        "couldn",
+        "did",
+        "didn",
+        "do",
+        "does",
+        "doesn",
+        "doing",
+        "don",
+        "down",
+        "during",
+        "each",
+        "either",
+        "else",
+        "ever",
+        "every",
+        "few",
+        "for",
+        "from",
+        "further",
+        "get",
+        "gets",
+        "got",
+        "had",
+        "has",
+        "have",
+        "having",
+        "he",
+        "her",
+        "here",
+        "hers",
+        "herself",
+        "him",
+        "himself",
+        "his",
+        "how",
+        "i",
+        "if",
+        "in",
+        "into",
+        "is",
+        "isn",
+        "it",
+        "its",
+        "itself",
+        "just",
+        "let",
+        "ll",
+        "me",
+        "might",
+        "more",
+        "most",
+        "must",
+        "my",
+        "myself",
+        "no",
+        "nor",
+        "not",
+        "now",
+        "of",
+        "off",
+        "on",
+        "once",
+        "one",
+        "only",
+        "or",
+        "other",
+        "ought",
+        "our",
+        "ours",
+        "ourselves",
+        "out",
+        "over",
+        "own",
+        "re",
+        "s",
+        "same",
+        "shall",
+        "she",
+        "should",
+        "so",
+        "some",
+        "such",
+        "t",
+        "than",
+        "that",
+        "the",
+        "their",
+        "theirs",
+        "them",
+        "themselves",
+        "then",
+        "there",
+        "these",
+        "they",
+        "this",
+        "those",
+        "through",
+        "to",
+        "too",
+        "under",
+        "until",
+        "up",
+        "upon",
+        "us",
+        "ve",
+        "very",
+        "was",
+        "wasn",
+        "we",
+        "were",
+        "weren",
+        "what",
+        "when",
+        "where",
+        "which",
+        "while",
+        "who",
+        "whom",
+        "whose",
+        "why",
+        "will",
+        "with",
+        "within",
+        "without",
+        "won",
+        "would",
+        "you",
+        "your",
+        "yours",
+        "yourself",
+        "yourselves",
+        "anyone",
+        "anything",
+        "someone",
+        "something",
+        "thing",
+        "things",
+        "kind",
+        "sort",
+        "really",
+        "maybe",
+        "think",
+        "remember",
+        "remembered",
+        "recall",
+        "looking",
+        "look",
+        "find",
+        "finding",
+        "search",
+        "searching",
+        "want",
+        "wanted",
+        "need",
+        "know",
+        "knew",
+        "tell",
+        "called",
+        "named",
+        "name",
+        "title",
+        "please",
+        "help",
+        "like",
+        "hi",
+        "hello",
+        "thanks",
+    ]
+)
 
 # Portuguese stop words (accents folded), and the request words of questions.
-STOPWORDS_PT = frozenset(["a", "ao", "aos", "aquela", "aquelas", "aquele", "aqueles", "aquilo", "as", "ate", "com", "como", "da", "das", "de", "dela", "delas", "dele", "deles", "depois", "do", "dos", "e", "ela", "elas", "ele", "eles", "em", "entre", "era", "eram", "essa", "essas", "esse", "esses", "esta", "estas", "este", "estes", "eu", "foi", "for", "foram", "ha", "isso", "isto", "ja", "la", "lhe", "lhes", "mais", "mas", "me", "mesmo", "meu", "meus", "minha", "minhas", "muito", "na", "nas", "nao", "nem", "no", "nos", "nossa", "nossas", "nosso", "nossos", "num", "numa", "o", "os", "ou", "para", "pela", "pelas", "pelo", "pelos", "por", "qual", "quando", "que", "quem", "se", "seja", "sem", "ser", "seu", "seus", "so", "sua", "suas", "tambem", "te", "tem", "tinha", "ter", "teu", "tua", "um", "uma", "umas", "uns", "voce", "voces", "vos", "sobre", "onde", "cujo", "cuja", "sao", "esta", "estao", "procuro", "procurando", "lembro", "lembrar", "lembra", "acho", "qualquer", "coisa", "algo", "alguem", "chamado", "chamada", "nome", "titulo", "queria", "quero", "gostaria", "encontrar", "achar", "sei", "saber", "diga", "fale", "conte"])
+STOPWORDS_PT = frozenset(
+    [
+        "a",
+        "ao",
+        "aos",
+        "aquela",
+        "aquelas",
+        "aquele",
+        "aqueles",
+        "aquilo",
+        "as",
+        "ate",
+        "com",
+        "como",
+        "da",
+        "das",
+        "de",
+        "dela",
+        "delas",
+        "dele",
+        "deles",
+        "depois",
+        "do",
+        "dos",
+        "e",
+        "ela",
+        "elas",
+        "ele",
+        "eles",
+        "em",
+        "entre",
+        "era",
+        "eram",
+        "essa",
+        "essas",
+        "esse",
+        "esses",
+        "esta",
+        "estas",
+        "este",
+        "estes",
+        "eu",
+        "foi",
+        "for",
+        "foram",
+        "ha",
+        "isso",
+        "isto",
+        "ja",
+        "la",
+        "lhe",
+        "lhes",
+        "mais",
+        "mas",
+        "me",
+        "mesmo",
+        "meu",
+        "meus",
+        "minha",
+        "minhas",
+        "muito",
+        "na",
+        "nas",
+        "nao",
+        "nem",
+        "no",
+        "nos",
+        "nossa",
+        "nossas",
+        "nosso",
+        "nossos",
+        "num",
+        "numa",
+        "o",
+        "os",
+        "ou",
+        "para",
+        "pela",
+        "pelas",
+        "pelo",
+        "pelos",
+        "por",
+        "qual",
+        "quando",
+        "que",
+        "quem",
+        "se",
+        "seja",
+        "sem",
+        "ser",
+        "seu",
+        "seus",
+        "so",
+        "sua",
+        "suas",
+        "tambem",
+        "te",
+        "tem",
+        "tinha",
+        "ter",
+        "teu",
+        "tua",
+        "um",
+        "uma",
+        "umas",
+        "uns",
+        "voce",
+        "voces",
+        "vos",
+        "sobre",
+        "onde",
+        "cujo",
+        "cuja",
+        "sao",
+        "esta",
+        "estao",
+        "procuro",
+        "procurando",
+        "lembro",
+        "lembrar",
+        "lembra",
+        "acho",
+        "qualquer",
+        "coisa",
+        "algo",
+        "alguem",
+        "chamado",
+        "chamada",
+        "nome",
+        "titulo",
+        "queria",
+        "quero",
+        "gostaria",
+        "encontrar",
+        "achar",
+        "sei",
+        "saber",
+        "diga",
+        "fale",
+        "conte",
+    ]
+)
 
 STOPWORDS = STOPWORDS_EN | STOPWORDS_PT
 
@@ -87,66 +439,295 @@ STOPWORDS = STOPWORDS_EN | STOPWORDS_PT
 # is English, so a Portuguese question only matches through proper names and these words. Kept small
 # and hand-checked; extend it in one place. Values may hold several words ("receitas" -> recipes cooking).
 PT_EN: dict[str, str] = {
-    "livro": "book", "livros": "books", "filme": "movie film", "filmes": "movies films", "historia": "story",
-    "historias": "stories", "conto": "tale story", "contos": "tales stories", "romance": "novel romance",
-    "romances": "novels", "autor": "author", "autora": "author", "escritor": "writer", "escreveu": "wrote",
-    "escrito": "written", "ilustrado": "illustrated", "ilustracoes": "illustrations", "poemas": "poems",
-    "poesia": "poetry", "biografia": "biography", "memorias": "memoir", "guia": "guide", "viagem": "travel journey",
-    "receita": "recipe", "receitas": "recipes cooking", "cozinha": "kitchen cooking cookbook", "culinaria": "cooking",
-    "brinquedo": "toy", "brinquedos": "toys", "jogo": "game", "jogos": "games", "boneca": "doll", "bola": "ball",
-    "madeira": "wooden wood", "pecas": "pieces", "torre": "tower", "arco": "rainbow", "iris": "rainbow",
-    "musica": "music", "musicas": "songs music", "cancao": "song", "cancoes": "songs", "album": "album",
-    "disco": "album record", "banda": "band", "cantor": "singer singing", "cantora": "singer singing",
-    "cantando": "singing", "canta": "sings singing", "cantor(a)": "singer", "ao vivo": "live", "vivo": "live",
-    "gravado": "recorded", "igreja": "church", "irmas": "sisters", "irmaos": "brothers", "irma": "sister",
-    "irmao": "brother", "documentario": "documentary", "serie": "series", "temporada": "season",
-    "dirigido": "directed", "narrado": "narrated", "astronomos": "astronomers", "observatorio": "observatory",
-    "deserto": "desert", "cometa": "comet", "estrela": "star", "estrelas": "stars", "planeta": "planet",
-    "espaco": "space", "lua": "moon", "sol": "sun", "ceu": "sky", "noite": "night", "inverno": "winter",
-    "verao": "summer", "outono": "autumn fall", "primavera": "spring", "tempestade": "storm", "mar": "sea",
-    "oceano": "ocean", "ilha": "island", "farol": "lighthouse", "faroleiro": "lighthouse keeper", "navio": "ship",
-    "barco": "boat", "naufragio": "wreck shipwreck", "porto": "harbour harbor port", "praia": "beach", "rio": "river",
-    "lago": "lake", "montanha": "mountain", "montanhas": "mountains", "floresta": "forest", "cidade": "city",
-    "vila": "village", "aldeia": "village", "fazenda": "farm", "castelo": "castle", "escola": "school",
-    "casa": "house home", "jardim": "garden", "guerra": "war", "paz": "peace", "amor": "love", "morte": "death",
-    "vida": "life", "sonho": "dream", "sonhos": "dreams", "segredo": "secret", "segredos": "secrets",
-    "misterio": "mystery", "assassinato": "murder", "crime": "crime", "detetive": "detective",
-    "fantasma": "ghost", "bruxa": "witch", "magia": "magic", "magico": "magic wizard", "dragao": "dragon",
-    "vampiro": "vampire", "tesouro": "treasure", "pirata": "pirate", "piratas": "pirates", "aventura": "adventure",
-    "aventuras": "adventures", "heroi": "hero", "rei": "king", "rainha": "queen", "principe": "prince",
-    "princesa": "princess", "cavaleiro": "knight", "soldado": "soldier", "guerreiro": "warrior",
-    "vaqueiro": "cowboy", "caubói": "cowboy", "caubois": "cowboys", "faroeste": "western", "xerife": "sheriff",
-    "cavalo": "horse", "cavalos": "horses", "gato": "cat", "gatos": "cats", "gatinho": "kitten",
-    "gatinhos": "kittens", "gata": "cat", "cachorro": "dog", "cao": "dog", "caes": "dogs", "cachorros": "dogs",
-    "filhote": "puppy", "cachorrinho": "puppy", "passaro": "bird", "passaros": "birds", "peixe": "fish",
-    "urso": "bear", "lobo": "wolf", "leao": "lion", "ovelha": "sheep", "ovelhas": "sheep", "vaca": "cow",
-    "coelho": "rabbit", "rato": "mouse", "menino": "boy", "meninos": "boys", "menina": "girl",
-    "meninas": "girls", "crianca": "child children kids", "criancas": "children kids", "bebe": "baby",
-    "infantil": "children kids", "homem": "man", "homens": "men", "mulher": "woman", "mulheres": "women",
-    "pai": "father", "mae": "mother", "filho": "son", "filha": "daughter", "filhos": "children sons",
-    "avo": "grandmother grandfather", "familia": "family", "amigo": "friend", "amigos": "friends",
-    "jovem": "young", "velho": "old", "velha": "old", "novo": "new", "pequeno": "small little",
-    "pequena": "small little", "grande": "big large", "primeiro": "first", "segundo": "second",
-    "terceiro": "third", "ultimo": "last", "sozinho": "alone", "sozinha": "alone", "perdido": "lost",
-    "perdida": "lost", "desaparece": "disappears", "desaparecido": "missing disappeared", "pais": "country",
-    "dormir": "sleep", "sono": "sleep", "sonolento": "sleepy", "sonolentos": "sleepy", "contar": "count",
-    "conta": "counts", "sete": "seven", "doze": "twelve", "dois": "two", "tres": "three", "anos": "years",
-    "ano": "year", "idade": "ages age", "paginas": "pages", "cozinheiro": "cook",
-    "panela": "pan pot", "frigideira": "pan skillet", "faca": "knife", "facas": "knives", "cobre": "copper",
-    "aco": "steel", "inoxidavel": "stainless", "alho": "garlic", "prensa": "press", "espremedor": "press",
-    "cafe": "coffee", "cha": "tea", "vinho": "wine", "pao": "bread", "bolo": "cake", "torta": "pie",
-    "sopa": "soup", "caranguejo": "crab", "maca": "apple", "amora": "blackberry", "roupa": "clothing clothes",
-    "camisa": "shirt", "camiseta": "shirt", "vestido": "dress", "sapato": "shoe", "sapatos": "shoes",
-    "casaco": "coat jacket", "jaqueta": "jacket", "calca": "pants trousers", "algodao": "cotton",
-    "tamanho": "size", "cor": "colour color", "azul": "blue", "vermelho": "red", "verde": "green",
-    "amarelo": "yellow", "preto": "black", "branco": "white", "rosa": "pink", "dancar": "dance", "danca": "dance",
-    "bale": "ballet", "saia": "skirt tutu", "computador": "computer", "programacao": "programming",
-    "aprender": "learn", "ensina": "teaches", "iniciantes": "beginners", "exercicios": "exercises",
-    "carro": "car", "trem": "train", "aviao": "plane airplane", "robo": "robot", "mapa": "map", "arte": "art",
-    "pintura": "painting", "fotografia": "photography", "fotos": "photos", "religiao": "religion",
-    "deus": "god", "sabedoria": "wisdom", "profeta": "prophet", "filosofia": "philosophy",
-    "historia_": "history", "seculo": "century", "guerra_civil": "civil war", "saude": "health",
-    "dieta": "diet", "exercicio": "exercise", "negocios": "business", "dinheiro": "money",
+    "livro": "book",
+    "livros": "books",
+    "filme": "movie film",
+    "filmes": "movies films",
+    "historia": "story",
+    "historias": "stories",
+    "conto": "tale story",
+    "contos": "tales stories",
+    "romance": "novel romance",
+    "romances": "novels",
+    "autor": "author",
+    "autora": "author",
+    "escritor": "writer",
+    "escreveu": "wrote",
+    "escrito": "written",
+    "ilustrado": "illustrated",
+    "ilustracoes": "illustrations",
+    "poemas": "poems",
+    "poesia": "poetry",
+    "biografia": "biography",
+    "memorias": "memoir",
+    "guia": "guide",
+    "viagem": "travel journey",
+    "receita": "recipe",
+    "receitas": "recipes cooking",
+    "cozinha": "kitchen cooking cookbook",
+    "culinaria": "cooking",
+    "brinquedo": "toy",
+    "brinquedos": "toys",
+    "jogo": "game",
+    "jogos": "games",
+    "boneca": "doll",
+    "bola": "ball",
+    "madeira": "wooden wood",
+    "pecas": "pieces",
+    "torre": "tower",
+    "arco": "rainbow",
+    "iris": "rainbow",
+    "musica": "music",
+    "musicas": "songs music",
+    "cancao": "song",
+    "cancoes": "songs",
+    "album": "album",
+    "disco": "album record",
+    "banda": "band",
+    "cantor": "singer singing",
+    "cantora": "singer singing",
+    "cantando": "singing",
+    "canta": "sings singing",
+    "cantor(a)": "singer",
+    "ao vivo": "live",
+    "vivo": "live",
+    "gravado": "recorded",
+    "igreja": "church",
+    "irmas": "sisters",
+    "irmaos": "brothers",
+    "irma": "sister",
+    "irmao": "brother",
+    "documentario": "documentary",
+    "serie": "series",
+    "temporada": "season",
+    "dirigido": "directed",
+    "narrado": "narrated",
+    "astronomos": "astronomers",
+    "observatorio": "observatory",
+    "deserto": "desert",
+    "cometa": "comet",
+    "estrela": "star",
+    "estrelas": "stars",
+    "planeta": "planet",
+    "espaco": "space",
+    "lua": "moon",
+    "sol": "sun",
+    "ceu": "sky",
+    "noite": "night",
+    "inverno": "winter",
+    "verao": "summer",
+    "outono": "autumn fall",
+    "primavera": "spring",
+    "tempestade": "storm",
+    "mar": "sea",
+    "oceano": "ocean",
+    "ilha": "island",
+    "farol": "lighthouse",
+    "faroleiro": "lighthouse keeper",
+    "navio": "ship",
+    "barco": "boat",
+    "naufragio": "wreck shipwreck",
+    "porto": "harbour harbor port",
+    "praia": "beach",
+    "rio": "river",
+    "lago": "lake",
+    "montanha": "mountain",
+    "montanhas": "mountains",
+    "floresta": "forest",
+    "cidade": "city",
+    "vila": "village",
+    "aldeia": "village",
+    "fazenda": "farm",
+    "castelo": "castle",
+    "escola": "school",
+    "casa": "house home",
+    "jardim": "garden",
+    "guerra": "war",
+    "paz": "peace",
+    "amor": "love",
+    "morte": "death",
+    "vida": "life",
+    "sonho": "dream",
+    "sonhos": "dreams",
+    "segredo": "secret",
+    "segredos": "secrets",
+    "misterio": "mystery",
+    "assassinato": "murder",
+    "crime": "crime",
+    "detetive": "detective",
+    "fantasma": "ghost",
+    "bruxa": "witch",
+    "magia": "magic",
+    "magico": "magic wizard",
+    "dragao": "dragon",
+    "vampiro": "vampire",
+    "tesouro": "treasure",
+    "pirata": "pirate",
+    "piratas": "pirates",
+    "aventura": "adventure",
+    "aventuras": "adventures",
+    "heroi": "hero",
+    "rei": "king",
+    "rainha": "queen",
+    "principe": "prince",
+    "princesa": "princess",
+    "cavaleiro": "knight",
+    "soldado": "soldier",
+    "guerreiro": "warrior",
+    "vaqueiro": "cowboy",
+    "caubói": "cowboy",
+    "caubois": "cowboys",
+    "faroeste": "western",
+    "xerife": "sheriff",
+    "cavalo": "horse",
+    "cavalos": "horses",
+    "gato": "cat",
+    "gatos": "cats",
+    "gatinho": "kitten",
+    "gatinhos": "kittens",
+    "gata": "cat",
+    "cachorro": "dog",
+    "cao": "dog",
+    "caes": "dogs",
+    "cachorros": "dogs",
+    "filhote": "puppy",
+    "cachorrinho": "puppy",
+    "passaro": "bird",
+    "passaros": "birds",
+    "peixe": "fish",
+    "urso": "bear",
+    "lobo": "wolf",
+    "leao": "lion",
+    "ovelha": "sheep",
+    "ovelhas": "sheep",
+    "vaca": "cow",
+    "coelho": "rabbit",
+    "rato": "mouse",
+    "menino": "boy",
+    "meninos": "boys",
+    "menina": "girl",
+    "meninas": "girls",
+    "crianca": "child children kids",
+    "criancas": "children kids",
+    "bebe": "baby",
+    "infantil": "children kids",
+    "homem": "man",
+    "homens": "men",
+    "mulher": "woman",
+    "mulheres": "women",
+    "pai": "father",
+    "mae": "mother",
+    "filho": "son",
+    "filha": "daughter",
+    "filhos": "children sons",
+    "avo": "grandmother grandfather",
+    "familia": "family",
+    "amigo": "friend",
+    "amigos": "friends",
+    "jovem": "young",
+    "velho": "old",
+    "velha": "old",
+    "novo": "new",
+    "pequeno": "small little",
+    "pequena": "small little",
+    "grande": "big large",
+    "primeiro": "first",
+    "segundo": "second",
+    "terceiro": "third",
+    "ultimo": "last",
+    "sozinho": "alone",
+    "sozinha": "alone",
+    "perdido": "lost",
+    "perdida": "lost",
+    "desaparece": "disappears",
+    "desaparecido": "missing disappeared",
+    "pais": "country",
+    "dormir": "sleep",
+    "sono": "sleep",
+    "sonolento": "sleepy",
+    "sonolentos": "sleepy",
+    "contar": "count",
+    "conta": "counts",
+    "sete": "seven",
+    "doze": "twelve",
+    "dois": "two",
+    "tres": "three",
+    "anos": "years",
+    "ano": "year",
+    "idade": "ages age",
+    "paginas": "pages",
+    "cozinheiro": "cook",
+    "panela": "pan pot",
+    "frigideira": "pan skillet",
+    "faca": "knife",
+    "facas": "knives",
+    "cobre": "copper",
+    "aco": "steel",
+    "inoxidavel": "stainless",
+    "alho": "garlic",
+    "prensa": "press",
+    "espremedor": "press",
+    "cafe": "coffee",
+    "cha": "tea",
+    "vinho": "wine",
+    "pao": "bread",
+    "bolo": "cake",
+    "torta": "pie",
+    "sopa": "soup",
+    "caranguejo": "crab",
+    "maca": "apple",
+    "amora": "blackberry",
+    "roupa": "clothing clothes",
+    "camisa": "shirt",
+    "camiseta": "shirt",
+    "vestido": "dress",
+    "sapato": "shoe",
+    "sapatos": "shoes",
+    "casaco": "coat jacket",
+    "jaqueta": "jacket",
+    "calca": "pants trousers",
+    "algodao": "cotton",
+    "tamanho": "size",
+    "cor": "colour color",
+    "azul": "blue",
+    "vermelho": "red",
+    "verde": "green",
+    "amarelo": "yellow",
+    "preto": "black",
+    "branco": "white",
+    "rosa": "pink",
+    "dancar": "dance",
+    "danca": "dance",
+    "bale": "ballet",
+    "saia": "skirt tutu",
+    "computador": "computer",
+    "programacao": "programming",
+    "aprender": "learn",
+    "ensina": "teaches",
+    "iniciantes": "beginners",
+    "exercicios": "exercises",
+    "carro": "car",
+    "trem": "train",
+    "aviao": "plane airplane",
+    "robo": "robot",
+    "mapa": "map",
+    "arte": "art",
+    "pintura": "painting",
+    "fotografia": "photography",
+    "fotos": "photos",
+    "religiao": "religion",
+    "deus": "god",
+    "sabedoria": "wisdom",
+    "profeta": "prophet",
+    "filosofia": "philosophy",
+    "historia_": "history",
+    "seculo": "century",
+    "guerra_civil": "civil war",
+    "saude": "health",
+    "dieta": "diet",
+    "exercicio": "exercise",
+    "negocios": "business",
+    "dinheiro": "money",
 }
 # "historia" is both story and history: questions use it for both.
 PT_EN["historia"] = "story history"
@@ -164,7 +745,9 @@ def fold(text: str) -> str:
     """
     text = text.lower().replace("'", "").replace("\u2019", "")
     if not text.isascii():
-        text = _COMBINING.sub("", unicodedata.normalize("NFKD", text)).encode("ascii", "replace").decode("ascii")
+        text = (
+            _COMBINING.sub("", unicodedata.normalize("NFKD", text)).encode("ascii", "replace").decode("ascii")
+        )
     return text
 
 
@@ -185,8 +768,12 @@ def stem(word: str) -> str:
         word = word[:-1]
     for suffix in ("ing", "ed"):
         stem_part = word[: -len(suffix)]
-        if (word.endswith(suffix) and len(stem_part) >= 3 and not word.endswith("eed")
-                and any(v in stem_part for v in "aeiouy")):
+        if (
+            word.endswith(suffix)
+            and len(stem_part) >= 3
+            and not word.endswith("eed")
+            and any(v in stem_part for v in "aeiouy")
+        ):
             word = stem_part
             if len(word) >= 4 and word[-1] == word[-2] and word[-1] not in "lsz":
                 word = word[:-1]  # running -> runn -> run
@@ -234,7 +821,9 @@ def query_terms(question: str, translate: bool = True) -> list[str]:
 
 def term_hash(term: str) -> int:
     """Signed 64-bit hash of a term (blake2b): stable across runs and machines, unlike hash()."""
-    return int.from_bytes(hashlib.blake2b(term.encode("utf-8"), digest_size=8).digest(), "little", signed=True)
+    return int.from_bytes(
+        hashlib.blake2b(term.encode("utf-8"), digest_size=8).digest(), "little", signed=True
+    )
 
 
 # --------------------------------------------------------------------------- building segments
@@ -254,9 +843,15 @@ class SegmentArrays:
     champ_impact: np.ndarray
 
 
-def build_segment(rows: Iterable[tuple[int, str, str]], *, avgdl: float | None = None,
-                  k1: float = K1, b: float = B, title_weight: int = TITLE_WEIGHT,
-                  champions: int | None = None) -> SegmentArrays:
+def build_segment(
+    rows: Iterable[tuple[int, str, str]],
+    *,
+    avgdl: float | None = None,
+    k1: float = K1,
+    b: float = B,
+    title_weight: int = TITLE_WEIGHT,
+    champions: int | None = None,
+) -> SegmentArrays:
     """Postings of (faiss_id, title, content) rows. `avgdl`: use this average length (delta segments
     share the base's) instead of the segment's own."""
     analyzer = Analyzer()
@@ -285,8 +880,10 @@ def build_segment(rows: Iterable[tuple[int, str, str]], *, avgdl: float | None =
         if chunk_counts:
             n = len(chunk_counts)
             term_ids = np.fromiter(flat, dtype=np.int64, count=len(flat))
-            doc_nums = np.repeat(np.arange(chunk_start, chunk_start + n, dtype=np.int64),
-                                 np.asarray(chunk_counts, dtype=np.int64))
+            doc_nums = np.repeat(
+                np.arange(chunk_start, chunk_start + n, dtype=np.int64),
+                np.asarray(chunk_counts, dtype=np.int64),
+            )
             keep = term_ids >= 0
             term_ids, doc_nums = term_ids[keep], doc_nums[keep]
             lens_parts.append(np.bincount(doc_nums - chunk_start, minlength=n).astype(np.int64))
@@ -350,14 +947,26 @@ def build_segment(rows: Iterable[tuple[int, str, str]], *, avgdl: float | None =
     norm = k1 * (1.0 - b + b * doc_len[docs] / avgdl)
     impact = (tf32 * (k1 + 1.0) / (tf32 + norm)).astype(np.float16)
     del tf32, norm
-    champ_indptr, champ_docs, champ_impact = champion_lists(indptr, docs, impact,
-                                                            CHAMPIONS if champions is None else champions)
-    return SegmentArrays([terms[i] for i in order], hashes[order], indptr, docs, impact,
-                         np.asarray(ids, dtype=np.int64), total, champ_indptr, champ_docs, champ_impact)
+    champ_indptr, champ_docs, champ_impact = champion_lists(
+        indptr, docs, impact, CHAMPIONS if champions is None else champions
+    )
+    return SegmentArrays(
+        [terms[i] for i in order],
+        hashes[order],
+        indptr,
+        docs,
+        impact,
+        np.asarray(ids, dtype=np.int64),
+        total,
+        champ_indptr,
+        champ_docs,
+        champ_impact,
+    )
 
 
-def champion_lists(indptr: np.ndarray, docs: np.ndarray, impact: np.ndarray,
-                   champions: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def champion_lists(
+    indptr: np.ndarray, docs: np.ndarray, impact: np.ndarray, champions: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """For every term in more than `champions` documents, its `champions` highest-impact postings
     (doc-sorted); other terms get an empty list. A query accumulates these instead of the whole
     postings of a common word, then computes the exact score of the best candidates."""
@@ -386,7 +995,9 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
 def write_segment(version_dir: Path, name: str, seg: SegmentArrays) -> list[str]:
     prefix = f"lexical.{name}."
     _save_npy(version_dir / (prefix + "hashes.npy"), seg.hashes)
-    (version_dir / (prefix + "terms.json")).write_text(json.dumps(seg.terms, ensure_ascii=False), encoding="utf-8")
+    (version_dir / (prefix + "terms.json")).write_text(
+        json.dumps(seg.terms, ensure_ascii=False), encoding="utf-8"
+    )
     _save_npy(version_dir / (prefix + "indptr.npy"), seg.indptr)
     _save_npy(version_dir / (prefix + "docs.npy"), seg.docs)
     _save_npy(version_dir / (prefix + "impact.npy"), seg.impact)
@@ -400,10 +1011,14 @@ def write_segment(version_dir: Path, name: str, seg: SegmentArrays) -> list[str]
 # --------------------------------------------------------------------------- build / update hooks (index/build.py)
 
 
-def _meta_rows(meta_db_path: Path, where: str = "", params: Sequence[Any] = ()) -> Iterator[tuple[int, str, str]]:
+def _meta_rows(
+    meta_db_path: Path, where: str = "", params: Sequence[Any] = ()
+) -> Iterator[tuple[int, str, str]]:
     conn = sqlite3.connect(f"file:{Path(meta_db_path).as_posix()}?mode=ro", uri=True)
     try:
-        cursor = conn.execute(f"SELECT faiss_id, title, content FROM rows {where} ORDER BY faiss_id", tuple(params))
+        cursor = conn.execute(
+            f"SELECT faiss_id, title, content FROM rows {where} ORDER BY faiss_id", tuple(params)
+        )
         while True:
             batch = cursor.fetchmany(10_000)
             if not batch:
@@ -431,14 +1046,24 @@ def build_artifacts(meta_db_path: str | Path, version_dir: str | Path, config: A
     _save_npy(version_dir / TOMBSTONES_NAME, np.zeros(0, dtype=np.int64))
     n = len(seg.ids)
     meta = {
-        "format": FORMAT, "k1": K1, "b": B, "title_weight": TITLE_WEIGHT, "champions": seg_champions,
+        "format": FORMAT,
+        "k1": K1,
+        "b": B,
+        "title_weight": TITLE_WEIGHT,
+        "champions": seg_champions,
         "analyzer": "fold+stop(en,pt)+light-stem",
         "avgdl": (seg.doc_len_sum / n) if n else 1.0,
         "segments": {"base": {"docs": n, "terms": len(seg.terms), "postings": len(seg.docs)}},
-        "tombstones": 0, "built_seconds": round(time.perf_counter() - started, 3),
+        "tombstones": 0,
+        "built_seconds": round(time.perf_counter() - started, 3),
     }
-    log.info("description index: %d docs, %d terms, %d postings in %.1fs", n, len(seg.terms), len(seg.docs),
-             time.perf_counter() - started)
+    log.info(
+        "description index: %d docs, %d terms, %d postings in %.1fs",
+        n,
+        len(seg.terms),
+        len(seg.docs),
+        time.perf_counter() - started,
+    )
     return [_write_meta(version_dir, meta), *names, TOMBSTONES_NAME]
 
 
@@ -452,8 +1077,14 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         shutil.copyfile(src, dst)
 
 
-def update_artifacts(meta_db_path: str | Path, version_dir: str | Path, parent_dir: str | Path,
-                     changed_uids: Sequence[str], deleted_uids: Sequence[str], config: Any = None) -> list[str]:
+def update_artifacts(
+    meta_db_path: str | Path,
+    version_dir: str | Path,
+    parent_dir: str | Path,
+    changed_uids: Sequence[str],
+    deleted_uids: Sequence[str],
+    config: Any = None,
+) -> list[str]:
     """Incremental update: keep the parent's base (hard links), rebuild the small delta, extend tombstones.
 
     `changed_uids` (inserted or changed rows) are read back from the new meta.sqlite; `deleted_uids`
@@ -477,9 +1108,13 @@ def update_artifacts(meta_db_path: str | Path, version_dir: str | Path, parent_d
         try:
             uids = list(uids)
             for i in range(0, len(uids), 900):
-                part = uids[i:i + 900]
-                out += [int(r[0]) for r in conn.execute(
-                    f"SELECT faiss_id FROM rows WHERE uid IN ({','.join('?' * len(part))})", part)]
+                part = uids[i : i + 900]
+                out += [
+                    int(r[0])
+                    for r in conn.execute(
+                        f"SELECT faiss_id FROM rows WHERE uid IN ({','.join('?' * len(part))})", part
+                    )
+                ]
         finally:
             conn.close()
         return out
@@ -492,11 +1127,21 @@ def update_artifacts(meta_db_path: str | Path, version_dir: str | Path, parent_d
     if "delta" in parent_meta["segments"]:
         old_delta_ids = np.load(parent_dir / "lexical.delta.ids.npy", allow_pickle=False)
     # the delta holds every row changed since the base was built that still exists
-    delta_ids = np.setdiff1d(np.union1d(old_delta_ids, np.asarray(changed_ids, dtype=np.int64)),
-                             np.asarray(deleted_ids, dtype=np.int64))
-    if base_docs == 0 or len(delta_ids) > COMPACT_FRACTION * base_docs or len(tomb) > COMPACT_FRACTION * base_docs:
-        log.info("description index: compacting (delta %d rows, %d tombstones, base %d docs)",
-                 len(delta_ids), len(tomb), base_docs)
+    delta_ids = np.setdiff1d(
+        np.union1d(old_delta_ids, np.asarray(changed_ids, dtype=np.int64)),
+        np.asarray(deleted_ids, dtype=np.int64),
+    )
+    if (
+        base_docs == 0
+        or len(delta_ids) > COMPACT_FRACTION * base_docs
+        or len(tomb) > COMPACT_FRACTION * base_docs
+    ):
+        log.info(
+            "description index: compacting (delta %d rows, %d tombstones, base %d docs)",
+            len(delta_ids),
+            len(tomb),
+            base_docs,
+        )
         return build_artifacts(meta_db_path, version_dir, config)
 
     names: list[str] = []
@@ -511,20 +1156,32 @@ def update_artifacts(meta_db_path: str | Path, version_dir: str | Path, parent_d
         try:
             id_list = [int(i) for i in delta_ids]
             for i in range(0, len(id_list), 900):
-                part = id_list[i:i + 900]
-                rows += conn.execute(f"SELECT faiss_id, title, content FROM rows WHERE faiss_id IN "
-                                     f"({','.join('?' * len(part))})", part).fetchall()
+                part = id_list[i : i + 900]
+                rows += conn.execute(
+                    f"SELECT faiss_id, title, content FROM rows WHERE faiss_id IN "
+                    f"({','.join('?' * len(part))})",
+                    part,
+                ).fetchall()
         finally:
             conn.close()
         rows.sort()
-        seg = build_segment(rows, avgdl=float(parent_meta["avgdl"]), k1=float(parent_meta["k1"]),
-                            b=float(parent_meta["b"]), title_weight=int(parent_meta["title_weight"]),
-                            champions=int(parent_meta.get("champions", CHAMPIONS)))
+        seg = build_segment(
+            rows,
+            avgdl=float(parent_meta["avgdl"]),
+            k1=float(parent_meta["k1"]),
+            b=float(parent_meta["b"]),
+            title_weight=int(parent_meta["title_weight"]),
+            champions=int(parent_meta.get("champions", CHAMPIONS)),
+        )
         names += write_segment(version_dir, "delta", seg)
         segments["delta"] = {"docs": len(seg.ids), "terms": len(seg.terms), "postings": len(seg.docs)}
     _save_npy(version_dir / TOMBSTONES_NAME, tomb)
-    meta = dict(parent_meta, segments=segments, tombstones=len(tomb),
-                updated_seconds=round(time.perf_counter() - started, 3))
+    meta = dict(
+        parent_meta,
+        segments=segments,
+        tombstones=len(tomb),
+        updated_seconds=round(time.perf_counter() - started, 3),
+    )
     return [_write_meta(version_dir, meta), *names, TOMBSTONES_NAME]
 
 
@@ -548,8 +1205,10 @@ class _Segment:
         self.champ_impact = np.load(f"{prefix}champ_impact.npy", allow_pickle=False, mmap_mode=mode)
         self.n_docs = len(self.ids)
         if len(self.indptr) != len(self.hashes) + 1 or len(self.docs) != len(self.impact):
-            raise ValueError(f"{prefix}*.npy: array lengths disagree (hashes {len(self.hashes)}, indptr "
-                             f"{len(self.indptr)}, docs {len(self.docs)}, impact {len(self.impact)}); rebuild the index")
+            raise ValueError(
+                f"{prefix}*.npy: array lengths disagree (hashes {len(self.hashes)}, indptr "
+                f"{len(self.indptr)}, docs {len(self.docs)}, impact {len(self.impact)}); rebuild the index"
+            )
         self.alive: np.ndarray | None = None  # False for documents hidden by tombstones
         self._local = threading.local()
 
@@ -557,8 +1216,12 @@ class _Segment:
         """(start, end) of the term's postings and (start, end) of its champion list; zeros when absent."""
         i = int(np.searchsorted(self.hashes, h))
         if i < len(self.hashes) and int(self.hashes[i]) == h:
-            return (int(self.indptr[i]), int(self.indptr[i + 1]),
-                    int(self.champ_indptr[i]), int(self.champ_indptr[i + 1]))
+            return (
+                int(self.indptr[i]),
+                int(self.indptr[i + 1]),
+                int(self.champ_indptr[i]),
+                int(self.champ_indptr[i + 1]),
+            )
         return 0, 0, 0, 0
 
     def accumulator(self) -> np.ndarray:
@@ -575,14 +1238,20 @@ class LexicalIndex:
         self.path = Path(version_dir)
         meta_path = self.path / META_NAME
         if not meta_path.exists():
-            raise FileNotFoundError(f"{meta_path}: no description index in this version; rebuild with "
-                                    "`rag index build` (index.descriptions must be true)")
+            raise FileNotFoundError(
+                f"{meta_path}: no description index in this version; rebuild with "
+                "`rag index build` (index.descriptions must be true)"
+            )
         self.meta = json.loads(meta_path.read_text(encoding="utf-8"))
         if self.meta.get("format") != FORMAT:
-            raise ValueError(f"{meta_path}: description index format {self.meta.get('format')}, this code reads "
-                             f"{FORMAT}; rebuild with `rag index build`")
+            raise ValueError(
+                f"{meta_path}: description index format {self.meta.get('format')}, this code reads "
+                f"{FORMAT}; rebuild with `rag index build`"
+            )
         self.k1 = float(self.meta["k1"])
-        self.segments = [_Segment(self.path, name, mmap) for name in ("base", "delta") if name in self.meta["segments"]]
+        self.segments = [
+            _Segment(self.path, name, mmap) for name in ("base", "delta") if name in self.meta["segments"]
+        ]
         self.n_docs = sum(s.n_docs for s in self.segments)
         tomb = np.load(self.path / TOMBSTONES_NAME, allow_pickle=False)
         if len(tomb) and self.segments:
@@ -592,8 +1261,15 @@ class LexicalIndex:
 
     # ---------------------------------------------------------------- scoring
 
-    def score(self, terms: Sequence[str], k: int, *, max_postings: int = DEFAULT_MAX_POSTINGS,
-              rescore: int = DEFAULT_RESCORE, exhaustive: bool = False) -> list[tuple[int, float]]:
+    def score(
+        self,
+        terms: Sequence[str],
+        k: int,
+        *,
+        max_postings: int = DEFAULT_MAX_POSTINGS,
+        rescore: int = DEFAULT_RESCORE,
+        exhaustive: bool = False,
+    ) -> list[tuple[int, float]]:
         """BM25 top-k (faiss_id, score) for analysed query terms, best first.
 
         Terms are taken rarest first and their postings accumulated, a common term (more than
@@ -623,14 +1299,21 @@ class LexicalIndex:
         plan.sort()
         results: list[tuple[int, float]] = []
         for si, seg in enumerate(self.segments):
-            results += self._score_segment(seg, [(spans[t][si], wt) for _, t, wt in plan], k, max_postings, rescore,
-                                           not exhaustive)
+            results += self._score_segment(
+                seg, [(spans[t][si], wt) for _, t, wt in plan], k, max_postings, rescore, not exhaustive
+            )
         results.sort(key=lambda r: -r[1])
         return results[:k]
 
     @staticmethod
-    def _score_segment(seg: _Segment, plan: list[tuple[tuple[int, int, int, int], float]], k: int,
-                       max_postings: int, rescore: int, champions: bool = True) -> list[tuple[int, float]]:
+    def _score_segment(
+        seg: _Segment,
+        plan: list[tuple[tuple[int, int, int, int], float]],
+        k: int,
+        max_postings: int,
+        rescore: int,
+        champions: bool = True,
+    ) -> list[tuple[int, float]]:
         acc = seg.accumulator()
         touched: list[np.ndarray] = []
         scored = 0
@@ -687,9 +1370,17 @@ class LexicalIndex:
             for t in touched:
                 acc[t] = 0.0
 
-    def search(self, question: str, k: int = 50, *, get_rows: Callable[[Sequence[int]], list[Any]] | None = None,
-               translate: bool = True, max_postings: int = DEFAULT_MAX_POSTINGS,
-               snippets: int | None = SNIPPET_ROWS, normalize: bool = True) -> list[tuple[int, float, str]]:
+    def search(
+        self,
+        question: str,
+        k: int = 50,
+        *,
+        get_rows: Callable[[Sequence[int]], list[Any]] | None = None,
+        translate: bool = True,
+        max_postings: int = DEFAULT_MAX_POSTINGS,
+        snippets: int | None = SNIPPET_ROWS,
+        normalize: bool = True,
+    ) -> list[tuple[int, float, str]]:
         """Top-k (faiss_id, score, snippet) for a free-form question.
 
         `normalize`: scores are BM25 divided by `max_score` of the question's terms (in [0, 1]);
@@ -702,7 +1393,9 @@ class LexicalIndex:
         ranked = self.score(terms, k, max_postings=max_postings)
         if not ranked:
             return []
-        if normalize:  # share of the best score any row could get for these terms: comparable across questions
+        if (
+            normalize
+        ):  # share of the best score any row could get for these terms: comparable across questions
             bound = self.max_score(terms) or 1.0
             ranked = [(fid, score / bound) for fid, score in ranked]
         texts = [""] * len(ranked)

@@ -11,6 +11,7 @@ returns them). `content_hash` lets `rag index update` skip rows that did not cha
 The same schema serves both segments of a version (docs/index.md, "Segments"): `meta.sqlite`
 holds the base rows, `delta.sqlite` the rows upserted since the base was written.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -95,7 +96,9 @@ class MetadataReader:
             part = wanted[start : start + _CHUNK]
             marks = ",".join("?" * len(part))
             with self._lock:
-                records = self._conn.execute(f"SELECT {_COLUMNS} FROM rows WHERE faiss_id IN ({marks})", part).fetchall()
+                records = self._conn.execute(
+                    f"SELECT {_COLUMNS} FROM rows WHERE faiss_id IN ({marks})", part
+                ).fetchall()
             for record in records:
                 found[int(record[0])] = _row(record)
         return [found.get(int(i)) for i in ids]
@@ -119,7 +122,8 @@ class MetadataReader:
             with self._lock:
                 records = self._conn.execute(
                     f"SELECT faiss_id, uid, title, content_hash FROM rows WHERE uid IN ({','.join('?' * len(part))})",
-                    part).fetchall()
+                    part,
+                ).fetchall()
             for faiss_id, uid, title, chash in records:
                 out[uid] = (int(faiss_id), title, chash)
         return out
@@ -131,8 +135,12 @@ class MetadataReader:
         for start in range(0, len(ids), _CHUNK):
             part = ids[start : start + _CHUNK]
             with self._lock:
-                out.update(int(r[0]) for r in self._conn.execute(
-                    f"SELECT faiss_id FROM rows WHERE faiss_id IN ({','.join('?' * len(part))})", part))
+                out.update(
+                    int(r[0])
+                    for r in self._conn.execute(
+                        f"SELECT faiss_id FROM rows WHERE faiss_id IN ({','.join('?' * len(part))})", part
+                    )
+                )
         return out
 
     def all_ids(self) -> Any:

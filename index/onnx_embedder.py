@@ -26,6 +26,7 @@ cuts the padding work several fold compared with batches in input order.
 
 onnxruntime and onnx are imported inside functions; `pip install .[fast]` installs them.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -94,13 +95,17 @@ def pooling_mode(model_dir: Path) -> tuple[str, bool]:
             elif cfg.get("pooling_mode_cls_token"):
                 pooling = "cls"
             else:
-                raise ValueError(f"{model_dir / str(module.get('path', '')) / 'config.json'}: only mean or CLS pooling "
-                                 "is supported by the onnx backend; use embedding.backend: torch")
+                raise ValueError(
+                    f"{model_dir / str(module.get('path', '')) / 'config.json'}: only mean or CLS pooling "
+                    "is supported by the onnx backend; use embedding.backend: torch"
+                )
         elif kind.endswith("Normalize"):
             normalize = True
         elif not kind.endswith("Transformer"):
-            raise ValueError(f"{model_dir / 'modules.json'}: module {kind!r} is not supported by the onnx backend "
-                             "(Transformer, Pooling and Normalize are); use embedding.backend: torch")
+            raise ValueError(
+                f"{model_dir / 'modules.json'}: module {kind!r} is not supported by the onnx backend "
+                "(Transformer, Pooling and Normalize are); use embedding.backend: torch"
+            )
     return pooling or "mean", normalize
 
 
@@ -121,16 +126,29 @@ def default_cache_root() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "amazontitles-rag" / "onnx"
 
 
-def _torch_reference(model_dir: Path, texts: Sequence[str], max_seq_length: int, trust_remote_code: bool) -> np.ndarray:
+def _torch_reference(
+    model_dir: Path, texts: Sequence[str], max_seq_length: int, trust_remote_code: bool
+) -> np.ndarray:
     from sentence_transformers import SentenceTransformer
 
-    model = SentenceTransformer(str(model_dir), device="cpu", trust_remote_code=trust_remote_code, local_files_only=True)
+    model = SentenceTransformer(
+        str(model_dir), device="cpu", trust_remote_code=trust_remote_code, local_files_only=True
+    )
     model.max_seq_length = max_seq_length
-    return np.asarray(model.encode(list(texts), normalize_embeddings=True, convert_to_numpy=True), dtype=np.float32)
+    return np.asarray(
+        model.encode(list(texts), normalize_embeddings=True, convert_to_numpy=True), dtype=np.float32
+    )
 
 
-def export_model(model_dir: Path, out_dir: Path, *, quantize: str = "int8", max_seq_length: int = 64,
-                 trust_remote_code: bool = False, opset: int = 17) -> Path:
+def export_model(
+    model_dir: Path,
+    out_dir: Path,
+    *,
+    quantize: str = "int8",
+    max_seq_length: int = 64,
+    trust_remote_code: bool = False,
+    opset: int = 17,
+) -> Path:
     """Export `model_dir` to `out_dir/model.onnx` (+ `export.json`); returns the model file. Atomic."""
     import torch
     from transformers import AutoConfig, AutoModel
@@ -143,10 +161,16 @@ def export_model(model_dir: Path, out_dir: Path, *, quantize: str = "int8", max_
 
     started = time.perf_counter()
     pooling, normalize = pooling_mode(model_dir)
-    config = AutoConfig.from_pretrained(str(model_dir), trust_remote_code=trust_remote_code, local_files_only=True)
+    config = AutoConfig.from_pretrained(
+        str(model_dir), trust_remote_code=trust_remote_code, local_files_only=True
+    )
     # eager attention traces into plain ops that ONNX Runtime's optimizer recognises and fuses
-    model = AutoModel.from_pretrained(str(model_dir), trust_remote_code=trust_remote_code, local_files_only=True,
-                                      attn_implementation="eager").eval()
+    model = AutoModel.from_pretrained(
+        str(model_dir),
+        trust_remote_code=trust_remote_code,
+        local_files_only=True,
+        attn_implementation="eager",
+    ).eval()
 
     class Pooled(torch.nn.Module):
         """transformer -> pooling -> L2 normalisation, the whole sentence-transformers pipeline in one graph."""
@@ -176,11 +200,18 @@ def export_model(model_dir: Path, out_dir: Path, *, quantize: str = "int8", max_
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")  # tracer warnings about Python-side shape checks
             torch.onnx.export(
-                Pooled(model), (sample_ids, sample_mask), str(raw),
-                input_names=["input_ids", "attention_mask"], output_names=["embedding"],
-                dynamic_axes={"input_ids": {0: "batch", 1: "tokens"}, "attention_mask": {0: "batch", 1: "tokens"},
-                              "embedding": {0: "batch"}},
-                opset_version=opset, dynamo=False,  # the TorchScript exporter: no onnxscript needed
+                Pooled(model),
+                (sample_ids, sample_mask),
+                str(raw),
+                input_names=["input_ids", "attention_mask"],
+                output_names=["embedding"],
+                dynamic_axes={
+                    "input_ids": {0: "batch", 1: "tokens"},
+                    "attention_mask": {0: "batch", 1: "tokens"},
+                    "embedding": {0: "batch"},
+                },
+                opset_version=opset,
+                dynamo=False,  # the TorchScript exporter: no onnxscript needed
             )
         fused = work / "fused.onnx"
         fusion_stats: dict[str, int] = {}
@@ -189,7 +220,9 @@ def export_model(model_dir: Path, out_dir: Path, *, quantize: str = "int8", max_
 
             heads = int(getattr(config, "num_attention_heads", 0) or getattr(config, "n_heads", 0))
             hidden = int(getattr(config, "hidden_size", 0) or getattr(config, "dim", 0))
-            model_type = "bert" if config.model_type in ("roberta", "xlm-roberta", "mpnet") else config.model_type
+            model_type = (
+                "bert" if config.model_type in ("roberta", "xlm-roberta", "mpnet") else config.model_type
+            )
             optimized = optimize_model(str(raw), model_type=model_type, num_heads=heads, hidden_size=hidden)
             optimized.save_model_to_file(str(fused))
             fusion_stats = {k: int(v) for k, v in optimized.get_fused_operator_statistics().items() if v}
@@ -200,7 +233,10 @@ def export_model(model_dir: Path, out_dir: Path, *, quantize: str = "int8", max_
             from onnxruntime.quantization import QuantType, quantize_dynamic
 
             quantize_dynamic(
-                str(fused), str(final), weight_type=QuantType.QInt8, per_channel=True,
+                str(fused),
+                str(final),
+                weight_type=QuantType.QInt8,
+                per_channel=True,
                 # the fused ops (Attention, SkipLayerNormalization) have no shape inference: say they are float
                 extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
             )
@@ -210,18 +246,29 @@ def export_model(model_dir: Path, out_dir: Path, *, quantize: str = "int8", max_
             leftover.unlink(missing_ok=True)
         # the export must reproduce torch, or it is refused (a silently wrong index is worse than a slow one)
         session = OnnxEmbedder.open_session(final, num_threads=None)
-        probe = OnnxEmbedder(session, _tokenizer(model_dir, max_seq_length), name="probe", dimension=0).embed(PROBE_TEXTS)
+        probe = OnnxEmbedder(session, _tokenizer(model_dir, max_seq_length), name="probe", dimension=0).embed(
+            PROBE_TEXTS
+        )
         reference = _torch_reference(model_dir, PROBE_TEXTS, max_seq_length, trust_remote_code)
         cosines = (probe * reference).sum(axis=1)
         if float(cosines.min()) < MIN_COSINE[quantize]:
-            raise RuntimeError(f"{model_dir}: the ONNX export ({quantize}) disagrees with torch "
-                               f"(cosine {cosines.min():.4f} < {MIN_COSINE[quantize]}); use embedding.backend: torch")
+            raise RuntimeError(
+                f"{model_dir}: the ONNX export ({quantize}) disagrees with torch "
+                f"(cosine {cosines.min():.4f} < {MIN_COSINE[quantize]}); use embedding.backend: torch"
+            )
         del session
         meta = {
-            "source": str(model_dir), "quantize": quantize, "opset": opset, "export_version": EXPORT_VERSION,
-            "pooling": pooling, "model_normalizes": normalize, "max_seq_length_probe": max_seq_length,
-            "fused_operators": fusion_stats, "probe_min_cosine": round(float(cosines.min()), 6),
-            "export_s": round(time.perf_counter() - started, 2), "file_bytes": final.stat().st_size,
+            "source": str(model_dir),
+            "quantize": quantize,
+            "opset": opset,
+            "export_version": EXPORT_VERSION,
+            "pooling": pooling,
+            "model_normalizes": normalize,
+            "max_seq_length_probe": max_seq_length,
+            "fused_operators": fusion_stats,
+            "probe_min_cosine": round(float(cosines.min()), 6),
+            "export_s": round(time.perf_counter() - started, 2),
+            "file_bytes": final.stat().st_size,
         }
         import onnxruntime
         import torch as _torch
@@ -262,8 +309,16 @@ def _tokenizer(model_dir: Path, max_seq_length: int) -> Any:
 class OnnxEmbedder(CachedQueryMixin):
     """Embedder over an ONNX Runtime session whose graph ends in pooled, L2-normalised vectors."""
 
-    def __init__(self, session: Any, tokenizer: Any, *, name: str, dimension: int, batch_size: int = 256,
-                 cache_size: int = 1024) -> None:
+    def __init__(
+        self,
+        session: Any,
+        tokenizer: Any,
+        *,
+        name: str,
+        dimension: int,
+        batch_size: int = 256,
+        cache_size: int = 1024,
+    ) -> None:
 
         self.session = session
         self.tokenizer = tokenizer
@@ -297,7 +352,9 @@ class OnnxEmbedder(CachedQueryMixin):
         feed = {"input_ids": ids, "attention_mask": mask}
         return self.session.run(None, {k: v for k, v in feed.items() if k in self._inputs})[0]
 
-    def embed(self, texts: Sequence[str], *, batch_size: int | None = None, progress: bool = False) -> np.ndarray:
+    def embed(
+        self, texts: Sequence[str], *, batch_size: int | None = None, progress: bool = False
+    ) -> np.ndarray:
         from index.embedder import _normalise
 
         if len(texts) == 0:
@@ -308,7 +365,9 @@ class OnnxEmbedder(CachedQueryMixin):
         for start in range(0, len(texts), 50_000):
             chunk = list(texts[start : start + 50_000])
             encodings = self.tokenizer.encode_batch(chunk)
-            order = np.argsort([len(e.ids) for e in encodings], kind="stable")  # similar lengths share a batch
+            order = np.argsort(
+                [len(e.ids) for e in encodings], kind="stable"
+            )  # similar lengths share a batch
             bar = None
             if progress:
                 from tqdm import tqdm
@@ -324,19 +383,35 @@ class OnnxEmbedder(CachedQueryMixin):
         return _normalise(out)  # the graph normalises; again in float32 for the empty-text zero vector
 
 
-
 def load_onnx_embedder(model_dir: Path, name: str, config: Any) -> OnnxEmbedder:
     """An `OnnxEmbedder` for the local model directory `model_dir`, exporting it on first use."""
     require_onnxruntime()
     quantize = str(getattr(config, "onnx_quantize", "int8"))
     max_seq_length = int(config.max_seq_length or 256)
-    root = Path(config.onnx_cache_dir).expanduser() if getattr(config, "onnx_cache_dir", None) else default_cache_root()
+    root = (
+        Path(config.onnx_cache_dir).expanduser()
+        if getattr(config, "onnx_cache_dir", None)
+        else default_cache_root()
+    )
     out_dir = root / f"{model_dir.name or 'model'}-{quantize}-{cache_key(model_dir, quantize, 17)}"
     model_file = out_dir / "model.onnx"
     if not model_file.is_file():
-        log.warning("embedding.backend=onnx: exporting %s (%s) to %s, once (~10-30 s)", model_dir, quantize, out_dir)
-        export_model(model_dir, out_dir, quantize=quantize, max_seq_length=max_seq_length,
-                     trust_remote_code=bool(config.trust_remote_code))
+        log.warning(
+            "embedding.backend=onnx: exporting %s (%s) to %s, once (~10-30 s)", model_dir, quantize, out_dir
+        )
+        export_model(
+            model_dir,
+            out_dir,
+            quantize=quantize,
+            max_seq_length=max_seq_length,
+            trust_remote_code=bool(config.trust_remote_code),
+        )
     session = OnnxEmbedder.open_session(model_file, getattr(config, "num_threads", None))
-    return OnnxEmbedder(session, _tokenizer(model_dir, max_seq_length), name=name, dimension=0,
-                        batch_size=config.batch_size, cache_size=config.cache_size)
+    return OnnxEmbedder(
+        session,
+        _tokenizer(model_dir, max_seq_length),
+        name=name,
+        dimension=0,
+        batch_size=config.batch_size,
+        cache_size=config.cache_size,
+    )

@@ -32,6 +32,7 @@ uploads); the next writer removes exactly those. Any other directory without a m
 damaged version: it is moved to `quarantine/`, never deleted, and never while `current` names it.
 Readers verify a version before serving it (`IndexCorruptError` names the file at fault).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -176,7 +177,9 @@ def is_base_file(name: str) -> bool:
     return name in (VECTORS_FILE, META_FILE) or name.startswith("lexical.base.")
 
 
-def carried_entry(path: Path, parent_path: Path, parent_entry: dict[str, Any] | None) -> dict[str, Any] | None:
+def carried_entry(
+    path: Path, parent_path: Path, parent_entry: dict[str, Any] | None
+) -> dict[str, Any] | None:
     """The parent's manifest entry for `path` when it may be reused without hashing, else None.
 
     Reused only when `path` is the very same inode as the parent's file (a hard link) and that
@@ -274,9 +277,12 @@ class VerifyReport:
     rows: int | None = None
 
     def summary(self) -> str:
-        head = (f"version {self.version}: {'OK' if self.ok else 'FAILED'} "
-                f"({self.files_checked} files, {self.bytes_hashed / 1e6:.1f} MB hashed in {self.seconds:.2f}s"
-                + (f", {self.rows} rows" if self.rows is not None else "") + ")")
+        head = (
+            f"version {self.version}: {'OK' if self.ok else 'FAILED'} "
+            f"({self.files_checked} files, {self.bytes_hashed / 1e6:.1f} MB hashed in {self.seconds:.2f}s"
+            + (f", {self.rows} rows" if self.rows is not None else "")
+            + ")"
+        )
         return "\n".join([head] + [f"  - {p}" for p in self.problems])
 
 
@@ -295,12 +301,21 @@ def read_manifest(version_dir: Path) -> dict[str, Any]:
         raise IndexCorruptError(f"{path}: not valid JSON ({exc}); rebuild or roll back the index.") from None
     missing = [k for k in ("version", "rows", "files", "embedding", "index") if k not in manifest]
     if missing or not isinstance(manifest.get("files"), dict):
-        raise IndexCorruptError(f"{path}: missing fields {', '.join(missing) or 'files'}; rebuild or roll back the index.")
+        raise IndexCorruptError(
+            f"{path}: missing fields {', '.join(missing) or 'files'}; rebuild or roll back the index."
+        )
     return manifest
 
 
-def check_files(version_dir: Path, manifest: dict[str, Any], *, checksums: bool, report: VerifyReport,
-                hash_cache: HashCache | None = None, trust_base_stat: bool = False) -> None:
+def check_files(
+    version_dir: Path,
+    manifest: dict[str, Any],
+    *,
+    checksums: bool,
+    report: VerifyReport,
+    hash_cache: HashCache | None = None,
+    trust_base_stat: bool = False,
+) -> None:
     """Size of every file listed in the manifest, and its sha256 when `checksums`.
 
     `hash_cache`: skip hashing a file whose inode, size and mtime this process already hashed to
@@ -314,7 +329,9 @@ def check_files(version_dir: Path, manifest: dict[str, Any], *, checksums: bool,
         try:
             st = path.stat()
         except FileNotFoundError:
-            report.problems.append(f"{path}: missing (listed in {MANIFEST_FILE}); restore it, roll back or rebuild")
+            report.problems.append(
+                f"{path}: missing (listed in {MANIFEST_FILE}); restore it, roll back or rebuild"
+            )
             continue
         size = st.st_size
         if size != entry.get("size"):
@@ -334,7 +351,9 @@ def check_files(version_dir: Path, manifest: dict[str, Any], *, checksums: bool,
         digest = sha256_file(path)
         report.bytes_hashed += size
         if digest != entry.get("sha256"):
-            report.problems.append(f"{path}: sha256 differs from {MANIFEST_FILE} (the file is altered); roll back or rebuild")
+            report.problems.append(
+                f"{path}: sha256 differs from {MANIFEST_FILE} (the file is altered); roll back or rebuild"
+            )
         elif hash_cache is not None and _stable(st):
             hash_cache[key] = digest
 
@@ -471,7 +490,8 @@ class MappedFiles:
                 raise IndexCorruptError(
                     f"{path}: {now} bytes, {size} when this version was opened: the file was truncated while it was "
                     "served (memory-mapped, so it is not read past its end); restore it, `rag index rollback` or "
-                    "rebuild; `rag index verify` checks every version")
+                    "rebuild; `rag index verify` checks every version"
+                )
 
     def close(self) -> None:
         with self._lock:
@@ -490,9 +510,18 @@ class IndexSnapshot:
     Rows resolve delta first (upserted since the base), then base unless tombstoned.
     """
 
-    def __init__(self, path: Path, manifest: dict[str, Any], vector_index: Any, meta: MetadataReader,
-                 delta_meta: MetadataReader | None = None, *, mapped: MappedFiles | None = None,
-                 mmap: bool = False, mmap_min_bytes: int = 0) -> None:
+    def __init__(
+        self,
+        path: Path,
+        manifest: dict[str, Any],
+        vector_index: Any,
+        meta: MetadataReader,
+        delta_meta: MetadataReader | None = None,
+        *,
+        mapped: MappedFiles | None = None,
+        mmap: bool = False,
+        mmap_min_bytes: int = 0,
+    ) -> None:
         self.path = path
         self.mapped = mapped if mapped is not None else MappedFiles()
         self._mmap, self._mmap_min_bytes = mmap, int(mmap_min_bytes)
@@ -507,7 +536,9 @@ class IndexSnapshot:
         tomb = getattr(vector_index, "tombstones", None)
         self._tombstones: np.ndarray = np.zeros(0, np.int64) if tomb is None else tomb
         # base rows overridden by a delta row (sorted): skipped when iterating the base
-        self._delta_ids: np.ndarray = delta_meta.all_ids() if delta_meta is not None else np.zeros(0, np.int64)
+        self._delta_ids: np.ndarray = (
+            delta_meta.all_ids() if delta_meta is not None else np.zeros(0, np.int64)
+        )
         self.closed = False
 
     @property
@@ -551,7 +582,9 @@ class IndexSnapshot:
                 problems.append(f"{self.path / name}: {exc.strerror}")
                 continue
             if size != entry.get("size"):
-                problems.append(f"{self.path / name}: size {size} bytes on disk, manifest says {entry.get('size')}")
+                problems.append(
+                    f"{self.path / name}: size {size} bytes on disk, manifest says {entry.get('size')}"
+                )
         return problems
 
     def get_rows(self, ids: Sequence[int]) -> list[CatalogRow | None]:
@@ -573,7 +606,9 @@ class IndexSnapshot:
             if found is not None:
                 return found[1]
         found = self._meta.lookup_uid(uid)
-        if found is None or (len(self._tombstones) and bool(_in_sorted(np.array([found[0]]), self._tombstones)[0])):
+        if found is None or (
+            len(self._tombstones) and bool(_in_sorted(np.array([found[0]]), self._tombstones)[0])
+        ):
             return None
         return found[1]
 
@@ -592,7 +627,9 @@ class IndexSnapshot:
                 if faiss_id not in hidden:
                     yield faiss_id, row
 
-        for _faiss_id, row in heapq.merge(base(), self._delta_meta.iter_rows_with_ids(batch), key=lambda t: t[0]):
+        for _faiss_id, row in heapq.merge(
+            base(), self._delta_meta.iter_rows_with_ids(batch), key=lambda t: t[0]
+        ):
             yield row
 
     def lexical_search(self, question: str, k: int) -> list[tuple[int, float, str]]:
@@ -633,20 +670,34 @@ def _open_meta(path: Path, expected: int) -> MetadataReader:
         raise IndexCorruptError(f"{path}: SQLite cannot read it ({exc}); roll back or rebuild") from None
     if count != expected:
         meta.close()
-        raise IndexCorruptError(f"{path}: holds {count} rows but {MANIFEST_FILE} says {expected}; roll back or rebuild")
+        raise IndexCorruptError(
+            f"{path}: holds {count} rows but {MANIFEST_FILE} says {expected}; roll back or rebuild"
+        )
     return meta
 
 
-def _load_vectors(path: Path, index_type: str, dimension: int, params: dict[str, Any], *, mmap: bool,
-                  expected: int, what: str = "vectors") -> Any:
+def _load_vectors(
+    path: Path,
+    index_type: str,
+    dimension: int,
+    params: dict[str, Any],
+    *,
+    mmap: bool,
+    expected: int,
+    what: str = "vectors",
+) -> Any:
     from .vector import FaissIndex
 
     try:
         index = FaissIndex.load(path, index_type, dimension, params, mmap=mmap)
     except (RuntimeError, ValueError, OSError) as exc:  # FAISS raises RuntimeError on a damaged file
-        raise IndexCorruptError(f"{path}: FAISS cannot read it ({str(exc).splitlines()[0] if str(exc) else exc}); roll back or rebuild") from None
+        raise IndexCorruptError(
+            f"{path}: FAISS cannot read it ({str(exc).splitlines()[0] if str(exc) else exc}); roll back or rebuild"
+        ) from None
     if index.ntotal != expected:
-        raise IndexCorruptError(f"{path}: holds {index.ntotal} {what} but {MANIFEST_FILE} says {expected} rows; roll back or rebuild")
+        raise IndexCorruptError(
+            f"{path}: holds {index.ntotal} {what} but {MANIFEST_FILE} says {expected} rows; roll back or rebuild"
+        )
     return index
 
 
@@ -657,16 +708,27 @@ def load_tombstones(path: Path, expected: int) -> np.ndarray:
     except (ValueError, OSError, EOFError) as exc:
         raise IndexCorruptError(f"{path}: not a readable .npy file ({exc}); roll back or rebuild") from None
     if tomb.dtype != np.int64 or tomb.ndim != 1 or (len(tomb) > 1 and not bool((np.diff(tomb) > 0).all())):
-        raise IndexCorruptError(f"{path}: expected a sorted, unique int64 array, got {tomb.dtype} {tomb.shape}; roll back or rebuild")
+        raise IndexCorruptError(
+            f"{path}: expected a sorted, unique int64 array, got {tomb.dtype} {tomb.shape}; roll back or rebuild"
+        )
     if len(tomb) != expected:
-        raise IndexCorruptError(f"{path}: holds {len(tomb)} tombstones but {MANIFEST_FILE} says {expected}; roll back or rebuild")
+        raise IndexCorruptError(
+            f"{path}: holds {len(tomb)} tombstones but {MANIFEST_FILE} says {expected}; roll back or rebuild"
+        )
     return tomb
 
 
-def open_version_dir(version_dir: Path, *, mmap: bool = True, checksums: bool = True,
-                     search_params: dict[str, Any] | None = None,
-                     hash_cache: HashCache | None = None, base_cache: dict[Any, Any] | None = None,
-                     load_base: bool = True, mmap_min_bytes: int = 0) -> IndexSnapshot | None:
+def open_version_dir(
+    version_dir: Path,
+    *,
+    mmap: bool = True,
+    checksums: bool = True,
+    search_params: dict[str, Any] | None = None,
+    hash_cache: HashCache | None = None,
+    base_cache: dict[Any, Any] | None = None,
+    load_base: bool = True,
+    mmap_min_bytes: int = 0,
+) -> IndexSnapshot | None:
     """Verify and open one version; raise IndexCorruptError / IndexMissingError naming the file.
 
     Checks: every listed file's size (and sha256 when `checksums`), base FAISS == base SQLite ==
@@ -704,12 +766,21 @@ def open_version_dir(version_dir: Path, *, mmap: bool = True, checksums: bool = 
         mmap_base = mmap and st.st_size >= mmap_min_bytes
         if mmap_base:
             mapped.add(vec_path, st.st_size)
-        key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, info["type"], mmap_base, base_rows,
-               json.dumps(search_params or {}, sort_keys=True))
+        key = (
+            st.st_dev,
+            st.st_ino,
+            st.st_size,
+            st.st_mtime_ns,
+            info["type"],
+            mmap_base,
+            base_rows,
+            json.dumps(search_params or {}, sort_keys=True),
+        )
         base = base_cache.get(key) if base_cache is not None else None
         if base is None:
-            base = _load_vectors(vec_path, info["type"], dimension, info.get("params", {}), mmap=mmap_base,
-                                 expected=base_rows)
+            base = _load_vectors(
+                vec_path, info["type"], dimension, info.get("params", {}), mmap=mmap_base, expected=base_rows
+            )
             if search_params:
                 base.apply_search_params(**search_params)
             if base_cache is not None:
@@ -721,12 +792,22 @@ def open_version_dir(version_dir: Path, *, mmap: bool = True, checksums: bool = 
         if base_rows - delta["tombstones"] + delta["vectors"] != rows:
             raise IndexCorruptError(
                 f"{version_dir / MANIFEST_FILE}: rows {rows} != base {base_rows} - tombstones {delta['tombstones']} "
-                f"+ delta vectors {delta['vectors']}; roll back or rebuild")
+                f"+ delta vectors {delta['vectors']}; roll back or rebuild"
+            )
         tomb = load_tombstones(version_dir / TOMBSTONES_FILE, delta["tombstones"])
-        delta_index = _load_vectors(version_dir / DELTA_VECTORS_FILE, "flat", dimension, {}, mmap=False,
-                                    expected=delta["vectors"], what="delta vectors")
+        delta_index = _load_vectors(
+            version_dir / DELTA_VECTORS_FILE,
+            "flat",
+            dimension,
+            {},
+            mmap=False,
+            expected=delta["vectors"],
+            what="delta vectors",
+        )
     elif base_rows != rows:
-        raise IndexCorruptError(f"{version_dir / MANIFEST_FILE}: rows {rows} but base segment {base_rows} and no delta; roll back or rebuild")
+        raise IndexCorruptError(
+            f"{version_dir / MANIFEST_FILE}: rows {rows} but base segment {base_rows} and no delta; roll back or rebuild"
+        )
     if not load_base:
         if delta is not None:
             _open_meta(version_dir / DELTA_META_FILE, delta["rows"]).close()
@@ -740,8 +821,16 @@ def open_version_dir(version_dir: Path, *, mmap: bool = True, checksums: bool = 
             raise
     assert base is not None
     vectors = SegmentedVectors(base, delta_index, tomb)
-    snapshot = IndexSnapshot(version_dir, manifest, vectors, meta, delta_meta, mapped=mapped, mmap=mmap,
-                             mmap_min_bytes=mmap_min_bytes)
+    snapshot = IndexSnapshot(
+        version_dir,
+        manifest,
+        vectors,
+        meta,
+        delta_meta,
+        mapped=mapped,
+        mmap=mmap,
+        mmap_min_bytes=mmap_min_bytes,
+    )
     # a file truncated between the size check above and the mapping: refuse now rather than SIGBUS later
     snapshot.check_mapped()
     return snapshot
@@ -755,11 +844,15 @@ def _check_root(root: Path) -> None:
         except (FileNotFoundError, NotADirectoryError):  # NotADirectoryError: a file further up; found there
             continue
         except OSError as exc:
-            raise IndexStoreError(f"{path}: cannot use it for index.path={str(root)!r} ({exc.strerror})") from None
+            raise IndexStoreError(
+                f"{path}: cannot use it for index.path={str(root)!r} ({exc.strerror})"
+            ) from None
         if not stat.S_ISDIR(st.st_mode):
             what = "is" if path == root else "is above it and"
-            raise IndexStoreError(f"index.path={str(root)!r}: {path} {what} a file, not a directory; set index.path "
-                                  "to a directory (`--set index.path=DIR`; it is created when missing)")
+            raise IndexStoreError(
+                f"index.path={str(root)!r}: {path} {what} a file, not a directory; set index.path "
+                "to a directory (`--set index.path=DIR`; it is created when missing)"
+            )
         return
 
 
@@ -769,12 +862,20 @@ def _check_root(root: Path) -> None:
 class IndexStore:
     """All versions under one root directory, the `current` pointer and the writer lock."""
 
-    def __init__(self, root: str | Path, *, verify_checksums_on_open: bool = True,
-                 search_params: dict[str, Any] | None = None, mmap_min_bytes: int = 0) -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        *,
+        verify_checksums_on_open: bool = True,
+        search_params: dict[str, Any] | None = None,
+        mmap_min_bytes: int = 0,
+    ) -> None:
         self.root = Path(root)
         _check_root(self.root)
         self.verify_checksums_on_open = verify_checksums_on_open
-        self.mmap_min_bytes = int(mmap_min_bytes)  # smaller FAISS / description-index files are read, not mapped
+        self.mmap_min_bytes = int(
+            mmap_min_bytes
+        )  # smaller FAISS / description-index files are read, not mapped
         self.search_params = dict(search_params or {})
         # files this store object already hashed on open (see HashCache): a reload after an update
         # hashes only the new delta files, the hard-linked base is recognised by inode + mtime
@@ -786,9 +887,12 @@ class IndexStore:
     def from_config(cls, config: Any) -> IndexStore:
         """The store of `config.index`, with its open-time settings (checksums, efSearch, nprobe)."""
         ic = config.index
-        return cls(ic.path, verify_checksums_on_open=getattr(ic, "verify_checksums_on_open", True),
-                   search_params={"hnsw_ef_search": ic.hnsw_ef_search, "ivf_nprobe": ic.ivf_nprobe},
-                   mmap_min_bytes=int(getattr(ic, "mmap_min_bytes", 0)))
+        return cls(
+            ic.path,
+            verify_checksums_on_open=getattr(ic, "verify_checksums_on_open", True),
+            search_params={"hnsw_ef_search": ic.hnsw_ef_search, "ivf_nprobe": ic.ivf_nprobe},
+            mmap_min_bytes=int(getattr(ic, "mmap_min_bytes", 0)),
+        )
 
     # ------------------------------------------------------------------ paths
 
@@ -822,8 +926,11 @@ class IndexStore:
         """Version ids with a manifest (complete), oldest first."""
         if not self.versions_dir.is_dir():
             return []
-        return sorted(p.name for p in self.versions_dir.iterdir()
-                      if p.is_dir() and not p.name.startswith(".") and (p / MANIFEST_FILE).exists())
+        return sorted(
+            p.name
+            for p in self.versions_dir.iterdir()
+            if p.is_dir() and not p.name.startswith(".") and (p / MANIFEST_FILE).exists()
+        )
 
     def versions(self) -> list[dict[str, Any]]:
         """One dict per complete version, oldest first: version, created, rows, is_current, parent, operation, type, model."""
@@ -833,9 +940,14 @@ class IndexStore:
             entry: dict[str, Any] = {"version": version, "is_current": version == current}
             try:
                 manifest = read_manifest(self.versions_dir / version)
-                entry.update(created=manifest.get("created"), rows=manifest.get("rows"),
-                             parent=manifest.get("parent"), operation=manifest.get("operation"),
-                             type=manifest["index"].get("type"), model=manifest["embedding"].get("model"))
+                entry.update(
+                    created=manifest.get("created"),
+                    rows=manifest.get("rows"),
+                    parent=manifest.get("parent"),
+                    operation=manifest.get("operation"),
+                    type=manifest["index"].get("type"),
+                    model=manifest["embedding"].get("model"),
+                )
             except IndexCorruptError as exc:
                 entry.update(created=None, rows=None, error=str(exc))
             out.append(entry)
@@ -854,14 +966,19 @@ class IndexStore:
             )
         return version
 
-    def open_version(self, version: str, *, mmap: bool = True, checksums: bool | None = None) -> IndexSnapshot:
+    def open_version(
+        self, version: str, *, mmap: bool = True, checksums: bool | None = None
+    ) -> IndexSnapshot:
         with self._hash_cache_lock:
             cache = dict(self.hash_cache)
             base_cache = dict(self._base_cache)
         snapshot = open_version_dir(
-            self.version_dir(version), mmap=mmap,
+            self.version_dir(version),
+            mmap=mmap,
             checksums=self.verify_checksums_on_open if checksums is None else checksums,
-            search_params=self.search_params, hash_cache=cache, base_cache=base_cache,
+            search_params=self.search_params,
+            hash_cache=cache,
+            base_cache=base_cache,
             mmap_min_bytes=self.mmap_min_bytes,
         )
         assert snapshot is not None
@@ -874,8 +991,14 @@ class IndexStore:
         """Verify and open the current version (sizes always; sha256 unless verify_checksums_on_open is false)."""
         return self.open_version(self._require_current(), mmap=mmap, checksums=checksums)
 
-    def verify(self, version: str | None = None, *, trust_base_stat: bool = False,
-               hash_cache: HashCache | None = None, base_counts: bool = True) -> VerifyReport:
+    def verify(
+        self,
+        version: str | None = None,
+        *,
+        trust_base_stat: bool = False,
+        hash_cache: HashCache | None = None,
+        base_counts: bool = True,
+    ) -> VerifyReport:
         """Full check of a version: manifest, size + sha256 of every listed file, and matching row counts.
 
         `trust_base_stat` (an update checking its parent): base-segment files whose size and mtime
@@ -891,8 +1014,14 @@ class IndexStore:
             if not version_dir.is_dir():
                 raise IndexMissingError(f"{version_dir}: version directory not found")
             manifest = read_manifest(version_dir)
-            check_files(version_dir, manifest, checksums=True, report=report, trust_base_stat=trust_base_stat,
-                        hash_cache=hash_cache)
+            check_files(
+                version_dir,
+                manifest,
+                checksums=True,
+                report=report,
+                trust_base_stat=trust_base_stat,
+                hash_cache=hash_cache,
+            )
             if not report.problems:
                 # sha256 already done; open without re-hashing to check the counts
                 snapshot = open_version_dir(version_dir, mmap=True, checksums=False, load_base=base_counts)
@@ -940,7 +1069,9 @@ class IndexStore:
                 if not p.is_dir():
                     continue
                 if (p / MANIFEST_FILE).exists():
-                    with contextlib.suppress(FileNotFoundError):  # committed, then killed before the marker went
+                    with contextlib.suppress(
+                        FileNotFoundError
+                    ):  # committed, then killed before the marker went
                         (p / WRITING_MARKER).unlink()
                 elif p.name == current:
                     continue  # never touched: `verify` and opening it say what to do
@@ -959,7 +1090,11 @@ class IndexStore:
                     p.unlink()
         self._remove_abandoned_uploads()
         if removed:
-            log.warning("removed %d incomplete version dir(s) left by an interrupted write: %s", len(removed), ", ".join(removed))
+            log.warning(
+                "removed %d incomplete version dir(s) left by an interrupted write: %s",
+                len(removed),
+                ", ".join(removed),
+            )
         return removed
 
     def quarantine(self, version: str) -> Path:
@@ -971,8 +1106,13 @@ class IndexStore:
         target = self.quarantine_dir / f"{version}-{stamp}"
         os.replace(self.version_dir(version), target)
         fsync_dir(self.versions_dir)
-        log.warning("%s: no %s, so it is damaged; moved it to %s (nothing was deleted; inspect it, then remove it "
-                    "yourself)", self.version_dir(version), MANIFEST_FILE, target)
+        log.warning(
+            "%s: no %s, so it is damaged; moved it to %s (nothing was deleted; inspect it, then remove it "
+            "yourself)",
+            self.version_dir(version),
+            MANIFEST_FILE,
+            target,
+        )
         return target
 
     @contextlib.contextmanager
@@ -1044,8 +1184,15 @@ class IndexStore:
             fsync_dir(self.versions_dir)
             return path
 
-    def commit_version(self, version_dir: Path, manifest: dict[str, Any], *, parent_dir: Path | None = None,
-                       parent_manifest: dict[str, Any] | None = None, hash_cache: HashCache | None = None) -> str:
+    def commit_version(
+        self,
+        version_dir: Path,
+        manifest: dict[str, Any],
+        *,
+        parent_dir: Path | None = None,
+        parent_manifest: dict[str, Any] | None = None,
+        hash_cache: HashCache | None = None,
+    ) -> str:
         """fsync the files and the dir, write manifest.json last, then switch `current`. Lock held.
 
         Files hard-linked from the parent keep the parent's size + sha256 entry (`carried_entry`:
@@ -1056,14 +1203,21 @@ class IndexStore:
         for name in manifest.get("file_names", []):
             path = version_dir / name
             fsync_file(path)
-            entry = carried_entry(path, parent_dir / name, parent_files.get(name)) if parent_dir is not None else None
+            entry = (
+                carried_entry(path, parent_dir / name, parent_files.get(name))
+                if parent_dir is not None
+                else None
+            )
             files[name] = entry if entry is not None else file_entry(path, hash_cache)
         manifest = {k: v for k, v in manifest.items() if k != "file_names"}
         manifest["files"] = files
         manifest.setdefault("format", FORMAT_VERSION)
         manifest["version"] = version_dir.name
         fsync_dir(version_dir)
-        atomic_write_text(version_dir / MANIFEST_FILE, json.dumps(manifest, indent=2, ensure_ascii=False, sort_keys=False) + "\n")
+        atomic_write_text(
+            version_dir / MANIFEST_FILE,
+            json.dumps(manifest, indent=2, ensure_ascii=False, sort_keys=False) + "\n",
+        )
         with contextlib.suppress(FileNotFoundError):
             (version_dir / WRITING_MARKER).unlink()  # complete now: the manifest is what counts
         fsync_dir(version_dir)
@@ -1145,8 +1299,14 @@ class LiveIndex:
     is reported in `last_error` (checked with `current`, one stat per file).
     """
 
-    def __init__(self, store: IndexStore, check_interval_s: float = 1.0, *, mmap: bool = True,
-                 background_reload: bool = True) -> None:
+    def __init__(
+        self,
+        store: IndexStore,
+        check_interval_s: float = 1.0,
+        *,
+        mmap: bool = True,
+        background_reload: bool = True,
+    ) -> None:
         self.store = store
         self.background_reload = background_reload
         self.check_interval_s = check_interval_s
@@ -1173,8 +1333,12 @@ class LiveIndex:
             snap.check_mapped()
         except IndexCorruptError as exc:
             if self._damaged != str(exc):
-                log.error("the served index version %s is damaged; requests get this error until `current` names "
-                          "a version that verifies or the file is restored: %s", snap.version, exc)
+                log.error(
+                    "the served index version %s is damaged; requests get this error until `current` names "
+                    "a version that verifies or the file is restored: %s",
+                    snap.version,
+                    exc,
+                )
                 self._damaged = str(exc)
             raise
         if self._damaged is not None:
@@ -1184,8 +1348,14 @@ class LiveIndex:
 
     def _check_disk(self, snap: IndexSnapshot) -> None:
         problems = snap.disk_problems()
-        text = ("files of the served version changed on disk (still serving what was loaded; `rag index verify`): "
-                + "; ".join(problems)) if problems else None
+        text = (
+            (
+                "files of the served version changed on disk (still serving what was loaded; `rag index verify`): "
+                + "; ".join(problems)
+            )
+            if problems
+            else None
+        )
         if text and text != self._disk_error:
             log.error("index version %s: %s", snap.version, text)
         self._disk_error = text
@@ -1198,7 +1368,9 @@ class LiveIndex:
                     self._snapshot = self.store.open_current(mmap=self.mmap)
                     self._last_check = time.monotonic()
                 return self._snapshot
-        if time.monotonic() - self._last_check >= self.check_interval_s and self._reload_lock.acquire(blocking=False):
+        if time.monotonic() - self._last_check >= self.check_interval_s and self._reload_lock.acquire(
+            blocking=False
+        ):
             if self.store.current_version() in (snap.version, self._failed):
                 self._last_check = time.monotonic()  # the common case: nothing new, no thread
                 try:
@@ -1215,7 +1387,9 @@ class LiveIndex:
         try:
             self._maybe_reload()
         except Exception:  # never let a reload error reach a request; keep serving
-            log.exception("index reload failed; still serving %s", self._snapshot.version if self._snapshot else None)
+            log.exception(
+                "index reload failed; still serving %s", self._snapshot.version if self._snapshot else None
+            )
         finally:
             self._reload_lock.release()
 
@@ -1229,8 +1403,12 @@ class LiveIndex:
         except (IndexStoreError, OSError) as exc:
             self._failed = version
             self.last_error = str(exc)
-            log.error("index version %s failed verification, still serving %s: %s",
-                      version, self._snapshot.version, exc)  # type: ignore[union-attr]
+            log.error(
+                "index version %s failed verification, still serving %s: %s",
+                version,
+                self._snapshot.version,
+                exc,
+            )  # type: ignore[union-attr]
             return
         self._failed = None
         self.last_error = None

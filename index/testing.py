@@ -5,6 +5,7 @@
 The catalogs are generated (no real catalog text); `hashing_config` uses the model-free
 `HashingEmbedder` so a build of a few thousand rows takes well under a second.
 """
+
 from __future__ import annotations
 
 import json
@@ -16,10 +17,45 @@ from typing import Any
 from rag.config import Config, load_config
 
 _WORDS = (
-    "river", "garden", "silent", "winter", "copper", "lantern", "harbor", "orchard", "velvet", "meadow",
-    "falcon", "ember", "willow", "granite", "violet", "summit", "canyon", "thistle", "cedar", "marble",
-    "comet", "prairie", "sparrow", "quartz", "tundra", "maple", "saffron", "beacon", "glacier", "juniper",
-    "cobalt", "harvest", "island", "compass", "echo", "fable", "nimbus", "onyx", "pebble",
+    "river",
+    "garden",
+    "silent",
+    "winter",
+    "copper",
+    "lantern",
+    "harbor",
+    "orchard",
+    "velvet",
+    "meadow",
+    "falcon",
+    "ember",
+    "willow",
+    "granite",
+    "violet",
+    "summit",
+    "canyon",
+    "thistle",
+    "cedar",
+    "marble",
+    "comet",
+    "prairie",
+    "sparrow",
+    "quartz",
+    "tundra",
+    "maple",
+    "saffron",
+    "beacon",
+    "glacier",
+    "juniper",
+    "cobalt",
+    "harvest",
+    "island",
+    "compass",
+    "echo",
+    "fable",
+    "nimbus",
+    "onyx",
+    "pebble",
 )
 _KINDS = ("Cookbook", "Novel", "Field Guide", "Board Book", "Travel Atlas", "Poetry", "Memoir", "Puzzle Set")
 
@@ -43,15 +79,27 @@ def write_rows(path: str | Path, rows: Iterable[dict[str, Any]]) -> Path:
     return path
 
 
-def write_catalog(path: str | Path, n: int, *, start: int = 0, marker: str = "", seed: int = 0,
-                  title_variant: int = 0) -> Path:
+def write_catalog(
+    path: str | Path, n: int, *, start: int = 0, marker: str = "", seed: int = 0, title_variant: int = 0
+) -> Path:
     """JSON lines of `n` products with uids P{start}..P{start+n-1}."""
-    return write_rows(path, (product_row(i, marker=marker, seed=seed, title_variant=title_variant)
-                             for i in range(start, start + n)))
+    return write_rows(
+        path,
+        (
+            product_row(i, marker=marker, seed=seed, title_variant=title_variant)
+            for i in range(start, start + n)
+        ),
+    )
 
 
-def hashing_config(index_path: str | Path, *, dim: int = 64, index_type: str = "flat", keep_versions: int = 0,
-                   extra: list[str] | None = None) -> Config:
+def hashing_config(
+    index_path: str | Path,
+    *,
+    dim: int = 64,
+    index_type: str = "flat",
+    keep_versions: int = 0,
+    extra: list[str] | None = None,
+) -> Config:
     """A config for index-mechanics tests: HashingEmbedder, no lexical artifacts, all versions kept."""
     overrides = [
         f"index.path={index_path}",

@@ -16,6 +16,7 @@ Memory-mapping on load (`FaissIndex.load(path, mmap=True)`): flat and hnsw use F
 (the inverted lists are mapped). A mapped index is read-only; updates load a private copy.
 Vectors must be L2-normalised float32 so inner product is cosine similarity.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -64,7 +65,9 @@ class FaissIndex:
 
     TYPES = ("flat", "hnsw", "ivf")
 
-    def __init__(self, raw: Any, index_type: str, dimension: int, params: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, raw: Any, index_type: str, dimension: int, params: dict[str, Any] | None = None
+    ) -> None:
         if index_type not in self.TYPES:
             raise ValueError(f"index.type: {index_type!r} is not one of {', '.join(self.TYPES)}")
         self.raw = raw
@@ -89,13 +92,19 @@ class FaissIndex:
             inner = faiss.IndexHNSWFlat(dimension, m, faiss.METRIC_INNER_PRODUCT)
             inner.hnsw.efConstruction = int(params.get("hnsw_ef_construction", 80))
             raw = faiss.IndexIDMap2(inner)
-            kept = {"hnsw_m": m, "hnsw_ef_construction": inner.hnsw.efConstruction,
-                    "hnsw_ef_search": int(params.get("hnsw_ef_search", 64))}
+            kept = {
+                "hnsw_m": m,
+                "hnsw_ef_construction": inner.hnsw.efConstruction,
+                "hnsw_ef_search": int(params.get("hnsw_ef_search", 64)),
+            }
         elif index_type == "ivf":
             raw = None  # built at training time, once we know how many vectors there are
             nlist = int(params.get("ivf_nlist", 1024))
-            kept = {"ivf_nlist": nlist, "ivf_nprobe": int(params.get("ivf_nprobe", 16)),
-                    "ivf_train_points": int(params.get("ivf_train_points", 0) or 64 * nlist)}
+            kept = {
+                "ivf_nlist": nlist,
+                "ivf_nprobe": int(params.get("ivf_nprobe", 16)),
+                "ivf_train_points": int(params.get("ivf_train_points", 0) or 64 * nlist),
+            }
         else:
             raise ValueError(f"index.type: {index_type!r} is not one of {', '.join(cls.TYPES)}")
         return cls(raw, index_type, dimension, kept)
@@ -104,9 +113,13 @@ class FaissIndex:
     def from_config(cls, dimension: int, config: Any) -> FaissIndex:
         """An empty index from an `IndexConfig`."""
         return cls.create(
-            dimension, config.type,
-            hnsw_m=config.hnsw_m, hnsw_ef_construction=config.hnsw_ef_construction,
-            hnsw_ef_search=config.hnsw_ef_search, ivf_nlist=config.ivf_nlist, ivf_nprobe=config.ivf_nprobe,
+            dimension,
+            config.type,
+            hnsw_m=config.hnsw_m,
+            hnsw_ef_construction=config.hnsw_ef_construction,
+            hnsw_ef_search=config.hnsw_ef_search,
+            ivf_nlist=config.ivf_nlist,
+            ivf_nprobe=config.ivf_nprobe,
             ivf_train_points=getattr(config, "ivf_train_points", 0),
         )
 
@@ -197,7 +210,11 @@ class FaissIndex:
             raise NotImplementedError("export is not supported for ivf indexes")
         inner = faiss.downcast_index(self.raw.index)
         ids = faiss.vector_to_array(self.raw.id_map).astype(np.int64)
-        vectors = inner.reconstruct_n(0, inner.ntotal) if inner.ntotal else np.zeros((0, self.dimension), np.float32)
+        vectors = (
+            inner.reconstruct_n(0, inner.ntotal)
+            if inner.ntotal
+            else np.zeros((0, self.dimension), np.float32)
+        )
         return ids, np.ascontiguousarray(vectors, dtype=np.float32)
 
     def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -209,8 +226,10 @@ class FaissIndex:
         if self.raw is None:
             self.flush()
         if self.raw is None or self.raw.ntotal == 0:
-            return (np.full((len(vectors), k), -np.inf, dtype=np.float32),
-                    np.full((len(vectors), k), -1, dtype=np.int64))
+            return (
+                np.full((len(vectors), k), -np.inf, dtype=np.float32),
+                np.full((len(vectors), k), -1, dtype=np.int64),
+            )
         scores, ids = self.raw.search(vectors, k)
         scores = np.where(ids < 0, -np.inf, scores).astype(np.float32)
         return scores, ids.astype(np.int64)
@@ -222,8 +241,9 @@ class FaissIndex:
         self.flush()
         if self.raw is None:  # an empty ivf index: keep an untrained one so the file exists
             faiss = _faiss()
-            self.raw = faiss.IndexIVFFlat(faiss.IndexFlatIP(self.dimension), self.dimension, 1,
-                                          faiss.METRIC_INNER_PRODUCT)
+            self.raw = faiss.IndexIVFFlat(
+                faiss.IndexFlatIP(self.dimension), self.dimension, 1, faiss.METRIC_INNER_PRODUCT
+            )
         _faiss().write_index(self.raw, str(path))
 
     @classmethod
@@ -231,8 +251,15 @@ class FaissIndex:
         return cls(None, "ivf", dimension, params)
 
     @classmethod
-    def load(cls, path: str | Path, index_type: str, dimension: int, params: dict[str, Any] | None = None,
-             *, mmap: bool = True) -> FaissIndex:
+    def load(
+        cls,
+        path: str | Path,
+        index_type: str,
+        dimension: int,
+        params: dict[str, Any] | None = None,
+        *,
+        mmap: bool = True,
+    ) -> FaissIndex:
         faiss = _faiss()
         flags = 0
         if mmap:

@@ -12,6 +12,7 @@ content, whether the same object or not) reuse it. `rag.close(config)` drops and
 `rag.close()` all of them; a `RAG` you build yourself (`rag.pipeline.RAG.from_config`) is yours
 to keep or `close()`.
 """
+
 from __future__ import annotations
 
 import json
@@ -108,17 +109,35 @@ def close(config: Config | str | os.PathLike[str] | None = None) -> int:
 
 
 @overload
-def answer(question: str, *, k: int | None = ..., config: Config | str | os.PathLike[str] | None = ...,
-           history: list[dict[str, str]] | None = ..., stream: Literal[False] = ...) -> Answer: ...
+def answer(
+    question: str,
+    *,
+    k: int | None = ...,
+    config: Config | str | os.PathLike[str] | None = ...,
+    history: list[dict[str, str]] | None = ...,
+    stream: Literal[False] = ...,
+) -> Answer: ...
 
 
 @overload
-def answer(question: str, *, k: int | None = ..., config: Config | str | os.PathLike[str] | None = ...,
-           history: list[dict[str, str]] | None = ..., stream: Literal[True]) -> AnswerStream: ...
+def answer(
+    question: str,
+    *,
+    k: int | None = ...,
+    config: Config | str | os.PathLike[str] | None = ...,
+    history: list[dict[str, str]] | None = ...,
+    stream: Literal[True],
+) -> AnswerStream: ...
 
 
-def answer(question: str, *, k: int | None = None, config: Config | str | os.PathLike[str] | None = None,
-           history: list[dict[str, str]] | None = None, stream: bool = False) -> Answer | AnswerStream:
+def answer(
+    question: str,
+    *,
+    k: int | None = None,
+    config: Config | str | os.PathLike[str] | None = None,
+    history: list[dict[str, str]] | None = None,
+    stream: bool = False,
+) -> Answer | AnswerStream:
     """Answer `question` from the catalog; returns an Answer (or, with stream=True, an AnswerStream:
     an iterator of text pieces whose `.answer` attribute holds the final Answer once it is exhausted)."""
     return get_rag(config).answer(question, k=k, history=history, stream=stream)

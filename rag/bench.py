@@ -10,6 +10,7 @@
 Each script runs in its own Python process (the same interpreter), so a benchmark's memory
 figures are its own. Arguments after `--` go to the script unchanged.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,7 +24,7 @@ BENCH_DIR = Path(__file__).resolve().parents[1] / "benchmarks"
 
 def available(bench_dir: Path = BENCH_DIR) -> dict[str, Path]:
     """name -> script: benchmarks/bench_<name>.py, plus "report" for benchmarks/report.py."""
-    scripts = {p.stem[len("bench_"):]: p for p in sorted(bench_dir.glob("bench_*.py"))}
+    scripts = {p.stem[len("bench_") :]: p for p in sorted(bench_dir.glob("bench_*.py"))}
     if (bench_dir / "report.py").exists():
         scripts["report"] = bench_dir / "report.py"
     return scripts
@@ -38,10 +39,16 @@ def _docline(path: Path) -> str:
 
 
 def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
-    p = subparsers.add_parser("bench", help="run the benchmarks in benchmarks/ by name (rag bench to list them)")
-    p.add_argument("name", nargs="?", default=None, help="benchmark name (bench_<name>.py), 'all' or 'report'")
+    p = subparsers.add_parser(
+        "bench", help="run the benchmarks in benchmarks/ by name (rag bench to list them)"
+    )
+    p.add_argument(
+        "name", nargs="?", default=None, help="benchmark name (bench_<name>.py), 'all' or 'report'"
+    )
     p.add_argument("script_args", nargs=argparse.REMAINDER, help="arguments for the script, after --")
-    p.add_argument("--results", default="results", help="folder for JSON outputs of `rag bench all` (default results/)")
+    p.add_argument(
+        "--results", default="results", help="folder for JSON outputs of `rag bench all` (default results/)"
+    )
     p.set_defaults(func=_cmd_bench)
 
 
@@ -84,5 +91,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         return status
     if args.name not in scripts:
         known = ", ".join(sorted(scripts)) or "none"
-        raise UsageError(f"rag bench {args.name}: no benchmarks/bench_{args.name}.py; known benchmarks: {known}, all")
+        raise UsageError(
+            f"rag bench {args.name}: no benchmarks/bench_{args.name}.py; known benchmarks: {known}, all"
+        )
     return run_script(scripts[args.name], extra)

@@ -24,6 +24,7 @@ always holds (no byte of the input is dropped unreported):
 Blank (whitespace-only) lines are not records: they are skipped, not counted in `read`, and counted in
 `blank_lines`.
 """
+
 from __future__ import annotations
 
 import codecs
@@ -131,7 +132,9 @@ class ReadSummary:
         if self.reasons:
             top = sorted(self.reasons.items(), key=lambda kv: (-kv[1], kv[0]))[:3]
             text += "; top reasons: " + ", ".join(f"{reason} {count:,}" for reason, count in top)
-        text += f"; rejects: {self.rejects_path}" if self.rejects_path else "; rejects: not written (counts only)"
+        text += (
+            f"; rejects: {self.rejects_path}" if self.rejects_path else "; rejects: not written (counts only)"
+        )
         return text
 
     def to_dict(self) -> dict[str, Any]:
@@ -219,7 +222,9 @@ def _parse_line(line: bytes) -> dict[str, Any] | RecordError | None:
     try:
         text = line.decode("utf-8")
     except UnicodeDecodeError as exc:
-        return RecordError(f"invalid UTF-8 (byte {exc.start} of the line: {line[exc.start:exc.start + 4]!r})")
+        return RecordError(
+            f"invalid UTF-8 (byte {exc.start} of the line: {line[exc.start : exc.start + 4]!r})"
+        )
     try:
         obj = json.loads(text.rstrip("\r\n"))
     except json.JSONDecodeError as exc:
@@ -265,7 +270,7 @@ class _Prefixed(io.RawIOBase):
             self._prefix = self._prefix[n:]
             return n
         data = self._stream.read(len(buffer))
-        buffer[:len(data)] = data
+        buffer[: len(data)] = data
         return len(data)
 
 
@@ -287,15 +292,18 @@ def _iter_after_array(
     while text:
         stripped = text.strip()
         if stripped.startswith(b"["):
-            closed = yield from _iter_json_array(_prefixed(text, stream), tick, max_line_bytes, first_line=number,
-                                                 by_line=True)
+            closed = yield from _iter_json_array(
+                _prefixed(text, stream), tick, max_line_bytes, first_line=number, by_line=True
+            )
             if closed is None:
                 return
             (stream, number), at_close = closed, True
             text = stream.readline(max_line_bytes + 1)
             continue
         overlong = 0
-        if len(text) > max_line_bytes and not text.endswith(b"\n"):  # read the rest of the long line, dropping it
+        if len(text) > max_line_bytes and not text.endswith(
+            b"\n"
+        ):  # read the rest of the long line, dropping it
             overlong = len(text) + _skip_line(stream)
         if at_close:
             if stripped:
@@ -313,8 +321,12 @@ _LONE_SURROGATE = re.compile("[\udc80-\udcff]")
 
 
 def _iter_json_array(
-    stream: BinaryIO, tick: Callable[[], None] | None, max_element_chars: int = _MAX_ELEMENT_CHARS, *,
-    first_line: int = 1, by_line: bool = False
+    stream: BinaryIO,
+    tick: Callable[[], None] | None,
+    max_element_chars: int = _MAX_ELEMENT_CHARS,
+    *,
+    first_line: int = 1,
+    by_line: bool = False,
 ) -> Generator[tuple[int, str, dict[str, Any] | RecordError | None], None, tuple[BinaryIO, int] | None]:
     """Yield (1-based array position, raw element text, parsed object or error) from `[ {...}, ... ]`.
 
@@ -370,13 +382,16 @@ def _iter_json_array(
         if pos >= len(buf):
             if not failed_last:  # a cut element already says the file is truncated; else say it here
                 position += 1
-                yield (line_at(len(buf)) if by_line else position), "", RecordError(
-                    "invalid JSON (the array is not closed: missing ']' at end of file)")
+                yield (
+                    (line_at(len(buf)) if by_line else position),
+                    "",
+                    RecordError("invalid JSON (the array is not closed: missing ']' at end of file)"),
+                )
             return None
         if buf[pos] == "]":
             close_line = line_at(pos)
             pending = text_decoder.getstate()[0] if not eof else b""
-            return _prefixed(buf[pos + 1:].encode("utf-8", "surrogateescape") + pending, stream), close_line
+            return _prefixed(buf[pos + 1 :].encode("utf-8", "surrogateescape") + pending, stream), close_line
         if pos > _CHUNK_CHARS:  # drop what has been consumed so the buffer stays small
             line_at(pos)
             lines_dropped += lines_counted
@@ -410,12 +425,21 @@ def _iter_json_array(
                     break
             raw = buf[pos:resume]
             if resume - pos > max_element_chars:
-                yield number, raw[:RAW_CHARS], RecordError(
-                    f"array element {position} longer than catalog.max_line_bytes={max_element_chars} "
-                    f"(at least {resume - pos:,} characters)")
+                yield (
+                    number,
+                    raw[:RAW_CHARS],
+                    RecordError(
+                        f"array element {position} longer than catalog.max_line_bytes={max_element_chars} "
+                        f"(at least {resume - pos:,} characters)"
+                    ),
+                )
             else:
-                yield number, raw, RecordError(
-                    f"invalid JSON ({obj.msg} character {max(0, obj.pos - pos) + 1} of array element {position})"
+                yield (
+                    number,
+                    raw,
+                    RecordError(
+                        f"invalid JSON ({obj.msg} character {max(0, obj.pos - pos) + 1} of array element {position})"
+                    ),
                 )
             pos = resume
             failed_last = True
@@ -460,7 +484,9 @@ def _iter_file(
     try:
         stream, raw_file = _open_binary(path)
     except IsADirectoryError:
-        raise CatalogError(f"{path}: is a directory; pass the catalog file (trn.json, .jsonl, .json, .gz)") from None
+        raise CatalogError(
+            f"{path}: is a directory; pass the catalog file (trn.json, .jsonl, .json, .gz)"
+        ) from None
     except OSError as exc:
         raise CatalogError(f"{path}: cannot open the catalog file ({exc.strerror or exc})") from None
     done = 0
@@ -499,11 +525,15 @@ def _unreadable(path: Path, last: int, exc: BaseException) -> CatalogError:
     at = f" (after line {last:,} of the uncompressed data)" if last else ""
     text = str(exc)
     if isinstance(exc, EOFError):  # gzip: "Compressed file ended before the end-of-stream marker was reached"
-        what = (f"the gzip data ends before its end-of-stream marker{at}: the file is truncated (an interrupted "
-                "download or copy?); fetch or copy it again")
+        what = (
+            f"the gzip data ends before its end-of-stream marker{at}: the file is truncated (an interrupted "
+            "download or copy?); fetch or copy it again"
+        )
     elif isinstance(exc, gzip.BadGzipFile) and text.startswith("Not a gzipped file"):
-        what = (f"bytes that are not gzip follow the end of the gzip data{at} (trailing garbage, or another file "
-                "appended to it); remove them or re-create the file")
+        what = (
+            f"bytes that are not gzip follow the end of the gzip data{at} (trailing garbage, or another file "
+            "appended to it); remove them or re-create the file"
+        )
     elif isinstance(exc, (gzip.BadGzipFile, zlib.error)):
         what = f"the gzip data is damaged ({text}){at}; re-create or fetch the file again"
     else:
@@ -564,7 +594,9 @@ class CatalogReader:
 
     # ---- one record -> row
 
-    def _make_row(self, obj: dict[str, Any], source: str, number: int) -> tuple[CatalogRow | RecordError, bool]:
+    def _make_row(
+        self, obj: dict[str, Any], source: str, number: int
+    ) -> tuple[CatalogRow | RecordError, bool]:
         """Validate and clean one parsed record; returns (row or error, whether a field was truncated)."""
         row = self._validate(obj, source, number)
         return row, self._truncated
@@ -617,14 +649,18 @@ class CatalogReader:
 
     # ---- files -> rows
 
-    def iter_rows(self, paths: Sequence[str | Path] | str | Path, progress: bool = False) -> Iterator[CatalogRow]:
+    def iter_rows(
+        self, paths: Sequence[str | Path] | str | Path, progress: bool = False
+    ) -> Iterator[CatalogRow]:
         """Stream the rows of `paths` in order; `self.summary` is complete once iteration ends."""
         path_list = [Path(paths)] if isinstance(paths, (str, os.PathLike)) else [Path(p) for p in paths]
         for path in path_list:
             if not path.exists():
                 raise FileNotFoundError(f"{path}: catalog file not found")
             if path.is_dir():
-                raise CatalogError(f"{path}: is a directory; pass the catalog file (trn.json, .jsonl, .json, .gz)")
+                raise CatalogError(
+                    f"{path}: is a directory; pass the catalog file (trn.json, .jsonl, .json, .gz)"
+                )
         self.summary = ReadSummary(
             rejects_path=str(self.rejects_path) if self.rejects_path else None,
             sources=[str(p) for p in path_list],
@@ -699,7 +735,9 @@ class CatalogReader:
                     s.trailing += 1
                     reject(source, number, obj.reason, raw, "trailing data")
                     continue
-                row, truncated = (obj, False) if isinstance(obj, RecordError) else self._make_row(obj, source, number)
+                row, truncated = (
+                    (obj, False) if isinstance(obj, RecordError) else self._make_row(obj, source, number)
+                )
                 if isinstance(row, RecordError):
                     s.rejected += 1
                     reject(source, number, row.reason, raw, _reason_kind(row.reason))
@@ -709,8 +747,13 @@ class CatalogReader:
                     kept = last_seen[row.uid]
                     if kept != here:
                         s.duplicates += 1
-                        reject(source, number, f"duplicate uid (kept the last one, at {where(kept, index)})",
-                               raw, "duplicate uid")
+                        reject(
+                            source,
+                            number,
+                            f"duplicate uid (kept the last one, at {where(kept, index)})",
+                            raw,
+                            "duplicate uid",
+                        )
                         continue
                 else:
                     first = first_seen.get(row.uid)

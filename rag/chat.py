@@ -12,6 +12,7 @@ thread (the banner says what is loading), and the first question waits for them 
 sooner. Library progress bars and warnings are kept off the terminal. After an answer only the
 rows it cites are listed; /sources lists every retrieved row.
 """
+
 from __future__ import annotations
 
 import os
@@ -60,7 +61,9 @@ def format_sources(answer: Answer, *, every_row: bool = True) -> str:
         lines.append(f"  [{i}] {source.title}  (uid {source.uid}, score {source.score:.3f})")
     hidden = len(answer.sources) - len(shown)
     if hidden:
-        lines.append(f"  (+{hidden} more retrieved row{'s' if hidden > 1 else ''}, not cited: /sources lists them)")
+        lines.append(
+            f"  (+{hidden} more retrieved row{'s' if hidden > 1 else ''}, not cited: /sources lists them)"
+        )
     if answer.unsupported_sentences:
         lines.append(f"  ! {len(answer.unsupported_sentences)} sentence(s) not supported by these sources")
     return "\n".join(lines)

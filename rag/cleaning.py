@@ -22,6 +22,7 @@ Order of the steps, and why:
 5. remove boilerplate (each match becomes a space, so words on either side never fuse);
 6. collapse every run of whitespace (newlines and tabs included) to one space and strip.
 """
+
 from __future__ import annotations
 
 import html
@@ -30,7 +31,14 @@ import unicodedata
 from collections.abc import Sequence
 from functools import lru_cache
 
-__all__ = ["clean_text", "clean_title", "compile_boilerplate", "default_boilerplate", "strip_invisible", "strip_markup"]
+__all__ = [
+    "clean_text",
+    "clean_title",
+    "compile_boilerplate",
+    "default_boilerplate",
+    "strip_invisible",
+    "strip_markup",
+]
 
 # Invisible format characters that only get in the way of search or hide what a text says: zero-width
 # space, word joiner, soft hyphen, BOM; the bidi marks, embeddings, overrides and isolates (U+200E,
@@ -142,6 +150,7 @@ def _required_literal(pattern: re.Pattern[str]) -> str | None:
                 if current:
                     runs.append("".join(current))
                 current = []
+
     walk(tree)
     if current:
         runs.append("".join(current))
@@ -266,7 +275,9 @@ def audit(path: str, show: bool = False, limit: int = 20) -> dict[str, int]:
         if hit:
             counts["leftovers"] += 1
             if show:
-                print(f"line {line}: left after cleaning: {cleaned[max(0, hit.start() - 60):hit.end() + 60]!r}")
+                print(
+                    f"line {line}: left after cleaning: {cleaned[max(0, hit.start() - 60) : hit.end() + 60]!r}"
+                )
     return counts
 
 
@@ -279,6 +290,8 @@ if __name__ == "__main__":  # python -m rag.cleaning CATALOG [--show]
         description="Audit boilerplate removal on a catalog file: what each pattern removes, what is left.",
     )
     parser.add_argument("path", help="catalog file (JSON lines or JSON array, optionally .gz)")
-    parser.add_argument("--show", action="store_true", help="print removals and leftovers (real catalog text)")
+    parser.add_argument(
+        "--show", action="store_true", help="print removals and leftovers (real catalog text)"
+    )
     options = parser.parse_args()
     print(json.dumps(audit(options.path, show=options.show), indent=2))

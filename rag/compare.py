@@ -14,6 +14,7 @@ order of `--configs`; `--set` applies to every column, `--set-a`/`--set-b`/... t
 Questions: a .txt file (one question per line; blank lines and lines starting with # are skipped),
 a .jsonl file (one object per line with a "question" field), or a .json list of strings/objects.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -61,13 +62,23 @@ class CompareResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "variants": [{"label": v.label, "use_context": v.use_context, "generator": v.config.generator.backend}
-                         for v in self.variants],
+            "variants": [
+                {"label": v.label, "use_context": v.use_context, "generator": v.config.generator.backend}
+                for v in self.variants
+            ],
             "rows": [
-                {"question": q, "answers": [
-                    {"label": v.label, "error": c.error, "seconds": round(c.seconds, 4),
-                     **({"answer": c.answer.to_dict()} if c.answer else {})}
-                    for v, c in zip(self.variants, row)]}
+                {
+                    "question": q,
+                    "answers": [
+                        {
+                            "label": v.label,
+                            "error": c.error,
+                            "seconds": round(c.seconds, 4),
+                            **({"answer": c.answer.to_dict()} if c.answer else {}),
+                        }
+                        for v, c in zip(self.variants, row)
+                    ],
+                }
                 for q, row in zip(self.questions, self.cells)
             ],
         }
@@ -99,10 +110,14 @@ def read_questions(path: str | Path) -> list[str]:
         except ValueError as exc:
             raise ValueError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None  # type: ignore[attr-defined]
         if not isinstance(items, list):
-            raise ValueError(f"{path}: expected a JSON list of questions (strings or objects with \"question\")")
+            raise ValueError(
+                f'{path}: expected a JSON list of questions (strings or objects with "question")'
+            )
         questions = [_question_of(item, f"{path}[{i}]") for i, item in enumerate(items)]
     else:
-        questions = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+        questions = [
+            line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")
+        ]
     if not questions:
         raise ValueError(f"{path}: no questions found")
     if len(questions) > MAX_QUESTIONS:
@@ -115,7 +130,7 @@ def _question_of(item: Any, where: str) -> str:
         return item.strip()
     if isinstance(item, dict) and isinstance(item.get("question"), str) and item["question"].strip():
         return item["question"].strip()
-    raise ValueError(f"{where}: expected a question string or an object with a non-empty \"question\" field")
+    raise ValueError(f'{where}: expected a question string or an object with a non-empty "question" field')
 
 
 def build_variants(
@@ -129,11 +144,17 @@ def build_variants(
     if not config_paths:
         config_paths = [None]
     if len(config_paths) > len(COLUMN_LETTERS):
-        raise ConfigError([f"--configs: at most {len(COLUMN_LETTERS)} configurations, got {len(config_paths)}"])
+        raise ConfigError(
+            [f"--configs: at most {len(COLUMN_LETTERS)} configurations, got {len(config_paths)}"]
+        )
     unused = sorted({k for k, v in column_overrides.items() if v} - set(COLUMN_LETTERS[: len(config_paths)]))
     if unused:
-        raise ConfigError([f"--set-{letter}: there is no configuration {letter} (--configs lists "
-                           f"{len(config_paths)})" for letter in unused])
+        raise ConfigError(
+            [
+                f"--set-{letter}: there is no configuration {letter} (--configs lists {len(config_paths)})"
+                for letter in unused
+            ]
+        )
     if context not in ("with", "without", "both"):
         raise ConfigError([f"--context: expected with, without or both, got {context!r}"])
     variants: list[Variant] = []
@@ -195,7 +216,7 @@ def run_compare(
         batched = hasattr(rag, "answer_many") and hasattr(getattr(rag, "generator", None), "generate_batch")
         size = max(1, int(rag.config.generator.batch_size)) if batched else 1
         for start in range(0, len(questions), size):
-            chunk = list(questions[start:start + size])
+            chunk = list(questions[start : start + size])
             if progress:
                 progress(f"[{start + len(chunk)}/{len(questions)}] {variant.label}")
             if size > 1:
@@ -203,7 +224,9 @@ def run_compare(
                 try:
                     answers = rag.answer_many(chunk, k=k, use_context=variant.use_context, batch_size=size)
                 except Exception:
-                    log.debug("compare: batch of %s failed; answering one at a time", variant.label, exc_info=True)
+                    log.debug(
+                        "compare: batch of %s failed; answering one at a time", variant.label, exc_info=True
+                    )
                 else:
                     seconds = (time.perf_counter() - started) / len(chunk)
                     for j, answer in enumerate(answers):
@@ -241,7 +264,9 @@ def _clip(text: str, max_chars: int | None) -> str:
     return text
 
 
-def format_cell(cell: Cell, *, sources: bool = True, max_chars: int | None = None, max_sources: int = 3) -> str:
+def format_cell(
+    cell: Cell, *, sources: bool = True, max_chars: int | None = None, max_sources: int = 3
+) -> str:
     if cell.error:
         return _md(f"**error**: {_clip(cell.error, 300)}")
     answer = cell.answer
@@ -252,8 +277,9 @@ def format_cell(cell: Cell, *, sources: bool = True, max_chars: int | None = Non
         parts.append(f"*({n} unsupported sentence{'s' if n != 1 else ''})*")
     if sources:
         if answer.sources:
-            listed = "; ".join(f"[{i}] {_md(s.title)} ({_md(s.uid)})"
-                               for i, s in enumerate(answer.sources[:max_sources], 1))
+            listed = "; ".join(
+                f"[{i}] {_md(s.title)} ({_md(s.uid)})" for i, s in enumerate(answer.sources[:max_sources], 1)
+            )
             more = f"; +{len(answer.sources) - max_sources}" if len(answer.sources) > max_sources else ""
             parts.append(f"<sub>Sources: {listed}{more}</sub>")
         else:
@@ -268,15 +294,21 @@ def to_markdown(result: CompareResult, *, sources: bool = True, max_chars: int |
     for question, row in zip(result.questions, result.cells):
         cells = [_md(question), *(format_cell(c, sources=sources, max_chars=max_chars) for c in row)]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "| configuration | generator | context | answered | grounded | mean seconds |", "|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "| configuration | generator | context | answered | grounded | mean seconds |",
+        "|---|---|---|---|---|---|",
+    ]
     for j, variant in enumerate(result.variants):
         column = [row[j] for row in result.cells]
         answered = [c.answer for c in column if c.answer is not None]
         grounded = sum(1 for a in answered if a.grounded)
         mean = sum(c.seconds for c in column) / len(column) if column else 0.0
-        lines.append(f"| {_md(variant.label)} | {variant.config.generator.backend} | "
-                     f"{'yes' if variant.use_context else 'no'} | {len(answered)}/{len(column)} | "
-                     f"{grounded}/{len(answered)} | {mean:.3f} |")
+        lines.append(
+            f"| {_md(variant.label)} | {variant.config.generator.backend} | "
+            f"{'yes' if variant.use_context else 'no'} | {len(answered)}/{len(column)} | "
+            f"{grounded}/{len(answered)} | {mean:.3f} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -298,31 +330,55 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         out.write_text(table, encoding="utf-8")
         print(f"wrote {out}", file=sys.stderr)
     if args.json:
-        Path(args.json).write_text(json.dumps(result.to_dict(), ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+        Path(args.json).write_text(
+            json.dumps(result.to_dict(), ensure_ascii=False, indent=2) + "\n", encoding="utf-8"
+        )
         print(f"wrote {args.json}", file=sys.stderr)
     return 0
 
 
 def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     p = subparsers.add_parser(
-        "compare", parents=[common],
+        "compare",
+        parents=[common],
         help="answer the same questions with several configs (or with/without context) in a Markdown table",
         description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--questions", "-q", required=True, metavar="FILE", help="questions: .txt, .jsonl or .json")
-    p.add_argument("--configs", nargs="+", metavar="YAML",
-                   help="one column per config, lettered a, b, ... (default: --config, or the defaults)")
+    p.add_argument(
+        "--questions", "-q", required=True, metavar="FILE", help="questions: .txt, .jsonl or .json"
+    )
+    p.add_argument(
+        "--configs",
+        nargs="+",
+        metavar="YAML",
+        help="one column per config, lettered a, b, ... (default: --config, or the defaults)",
+    )
     for letter in COLUMN_LETTERS:
-        p.add_argument(f"--set-{letter}", dest=f"set_{letter}", action="append", default=[], metavar="KEY=VALUE",
-                       help=argparse.SUPPRESS if letter not in "ab" else
-                       f"override for column {letter} only (repeatable; --set-c ... --set-h likewise)")
-    p.add_argument("--context", choices=["with", "without", "both"], default="with",
-                   help="answer with retrieved rows (default), without, or both side by side")
-    p.add_argument("-k", type=int, default=None, help="rows to retrieve (default: retrieval.k of each config)")
+        p.add_argument(
+            f"--set-{letter}",
+            dest=f"set_{letter}",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help=argparse.SUPPRESS
+            if letter not in "ab"
+            else f"override for column {letter} only (repeatable; --set-c ... --set-h likewise)",
+        )
+    p.add_argument(
+        "--context",
+        choices=["with", "without", "both"],
+        default="with",
+        help="answer with retrieved rows (default), without, or both side by side",
+    )
+    p.add_argument(
+        "-k", type=int, default=None, help="rows to retrieve (default: retrieval.k of each config)"
+    )
     p.add_argument("--out", metavar="FILE", help="also write the Markdown table to FILE")
     p.add_argument("--json", metavar="FILE", help="also write every answer (text, sources, timings) as JSON")
     p.add_argument("--no-sources", action="store_true", help="leave the sources out of the cells")
-    p.add_argument("--max-chars", type=int, default=None, help="clip each answer to N characters in the table")
+    p.add_argument(
+        "--max-chars", type=int, default=None, help="clip each answer to N characters in the table"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     p.set_defaults(func=_cmd_compare)

@@ -6,6 +6,7 @@ Each section is a dataclass; `load_config` merges the YAML file and the `--set` 
 defaults and validates the result. Unknown keys and wrong types are collected and raised together
 in one `ConfigError`, each naming the file and the dotted key at fault.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -125,7 +126,9 @@ class IndexConfig:
     # read into memory, so damage to them on disk cannot reach a running server (docs/index.md, "Guarantees")
     mmap_min_bytes: int = 64 << 20
     descriptions: bool = True  # also build the lexical index over descriptions
-    keep_versions: int = 3  # after each build/update, older versions beyond this many are deleted (0: keep all)
+    keep_versions: int = (
+        3  # after each build/update, older versions beyond this many are deleted (0: keep all)
+    )
     # sha256 of every file when a version is opened (sizes and row counts are always checked);
     # `rag index verify` always hashes. ~1 s per GB on one core; see docs/index.md.
     verify_checksums_on_open: bool = True
@@ -146,7 +149,9 @@ class RetrievalConfig:
     candidates: int = 50  # rows each retrieval path proposes before fusion
     fusion: Literal["rrf", "weighted", "dense"] = "weighted"
     lexical_weight: float = 0.35  # share of the fused score from title word overlap
-    use_descriptions: bool = True  # fuse in the description index (BM25 over title + description, index/lexical.py)
+    use_descriptions: bool = (
+        True  # fuse in the description index (BM25 over title + description, index/lexical.py)
+    )
     # weighted: the best description match scores this (plus 0.1 x title similarity); rrf: weight of its rank.
     # 0.4-0.6 tuned in docs/descriptions.md; keep it above min_score so described products count as found.
     description_weight: float = 0.5
@@ -232,7 +237,9 @@ class FinetuneExamplesConfig:
     validation_fraction: float = 0.05  # share of PRODUCTS (uids) held out; no uid is in both splits
     context_k: int = 4  # rows in each example's context (gold + distractors from the retriever)
     gold_probability: float = 0.8  # chance the gold row is in the context (RAFT's P)
-    no_gold_answer: Literal["abstain", "gold"] = "abstain"  # target when the gold row is left out (docs/finetune.md)
+    no_gold_answer: Literal["abstain", "gold"] = (
+        "abstain"  # target when the gold row is left out (docs/finetune.md)
+    )
     answer_max_tokens: int = 160  # target = gold description cut at a sentence boundary within this budget
     portuguese_fraction: float = 0.25  # share of questions asked in Portuguese
     cite_sources: bool = True  # end the answer with the gold row's [n] marker
@@ -327,12 +334,15 @@ class FinetuneConfig:
         out: list[str] = []
         ex, tr = self.examples, self.training
         for key, value in {
-            "finetune.max_seq_length": self.max_seq_length, "finetune.lora.r": self.lora.r,
-            "finetune.lora.alpha": self.lora.alpha, "finetune.examples.context_k": ex.context_k,
+            "finetune.max_seq_length": self.max_seq_length,
+            "finetune.lora.r": self.lora.r,
+            "finetune.lora.alpha": self.lora.alpha,
+            "finetune.examples.context_k": ex.context_k,
             "finetune.examples.answer_max_tokens": ex.answer_max_tokens,
             "finetune.training.batch_size": tr.batch_size,
             "finetune.training.gradient_accumulation_steps": tr.gradient_accumulation_steps,
-            "finetune.synthetic_rows": self.synthetic_rows, "finetune.examples.per_product": ex.per_product,
+            "finetune.synthetic_rows": self.synthetic_rows,
+            "finetune.examples.per_product": ex.per_product,
         }.items():
             if isinstance(value, int) and value <= 0:
                 out.append(f"{key}: must be > 0, got {value}")
@@ -340,19 +350,24 @@ class FinetuneConfig:
             "finetune.examples.gold_probability": ex.gold_probability,
             "finetune.examples.portuguese_fraction": ex.portuguese_fraction,
             "finetune.examples.fact_question_share": ex.fact_question_share,
-            "finetune.lora.dropout": self.lora.dropout, "finetune.training.warmup_ratio": tr.warmup_ratio,
+            "finetune.lora.dropout": self.lora.dropout,
+            "finetune.training.warmup_ratio": tr.warmup_ratio,
         }.items():
             if isinstance(value, float) and not 0.0 <= value <= 1.0:
                 out.append(f"{key}: must be between 0 and 1, got {value}")
         if isinstance(ex.validation_fraction, float) and not 0.0 <= ex.validation_fraction < 1.0:
-            out.append(f"finetune.examples.validation_fraction: must be in [0, 1), got {ex.validation_fraction}")
+            out.append(
+                f"finetune.examples.validation_fraction: must be in [0, 1), got {ex.validation_fraction}"
+            )
         if isinstance(tr.learning_rate, float) and not 0.0 < tr.learning_rate < 1.0:
             out.append(f"finetune.training.learning_rate: must be in (0, 1), got {tr.learning_rate}")
         if isinstance(self.synthetic_extra_rows, int) and self.synthetic_extra_rows < 0:
             out.append(f"finetune.synthetic_extra_rows: must be >= 0, got {self.synthetic_extra_rows}")
         if ex.holdout_questions and not Path(ex.holdout_questions).is_file():
-            out.append(f"finetune.examples.holdout_questions: {ex.holdout_questions!r} is not a file "
-                       "(a question file such as eval/fact_questions.jsonl)")
+            out.append(
+                f"finetune.examples.holdout_questions: {ex.holdout_questions!r} is not a file "
+                "(a question file such as eval/fact_questions.jsonl)"
+            )
         if isinstance(self.lora.target_modules, list) and not self.lora.target_modules:
             out.append("finetune.lora.target_modules: must name at least one module (e.g. q_proj)")
         return out
@@ -373,7 +388,9 @@ class ApiConfig:
     max_k: int = 20  # `k` (rows to retrieve) above this -> 422
     max_messages: int = 64  # chat turns per request; more -> 422
     max_concurrency: int = 8  # answers in flight; one more gets 429 + Retry-After instead of queueing
-    request_timeout_s: float = 60.0  # answers slower than this -> 504 (a stream already started ends with an error event)
+    request_timeout_s: float = (
+        60.0  # answers slower than this -> 504 (a stream already started ends with an error event)
+    )
     retry_after_s: int = 1  # Retry-After seconds sent with 429
     # a connection that has not sent a whole request head (request line + headers) this many seconds after
     # connecting, or after it began the next request, gets 408 and is closed (half-open connections pile up)
@@ -524,15 +541,25 @@ def _semantic_checks(config: Config) -> list[str]:
     for key, value in positive.items():
         if isinstance(value, int) and not isinstance(value, bool) and value <= 0:
             errors.append(f"{key}: must be > 0, got {value}")
-    if isinstance(config.retrieval.lexical_weight, float) and not 0.0 <= config.retrieval.lexical_weight <= 1.0:
-        errors.append(f"retrieval.lexical_weight: must be between 0 and 1, got {config.retrieval.lexical_weight}")
+    if (
+        isinstance(config.retrieval.lexical_weight, float)
+        and not 0.0 <= config.retrieval.lexical_weight <= 1.0
+    ):
+        errors.append(
+            f"retrieval.lexical_weight: must be between 0 and 1, got {config.retrieval.lexical_weight}"
+        )
     if isinstance(config.generator.temperature, float) and not 0.0 <= config.generator.temperature <= 2.0:
         errors.append(f"generator.temperature: must be between 0 and 2, got {config.generator.temperature}")
     if isinstance(config.generator.top_p, float) and not 0.0 < config.generator.top_p <= 1.0:
         errors.append(f"generator.top_p: must be in (0, 1], got {config.generator.top_p}")
     errors += config.finetune.problems() if isinstance(config.finetune, FinetuneConfig) else []
-    if isinstance(config.catalog.max_reject_fraction, float) and not 0.0 <= config.catalog.max_reject_fraction <= 1.0:
-        errors.append(f"catalog.max_reject_fraction: must be between 0 and 1, got {config.catalog.max_reject_fraction}")
+    if (
+        isinstance(config.catalog.max_reject_fraction, float)
+        and not 0.0 <= config.catalog.max_reject_fraction <= 1.0
+    ):
+        errors.append(
+            f"catalog.max_reject_fraction: must be between 0 and 1, got {config.catalog.max_reject_fraction}"
+        )
     if isinstance(config.api.header_timeout_s, float) and not config.api.header_timeout_s > 0:
         errors.append(f"api.header_timeout_s: must be > 0, got {config.api.header_timeout_s}")
     if isinstance(config.catalog.boilerplate_patterns, list):

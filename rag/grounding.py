@@ -25,6 +25,7 @@ here: whether a refusal was right depends on whether the sources held the answer
 evaluation knows (rag/evaluation/runner.py counts a refusal when the expected row was among the
 sources as not grounded).
 """
+
 from __future__ import annotations
 
 import re
@@ -39,7 +40,132 @@ _WORD = re.compile(r"[\w']+", re.UNICODE)
 _SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[\"'(\[A-Z0-9À-Ý])")
 _CITATION = re.compile(r"\[(\d+(?:\s*,\s*\d+)*)\]")
 STOP_WORDS = frozenset(
-    ["a", "an", "the", "and", "or", "but", "if", "of", "to", "in", "on", "at", "by", "for", "with", "from", "as", "is", "are", "was", "were", "be", "been", "being", "this", "that", "these", "those", "it", "its", "it's", "he", "she", "they", "them", "his", "her", "their", "we", "you", "your", "i", "me", "my", "our", "not", "no", "so", "than", "then", "there", "here", "what", "which", "who", "whom", "whose", "when", "where", "why", "how", "about", "into", "over", "under", "up", "down", "out", "do", "does", "did", "has", "have", "had", "can", "could", "will", "would", "should", "may", "might", "must", "also", "just", "only", "very", "more", "most", "such", "any", "all", "some", "each", "other", "both", "either", "neither", "one", "two", "o", "a", "os", "as", "um", "uma", "de", "do", "da", "dos", "das", "e", "é", "em", "no", "na", "nos", "nas", "por", "para", "com", "que", "se", "seu", "sua"]
+    [
+        "a",
+        "an",
+        "the",
+        "and",
+        "or",
+        "but",
+        "if",
+        "of",
+        "to",
+        "in",
+        "on",
+        "at",
+        "by",
+        "for",
+        "with",
+        "from",
+        "as",
+        "is",
+        "are",
+        "was",
+        "were",
+        "be",
+        "been",
+        "being",
+        "this",
+        "that",
+        "these",
+        "those",
+        "it",
+        "its",
+        "it's",
+        "he",
+        "she",
+        "they",
+        "them",
+        "his",
+        "her",
+        "their",
+        "we",
+        "you",
+        "your",
+        "i",
+        "me",
+        "my",
+        "our",
+        "not",
+        "no",
+        "so",
+        "than",
+        "then",
+        "there",
+        "here",
+        "what",
+        "which",
+        "who",
+        "whom",
+        "whose",
+        "when",
+        "where",
+        "why",
+        "how",
+        "about",
+        "into",
+        "over",
+        "under",
+        "up",
+        "down",
+        "out",
+        "do",
+        "does",
+        "did",
+        "has",
+        "have",
+        "had",
+        "can",
+        "could",
+        "will",
+        "would",
+        "should",
+        "may",
+        "might",
+        "must",
+        "also",
+        "just",
+        "only",
+        "very",
+        "more",
+        "most",
+        "such",
+        "any",
+        "all",
+        "some",
+        "each",
+        "other",
+        "both",
+        "either",
+        "neither",
+        "one",
+        "two",
+        "o",
+        "a",
+        "os",
+        "as",
+        "um",
+        "uma",
+        "de",
+        "do",
+        "da",
+        "dos",
+        "das",
+        "e",
+        "é",
+        "em",
+        "no",
+        "na",
+        "nos",
+        "nas",
+        "por",
+        "para",
+        "com",
+        "que",
+        "se",
+        "seu",
+        "sua",
+    ]
 )
 # The fine-tuning data's abstention answers (finetune/data.py imports them as ABSTAIN), by language.
 ABSTAIN_TEMPLATES = {
@@ -67,7 +193,9 @@ GroundingMode = Literal["lexical", "embedding", "either"]
 
 
 def content_words(text: str) -> set[str]:
-    return {w for w in (m.group(0).lower().strip("'") for m in _WORD.finditer(text)) if w and w not in STOP_WORDS}
+    return {
+        w for w in (m.group(0).lower().strip("'") for m in _WORD.finditer(text)) if w and w not in STOP_WORDS
+    }
 
 
 def split_sentences(text: str) -> list[str]:
@@ -233,7 +361,7 @@ def _embedding_support(
     vectors = np.asarray(embedder.embed(sentences + passages), dtype=np.float32)
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
     vectors = vectors / np.maximum(norms, 1e-12)  # embedders should normalise; be safe anyway
-    sims = vectors[: len(sentences)] @ vectors[len(sentences):].T
+    sims = vectors[: len(sentences)] @ vectors[len(sentences) :].T
     owners = np.asarray(owner)
     result: dict[int, bool] = {}
     for i, (_, rows) in enumerate(judged):
@@ -245,14 +373,20 @@ def _embedding_support(
 # --------------------------------------------------------------------------- answer type
 
 _ASKS_COUNT = re.compile(r"\b(how many|how old|at what age|quant[oa]s|quantas|que idade)\b", re.IGNORECASE)
-_ASKS_YEAR = re.compile(r"\b(what year|which year|in what year|when (?:was|were|did|is)|em que ano|que ano|quando)\b", re.IGNORECASE)
-_HAS_NUMBER = re.compile(r"\d|\b(one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|dozen|hundred|"
-                         r"thousand|um|uma|dois|duas|três|cem|mil)\b", re.IGNORECASE)
+_ASKS_YEAR = re.compile(
+    r"\b(what year|which year|in what year|when (?:was|were|did|is)|em que ano|que ano|quando)\b",
+    re.IGNORECASE,
+)
+_HAS_NUMBER = re.compile(
+    r"\d|\b(one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|dozen|hundred|"
+    r"thousand|um|uma|dois|duas|três|cem|mil)\b",
+    re.IGNORECASE,
+)
 _HAS_YEAR = re.compile(r"\b(1\d\d\d|20\d\d)s?\b|\b(century|século|decade)\b", re.IGNORECASE)
 
 
 def missing_answer_type(question: str, answer: str) -> str | None:
-    """"count" when a how-many question gets an answer with no number, "year" when a when/what-year
+    """ "count" when a how-many question gets an answer with no number, "year" when a when/what-year
     question gets no year; None otherwise (other questions are not judged)."""
     if _ASKS_COUNT.search(question) and not _HAS_NUMBER.search(_CITATION.sub(" ", answer)):
         return "count"

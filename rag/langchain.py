@@ -8,6 +8,7 @@
 LangChain's own standard suite (`langchain_tests.integration_tests.RetrieversIntegrationTests`)
 runs against it in tests/test_langchain.py.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -27,8 +28,13 @@ from rag.types import Hit
 class CatalogSearch(Protocol):
     """What CatalogRetriever needs: `rag.retrieval.Retriever` (or anything with its `search`)."""
 
-    def search(self, question: str, k: int | None = None, history: Sequence[dict[str, str]] = (),
-               snapshot: Any = None) -> list[Hit]: ...
+    def search(
+        self,
+        question: str,
+        k: int | None = None,
+        history: Sequence[dict[str, str]] = (),
+        snapshot: Any = None,
+    ) -> list[Hit]: ...
 
 
 def _checked_k(k: Any, where: str) -> int:
@@ -44,7 +50,12 @@ def hit_to_document(hit: Hit) -> Document:
     return Document(
         id=row.uid,
         page_content=f"{row.title}\n{row.content}".strip(),
-        metadata={"uid": row.uid, "title": row.title, "score": float(hit.score), "has_content": row.has_content},
+        metadata={
+            "uid": row.uid,
+            "title": row.title,
+            "score": float(hit.score),
+            "has_content": row.has_content,
+        },
     )
 
 
@@ -68,11 +79,13 @@ class CatalogRetriever(BaseRetriever):
         k = self.k if k is None else _checked_k(k, "CatalogRetriever.invoke")
         return [hit_to_document(h) for h in self.retriever.search(query, k=k)]
 
-    def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun,
-                                k: int | None = None) -> list[Document]:
+    def _get_relevant_documents(
+        self, query: str, *, run_manager: CallbackManagerForRetrieverRun, k: int | None = None
+    ) -> list[Document]:
         return self._search(query, k)
 
-    async def _aget_relevant_documents(self, query: str, *, run_manager: AsyncCallbackManagerForRetrieverRun,
-                                       k: int | None = None) -> list[Document]:
+    async def _aget_relevant_documents(
+        self, query: str, *, run_manager: AsyncCallbackManagerForRetrieverRun, k: int | None = None
+    ) -> list[Document]:
         # the base class would call the sync method without `k`
         return await run_in_executor(None, self._search, query, k)

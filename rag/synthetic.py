@@ -23,6 +23,7 @@ questions with the uid and a phrase the answer should contain.
 
 Same seed, same rows -> same bytes (gzip output has a zero timestamp and no file name).
 """
+
 from __future__ import annotations
 
 import bisect
@@ -144,10 +145,28 @@ ANCHOR_QUESTIONS: list[tuple[str, str, str]] = [
 
 # (cumulative probability, characters): real quantiles, plus a tail we chose (the real maxima are
 # 1,999 and 197,622 characters; we stop at 600 and 40,000 to keep files small).
-_TITLE_QUANTILES = [(0.0, 4), (0.05, 17), (0.25, 37), (0.5, 54), (0.75, 75), (0.95, 125), (0.99, 190),
-                    (0.999, 320), (1.0, 600)]
-_CONTENT_QUANTILES = [(0.0, 8), (0.05, 47), (0.25, 194), (0.5, 398), (0.75, 805), (0.95, 1728),
-                      (0.99, 4200), (0.999, 12000), (1.0, 40000)]
+_TITLE_QUANTILES = [
+    (0.0, 4),
+    (0.05, 17),
+    (0.25, 37),
+    (0.5, 54),
+    (0.75, 75),
+    (0.95, 125),
+    (0.99, 190),
+    (0.999, 320),
+    (1.0, 600),
+]
+_CONTENT_QUANTILES = [
+    (0.0, 8),
+    (0.05, 47),
+    (0.25, 194),
+    (0.5, 398),
+    (0.75, 805),
+    (0.95, 1728),
+    (0.99, 4200),
+    (0.999, 12000),
+    (1.0, 40000),
+]
 EMPTY_CONTENT_SHARE = 0.40
 
 
@@ -167,17 +186,274 @@ class _LengthSampler:
 
 # --------------------------------------------------------------------------- word lists
 
-_FIRST = ["Anna", "Ben", "Clara", "Daniel", "Edith", "Felix", "Grace", "Henry", "Iris", "James", "Karen", "Leo", "Mara", "Nathan", "Olive", "Peter", "Quinn", "Rosa", "Simon", "Tessa", "Victor", "Wendy", "Alan", "Beatrice", "Colin", "Delia", "Ethan", "Fiona", "George", "Hazel", "Ivan", "Julia", "Kenneth", "Laura", "Martin", "Nora", "Oscar", "Paula", "Rupert", "Sylvia", "Thomas", "Ursula", "Walter", "Yvonne"]
-_LAST = ["Abbott", "Barlow", "Carver", "Dunmore", "Ellery", "Fenwick", "Garland", "Holloway", "Ingram", "Jessop", "Kendrick", "Lowell", "Merriman", "Norcross", "Oakley", "Pemberton", "Quill", "Radcliffe", "Sutton", "Thorne", "Underwood", "Vance", "Whitaker", "Yardley", "Ashdown", "Brennan", "Calloway", "Darrow", "Everly", "Fairfax", "Greaves", "Hartley", "Iveson", "Jarvis", "Kingsley", "Lockwood", "Mayhew", "Northam", "Orwin", "Prescott", "Rowntree", "Selby", "Tolliver", "Upton", "Winslow"]
-_ADJ = ["Silent", "Hidden", "Golden", "Broken", "Distant", "Quiet", "Forgotten", "Secret", "Wild", "Bright", "Last", "Lost", "Winter", "Summer", "Crimson", "Little", "Gentle", "Hollow", "Burning", "Endless", "Northern", "Painted", "Midnight", "Restless", "Silver", "Stolen", "Wandering", "Ancient", "Bitter", "Careful", "Curious", "Final", "Hungry", "Lonely", "Patient", "Simple", "Sudden", "Tender"]
-_NOUN = ["River", "Garden", "House", "Island", "Letter", "Journey", "Promise", "Shadow", "Harbour", "Kingdom", "Mountain", "Orchard", "Mirror", "Bridge", "Lantern", "Forest", "Voyage", "Season", "Daughter", "Stranger", "Winter", "Valley", "Tower", "Road", "Map", "Clock", "Window", "Compass", "Station", "Meadow", "Storm", "Field", "Castle", "Market", "Library", "Circle", "Song", "Thread", "Door"]
-_PLACE = ["Avalon", "Brightwater", "Carrick", "Dunmore", "Eastwick", "Fernhill", "Glenrowan", "Harrowgate", "Ivybridge", "Kestrel", "Bay", "Larkspur", "Millbrook", "Northwood", "Oakhaven", "Pinecrest", "Queensferry", "Ravenscar", "Stonehaven", "Thornbury", "Westmarch"]
-_TOPIC = ["gardening", "sailing", "birdwatching", "the French Revolution", "medieval castles", "watercolour painting", "bread baking", "mountain walking", "early jazz", "the history of maps", "family life in wartime", "beekeeping", "chess openings", "astronomy for beginners", "the Roman army", "woodworking"]
-_COLOUR = ["Blue", "Red", "Green", "Black", "White", "Navy", "Grey", "Pink", "Yellow", "Purple", "Orange", "Teal"]
+_FIRST = [
+    "Anna",
+    "Ben",
+    "Clara",
+    "Daniel",
+    "Edith",
+    "Felix",
+    "Grace",
+    "Henry",
+    "Iris",
+    "James",
+    "Karen",
+    "Leo",
+    "Mara",
+    "Nathan",
+    "Olive",
+    "Peter",
+    "Quinn",
+    "Rosa",
+    "Simon",
+    "Tessa",
+    "Victor",
+    "Wendy",
+    "Alan",
+    "Beatrice",
+    "Colin",
+    "Delia",
+    "Ethan",
+    "Fiona",
+    "George",
+    "Hazel",
+    "Ivan",
+    "Julia",
+    "Kenneth",
+    "Laura",
+    "Martin",
+    "Nora",
+    "Oscar",
+    "Paula",
+    "Rupert",
+    "Sylvia",
+    "Thomas",
+    "Ursula",
+    "Walter",
+    "Yvonne",
+]
+_LAST = [
+    "Abbott",
+    "Barlow",
+    "Carver",
+    "Dunmore",
+    "Ellery",
+    "Fenwick",
+    "Garland",
+    "Holloway",
+    "Ingram",
+    "Jessop",
+    "Kendrick",
+    "Lowell",
+    "Merriman",
+    "Norcross",
+    "Oakley",
+    "Pemberton",
+    "Quill",
+    "Radcliffe",
+    "Sutton",
+    "Thorne",
+    "Underwood",
+    "Vance",
+    "Whitaker",
+    "Yardley",
+    "Ashdown",
+    "Brennan",
+    "Calloway",
+    "Darrow",
+    "Everly",
+    "Fairfax",
+    "Greaves",
+    "Hartley",
+    "Iveson",
+    "Jarvis",
+    "Kingsley",
+    "Lockwood",
+    "Mayhew",
+    "Northam",
+    "Orwin",
+    "Prescott",
+    "Rowntree",
+    "Selby",
+    "Tolliver",
+    "Upton",
+    "Winslow",
+]
+_ADJ = [
+    "Silent",
+    "Hidden",
+    "Golden",
+    "Broken",
+    "Distant",
+    "Quiet",
+    "Forgotten",
+    "Secret",
+    "Wild",
+    "Bright",
+    "Last",
+    "Lost",
+    "Winter",
+    "Summer",
+    "Crimson",
+    "Little",
+    "Gentle",
+    "Hollow",
+    "Burning",
+    "Endless",
+    "Northern",
+    "Painted",
+    "Midnight",
+    "Restless",
+    "Silver",
+    "Stolen",
+    "Wandering",
+    "Ancient",
+    "Bitter",
+    "Careful",
+    "Curious",
+    "Final",
+    "Hungry",
+    "Lonely",
+    "Patient",
+    "Simple",
+    "Sudden",
+    "Tender",
+]
+_NOUN = [
+    "River",
+    "Garden",
+    "House",
+    "Island",
+    "Letter",
+    "Journey",
+    "Promise",
+    "Shadow",
+    "Harbour",
+    "Kingdom",
+    "Mountain",
+    "Orchard",
+    "Mirror",
+    "Bridge",
+    "Lantern",
+    "Forest",
+    "Voyage",
+    "Season",
+    "Daughter",
+    "Stranger",
+    "Winter",
+    "Valley",
+    "Tower",
+    "Road",
+    "Map",
+    "Clock",
+    "Window",
+    "Compass",
+    "Station",
+    "Meadow",
+    "Storm",
+    "Field",
+    "Castle",
+    "Market",
+    "Library",
+    "Circle",
+    "Song",
+    "Thread",
+    "Door",
+]
+_PLACE = [
+    "Avalon",
+    "Brightwater",
+    "Carrick",
+    "Dunmore",
+    "Eastwick",
+    "Fernhill",
+    "Glenrowan",
+    "Harrowgate",
+    "Ivybridge",
+    "Kestrel",
+    "Bay",
+    "Larkspur",
+    "Millbrook",
+    "Northwood",
+    "Oakhaven",
+    "Pinecrest",
+    "Queensferry",
+    "Ravenscar",
+    "Stonehaven",
+    "Thornbury",
+    "Westmarch",
+]
+_TOPIC = [
+    "gardening",
+    "sailing",
+    "birdwatching",
+    "the French Revolution",
+    "medieval castles",
+    "watercolour painting",
+    "bread baking",
+    "mountain walking",
+    "early jazz",
+    "the history of maps",
+    "family life in wartime",
+    "beekeeping",
+    "chess openings",
+    "astronomy for beginners",
+    "the Roman army",
+    "woodworking",
+]
+_COLOUR = [
+    "Blue",
+    "Red",
+    "Green",
+    "Black",
+    "White",
+    "Navy",
+    "Grey",
+    "Pink",
+    "Yellow",
+    "Purple",
+    "Orange",
+    "Teal",
+]
 _SIZE = ["Small", "Medium", "Large", "X-Large", "XX-Large"]
-_BRAND = ["Tumblewood", "Brightway", "Kitchenly", "Homestead", "Northstar", "Oakridge", "Pepperell", "Sunfield", "Trueform", "Zephyr"]
-_TOY = ["Building Blocks Set", "Plush Bear", "Wooden Train Set", "Puzzle Cube", "Jigsaw Puzzle, 500 Pieces", "Stacking Rings", "Marble Run", "Dolls House", "Remote Control Car", "Kite", "Spinning Top", "Board Game"]
-_KITCHEN = ["Cast Iron Skillet", "Chef's Knife", "Mixing Bowl Set", "Salt & Pepper Grinder Set", "Stainless Steel Saucepan", "Bamboo Cutting Board", "Silicone Spatula", "Cookie Cutters", "Teapot", "French Press"]
+_BRAND = [
+    "Tumblewood",
+    "Brightway",
+    "Kitchenly",
+    "Homestead",
+    "Northstar",
+    "Oakridge",
+    "Pepperell",
+    "Sunfield",
+    "Trueform",
+    "Zephyr",
+]
+_TOY = [
+    "Building Blocks Set",
+    "Plush Bear",
+    "Wooden Train Set",
+    "Puzzle Cube",
+    "Jigsaw Puzzle, 500 Pieces",
+    "Stacking Rings",
+    "Marble Run",
+    "Dolls House",
+    "Remote Control Car",
+    "Kite",
+    "Spinning Top",
+    "Board Game",
+]
+_KITCHEN = [
+    "Cast Iron Skillet",
+    "Chef's Knife",
+    "Mixing Bowl Set",
+    "Salt & Pepper Grinder Set",
+    "Stainless Steel Saucepan",
+    "Bamboo Cutting Board",
+    "Silicone Spatula",
+    "Cookie Cutters",
+    "Teapot",
+    "French Press",
+]
 _CLOTHING = ["Cotton T-Shirt", "Wool Scarf", "Rain Jacket", "Running Socks", "Fleece Hoodie", "Denim Shorts"]
 _GENRE = ["folk", "jazz", "blues", "country", "classical", "rock", "soul", "bluegrass", "choral", "piano"]
 _FORMAT = ("Paperback", "Hardcover", "Mass Market Paperback", "Audio CD", "Audio Cassette", "Library Binding")
@@ -214,7 +490,7 @@ _PRODUCT_SENTENCES = [
 ]
 _MEDIA_SENTENCES = [
     "Recorded in {place} in {year}, with a {adj_l} sound that suits the songs.",
-    "Includes the single \"{adj} {noun}\" and {n} previously unreleased tracks.",
+    'Includes the single "{adj} {noun}" and {n} previously unreleased tracks.',
     "A {genre} record that rewards repeated listening.",
     "This special edition includes a booklet of photographs and liner notes.",
     "Directed by {first} {last}, the film was shot on location in {place}.",
@@ -227,10 +503,26 @@ _MEDIA_SENTENCES = [
 def _fill(template: str, rng: random.Random) -> str:
     ch = rng.choice
     return template.format(
-        adj=ch(_ADJ), adj_l=ch(_ADJ).lower(), noun=ch(_NOUN), noun_l=ch(_NOUN).lower(), first=ch(_FIRST),
-        last=ch(_LAST), place=ch(_PLACE), place2=ch(_PLACE), topic=ch(_TOPIC), year=rng.randint(1950, 2012),
-        colour=ch(_COLOUR), colour2=ch(_COLOUR), size=_SIZE[0], size2=_SIZE[-1], n=rng.randint(2, 9),
-        n2=rng.randint(2, 9), n3=rng.randint(2, 9), n4=rng.randint(1, 9), brand=ch(_BRAND), genre=ch(_GENRE),
+        adj=ch(_ADJ),
+        adj_l=ch(_ADJ).lower(),
+        noun=ch(_NOUN),
+        noun_l=ch(_NOUN).lower(),
+        first=ch(_FIRST),
+        last=ch(_LAST),
+        place=ch(_PLACE),
+        place2=ch(_PLACE),
+        topic=ch(_TOPIC),
+        year=rng.randint(1950, 2012),
+        colour=ch(_COLOUR),
+        colour2=ch(_COLOUR),
+        size=_SIZE[0],
+        size2=_SIZE[-1],
+        n=rng.randint(2, 9),
+        n2=rng.randint(2, 9),
+        n3=rng.randint(2, 9),
+        n4=rng.randint(1, 9),
+        brand=ch(_BRAND),
+        genre=ch(_GENRE),
     )
 
 
@@ -241,22 +533,30 @@ def _boilerplate(rng: random.Random) -> tuple[str, str]:
     """(prefix, suffix) publisher notices, one family per call, as the raw data writes them."""
     year = rng.randint(1987, 2006)
     fmt = rng.choice(_FORMAT)
-    edition = rng.choice([
-        "--This text refers to an out of print or unavailable edition of this title.",
-        f"--This text refers to the{fmt}edition.",
-        f"--This text refers to an alternate{fmt}edition.",
-        "--This text refers to an alternatekindle_editionedition.",
-        "",
-    ])
+    edition = rng.choice(
+        [
+            "--This text refers to an out of print or unavailable edition of this title.",
+            f"--This text refers to the{fmt}edition.",
+            f"--This text refers to an alternate{fmt}edition.",
+            "--This text refers to an alternatekindle_editionedition.",
+            "",
+        ]
+    )
     family = rng.randrange(8)
     if family == 0:
         return "", f"Copyright {year} Reed Business Information, Inc.{edition}"
     if family == 1:
         return "", f"Copyright {year} Cahners Business Information, Inc.{edition}"
     if family == 2:
-        return "", f"(c)Copyright &copy; Reed Business Information, a division of Reed Elsevier Inc. All rights reserved.{edition}"
+        return (
+            "",
+            f"(c)Copyright &copy; Reed Business Information, a division of Reed Elsevier Inc. All rights reserved.{edition}",
+        )
     if family == 3:
-        return "", f"{rng.choice(_FIRST)} {rng.choice(_LAST)}Copyright &#169; American Library Association. All rights reserved{edition}"
+        return (
+            "",
+            f"{rng.choice(_FIRST)} {rng.choice(_LAST)}Copyright &#169; American Library Association. All rights reserved{edition}",
+        )
     if family == 4:
         return "", f"(c)AudioFile {year}, Portland, Maine{edition}"
     if family == 5:
@@ -284,7 +584,9 @@ def _encode_entities(text: str, style: tuple[str, str, str, str]) -> str:
 # --------------------------------------------------------------------------- rows
 
 
-_DANGLING = frozenset(["a", "an", "and", "by", "for", "from", "in", "of", "on", "the", "to", "with", "A", "An", "The"])
+_DANGLING = frozenset(
+    ["a", "an", "and", "by", "for", "from", "in", "of", "on", "the", "to", "with", "A", "An", "The"]
+)
 
 
 def _trim(text: str, target: int) -> str:
@@ -319,8 +621,13 @@ def _uid(kind: str, index: int) -> str:
         return "0" + str((index * 7_919_393 + 104_729) % 1_000_000_000).zfill(9)
     value = (index * 1_000_003 + 7_777_777) % 36**8
     pairs = _BASE36_PAIRS
-    return ("B0" + pairs[value // 1296**3] + pairs[value // 1296**2 % 1296] + pairs[value // 1296 % 1296]
-            + pairs[value % 1296])
+    return (
+        "B0"
+        + pairs[value // 1296**3]
+        + pairs[value // 1296**2 % 1296]
+        + pairs[value // 1296 % 1296]
+        + pairs[value % 1296]
+    )
 
 
 _KINDS = ["book", "toy", "music", "dvd", "kitchen", "clothing"]
@@ -336,8 +643,16 @@ _TITLE_BASES = {
     "dvd": ["The {adj} {noun}", "{noun} of {place}"],
 }
 _TITLE_EXTRAS = {
-    "book": [": A Novel", ": {adj} {noun}s and Other Stories", " ({format})", ": A Guide to {topic_t}",
-             ": Book {n} of the {place} Series", " by {person}", ": A Memoir", " (Classics Library)"],
+    "book": [
+        ": A Novel",
+        ": {adj} {noun}s and Other Stories",
+        " ({format})",
+        ": A Guide to {topic_t}",
+        ": Book {n} of the {place} Series",
+        " by {person}",
+        ": A Memoir",
+        " (Classics Library)",
+    ],
     "toy": [" ({colour})", ", Ages {n}+", " - Educational Toy for Boys & Girls", " with {n}{n2} Pieces"],
     "kitchen": [", {n}-Inch", " ({colour})", ", Dishwasher Safe", " - Oven Safe to 260 C", ", Set of {n}"],
     "clothing": [" ({colour}, {size})", " - Machine Washable", ", Organic Cotton"],
@@ -347,8 +662,16 @@ _TITLE_EXTRAS = {
 
 
 _WORDS: dict[str, Sequence[str]] = {
-    "adj": _ADJ, "noun": _NOUN, "place": _PLACE, "first": _FIRST, "format": _FORMAT, "colour": _COLOUR,
-    "size": _SIZE, "toy": _TOY, "kitchen": _KITCHEN, "clothing": _CLOTHING,
+    "adj": _ADJ,
+    "noun": _NOUN,
+    "place": _PLACE,
+    "first": _FIRST,
+    "format": _FORMAT,
+    "colour": _COLOUR,
+    "size": _SIZE,
+    "toy": _TOY,
+    "kitchen": _KITCHEN,
+    "clothing": _CLOTHING,
 }
 _FIELDS: dict[str, list[str]] = {}  # template -> the field names it uses (parsed once)
 
@@ -368,7 +691,9 @@ class _Generator:
         self.rnd = rng.random
         self.title_len = _LengthSampler(_TITLE_QUANTILES)
         self.content_len = _LengthSampler(_CONTENT_QUANTILES)
-        self.prefixes = {kind: [self._format(self.pick(_TITLE_BASES[kind])) for _ in range(1000)] for kind in _KINDS}
+        self.prefixes = {
+            kind: [self._format(self.pick(_TITLE_BASES[kind])) for _ in range(1000)] for kind in _KINDS
+        }
         self.suffixes: dict[str, tuple[list[int], list[str]]] = {}
         for kind in _KINDS:
             pool = sorted({self._suffix(kind) for _ in range(1500)} | {""}, key=lambda t: (len(t), t))
@@ -380,8 +705,10 @@ class _Generator:
         }
         # Paragraphs of 2-40 sentences (about 150-3,000 characters); long contents join several.
         self.paragraphs = {
-            group: [" ".join(pool[int(self.rnd() * len(pool))] for _ in range(2 + int(self.rnd() ** 2 * 39)))
-                    for _ in range(1500)]
+            group: [
+                " ".join(pool[int(self.rnd() * len(pool))] for _ in range(2 + int(self.rnd() ** 2 * 39)))
+                for _ in range(1500)
+            ]
             for group, pool in sentences.items()
         }
         self.recent: dict[str, list[str]] = {kind: [] for kind in _KINDS}
@@ -393,7 +720,9 @@ class _Generator:
     def _format(self, template: str, person: str = "", brand: str = "") -> str:
         fields = _FIELDS.get(template)
         if fields is None:
-            fields = _FIELDS[template] = [name for _, name, _, _ in string.Formatter().parse(template) if name]
+            fields = _FIELDS[template] = [
+                name for _, name, _, _ in string.Formatter().parse(template) if name
+            ]
         if not fields:
             return template
         pick, rnd = self.pick, self.rnd
@@ -416,7 +745,9 @@ class _Generator:
         extras = _TITLE_EXTRAS[kind]
         count = int(self.rnd() * 5)
         start = int(self.rnd() * len(extras))
-        suffix = "".join(self._format(extras[(start + i) % len(extras)]) for i in range(min(count, len(extras))))
+        suffix = "".join(
+            self._format(extras[(start + i) % len(extras)]) for i in range(min(count, len(extras)))
+        )
         for _ in range(int(self.rnd() ** 3 * 10)):
             suffix += self._format(": The {adj} {noun} of {place}")
         return suffix
@@ -451,8 +782,11 @@ class _Generator:
         prefix = suffix = ""
         if kind == "book":
             group = "book"
-            opening = (f"{title} by {person}." if rnd() < 0.5
-                       else f"{person} is the author of {title} and {2 + int(rnd() * 8)} other books.")
+            opening = (
+                f"{title} by {person}."
+                if rnd() < 0.5
+                else f"{person} is the author of {title} and {2 + int(rnd() * 8)} other books."
+            )
             if rnd() < 0.3:
                 prefix, suffix = _boilerplate(self.rng)
         elif kind in ("music", "dvd"):
@@ -544,7 +878,9 @@ def _write(tmp: Path, compress: bool, rows: int, seed: int) -> None:
     with open(tmp, "wb") as raw:
         # mtime=0 and an empty name: the same rows give the same .gz bytes on every run and path;
         # level 1: gzip at level 6 took 40% of the generation time, for a file only ~25% smaller
-        out = gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=1) if compress else raw
+        out = (
+            gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=1) if compress else raw
+        )
         try:
             batch: list[str] = []
             for record in generate_records(rows, seed):

@@ -14,6 +14,7 @@ tokens.
 
 `tokenizers` (a Rust library, no torch) is imported only when a count is asked for.
 """
+
 from __future__ import annotations
 
 import threading
@@ -59,7 +60,9 @@ class WordPieceCounter:
         return len(self._encode(text).ids) if text else 0
 
     def count_messages(self, messages: Sequence[dict[str, str]]) -> int:
-        return sum(self.count(str(m.get("role", ""))) + self.count(str(m.get("content", ""))) for m in messages)
+        return sum(
+            self.count(str(m.get("role", ""))) + self.count(str(m.get("content", ""))) for m in messages
+        )
 
     def truncate(self, text: str, max_tokens: int) -> tuple[str, int, bool]:
         """(the text cut after `max_tokens` tokens, its token count, whether it was cut)."""
@@ -105,8 +108,13 @@ def usage(generator: Any, answer: Any, text: str | None = None) -> tuple[int, in
     counter = counter_for(generator)
     prompt = counter.count_messages(answer.prompt_messages or [])
     sent = answer.text if text is None else text
-    if isinstance(counter, _ModelCounter) and answer.new_tokens is not None and sent == answer.text \
-            and answer.fallback is None and answer.found:
+    if (
+        isinstance(counter, _ModelCounter)
+        and answer.new_tokens is not None
+        and sent == answer.text
+        and answer.fallback is None
+        and answer.found
+    ):
         completion = int(answer.new_tokens)  # what the model generated (the stop token not included)
     else:
         completion = counter.count(sent)

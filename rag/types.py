@@ -2,6 +2,7 @@
 
 Nothing here imports torch, faiss or transformers: `import rag` must stay light.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
@@ -50,7 +51,12 @@ class Source:
     snippet: str
 
     def to_dict(self) -> dict[str, Any]:
-        return {"uid": self.uid, "title": self.title, "score": round(float(self.score), 4), "snippet": self.snippet}
+        return {
+            "uid": self.uid,
+            "title": self.title,
+            "score": round(float(self.score), 4),
+            "snippet": self.snippet,
+        }
 
 
 @dataclass
@@ -126,7 +132,9 @@ class Embedder(Protocol):
     name: str
     dimension: int
 
-    def embed(self, texts: Sequence[str], *, batch_size: int | None = None, progress: bool = False) -> np.ndarray: ...
+    def embed(
+        self, texts: Sequence[str], *, batch_size: int | None = None, progress: bool = False
+    ) -> np.ndarray: ...
 
 
 @runtime_checkable

@@ -11,6 +11,7 @@ DevToolsActivePort file in its profile directory, and commands go over one WebSo
 (`websockets`, sync client) with flattened target sessions. Events are kept per session, so a
 test can look at console messages and exceptions afterwards.
 """
+
 from __future__ import annotations
 
 import base64
@@ -27,11 +28,25 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
 CHROMIUM_FLAGS = [
-    "--headless=new", "--remote-debugging-port=0", "--remote-debugging-address=127.0.0.1",
-    "--no-first-run", "--no-default-browser-check", "--disable-gpu", "--disable-dev-shm-usage",
-    "--disable-extensions", "--disable-sync", "--disable-background-networking", "--disable-component-update",
-    "--disable-default-apps", "--disable-breakpad", "--metrics-recording-only", "--no-pings",
-    "--password-store=basic", "--use-mock-keychain", "--mute-audio", "--hide-scrollbars",
+    "--headless=new",
+    "--remote-debugging-port=0",
+    "--remote-debugging-address=127.0.0.1",
+    "--no-first-run",
+    "--no-default-browser-check",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-extensions",
+    "--disable-sync",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-default-apps",
+    "--disable-breakpad",
+    "--metrics-recording-only",
+    "--no-pings",
+    "--password-store=basic",
+    "--use-mock-keychain",
+    "--mute-audio",
+    "--hide-scrollbars",
 ]
 
 
@@ -58,8 +73,10 @@ class Chromium:
     def launch(cls, profile_dir: Path, binary: str | None = None, timeout: float = 60.0) -> Chromium:
         binary = binary or chromium_binary()
         if binary is None:
-            raise FileNotFoundError("no chromium binary: install Debian's package (apt-get install -y chromium) "
-                                    "or point CHROMIUM at one")
+            raise FileNotFoundError(
+                "no chromium binary: install Debian's package (apt-get install -y chromium) "
+                "or point CHROMIUM at one"
+            )
         profile_dir.mkdir(parents=True, exist_ok=True)
         port_file = profile_dir / "DevToolsActivePort"
         port_file.unlink(missing_ok=True)
@@ -68,13 +85,19 @@ class Chromium:
             flags.append("--no-sandbox")  # chromium refuses to run as root with its sandbox
         log_path = profile_dir / "chromium.log"
         log = log_path.open("wb")
-        process = subprocess.Popen([binary, *flags, f"--user-data-dir={profile_dir}", "about:blank"],
-                                   stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        process = subprocess.Popen(
+            [binary, *flags, f"--user-data-dir={profile_dir}", "about:blank"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
         log.close()
         deadline = time.monotonic() + timeout
         while True:
             if process.poll() is not None:
-                raise CDPError(f"chromium exited with status {process.returncode} at start-up; see {log_path}")
+                raise CDPError(
+                    f"chromium exited with status {process.returncode} at start-up; see {log_path}"
+                )
             lines = port_file.read_text().split() if port_file.exists() else []
             if len(lines) >= 2:
                 break
@@ -87,8 +110,14 @@ class Chromium:
 
     # ---------------------------------------------------------------- protocol
 
-    def send(self, method: str, params: dict[str, Any] | None = None, *, session: str | None = None,
-             timeout: float = 30.0) -> dict[str, Any]:
+    def send(
+        self,
+        method: str,
+        params: dict[str, Any] | None = None,
+        *,
+        session: str | None = None,
+        timeout: float = 30.0,
+    ) -> dict[str, Any]:
         """Send one command and wait for its result; events that arrive meanwhile are kept."""
         self._next_id += 1
         message: dict[str, Any] = {"id": self._next_id, "method": method, "params": params or {}}
@@ -103,13 +132,16 @@ class Chromium:
             reply = json.loads(self.ws.recv(timeout=left))
             if reply.get("id") == self._next_id:
                 if "error" in reply:
-                    raise CDPError(f"{method}: {reply['error'].get('message')} {reply['error'].get('data', '')}")
+                    raise CDPError(
+                        f"{method}: {reply['error'].get('message')} {reply['error'].get('data', '')}"
+                    )
                 return reply.get("result", {})
             if "method" in reply:
                 self.events.setdefault(reply.get("sessionId"), []).append(reply)
 
-    def wait_event(self, method: str, *, session: str | None = None, timeout: float = 30.0,
-                   after: int = 0) -> dict[str, Any]:
+    def wait_event(
+        self, method: str, *, session: str | None = None, timeout: float = 30.0, after: int = 0
+    ) -> dict[str, Any]:
         """The first event `method` of `session` (at index >= `after` of its list); waits for it."""
         deadline = time.monotonic() + timeout
         while True:
@@ -137,7 +169,9 @@ class Chromium:
 
     def close(self) -> None:
         with contextlib.suppress(CDPError, OSError, TimeoutError, ConnectionClosed):
-            self.send("Browser.close", timeout=5)  # already gone, or refusing: the process is killed below anyway
+            self.send(
+                "Browser.close", timeout=5
+            )  # already gone, or refusing: the process is killed below anyway
         with contextlib.suppress(OSError, ConnectionClosed):
             self.ws.close()
         try:
@@ -161,7 +195,9 @@ class Page:
         self.session = session
         self.target = target
 
-    def send(self, method: str, params: dict[str, Any] | None = None, timeout: float = 30.0) -> dict[str, Any]:
+    def send(
+        self, method: str, params: dict[str, Any] | None = None, timeout: float = 30.0
+    ) -> dict[str, Any]:
         return self.browser.send(method, params, session=self.session, timeout=timeout)
 
     @property
@@ -169,8 +205,10 @@ class Page:
         return self.browser.events.setdefault(self.session, [])
 
     def set_viewport(self, width: int, height: int, *, mobile: bool = False) -> None:
-        self.send("Emulation.setDeviceMetricsOverride",
-                  {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": mobile})
+        self.send(
+            "Emulation.setDeviceMetricsOverride",
+            {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": mobile},
+        )
 
     def navigate(self, url: str, timeout: float = 30.0) -> None:
         start = len(self.events)
@@ -181,8 +219,11 @@ class Page:
 
     def evaluate(self, expression: str, *, await_promise: bool = False, timeout: float = 30.0) -> Any:
         """The JSON value of a JavaScript expression in the page (raises CDPError if it throws)."""
-        result = self.send("Runtime.evaluate", {"expression": expression, "returnByValue": True,
-                                                "awaitPromise": await_promise}, timeout=timeout)
+        result = self.send(
+            "Runtime.evaluate",
+            {"expression": expression, "returnByValue": True, "awaitPromise": await_promise},
+            timeout=timeout,
+        )
         if "exceptionDetails" in result:
             details = result["exceptionDetails"]
             text = details.get("exception", {}).get("description") or details.get("text")
@@ -206,8 +247,13 @@ class Page:
 
     def press(self, key: str, code: int, text: str = "", modifiers: int = 0) -> None:
         """Press and release one key (keyDown with its text, then keyUp)."""
-        base = {"key": key, "code": key, "windowsVirtualKeyCode": code, "nativeVirtualKeyCode": code,
-                "modifiers": modifiers}
+        base = {
+            "key": key,
+            "code": key,
+            "windowsVirtualKeyCode": code,
+            "nativeVirtualKeyCode": code,
+            "modifiers": modifiers,
+        }
         self.send("Input.dispatchKeyEvent", {"type": "keyDown", **base, "text": text, "unmodifiedText": text})
         self.send("Input.dispatchKeyEvent", {"type": "keyUp", **base})
 
@@ -219,12 +265,15 @@ class Page:
         box = self.evaluate(
             f"(() => {{ const e = document.querySelector({json.dumps(selector)}); if (!e) return null;"
             " e.scrollIntoView({block: 'center'}); const r = e.getBoundingClientRect();"
-            " return {x: r.left + r.width / 2, y: r.top + r.height / 2}; })()")
+            " return {x: r.left + r.width / 2, y: r.top + r.height / 2}; })()"
+        )
         if box is None:
             raise CDPError(f"nothing matches {selector!r}")
         for kind in ("mouseMoved", "mousePressed", "mouseReleased"):
-            self.send("Input.dispatchMouseEvent", {"type": kind, "x": box["x"], "y": box["y"], "button": "left",
-                                                   "clickCount": 1})
+            self.send(
+                "Input.dispatchMouseEvent",
+                {"type": kind, "x": box["x"], "y": box["y"], "button": "left", "clickCount": 1},
+            )
 
     def screenshot(self) -> bytes:
         return base64.b64decode(self.send("Page.captureScreenshot", {"format": "png"})["data"])
@@ -237,7 +286,9 @@ class Page:
             if event["method"] == "Runtime.exceptionThrown":
                 found.append(str(params.get("exceptionDetails", {}).get("text")))
             elif event["method"] == "Runtime.consoleAPICalled" and params.get("type") in ("error", "assert"):
-                found.append(" ".join(str(a.get("value", a.get("description"))) for a in params.get("args", [])))
+                found.append(
+                    " ".join(str(a.get("value", a.get("description"))) for a in params.get("args", []))
+                )
             elif event["method"] == "Log.entryAdded" and params.get("entry", {}).get("level") == "error":
                 found.append(str(params["entry"].get("text")))
         return found

@@ -1,4 +1,5 @@
 """Shared test set-up: offline, no outside network, GPU tests skipped where there is no GPU."""
+
 from __future__ import annotations
 
 import ipaddress
@@ -64,8 +65,10 @@ class _MiniLM:
     def embed(self, texts, *, batch_size=None, progress=False):  # type: ignore[no-untyped-def]
         import numpy as np
 
-        return np.asarray(self.model.encode(list(texts), batch_size=batch_size or 64, normalize_embeddings=True),
-                          dtype=np.float32)
+        return np.asarray(
+            self.model.encode(list(texts), batch_size=batch_size or 64, normalize_embeddings=True),
+            dtype=np.float32,
+        )
 
     def embed_query(self, text: str):  # type: ignore[no-untyped-def]
         return self.embed([text])[0]

@@ -1,4 +1,5 @@
 """Small in-memory stand-ins shared by unit tests (the real index is tested in test_index_*)."""
+
 from __future__ import annotations
 
 import subprocess
@@ -43,28 +44,58 @@ class StaticLive:
 
 
 CATALOG = [
-    CatalogRow("B001", "City of Djinns: A Year in Delhi",
-               "A travel memoir by William Dalrymple. The author spends a year living in Delhi with his wife. "
-               "He explores the history of the city, from its ancient past to the partition."),
-    CatalogRow("B002", "Mog's Kittens",
-               "A board book by Judith Kerr about Mog the cat and her new kittens. Perfect for toddlers aged 1 to 3. "
-               "The kittens play and get into mischief around the house."),
-    CatalogRow("B003", "Mog the Forgetful Cat", "Judith Kerr's classic picture book about a forgetful cat named Mog."),
-    CatalogRow("B004", "The Lighthouse Keeper's Daughter",
-               "A novel written by Ada Finch. It follows a girl who grows up on a remote island lighthouse. "
-               "When a storm wrecks a ship nearby, she must decide whom to save. Recommended for adult readers."),
+    CatalogRow(
+        "B001",
+        "City of Djinns: A Year in Delhi",
+        "A travel memoir by William Dalrymple. The author spends a year living in Delhi with his wife. "
+        "He explores the history of the city, from its ancient past to the partition.",
+    ),
+    CatalogRow(
+        "B002",
+        "Mog's Kittens",
+        "A board book by Judith Kerr about Mog the cat and her new kittens. Perfect for toddlers aged 1 to 3. "
+        "The kittens play and get into mischief around the house.",
+    ),
+    CatalogRow(
+        "B003", "Mog the Forgetful Cat", "Judith Kerr's classic picture book about a forgetful cat named Mog."
+    ),
+    CatalogRow(
+        "B004",
+        "The Lighthouse Keeper's Daughter",
+        "A novel written by Ada Finch. It follows a girl who grows up on a remote island lighthouse. "
+        "When a storm wrecks a ship nearby, she must decide whom to save. Recommended for adult readers.",
+    ),
     CatalogRow("B005", "Stainless Steel Garlic Press", ""),
-    CatalogRow("B006", "Learn Python the Hard Way", "A programming book for beginners that teaches Python with exercises."),
-    CatalogRow("B007", "The Cat in the Hat", "Dr. Seuss wrote this rhyming story of a mischievous cat who visits two children."),
-    CatalogRow("B008", "Harry Potter and the Chamber of Secrets (Book 2)",
-               "The second year at Hogwarts for Harry, written by J.K. Rowling."),
-    CatalogRow("B009", "Harry Potter and the Prisoner of Azkaban (Book 3)",
-               "The third book in the series by J.K. Rowling, where Harry meets Sirius Black."),
+    CatalogRow(
+        "B006",
+        "Learn Python the Hard Way",
+        "A programming book for beginners that teaches Python with exercises.",
+    ),
+    CatalogRow(
+        "B007",
+        "The Cat in the Hat",
+        "Dr. Seuss wrote this rhyming story of a mischievous cat who visits two children.",
+    ),
+    CatalogRow(
+        "B008",
+        "Harry Potter and the Chamber of Secrets (Book 2)",
+        "The second year at Hogwarts for Harry, written by J.K. Rowling.",
+    ),
+    CatalogRow(
+        "B009",
+        "Harry Potter and the Prisoner of Azkaban (Book 3)",
+        "The third book in the series by J.K. Rowling, where Harry meets Sirius Black.",
+    ),
 ]
 
 
-def wait_until_ready(process: subprocess.Popen[Any], url: str, output: Callable[[], str], timeout_s: float = 90,
-                     poll_s: float = 0.1) -> None:
+def wait_until_ready(
+    process: subprocess.Popen[Any],
+    url: str,
+    output: Callable[[], str],
+    timeout_s: float = 90,
+    poll_s: float = 0.1,
+) -> None:
     """Poll `url`/readyz until a started `rag serve` says ready; fail with its output if it exits or stalls."""
     import time
 

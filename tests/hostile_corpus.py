@@ -8,6 +8,7 @@ reader must make of it: how many records it reads and accepts, and the exit stat
 uids H0001000... (a range per case, so uploads to one server all insert), which never collide with
 an index built from `index.testing.write_catalog`.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -20,8 +21,13 @@ GOOD = 30  # good rows in most cases
 
 
 def _row(i: int) -> bytes:
-    return json.dumps({"uid": f"H{i:07d}", "title": f"The Hostile Corpus Title {i}",
-                       "content": f"Row {i} of the hostile corpus."}).encode()
+    return json.dumps(
+        {
+            "uid": f"H{i:07d}",
+            "title": f"The Hostile Corpus Title {i}",
+            "content": f"Row {i} of the hostile corpus.",
+        }
+    ).encode()
 
 
 def _lines(start: int, n: int = GOOD) -> bytes:
@@ -72,8 +78,16 @@ def _gz(o: int) -> bytes:
 _CONTENT: dict[str, Callable[[int], bytes]] = {
     "truncated": lambda o: _lines(o) + _row(o + GOOD)[:25],  # the last line cut mid-record, no newline
     "bom": lambda o: b"\xef\xbb\xbf" + _lines(o),
-    "nul": lambda o: (_lines(o, 15) + b'{"uid": "N1", "title": "a\x00b"}\n' + b"\x00" * 64 + b"\n"
-                      + b"\x00" + _row(o + 99) + b"\n" + _lines(o + 15, 15)),
+    "nul": lambda o: (
+        _lines(o, 15)
+        + b'{"uid": "N1", "title": "a\x00b"}\n'
+        + b"\x00" * 64
+        + b"\n"
+        + b"\x00"
+        + _row(o + 99)
+        + b"\n"
+        + _lines(o + 15, 15)
+    ),
     "cr_only": lambda o: _lines(o).replace(b"\n", b"\r"),  # old Mac line ends: one long line of 30 records
     "concatenated_arrays": lambda o: _array(o, 15) + _array(o + 15, 15) + b"\n",
     "array_then_lines": lambda o: _array(o, 15) + b"\n" + _lines(o + 15, 15),

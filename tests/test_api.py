@@ -5,6 +5,7 @@
 The index (a 300-row synthetic catalog, model-free `hashing:64` embedder) is built once per session
 in a temp dir. A stub generator that blocks on an Event makes 429 and 504 deterministic.
 """
+
 from __future__ import annotations
 
 import json
@@ -36,10 +37,16 @@ AUTH = {"Authorization": f"Bearer {API_KEY}"}
 def _config(index_path: Path, *overrides: str) -> Any:
     from rag.config import load_config
 
-    return load_config(None, [
-        f"index.path={index_path}", "embedding.model=hashing:64",
-        f"api.api_key_env={KEY_ENV}", f"api.admin_key_env={ADMIN_ENV}", *overrides,
-    ])
+    return load_config(
+        None,
+        [
+            f"index.path={index_path}",
+            "embedding.model=hashing:64",
+            f"api.api_key_env={KEY_ENV}",
+            f"api.admin_key_env={ADMIN_ENV}",
+            *overrides,
+        ],
+    )
 
 
 def _build(tmp: Path, rows: int = 300) -> Path:
@@ -80,7 +87,9 @@ class _Env:
                 os.environ[name] = value
 
 
-def _serve(config: Any, rag: Any = None, *, api_key: str | None = API_KEY, admin_key: str | None = ADMIN_KEY) -> Any:
+def _serve(
+    config: Any, rag: Any = None, *, api_key: str | None = API_KEY, admin_key: str | None = ADMIN_KEY
+) -> Any:
     from api.app import create_app
     from api.testing import LiveServer
 
@@ -176,7 +185,9 @@ def _error(response: httpx.Response, status: int) -> dict[str, Any]:
     return error
 
 
-def _openai_error(response: httpx.Response, status: int, param: str | None = None, code: str | None = None) -> dict[str, Any]:
+def _openai_error(
+    response: httpx.Response, status: int, param: str | None = None, code: str | None = None
+) -> dict[str, Any]:
     """An error of the OpenAI routes: OpenAI's shape, a string (or null) code, the parameter at fault."""
     assert response.status_code == status, response.text
     assert response.headers["content-type"].startswith("application/json")
@@ -227,7 +238,9 @@ def test_not_ready_when_index_fails_verification(tmp_path: Path) -> None:
     live = _serve(_config(index_path), api_key=None)
     try:
         deadline = time.monotonic() + 20
-        while (response := httpx.get(live.url + "/readyz")).json().get("reason") == "loading the index and models":
+        while (response := httpx.get(live.url + "/readyz")).json().get(
+            "reason"
+        ) == "loading the index and models":
             assert time.monotonic() < deadline
             time.sleep(0.05)
         assert response.status_code == 503 and "sha256" in response.json()["reason"]
@@ -238,15 +251,24 @@ def test_not_ready_when_index_fails_verification(tmp_path: Path) -> None:
 def test_openapi_documents_every_route(server: Any) -> None:
     spec = httpx.get(server.url + "/openapi.json").json()
     expected = {
-        ("get", "/healthz"), ("get", "/readyz"), ("get", "/metrics"), ("post", "/v1/answer"),
-        ("get", "/v1/models"), ("get", "/v1/models/{model}"), ("post", "/v1/chat/completions"),
-        ("get", "/v1/products/{uid}"), ("post", "/v1/index/update"),
+        ("get", "/healthz"),
+        ("get", "/readyz"),
+        ("get", "/metrics"),
+        ("post", "/v1/answer"),
+        ("get", "/v1/models"),
+        ("get", "/v1/models/{model}"),
+        ("post", "/v1/chat/completions"),
+        ("get", "/v1/products/{uid}"),
+        ("post", "/v1/index/update"),
     }
     routes = {(method, path) for path, item in spec["paths"].items() for method in item}
     assert expected <= routes, expected - routes
-    app_routes = {(m.lower(), re.sub(r"\{(\w+):\w+\}", r"{\1}", r.path))  # {uid:path} is {uid} in the schema
-                  for r in server.app.routes for m in getattr(r, "methods", ())
-                  if r.path not in ("/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc") and m != "HEAD"}
+    app_routes = {
+        (m.lower(), re.sub(r"\{(\w+):\w+\}", r"{\1}", r.path))  # {uid:path} is {uid} in the schema
+        for r in server.app.routes
+        for m in getattr(r, "methods", ())
+        if r.path not in ("/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc") and m != "HEAD"
+    }
     assert app_routes <= routes, app_routes - routes
     for method, path in expected:
         operation = spec["paths"][path][method]
@@ -265,11 +287,22 @@ def test_openapi_documents_every_route(server: Any) -> None:
         assert "requestBody" in spec["paths"][path]["post"]
     assert {"403", "409"} <= set(spec["paths"]["/v1/index/update"]["post"]["responses"])
     schemas = spec["components"]["schemas"]
-    for name in ("AnswerRequest", "AnswerResponse", "ChatCompletionRequest", "ChatCompletion",
-                 "ChatCompletionChunk", "ModelList", "Product", "Readiness", "UpdateResponse", "ErrorResponse"):
+    for name in (
+        "AnswerRequest",
+        "AnswerResponse",
+        "ChatCompletionRequest",
+        "ChatCompletion",
+        "ChatCompletionChunk",
+        "ModelList",
+        "Product",
+        "Readiness",
+        "UpdateResponse",
+        "ErrorResponse",
+    ):
         assert name in schemas, name
     assert spec["paths"]["/v1/answer"]["post"]["responses"]["200"]["content"]["application/json"]["schema"][
-        "$ref"].endswith("/AnswerResponse")
+        "$ref"
+    ].endswith("/AnswerResponse")
     assert "text/event-stream" in spec["paths"]["/v1/chat/completions"]["post"]["responses"]["200"]["content"]
 
 
@@ -278,11 +311,22 @@ def test_metrics(server: Any) -> None:
     httpx.get(server.url + "/v1/products/does-not-exist", headers=AUTH)
     assert httpx.get(server.url + "/metrics").status_code == 401
     text = httpx.get(server.url + "/metrics", headers=AUTH).text
-    answers = re.search(r'^rag_http_requests_total\{route="/v1/answer",method="POST",status="200"\} (\d+)$', text, re.MULTILINE)
+    answers = re.search(
+        r'^rag_http_requests_total\{route="/v1/answer",method="POST",status="200"\} (\d+)$',
+        text,
+        re.MULTILINE,
+    )
     assert answers and int(answers.group(1)) >= 1
-    assert re.search(r'^rag_http_requests_total\{route="/v1/products/\{uid\}",method="GET",status="404"\} \d+$', text, re.MULTILINE)
-    assert re.search(r'^rag_http_request_duration_seconds_bucket\{route="/v1/answer",method="POST",le="\+Inf"\} \d+$',
-                     text, re.MULTILINE)
+    assert re.search(
+        r'^rag_http_requests_total\{route="/v1/products/\{uid\}",method="GET",status="404"\} \d+$',
+        text,
+        re.MULTILINE,
+    )
+    assert re.search(
+        r'^rag_http_request_duration_seconds_bucket\{route="/v1/answer",method="POST",le="\+Inf"\} \d+$',
+        text,
+        re.MULTILINE,
+    )
     assert re.search(r'^rag_answer_stage_seconds_count\{stage="retrieve"\} \d+$', text, re.MULTILINE)
     assert re.search(r'^rag_index_info\{version="v\d+T\d+Z"\} 1$', text, re.MULTILINE)
     rows = re.search(r"^rag_index_rows (\d+)$", text, re.MULTILINE)
@@ -296,7 +340,12 @@ def test_metrics(server: Any) -> None:
 
 def test_api_key_required(server: Any) -> None:
     body = {"question": ANCHOR_Q}
-    for headers in ({}, {"Authorization": "Bearer wrong"}, {"X-API-Key": "wrong"}, {"Authorization": API_KEY}):
+    for headers in (
+        {},
+        {"Authorization": "Bearer wrong"},
+        {"X-API-Key": "wrong"},
+        {"Authorization": API_KEY},
+    ):
         response = httpx.post(server.url + "/v1/answer", json=body, headers=headers)
         error = _error(response, 401)
         assert response.headers["www-authenticate"] == "Bearer"
@@ -312,8 +361,12 @@ def test_api_key_required(server: Any) -> None:
 
 def test_body_too_large(server: Any) -> None:
     big = json.dumps({"question": "x" * 30_000})
-    error = _error(httpx.post(server.url + "/v1/answer", content=big, headers={**AUTH, "content-type": "application/json"}),
-                   413)
+    error = _error(
+        httpx.post(
+            server.url + "/v1/answer", content=big, headers={**AUTH, "content-type": "application/json"}
+        ),
+        413,
+    )
     assert "api.max_body_bytes=20000" in error["message"]
 
     def chunks() -> Iterator[bytes]:  # no Content-Length: the limit is enforced while the body streams in
@@ -322,7 +375,9 @@ def test_body_too_large(server: Any) -> None:
             yield b"y" * 1000
         yield b'"}'
 
-    response = httpx.post(server.url + "/v1/answer", content=chunks(), headers={**AUTH, "content-type": "application/json"})
+    response = httpx.post(
+        server.url + "/v1/answer", content=chunks(), headers={**AUTH, "content-type": "application/json"}
+    )
     assert "content-length" not in response.request.headers
     assert "api.max_body_bytes" in _error(response, 413)["message"]
 
@@ -336,18 +391,32 @@ def test_validation_limits(server: Any) -> None:
     assert "question" in post("/v1/answer", {"question": ""})["message"]
     assert "question" in post("/v1/answer", {})["message"]
     assert "nope" in post("/v1/answer", {"question": ANCHOR_Q, "nope": 1})["message"]
-    response = httpx.post(server.url + "/v1/answer", content=b"{not json", headers={**AUTH, "content-type": "application/json"})
+    response = httpx.post(
+        server.url + "/v1/answer", content=b"{not json", headers={**AUTH, "content-type": "application/json"}
+    )
     _error(response, 422)
 
     def chat_post(body: Any, param: str) -> dict[str, Any]:  # the OpenAI route: 400, OpenAI's error shape
-        return _openai_error(httpx.post(server.url + "/v1/chat/completions", json=body, headers=AUTH), 400, param)
+        return _openai_error(
+            httpx.post(server.url + "/v1/chat/completions", json=body, headers=AUTH), 400, param
+        )
 
     chat = {"model": "amazontitles-rag", "messages": [{"role": "user", "content": ANCHOR_Q}]}
     assert "api.max_tokens_cap=1024" in chat_post({**chat, "max_tokens": 5000}, "max_tokens")["message"]
-    assert "api.max_tokens_cap" in chat_post({**chat, "max_completion_tokens": 5000}, "max_completion_tokens")["message"]
-    assert "user message" in chat_post({
-        **chat, "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]},
-        "messages")["message"]
+    assert (
+        "api.max_tokens_cap"
+        in chat_post({**chat, "max_completion_tokens": 5000}, "max_completion_tokens")["message"]
+    )
+    assert (
+        "user message"
+        in chat_post(
+            {
+                **chat,
+                "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}],
+            },
+            "messages",
+        )["message"]
+    )
     assert "messages" in chat_post({"model": "amazontitles-rag", "messages": []}, "messages")["message"]
     long_chat = {**chat, "messages": [{"role": "user", "content": "q" * 2001}]}
     assert "api.max_question_chars" in chat_post(long_chat, "messages")["message"]
@@ -356,8 +425,11 @@ def test_validation_limits(server: Any) -> None:
 def test_concurrency_cap_429_and_timeout_504(gate: tuple[Any, GateGenerator]) -> None:
     live, generator = gate
     results: dict[str, httpx.Response] = {}
-    first = threading.Thread(target=lambda: results.setdefault(
-        "first", httpx.post(live.url + "/v1/answer", json={"question": ANCHOR_Q}, timeout=30)))
+    first = threading.Thread(
+        target=lambda: results.setdefault(
+            "first", httpx.post(live.url + "/v1/answer", json={"question": ANCHOR_Q}, timeout=30)
+        )
+    )
     first.start()
     assert generator.entered.wait(10)
     busy = httpx.post(live.url + "/v1/answer", json={"question": ANCHOR_Q})
@@ -367,8 +439,13 @@ def test_concurrency_cap_429_and_timeout_504(gate: tuple[Any, GateGenerator]) ->
     timeout_error = _error(results["first"], 504)  # request_timeout_s=2.0
     assert "api.request_timeout_s" in timeout_error["message"]
     # the timed-out work still runs in its thread, so the slot stays taken: no queue, still 429
-    _openai_error(httpx.post(live.url + "/v1/chat/completions",
-                             json={"messages": [{"role": "user", "content": ANCHOR_Q}]}), 429, code="rate_limit_exceeded")
+    _openai_error(
+        httpx.post(
+            live.url + "/v1/chat/completions", json={"messages": [{"role": "user", "content": ANCHOR_Q}]}
+        ),
+        429,
+        code="rate_limit_exceeded",
+    )
     assert httpx.get(live.url + "/healthz").status_code == 200  # probes are never capped
     generator.gate.set()
     _wait_idle(live.url)
@@ -378,7 +455,9 @@ def test_concurrency_cap_429_and_timeout_504(gate: tuple[Any, GateGenerator]) ->
     assert ok.status_code == 200 and ok.json()["answer"] == "Stub answer [1]."
     metrics = httpx.get(live.url + "/metrics").text
     assert re.search(r'^rag_http_rejected_total\{reason="concurrency"\} [2-9]', metrics, re.MULTILINE)
-    assert re.search(r'^rag_http_requests_total\{route="/v1/answer",method="POST",status="504"\} 1$', metrics, re.MULTILINE)
+    assert re.search(
+        r'^rag_http_requests_total\{route="/v1/answer",method="POST",status="504"\} 1$', metrics, re.MULTILINE
+    )
 
 
 def test_stream_timeout_mid_stream_ends_with_error_event(gate: tuple[Any, GateGenerator]) -> None:
@@ -390,7 +469,9 @@ def test_stream_timeout_mid_stream_ends_with_error_event(gate: tuple[Any, GateGe
     assert events[-1] == "[DONE]"
     assert json.loads(events[1])["choices"][0]["delta"]["content"] == "Stub "
     error = json.loads(events[-2])["error"]
-    assert error["code"] == "timeout" and "api.request_timeout_s" in error["message"] and error["param"] is None
+    assert (
+        error["code"] == "timeout" and "api.request_timeout_s" in error["message"] and error["param"] is None
+    )
 
 
 def test_client_disconnect_mid_stream_frees_the_slot(gate: tuple[Any, GateGenerator]) -> None:
@@ -433,9 +514,13 @@ def test_answer(server: Any) -> None:
 
 
 def test_answer_follow_up_uses_history(server: Any) -> None:
-    history = [{"role": "user", "content": ANCHOR_Q}, {"role": "assistant", "content": "A novel about Maren Holt."}]
-    data = httpx.post(server.url + "/v1/answer", json={"question": "Who wrote it?", "history": history},
-                      headers=AUTH).json()
+    history = [
+        {"role": "user", "content": ANCHOR_Q},
+        {"role": "assistant", "content": "A novel about Maren Holt."},
+    ]
+    data = httpx.post(
+        server.url + "/v1/answer", json={"question": "Who wrote it?", "history": history}, headers=AUTH
+    ).json()
     assert data["sources"][0]["uid"] == ANCHOR_UID and "Eleanor Whitcombe" in data["answer"]
 
 
@@ -482,21 +567,32 @@ def test_chat_completion_with_openai_client(server: Any) -> None:
     assert extra["sources"][0]["uid"] == ANCHOR_UID and extra["rag"]["grounded"] is True
     from rag.tokens import stated_tokenizer
 
-    assert completion.usage.completion_tokens == stated_tokenizer().count(text)  # tests/test_openai_compat.py: more
+    assert completion.usage.completion_tokens == stated_tokenizer().count(
+        text
+    )  # tests/test_openai_compat.py: more
     # follow-up: earlier turns are the history
-    follow = client.chat.completions.create(model="amazontitles-rag", messages=[
-        {"role": "user", "content": ANCHOR_Q}, {"role": "assistant", "content": text},
-        {"role": "user", "content": [{"type": "text", "text": "Who wrote it?"}]},
-    ])
+    follow = client.chat.completions.create(
+        model="amazontitles-rag",
+        messages=[
+            {"role": "user", "content": ANCHOR_Q},
+            {"role": "assistant", "content": text},
+            {"role": "user", "content": [{"type": "text", "text": "Who wrote it?"}]},
+        ],
+    )
     assert "Eleanor Whitcombe" in follow.choices[0].message.content
 
 
 def test_chat_completion_streaming_with_openai_client(server: Any) -> None:
     client = _openai(server.url)
     messages = [{"role": "user", "content": ANCHOR_Q}]
-    whole = client.chat.completions.create(model="amazontitles-rag", messages=messages).choices[0].message.content
-    chunks = list(client.chat.completions.create(model="amazontitles-rag", messages=messages, stream=True,
-                                                 stream_options={"include_usage": True}))
+    whole = (
+        client.chat.completions.create(model="amazontitles-rag", messages=messages).choices[0].message.content
+    )
+    chunks = list(
+        client.chat.completions.create(
+            model="amazontitles-rag", messages=messages, stream=True, stream_options={"include_usage": True}
+        )
+    )
     assert all(c.object == "chat.completion.chunk" for c in chunks)
     assert len({c.id for c in chunks}) == 1
     streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
@@ -536,8 +632,11 @@ def test_admin_update_end_to_end(tmp_path: Path, rag: Any) -> None:
     try:
         live.wait_ready()
         url = live.url + "/v1/index/update"
-        new = {"uid": "ZZNEW00001", "title": "The Quillwort Almanac of Tidal Gardens",
-               "content": "The Quillwort Almanac of Tidal Gardens is a field guide by Perpetua Lindqvist."}
+        new = {
+            "uid": "ZZNEW00001",
+            "title": "The Quillwort Almanac of Tidal Gardens",
+            "content": "The Quillwort Almanac of Tidal Gardens is a field guide by Perpetua Lindqvist.",
+        }
         lines = json.dumps(new) + "\n"
         # the API key is not the admin key
         _error(httpx.post(url, content=lines, headers=AUTH), 401)
@@ -545,8 +644,12 @@ def test_admin_update_end_to_end(tmp_path: Path, rag: Any) -> None:
         _error(httpx.post(url, content=lines, headers={"Authorization": "Bearer nope"}), 401)
         _error(httpx.post(url, headers={"X-API-Key": ADMIN_KEY}), 422)  # nothing to do
         before = httpx.get(live.url + "/readyz").json()
-        response = httpx.post(url, content=lines, headers={"Authorization": f"Bearer {ADMIN_KEY}",
-                                                          "content-type": "application/x-ndjson"}, timeout=60)
+        response = httpx.post(
+            url,
+            content=lines,
+            headers={"Authorization": f"Bearer {ADMIN_KEY}", "content-type": "application/x-ndjson"},
+            timeout=60,
+        )
         assert response.status_code == 200, response.text
         report = response.json()
         assert report["previous_version"] == before["index_version"] != report["index_version"]
@@ -554,17 +657,28 @@ def test_admin_update_end_to_end(tmp_path: Path, rag: Any) -> None:
         assert str(tmp_path) not in report["report"].get("summary", "").split("rejects:")[0]
         ready = httpx.get(live.url + "/readyz").json()
         assert ready["index_version"] == report["index_version"]
-        answer = httpx.post(live.url + "/v1/answer", headers=AUTH,
-                            json={"question": "Who wrote The Quillwort Almanac of Tidal Gardens?"}).json()
+        answer = httpx.post(
+            live.url + "/v1/answer",
+            headers=AUTH,
+            json={"question": "Who wrote The Quillwort Almanac of Tidal Gardens?"},
+        ).json()
         assert answer["sources"][0]["uid"] == "ZZNEW00001" and "Perpetua Lindqvist" in answer["answer"]
         # multipart upload + deletion by uid
-        response = httpx.post(url + "?delete=ZZNEW00001", headers={"X-API-Key": ADMIN_KEY},
-                              files={"file": ("rows.jsonl", b"", "application/x-ndjson")}, timeout=60)
+        response = httpx.post(
+            url + "?delete=ZZNEW00001",
+            headers={"X-API-Key": ADMIN_KEY},
+            files={"file": ("rows.jsonl", b"", "application/x-ndjson")},
+            timeout=60,
+        )
         assert response.status_code == 200, response.text
         assert response.json()["report"]["deleted"] == 1
         _error(httpx.get(live.url + "/v1/products/ZZNEW00001", headers=AUTH), 404)
-        response = httpx.post(url, headers={"X-API-Key": ADMIN_KEY},
-                              files={"file": ("rows.jsonl", lines.encode(), "application/x-ndjson")}, timeout=60)
+        response = httpx.post(
+            url,
+            headers={"X-API-Key": ADMIN_KEY},
+            files={"file": ("rows.jsonl", lines.encode(), "application/x-ndjson")},
+            timeout=60,
+        )
         assert response.status_code == 200 and response.json()["report"]["inserted"] == 1
         assert httpx.get(live.url + "/v1/products/ZZNEW00001", headers=AUTH).status_code == 200
     finally:
@@ -587,7 +701,10 @@ def test_admin_update_no_op_and_too_many_rejects(tmp_path: Path) -> None:
         url = live.url + "/v1/index/update"
         headers = {"X-API-Key": ADMIN_KEY, "content-type": "application/x-ndjson"}
         before = httpx.get(live.url + "/readyz").json()["index_version"]
-        for body in ("\n".join(["{oops"] * 3) + "\n").encode("utf-16"), b"{bad\n{bad\n" + b'{"uid": "Q1", "title": "Fine"}\n':
+        for body in (
+            ("\n".join(["{oops"] * 3) + "\n").encode("utf-16"),
+            b"{bad\n{bad\n" + b'{"uid": "Q1", "title": "Fine"}\n',
+        ):
             error = _error(httpx.post(url, content=body, headers=headers, timeout=60), 422)
             assert "catalog.max_reject_fraction" in error["message"] or "no usable rows" in error["message"]
             assert "nothing was written" in error["message"]
@@ -605,7 +722,9 @@ def test_admin_update_no_op_and_too_many_rejects(tmp_path: Path) -> None:
         live.stop()
 
 
-def test_admin_upload_is_written_under_the_index(index_path: Path, rag: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_admin_upload_is_written_under_the_index(
+    index_path: Path, rag: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import index.build
 
     seen: dict[str, Any] = {}
@@ -618,8 +737,15 @@ def test_admin_upload_is_written_under_the_index(index_path: Path, rag: Any, mon
     monkeypatch.setattr(index.build, "update_index", recording_update)
     live = _serve(_config(index_path), rag)
     try:
-        _error(httpx.post(live.url + "/v1/index/update", content=b'{"uid": "A1", "title": "t"}\n',
-                          headers={"X-API-Key": ADMIN_KEY}, timeout=30), 422)
+        _error(
+            httpx.post(
+                live.url + "/v1/index/update",
+                content=b'{"uid": "A1", "title": "t"}\n',
+                headers={"X-API-Key": ADMIN_KEY},
+                timeout=30,
+            ),
+            422,
+        )
     finally:
         live.stop()
     (upload,) = seen["paths"]
@@ -643,8 +769,11 @@ def test_admin_update_conflict_409(index_path: Path, rag: Any, monkeypatch: pyte
         url = live.url + "/v1/index/update"
         headers = {"X-API-Key": ADMIN_KEY}
         results: dict[str, httpx.Response] = {}
-        first = threading.Thread(target=lambda: results.setdefault("r", httpx.post(
-            url, content=b'{"uid": "A1", "title": "t"}\n', headers=headers, timeout=30)))
+        first = threading.Thread(
+            target=lambda: results.setdefault(
+                "r", httpx.post(url, content=b'{"uid": "A1", "title": "t"}\n', headers=headers, timeout=30)
+            )
+        )
         first.start()
         assert entered.wait(10)
         error = _error(httpx.post(url, content=b'{"uid": "A2", "title": "t"}\n', headers=headers), 409)
@@ -660,8 +789,12 @@ def test_admin_update_conflict_409(index_path: Path, rag: Any, monkeypatch: pyte
 def test_admin_disabled_without_admin_key(index_path: Path, rag: Any) -> None:
     live = _serve(_config(index_path), rag, api_key=None, admin_key=None)
     try:
-        error = _error(httpx.post(live.url + "/v1/index/update", content=b"{}\n",
-                                  headers={"Authorization": "Bearer anything"}), 403)
+        error = _error(
+            httpx.post(
+                live.url + "/v1/index/update", content=b"{}\n", headers={"Authorization": "Bearer anything"}
+            ),
+            403,
+        )
         assert ADMIN_ENV in error["message"] and "disabled" in error["message"]
         # no API key configured: the other routes are open
         assert httpx.post(live.url + "/v1/answer", json={"question": ANCHOR_Q}).status_code == 200
@@ -673,7 +806,9 @@ def test_admin_disabled_without_admin_key(index_path: Path, rag: Any) -> None:
 
 
 @pytest.mark.parametrize("doc_name", ["docs/api.md", "README.md"])
-def test_documented_openai_example_runs(server: Any, monkeypatch: pytest.MonkeyPatch, capsys: Any, doc_name: str) -> None:
+def test_documented_openai_example_runs(
+    server: Any, monkeypatch: pytest.MonkeyPatch, capsys: Any, doc_name: str
+) -> None:
     """The `openai` example of the docs, run as written (only the port differs)."""
     doc = (Path(__file__).resolve().parents[1] / doc_name).read_text(encoding="utf-8")
     match = re.search(r"<!-- example: openai -->\s*```python\n(.*?)```", doc, re.DOTALL)
@@ -699,35 +834,71 @@ def test_request_models_never_crash_on_odd_input(server: Any) -> None:
     import random
 
     rng = random.Random(1234)
-    atoms: list[Any] = [None, True, 0, -1, 10**12, 1.5, float("1e308"), float("nan"), float("inf"), "", "x", "ü" * 50, [], {}, [1, "a"],
-                        {"role": "user"}, {"role": "user", "content": 5}, {"role": "robot", "content": "hi"},
-                        {"type": "text", "text": "hi"}, ANCHOR_Q]
+    atoms: list[Any] = [
+        None,
+        True,
+        0,
+        -1,
+        10**12,
+        1.5,
+        float("1e308"),
+        float("nan"),
+        float("inf"),
+        "",
+        "x",
+        "ü" * 50,
+        [],
+        {},
+        [1, "a"],
+        {"role": "user"},
+        {"role": "user", "content": 5},
+        {"role": "robot", "content": "hi"},
+        {"type": "text", "text": "hi"},
+        ANCHOR_Q,
+    ]
 
     def value(depth: int = 0) -> Any:
         if depth < 2 and rng.random() < 0.3:
             return [value(depth + 1) for _ in range(rng.randint(0, 3))]
         return rng.choice(atoms)
 
-    fields = {"/v1/answer": ["question", "k", "history", "max_tokens", "temperature", "top_p"],
-              "/v1/chat/completions": ["model", "messages", "stream", "max_tokens", "temperature", "n", "k",
-                                       "stream_options", "top_p"]}
+    fields = {
+        "/v1/answer": ["question", "k", "history", "max_tokens", "temperature", "top_p"],
+        "/v1/chat/completions": [
+            "model",
+            "messages",
+            "stream",
+            "max_tokens",
+            "temperature",
+            "n",
+            "k",
+            "stream_options",
+            "top_p",
+        ],
+    }
     with httpx.Client(base_url=server.url, headers=AUTH) as client:
         for i in range(80):
             path = list(fields)[i % 2]
             body = {name: value() for name in fields[path] if rng.random() < 0.7}
             if path.endswith("completions") and rng.random() < 0.5:
-                body["messages"] = [{"role": rng.choice(["user", "assistant", "system", "tool"]),
-                                     "content": rng.choice([ANCHOR_Q, "", None, [{"type": "text", "text": "a"}]])}
-                                    for _ in range(rng.randint(0, 3))]
+                body["messages"] = [
+                    {
+                        "role": rng.choice(["user", "assistant", "system", "tool"]),
+                        "content": rng.choice([ANCHOR_Q, "", None, [{"type": "text", "text": "a"}]]),
+                    }
+                    for _ in range(rng.randint(0, 3))
+                ]
                 body["stream"] = False
-            response = client.post(path, content=json.dumps(body, allow_nan=True),
-                                   headers={"content-type": "application/json"})
+            response = client.post(
+                path, content=json.dumps(body, allow_nan=True), headers={"content-type": "application/json"}
+            )
             expected = (200, 400, 404) if path.endswith("completions") else (200, 422)
             assert response.status_code in expected, (body, response.text)
 
 
-def test_load_script_starts_rag_serve_and_reports(index_path: Path, tmp_path: Path,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_load_script_starts_rag_serve_and_reports(
+    index_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """benchmarks/load_api.py end to end: it starts `rag serve` in a subprocess and measures it briefly."""
     import importlib.util
 
@@ -740,12 +911,26 @@ def test_load_script_starts_rag_serve_and_reports(index_path: Path, tmp_path: Pa
         load_api.main(["--url", "http://192.0.2.1:8000", "--seconds", "1"])
     monkeypatch.delenv("RAG_API_KEY", raising=False)
     out = tmp_path / "report.json"
-    status = load_api.main([
-        "--clients", "2", "--seconds", "1.5", "--set", f"index.path={index_path}",
-        "--set", "embedding.model=hashing:64", "--set", "api.max_concurrency=1",
-        "--catalog", str(index_path.parent / "catalog.jsonl"), "--json", str(out),
-        "--server-log", str(tmp_path / "server.log"),
-    ])
+    status = load_api.main(
+        [
+            "--clients",
+            "2",
+            "--seconds",
+            "1.5",
+            "--set",
+            f"index.path={index_path}",
+            "--set",
+            "embedding.model=hashing:64",
+            "--set",
+            "api.max_concurrency=1",
+            "--catalog",
+            str(index_path.parent / "catalog.jsonl"),
+            "--json",
+            str(out),
+            "--server-log",
+            str(tmp_path / "server.log"),
+        ]
+    )
     report = json.loads(out.read_text())
     assert status == 0 and report["errors"] == 0, report
     assert report["requests_ok"] > 0 and report["latency_ms"]["p50"] > 0

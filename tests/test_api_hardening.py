@@ -3,6 +3,7 @@ a request-head timeout, 401s counted under their route.
 
     .venv/bin/python -m pytest tests/test_api_hardening.py -q
 """
+
 from __future__ import annotations
 
 import gzip
@@ -39,16 +40,22 @@ def _serve(config: Any, rag: Any = None) -> Any:
 
 
 def _config(index_path: Path, *extra: str) -> Any:
-    return hashing_config(index_path, extra=[f"api.api_key_env={KEY_ENV}", f"api.admin_key_env={ADMIN_ENV}", *extra])
+    return hashing_config(
+        index_path, extra=[f"api.api_key_env={KEY_ENV}", f"api.admin_key_env={ADMIN_ENV}", *extra]
+    )
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Any:
     tmp = tmp_path_factory.mktemp("harden")
     config = _config(tmp / "index", "api.header_timeout_s=0.6")
-    rows = [{"uid": "A/B/1", "title": "The Slash Uid Almanac", "content": "An almanac whose uid holds slashes."},
-            {"uid": "100%/x", "title": "The Percent Uid Atlas", "content": "An atlas."}]
-    build_index(config, [write_rows(tmp / "rows.jsonl", rows), write_catalog(tmp / "more.jsonl", 20)], progress=False)
+    rows = [
+        {"uid": "A/B/1", "title": "The Slash Uid Almanac", "content": "An almanac whose uid holds slashes."},
+        {"uid": "100%/x", "title": "The Percent Uid Atlas", "content": "An atlas."},
+    ]
+    build_index(
+        config, [write_rows(tmp / "rows.jsonl", rows), write_catalog(tmp / "more.jsonl", 20)], progress=False
+    )
     live = _serve(config)
     live.wait_ready()
     yield live
@@ -73,8 +80,10 @@ def test_lone_surrogate_in_a_message_is_a_4xx_with_the_reason(tmp_path: Path, mi
         bodies = [
             '{"messages": [{"role": "user", "content": "who wrote \\ud800 it?"}]}',
             '{"stream": true, "messages": [{"role": "user", "content": "who wrote \\udfff it?"}]}',
-            ('{"messages": [{"role": "user", "content": "a \\ud83d"}, {"role": "assistant", "content": "b"},'
-             ' {"role": "user", "content": "who wrote it?"}]}'),
+            (
+                '{"messages": [{"role": "user", "content": "a \\ud83d"}, {"role": "assistant", "content": "b"},'
+                ' {"role": "user", "content": "who wrote it?"}]}'
+            ),
             '{"messages": [{"role": "user", "content": [{"type": "text", "text": "who \\udc80 wrote it?"}]}]}',
         ]
         for body in bodies:
@@ -86,7 +95,9 @@ def test_lone_surrogate_in_a_message_is_a_4xx_with_the_reason(tmp_path: Path, mi
         assert answer.status_code == 422
         history = '{"question": "who wrote it?", "history": [{"role": "user", "content": "x \\ud800"}]}'
         assert httpx.post(live.url + "/v1/answer", content=history, headers=headers).status_code == 422
-        ok = httpx.post(url, json={"messages": [{"role": "user", "content": "who wrote it? \U0001F600"}]}, headers=AUTH)
+        ok = httpx.post(
+            url, json={"messages": [{"role": "user", "content": "who wrote it? \U0001f600"}]}, headers=AUTH
+        )
         assert ok.status_code == 200, ok.text  # a real astral character (a surrogate *pair* in JSON) is fine
     finally:
         live.stop()
@@ -100,9 +111,13 @@ def test_admin_update_with_a_damaged_gz_is_422(tmp_path: Path) -> None:
         live.wait_ready()
         before = httpx.get(live.url + "/readyz").json()["index_version"]
         blob = gzip.compress(write_catalog(tmp_path / "new.jsonl", 200, start=100).read_bytes())
-        for body, expected in ((blob[: len(blob) // 2], "the file is truncated"),
-                               (blob + b"garbage", "bytes that are not gzip follow the end of the gzip data")):
-            response = httpx.post(live.url + "/v1/index/update", content=body, headers={"X-API-Key": ADMIN}, timeout=60)
+        for body, expected in (
+            (blob[: len(blob) // 2], "the file is truncated"),
+            (blob + b"garbage", "bytes that are not gzip follow the end of the gzip data"),
+        ):
+            response = httpx.post(
+                live.url + "/v1/index/update", content=body, headers={"X-API-Key": ADMIN}, timeout=60
+            )
             assert response.status_code == 422, response.text
             message = response.json()["error"]["message"]
             assert expected in message and "nothing was written" in message and str(tmp_path) not in message
@@ -126,7 +141,9 @@ def test_admin_update_on_a_full_disk_is_507(tmp_path: Path, monkeypatch: pytest.
         live.wait_ready()
         before = httpx.get(live.url + "/readyz").json()["index_version"]
         body = write_catalog(tmp_path / "new.jsonl", 5, start=100).read_bytes()
-        response = httpx.post(live.url + "/v1/index/update", content=body, headers={"X-API-Key": ADMIN}, timeout=60)
+        response = httpx.post(
+            live.url + "/v1/index/update", content=body, headers={"X-API-Key": ADMIN}, timeout=60
+        )
         assert response.status_code == 507, response.text
         assert "no space left on the device" in response.json()["error"]["message"]
         assert httpx.get(live.url + "/readyz").json()["index_version"] == before
@@ -145,14 +162,19 @@ def test_readyz_shows_no_server_paths(tmp_path: Path) -> None:
     live = _serve(config)
     try:
         deadline = time.monotonic() + 30
-        while (ready := httpx.get(live.url + "/readyz")).json()["reason"] in (None, "loading the index and models"):
+        while (ready := httpx.get(live.url + "/readyz")).json()["reason"] in (
+            None,
+            "loading the index and models",
+        ):
             assert time.monotonic() < deadline
             time.sleep(0.05)
         assert ready.status_code == 503
         reason = ready.json()["reason"]
         assert f"<index.path>/versions/{report.version}/vectors.faiss" in reason, reason
         assert str(tmp_path) not in reason and not re.search(r"(^|[\s'\"(])/[a-z]", reason), reason
-        other = httpx.get(live.url + "/v1/products/x", headers=AUTH).json()["error"]["message"]  # 503 of a route
+        other = httpx.get(live.url + "/v1/products/x", headers=AUTH).json()["error"][
+            "message"
+        ]  # 503 of a route
         assert str(tmp_path) not in other and "<index.path>" in other
     finally:
         live.stop()
@@ -163,7 +185,10 @@ def test_uids_with_slashes_can_be_fetched(served: Any) -> None:
         response = httpx.get(served.url + f"/v1/products/{path}", headers=AUTH)
         assert response.status_code == 200, response.text
         assert response.json()["uid"] == "A/B/1"
-    assert httpx.get(served.url + "/v1/products/100%25%2Fx", headers=AUTH).json()["title"] == "The Percent Uid Atlas"
+    assert (
+        httpx.get(served.url + "/v1/products/100%25%2Fx", headers=AUTH).json()["title"]
+        == "The Percent Uid Atlas"
+    )
     assert httpx.get(served.url + "/v1/products/A/B", headers=AUTH).status_code == 404
     text = httpx.get(served.url + "/metrics", headers=AUTH).text
     assert 'route="/v1/products/{uid}",method="GET",status="200"' in text  # the label is unchanged
@@ -174,8 +199,14 @@ def test_401s_are_counted_under_their_route(served: Any) -> None:
         assert httpx.post(served.url + "/v1/answer", json={"question": "q"}).status_code == 401
     assert httpx.get(served.url + "/v1/products/A/B/1").status_code == 401
     text = httpx.get(served.url + "/metrics", headers=AUTH).text
-    assert re.search(r'^rag_http_requests_total\{route="/v1/answer",method="POST",status="401"\} 2$', text, re.MULTILINE), text
-    assert re.search(r'^rag_http_requests_total\{route="/v1/products/\{uid\}",method="GET",status="401"\} 1$', text, re.MULTILINE)
+    assert re.search(
+        r'^rag_http_requests_total\{route="/v1/answer",method="POST",status="401"\} 2$', text, re.MULTILINE
+    ), text
+    assert re.search(
+        r'^rag_http_requests_total\{route="/v1/products/\{uid\}",method="GET",status="401"\} 1$',
+        text,
+        re.MULTILINE,
+    )
     assert 'route="unmatched",method="POST",status="401"' not in text
 
 

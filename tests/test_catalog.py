@@ -1,7 +1,8 @@
 """The catalog reader (rag/catalog.py): formats, validation, rejects file, duplicate policies.
 
-    .venv/bin/python -m pytest tests/test_catalog.py -q
+.venv/bin/python -m pytest tests/test_catalog.py -q
 """
+
 from __future__ import annotations
 
 import gzip
@@ -35,7 +36,10 @@ def _assert_adds_up(summary: ReadSummary) -> None:
 
 def test_broken_lines_are_rejected_with_line_and_reason(tmp_path: Path) -> None:
     lines = [
-        b"\xef\xbb\xbf" + _record("A1", "Good &amp; Plenty", "It&#8217;s fine.--This text refers to thePaperbackedition."),  # 1 BOM
+        b"\xef\xbb\xbf"
+        + _record(
+            "A1", "Good &amp; Plenty", "It&#8217;s fine.--This text refers to thePaperbackedition."
+        ),  # 1 BOM
         b'{"uid": "A2", "title": "Cut off in the mid',  # 2 truncated JSON
         b"",  # 3 blank
         b"   \t",  # 4 blank
@@ -152,7 +156,9 @@ def test_json_array_spanning_many_chunks(tmp_path: Path, monkeypatch: pytest.Mon
     import rag.catalog
 
     monkeypatch.setattr(rag.catalog, "_CHUNK_CHARS", 64)  # elements cross chunk boundaries
-    records = [{"uid": f"U{i}", "title": f"Title number {i}", "content": "word " * (i % 40)} for i in range(300)]
+    records = [
+        {"uid": f"U{i}", "title": f"Title number {i}", "content": "word " * (i % 40)} for i in range(300)
+    ]
     data = tmp_path / "big.json"
     data.write_text(_array_text(records), encoding="utf-8")
     rows, summary = read_catalog([data])
@@ -176,8 +182,11 @@ def test_truncated_gzip_names_the_file(tmp_path: Path) -> None:
     data = tmp_path / "cut.jsonl.gz"
     blob = gzip.compress(b"".join(_record(f"U{i}", "T" * 50) + b"\n" for i in range(2000)))
     data.write_bytes(blob[: len(blob) // 2])
-    with pytest.raises(CatalogError, match=r"cut.jsonl.gz: the gzip data ends before its end-of-stream marker "
-                                           r"\(after line \d+.*the file is truncated"):
+    with pytest.raises(
+        CatalogError,
+        match=r"cut.jsonl.gz: the gzip data ends before its end-of-stream marker "
+        r"\(after line \d+.*the file is truncated",
+    ):
         read_catalog([data])
 
 
@@ -187,10 +196,14 @@ def test_gzip_with_trailing_garbage_or_damage_says_what_is_wrong(tmp_path: Path)
     trailing, damaged = tmp_path / "trailing.jsonl.gz", tmp_path / "damaged.jsonl.gz"
     trailing.write_bytes(blob + b"this is not gzip")
     damaged.write_bytes(blob[:20] + b"\x00" * 30 + blob[50:])
-    with pytest.raises(CatalogError, match="trailing.jsonl.gz: bytes that are not gzip follow the end of the gzip data") as info:
+    with pytest.raises(
+        CatalogError, match="trailing.jsonl.gz: bytes that are not gzip follow the end of the gzip data"
+    ) as info:
         read_catalog([trailing])
     assert "complete?" not in str(info.value)
-    with pytest.raises(CatalogError, match="damaged.jsonl.gz: the gzip data is damaged"):  # was a bare zlib.error
+    with pytest.raises(
+        CatalogError, match="damaged.jsonl.gz: the gzip data is damaged"
+    ):  # was a bare zlib.error
         read_catalog([damaged])
     with pytest.raises(CatalogError, match="is a directory"):
         read_catalog([tmp_path])
@@ -211,29 +224,43 @@ def test_a_line_over_max_line_bytes_is_rejected_without_reading_it_into_memory(t
     rejects = [json.loads(line) for line in (tmp_path / "rejects.jsonl").read_text().splitlines()]
     assert [(r["line"], r["reason"]) for r in rejects] == [
         (2, "line longer than catalog.max_line_bytes=1000 (3,025 bytes)"),
-        (4, "line longer than catalog.max_line_bytes=1000 (5,023 bytes)")]
+        (4, "line longer than catalog.max_line_bytes=1000 (5,023 bytes)"),
+    ]
     assert all(len(r["raw"]) <= 1001 for r in rejects)
     # after a JSON array's `]` the same limit holds
-    data.write_bytes(b'[{"uid": "C", "title": "In array"}]\n' + b'{"uid": "L", "title": "' + b"x" * 3000 + b'"}\n'
-                     + _record("D", "After array") + b"\n")
+    data.write_bytes(
+        b'[{"uid": "C", "title": "In array"}]\n'
+        + b'{"uid": "L", "title": "'
+        + b"x" * 3000
+        + b'"}\n'
+        + _record("D", "After array")
+        + b"\n"
+    )
     rows, summary = read_catalog([data], config)
-    assert [r.uid for r in rows] == ["C", "D"] and summary.reasons == {"line longer than catalog.max_line_bytes=1000": 1}
+    assert [r.uid for r in rows] == ["C", "D"] and summary.reasons == {
+        "line longer than catalog.max_line_bytes=1000": 1
+    }
 
 
 def _dup_file(tmp_path: Path) -> Path:
-    return _write_lines(tmp_path / "dups.jsonl", [
-        _record("X", "First X"),
-        _record("Y", "Only Y"),
-        _record("X", "Second X"),
-        _record("X", "Third X"),
-    ])
+    return _write_lines(
+        tmp_path / "dups.jsonl",
+        [
+            _record("X", "First X"),
+            _record("Y", "Only Y"),
+            _record("X", "Second X"),
+            _record("X", "Third X"),
+        ],
+    )
 
 
 def test_duplicates_keep_first(tmp_path: Path) -> None:
     rows, summary = read_catalog([_dup_file(tmp_path)], rejects_path=tmp_path / "r.jsonl")
     assert [(r.uid, r.title) for r in rows] == [("X", "First X"), ("Y", "Only Y")]
     assert (summary.duplicates, summary.rejected) == (2, 0)
-    assert [r["reason"] for r in _rejects(tmp_path / "r.jsonl")] == ["duplicate uid (first seen at line 1)"] * 2
+    assert [r["reason"] for r in _rejects(tmp_path / "r.jsonl")] == [
+        "duplicate uid (first seen at line 1)"
+    ] * 2
     _assert_adds_up(summary)
 
 
@@ -267,11 +294,14 @@ def test_duplicates_across_files_name_the_first_file(tmp_path: Path) -> None:
 
 
 def test_keep_empty_content_false(tmp_path: Path) -> None:
-    data = _write_lines(tmp_path / "a.jsonl", [
-        _record("A", "Has content", "Some words."),
-        _record("B", "No content", None),
-        _record("C", "Blank content", "   "),
-    ])
+    data = _write_lines(
+        tmp_path / "a.jsonl",
+        [
+            _record("A", "Has content", "Some words."),
+            _record("B", "No content", None),
+            _record("C", "Blank content", "   "),
+        ],
+    )
     rows, summary = read_catalog([data], config=CatalogConfig(keep_empty_content=False))
     assert [r.uid for r in rows] == ["A"]
     assert summary.reasons == {"empty content": 2} and summary.empty_content == 0
@@ -349,7 +379,10 @@ def test_json_array_broken_element_across_chunks(tmp_path: Path, monkeypatch: py
     import rag.catalog
 
     monkeypatch.setattr(rag.catalog, "_CHUNK_CHARS", 16)
-    records = [json.dumps({"uid": f"U{i}", "title": f"Title {i}", "content": "some words, more words"}) for i in range(20)]
+    records = [
+        json.dumps({"uid": f"U{i}", "title": f"Title {i}", "content": "some words, more words"})
+        for i in range(20)
+    ]
     records[7] = '{"uid": "U7", "title": broken, "content": "a, b, c, d, e, f, g, h, i, j"}'
     data = tmp_path / "a.json"
     data.write_text("[" + ", ".join(records) + "]", encoding="utf-8")
@@ -367,9 +400,13 @@ def test_fuzzed_files_never_crash_and_always_add_up(tmp_path: Path, kind: str) -
     import random
 
     rng = random.Random(1234)
-    records = [{"uid": f"U{i}", "title": f"Title &amp; {i}", "content": "Words, \"quoted\", {braces} [x]. " * (i % 5)}
-               for i in range(60)]
-    clean = (_array_text(records) if kind == "array" else "".join(json.dumps(r) + "\n" for r in records)).encode()
+    records = [
+        {"uid": f"U{i}", "title": f"Title &amp; {i}", "content": 'Words, "quoted", {braces} [x]. ' * (i % 5)}
+        for i in range(60)
+    ]
+    clean = (
+        _array_text(records) if kind == "array" else "".join(json.dumps(r) + "\n" for r in records)
+    ).encode()
     for trial in range(25):
         data = bytearray(clean)
         for _ in range(rng.randint(1, 12)):
@@ -378,9 +415,11 @@ def test_fuzzed_files_never_crash_and_always_add_up(tmp_path: Path, kind: str) -
             if action == 0:
                 data[at] = rng.randrange(256)
             elif action == 1:
-                del data[at: at + rng.randint(1, 40)]
+                del data[at : at + rng.randint(1, 40)]
             else:
-                data[at:at] = rng.choice([b'"', b"{", b"}", b"[", b"]", b",", b"\n", b"\x00", b"\xff\xfe", b"\xc3"])
+                data[at:at] = rng.choice(
+                    [b'"', b"{", b"}", b"[", b"]", b",", b"\n", b"\x00", b"\xff\xfe", b"\xc3"]
+                )
         path = tmp_path / f"fuzz{trial}.json"
         path.write_bytes(bytes(data))
         rows, summary = read_catalog([path], rejects_path=tmp_path / "r.jsonl")
@@ -405,7 +444,9 @@ def _adds_up_with_trailing(summary: ReadSummary) -> None:
 def test_two_concatenated_arrays_are_both_read(tmp_path: Path) -> None:
     """The issue: 5 of 10 rows were dropped, exit 0."""
     data = tmp_path / "two.json"
-    data.write_text("[\n" + ",\n".join(_rows_of(5)) + "\n]\n[\n" + ",\n".join(_rows_of(5, 5)) + "\n]\n", encoding="utf-8")
+    data.write_text(
+        "[\n" + ",\n".join(_rows_of(5)) + "\n]\n[\n" + ",\n".join(_rows_of(5, 5)) + "\n]\n", encoding="utf-8"
+    )
     rows, summary = read_catalog([data])
     assert [r.uid for r in rows] == [f"U{i}" for i in range(10)]
     assert [r.line for r in rows[5:]] == [9, 10, 11, 12, 13]  # after the first array: physical lines
@@ -415,9 +456,18 @@ def test_two_concatenated_arrays_are_both_read(tmp_path: Path) -> None:
 
 def test_array_followed_by_json_lines(tmp_path: Path) -> None:
     data = tmp_path / "mixed.json"
-    data.write_text("[" + ", ".join(_rows_of(5)) + "]\n\n" + "\n".join(_rows_of(5, 5)) + "\n", encoding="utf-8")
+    data.write_text(
+        "[" + ", ".join(_rows_of(5)) + "]\n\n" + "\n".join(_rows_of(5, 5)) + "\n", encoding="utf-8"
+    )
     rows, summary = read_catalog([data])
-    assert [(r.uid, r.line) for r in rows[4:]] == [("U4", 5), ("U5", 3), ("U6", 4), ("U7", 5), ("U8", 6), ("U9", 7)]
+    assert [(r.uid, r.line) for r in rows[4:]] == [
+        ("U4", 5),
+        ("U5", 3),
+        ("U6", 4),
+        ("U7", 5),
+        ("U8", 6),
+        ("U9", 7),
+    ]
     assert summary.read == 10 and summary.blank_lines == 1
     _adds_up_with_trailing(summary)
 
@@ -433,8 +483,16 @@ def test_json_lines_whose_first_line_is_a_list_keep_their_rows(tmp_path: Path) -
 
 def test_text_after_the_closing_bracket_is_reported_as_trailing(tmp_path: Path) -> None:
     data = tmp_path / "junk.json"
-    data.write_text("[" + ", ".join(_rows_of(2)) + "] junk here\n" + _rows_of(1, 2)[0] + "\n{bad\n[" +
-                    _rows_of(1, 3)[0] + "]]\n", encoding="utf-8")
+    data.write_text(
+        "["
+        + ", ".join(_rows_of(2))
+        + "] junk here\n"
+        + _rows_of(1, 2)[0]
+        + "\n{bad\n["
+        + _rows_of(1, 3)[0]
+        + "]]\n",
+        encoding="utf-8",
+    )
     rows, summary = read_catalog([data], rejects_path=tmp_path / "r.jsonl")
     assert [(r.uid, r.line) for r in rows] == [("U0", 1), ("U1", 2), ("U2", 2), ("U3", 4)]
     assert (summary.read, summary.accepted, summary.rejected, summary.trailing) == (7, 4, 1, 2)
@@ -453,7 +511,15 @@ def test_rows_after_an_array_across_chunks_and_gzip(tmp_path: Path, monkeypatch:
     import rag.catalog
 
     monkeypatch.setattr(rag.catalog, "_CHUNK_CHARS", 64)  # the `]` and what follows cross chunk boundaries
-    text = "[" + ",".join(_rows_of(50)) + "]\n" + "\n".join(_rows_of(50, 50)) + "\n[" + ",\n".join(_rows_of(50, 100)) + "]"
+    text = (
+        "["
+        + ",".join(_rows_of(50))
+        + "]\n"
+        + "\n".join(_rows_of(50, 50))
+        + "\n["
+        + ",\n".join(_rows_of(50, 100))
+        + "]"
+    )
     for data in (tmp_path / "plain.json", tmp_path / "packed.json.gz"):
         if data.suffix == ".gz":
             with gzip.open(data, "wt", encoding="utf-8") as out:
@@ -469,8 +535,10 @@ def test_rows_after_an_array_across_chunks_and_gzip(tmp_path: Path, monkeypatch:
 def test_keep_last_when_line_numbers_repeat_after_an_array(tmp_path: Path) -> None:
     """Elements of a one-line array share a line number; duplicates must still be told apart."""
     data = tmp_path / "dups.json"
-    data.write_text('[{"uid": "A", "title": "first"}]\n[{"uid": "A", "title": "second"}, {"uid": "A", "title": "third"}]\n',
-                    encoding="utf-8")
+    data.write_text(
+        '[{"uid": "A", "title": "first"}]\n[{"uid": "A", "title": "second"}, {"uid": "A", "title": "third"}]\n',
+        encoding="utf-8",
+    )
     rows, summary = read_catalog([data], config=CatalogConfig(duplicate_policy="keep_last"))
     assert [(r.uid, r.title) for r in rows] == [("A", "third")]
     assert summary.duplicates == 2

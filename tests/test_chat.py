@@ -17,7 +17,11 @@ from tests.helpers import CATALOG, ArraySnapshot, StaticLive
 def rag_pipeline(minilm) -> RAG:  # type: ignore[no-untyped-def]
     config = Config()
     vectors = minilm.embed([r.title for r in CATALOG])
-    return RAG(config, Retriever(config, StaticLive(ArraySnapshot(CATALOG, vectors)), minilm), ExtractiveGenerator(config))
+    return RAG(
+        config,
+        Retriever(config, StaticLive(ArraySnapshot(CATALOG, vectors)), minilm),
+        ExtractiveGenerator(config),
+    )
 
 
 def drive(rag: RAG, lines: list[str | BaseException]) -> str:
@@ -44,7 +48,9 @@ def test_followup_stays_on_the_product(rag_pipeline: RAG) -> None:
 
 
 def test_commands_help_k_sources_clear(rag_pipeline: RAG) -> None:
-    out = drive(rag_pipeline, ["/help", "/k 2", "/k zero", "mogs kittens", "/sources", "/clear", "/nope", "/exit"])
+    out = drive(
+        rag_pipeline, ["/help", "/k 2", "/k zero", "mogs kittens", "/sources", "/clear", "/nope", "/exit"]
+    )
     assert "/sources" in out and "/clear" in out
     assert "k = 2" in out
     assert "/k takes a whole number" in out
@@ -77,8 +83,10 @@ def test_only_cited_sources_are_listed_after_an_answer(rag_pipeline: RAG) -> Non
 
 
 def test_context_free_follow_up_asks_which_product(rag_pipeline: RAG) -> None:
-    out = drive(rag_pipeline, ["what is it about?", "what is City of Djinns about?", "/clear", "who wrote it?",
-                               "is it for kids?"])
+    out = drive(
+        rag_pipeline,
+        ["what is it about?", "what is City of Djinns about?", "/clear", "who wrote it?", "is it for kids?"],
+    )
     answers = [line for line in out.splitlines() if line.startswith("bot> ")]
     assert answers[0].startswith("bot> Which product do you mean?")
     assert "City of Djinns" in answers[1]

@@ -5,6 +5,7 @@
 The index is a 300-row synthetic catalog with the default (bundled MiniLM) embedder and the
 default extractive answerer: what `rag chat` uses after `make demo`.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -49,8 +50,9 @@ class Terminal:
         master, slave = pty.openpty()
         fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
         self.started = time.monotonic()
-        self.process = subprocess.Popen(command, stdin=slave, stdout=slave, stderr=slave, cwd=ROOT, env=env,
-                                        start_new_session=True)
+        self.process = subprocess.Popen(
+            command, stdin=slave, stdout=slave, stderr=slave, cwd=ROOT, env=env, start_new_session=True
+        )
         os.close(slave)
         self.fd = master
         self.screen = ""
@@ -59,7 +61,7 @@ class Terminal:
     def read_until(self, marker: str, timeout: float) -> str:
         """Everything printed since the last call, up to and including the next `marker`."""
         deadline = time.monotonic() + timeout
-        while marker not in self.screen[self.mark:]:
+        while marker not in self.screen[self.mark :]:
             left = deadline - time.monotonic()
             if left <= 0 or self.process.poll() is not None and not select.select([self.fd], [], [], 0)[0]:
                 raise AssertionError(f"{marker!r} not printed within {timeout} s; the screen:\n{self.screen}")
@@ -69,7 +71,7 @@ class Terminal:
                 except OSError:  # the child closed the terminal
                     pass
         end = self.screen.index(marker, self.mark) + len(marker)
-        chunk, self.mark = self.screen[self.mark:end], end
+        chunk, self.mark = self.screen[self.mark : end], end
         return chunk
 
     def type(self, text: str) -> None:
@@ -98,9 +100,16 @@ class Terminal:
 
 @pytest.fixture
 def terminal(index_path: Path, tmp_path: Path) -> Iterator[Terminal]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_HUB_DISABLE", "TRANSFORMERS_VERBOSITY"))}
-    env.update(PYTHONPATH=str(ROOT), RAG_HISTORY_FILE=str(tmp_path / "history"), TERM="xterm-256color",
-               COLUMNS="80", LINES="24")
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("HF_HUB_DISABLE", "TRANSFORMERS_VERBOSITY"))
+    }
+    env.update(
+        PYTHONPATH=str(ROOT),
+        RAG_HISTORY_FILE=str(tmp_path / "history"),
+        TERM="xterm-256color",
+        COLUMNS="80",
+        LINES="24",
+    )
     term = Terminal([sys.executable, "-m", "rag.cli", "chat", "--set", f"index.path={index_path}"], env)
     yield term
     term.close()
@@ -138,5 +147,7 @@ def test_rag_chat_in_a_terminal(terminal: Terminal) -> None:
     assert exit_s < 0.5, f"Ctrl-D took {exit_s:.2f} s to exit"
     bars = [line for line in terminal.screen.splitlines() if PROGRESS_BAR.search(line)]
     assert not bars, f"third-party progress output on the terminal: {bars}"
-    print(f"\nrag chat: prompt after {prompt_s:.2f} s, first answer (waiting for the load) {first_answer_s:.2f} s, "
-          f"Ctrl-D exit {exit_s:.3f} s")
+    print(
+        f"\nrag chat: prompt after {prompt_s:.2f} s, first answer (waiting for the load) {first_answer_s:.2f} s, "
+        f"Ctrl-D exit {exit_s:.3f} s"
+    )

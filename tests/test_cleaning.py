@@ -1,7 +1,8 @@
 """Cleaning of titles and descriptions (rag/cleaning.py) on hand-written, realistic strings.
 
-    .venv/bin/python -m pytest tests/test_cleaning.py -q
+.venv/bin/python -m pytest tests/test_cleaning.py -q
 """
+
 from __future__ import annotations
 
 import re
@@ -47,26 +48,49 @@ def test_nfc_control_characters_and_whitespace() -> None:
 
 # Every family found in the real sample, written here in our own words around the notice.
 BOILERPLATE_CASES = [
-    ("A fine debut novel.--This text refers to an out of print or unavailable edition of this title.",
-     "A fine debut novel."),
+    (
+        "A fine debut novel.--This text refers to an out of print or unavailable edition of this title.",
+        "A fine debut novel.",
+    ),
     ("A fine debut novel.--This text refers to thePaperbackedition.", "A fine debut novel."),
     ("A fine debut novel.--This text refers to theHardcoveredition.", "A fine debut novel."),
     ("A fine debut novel.--This text refers to an alternatePaperbackedition.", "A fine debut novel."),
-    ("A fine debut novel.--This text refers to thePrint on Demand (Paperback)edition.", "A fine debut novel."),
+    (
+        "A fine debut novel.--This text refers to thePrint on Demand (Paperback)edition.",
+        "A fine debut novel.",
+    ),
     ("A fine debut novel.--This text refers to an alternatekindle_editionedition.", "A fine debut novel."),
     ("A fine debut novel.--This text refers to the Audio CD edition.", "A fine debut novel."),
     ("Recommended. Copyright 1999 Reed Business Information, Inc.", "Recommended."),
-    ("Recommended.Copyright 2001 Cahners Business Information, Inc.--This text refers to theHardcoveredition.",
-     "Recommended."),
-    (("Lively and wise. (Jan.) (c)Copyright &copy; Reed Business Information, a division of Reed Elsevier Inc. "
-      "All rights reserved.--This text refers to an out of print or unavailable edition of this title."),
-     "Lively and wise. (Jan.)"),
-    (("Lively and wise.(Mar.)Copyright &copy; Reed Business Information, a division of Reed Elsevier Inc. "
-      "All rights reserved."), "Lively and wise.(Mar.)"),
-    (("For all libraries.Jane DoeCopyright &#169; American Library Association. All rights reserved"
-      "--This text refers to theHardcoveredition."), "For all libraries.Jane Doe"),
-    ("Warm narration. J.K. (c)AudioFile, Portland, Maine--This text refers to theAudio Cassetteedition.",
-     "Warm narration. J.K."),
+    (
+        "Recommended.Copyright 2001 Cahners Business Information, Inc.--This text refers to theHardcoveredition.",
+        "Recommended.",
+    ),
+    (
+        (
+            "Lively and wise. (Jan.) (c)Copyright &copy; Reed Business Information, a division of Reed Elsevier Inc. "
+            "All rights reserved.--This text refers to an out of print or unavailable edition of this title."
+        ),
+        "Lively and wise. (Jan.)",
+    ),
+    (
+        (
+            "Lively and wise.(Mar.)Copyright &copy; Reed Business Information, a division of Reed Elsevier Inc. "
+            "All rights reserved."
+        ),
+        "Lively and wise.(Mar.)",
+    ),
+    (
+        (
+            "For all libraries.Jane DoeCopyright &#169; American Library Association. All rights reserved"
+            "--This text refers to theHardcoveredition."
+        ),
+        "For all libraries.Jane Doe",
+    ),
+    (
+        "Warm narration. J.K. (c)AudioFile, Portland, Maine--This text refers to theAudio Cassetteedition.",
+        "Warm narration. J.K.",
+    ),
     ("Warm narration. (c) AudioFile 2004, Portland, Maine", "Warm narration."),
     ("Starred Review. A tense, clever thriller.", "A tense, clever thriller."),
     ("Starred Review.A tense, clever thriller.", "A tense, clever thriller."),
@@ -106,7 +130,10 @@ def test_titles_keep_boilerplate_like_words() -> None:
 
 def test_custom_and_empty_pattern_lists() -> None:
     text = "Good book. SPAM SPAM. --This text refers to thePaperbackedition."
-    assert clean_text(text, compile_boilerplate([r"SPAM\s*"])) == "Good book. . --This text refers to thePaperbackedition."
+    assert (
+        clean_text(text, compile_boilerplate([r"SPAM\s*"]))
+        == "Good book. . --This text refers to thePaperbackedition."
+    )
     assert clean_text(text, []) == text
     with pytest.raises(ValueError, match=r"boilerplate_patterns\[1\]"):
         compile_boilerplate(["ok", "(unclosed"])

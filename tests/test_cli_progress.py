@@ -1,7 +1,8 @@
 """Long `rag` commands print their own progress (one bar per stage, stderr) and no library noise.
 
-    .venv/bin/python -m pytest tests/test_cli_progress.py -q
+.venv/bin/python -m pytest tests/test_cli_progress.py -q
 """
+
 from __future__ import annotations
 
 import json
@@ -19,14 +20,27 @@ LIBRARY_NOISE = ("Loading weights", "Batches:", "Warning:", "warnings.warn")
 
 
 def _rag(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_HUB_DISABLE", "TRANSFORMERS_VERBOSITY"))}
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("HF_HUB_DISABLE", "TRANSFORMERS_VERBOSITY"))
+    }
     env["PYTHONPATH"] = str(ROOT)
-    return subprocess.run([sys.executable, "-m", "rag.cli", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=300, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "rag.cli", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
 
 
 def _stages(stderr: str) -> set[str]:
-    return {line.split(":")[0].strip() for line in stderr.replace("\r", "\n").splitlines() if "|" in line or "rows/s" in line}
+    return {
+        line.split(":")[0].strip()
+        for line in stderr.replace("\r", "\n").splitlines()
+        if "|" in line or "rows/s" in line
+    }
 
 
 def test_index_build_and_update_show_their_stages_and_no_library_bars(tmp_path: Path) -> None:
@@ -38,7 +52,9 @@ def test_index_build_and_update_show_their_stages_and_no_library_bars(tmp_path: 
     assert built.returncode == 0, built.stderr
     assert {"reading catalog", "embedding titles"} <= _stages(built.stderr), built.stderr
     new = tmp_path / "new.jsonl"
-    new.write_text(json.dumps({"uid": "NEW1", "title": "The Zebra Quilt Almanac", "content": "A quilting guide."}) + "\n")
+    new.write_text(
+        json.dumps({"uid": "NEW1", "title": "The Zebra Quilt Almanac", "content": "A quilting guide."}) + "\n"
+    )
     updated = _rag("index", "update", "--data", str(new), "--set", index, cwd=tmp_path)
     assert updated.returncode == 0, updated.stderr
     for result in (built, updated):

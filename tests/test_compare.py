@@ -1,7 +1,8 @@
 """`rag compare`: question files, column configs, and the Markdown table through the real pipeline.
 
-    .venv/bin/python -m pytest tests/test_compare.py -q
+.venv/bin/python -m pytest tests/test_compare.py -q
 """
+
 from __future__ import annotations
 
 import json
@@ -18,7 +19,9 @@ QUESTIONS = ["who wrote City of Djinns?", "what is Mog's Kittens about?"]
 
 def test_read_questions_txt_jsonl_json(tmp_path: Path) -> None:
     txt = tmp_path / "q.txt"
-    txt.write_text("# comment\nwho wrote City of Djinns?\n\n  what is Mog's Kittens about?  \n", encoding="utf-8")
+    txt.write_text(
+        "# comment\nwho wrote City of Djinns?\n\n  what is Mog's Kittens about?  \n", encoding="utf-8"
+    )
     jsonl = tmp_path / "q.jsonl"
     jsonl.write_text("\n".join(json.dumps({"id": i, "question": q}) for i, q in enumerate(QUESTIONS)) + "\n")
     js = tmp_path / "q.json"
@@ -47,10 +50,14 @@ def test_read_questions_errors_name_file_and_line(tmp_path: Path) -> None:
 def test_build_variants_letters_overrides_and_context(tmp_path: Path) -> None:
     a = tmp_path / "base.yaml"
     a.write_text("retrieval:\n  k: 3\n")
-    variants = build_variants([str(a), str(a)], ["retrieval.k=4"], {"b": ["generator.max_sentences=1"]}, "both")
+    variants = build_variants(
+        [str(a), str(a)], ["retrieval.k=4"], {"b": ["generator.max_sentences=1"]}, "both"
+    )
     assert [v.label for v in variants] == [
-        "a: base", "a: base, no context",
-        "b: base (generator.max_sentences=1)", "b: base (generator.max_sentences=1), no context",
+        "a: base",
+        "a: base, no context",
+        "b: base (generator.max_sentences=1)",
+        "b: base (generator.max_sentences=1), no context",
     ]
     assert [v.use_context for v in variants] == [True, False, True, False]
     assert all(v.config.retrieval.k == 4 for v in variants)  # --set applies to every column
@@ -64,7 +71,9 @@ def test_build_variants_reports_every_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         build_variants([None, None], [], {"a": ["retrieval.kk=2"], "b": ["generator.backend=nope"]})
     text = str(info.value)
-    assert "column a" in text and "retrieval.kk" in text and "column b" in text and "generator.backend" in text
+    assert (
+        "column a" in text and "retrieval.kk" in text and "column b" in text and "generator.backend" in text
+    )
 
 
 # --------------------------------------------------------------------------- through the pipeline
@@ -91,7 +100,11 @@ def in_memory_index(monkeypatch: pytest.MonkeyPatch, minilm) -> list[Config]:  #
 
     def factory(config: Config) -> Any:
         built.append(config)
-        return RAG(config, Retriever(config, StaticLive(ArraySnapshot(CATALOG, vectors)), minilm), make_generator(config))
+        return RAG(
+            config,
+            Retriever(config, StaticLive(ArraySnapshot(CATALOG, vectors)), minilm),
+            make_generator(config),
+        )
 
     monkeypatch.setattr(rag.compare, "_default_rag_factory", factory)
     return built
@@ -105,15 +118,18 @@ def test_compare_extractive_with_and_without_context(in_memory_index: list[Confi
     with_context, without = result.cells[0]
     assert with_context.answer is not None and "Dalrymple" in with_context.answer.text
     assert with_context.answer.sources[0].uid == "B001"
-    assert without.answer is not None and without.answer.sources == [] and "Dalrymple" not in without.answer.text
+    assert (
+        without.answer is not None and without.answer.sources == [] and "Dalrymple" not in without.answer.text
+    )
     table = to_markdown(result)
     assert "| question | a: defaults | a: defaults, no context |" in table
     assert "City of Djinns: A Year in Delhi (B001)" in table
 
 
 @pytest.mark.integration
-def test_rag_compare_cli_extractive_vs_hf_tiny(tmp_path: Path, tiny_model_dir: Path, in_memory_index: list[Config],
-                                               capsys: pytest.CaptureFixture[str]) -> None:
+def test_rag_compare_cli_extractive_vs_hf_tiny(
+    tmp_path: Path, tiny_model_dir: Path, in_memory_index: list[Config], capsys: pytest.CaptureFixture[str]
+) -> None:
     from rag.cli import main
 
     questions = tmp_path / "q.txt"
@@ -121,11 +137,28 @@ def test_rag_compare_cli_extractive_vs_hf_tiny(tmp_path: Path, tiny_model_dir: P
     extractive = tmp_path / "extractive.yaml"
     extractive.write_text("generator:\n  backend: extractive\n")
     hf = tmp_path / "hf-tiny.yaml"
-    hf.write_text(f"generator:\n  backend: hf\n  model: {tiny_model_dir}\n  max_new_tokens: 8\n  device: cpu\n")
+    hf.write_text(
+        f"generator:\n  backend: hf\n  model: {tiny_model_dir}\n  max_new_tokens: 8\n  device: cpu\n"
+    )
     out = tmp_path / "compare.md"
     json_out = tmp_path / "compare.json"
-    status = main(["compare", "--questions", str(questions), "--configs", str(extractive), str(hf),
-                   "--set-b", "generator.max_new_tokens=6", "--out", str(out), "--json", str(json_out), "--quiet"])
+    status = main(
+        [
+            "compare",
+            "--questions",
+            str(questions),
+            "--configs",
+            str(extractive),
+            str(hf),
+            "--set-b",
+            "generator.max_new_tokens=6",
+            "--out",
+            str(out),
+            "--json",
+            str(json_out),
+            "--quiet",
+        ]
+    )
     assert status == 0
     printed = capsys.readouterr().out
     table = out.read_text(encoding="utf-8")
@@ -147,8 +180,16 @@ def test_rag_compare_cli_extractive_vs_hf_tiny(tmp_path: Path, tiny_model_dir: P
 
 @pytest.mark.integration
 def test_a_failing_cell_is_reported_and_the_rest_still_runs(in_memory_index: list[Config]) -> None:
-    variants = build_variants([None, None], column_overrides={
-        "b": ["generator.backend=openai", "generator.base_url=http://127.0.0.1:9/v1", "generator.max_retries=0"]})
+    variants = build_variants(
+        [None, None],
+        column_overrides={
+            "b": [
+                "generator.backend=openai",
+                "generator.base_url=http://127.0.0.1:9/v1",
+                "generator.max_retries=0",
+            ]
+        },
+    )
     result = run_compare(QUESTIONS[:1], variants)
     ok, failed = result.cells[0]
     assert ok.answer is not None and failed.answer is None

@@ -40,7 +40,9 @@ def test_all_errors_are_reported_at_once(tmp_path: Path) -> None:
 
 
 def test_dotted_overrides_are_typed_and_validated() -> None:
-    config = load_config(None, ["retrieval.k=8", "generator.backend=hf", "index.mmap=false", "retrieval.lexical_weight=1"])
+    config = load_config(
+        None, ["retrieval.k=8", "generator.backend=hf", "index.mmap=false", "retrieval.lexical_weight=1"]
+    )
     assert config.retrieval.k == 8
     assert config.generator.backend == "hf"
     assert config.index.mmap is False

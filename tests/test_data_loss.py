@@ -8,6 +8,7 @@
 5. admin uploads live under <index>/uploads/ and are cleaned up.
 (2, rows after a JSON array's `]`, is in tests/test_catalog.py.)
 """
+
 from __future__ import annotations
 
 import json
@@ -25,8 +26,20 @@ from rag.config import ConfigError, load_config
 
 
 def _cli(index_path: Path, *args: str, keep: int = 0) -> int:
-    return main(["index", *args, "--set", f"index.path={index_path}", "--set", "embedding.model=hashing:64",
-                 "--set", "index.descriptions=false", "--set", f"index.keep_versions={keep}"])
+    return main(
+        [
+            "index",
+            *args,
+            "--set",
+            f"index.path={index_path}",
+            "--set",
+            "embedding.model=hashing:64",
+            "--set",
+            "index.descriptions=false",
+            "--set",
+            f"index.keep_versions={keep}",
+        ]
+    )
 
 
 def _two_versions(tmp_path: Path, keep: int = 0) -> tuple:
@@ -79,7 +92,9 @@ def test_verify_advice_rollback_then_the_damaged_version_is_quarantined(tmp_path
     assert _cli(store.root, "rollback") == 0  # the advice works ...
     assert store.current_version() == older
     assert store.open_current().rows == 50
-    update_index(config, [write_catalog(tmp_path / "c.jsonl", 2, start=70)], progress=False)  # ... and the next write
+    update_index(
+        config, [write_catalog(tmp_path / "c.jsonl", 2, start=70)], progress=False
+    )  # ... and the next write
     assert not store.version_dir(current).exists()
     (moved,) = list(store.quarantine_dir.iterdir())  # moved aside, not deleted
     assert moved.name.startswith(current + "-") and (moved / "meta.sqlite").is_file()
@@ -89,7 +104,9 @@ def test_rebuild_advice_keeps_the_damaged_version(tmp_path, capsys):
     _config, store = _two_versions(tmp_path, keep=1)
     current = store.current_version()
     (store.version_dir(current) / MANIFEST_FILE).unlink()
-    assert _cli(store.root, "build", "--data", str(write_catalog(tmp_path / "r.jsonl", 20)), "-q", keep=1) == 0
+    assert (
+        _cli(store.root, "build", "--data", str(write_catalog(tmp_path / "r.jsonl", 20)), "-q", keep=1) == 0
+    )
     assert store.current_version() != current and store.open_current().rows == 20
     quarantined = [p.name for p in store.quarantine_dir.iterdir()]
     assert len(quarantined) == 1 and quarantined[0].startswith(current + "-")
@@ -168,9 +185,26 @@ def test_update_of_only_rejected_lines_fails_and_writes_nothing(tmp_path, capsys
     assert "no usable rows" in line and "nothing was written" in line
     assert store.complete_versions() == history and store.current_version() == history[-1]
     # accepted on purpose: every line may be rejected -> nothing to change, still no version
-    assert main(["index", "update", "--data", str(data), "-q", "--set", f"index.path={store.root}",
-                 "--set", "embedding.model=hashing:64", "--set", "index.descriptions=false",
-                 "--set", "catalog.max_reject_fraction=1"]) == 0
+    assert (
+        main(
+            [
+                "index",
+                "update",
+                "--data",
+                str(data),
+                "-q",
+                "--set",
+                f"index.path={store.root}",
+                "--set",
+                "embedding.model=hashing:64",
+                "--set",
+                "index.descriptions=false",
+                "--set",
+                "catalog.max_reject_fraction=1",
+            ]
+        )
+        == 0
+    )
     assert "nothing to change" in capsys.readouterr().out
     assert store.complete_versions() == history
 
@@ -200,10 +234,14 @@ def test_update_with_too_many_rejects_fails(tmp_path):
     history = store.complete_versions()
     data = tmp_path / "mixed.jsonl"
     data.write_text(json.dumps(product_row(500)) + "\n" + "{broken\n" * 3, encoding="utf-8")
-    with pytest.raises(BuildError, match=r"3 of 4 lines refused \(75.0%\), more than catalog.max_reject_fraction=0.5"):
+    with pytest.raises(
+        BuildError, match=r"3 of 4 lines refused \(75.0%\), more than catalog.max_reject_fraction=0.5"
+    ):
         update_index(config, [data], progress=False)
     assert store.complete_versions() == history
-    report = update_index(hashing_config(store.root, extra=["catalog.max_reject_fraction=0.75"]), [data], progress=False)
+    report = update_index(
+        hashing_config(store.root, extra=["catalog.max_reject_fraction=0.75"]), [data], progress=False
+    )
     assert report.changed and report.inserted == 1
 
 
@@ -233,7 +271,10 @@ def test_no_usable_rows_names_a_rejects_file_that_exists(tmp_path, capsys):
     path = _named_path(line)
     assert path.parent == IndexStore.from_config(config).rejects_dir and path.is_file()
     rejects = [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines()]
-    assert [(r["line"], r["reason"]) for r in rejects] == [(1, "empty title after cleaning"), (2, "missing title")]
+    assert [(r["line"], r["reason"]) for r in rejects] == [
+        (1, "empty title after cleaning"),
+        (2, "missing title"),
+    ]
     assert f"rejects: {path}" in line  # the summary names the same file
 
 

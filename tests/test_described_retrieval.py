@@ -6,6 +6,7 @@ A small hand-written catalog; the title path is the real MiniLM over the titles,
 path the real BM25 index (index/lexical.py) built in tmp_path. Questions describe a product
 without naming it, in English and in Portuguese.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -22,35 +23,70 @@ from rag.types import CatalogRow
 from tests.helpers import ArraySnapshot, StaticLive
 
 CATALOG = [
-    CatalogRow("D01", "Happy Trails: The Story of Roy Rogers and Dale Evans",
-               "The life of the King of the Cowboys. Roy Rogers sang with the Sons of the Pioneers, starred in "
-               "westerns and rode his golden palomino Trigger, the smartest horse in the movies."),
-    CatalogRow("D02", "City of Djinns: A Year in Delhi",
-               "A travel memoir by William Dalrymple about the year he spent living in Delhi, where the djinns, "
-               "the spirits of Islamic legend, are said to haunt the ruins of the old city."),
-    CatalogRow("D03", "Seven Sleepy Kittens",
-               "Seven kittens on a farm cannot fall asleep, so each one counts something different: stars, "
-               "sheep, raindrops and buttons. A bedtime picture book for ages 2 to 5."),
-    CatalogRow("D04", "The Copper Pot Kitchen",
-               "A cookbook of 120 recipes from a Cornish farmhouse, grouped by season: saffron buns, crab soup "
-               "and a blackberry and apple crumble."),
-    CatalogRow("D05", "Midnight at the Observatory (DVD)",
-               "A documentary that follows astronomers of a mountain observatory in the Atacama Desert through "
-               "one winter as they search for a comet first seen in 1861."),
-    CatalogRow("D06", "Harbour Lights [Audio CD]",
-               "The third album of a folk trio of sisters, recorded live in a church in Galway with fiddle, "
-               "concertina and three-part harmony."),
-    CatalogRow("D07", "Tumbletree Rainbow Stacking Tower",
-               "Twelve rings of solid beech, painted with water-based colours, that stack on a rocking base. "
-               "Made in Slovenia. For ages 18 months and up."),
-    CatalogRow("D08", "The Other Boleyn Girl",
-               "Two sisters compete for the favour of King Henry VIII at the Tudor court, and one of them "
-               "becomes queen."),
+    CatalogRow(
+        "D01",
+        "Happy Trails: The Story of Roy Rogers and Dale Evans",
+        "The life of the King of the Cowboys. Roy Rogers sang with the Sons of the Pioneers, starred in "
+        "westerns and rode his golden palomino Trigger, the smartest horse in the movies.",
+    ),
+    CatalogRow(
+        "D02",
+        "City of Djinns: A Year in Delhi",
+        "A travel memoir by William Dalrymple about the year he spent living in Delhi, where the djinns, "
+        "the spirits of Islamic legend, are said to haunt the ruins of the old city.",
+    ),
+    CatalogRow(
+        "D03",
+        "Seven Sleepy Kittens",
+        "Seven kittens on a farm cannot fall asleep, so each one counts something different: stars, "
+        "sheep, raindrops and buttons. A bedtime picture book for ages 2 to 5.",
+    ),
+    CatalogRow(
+        "D04",
+        "The Copper Pot Kitchen",
+        "A cookbook of 120 recipes from a Cornish farmhouse, grouped by season: saffron buns, crab soup "
+        "and a blackberry and apple crumble.",
+    ),
+    CatalogRow(
+        "D05",
+        "Midnight at the Observatory (DVD)",
+        "A documentary that follows astronomers of a mountain observatory in the Atacama Desert through "
+        "one winter as they search for a comet first seen in 1861.",
+    ),
+    CatalogRow(
+        "D06",
+        "Harbour Lights [Audio CD]",
+        "The third album of a folk trio of sisters, recorded live in a church in Galway with fiddle, "
+        "concertina and three-part harmony.",
+    ),
+    CatalogRow(
+        "D07",
+        "Tumbletree Rainbow Stacking Tower",
+        "Twelve rings of solid beech, painted with water-based colours, that stack on a rocking base. "
+        "Made in Slovenia. For ages 18 months and up.",
+    ),
+    CatalogRow(
+        "D08",
+        "The Other Boleyn Girl",
+        "Two sisters compete for the favour of King Henry VIII at the Tudor court, and one of them "
+        "becomes queen.",
+    ),
     CatalogRow("D09", "Stainless Steel Garlic Press", ""),
-    CatalogRow("D10", "Cowboy Boots for Men, Brown Leather",
-               "Classic western boots in brown leather with a riding heel. True to size."),
-    CatalogRow("D11", "Learn Python the Hard Way", "A programming book for beginners that teaches Python with exercises."),
-    CatalogRow("D12", "The Horse Whisperer", "A novel about a trainer who heals a traumatised horse and the girl who rode it."),
+    CatalogRow(
+        "D10",
+        "Cowboy Boots for Men, Brown Leather",
+        "Classic western boots in brown leather with a riding heel. True to size.",
+    ),
+    CatalogRow(
+        "D11",
+        "Learn Python the Hard Way",
+        "A programming book for beginners that teaches Python with exercises.",
+    ),
+    CatalogRow(
+        "D12",
+        "The Horse Whisperer",
+        "A novel about a trainer who heals a traumatised horse and the girl who rode it.",
+    ),
 ]
 
 DESCRIBED = [
@@ -93,9 +129,13 @@ def snapshot(minilm: Any, tmp_path_factory: pytest.TempPathFactory) -> Described
     version = tmp_path_factory.mktemp("version")
     conn = open_for_writing(version / META_FILE)
     conn.execute("BEGIN")
-    conn.executemany("INSERT INTO rows (faiss_id, uid, title, content, content_hash, source, line) VALUES (?,?,?,?,?,?,?)",
-                     [(i, r.uid, r.title, r.content, content_hash(r.title, r.content), None, None)
-                      for i, r in enumerate(CATALOG)])
+    conn.executemany(
+        "INSERT INTO rows (faiss_id, uid, title, content, content_hash, source, line) VALUES (?,?,?,?,?,?,?)",
+        [
+            (i, r.uid, r.title, r.content, content_hash(r.title, r.content), None, None)
+            for i, r in enumerate(CATALOG)
+        ],
+    )
     conn.execute("COMMIT")
     conn.close()
     build_artifacts(version / META_FILE, version)
@@ -115,7 +155,9 @@ def rank(r: Retriever, question: str, uid: str, k: int = 5) -> int | None:
 
 
 @pytest.mark.parametrize("question, uid", DESCRIBED)
-def test_described_questions_find_their_product(minilm: Any, snapshot: DescribedSnapshot, question: str, uid: str) -> None:
+def test_described_questions_find_their_product(
+    minilm: Any, snapshot: DescribedSnapshot, question: str, uid: str
+) -> None:
     fused = retriever(minilm, snapshot)
     hits = fused.search(question, k=3)
     assert hits[0].row.uid == uid, [(h.row.uid, round(h.score, 3)) for h in hits]
@@ -124,13 +166,16 @@ def test_described_questions_find_their_product(minilm: Any, snapshot: Described
 
 
 @pytest.mark.parametrize("question, uid", NAMED)
-def test_named_questions_still_rank_first_with_descriptions_on(minilm: Any, snapshot: DescribedSnapshot,
-                                                              question: str, uid: str) -> None:
+def test_named_questions_still_rank_first_with_descriptions_on(
+    minilm: Any, snapshot: DescribedSnapshot, question: str, uid: str
+) -> None:
     for fusion in ("weighted", "rrf"):
         assert rank(retriever(minilm, snapshot, fusion=fusion), question, uid) == 1, (fusion, question)
 
 
-def test_switching_descriptions_off_uses_the_title_index_alone(minilm: Any, snapshot: DescribedSnapshot) -> None:
+def test_switching_descriptions_off_uses_the_title_index_alone(
+    minilm: Any, snapshot: DescribedSnapshot
+) -> None:
     off = retriever(minilm, snapshot, use_descriptions=False)
     on = retriever(minilm, snapshot)
     ranks_off = [rank(off, q, uid, k=1) for q, uid in DESCRIBED]
@@ -147,8 +192,9 @@ def test_rrf_fusion_also_finds_described_products(minilm: Any, snapshot: Describ
     assert found >= len(DESCRIBED) - 1
 
 
-def test_a_failing_description_index_never_fails_the_query(minilm: Any, snapshot: DescribedSnapshot,
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failing_description_index_never_fails_the_query(
+    minilm: Any, snapshot: DescribedSnapshot, monkeypatch: pytest.MonkeyPatch
+) -> None:
     def broken(question: str, k: int) -> list[tuple[int, float, str]]:
         raise OSError("disk went away")
 

@@ -1,7 +1,8 @@
 """Embedders: the model-free HashingEmbedder, model resolution and errors, the bundled MiniLM.
 
-    .venv/bin/python -m pytest tests/test_embedder.py -q
+.venv/bin/python -m pytest tests/test_embedder.py -q
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -81,8 +82,14 @@ def test_bundled_minilm_embeds_titles(minilm):
     assert isinstance(minilm, SentenceTransformerEmbedder) and isinstance(minilm, Embedder)
     assert minilm.name == "bundled:all-MiniLM-L6-v2" and minilm.dimension == 384
     assert minilm.model.max_seq_length == 64
-    v = minilm.embed(["A field guide to North American birds", "Birds of North America: identification handbook",
-                      "Stainless steel kitchen knife set"], batch_size=2)
+    v = minilm.embed(
+        [
+            "A field guide to North American birds",
+            "Birds of North America: identification handbook",
+            "Stainless steel kitchen knife set",
+        ],
+        batch_size=2,
+    )
     assert v.dtype == np.float32 and v.shape == (3, 384)
     assert np.allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)
     assert float(v[0] @ v[1]) > float(v[0] @ v[2]) + 0.2
@@ -106,7 +113,10 @@ def test_minilm_index_answers_a_question_with_the_right_row(minilm, tmp_path):
     build_index(config, [write_rows(tmp_path / "c.jsonl", rows)], progress=False, embedder=minilm)
     snap = IndexStore.from_config(config).open_current()
     assert snap.embedding_model == minilm.name
-    for question, uid in [("which book helps me identify mountain birds?", "b1"),
-                          ("I need knives for my kitchen", "k1"), ("toy train for a two year old", "t1")]:
+    for question, uid in [
+        ("which book helps me identify mountain birds?", "b1"),
+        ("I need knives for my kitchen", "k1"),
+        ("toy train for a two year old", "t1"),
+    ]:
         _, ids = snap.search(minilm.embed_query(question), 1)
         assert snap.get_rows(ids[0])[0].uid == uid, question

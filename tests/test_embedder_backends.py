@@ -5,6 +5,7 @@
 The onnx test exports the bundled all-MiniLM-L6-v2 into tmp_path (~12 s on 2 cores; the fp32 export
 runs under `-m slow`); it is skipped only when onnxruntime is not installed (`pip install .[fast]`).
 """
+
 from __future__ import annotations
 
 import builtins
@@ -31,7 +32,9 @@ TITLES = [
 
 
 def _config(tmp_path: Path, **extra: object):
-    overrides = [f"embedding.onnx_cache_dir={tmp_path / 'onnx'}"] + [f"embedding.{k}={v}" for k, v in extra.items()]
+    overrides = [f"embedding.onnx_cache_dir={tmp_path / 'onnx'}"] + [
+        f"embedding.{k}={v}" for k, v in extra.items()
+    ]
     return load_config(None, overrides).embedding
 
 
@@ -42,10 +45,13 @@ def torch_vectors() -> np.ndarray:
 
 @pytest.mark.integration
 @needs_ort
-@pytest.mark.parametrize("quantize,min_cosine", [
-    ("int8", 0.97),  # the default of backend onnx
-    pytest.param("none", 0.9999, marks=pytest.mark.slow),  # a second export: another ~15 s
-])
+@pytest.mark.parametrize(
+    "quantize,min_cosine",
+    [
+        ("int8", 0.97),  # the default of backend onnx
+        pytest.param("none", 0.9999, marks=pytest.mark.slow),  # a second export: another ~15 s
+    ],
+)
 def test_onnx_backend_matches_torch(tmp_path, torch_vectors, quantize, min_cosine):
     embedder = load_embedder(_config(tmp_path, backend="onnx", onnx_quantize=quantize, batch_size=4))
     vectors = embedder.embed(TITLES)  # batch_size 4 < 6 titles: sorting by length and two batches

@@ -1,7 +1,8 @@
 """`rag bench` dispatch, the report builder and the query benchmark's vector tiling (fast, no model).
 
-    .venv/bin/python -m pytest tests/test_eval_bench.py -q
+.venv/bin/python -m pytest tests/test_eval_bench.py -q
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -52,15 +53,48 @@ def test_tiled_vectors_keep_the_real_ones_and_perturb_the_copies() -> None:
 def test_report_renders_query_and_eval_results(tmp_path: Path) -> None:
     report = _load("report")
     env = {"cpu": "Test CPU", "cores": 2, "ram_gib": 4, "python": "3.11", "torch": "x", "faiss": "y"}
-    result = {"rows": 10000, "index_type": "flat", "real_vectors": 10000, "tiled_vectors": 0, "build_s": 0.1,
-              "embed_p50_ms": 5.0, "embed_p95_ms": 7.0, "search_p50_ms": 0.5, "search_p95_ms": 0.9,
-              "total_p50_ms": 5.6, "total_p95_ms": 7.9, "hit@10": 1.0}
-    (tmp_path / "bench_query.json").write_text(json.dumps({
-        "benchmark": "query", "environment": env, "embedding_model": "m", "embed_rows": 10000, "noise": 0.01,
-        "k": 10, "embedding": {}, "results": [result, dict(result, rows=100000, total_p50_ms=9.0)]}))
-    row = {"n": 3, "recall@1": 0.5, "recall@5": 1.0, "recall@10": 1.0, "mrr": 0.75, "p50_ms": 1.0, "p95_ms": 2.0}
-    (tmp_path / "retrieval.json").write_text(json.dumps({
-        "kind": "retrieval", "ks": [1, 5, 10], "summary": {"exact": row, "overall": row}, "info": {}}))
+    result = {
+        "rows": 10000,
+        "index_type": "flat",
+        "real_vectors": 10000,
+        "tiled_vectors": 0,
+        "build_s": 0.1,
+        "embed_p50_ms": 5.0,
+        "embed_p95_ms": 7.0,
+        "search_p50_ms": 0.5,
+        "search_p95_ms": 0.9,
+        "total_p50_ms": 5.6,
+        "total_p95_ms": 7.9,
+        "hit@10": 1.0,
+    }
+    (tmp_path / "bench_query.json").write_text(
+        json.dumps(
+            {
+                "benchmark": "query",
+                "environment": env,
+                "embedding_model": "m",
+                "embed_rows": 10000,
+                "noise": 0.01,
+                "k": 10,
+                "embedding": {},
+                "results": [result, dict(result, rows=100000, total_p50_ms=9.0)],
+            }
+        )
+    )
+    row = {
+        "n": 3,
+        "recall@1": 0.5,
+        "recall@5": 1.0,
+        "recall@10": 1.0,
+        "mrr": 0.75,
+        "p50_ms": 1.0,
+        "p95_ms": 2.0,
+    }
+    (tmp_path / "retrieval.json").write_text(
+        json.dumps(
+            {"kind": "retrieval", "ks": [1, 5, 10], "summary": {"exact": row, "overall": row}, "info": {}}
+        )
+    )
     (tmp_path / "other.json").write_text(json.dumps({"titles_per_s": 123.4}))
     out = report.build_report(tmp_path)
     text = out.read_text()

@@ -1,7 +1,8 @@
 """Unit tests of the evaluation metrics and question files (no index, no model).
 
-    .venv/bin/python -m pytest tests/test_eval_metrics.py -q
+.venv/bin/python -m pytest tests/test_eval_metrics.py -q
 """
+
 from __future__ import annotations
 
 import json
@@ -72,19 +73,41 @@ def test_percentile_interpolates_like_numpy() -> None:
 
 def test_title_variants() -> None:
     assert truncate_title("City of Djinns: A Year in Delhi") == "City of Djinns"
-    assert truncate_title("The Long Ships and the Sea Kings") == "The Long Ships and the"  # ceil(0.6 * 7) = 5 words
+    assert (
+        truncate_title("The Long Ships and the Sea Kings") == "The Long Ships and the"
+    )  # ceil(0.6 * 7) = 5 words
     assert truncate_title("Flux") == ""
     typo = typo_title("The Lighthouse Keeper's Daughter", seed=3)
-    assert typo != "The Lighthouse Keeper's Daughter" and typo == typo_title("The Lighthouse Keeper's Daughter", seed=3)
+    assert typo != "The Lighthouse Keeper's Daughter" and typo == typo_title(
+        "The Lighthouse Keeper's Daughter", seed=3
+    )
     assert all(a[0] == b[0] for a, b in zip(typo.split(), ["The", "Lighthouse", "Keeper's", "Daughter"]))
     assert render_question("Quem escreveu {title:lower}?", "Mog's Kittens") == "Quem escreveu mog's kittens?"
     assert render_question("{title:trunc}", "City of Djinns: A Year in Delhi") == "City of Djinns"
 
 
 def _rows(n: int) -> list[CatalogRow]:
-    words = ["Lantern", "Harbour", "Winter", "Garden", "Falcon", "River", "Copper", "Meadow", "Orchard", "Signal"]
-    rows = [CatalogRow(uid=f"u{i}", title=f"The {words[i % 10]} of {words[(i * 3 + 1) % 10]}: Book {i} of the Series",
-                       content=f"Description {i}.", line=i + 1) for i in range(n)]
+    words = [
+        "Lantern",
+        "Harbour",
+        "Winter",
+        "Garden",
+        "Falcon",
+        "River",
+        "Copper",
+        "Meadow",
+        "Orchard",
+        "Signal",
+    ]
+    rows = [
+        CatalogRow(
+            uid=f"u{i}",
+            title=f"The {words[i % 10]} of {words[(i * 3 + 1) % 10]}: Book {i} of the Series",
+            content=f"Description {i}.",
+            line=i + 1,
+        )
+        for i in range(n)
+    ]
     rows.append(CatalogRow(uid="dup1", title="Same Title Twice"))
     rows.append(CatalogRow(uid="dup2", title="same title twice"))
     return rows
@@ -140,7 +163,9 @@ def test_question_file_errors_name_file_and_line(tmp_path, line: str, message: s
 
 
 def test_duplicate_qid_is_an_error(tmp_path) -> None:
-    path = write_questions(tmp_path / "q.jsonl", [EvalQuestion("a", "x", uid="u"), EvalQuestion("a", "y", uid="v")])
+    path = write_questions(
+        tmp_path / "q.jsonl", [EvalQuestion("a", "x", uid="u"), EvalQuestion("a", "y", uid="v")]
+    )
     with pytest.raises(QuestionFileError, match="repeats"):
         load_questions(path)
 
@@ -148,8 +173,14 @@ def test_duplicate_qid_is_an_error(tmp_path) -> None:
 def test_result_files_leave_out_per_question_records_by_default() -> None:
     from rag.evaluation.cli import _display_path, _strip_records
 
-    payload = {"kind": "ablation", "summary": {}, "questions": [{"question": "catalog text"}],
-               "variants": {"base + context": {"summary": {"overall": {}}, "questions": [{"answer": "catalog text"}]}}}
+    payload = {
+        "kind": "ablation",
+        "summary": {},
+        "questions": [{"question": "catalog text"}],
+        "variants": {
+            "base + context": {"summary": {"overall": {}}, "questions": [{"answer": "catalog text"}]}
+        },
+    }
     stripped = _strip_records(payload)
     assert "questions" not in stripped and "questions" not in stripped["variants"]["base + context"]
     assert "catalog text" not in json.dumps(stripped)
@@ -165,21 +196,38 @@ from rag.evaluation.metrics import must_contain, needles_to_check
 from rag.evaluation.runner import ResolvedQuestion, answer_record, answers_table, summarise_answers
 from rag.types import Answer, Source
 
-GOLD = CatalogRow("h:gold", "City of Djinns: A Year in Delhi",
-                  "A travel memoir by William Dalrymple. The author spends a year living in Delhi.")
+GOLD = CatalogRow(
+    "h:gold",
+    "City of Djinns: A Year in Delhi",
+    "A travel memoir by William Dalrymple. The author spends a year living in Delhi.",
+)
 OTHER = Source("h:other", "Mog's Kittens", 0.5, "A board book by Judith Kerr.")
 GOLD_SOURCE = Source(GOLD.uid, GOLD.title, 0.9, GOLD.content)
 
 
-def _item(question: str = "a travel book about a year in Delhi", *, uid: str | None = GOLD.uid, kind: str = "described",
-          must: list[str] | None = None, language: str | None = None) -> ResolvedQuestion:
+def _item(
+    question: str = "a travel book about a year in Delhi",
+    *,
+    uid: str | None = GOLD.uid,
+    kind: str = "described",
+    must: list[str] | None = None,
+    language: str | None = None,
+) -> ResolvedQuestion:
     q = EvalQuestion("q", question, uid=uid, kind=kind, must_contain=must or [], language=language)
     return ResolvedQuestion(q, question, uid, None, GOLD if uid else None)
 
 
-def _answer(text: str, sources: list[Source], *, found: bool = True, unsupported: list[str] | None = None,
-            finish_reason: str | None = None) -> Answer:
-    answer = Answer(question="q", text=text, sources=sources, found=found, unsupported_sentences=unsupported or [])
+def _answer(
+    text: str,
+    sources: list[Source],
+    *,
+    found: bool = True,
+    unsupported: list[str] | None = None,
+    finish_reason: str | None = None,
+) -> Answer:
+    answer = Answer(
+        question="q", text=text, sources=sources, found=found, unsupported_sentences=unsupported or []
+    )
     if finish_reason is not None:
         answer.finish_reason = finish_reason  # type: ignore[attr-defined]  # the field may not exist yet
     return answer
@@ -207,14 +255,20 @@ def test_an_answer_repeating_the_question_does_not_pass_must_contain() -> None:
     failed = _record(_item(question, must=["Delhi", "Dalrymple"]), echo)
     assert failed.contains is False and failed.must_checked == ["Dalrymple"] and not failed.must_skipped
     summary = summarise_answers([skipped, failed])["overall"]
-    assert summary["must_contain"] == 0.0 and summary["n_must_contain"] == 1 and summary["n_must_skipped"] == 1
+    assert (
+        summary["must_contain"] == 0.0 and summary["n_must_contain"] == 1 and summary["n_must_skipped"] == 1
+    )
 
 
 def test_cites_expected_reads_the_answers_own_markers() -> None:
     item = _item()
-    no_marker = _record(item, _answer("City of Djinns: a travel memoir by William Dalrymple.", [GOLD_SOURCE, OTHER]))
+    no_marker = _record(
+        item, _answer("City of Djinns: a travel memoir by William Dalrymple.", [GOLD_SOURCE, OTHER])
+    )
     assert no_marker.retrieved_expected is True  # retrieval did its part ...
-    assert no_marker.cites_expected is False and no_marker.cites_first is False  # ... the answer cites nothing
+    assert (
+        no_marker.cites_expected is False and no_marker.cites_first is False
+    )  # ... the answer cites nothing
     right = _record(item, _answer("A travel memoir by William Dalrymple [1].", [GOLD_SOURCE, OTHER]))
     assert right.cites_expected and right.cites_first
     second = _record(item, _answer("By Judith Kerr [1]; or a memoir by Dalrymple [2].", [OTHER, GOLD_SOURCE]))
@@ -226,7 +280,11 @@ def test_cites_expected_reads_the_answers_own_markers() -> None:
     missing = _record(item, _answer("A board book [1].", [OTHER]))
     assert missing.retrieved_expected is False and missing.cites_expected is False
     summary = summarise_answers([no_marker, right, second, wrong])["overall"]
-    assert summary["cites_expected"] == 0.5 and summary["cites_first"] == 0.25 and summary["retrieved_expected"] == 1.0
+    assert (
+        summary["cites_expected"] == 0.5
+        and summary["cites_first"] == 0.25
+        and summary["retrieved_expected"] == 1.0
+    )
 
 
 def test_a_wrong_refusal_is_neither_grounded_nor_a_right_abstention() -> None:
@@ -250,9 +308,16 @@ def test_a_wrong_refusal_is_neither_grounded_nor_a_right_abstention() -> None:
 
 def test_absent_questions_load_without_a_uid_and_count_abstentions(tmp_path) -> None:
     path = tmp_path / "absent.jsonl"
-    lines = [{"qid": "a1", "question": "who wrote The Glass Orchard of Vinmoor?", "kind": "absent", "language": "en"},
-             {"qid": "a2", "question": "quem escreveu O Pomar de Vidro?", "kind": "absent", "language": "pt"},
-             {"qid": "a3", "question": "what is Zanzibar Clockworks about?", "kind": "absent", "language": "en"}]
+    lines = [
+        {
+            "qid": "a1",
+            "question": "who wrote The Glass Orchard of Vinmoor?",
+            "kind": "absent",
+            "language": "en",
+        },
+        {"qid": "a2", "question": "quem escreveu O Pomar de Vidro?", "kind": "absent", "language": "pt"},
+        {"qid": "a3", "question": "what is Zanzibar Clockworks about?", "kind": "absent", "language": "en"},
+    ]
     path.write_text("".join(json.dumps(line) + "\n" for line in lines))
     questions = load_questions(path)
     assert all(q.uid is None and q.title is None and q.is_absent for q in questions)
@@ -272,20 +337,27 @@ def test_absent_questions_load_without_a_uid_and_count_abstentions(tmp_path) -> 
         _record(items[2], _answer("Mog's Kittens is a board book by Judith Kerr [1].", [OTHER])),
     ]
     assert [r.absent_abstained for r in records] == [True, True, False]
-    assert all(r.cites_expected is None and r.retrieved_expected is None and r.false_abstention is None
-               for r in records)
+    assert all(
+        r.cites_expected is None and r.retrieved_expected is None and r.false_abstention is None
+        for r in records
+    )
     summary = summarise_answers(records)
     assert summary["absent"]["abstention_rate"] == pytest.approx(2 / 3) and summary["absent"]["n_absent"] == 3
     assert summary["lang:en"]["n"] == 2 and summary["lang:pt"]["abstention_rate"] == 1.0
     assert list(summary) == ["absent", "lang:en", "lang:pt", "overall"]
     # an answer to a named question is not counted in the absent rate
-    assert math.isnan(summarise_answers([_record(_item(), _answer("x", [GOLD_SOURCE]))])["overall"]["abstention_rate"])
+    assert math.isnan(
+        summarise_answers([_record(_item(), _answer("x", [GOLD_SOURCE]))])["overall"]["abstention_rate"]
+    )
 
 
-@pytest.mark.parametrize("line", [
-    {"qid": "a", "question": "who wrote Nothing?", "kind": "absent", "uid": "h:1"},
-    {"qid": "a", "question": "who wrote Nothing?", "kind": "absent", "title": "Nothing"},
-])
+@pytest.mark.parametrize(
+    "line",
+    [
+        {"qid": "a", "question": "who wrote Nothing?", "kind": "absent", "uid": "h:1"},
+        {"qid": "a", "question": "who wrote Nothing?", "kind": "absent", "title": "Nothing"},
+    ],
+)
 def test_an_absent_question_naming_a_product_is_an_error(tmp_path, line) -> None:  # type: ignore[no-untyped-def]
     path = tmp_path / "q.jsonl"
     path.write_text(json.dumps(line) + "\n")
@@ -295,8 +367,10 @@ def test_an_absent_question_naming_a_product_is_an_error(tmp_path, line) -> None
 
 def test_stop_rate_comes_from_finish_reason() -> None:
     item = _item()
-    records = [_record(item, _answer("A memoir by Dalrymple [1].", [GOLD_SOURCE], finish_reason=reason))
-               for reason in ("stop", "length", "stop", None)]
+    records = [
+        _record(item, _answer("A memoir by Dalrymple [1].", [GOLD_SOURCE], finish_reason=reason))
+        for reason in ("stop", "length", "stop", None)
+    ]
     assert [r.stopped for r in records] == [True, False, True, None]
     summary = summarise_answers(records)["overall"]
     assert summary["stop_rate"] == pytest.approx(2 / 3) and summary["n_stop"] == 3
@@ -307,9 +381,11 @@ def test_split_and_language_fields_round_trip_and_filter(tmp_path) -> None:
     from rag.cli import UsageError
     from rag.evaluation.cli import filter_questions
 
-    questions = [EvalQuestion("a", "x", uid="u1", kind="exact", split="test", language="en"),
-                 EvalQuestion("b", "y", uid="u2", kind="typo", split="train", language="pt"),
-                 EvalQuestion("c", "z", uid="u3", kind="typo", split="test")]
+    questions = [
+        EvalQuestion("a", "x", uid="u1", kind="exact", split="test", language="en"),
+        EvalQuestion("b", "y", uid="u2", kind="typo", split="train", language="pt"),
+        EvalQuestion("c", "z", uid="u3", kind="typo", split="test"),
+    ]
     loaded = load_questions(write_questions(tmp_path / "q.jsonl", questions))
     assert [(q.split, q.language) for q in loaded] == [("test", "en"), ("train", "pt"), ("test", None)]
     assert [q.qid for q in filter_questions(loaded, split="test")] == ["a", "c"]
@@ -324,10 +400,37 @@ def test_answers_table_shows_the_new_columns_and_reads_old_summaries() -> None:
     records = [_record(item, _answer("The sources do not describe the sources.", [GOLD_SOURCE]))]
     table = answers_table(summarise_answers(records))
     head = table.splitlines()[0]
-    for column in ("must_contain (n, skipped)", "cites expected", "cites expected [1]", "retrieved expected", "ROUGE-L",
-                   "grounded", "abstained", "false abstention", "absent: abstains", "stop rate", "p50 s", "p95 s"):
+    for column in (
+        "must_contain (n, skipped)",
+        "cites expected",
+        "cites expected [1]",
+        "retrieved expected",
+        "ROUGE-L",
+        "grounded",
+        "abstained",
+        "false abstention",
+        "absent: abstains",
+        "stop rate",
+        "p50 s",
+        "p95 s",
+    ):
         assert f"| {column} |" in head
     assert "| described | 1 | n/a (0, 1 skipped) | 0.000 | 0.000 | 1.000 |" in table
-    old = {"overall": {"n": 3, "must_contain": 0.5, "n_must_contain": 2, "cites_expected": 1.0, "cites_first": 1.0,
-                       "rouge_l": 0.4, "n_rouge": 3, "grounded": 1.0, "p50_s": 0.1, "p95_s": 0.2}}
-    assert "| **overall** | 3 | 0.500 (2, 0 skipped) | 1.000 | 1.000 | n/a | 0.400 (3) | 1.000 | n/a |" in answers_table(old)
+    old = {
+        "overall": {
+            "n": 3,
+            "must_contain": 0.5,
+            "n_must_contain": 2,
+            "cites_expected": 1.0,
+            "cites_first": 1.0,
+            "rouge_l": 0.4,
+            "n_rouge": 3,
+            "grounded": 1.0,
+            "p50_s": 0.1,
+            "p95_s": 0.2,
+        }
+    }
+    assert (
+        "| **overall** | 3 | 0.500 (2, 0 skipped) | 1.000 | 1.000 | n/a | 0.400 (3) | 1.000 | n/a |"
+        in answers_table(old)
+    )

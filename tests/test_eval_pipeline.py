@@ -1,7 +1,8 @@
 """The evaluations end to end on a small synthetic catalog (hashing embedder, extractive and tiny-LLM generators).
 
-    .venv/bin/python -m pytest tests/test_eval_pipeline.py -q
+.venv/bin/python -m pytest tests/test_eval_pipeline.py -q
 """
+
 from __future__ import annotations
 
 import json
@@ -83,17 +84,38 @@ def test_answers_eval_scores_extractive_answers(indexed) -> None:
     config, retriever, rows = indexed
     with_content = [r for r in rows if r.content][:8]
     questions = [
-        EvalQuestion(f"a{i}", f"What is {r.title} about?", uid=r.uid, kind="template_en",
-                     must_contain=[r.content.split()[0]])
+        EvalQuestion(
+            f"a{i}",
+            f"What is {r.title} about?",
+            uid=r.uid,
+            kind="template_en",
+            must_contain=[r.content.split()[0]],
+        )
         for i, r in enumerate(with_content)
     ]
-    questions.append(EvalQuestion("never", f"Tell me about {with_content[0].title}", uid=with_content[0].uid,
-                                  kind="impossible", must_contain=["zzqx-not-in-any-answer"]))
+    questions.append(
+        EvalQuestion(
+            "never",
+            f"Tell me about {with_content[0].title}",
+            uid=with_content[0].uid,
+            kind="impossible",
+            must_contain=["zzqx-not-in-any-answer"],
+        )
+    )
     # the needle is the question's own first title word: an echo of the question would "contain" it
     title_word = with_content[1].title.split()[0]
-    questions.append(EvalQuestion("echo", f"What is {with_content[1].title} about?", uid=with_content[1].uid,
-                                  kind="echo", must_contain=[title_word]))
-    questions.append(EvalQuestion("absent", "who wrote Zzyzx Qwertyuiop Vlorbnik?", kind="absent", language="en"))
+    questions.append(
+        EvalQuestion(
+            "echo",
+            f"What is {with_content[1].title} about?",
+            uid=with_content[1].uid,
+            kind="echo",
+            must_contain=[title_word],
+        )
+    )
+    questions.append(
+        EvalQuestion("absent", "who wrote Zzyzx Qwertyuiop Vlorbnik?", kind="absent", language="en")
+    )
     rag = RAG.from_config(config, retriever=retriever)
     items = resolve_questions(questions, retriever.snapshot)
     result = evaluate_answers(rag, items)
@@ -102,7 +124,9 @@ def test_answers_eval_scores_extractive_answers(indexed) -> None:
     assert summary["impossible"]["must_contain"] == 0.0
     assert summary["echo"]["n_must_skipped"] == 1 and summary["echo"]["n_must_contain"] == 0
     assert overall["cites_expected"] >= 0.75  # extractive answers cite [1], the row they quote
-    assert overall["cites_expected"] <= overall["retrieved_expected"]  # citing needs the row among the sources
+    assert (
+        overall["cites_expected"] <= overall["retrieved_expected"]
+    )  # citing needs the row among the sources
     assert overall["grounded"] >= 0.75
     assert overall["abstained"] <= 0.2 and overall["false_abstention"] == 0.0
     assert summary["absent"]["n_absent"] == 1 and 0 <= summary["absent"]["abstention_rate"] <= 1
@@ -119,26 +143,88 @@ def test_answers_eval_scores_extractive_answers(indexed) -> None:
             assert "[" in record["answer"]
 
 
-def test_cli_questions_retrieval_answers(catalog: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_questions_retrieval_answers(
+    catalog: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     qfile, cache = tmp_path / "q.jsonl", tmp_path / "cache"
     sets = [arg for s in FAST for arg in ("--set", s)]
-    assert main(["eval", "questions", "--data", str(catalog), "--out", str(qfile), "--n", "30", "--seed", "2", *sets]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "questions",
+                "--data",
+                str(catalog),
+                "--out",
+                str(qfile),
+                "--n",
+                "30",
+                "--seed",
+                "2",
+                *sets,
+            ]
+        )
+        == 0
+    )
     assert len(qfile.read_text().splitlines()) == 30
     out = tmp_path / "r.json"
-    assert main(["eval", "retrieval", "-q", str(qfile), "--data", str(catalog), "--cache-dir", str(cache),
-                 "--out", str(out), "--records", *sets]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "retrieval",
+                "-q",
+                str(qfile),
+                "--data",
+                str(catalog),
+                "--cache-dir",
+                str(cache),
+                "--out",
+                str(out),
+                "--records",
+                *sets,
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "| **overall** | 30 |" in printed and "machine: CPU" in printed
     payload = json.loads(out.read_text())
     assert payload["summary"]["overall"]["n"] == 30 and len(payload["questions"]) == 30
     assert payload["info"]["environment"]["cores"] >= 1
     out2 = tmp_path / "a.json"
-    assert main(["eval", "answers", "-q", str(qfile), "--data", str(catalog), "--cache-dir", str(cache),
-                 "--kinds", "exact,typo", "--out", str(out2), "--records", *sets]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "answers",
+                "-q",
+                str(qfile),
+                "--data",
+                str(catalog),
+                "--cache-dir",
+                str(cache),
+                "--kinds",
+                "exact,typo",
+                "--out",
+                str(out2),
+                "--records",
+                *sets,
+            ]
+        )
+        == 0
+    )
     answers = json.loads(out2.read_text())
     assert {q["kind"] for q in answers["questions"]} <= {"exact", "typo"}
     overall = answers["summary"]["overall"]
-    for key in ("retrieved_expected", "n_must_skipped", "abstained", "false_abstention", "abstention_rate", "stop_rate"):
+    for key in (
+        "retrieved_expected",
+        "n_must_skipped",
+        "abstained",
+        "false_abstention",
+        "abstention_rate",
+        "stop_rate",
+    ):
         assert key in overall
     # --split keeps one split, --kind is --kinds
     from rag.evaluation.questions import load_questions
@@ -148,14 +234,55 @@ def test_cli_questions_retrieval_answers(catalog: Path, tmp_path: Path, capsys: 
         q.split = "test" if i % 3 == 0 else "train"
     split_file = write_questions(tmp_path / "split.jsonl", questions)
     out3 = tmp_path / "s.json"
-    assert main(["eval", "answers", "-q", str(split_file), "--data", str(catalog), "--cache-dir", str(cache),
-                 "--split", "test", "--kind", "exact,typo,truncated", "--out", str(out3), "--records", *sets]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "answers",
+                "-q",
+                str(split_file),
+                "--data",
+                str(catalog),
+                "--cache-dir",
+                str(cache),
+                "--split",
+                "test",
+                "--kind",
+                "exact,typo,truncated",
+                "--out",
+                str(out3),
+                "--records",
+                *sets,
+            ]
+        )
+        == 0
+    )
     split_answers = json.loads(out3.read_text())
     wanted = {q.qid for q in questions if q.split == "test" and q.kind in {"exact", "typo", "truncated"}}
-    assert {q["qid"] for q in split_answers["questions"]} == wanted and split_answers["info"]["split"] == "test"
-    assert main(["eval", "retrieval", "-q", str(split_file), "--data", str(catalog), "--cache-dir", str(cache),
-                 "--split", "nope", *sets]) == 2  # no question of that split: a usage error
-    assert main(["eval", "retrieval", "-q", str(tmp_path / "missing.jsonl"), *sets]) == 2  # clear error, no traceback
+    assert {q["qid"] for q in split_answers["questions"]} == wanted and split_answers["info"][
+        "split"
+    ] == "test"
+    assert (
+        main(
+            [
+                "eval",
+                "retrieval",
+                "-q",
+                str(split_file),
+                "--data",
+                str(catalog),
+                "--cache-dir",
+                str(cache),
+                "--split",
+                "nope",
+                *sets,
+            ]
+        )
+        == 2
+    )  # no question of that split: a usage error
+    assert (
+        main(["eval", "retrieval", "-q", str(tmp_path / "missing.jsonl"), *sets]) == 2
+    )  # clear error, no traceback
 
 
 def test_placeholder_questions_resolve_against_the_index(indexed, tmp_path: Path) -> None:
@@ -178,8 +305,9 @@ def _tiny_adapter(model_dir: Path, out: Path) -> Path:
 
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(model_dir)
-    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
-                                                  init_lora_weights=False))
+    peft_model = get_peft_model(
+        model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    )
     peft_model.save_pretrained(out)  # safetensors
     return out
 
@@ -190,18 +318,33 @@ def test_ablation_runs_four_variants_with_a_tiny_model(indexed, tmp_path: Path) 
     config, retriever, rows = indexed
     model_dir = create_tiny_model(tmp_path / "tiny")
     adapter = _tiny_adapter(model_dir, tmp_path / "adapter")
-    config = load_config(None, FAST + ["generator.backend=hf", f"generator.model={model_dir}",
-                                       "generator.max_new_tokens=8", "generator.device=cpu"])
+    config = load_config(
+        None,
+        FAST
+        + [
+            "generator.backend=hf",
+            f"generator.model={model_dir}",
+            "generator.max_new_tokens=8",
+            "generator.device=cpu",
+        ],
+    )
     config.index.path = retriever.config.index.path
     questions = generate_questions(rows, n=4, seed=5, kinds=("template_en",))
     items = resolve_questions(questions, retriever.snapshot)
     results = run_ablation(config, retriever, items, str(adapter), echo=lambda _m: None)
-    assert list(results) == ["base + context", "base, no context", "fine-tuned + context", "fine-tuned, no context"]
+    assert list(results) == [
+        "base + context",
+        "base, no context",
+        "fine-tuned + context",
+        "fine-tuned, no context",
+    ]
     for name, result in results.items():
         overall = result["summary"]["overall"]
         assert overall["n"] == 4 and overall["p50_s"] > 0
         if "no context" in name:
-            assert overall["cites_expected"] != overall["cites_expected"]  # NaN: nothing to cite without context
+            assert (
+                overall["cites_expected"] != overall["cites_expected"]
+            )  # NaN: nothing to cite without context
         else:
             assert 0 <= overall["cites_expected"] <= 1
     base = [q["answer"] for q in results["base + context"]["questions"]]
@@ -220,8 +363,12 @@ def test_building_and_querying_a_pipeline_leaves_torch_threads_alone(catalog: Pa
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        config = prepare_index(load_config(None, FAST + ["retrieval.faiss_threads=1"]), [catalog],
-                               cache_dir=tmp_path, echo=lambda _m: None)
+        config = prepare_index(
+            load_config(None, FAST + ["retrieval.faiss_threads=1"]),
+            [catalog],
+            cache_dir=tmp_path,
+            echo=lambda _m: None,
+        )
         rag = RAG.from_config(config)
         assert torch.get_num_threads() == 2
         rag.answer("what is it about?")
@@ -237,8 +384,16 @@ def test_batched_answer_eval_gives_the_answers_of_one_at_a_time(indexed, tmp_pat
 
     config, retriever, rows = indexed
     model_dir = create_tiny_model(tmp_path / "tiny")
-    config = load_config(None, FAST + ["generator.backend=hf", f"generator.model={model_dir}",
-                                       "generator.max_new_tokens=8", "generator.device=cpu"])
+    config = load_config(
+        None,
+        FAST
+        + [
+            "generator.backend=hf",
+            f"generator.model={model_dir}",
+            "generator.max_new_tokens=8",
+            "generator.device=cpu",
+        ],
+    )
     config.index.path = retriever.config.index.path
     questions = generate_questions(rows, n=6, seed=3, kinds=("template_en", "exact"))
     questions.append(EvalQuestion("absent", "who wrote Zzyzx Qwertyuiop Vlorbnik?", kind="absent"))
@@ -248,4 +403,6 @@ def test_batched_answer_eval_gives_the_answers_of_one_at_a_time(indexed, tmp_pat
     batched = evaluate_answers(rag, items, batch_size=4)
     assert one["batch_size"] == 1 and batched["batch_size"] == 4 and batched["wall_s"] > 0
     keys = ("qid", "answer", "finish_reason", "found", "grounded")
-    assert [[q[k] for k in keys] for q in batched["questions"]] == [[q[k] for k in keys] for q in one["questions"]]
+    assert [[q[k] for k in keys] for q in batched["questions"]] == [
+        [q[k] for k in keys] for q in one["questions"]
+    ]

@@ -1,7 +1,8 @@
 """Training examples: product split, serving prompt, answers, questions, config files.
 
-    .venv/bin/python -m pytest tests/test_finetune_data.py -q
+.venv/bin/python -m pytest tests/test_finetune_data.py -q
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -20,7 +21,20 @@ from rag.config import load_config
 from rag.prompt import build_messages
 from rag.types import CatalogRow
 
-WORDS = ["river", "stone", "garden", "lantern", "harbor", "meadow", "copper", "violet", "thunder", "maple", "orchard", "summit"]
+WORDS = [
+    "river",
+    "stone",
+    "garden",
+    "lantern",
+    "harbor",
+    "meadow",
+    "copper",
+    "violet",
+    "thunder",
+    "maple",
+    "orchard",
+    "summit",
+]
 
 
 def _rows(n: int = 120) -> list[CatalogRow]:
@@ -28,8 +42,10 @@ def _rows(n: int = 120) -> list[CatalogRow]:
     for i in range(n):
         a, b = WORDS[i % len(WORDS)], WORDS[(i * 7 + 3) % len(WORDS)]
         title = f"The {a.title()} {b.title()} Book {i}"
-        content = (f"A story about the {a} and the {b}, volume {i}. It was written for curious readers. "
-                   f"Chapter notes cover item {i} in depth. The last part explains the {b} in detail.")
+        content = (
+            f"A story about the {a} and the {b}, volume {i}. It was written for curious readers. "
+            f"Chapter notes cover item {i} in depth. The last part explains the {b} in detail."
+        )
         rows.append(CatalogRow(f"U{i:04d}", title, content))
     rows.append(CatalogRow("EMPTY", "No Description Here", ""))
     return rows
@@ -85,7 +101,9 @@ def test_gold_probability_and_answers() -> None:
 
 def test_questions_include_portuguese() -> None:
     rows = _rows(200)
-    examples, stats = build_examples(rows, _config("finetune.examples.portuguese_fraction=0.5"), LexicalRetriever(rows))
+    examples, stats = build_examples(
+        rows, _config("finetune.examples.portuguese_fraction=0.5"), LexicalRetriever(rows)
+    )
     assert 60 < stats["languages"]["pt"] < 140
     pt = [e.question for e in examples if e.language == "pt"]
     assert any(q.startswith("Do que se trata o livro") for q in pt)
@@ -135,6 +153,10 @@ def test_bad_finetune_values_are_reported_together() -> None:
     from rag.config import ConfigError
 
     with pytest.raises(ConfigError) as info:
-        load_config(None, ["finetune.lora.r=0", "finetune.examples.gold_probability=1.5", "finetune.lora.rank=8"])
+        load_config(
+            None, ["finetune.lora.r=0", "finetune.examples.gold_probability=1.5", "finetune.lora.rank=8"]
+        )
     text = str(info.value)
-    assert "finetune.lora.r" in text and "gold_probability" in text and "finetune.lora.rank: unknown key" in text
+    assert (
+        "finetune.lora.r" in text and "gold_probability" in text and "finetune.lora.rank: unknown key" in text
+    )

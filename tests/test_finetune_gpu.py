@@ -6,6 +6,7 @@ Skipped automatically without CUDA (tests/conftest.py). Set FINETUNE_GPU_ARTIFAC
 run's adapter and base model (the device run copies them back so the CPU path can load them:
 tests/test_finetune_train.py::test_cpu_loads_gpu_adapter).
 """
+
 from __future__ import annotations
 
 import json
@@ -24,14 +25,25 @@ def test_unsloth_qlora_trains_and_saves_adapter(tmp_path: Path) -> None:
     from rag.config import load_config
 
     run = tmp_path / "run"
-    config = load_config("configs/tiny-cpu.yaml", [
-        f"finetune.output_dir={run}", "finetune.backend=unsloth", "finetune.load_in_4bit=true",
-        "finetune.tiny.hidden_size=256", "finetune.tiny.heads=4", "finetune.tiny.layers=2",
-        "finetune.synthetic_rows=200", "finetune.examples.sample_size=48", "finetune.training.max_steps=8",
-        "finetune.training.gradient_checkpointing=unsloth", "finetune.training.save_steps=4",
-        "finetune.training.optim=adamw_8bit", "finetune.training.logging_steps=1",
-        "finetune.examples.retriever=lexical",  # the GPU path is under test here, not the index
-    ])
+    config = load_config(
+        "configs/tiny-cpu.yaml",
+        [
+            f"finetune.output_dir={run}",
+            "finetune.backend=unsloth",
+            "finetune.load_in_4bit=true",
+            "finetune.tiny.hidden_size=256",
+            "finetune.tiny.heads=4",
+            "finetune.tiny.layers=2",
+            "finetune.synthetic_rows=200",
+            "finetune.examples.sample_size=48",
+            "finetune.training.max_steps=8",
+            "finetune.training.gradient_checkpointing=unsloth",
+            "finetune.training.save_steps=4",
+            "finetune.training.optim=adamw_8bit",
+            "finetune.training.logging_steps=1",
+            "finetune.examples.retriever=lexical",  # the GPU path is under test here, not the index
+        ],
+    )
     summary = train(config, progress=False)
     assert summary["backend"] == "unsloth"
     assert summary["steps"] == 8

@@ -1,7 +1,8 @@
 """Answer targets fitted to the question kind, held-out products, synthetic extras, token budgets.
 
-    .venv/bin/python -m pytest tests/test_finetune_targets.py -q
+.venv/bin/python -m pytest tests/test_finetune_targets.py -q
 """
+
 from __future__ import annotations
 
 import json
@@ -18,9 +19,15 @@ from finetune.data import (
 from rag.config import load_config
 from rag.types import CatalogRow
 
-BOOK = CatalogRow("B1", "The Salt Road", "A sweeping novel by Marta Quillon, first published in 1987. "
-                  "It follows two sisters across the desert. The book has 312 pages and won the Carnegie Medal.")
-PLAIN = CatalogRow("B2", "Garden Tools", "A sturdy set of tools for the garden. Each handle is made of ash wood.")
+BOOK = CatalogRow(
+    "B1",
+    "The Salt Road",
+    "A sweeping novel by Marta Quillon, first published in 1987. "
+    "It follows two sisters across the desert. The book has 312 pages and won the Carnegie Medal.",
+)
+PLAIN = CatalogRow(
+    "B2", "Garden Tools", "A sturdy set of tools for the garden. Each handle is made of ash wood."
+)
 
 
 def test_author_name_finds_the_person_not_a_publisher() -> None:
@@ -39,7 +46,9 @@ def test_who_question_gets_the_name_first_and_cites() -> None:
     answer = make_answer(BOOK, 2, "en", config, lambda t: len(t.split()), "Who wrote The Salt Road?")
     assert answer.startswith("Marta Quillon [2]. ")
     assert answer.endswith("[2]")
-    described = make_answer(BOOK, 2, "en", load_config(None, []), lambda t: len(t.split()), "Who wrote The Salt Road?")
+    described = make_answer(
+        BOOK, 2, "en", load_config(None, []), lambda t: len(t.split()), "Who wrote The Salt Road?"
+    )
     assert described.startswith("A sweeping novel")  # the old target: the description's first sentences
 
 
@@ -55,9 +64,17 @@ def _catalog(tmp_path: Path, n: int = 40) -> Path:
     path = tmp_path / "catalog.jsonl"
     with path.open("w", encoding="utf-8") as fh:
         for i in range(n):
-            fh.write(json.dumps({"uid": f"P{i:03d}", "title": f"Lantern Book Number {i}",
-                                 "content": f"A book by Ana Rivera{i} Souza about lanterns, volume {i}, from {1950 + i}. "
-                                            "It has many chapters on light and travel."}) + "\n")
+            fh.write(
+                json.dumps(
+                    {
+                        "uid": f"P{i:03d}",
+                        "title": f"Lantern Book Number {i}",
+                        "content": f"A book by Ana Rivera{i} Souza about lanterns, volume {i}, from {1950 + i}. "
+                        "It has many chapters on light and travel.",
+                    }
+                )
+                + "\n"
+            )
     return path
 
 
@@ -67,14 +84,43 @@ def test_held_out_products_are_never_trained_on_nor_distractors(tmp_path: Path) 
     held = [f"P{i:03d}" for i in range(0, 40, 4)]
     with questions.open("w", encoding="utf-8") as fh:
         for uid in held:
-            fh.write(json.dumps({"qid": f"h-{uid}", "question": f"Who wrote {uid}?", "uid": uid, "must_contain": ["x"], "split": "heldout"}) + "\n")
-        fh.write(json.dumps({"qid": "t-1", "question": "Who wrote P001?", "uid": "P001", "must_contain": ["x"], "split": "train"}) + "\n")
+            fh.write(
+                json.dumps(
+                    {
+                        "qid": f"h-{uid}",
+                        "question": f"Who wrote {uid}?",
+                        "uid": uid,
+                        "must_contain": ["x"],
+                        "split": "heldout",
+                    }
+                )
+                + "\n"
+            )
+        fh.write(
+            json.dumps(
+                {
+                    "qid": "t-1",
+                    "question": "Who wrote P001?",
+                    "uid": "P001",
+                    "must_contain": ["x"],
+                    "split": "train",
+                }
+            )
+            + "\n"
+        )
     assert holdout_uids(questions) == set(held)
     from finetune.train import prepare_data
 
-    config = load_config(None, [f"finetune.data={catalog}", f"finetune.examples.holdout_questions={questions}",
-                                "finetune.examples.retriever=lexical", "finetune.examples.per_product=2",
-                                "finetune.synthetic_extra_rows=30"])
+    config = load_config(
+        None,
+        [
+            f"finetune.data={catalog}",
+            f"finetune.examples.holdout_questions={questions}",
+            "finetune.examples.retriever=lexical",
+            "finetune.examples.per_product=2",
+            "finetune.synthetic_extra_rows=30",
+        ],
+    )
     examples, stats, used = prepare_data(config, tmp_path)
     seen = {e.uid for e in examples} | {row.uid for e in examples for row in e.context}
     assert not seen & set(held)
@@ -100,8 +146,9 @@ def test_cpu_training_has_no_gradient_checkpointing_unless_asked(tmp_path: Path)
     if cuda_available():
         pytest.skip("checks the CPU default")
     default = sft_config(load_config(None, []), tmp_path, "transformers", False)
-    explicit = sft_config(load_config(None, ["finetune.training.gradient_checkpointing=true"]), tmp_path,
-                          "transformers", False)
+    explicit = sft_config(
+        load_config(None, ["finetune.training.gradient_checkpointing=true"]), tmp_path, "transformers", False
+    )
     assert default.gradient_checkpointing is False
     assert explicit.gradient_checkpointing is True
 
@@ -113,8 +160,17 @@ def test_answer_only_loss_equals_the_full_causal_lm_loss(tmp_path: Path) -> None
     from finetune.train import answer_only_loss
 
     torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64))
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=97,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=64,
+        )
+    )
     input_ids = torch.randint(0, 97, (2, 20))
     labels = input_ids.clone()
     labels[0, :12] = -100  # prompt positions carry no loss

@@ -8,6 +8,7 @@ tiny random-init Llama on a handful of products, greedy decoding from the servin
 (`rag.prompt.build_messages` -> chat template with the generation prompt) reproduces a trained
 product's answer token for token and stops at the end token before max_new_tokens.
 """
+
 from __future__ import annotations
 
 import json
@@ -31,17 +32,33 @@ def _catalog(path: Path, n: int) -> Path:
 
 
 def _config(run: Path, catalog: Path, *extra: str) -> Any:
-    return load_config(None, [
-        f"finetune.output_dir={run}", f"finetune.data={catalog}", "finetune.tiny_model=true",
-        "finetune.tiny.vocab_size=1024", "finetune.backend=transformers", "finetune.load_in_4bit=false",
-        "finetune.max_seq_length=512", "finetune.examples.validation_fraction=0",
-        "finetune.examples.gold_probability=1.0", "finetune.examples.retriever=lexical",
-        "finetune.lora.r=32", "finetune.lora.alpha=64", "finetune.training.learning_rate=0.01",
-        "finetune.training.batching=padding_free", "finetune.training.gradient_checkpointing=false",
-        "finetune.training.gradient_accumulation_steps=1", "finetune.training.warmup_ratio=0.0",
-        "finetune.training.max_grad_norm=1.0", "finetune.training.logging_steps=5",
-        "finetune.training.save_steps=1000", "finetune.training.num_threads=2", *extra,
-    ])
+    return load_config(
+        None,
+        [
+            f"finetune.output_dir={run}",
+            f"finetune.data={catalog}",
+            "finetune.tiny_model=true",
+            "finetune.tiny.vocab_size=1024",
+            "finetune.backend=transformers",
+            "finetune.load_in_4bit=false",
+            "finetune.max_seq_length=512",
+            "finetune.examples.validation_fraction=0",
+            "finetune.examples.gold_probability=1.0",
+            "finetune.examples.retriever=lexical",
+            "finetune.lora.r=32",
+            "finetune.lora.alpha=64",
+            "finetune.training.learning_rate=0.01",
+            "finetune.training.batching=padding_free",
+            "finetune.training.gradient_checkpointing=false",
+            "finetune.training.gradient_accumulation_steps=1",
+            "finetune.training.warmup_ratio=0.0",
+            "finetune.training.max_grad_norm=1.0",
+            "finetune.training.logging_steps=5",
+            "finetune.training.save_steps=1000",
+            "finetune.training.num_threads=2",
+            *extra,
+        ],
+    )
 
 
 def _greedy_matches(run: Path, max_new_tokens: int) -> list[tuple[int, int, bool, int]]:
@@ -55,7 +72,9 @@ def _greedy_matches(run: Path, max_new_tokens: int) -> list[tuple[int, int, bool
     from rag.generators.common import render_prompt as serving_render
 
     tokenizer = AutoTokenizer.from_pretrained(run / "adapter")
-    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(run / "base-model"), run / "adapter").eval()
+    model = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(run / "base-model"), run / "adapter"
+    ).eval()
     end_id = tokenizer.convert_tokens_to_ids(turn_format(tokenizer).end_token)
     out = []
     for example in read_examples(run / "examples.train.jsonl"):
@@ -63,8 +82,13 @@ def _greedy_matches(run: Path, max_new_tokens: int) -> list[tuple[int, int, bool
         assert templated and prompt == render_prompt(tokenizer, example.messages)
         ids = tokenizer(prompt, add_special_tokens=False, return_tensors="pt").input_ids
         with torch.no_grad():
-            generated = model.generate(ids, max_new_tokens=max_new_tokens, do_sample=False,
-                                       eos_token_id=end_id, pad_token_id=tokenizer.pad_token_id)[0, ids.shape[1]:].tolist()
+            generated = model.generate(
+                ids,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                eos_token_id=end_id,
+                pad_token_id=tokenizer.pad_token_id,
+            )[0, ids.shape[1] :].tolist()
         want = tokenizer(example.answer, add_special_tokens=False).input_ids
         n = 0
         while n < min(len(generated), len(want)) and generated[n] == want[n]:
@@ -74,9 +98,17 @@ def _greedy_matches(run: Path, max_new_tokens: int) -> list[tuple[int, int, bool
 
 
 def _check_run_dir(run: Path) -> None:
-    for name in ("adapter/adapter_model.safetensors", "adapter/adapter_config.json", "adapter/tokenizer.json",
-                 "config.yaml", "data_stats.json", "train_log.jsonl", "loss.png", "run.json",
-                 "examples.train.jsonl"):
+    for name in (
+        "adapter/adapter_model.safetensors",
+        "adapter/adapter_config.json",
+        "adapter/tokenizer.json",
+        "config.yaml",
+        "data_stats.json",
+        "train_log.jsonl",
+        "loss.png",
+        "run.json",
+        "examples.train.jsonl",
+    ):
         assert (run / name).is_file(), name
     assert not list(run.rglob("*.bin")) and not list(run.rglob("*.pkl"))  # no pickled objects
     # only tensor state (loaded with weights_only=True) may be .pt/.pth, inside checkpoints
@@ -91,10 +123,16 @@ def _check_run_dir(run: Path) -> None:
 
 def test_overfit_small_reproduces_answer_and_stops(tmp_path: Path) -> None:
     run = tmp_path / "run"
-    config = _config(run, _catalog(tmp_path / "cat.jsonl", 6), "finetune.examples.sample_size=2",
-                     "finetune.examples.context_k=1", "finetune.examples.answer_max_tokens=16",
-                     "prompt.max_chars_per_source=80", "finetune.training.batch_size=2",
-                     "finetune.training.max_steps=40")
+    config = _config(
+        run,
+        _catalog(tmp_path / "cat.jsonl", 6),
+        "finetune.examples.sample_size=2",
+        "finetune.examples.context_k=1",
+        "finetune.examples.answer_max_tokens=16",
+        "prompt.max_chars_per_source=80",
+        "finetune.training.batch_size=2",
+        "finetune.training.max_steps=40",
+    )
     from finetune.train import train
 
     summary = train(config, progress=False)
@@ -112,9 +150,17 @@ def test_overfit_small_reproduces_answer_and_stops(tmp_path: Path) -> None:
     from rag.generators.hf import HFGenerator
     from rag.types import GenerationRequest
 
-    serving = load_config(None, ["generator.backend=hf", f"generator.model={run / 'base-model'}",
-                                 f"generator.adapter={run / 'adapter'}", "generator.repetition_penalty=1.0",
-                                 "generator.max_new_tokens=40", "generator.device=cpu"])
+    serving = load_config(
+        None,
+        [
+            "generator.backend=hf",
+            f"generator.model={run / 'base-model'}",
+            f"generator.adapter={run / 'adapter'}",
+            "generator.repetition_penalty=1.0",
+            "generator.max_new_tokens=40",
+            "generator.device=cpu",
+        ],
+    )
     example = next(iter(read_examples(run / "examples.train.jsonl")))
     request = GenerationRequest(question="", hits=[], messages=example.messages)
     generator = HFGenerator(serving)
@@ -125,10 +171,16 @@ def test_overfit_small_reproduces_answer_and_stops(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_overfit_four_products_twenty_tokens(tmp_path: Path) -> None:
     run = tmp_path / "run"
-    config = _config(run, _catalog(tmp_path / "cat.jsonl", 12), "finetune.examples.sample_size=4",
-                     "finetune.examples.context_k=2", "finetune.examples.answer_max_tokens=40",
-                     "prompt.max_chars_per_source=200", "finetune.training.batch_size=4",
-                     "finetune.training.max_steps=60")
+    config = _config(
+        run,
+        _catalog(tmp_path / "cat.jsonl", 12),
+        "finetune.examples.sample_size=4",
+        "finetune.examples.context_k=2",
+        "finetune.examples.answer_max_tokens=40",
+        "prompt.max_chars_per_source=200",
+        "finetune.training.batch_size=4",
+        "finetune.training.max_steps=60",
+    )
     from finetune.train import train
 
     train(config, progress=False)
@@ -144,12 +196,19 @@ def test_resume_continues_from_checkpoint_and_export_merged(tmp_path: Path) -> N
 
     run = tmp_path / "run"
     catalog = _catalog(tmp_path / "cat.jsonl", 6)
-    common = ["finetune.examples.sample_size=4", "finetune.examples.context_k=1", "prompt.max_chars_per_source=60",
-              "finetune.examples.answer_max_tokens=12", "finetune.training.batch_size=2",
-              "finetune.training.save_steps=2"]
+    common = [
+        "finetune.examples.sample_size=4",
+        "finetune.examples.context_k=1",
+        "prompt.max_chars_per_source=60",
+        "finetune.examples.answer_max_tokens=12",
+        "finetune.training.batch_size=2",
+        "finetune.training.save_steps=2",
+    ]
     first = train(_config(run, catalog, *common, "finetune.training.max_steps=2"), progress=False)
     assert first["steps"] == 2 and (run / "checkpoints" / "checkpoint-2").is_dir()
-    second = train(_config(run, catalog, *common, "finetune.training.max_steps=4"), resume=True, progress=False)
+    second = train(
+        _config(run, catalog, *common, "finetune.training.max_steps=4"), resume=True, progress=False
+    )
     assert second["resumed_from"].endswith("checkpoint-2") and second["steps"] == 4
     steps = [json.loads(x)["step"] for x in (run / "train_log.jsonl").read_text().splitlines()]
     assert steps == sorted(steps)
@@ -163,7 +222,9 @@ def test_resume_continues_from_checkpoint_and_export_merged(tmp_path: Path) -> N
     ids = torch.tensor([[1, 20, 30, 40, 50]])
     with torch.no_grad():
         a = AutoModelForCausalLM.from_pretrained(merged)(ids).logits
-        b = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(run / "base-model"), run / "adapter")(ids).logits
+        b = PeftModel.from_pretrained(
+            AutoModelForCausalLM.from_pretrained(run / "base-model"), run / "adapter"
+        )(ids).logits
     assert torch.allclose(a, b, atol=1e-4)
 
 
@@ -194,8 +255,20 @@ def test_cli_data_writes_examples(tmp_path: Path) -> None:
 
     run = tmp_path / "run"
     catalog = _catalog(tmp_path / "cat.jsonl", 10)
-    rc = main(["finetune", "data", "--set", f"finetune.output_dir={run}", "--set", f"finetune.data={catalog}",
-               "--set", "finetune.examples.retriever=lexical", "--set", "finetune.examples.validation_fraction=0.2"])
+    rc = main(
+        [
+            "finetune",
+            "data",
+            "--set",
+            f"finetune.output_dir={run}",
+            "--set",
+            f"finetune.data={catalog}",
+            "--set",
+            "finetune.examples.retriever=lexical",
+            "--set",
+            "finetune.examples.validation_fraction=0.2",
+        ]
+    )
     assert rc == 0
     lines = (run / "examples.jsonl").read_text().splitlines()
     assert len(lines) == 10 and json.loads(lines[0])["messages"][0]["role"] == "system"
@@ -203,7 +276,9 @@ def test_cli_data_writes_examples(tmp_path: Path) -> None:
 
 
 @pytest.mark.gpu  # needs the artifacts of a GPU run; deselected with the GPU tests
-@pytest.mark.skipif(not os.environ.get("FINETUNE_GPU_ARTIFACTS"), reason="set FINETUNE_GPU_ARTIFACTS to a GPU run's copy")
+@pytest.mark.skipif(
+    not os.environ.get("FINETUNE_GPU_ARTIFACTS"), reason="set FINETUNE_GPU_ARTIFACTS to a GPU run's copy"
+)
 def test_cpu_loads_gpu_adapter() -> None:
     """The adapter unsloth trained on the GPU (tests/test_finetune_gpu.py) loads and runs on the CPU path."""
     import torch
@@ -212,7 +287,9 @@ def test_cpu_loads_gpu_adapter() -> None:
 
     root = Path(os.environ["FINETUNE_GPU_ARTIFACTS"])
     tokenizer = AutoTokenizer.from_pretrained(root / "adapter")
-    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(root / "base-model"), root / "adapter")
+    model = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(root / "base-model"), root / "adapter"
+    )
     ids = tokenizer("Describe it.", return_tensors="pt").input_ids
     with torch.no_grad():
         out = model.generate(ids, max_new_tokens=5, do_sample=False)

@@ -8,6 +8,7 @@ The model has TinyLlama-1.1B's shapes (hidden 2048, 22 layers, 32 heads, 4 kv he
 real weights would be. Throughput (new tokens / second of a greedy generation, batch 1) is printed
 and, when RAG_GPU_STATS names a file, written there as JSON.
 """
+
 from __future__ import annotations
 
 import json
@@ -51,18 +52,35 @@ def tinyllama_adapter(tinyllama_dir: Path, tmp_path_factory: pytest.TempPathFact
 
     out = tmp_path_factory.mktemp("tinyllama-adapter") / "adapter"
     model = AutoModelForCausalLM.from_pretrained(tinyllama_dir, dtype=torch.bfloat16)
-    lora = LoraConfig(r=16, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
-                      init_lora_weights=False, task_type="CAUSAL_LM")
+    lora = LoraConfig(
+        r=16,
+        lora_alpha=16,
+        target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+        init_lora_weights=False,
+        task_type="CAUSAL_LM",
+    )
     get_peft_model(model, lora).save_pretrained(out)
     del model
     return out
 
 
 def _request() -> GenerationRequest:
-    hits = [Hit(CatalogRow("B001", "City of Djinns: A Year in Delhi",
-                           "A travel memoir by William Dalrymple. The author spends a year in Delhi."), 0.9)]
-    return GenerationRequest(question="who wrote City of Djinns?", hits=hits,
-                             messages=build_messages("who wrote City of Djinns?", hits), max_new_tokens=NEW_TOKENS)
+    hits = [
+        Hit(
+            CatalogRow(
+                "B001",
+                "City of Djinns: A Year in Delhi",
+                "A travel memoir by William Dalrymple. The author spends a year in Delhi.",
+            ),
+            0.9,
+        )
+    ]
+    return GenerationRequest(
+        question="who wrote City of Djinns?",
+        hits=hits,
+        messages=build_messages("who wrote City of Djinns?", hits),
+        max_new_tokens=NEW_TOKENS,
+    )
 
 
 def _run(backend: str, model: Path, adapter: Path | None = None) -> dict[str, float]:
@@ -70,9 +88,15 @@ def _run(backend: str, model: Path, adapter: Path | None = None) -> dict[str, fl
 
     import torch
 
-    config = Config(generator=GeneratorConfig(backend=backend, model=str(model),  # type: ignore[arg-type]
-                                              adapter=str(adapter) if adapter else None, load_in_4bit=True,
-                                              device="cuda"))
+    config = Config(
+        generator=GeneratorConfig(
+            backend=backend,
+            model=str(model),  # type: ignore[arg-type]
+            adapter=str(adapter) if adapter else None,
+            load_in_4bit=True,
+            device="cuda",
+        )
+    )
     generator = make_generator(config)
     started = time.perf_counter()
     generator.warm_up()  # type: ignore[attr-defined]
@@ -105,7 +129,11 @@ def test_environment() -> None:
     import torch
     import transformers
 
-    info = {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__, "transformers": transformers.__version__}
+    info = {
+        "gpu": torch.cuda.get_device_name(0),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+    }
     try:
         import unsloth
 

@@ -7,6 +7,7 @@ Random weights write gibberish, so tests that check the answer text force the mo
 with a forward hook that rewrites the logits (a scripted "model"); the generator's own code —
 chat template, generate(), stop ids, streaming thread, decoding — runs unchanged.
 """
+
 from __future__ import annotations
 
 import io
@@ -54,8 +55,9 @@ def tiny_adapter_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFact
     out = tmp_path_factory.mktemp("tiny-adapter") / "adapter"
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     # init_lora_weights=False: non-zero B matrices, so the adapter visibly changes the logits.
-    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False,
-                      task_type="CAUSAL_LM")
+    lora = LoraConfig(
+        r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False, task_type="CAUSAL_LM"
+    )
     peft_model = get_peft_model(model, lora)
     peft_model.save_pretrained(out)
     AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(out)
@@ -63,13 +65,20 @@ def tiny_adapter_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFact
 
 
 def hf_config(model: Path | None, adapter: Path | None = None, **generator: Any) -> Config:
-    values = dict(backend="hf", model=str(model) if model else None, adapter=str(adapter) if adapter else None,
-                  max_new_tokens=24, device="cpu")
+    values = dict(
+        backend="hf",
+        model=str(model) if model else None,
+        adapter=str(adapter) if adapter else None,
+        max_new_tokens=24,
+        device="cpu",
+    )
     values.update(generator)
     return Config(generator=GeneratorConfig(**values))
 
 
-def request_for(question: str = "who wrote City of Djinns?", hits: list[Hit] | None = None, **kw: Any) -> GenerationRequest:
+def request_for(
+    question: str = "who wrote City of Djinns?", hits: list[Hit] | None = None, **kw: Any
+) -> GenerationRequest:
     hits = hits or []
     return GenerationRequest(question=question, hits=hits, messages=build_messages(question, hits), **kw)
 
@@ -126,7 +135,11 @@ def test_stop_ids_cover_eos_and_end_of_turn_tokens(tiny_model_dir: Path) -> None
     tok.add_special_tokens({"additional_special_tokens": ["<|im_end|>", "<|eot_id|>"]})
     ids = stop_token_ids(tok)
     assert ids[0] == tok.eos_token_id
-    assert set(ids) == {tok.eos_token_id, tok.convert_tokens_to_ids("<|im_end|>"), tok.convert_tokens_to_ids("<|eot_id|>")}
+    assert set(ids) == {
+        tok.eos_token_id,
+        tok.convert_tokens_to_ids("<|im_end|>"),
+        tok.convert_tokens_to_ids("<|eot_id|>"),
+    }
 
 
 def test_render_prompt_with_template_fallback_and_system_refusal(tiny_model_dir: Path) -> None:
@@ -145,7 +158,9 @@ def test_render_prompt_with_template_fallback_and_system_refusal(tiny_model_dir:
         "[INST] {{ m['content'] }} [/INST]{% endfor %}"
     )
     text, templated = render_prompt(tok, messages)
-    assert templated and text.count("[INST]") == 1 and messages[0]["content"] in text and "who wrote it?" in text
+    assert (
+        templated and text.count("[INST]") == 1 and messages[0]["content"] in text and "who wrote it?" in text
+    )
 
 
 # --------------------------------------------------------------------------- the backend
@@ -177,7 +192,9 @@ def test_generation_stops_at_eos(tiny_model_dir: Path) -> None:
     script.handle.remove()
 
 
-def test_generation_stops_at_an_end_of_turn_token_that_is_not_eos(tiny_model_dir: Path, tmp_path: Path) -> None:
+def test_generation_stops_at_an_end_of_turn_token_that_is_not_eos(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
     """Llama-3/ChatML style: the turn ends with <|im_end|>, a token distinct from eos."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -220,12 +237,21 @@ def reference_generate(generator: HFGenerator, request: GenerationRequest) -> st
     inputs = generator._encode(request)
     output = generator._run_generate(inputs, sampling)
     text, n, stopped = generator._decode_new(output, inputs["input_ids"].shape[1])
-    request.new_tokens, request.finish_reason = n, "stop" if stopped or n < sampling.max_new_tokens else "length"
+    request.new_tokens, request.finish_reason = (
+        n,
+        "stop" if stopped or n < sampling.max_new_tokens else "length",
+    )
     return text
 
 
-@pytest.mark.parametrize("settings", [{}, {"repetition_penalty": 1.3, "no_repeat_ngram_size": 2},
-                                      {"repetition_penalty": 1.0, "max_new_tokens": 40}])
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {},
+        {"repetition_penalty": 1.3, "no_repeat_ngram_size": 2},
+        {"repetition_penalty": 1.0, "max_new_tokens": 40},
+    ],
+)
 def test_stream_pieces_make_the_generated_text(tiny_model_dir: Path, settings: dict[str, Any]) -> None:
     """Greedy: the streamed text (the backend's token loop) is transformers' generate() text, token
     for token, with the same counts."""
@@ -235,8 +261,11 @@ def test_stream_pieces_make_the_generated_text(tiny_model_dir: Path, settings: d
         pieces = list(generator.stream(streamed))
         assert len(pieces) >= 2
         whole = request_for(request.question, request.hits)
-        assert "".join(pieces).strip() == reference_generate(generator, whole) == generator.generate(
-            request_for(request.question, request.hits))
+        assert (
+            "".join(pieces).strip()
+            == reference_generate(generator, whole)
+            == generator.generate(request_for(request.question, request.hits))
+        )
         assert (streamed.new_tokens, streamed.finish_reason) == (whole.new_tokens, whole.finish_reason)
     assert not [t for t in threading.enumerate() if t.name == "hf-generate"]
 
@@ -270,10 +299,17 @@ def _static_path(generator: HFGenerator, monkeypatch: pytest.MonkeyPatch, compil
     monkeypatch.setattr(generator, "_compiled", lambda: True)
 
 
-@pytest.mark.parametrize("settings", [{}, {"repetition_penalty": 1.3, "no_repeat_ngram_size": 2},
-                                      {"repetition_penalty": 1.0, "max_new_tokens": 40}])
-def test_static_cache_loop_gives_generate_text(tiny_model_dir: Path, settings: dict[str, Any],
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {},
+        {"repetition_penalty": 1.3, "no_repeat_ngram_size": 2},
+        {"repetition_penalty": 1.0, "max_new_tokens": 40},
+    ],
+)
+def test_static_cache_loop_gives_generate_text(
+    tiny_model_dir: Path, settings: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The generator.compile path (static KV cache, one-token step, penalty and n-gram ban kept
     incrementally) decodes generate()'s tokens under greedy decoding, streamed or not, with the same
     counts; requests of different lengths reuse one cache (reset in place, no leftovers)."""
@@ -288,13 +324,17 @@ def test_static_cache_loop_gives_generate_text(tiny_model_dir: Path, settings: d
         assert static.generate(whole) == text
         streamed = request_for(request.question, request.hits)
         assert "".join(static.stream(streamed)).strip() == text
-        assert ((whole.new_tokens, whole.finish_reason) == (streamed.new_tokens, streamed.finish_reason)
-                == (expected.new_tokens, expected.finish_reason))
+        assert (
+            (whole.new_tokens, whole.finish_reason)
+            == (streamed.new_tokens, streamed.finish_reason)
+            == (expected.new_tokens, expected.finish_reason)
+        )
     assert len(static._static._caches) == 1
 
 
-def test_static_cache_loop_honours_min_new_tokens_and_closing(tiny_model_dir: Path,
-                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_static_cache_loop_honours_min_new_tokens_and_closing(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     generator = HFGenerator(hf_config(tiny_model_dir, max_new_tokens=24))
     _static_path(generator, monkeypatch)
     generator.min_new_tokens = 24  # what the benchmark sets: no early stop
@@ -306,7 +346,9 @@ def test_static_cache_loop_honours_min_new_tokens_and_closing(tiny_model_dir: Pa
     stream.close()  # type: ignore[attr-defined]
     generator.min_new_tokens = 0
     again = request_for()
-    assert generator.generate(again) == HFGenerator(hf_config(tiny_model_dir, max_new_tokens=24)).generate(request_for())
+    assert generator.generate(again) == HFGenerator(hf_config(tiny_model_dir, max_new_tokens=24)).generate(
+        request_for()
+    )
 
 
 def test_ngram_ban_matches_the_answer_blocker() -> None:
@@ -331,14 +373,17 @@ def test_ngram_ban_matches_the_answer_blocker() -> None:
 
 
 @pytest.mark.slow
-def test_compiled_static_step_on_cpu_gives_generate_text(tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_compiled_static_step_on_cpu_gives_generate_text(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """torch.compile of the one-token step (inductor on the CPU; CUDA graphs on a GPU) changes no token."""
     plain = HFGenerator(hf_config(tiny_model_dir, max_new_tokens=12))
     compiled = HFGenerator(hf_config(tiny_model_dir, max_new_tokens=12))
     _static_path(compiled, monkeypatch, compile=True)
     for request in _varied_requests()[:2]:
         assert compiled.generate(request_for(request.question, request.hits)) == plain.generate(
-            request_for(request.question, request.hits))
+            request_for(request.question, request.hits)
+        )
 
 
 def test_closing_the_stream_early_stops_generation(tiny_model_dir: Path) -> None:
@@ -378,7 +423,9 @@ def hf_rag(tiny_model_dir: Path, tiny_adapter_dir: Path, minilm):  # type: ignor
     from tests.helpers import CATALOG, ArraySnapshot, StaticLive
 
     config = hf_config(tiny_model_dir, tiny_adapter_dir, max_new_tokens=48)
-    retriever = Retriever(config, StaticLive(ArraySnapshot(CATALOG, minilm.embed([r.title for r in CATALOG]))), minilm)
+    retriever = Retriever(
+        config, StaticLive(ArraySnapshot(CATALOG, minilm.embed([r.title for r in CATALOG]))), minilm
+    )
     generator = HFGenerator(config)
     script = scripted(generator, ANSWER)
     yield RAG(config, retriever, generator)
@@ -427,7 +474,11 @@ def test_adapter_tokenizer_is_preferred(tiny_model_dir: Path, tiny_adapter_dir: 
     generator = HFGenerator(hf_config(tiny_model_dir, tiny_adapter_dir))
     assert generator._tokenizer_source() == str(tiny_adapter_dir)
     bare = tmp_path / "adapter"
-    shutil.copytree(tiny_adapter_dir, bare, ignore=shutil.ignore_patterns("tokenizer*", "special_tokens*", "chat_template*"))
+    shutil.copytree(
+        tiny_adapter_dir,
+        bare,
+        ignore=shutil.ignore_patterns("tokenizer*", "special_tokens*", "chat_template*"),
+    )
     assert HFGenerator(hf_config(tiny_model_dir, bare))._tokenizer_source() == str(tiny_model_dir)
 
 
@@ -437,9 +488,16 @@ def test_adapter_tokenizer_is_preferred(tiny_model_dir: Path, tiny_adapter_dir: 
 def _varied_requests() -> list[GenerationRequest]:
     from rag.types import CatalogRow
 
-    rows = [CatalogRow(uid=f"U{i}", title=f"Product number {i}", content="word " * (5 + 9 * i)) for i in range(4)]
-    questions = ["who wrote it?", "what is Product number 2 about, in a few words please?", "price?",
-                 "tell me everything about the third product in the catalog", "when?"]
+    rows = [
+        CatalogRow(uid=f"U{i}", title=f"Product number {i}", content="word " * (5 + 9 * i)) for i in range(4)
+    ]
+    questions = [
+        "who wrote it?",
+        "what is Product number 2 about, in a few words please?",
+        "price?",
+        "tell me everything about the third product in the catalog",
+        "when?",
+    ]
     return [request_for(q, [Hit(row=rows[j % 4], score=0.9)] * (1 + j % 3)) for j, q in enumerate(questions)]
 
 
@@ -461,14 +519,20 @@ def test_batched_generation_gives_the_texts_of_one_at_a_time(tiny_model_dir: Pat
 
 
 def _varied_requests_like(requests: list[GenerationRequest]) -> list[GenerationRequest]:
-    return [GenerationRequest(question=r.question, hits=r.hits, messages=r.messages, max_new_tokens=r.max_new_tokens)
-            for r in requests]
+    return [
+        GenerationRequest(
+            question=r.question, hits=r.hits, messages=r.messages, max_new_tokens=r.max_new_tokens
+        )
+        for r in requests
+    ]
 
 
 def test_batch_size_one_and_a_single_request(tiny_model_dir: Path) -> None:
     generator = HFGenerator(hf_config(tiny_model_dir, max_new_tokens=6, batch_size=1))
     requests = _varied_requests()[:2]
-    assert generator.generate_batch(requests) == [generator.generate(r) for r in _varied_requests_like(requests)]
+    assert generator.generate_batch(requests) == [
+        generator.generate(r) for r in _varied_requests_like(requests)
+    ]
     assert generator.generate_batch([]) == []
 
 
@@ -536,8 +600,9 @@ def test_reserved_cache_gives_the_logits_of_the_dynamic_cache(tiny_model_dir: Pa
 
 
 @pytest.mark.parametrize("path", ["eager", "static"])
-def test_stream_pieces_can_be_pulled_from_different_threads(tiny_model_dir: Path, path: str,
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_stream_pieces_can_be_pulled_from_different_threads(
+    tiny_model_dir: Path, path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """`rag serve` pulls a stream's pieces in whichever worker thread is free; inference mode is per
     thread, so a loop that held it across its yields failed on the second thread ("Inplace update to
     inference tensor outside InferenceMode")."""
@@ -559,13 +624,17 @@ def test_stream_pieces_can_be_pulled_from_different_threads(tiny_model_dir: Path
         assert "".join(pieces).strip() == expected
 
 
-def test_the_server_loads_the_llm_before_it_says_ready(tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_server_loads_the_llm_before_it_says_ready(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """api.app._load warms the generator up, so the first question does not pay the model load."""
     from api import app as api_app
     from rag.pipeline import RAG
 
     generator = HFGenerator(hf_config(tiny_model_dir))
-    monkeypatch.setattr(RAG, "from_config", classmethod(lambda cls, config: RAG(config, _NoRetriever(), generator)))
+    monkeypatch.setattr(
+        RAG, "from_config", classmethod(lambda cls, config: RAG(config, _NoRetriever(), generator))
+    )
     state = api_app.ApiState(hf_config(tiny_model_dir), None)
     api_app._load(state)
     assert state.load_error is None and state.rag is not None

@@ -5,6 +5,7 @@
 The server (stdlib http.server in a thread) records every request and plays a per-test script:
 plain completions, SSE streaming, 5xx/429 (retried), 4xx (not retried), slow answers (timeout).
 """
+
 from __future__ import annotations
 
 import json
@@ -46,7 +47,12 @@ class FakeServer:
             def _record(self) -> dict[str, Any]:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = json.loads(self.rfile.read(length)) if length else None
-                entry = {"method": self.command, "path": self.path, "headers": dict(self.headers), "body": body}
+                entry = {
+                    "method": self.command,
+                    "path": self.path,
+                    "headers": dict(self.headers),
+                    "body": body,
+                }
                 outer.requests.append(entry)
                 return entry
 
@@ -82,9 +88,20 @@ class FakeServer:
                     return
                 words = step.get("words", ["Hello", " from", " the", " server", " [1]."])
                 if not (entry["body"] or {}).get("stream"):
-                    self._json(200, {"id": "x", "object": "chat.completion", "choices": [
-                        {"index": 0, "message": {"role": "assistant", "content": "".join(words)},
-                         "finish_reason": "stop"}]})
+                    self._json(
+                        200,
+                        {
+                            "id": "x",
+                            "object": "chat.completion",
+                            "choices": [
+                                {
+                                    "index": 0,
+                                    "message": {"role": "assistant", "content": "".join(words)},
+                                    "finish_reason": "stop",
+                                }
+                            ],
+                        },
+                    )
                     return
                 self.send_response(200)
                 self.send_header("Content-Type", "text/event-stream")
@@ -132,8 +149,14 @@ def api_key(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def make(base_url: str, **generator: Any) -> OpenAIGenerator:
-    values = dict(backend="openai", base_url=base_url, model="catalog", api_key_env=KEY_ENV, timeout_s=5.0,
-                  max_retries=2)
+    values = dict(
+        backend="openai",
+        base_url=base_url,
+        model="catalog",
+        api_key_env=KEY_ENV,
+        timeout_s=5.0,
+        max_retries=2,
+    )
     values.update(generator)
     g = make_generator(Config(generator=GeneratorConfig(**values)))
     assert isinstance(g, OpenAIGenerator)
@@ -145,7 +168,9 @@ sleeps: list[float] = []
 
 
 def request(**kw: Any) -> GenerationRequest:
-    return GenerationRequest(question="who wrote it?", hits=[], messages=build_messages("who wrote it?", []), **kw)
+    return GenerationRequest(
+        question="who wrote it?", hits=[], messages=build_messages("who wrote it?", []), **kw
+    )
 
 
 def test_generate_sends_messages_sampling_and_the_key(server: FakeServer) -> None:
@@ -157,7 +182,9 @@ def test_generate_sends_messages_sampling_and_the_key(server: FakeServer) -> Non
     body = req["body"]
     assert body["model"] == "catalog" and body["stream"] is False and body["max_tokens"] == 50
     assert body["temperature"] == 0.0 and "top_p" not in body  # greedy
-    assert body["messages"][0]["role"] == "system" and body["messages"][-1]["content"].endswith("who wrote it?")
+    assert body["messages"][0]["role"] == "system" and body["messages"][-1]["content"].endswith(
+        "who wrote it?"
+    )
     g.generate(request(temperature=0.7, top_p=0.9, max_new_tokens=10**6))
     body = server.requests[-1]["body"]
     assert body["temperature"] == 0.7 and body["top_p"] == 0.9 and body["max_tokens"] == 4096  # capped
@@ -186,7 +213,9 @@ def test_5xx_is_retried_with_backoff_then_succeeds(server: FakeServer) -> None:
     assert len(server.requests) == 3 and len(sleeps) == 2 and sleeps[1] > sleeps[0] * 1.1 / 1.5
 
 
-def test_persistent_500_gives_a_clear_error_after_the_retries(server: FakeServer, caplog: pytest.LogCaptureFixture) -> None:
+def test_persistent_500_gives_a_clear_error_after_the_retries(
+    server: FakeServer, caplog: pytest.LogCaptureFixture
+) -> None:
     server.script = [{"status": 500, "echo_auth": True}]
     g = make(server.base_url, max_retries=2)
     with caplog.at_level(logging.DEBUG), pytest.raises(OpenAIServerError) as info:
@@ -281,7 +310,9 @@ def test_rag_answer_through_the_openai_backend(server: FakeServer, minilm) -> No
 
     generator = make(server.base_url)
     config = generator.config
-    retriever = Retriever(config, StaticLive(ArraySnapshot(CATALOG, minilm.embed([r.title for r in CATALOG]))), minilm)
+    retriever = Retriever(
+        config, StaticLive(ArraySnapshot(CATALOG, minilm.embed([r.title for r in CATALOG]))), minilm
+    )
     rag = RAG(config, retriever, generator)
     server.script = [{"words": ["A travel memoir", " by William Dalrymple", " [1]."]}]
     stream = rag.answer("who wrote City of Djinns?", stream=True)

@@ -3,6 +3,7 @@ the extractive answer, for plain and streamed answers; a grounded answer is left
 
     .venv/bin/python -m pytest tests/test_grounding_fallback.py -q
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -13,8 +14,12 @@ from rag.config import load_config
 from rag.pipeline import RAG
 from rag.types import CatalogRow, GenerationRequest, Hit
 
-ROW = CatalogRow("A1", "The Salt Road", "A novel by Marta Quillon about two sisters crossing the desert in 1920. "
-                 "It won the Carnegie Medal for its portrait of the caravans.")
+ROW = CatalogRow(
+    "A1",
+    "The Salt Road",
+    "A novel by Marta Quillon about two sisters crossing the desert in 1920. "
+    "It won the Carnegie Medal for its portrait of the caravans.",
+)
 
 
 class Retriever:
@@ -95,7 +100,9 @@ def test_an_answer_of_the_wrong_type_falls_back() -> None:
     assert missing_answer_type("Em que ano foi publicado?", "Um romance [1].") == "year"
     assert missing_answer_type("In what year was it published?", "First published in 1987 [1].") is None
     assert missing_answer_type("Who wrote it?", "A novel [1].") is None  # other questions are not judged
-    answer = _rag("The Salt Road is a novel by Marta Quillon [1].", "extractive").answer("When was The Salt Road set?")
+    answer = _rag("The Salt Road is a novel by Marta Quillon [1].", "extractive").answer(
+        "When was The Salt Road set?"
+    )
     assert answer.fallback == "extractive" and "1920" in answer.text
 
 

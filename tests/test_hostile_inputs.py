@@ -9,6 +9,7 @@ escaping `rag.cli.main` is the real command's traceback and exit 1), an error is
 version served before still opens, verifies and answers (after a failure it is still `current`).
 A last test measures the reader's memory on the 50 MB line in a subprocess.
 """
+
 from __future__ import annotations
 
 import json
@@ -31,8 +32,10 @@ from rag.cli import main
 from tests.hostile_corpus import CASES, Case
 
 REPO = Path(__file__).resolve().parent.parent
-SUMMARY = re.compile(r"read ([\d,]+) = accepted ([\d,]+) \+ rejected ([\d,]+) \+ duplicates ([\d,]+)"
-                     r"(?: \+ trailing data ([\d,]+))?")
+SUMMARY = re.compile(
+    r"read ([\d,]+) = accepted ([\d,]+) \+ rejected ([\d,]+) \+ duplicates ([\d,]+)"
+    r"(?: \+ trailing data ([\d,]+))?"
+)
 BASE_ROWS = 40
 
 
@@ -49,13 +52,23 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def base_index(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("hostile-base")
-    build_index(hashing_config(root / "index"), [write_catalog(root / "base.jsonl", BASE_ROWS)], progress=False)
+    build_index(
+        hashing_config(root / "index"), [write_catalog(root / "base.jsonl", BASE_ROWS)], progress=False
+    )
     return root / "index"
 
 
 def _sets(index_path: Path) -> list[str]:
-    return ["--set", f"index.path={index_path}", "--set", "embedding.model=hashing:64",
-            "--set", "index.descriptions=false", "--set", "index.keep_versions=0"]
+    return [
+        "--set",
+        f"index.path={index_path}",
+        "--set",
+        "embedding.model=hashing:64",
+        "--set",
+        "index.descriptions=false",
+        "--set",
+        "index.keep_versions=0",
+    ]
 
 
 def _serves(store: IndexStore, version: str, rows: int) -> None:
@@ -83,8 +96,14 @@ def _check_counts(case: Case, text: str) -> None:
 
 @pytest.mark.parametrize("command", ["build", "update"])
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
-def test_cli(case: Case, command: str, corpus: dict[str, Path], base_index: Path, tmp_path: Path,
-             capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli(
+    case: Case,
+    command: str,
+    corpus: dict[str, Path],
+    base_index: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     index_path = tmp_path / "index"
     shutil.copytree(base_index, index_path)
     store = IndexStore(index_path)
@@ -107,8 +126,9 @@ def test_cli(case: Case, command: str, corpus: dict[str, Path], base_index: Path
             assert current != before
             manifest = store.manifest(current)
             summary = manifest["read_summary"]
-            assert summary["read"] == (summary["accepted"] + summary["rejected"] + summary["duplicates"]
-                                       + summary["trailing"])
+            assert summary["read"] == (
+                summary["accepted"] + summary["rejected"] + summary["duplicates"] + summary["trailing"]
+            )
             rows = case.accepted + (BASE_ROWS if command == "update" else 0)
             assert manifest["rows"] == rows
             if command == "update":
@@ -127,7 +147,9 @@ def upload_server(base_index: Path, tmp_path_factory: pytest.TempPathFactory) ->
 
     index_path = tmp_path_factory.mktemp("hostile-upload") / "index"
     shutil.copytree(base_index, index_path)
-    config = hashing_config(index_path, extra=["api.admin_key_env=RAG_HOSTILE_ADMIN", "api.api_key_env=RAG_HOSTILE_KEY"])
+    config = hashing_config(
+        index_path, extra=["api.admin_key_env=RAG_HOSTILE_ADMIN", "api.api_key_env=RAG_HOSTILE_KEY"]
+    )
     os.environ["RAG_HOSTILE_ADMIN"] = "hostile-admin"
     try:
         app = create_app(config)
@@ -139,12 +161,18 @@ def upload_server(base_index: Path, tmp_path_factory: pytest.TempPathFactory) ->
     live.stop()
 
 
-@pytest.mark.parametrize("case", [c for c in CASES if c.upload is not None], ids=[c.name for c in CASES if c.upload])
+@pytest.mark.parametrize(
+    "case", [c for c in CASES if c.upload is not None], ids=[c.name for c in CASES if c.upload]
+)
 def test_admin_upload(case: Case, corpus: dict[str, Path], upload_server: Any) -> None:
     url = upload_server.url
     before = httpx.get(url + "/readyz").json()
-    response = httpx.post(url + "/v1/index/update", content=corpus[case.name].read_bytes(), timeout=120,
-                          headers={"X-API-Key": "hostile-admin", "content-type": "application/x-ndjson"})
+    response = httpx.post(
+        url + "/v1/index/update",
+        content=corpus[case.name].read_bytes(),
+        timeout=120,
+        headers={"X-API-Key": "hostile-admin", "content-type": "application/x-ndjson"},
+    )
     assert response.status_code == case.upload, response.text
     data = response.json()
     if response.status_code == 200:
@@ -168,13 +196,22 @@ def test_admin_upload(case: Case, corpus: dict[str, Path], upload_server: Any) -
 
 def test_reader_memory_on_a_50mb_line(corpus: dict[str, Path], tmp_path: Path) -> None:
     """One 52 MB JSON line cost 979 MB in the reader; with catalog.max_line_bytes it costs a few MB."""
-    script = ("import json, resource, sys\n"
-              "from rag.catalog import read_catalog\n"
-              "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
-              "rows, summary = read_catalog([sys.argv[1]])\n"
-              "after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
-              "print(json.dumps({'grew_mb': (after - before) / 1024, 'rejected': summary.rejected}))\n")
-    result = subprocess.run([sys.executable, "-c", script, str(corpus["line_50mb"])], capture_output=True, text=True,
-                            cwd=str(REPO), env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120, check=True)
+    script = (
+        "import json, resource, sys\n"
+        "from rag.catalog import read_catalog\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "rows, summary = read_catalog([sys.argv[1]])\n"
+        "after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "print(json.dumps({'grew_mb': (after - before) / 1024, 'rejected': summary.rejected}))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(corpus["line_50mb"])],
+        capture_output=True,
+        text=True,
+        cwd=str(REPO),
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        timeout=120,
+        check=True,
+    )
     figures = json.loads(result.stdout)
     assert figures["rejected"] == 1 and figures["grew_mb"] < 40, figures

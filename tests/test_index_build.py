@@ -1,7 +1,8 @@
 """Build, open, search and update of the versioned index (HashingEmbedder: no model, fast).
 
-    .venv/bin/python -m pytest tests/test_index_build.py -q
+.venv/bin/python -m pytest tests/test_index_build.py -q
 """
+
 from __future__ import annotations
 
 import json
@@ -37,7 +38,11 @@ def test_build_open_search_finds_the_exact_title(built):
     assert ids.shape == (1, 5) and ids[0, 0] == uid_to_id(wanted["uid"])
     assert scores[0, 0] == pytest.approx(1.0, abs=1e-5)
     rows = snap.get_rows([int(ids[0, 0]), -1, 12345])
-    assert rows[0].uid == wanted["uid"] and rows[0].title == wanted["title"] and rows[0].content.endswith("gen=0")
+    assert (
+        rows[0].uid == wanted["uid"]
+        and rows[0].title == wanted["title"]
+        and rows[0].content.endswith("gen=0")
+    )
     assert rows[1] is None and rows[2] is None
     assert snap.get_by_uid("P0000017").title == wanted["title"]
     assert sorted(r.uid for r in snap.iter_rows(batch=7)) == [f"P{i:07d}" for i in range(200)]
@@ -51,8 +56,12 @@ def test_manifest_records_what_the_design_asks(built):
     config, report, _ = built
     manifest = IndexStore.from_config(config).manifest()
     assert manifest["rows"] == 200 and manifest["version"] == report.version
-    assert manifest["embedding"] == {"model": "hashing-64", "config_model": "hashing:64", "dimension": 64,
-                                     "max_seq_length": config.embedding.max_seq_length}
+    assert manifest["embedding"] == {
+        "model": "hashing-64",
+        "config_model": "hashing:64",
+        "dimension": 64,
+        "max_seq_length": config.embedding.max_seq_length,
+    }
     assert manifest["index"]["type"] == "flat"
     assert {"vectors.faiss", "meta.sqlite"} <= set(manifest["files"])
     for entry in manifest["files"].values():
@@ -151,8 +160,11 @@ def test_faiss_id_collisions_are_salted_and_stay_stable(tmp_path, monkeypatch):
     salted = real("B\x001")
     assert [r.uid for r in snap.get_rows([42, salted])] == ["A", "B"]
     # an update of B keeps its salted id
-    update_index(config, [write_rows(tmp_path / "u.jsonl", [{"uid": "B", "title": "Bravo Mountain Atlas"}])],
-                 progress=False)
+    update_index(
+        config,
+        [write_rows(tmp_path / "u.jsonl", [{"uid": "B", "title": "Bravo Mountain Atlas"}])],
+        progress=False,
+    )
     snap = IndexStore.from_config(config).open_current()
     _, found = snap.search(HashingEmbedder(64).embed(["Bravo Mountain Atlas"]), 1)
     assert found[0, 0] == salted and snap.get_rows([salted])[0].title == "Bravo Mountain Atlas"

@@ -5,6 +5,7 @@
 An update hard-links the parent's base files and writes a small delta; every test here checks
 that a version built that way answers exactly like a fresh build of the same rows.
 """
+
 from __future__ import annotations
 
 import json
@@ -83,10 +84,15 @@ def test_random_updates_answer_like_a_fresh_build(tmp_path, index_type):
             back = deletes[0]
             current[back] = product_row(int(back[1:]), title_variant=9)
             upserts.append(current[back])
-        report = update_index(config, [write_rows(tmp_path / f"u{step}.jsonl", upserts)], deletes, progress=False)
+        report = update_index(
+            config, [write_rows(tmp_path / f"u{step}.jsonl", upserts)], deletes, progress=False
+        )
         assert not report.compacted and report.rows == len(current)
     snap = store.open_current()
-    assert snap.manifest["segments"]["delta"]["vectors"] > 0 and snap.manifest["segments"]["delta"]["tombstones"] > 0
+    assert (
+        snap.manifest["segments"]["delta"]["vectors"] > 0
+        and snap.manifest["segments"]["delta"]["tombstones"] > 0
+    )
     assert snap.rows == len(current) == snap.index.ntotal
     build_index(fresh_config, [write_rows(tmp_path / "all.jsonl", _catalog_after(current))], progress=False)
     fresh = IndexStore.from_config(fresh_config).open_current()
@@ -123,8 +129,12 @@ def test_update_hard_links_the_base_and_carries_its_checksums(tmp_path, monkeypa
     _age(parent)
     hashed: list[str] = []
     real = store_module.sha256_file
-    monkeypatch.setattr(store_module, "sha256_file", lambda path, *a: hashed.append(path.name) or real(path, *a))
-    report = update_index(config, [write_catalog(tmp_path / "b.jsonl", 5, start=1000)], ["P0000003"], progress=False)
+    monkeypatch.setattr(
+        store_module, "sha256_file", lambda path, *a: hashed.append(path.name) or real(path, *a)
+    )
+    report = update_index(
+        config, [write_catalog(tmp_path / "b.jsonl", 5, start=1000)], ["P0000003"], progress=False
+    )
     child = store.version_dir(report.version)
     for name in ("vectors.faiss", "meta.sqlite"):
         assert os.path.samefile(parent / name, child / name)  # a hard link: zero copy
@@ -153,7 +163,11 @@ def test_gc_of_the_parent_keeps_the_hard_linked_child_whole(tmp_path):
     assert store.gc(keep=1)  # deletes the parent: one link of each base file goes away
     assert store.verify().ok
     snap = store.open_current()
-    assert snap.rows == 103 and snap.get_by_uid("P0000042") is not None and snap.get_by_uid("P0000501") is not None
+    assert (
+        snap.rows == 103
+        and snap.get_by_uid("P0000042") is not None
+        and snap.get_by_uid("P0000501") is not None
+    )
 
 
 def test_auto_compaction_by_ratio_and_cli_compact(tmp_path, capsys):
@@ -161,15 +175,28 @@ def test_auto_compaction_by_ratio_and_cli_compact(tmp_path, capsys):
     build_index(config, [write_catalog(tmp_path / "a.jsonl", 200)], progress=False)
     small = update_index(config, [write_catalog(tmp_path / "b.jsonl", 5, start=500)], progress=False)
     assert not small.compacted and small.delta_rows == 5
-    big = update_index(config, [write_catalog(tmp_path / "c.jsonl", 30, start=600)], ["P0000001"], progress=False)
+    big = update_index(
+        config, [write_catalog(tmp_path / "c.jsonl", 30, start=600)], ["P0000001"], progress=False
+    )
     assert big.compacted and big.rows == 234
     store = IndexStore.from_config(config)
     manifest = store.manifest()
-    assert manifest["segments"] == {"base": {"rows": 234, "version": big.version}} and manifest["update"]["compacted"]
+    assert (
+        manifest["segments"] == {"base": {"rows": 234, "version": big.version}}
+        and manifest["update"]["compacted"]
+    )
     assert store.open_current().get_by_uid("P0000001") is None
     # the CLI: nothing to compact, then a delta folded into a fresh base
-    args = ["--set", f"index.path={config.index.path}", "--set", "embedding.model=hashing:64",
-            "--set", "index.descriptions=false", "--set", "index.keep_versions=0"]
+    args = [
+        "--set",
+        f"index.path={config.index.path}",
+        "--set",
+        "embedding.model=hashing:64",
+        "--set",
+        "index.descriptions=false",
+        "--set",
+        "index.keep_versions=0",
+    ]
     assert main(["index", "compact", *args]) == 0
     assert "nothing to compact" in capsys.readouterr().out
     update_index(config, [], ["P0000002"], progress=False)
@@ -185,9 +212,15 @@ def test_hnsw_update_never_rebuilds_the_graph(tmp_path, monkeypatch):
 
     config = hashing_config(tmp_path / "index", index_type="hnsw")
     build_index(config, [write_catalog(tmp_path / "a.jsonl", 300)], progress=False)
-    monkeypatch.setattr(FaissIndex, "_rebuild_without", lambda *a: pytest.fail("graph rebuilt during an update"))
-    update_index(config, [write_rows(tmp_path / "b.jsonl", [product_row(7, title_variant=2)])], ["P0000009"],
-                 progress=False)
+    monkeypatch.setattr(
+        FaissIndex, "_rebuild_without", lambda *a: pytest.fail("graph rebuilt during an update")
+    )
+    update_index(
+        config,
+        [write_rows(tmp_path / "b.jsonl", [product_row(7, title_variant=2)])],
+        ["P0000009"],
+        progress=False,
+    )
     snap = IndexStore.from_config(config).open_current()
     _, ids = snap.search(EMB.embed([product_row(7, title_variant=2)["title"]]), 3)
     assert ids[0, 0] == uid_to_id("P0000007")
@@ -215,7 +248,9 @@ def test_search_over_fetches_past_many_tombstoned_neighbours(tmp_path):
 def with_delta(tmp_path):
     config = hashing_config(tmp_path / "index")
     build_index(config, [write_catalog(tmp_path / "a.jsonl", 100)], progress=False)
-    update_index(config, [write_catalog(tmp_path / "b.jsonl", 4, start=900)], ["P0000001", "P0000002"], progress=False)
+    update_index(
+        config, [write_catalog(tmp_path / "b.jsonl", 4, start=900)], ["P0000001", "P0000002"], progress=False
+    )
     store = IndexStore.from_config(config)
     return store, store.version_dir(store.current_version())
 
@@ -287,9 +322,13 @@ def test_live_reload_after_an_update_hashes_only_the_new_files(tmp_path, monkeyp
     update_index(config, [write_catalog(tmp_path / "b.jsonl", 3, start=900)], progress=False)
     hashed: list[str] = []
     real = store_module.sha256_file
-    monkeypatch.setattr(store_module, "sha256_file", lambda path, *a: hashed.append(path.name) or real(path, *a))
+    monkeypatch.setattr(
+        store_module, "sha256_file", lambda path, *a: hashed.append(path.name) or real(path, *a)
+    )
     assert live.snapshot().rows == 303
-    assert "vectors.faiss" not in hashed and "meta.sqlite" not in hashed  # same inodes, hashed at the first open
+    assert (
+        "vectors.faiss" not in hashed and "meta.sqlite" not in hashed
+    )  # same inodes, hashed at the first open
     assert "delta.faiss" in hashed
     assert live.snapshot().index.base is first.index.base  # the loaded base is shared, not read again
 

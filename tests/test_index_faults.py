@@ -9,6 +9,7 @@ loop and is killed with SIGKILL after a random delay; every version it writes ho
 After each kill the store must open (verified, sha256 included) on a whole version whose counts
 match, and the next write must clean up what the killed writer left behind.
 """
+
 from __future__ import annotations
 
 import os
@@ -102,8 +103,14 @@ def _kill_loop(tmp_path: Path, kills: int, seed: int) -> dict[str, int]:
     last_gen = 0
     cycle = 0.5  # seconds one write takes; measured below, since it varies with the machine's load
     for attempt in range(kills):
-        worker = subprocess.Popen([sys.executable, "-c", WORKER, str(root), str(work)], stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True, env=env, cwd=str(tmp_path))
+        worker = subprocess.Popen(
+            [sys.executable, "-c", WORKER, str(root), str(work)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            cwd=str(tmp_path),
+        )
         try:
             assert worker.stdout.readline().strip() == "ready", worker.stderr.read()
             if attempt % 3 == 0:
@@ -187,8 +194,13 @@ def test_queries_from_threads_while_updates_land(tmp_path):
             n = rows_for(gen)
             data = write_catalog(tmp_path / f"g{gen}.jsonl", n, marker=f"gen={gen}", title_variant=gen % 3)
             # deltas on top of deltas, with one compaction in the middle
-            update_index(config, [data], [f"P{i:07d}" for i in range(n, previous)], progress=False,
-                         compact=True if gen == 5 else None)
+            update_index(
+                config,
+                [data],
+                [f"P{i:07d}" for i in range(n, previous)],
+                progress=False,
+                compact=True if gen == 5 else None,
+            )
             previous = n
             time.sleep(0.05)
     finally:

@@ -1,7 +1,8 @@
 """Index lifecycle: versions, rollback, gc, verify, the writer lock, corrupt files, hot reload, the lexical hook.
 
-    .venv/bin/python -m pytest tests/test_index_lifecycle.py -q
+.venv/bin/python -m pytest tests/test_index_lifecycle.py -q
 """
+
 from __future__ import annotations
 
 import json
@@ -31,8 +32,20 @@ from rag.cli import main
 
 
 def _cli(config, *args: str) -> int:
-    return main(["index", *args, "--set", f"index.path={config.index.path}", "--set", "embedding.model=hashing:64",
-                 "--set", "index.descriptions=false", "--set", "index.keep_versions=0"])
+    return main(
+        [
+            "index",
+            *args,
+            "--set",
+            f"index.path={config.index.path}",
+            "--set",
+            "embedding.model=hashing:64",
+            "--set",
+            "index.descriptions=false",
+            "--set",
+            "index.keep_versions=0",
+        ]
+    )
 
 
 @pytest.fixture()
@@ -98,7 +111,9 @@ def test_keep_versions_prunes_after_each_write(tmp_path):
     config = hashing_config(tmp_path / "index", keep_versions=2)
     build_index(config, [write_catalog(tmp_path / "a.jsonl", 50)], progress=False)
     for i in range(3):
-        report = update_index(config, [write_catalog(tmp_path / f"u{i}.jsonl", 1, start=100 + i)], progress=False)
+        report = update_index(
+            config, [write_catalog(tmp_path / f"u{i}.jsonl", 1, start=100 + i)], progress=False
+        )
     store = IndexStore.from_config(config)
     assert len(store.complete_versions()) == 2 and store.current_version() == report.version
     assert report.removed_versions
@@ -107,8 +122,24 @@ def test_keep_versions_prunes_after_each_write(tmp_path):
 def test_cli_build_without_data_uses_config_data(tmp_path, capsys):
     data = write_catalog(tmp_path / "default.jsonl", 30)
     config = hashing_config(tmp_path / "index")
-    assert main(["index", "build", "-q", "--set", f"data={data}", "--set", f"index.path={config.index.path}",
-                 "--set", "embedding.model=hashing:64", "--set", "index.descriptions=false"]) == 0
+    assert (
+        main(
+            [
+                "index",
+                "build",
+                "-q",
+                "--set",
+                f"data={data}",
+                "--set",
+                f"index.path={config.index.path}",
+                "--set",
+                "embedding.model=hashing:64",
+                "--set",
+                "index.descriptions=false",
+            ]
+        )
+        == 0
+    )
     assert "30 rows" in capsys.readouterr().out
     assert _cli(config, "update", "--data", str(write_catalog(tmp_path / "n.jsonl", 2, start=500))) == 0
     assert "inserted 2" in capsys.readouterr().out
@@ -156,13 +187,18 @@ def test_lock_held_by_another_process(tmp_path):
     config = hashing_config(tmp_path / "index")
     root = config.index.path
     holder = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(f"""
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""
             import sys, time
             from index.store import IndexStore
             lock = IndexStore({root!r}).lock(); lock.acquire()
             print("held", flush=True); time.sleep(60)
-        """)],
-        stdout=subprocess.PIPE, text=True,
+        """),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert holder.stdout.readline().strip() == "held"
@@ -171,7 +207,9 @@ def test_lock_held_by_another_process(tmp_path):
     finally:
         holder.kill()
         holder.wait()
-    build_index(config, [write_catalog(tmp_path / "a.jsonl", 5)], progress=False)  # the kernel dropped the lock
+    build_index(
+        config, [write_catalog(tmp_path / "a.jsonl", 5)], progress=False
+    )  # the kernel dropped the lock
 
 
 # --------------------------------------------------------------------------- corrupt files
@@ -250,7 +288,9 @@ def test_mismatched_counts_are_refused(one_version):
         store.open_current()  # the manifest disagrees with itself
     manifest["segments"]["base"]["rows"] = 199
     manifest_path.write_text(json.dumps(manifest))
-    with pytest.raises(IndexCorruptError, match="vectors.faiss: holds 200 vectors but manifest.json says 199"):
+    with pytest.raises(
+        IndexCorruptError, match="vectors.faiss: holds 200 vectors but manifest.json says 199"
+    ):
         store.open_current()
 
 

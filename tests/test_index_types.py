@@ -1,7 +1,8 @@
 """One suite run against every FAISS index type (flat, hnsw, ivf), memory-mapped or not.
 
-    .venv/bin/python -m pytest tests/test_index_types.py -q
+.venv/bin/python -m pytest tests/test_index_types.py -q
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -65,16 +66,25 @@ def test_unknown_type_is_refused():
 @pytest.mark.parametrize("index_type", TYPES)
 @pytest.mark.parametrize("mmap", [True, False])
 def test_build_update_search_through_the_store(index_type, mmap, tmp_path):
-    config = hashing_config(tmp_path / "index", index_type=index_type, extra=[f"index.mmap={str(mmap).lower()}"])
+    config = hashing_config(
+        tmp_path / "index", index_type=index_type, extra=[f"index.mmap={str(mmap).lower()}"]
+    )
     build_index(config, [write_catalog(tmp_path / "a.jsonl", 300)], progress=False)
-    update_index(config, [write_rows(tmp_path / "b.jsonl", [product_row(7, title_variant=3), product_row(999)])],
-                 ["P0000001"], progress=False)
+    update_index(
+        config,
+        [write_rows(tmp_path / "b.jsonl", [product_row(7, title_variant=3), product_row(999)])],
+        ["P0000001"],
+        progress=False,
+    )
     store = IndexStore.from_config(config)
     snap = store.open_current(mmap=mmap)
     assert snap.rows == 300 and snap.manifest["index"]["type"] == index_type
     embedder = HashingEmbedder(64)
-    for uid, title in [("P0000007", product_row(7, title_variant=3)["title"]), ("P0000999", product_row(999)["title"]),
-                       ("P0000042", product_row(42)["title"])]:
+    for uid, title in [
+        ("P0000007", product_row(7, title_variant=3)["title"]),
+        ("P0000999", product_row(999)["title"]),
+        ("P0000042", product_row(42)["title"]),
+    ]:
         _, ids = snap.search(embedder.embed([title]), 3)
         assert snap.get_rows(ids[0])[0].uid == uid, (index_type, uid)
     _, ids = snap.search(embedder.embed([product_row(1)["title"]]), 10)

@@ -1,7 +1,8 @@
 """LangChain: the official standard retriever suite (langchain-tests) and CatalogRetriever's own checks.
 
-    .venv/bin/python -m pytest tests/test_langchain.py -q
+.venv/bin/python -m pytest tests/test_langchain.py -q
 """
+
 from __future__ import annotations
 
 from functools import lru_cache

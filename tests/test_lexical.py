@@ -1,7 +1,8 @@
 """The BM25 description index (index/lexical.py): analysis, scoring, files, updates, build hooks.
 
-    .venv/bin/python -m pytest tests/test_lexical.py -q
+.venv/bin/python -m pytest tests/test_lexical.py -q
 """
+
 from __future__ import annotations
 
 import json
@@ -25,9 +26,15 @@ from index.lexical import (
 from index.metadata import META_FILE, content_hash, open_for_writing
 
 DOCS = {
-    101: ("Happy Trails", "Roy Rogers, the singing cowboy, and his palomino horse Trigger ride across the West."),
+    101: (
+        "Happy Trails",
+        "Roy Rogers, the singing cowboy, and his palomino horse Trigger ride across the West.",
+    ),
     102: ("Mog's Kittens", "A board book about Mog the cat and her kittens. For toddlers."),
-    103: ("The Lighthouse", "A keeper's daughter tends the lamp on a storm-bound island. A story of the sea."),
+    103: (
+        "The Lighthouse",
+        "A keeper's daughter tends the lamp on a storm-bound island. A story of the sea.",
+    ),
     104: ("Garlic Press", ""),
     105: ("Cowboy Boots for Men", "Leather boots in brown. The boots fit true to size."),
     106: ("Horse Care Handbook", "How to groom, feed and shoe a horse. Stable routines for every season."),
@@ -71,7 +78,13 @@ def brute_bm25(docs: dict[int, tuple[str, str]], terms: list[str]) -> dict[int, 
             tf = bag.count(t)
             if tf:
                 idf = math.log(1 + (n - df + 0.5) / (df + 0.5))
-                s += w * idf * tf * (lexical.K1 + 1) / (tf + lexical.K1 * (1 - lexical.B + lexical.B * len(bag) / avgdl))
+                s += (
+                    w
+                    * idf
+                    * tf
+                    * (lexical.K1 + 1)
+                    / (tf + lexical.K1 * (1 - lexical.B + lexical.B * len(bag) / avgdl))
+                )
         if s > 0:
             out[fid] = s
     return out
@@ -79,7 +92,9 @@ def brute_bm25(docs: dict[int, tuple[str, str]], terms: list[str]) -> dict[int, 
 
 def test_stemmer_and_query_analysis() -> None:
     assert stem("singing") == stem("sings") == stem("sing") == "sing"
-    assert stem("horses") == stem("horse") and stem("stories") == stem("story") and stem("loved") == stem("love")
+    assert (
+        stem("horses") == stem("horse") and stem("stories") == stem("story") and stem("loved") == stem("love")
+    )
     assert stem("boxes") == "box" and stem("1942") == "1942"
     # Portuguese question words are dropped, nouns mapped to English, names kept
     terms = query_terms("um livro sobre um cowboy cantor e seu cavalo Trigger")
@@ -92,7 +107,13 @@ def test_stemmer_and_query_analysis() -> None:
 def test_bm25_scores_match_the_textbook_formula(tmp_path: Path) -> None:
     version, _ = build(tmp_path)
     index = LexicalIndex(version)
-    for question in ["singing cowboy horse", "the sea story", "boots boots boots", "kittens of Mog", "garlic"]:
+    for question in [
+        "singing cowboy horse",
+        "the sea story",
+        "boots boots boots",
+        "kittens of Mog",
+        "garlic",
+    ]:
         terms = query_terms(question)
         expected = brute_bm25(DOCS, terms)
         got = dict(index.score(terms, k=10, exhaustive=True))
@@ -107,7 +128,9 @@ def test_bm25_scores_match_the_textbook_formula(tmp_path: Path) -> None:
 
 def test_snippet_is_the_best_matching_sentence(tmp_path: Path) -> None:
     text = "Leather boots in brown. The palomino horse Trigger was famous. Fits true to size."
-    assert best_passage(text, set(query_terms("horse Trigger")), max_chars=40).startswith("The palomino horse Trigger")
+    assert best_passage(text, set(query_terms("horse Trigger")), max_chars=40).startswith(
+        "The palomino horse Trigger"
+    )
     assert best_passage(text, set(query_terms("violin"))) == ""
     version, _ = build(tmp_path)
     index = LexicalIndex(version)
@@ -129,7 +152,9 @@ def test_pruned_scoring_keeps_the_best_document(tmp_path: Path) -> None:
     assert pruned[0][1] == pytest.approx(exact[0][1], rel=1e-6)  # the rescored candidate gets every term
 
 
-def test_champion_lists_bound_the_work_and_keep_exact_scores(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_champion_lists_bound_the_work_and_keep_exact_scores(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(lexical, "CHAMPIONS", 30)  # "toy" and friends are in 400 docs: champion lists of 30
     docs = {i: (f"Item {i}", "a red wooden toy box " + "with wheels " * (i % 5)) for i in range(1, 401)}
     docs[999] = ("Item 999", "a red wooden toy box with wheels and a brass zeppelin")
@@ -229,7 +254,9 @@ def test_large_updates_compact_into_a_new_base(tmp_path: Path) -> None:
     assert len(_ranked(LexicalIndex(v2), "refreshed")) == len(DOCS)
 
 
-def test_build_and_update_hooks_put_the_files_in_the_manifest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_build_and_update_hooks_put_the_files_in_the_manifest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(lexical, "COMPACT_FRACTION", 0.5)  # 7 rows: keep the two changes in a delta
     from index.build import build_index, update_index
     from index.store import IndexStore
@@ -246,9 +273,17 @@ def test_build_and_update_hooks_put_the_files_in_the_manifest(tmp_path: Path, mo
     assert snap.get_rows([hits[0][0]])[0].uid == "U101" and "Trigger" in hits[0][2]
     snap.close()
     # incremental update: new row findable by its description, deleted row gone
-    update_index(config, [write_rows(tmp_path / "b.jsonl", [{"uid": "U900", "title": "Zither Primer",
-                                                            "content": "Learn the zither in ten lessons."}])],
-                 ["U102"], progress=False)
+    update_index(
+        config,
+        [
+            write_rows(
+                tmp_path / "b.jsonl",
+                [{"uid": "U900", "title": "Zither Primer", "content": "Learn the zither in ten lessons."}],
+            )
+        ],
+        ["U102"],
+        progress=False,
+    )
     manifest = store.manifest()
     assert "lexical.delta.docs.npy" in manifest["files"]
     snap = store.open_current()

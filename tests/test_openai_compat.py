@@ -8,6 +8,7 @@ Every case asserts the HTTP status, the exception class the SDK raises, the erro
 the usage counts against the tokenizer: the extractive answerer counts with the stated one, the
 bundled MiniLM's WordPiece `tokenizer.json`, loaded here independently with `tokenizers`.
 """
+
 from __future__ import annotations
 
 import os
@@ -35,8 +36,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _overrides(index_path: Path) -> list[str]:
-    return [f"index.path={index_path}", "embedding.model=hashing:64", f"api.api_key_env={KEY_ENV}",
-            f'api.model_aliases=["{ALIAS}"]']
+    return [
+        f"index.path={index_path}",
+        "embedding.model=hashing:64",
+        f"api.api_key_env={KEY_ENV}",
+        f'api.model_aliases=["{ALIAS}"]',
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -65,10 +70,16 @@ def server(index_path: Path) -> Iterator[str]:
     for item in _overrides(index_path):
         command += ["--set", item]
     env = {**os.environ, KEY_ENV: KEY, "PYTHONPATH": str(ROOT)}
-    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_until_ready(process, url, lambda: process.stdout.read() if process.stdout and process.poll() is not None else "")
+        wait_until_ready(
+            process,
+            url,
+            lambda: process.stdout.read() if process.stdout and process.poll() is not None else "",
+        )
         yield url
     finally:
         process.terminate()
@@ -110,7 +121,9 @@ def _count(tokenizer: Any, text: str) -> int:
     return len(tokenizer.encode(text, add_special_tokens=False).ids) if text else 0
 
 
-def _prompt_tokens(tokenizer: Any, pipeline: Any, question: str, history: list[dict[str, str]] | None = None) -> int:
+def _prompt_tokens(
+    tokenizer: Any, pipeline: Any, question: str, history: list[dict[str, str]] | None = None
+) -> int:
     request, _, _ = pipeline.prepare(question, history=history)
     return sum(_count(tokenizer, m["role"]) + _count(tokenizer, m["content"]) for m in request.messages)
 
@@ -141,19 +154,27 @@ def test_invoke_usage_counts_the_whole_prompt_in_tokens(client: Any, tokenizer: 
     usage = completion.usage
     assert usage.completion_tokens == _count(tokenizer, choice.message.content)
     assert usage.prompt_tokens == _prompt_tokens(tokenizer, pipeline, QUESTION)
-    assert usage.prompt_tokens > 5 * _count(tokenizer, QUESTION)  # the system prompt and rows, not only the question
+    assert usage.prompt_tokens > 5 * _count(
+        tokenizer, QUESTION
+    )  # the system prompt and rows, not only the question
     assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
     assert "WordPiece" in completion.model_extra["rag"]["tokenizer"]
     # history counts as prompt too
-    history = [{"role": "user", "content": QUESTION}, {"role": "assistant", "content": choice.message.content}]
-    follow = client.chat.completions.create(model=MODEL, messages=[*history, {"role": "user", "content": "Who wrote it?"}])
+    history = [
+        {"role": "user", "content": QUESTION},
+        {"role": "assistant", "content": choice.message.content},
+    ]
+    follow = client.chat.completions.create(
+        model=MODEL, messages=[*history, {"role": "user", "content": "Who wrote it?"}]
+    )
     assert "Eleanor Whitcombe" in follow.choices[0].message.content
     assert follow.usage.prompt_tokens == _prompt_tokens(tokenizer, pipeline, "Who wrote it?", history)
 
 
 @pytest.mark.parametrize("field, limit", [("max_tokens", 1), ("max_completion_tokens", 7)])
-def test_max_tokens_cut_the_answer_with_finish_reason_length(client: Any, tokenizer: Any, field: str,
-                                                             limit: int) -> None:
+def test_max_tokens_cut_the_answer_with_finish_reason_length(
+    client: Any, tokenizer: Any, field: str, limit: int
+) -> None:
     completion = client.chat.completions.create(model=MODEL, messages=_user(), **{field: limit})
     choice = completion.choices[0]
     assert choice.finish_reason == "length"
@@ -165,8 +186,11 @@ def test_max_tokens_cut_the_answer_with_finish_reason_length(client: Any, tokeni
 
 
 def test_max_tokens_streamed(client: Any, tokenizer: Any) -> None:
-    chunks = list(client.chat.completions.create(model=MODEL, messages=_user(), max_tokens=4, stream=True,
-                                                 stream_options={"include_usage": True}))
+    chunks = list(
+        client.chat.completions.create(
+            model=MODEL, messages=_user(), max_tokens=4, stream=True, stream_options={"include_usage": True}
+        )
+    )
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     finals = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
     assert finals == ["length"]
@@ -179,17 +203,31 @@ def test_stop_sequences_end_the_answer(client: Any, tokenizer: Any) -> None:
     completion = client.chat.completions.create(model=MODEL, messages=_user(), stop=["nor Whit", "zzz"])
     text = completion.choices[0].message.content
     assert completion.choices[0].finish_reason == "stop"
-    assert text == full[:full.index("nor Whit")].strip() and "Whitcombe" not in text
+    assert text == full[: full.index("nor Whit")].strip() and "Whitcombe" not in text
     assert completion.usage.completion_tokens == _count(tokenizer, text)
     # streamed: the stop sequence spans two pieces ("Eleanor " and "Whitcombe."), and is never sent
-    chunks = list(client.chat.completions.create(model=MODEL, messages=_user(), stop="nor Whit", stream=True,
-                                                 stream_options={"include_usage": True}))
+    chunks = list(
+        client.chat.completions.create(
+            model=MODEL,
+            messages=_user(),
+            stop="nor Whit",
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
     streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert streamed.strip() == text and "Whit" not in streamed
-    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["stop"]
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == [
+        "stop"
+    ]
     assert chunks[-1].usage.completion_tokens == _count(tokenizer, text)
     # a stop sequence that never occurs changes nothing
-    assert client.chat.completions.create(model=MODEL, messages=_user(), stop=["\u2603"]).choices[0].message.content == full
+    assert (
+        client.chat.completions.create(model=MODEL, messages=_user(), stop=["\u2603"])
+        .choices[0]
+        .message.content
+        == full
+    )
 
 
 def test_unknown_model_is_404_and_aliases_are_listed(client: Any) -> None:
@@ -208,26 +246,46 @@ def test_unknown_model_is_404_and_aliases_are_listed(client: Any) -> None:
     assert aliased.model == MODEL and aliased.choices[0].finish_reason == "stop"
 
 
-@pytest.mark.parametrize("kwargs, param, code", [
-    ({"response_format": {"type": "json_object"}}, "response_format", "unsupported_value"),
-    ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}}},
-     "response_format", "unsupported_value"),
-    ({"tools": [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]},
-     "tools", "unsupported_parameter"),
-    ({"tool_choice": "required"}, "tool_choice", "unsupported_value"),
-    ({"logprobs": True}, "logprobs", "unsupported_parameter"),
-    ({"logprobs": False, "top_logprobs": 2}, "top_logprobs", "unsupported_parameter"),
-    ({"n": 2}, "n", "unsupported_value"),
-    ({"max_tokens": 0}, "max_tokens", "invalid_value"),
-    ({"max_tokens": 5000}, "max_tokens", "invalid_value"),
-    ({"max_completion_tokens": 5000}, "max_completion_tokens", "invalid_value"),
-    ({"stop": ["a", "b", "c", "d", "e"]}, "stop", "invalid_value"),
-    ({"temperature": 7}, "temperature", "invalid_value"),
-    ({"messages": [{"role": "robot", "content": "hi"}]}, "messages.0.role", "invalid_value"),
-    ({"messages": [{"role": "assistant", "content": "hi"}]}, "messages", "invalid_value"),
-    ({"messages": [{"role": "user", "content": "q" * 2001}]}, "messages", "invalid_value"),
-])
-def test_bad_requests_are_400_in_openai_shape(client: Any, kwargs: dict[str, Any], param: str, code: str) -> None:
+@pytest.mark.parametrize(
+    "kwargs, param, code",
+    [
+        ({"response_format": {"type": "json_object"}}, "response_format", "unsupported_value"),
+        (
+            {
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {"name": "x", "schema": {"type": "object"}},
+                }
+            },
+            "response_format",
+            "unsupported_value",
+        ),
+        (
+            {
+                "tools": [
+                    {"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}
+                ]
+            },
+            "tools",
+            "unsupported_parameter",
+        ),
+        ({"tool_choice": "required"}, "tool_choice", "unsupported_value"),
+        ({"logprobs": True}, "logprobs", "unsupported_parameter"),
+        ({"logprobs": False, "top_logprobs": 2}, "top_logprobs", "unsupported_parameter"),
+        ({"n": 2}, "n", "unsupported_value"),
+        ({"max_tokens": 0}, "max_tokens", "invalid_value"),
+        ({"max_tokens": 5000}, "max_tokens", "invalid_value"),
+        ({"max_completion_tokens": 5000}, "max_completion_tokens", "invalid_value"),
+        ({"stop": ["a", "b", "c", "d", "e"]}, "stop", "invalid_value"),
+        ({"temperature": 7}, "temperature", "invalid_value"),
+        ({"messages": [{"role": "robot", "content": "hi"}]}, "messages.0.role", "invalid_value"),
+        ({"messages": [{"role": "assistant", "content": "hi"}]}, "messages", "invalid_value"),
+        ({"messages": [{"role": "user", "content": "q" * 2001}]}, "messages", "invalid_value"),
+    ],
+)
+def test_bad_requests_are_400_in_openai_shape(
+    client: Any, kwargs: dict[str, Any], param: str, code: str
+) -> None:
     import openai
 
     options = {"model": MODEL, "messages": _user(), **kwargs}
@@ -240,16 +298,25 @@ def test_bad_requests_are_400_in_openai_shape(client: Any, kwargs: dict[str, Any
 
 
 def test_text_response_format_and_no_tools_are_fine(client: Any) -> None:
-    completion = client.chat.completions.create(model=MODEL, messages=_user(), response_format={"type": "text"},
-                                                tool_choice="none", logprobs=False, n=1, seed=3, presence_penalty=0.1)
+    completion = client.chat.completions.create(
+        model=MODEL,
+        messages=_user(),
+        response_format={"type": "text"},
+        tool_choice="none",
+        logprobs=False,
+        n=1,
+        seed=3,
+        presence_penalty=0.1,
+    )
     assert completion.choices[0].finish_reason == "stop" and completion.choices[0].logprobs is None
 
 
 def test_missing_messages_and_wrong_key(server: str) -> None:
     import openai
 
-    response = httpx.post(server + "/v1/chat/completions", json={"model": MODEL},
-                          headers={"Authorization": f"Bearer {KEY}"})
+    response = httpx.post(
+        server + "/v1/chat/completions", json={"model": MODEL}, headers={"Authorization": f"Bearer {KEY}"}
+    )
     assert response.status_code == 400
     assert response.json()["error"]["param"] == "messages"
     assert response.json()["error"]["code"] == "missing_required_parameter"
@@ -282,8 +349,9 @@ def test_chat_openai_invoke_stream_batch(chat_model: Any, tokenizer: Any, pipeli
     assert message.usage_metadata["output_tokens"] == _count(tokenizer, message.content)
     pieces = list(chat_model.stream(QUESTION))
     assert len(pieces) >= 2 and "".join(p.content for p in pieces) == message.content
-    assert [p.response_metadata.get("finish_reason") for p in pieces if p.response_metadata.get("finish_reason")] \
-        == ["stop"]
+    assert [
+        p.response_metadata.get("finish_reason") for p in pieces if p.response_metadata.get("finish_reason")
+    ] == ["stop"]
     answers = chat_model.batch([QUESTION, "Who wrote City of Djinns?"])
     assert answers[0].content == message.content and "Dalrymple" in answers[1].content
 
@@ -303,7 +371,8 @@ def test_chat_openai_max_tokens_and_stop(server: str, tokenizer: Any) -> None:
     assert message.response_metadata["finish_reason"] == "length"
     assert message.usage_metadata["output_tokens"] == 3 == _count(tokenizer, message.content)
     stopped = ChatOpenAI(base_url=server + "/v1", api_key=KEY, model=MODEL, max_retries=0).invoke(
-        QUESTION, stop=["Whitcombe"])
+        QUESTION, stop=["Whitcombe"]
+    )
     assert stopped.response_metadata["finish_reason"] == "stop"
     assert "Eleanor" in stopped.content and "Whitcombe" not in stopped.content
 

@@ -24,7 +24,9 @@ def test_title_query_strips_question_words(question: str, title_query: str) -> N
     assert not parsed.followup
 
 
-@pytest.mark.parametrize("question", ["who wrote it?", "and is it for kids?", "what is it about?", "quem escreveu?", "e ele?"])
+@pytest.mark.parametrize(
+    "question", ["who wrote it?", "and is it for kids?", "what is it about?", "quem escreveu?", "e ele?"]
+)
 def test_followups_are_detected(question: str) -> None:
     parsed = parse_question(question)
     assert parsed.followup
@@ -65,11 +67,15 @@ def test_pipeline_does_not_find_a_product_the_catalog_lacks(tmp_path):
         snapshot = None
 
         def search(self, question, k=None, history=(), snapshot=None):
-            row = CatalogRow(uid="u1", title="City of Djinns", content="A year in Delhi by William Dalrymple.")
+            row = CatalogRow(
+                uid="u1", title="City of Djinns", content="A year in Delhi by William Dalrymple."
+            )
             return [Hit(row=row, score=0.9)]
 
     config = Config()
-    rag = RAG(config, OneRow(), __import__("rag.generators.extractive", fromlist=["x"]).ExtractiveGenerator(config))
+    rag = RAG(
+        config, OneRow(), __import__("rag.generators.extractive", fromlist=["x"]).ExtractiveGenerator(config)
+    )
     absent = rag.answer("Who wrote The Clockmaker of Tallinn?")
     assert not absent.found and absent.sources == [] and "could not find" in absent.text
     present = rag.answer("Who wrote City of Djinns?")

@@ -5,6 +5,7 @@
 The model is pulled once by `make model` (which `make test` and .ci/run run first); where it has not
 been pulled these tests skip and say how to pull it.
 """
+
 from __future__ import annotations
 
 import threading
@@ -18,8 +19,10 @@ from rag.prompt import build_messages
 from rag.types import CatalogRow, GenerationRequest, Hit
 
 NAME = "smollm2-135m"
-pytestmark = pytest.mark.skipif(not is_pulled(NAME), reason=f"the real model is not pulled into {model_path(NAME)}: "
-                                f"run `make model` (rag model pull {NAME})")
+pytestmark = pytest.mark.skipif(
+    not is_pulled(NAME),
+    reason=f"the real model is not pulled into {model_path(NAME)}: run `make model` (rag model pull {NAME})",
+)
 
 ROW = CatalogRow("R1", "The Salt Road", "A novel by Marta Quillon about two sisters crossing the desert.")
 
@@ -28,7 +31,9 @@ ROW = CatalogRow("R1", "The Salt Road", "A novel by Marta Quillon about two sist
 def generator() -> Any:
     from rag.generators.hf import HFGenerator
 
-    gen = HFGenerator(Config(generator=GeneratorConfig(backend="hf", model=NAME, device="cpu", max_new_tokens=48)))
+    gen = HFGenerator(
+        Config(generator=GeneratorConfig(backend="hf", model=NAME, device="cpu", max_new_tokens=48))
+    )
     gen.warm_up()
     return gen
 
@@ -51,8 +56,9 @@ def test_the_known_name_resolves_to_the_pulled_chatml_model(generator: Any) -> N
     assert tok.eos_token == "<|im_end|>" and tok.pad_token == "<|im_end|>"  # fixed at conversion
     assert tok.convert_tokens_to_ids("<|im_end|>") in generator.stop_ids
     assert sum(p.numel() for p in generator.model.parameters()) == pytest.approx(134.5e6, rel=0.01)
-    prompt = generator.tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False,
-                                                     add_generation_prompt=True)
+    prompt = generator.tokenizer.apply_chat_template(
+        [{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True
+    )
     assert prompt.rstrip().endswith("<|im_start|>assistant")
 
 
@@ -86,10 +92,14 @@ def test_no_bitsandbytes_for_a_model_this_small(generator: Any) -> None:
 
 def test_batched_answers_equal_one_at_a_time(generator: Any) -> None:
     """Left-padded batches of different prompt lengths give the greedy answers of single requests."""
-    other = CatalogRow("R2", "Seven Small Owls", "A picture book for ages 3 to 5 about owls who learn to count.")
-    asks = [("Who wrote The Salt Road?", [Hit(row=ROW, score=0.9)]),
-            ("For what ages is Seven Small Owls?", [Hit(row=other, score=0.9), Hit(row=ROW, score=0.4)]),
-            ("What is The Salt Road about?", [Hit(row=ROW, score=0.9), Hit(row=other, score=0.3)])]
+    other = CatalogRow(
+        "R2", "Seven Small Owls", "A picture book for ages 3 to 5 about owls who learn to count."
+    )
+    asks = [
+        ("Who wrote The Salt Road?", [Hit(row=ROW, score=0.9)]),
+        ("For what ages is Seven Small Owls?", [Hit(row=other, score=0.9), Hit(row=ROW, score=0.4)]),
+        ("What is The Salt Road about?", [Hit(row=ROW, score=0.9), Hit(row=other, score=0.3)]),
+    ]
     alone = [generator.generate(_request(q, h, max_new_tokens=24)) for q, h in asks]
     batch = [_request(q, h, max_new_tokens=24) for q, h in asks]
     assert generator.generate_batch(batch, batch_size=3) == alone

@@ -42,7 +42,10 @@ def test_lexical_fusion_beats_dense_alone_on_a_near_duplicate(retriever: Retriev
 
 
 def test_followup_uses_the_product_from_history(retriever: Retriever) -> None:
-    history = [{"role": "user", "content": "what is City of Djinns about?"}, {"role": "assistant", "content": "..."}]
+    history = [
+        {"role": "user", "content": "what is City of Djinns about?"},
+        {"role": "assistant", "content": "..."},
+    ]
     assert retriever.search("who wrote it?", k=1, history=history)[0].row.uid == "B001"
 
 

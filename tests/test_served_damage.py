@@ -14,6 +14,7 @@ memory-mapped:
 - read into memory (the default for files under `index.mmap_min_bytes`): clients keep getting the
   version that was loaded, and /readyz reports the damage on disk.
 """
+
 from __future__ import annotations
 
 import os
@@ -96,19 +97,26 @@ def servers() -> Iterator[list[Server]]:
 
 
 def _build(index_path: Path, catalog: Path) -> Any:
-    return build_index(hashing_config(index_path, extra=["index.descriptions=true"]), [catalog], progress=False)
+    return build_index(
+        hashing_config(index_path, extra=["index.descriptions=true"]), [catalog], progress=False
+    )
 
 
 def _requests(url: str) -> list[httpx.Response]:
     chat = {"messages": [{"role": "user", "content": QUESTION["question"]}]}
     with httpx.Client(base_url=url, timeout=30) as client:
-        return [client.post("/v1/answer", json=QUESTION), client.post("/v1/chat/completions", json=chat),
-                client.post("/v1/chat/completions", json={**chat, "stream": True}),
-                client.get("/v1/products/P0000003")]
+        return [
+            client.post("/v1/answer", json=QUESTION),
+            client.post("/v1/chat/completions", json=chat),
+            client.post("/v1/chat/completions", json={**chat, "stream": True}),
+            client.get("/v1/products/P0000003"),
+        ]
 
 
 def _truncate(path: Path) -> None:
-    os.truncate(path, path.stat().st_size // 2)  # in place: the same inode, as `truncate` or a `cp` over it does
+    os.truncate(
+        path, path.stat().st_size // 2
+    )  # in place: the same inode, as `truncate` or a `cp` over it does
 
 
 def test_truncated_mapped_file_gives_errors_not_a_dead_server(tmp_path: Path, servers: list[Server]) -> None:
@@ -128,7 +136,11 @@ def test_truncated_mapped_file_gives_errors_not_a_dead_server(tmp_path: Path, se
             assert "was truncated while it was served" in message and str(tmp_path) not in message
     server.alive()
     ready = httpx.get(server.url + "/readyz").json()
-    assert ready["status"] == "not_ready" and "truncated" in ready["reason"] and str(tmp_path) not in ready["reason"]
+    assert (
+        ready["status"] == "not_ready"
+        and "truncated" in ready["reason"]
+        and str(tmp_path) not in ready["reason"]
+    )
     assert "the served index version" in server.log_text() and "is damaged" in server.log_text()
 
     # a rebuild makes `current` name a good version: the server picks it up and answers again
@@ -160,7 +172,9 @@ def test_truncated_mapped_file_gives_errors_not_a_dead_server(tmp_path: Path, se
 def test_truncated_file_read_into_memory_keeps_serving(tmp_path: Path, servers: list[Server]) -> None:
     index_path = tmp_path / "index"
     report = _build(index_path, write_catalog(tmp_path / "catalog.jsonl", 3000))
-    server = Server(index_path, tmp_path / "serve.log", "index.descriptions=true")  # default mmap_min_bytes: 64 MiB
+    server = Server(
+        index_path, tmp_path / "serve.log", "index.descriptions=true"
+    )  # default mmap_min_bytes: 64 MiB
     servers.append(server)
     server.wait_up()
     before = _requests(server.url)[0].json()
@@ -179,11 +193,14 @@ def test_truncated_file_read_into_memory_keeps_serving(tmp_path: Path, servers: 
     assert not IndexStore(index_path).verify().ok  # and `rag index verify` says so too
 
 
-@pytest.mark.parametrize(("overrides", "mapped"), [
-    ([], []),  # the default: files under 64 MiB are read into memory
-    (["index.mmap_min_bytes=0"], ["vectors.faiss", "lexical.base.docs.npy"]),
-    (["index.mmap_min_bytes=0", "index.mmap=false"], []),  # index.mmap was documented but never read
-])
+@pytest.mark.parametrize(
+    ("overrides", "mapped"),
+    [
+        ([], []),  # the default: files under 64 MiB are read into memory
+        (["index.mmap_min_bytes=0"], ["vectors.faiss", "lexical.base.docs.npy"]),
+        (["index.mmap_min_bytes=0", "index.mmap=false"], []),  # index.mmap was documented but never read
+    ],
+)
 def test_index_mmap_settings_are_honoured(tmp_path: Path, overrides: list[str], mapped: list[str]) -> None:
     from rag.retrieval import Retriever
 

@@ -1,7 +1,8 @@
 """The synthetic catalog generator (rag/synthetic.py): determinism, shape, lengths, dirt to clean.
 
-    .venv/bin/python -m pytest tests/test_synthetic.py -q
+.venv/bin/python -m pytest tests/test_synthetic.py -q
 """
+
 from __future__ import annotations
 
 import gzip
@@ -67,7 +68,7 @@ def test_anchors_come_first_and_answer_their_questions(records: list[dict]) -> N
     by_uid = {a["uid"]: a for a in ANCHOR_PRODUCTS}
     for question, uid, phrase in ANCHOR_QUESTIONS:
         assert phrase in clean_text(by_uid[uid]["content"]), question
-    generated_titles = {r["title"] for r in records[len(ANCHOR_PRODUCTS):]}
+    generated_titles = {r["title"] for r in records[len(ANCHOR_PRODUCTS) :]}
     assert not generated_titles & set(titles)  # anchors stay unambiguous
 
 
@@ -79,7 +80,10 @@ def _quantiles(values: list[int]) -> tuple[float, float, float]:
 def test_length_distributions_match_the_real_data(records: list[dict]) -> None:
     titles = [len(r["title"]) for r in records]
     contents = [len(r["content"]) for r in records if r["content"]]
-    for (p25, p50, p75), real in ((_quantiles(titles), (37, 54, 75)), (_quantiles(contents), (194, 398, 805))):
+    for (p25, p50, p75), real in (
+        (_quantiles(titles), (37, 54, 75)),
+        (_quantiles(contents), (194, 398, 805)),
+    ):
         for measured, expected in zip((p25, p50, p75), real):
             assert abs(measured - expected) <= 0.25 * expected, (measured, expected)
     empty_share = 1 - len(contents) / len(records)
@@ -110,8 +114,19 @@ def test_entities_boilerplate_and_near_duplicates_present(records: list[dict]) -
         assert notice in joined, notice
     titles = [r["title"] for r in records]
     assert sum(bool(re.search(r", Vol\. \d+$", t)) for t in titles) > 100
-    assert sum(bool(re.search(r"\((?:Blue|Red|Green|Black|White|Navy|Grey|Pink|Yellow|Purple|Orange|Teal), "
-                              r"(?:Small|Medium|Large|X-Large|XX-Large)\)$", t)) for t in titles) > 50
+    assert (
+        sum(
+            bool(
+                re.search(
+                    r"\((?:Blue|Red|Green|Black|White|Navy|Grey|Pink|Yellow|Purple|Orange|Teal), "
+                    r"(?:Small|Medium|Large|X-Large|XX-Large)\)$",
+                    t,
+                )
+            )
+            for t in titles
+        )
+        > 50
+    )
     assert re.search(r"\bby [A-Z][a-z]+ [A-Z][a-z]+\.", joined) and " is the author of " in joined
     for kind_marker in ("[Audio CD]", "(DVD)", "Skillet", "Train Set"):
         assert any(kind_marker in t for t in titles), kind_marker

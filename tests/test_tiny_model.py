@@ -1,7 +1,8 @@
 """Tests of the tiny random-init model builder (finetune/tiny.py).
 
-    .venv/bin/python -m pytest tests/test_tiny_model.py -q
+.venv/bin/python -m pytest tests/test_tiny_model.py -q
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -70,7 +71,12 @@ def test_model_generates_with_eos_config(tiny_dir: Path) -> None:
 
 def test_real_shapes() -> None:
     cfg = shape_config("llama3-8b")
-    assert (cfg.hidden_size, cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.vocab_size) == (4096, 32, 8, 128256)
+    assert (cfg.hidden_size, cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.vocab_size) == (
+        4096,
+        32,
+        8,
+        128256,
+    )
     cfg = shape_config("tinyllama-1.1b", num_hidden_layers=1)
     assert cfg.num_hidden_layers == 1 and cfg.intermediate_size == 5632
     assert set(MODEL_SHAPES) >= {"llama3-8b", "tinyllama-1.1b", "mistral-7b"}

@@ -1,7 +1,8 @@
 """Token counting for `usage` and `max_tokens` (rag/tokens.py), and the stop-sequence cutter of the API.
 
-    .venv/bin/python -m pytest tests/test_tokens.py -q
+.venv/bin/python -m pytest tests/test_tokens.py -q
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -50,22 +51,31 @@ def test_hf_usage_counts_with_the_model_tokenizer(tiny_model_dir: Path) -> None:
     request = request_for()
     assert counter_for(generator).count_messages(request.messages) == len(generator._prompt_ids(request))
     text = generator.generate(request)
-    answer = Answer(question=request.question, text=text, new_tokens=request.new_tokens,
-                    prompt_messages=request.messages, generator="hf")
+    answer = Answer(
+        question=request.question,
+        text=text,
+        new_tokens=request.new_tokens,
+        prompt_messages=request.messages,
+        generator="hf",
+    )
     prompt, completion, name = usage(generator, answer)
     assert prompt == len(generator._prompt_ids(request)) and completion == request.new_tokens == 3
     assert name.startswith("hf: ") and str(tiny_model_dir) in name
     assert counter_for(object()) is stated_tokenizer()  # no tokenizer of its own: the stated one
 
 
-@pytest.mark.parametrize("pieces, stops, sent, stopped", [
-    (["Eleanor ", "Whitcombe."], ["nor Whit"], "Elea", True),
-    (["abc", "def"], ["zz"], "abcdef", False),
-    (["a", "b", "STOP", "c"], ["STOP", "b"], "a", True),
-    (["xx", "S", "TO", "P yy"], ["STOP"], "xx", True),
-])
-def test_stop_cutter_finds_sequences_across_pieces(pieces: list[str], stops: list[str], sent: str,
-                                                   stopped: bool) -> None:
+@pytest.mark.parametrize(
+    "pieces, stops, sent, stopped",
+    [
+        (["Eleanor ", "Whitcombe."], ["nor Whit"], "Elea", True),
+        (["abc", "def"], ["zz"], "abcdef", False),
+        (["a", "b", "STOP", "c"], ["STOP", "b"], "a", True),
+        (["xx", "S", "TO", "P yy"], ["STOP"], "xx", True),
+    ],
+)
+def test_stop_cutter_finds_sequences_across_pieces(
+    pieces: list[str], stops: list[str], sent: str, stopped: bool
+) -> None:
     from api.openai_compat import StopCutter
 
     cutter = StopCutter(stops)

@@ -6,6 +6,7 @@ In-process `rag.cli.main` stands for the command (an exception escaping it is th
 exit status 1 of the real command); the cases that depend on the process itself (argv bytes that
 are not UTF-8, a closed stdout) run `python -m rag.cli` in a subprocess.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -26,8 +27,16 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def _sets(index_path: Path) -> list[str]:
-    return ["--set", f"index.path={index_path}", "--set", "embedding.model=hashing:64",
-            "--set", "index.descriptions=false", "--set", "index.keep_versions=0"]
+    return [
+        "--set",
+        f"index.path={index_path}",
+        "--set",
+        "embedding.model=hashing:64",
+        "--set",
+        "index.descriptions=false",
+        "--set",
+        "index.keep_versions=0",
+    ]
 
 
 def _index(tmp_path: Path, rows: int = 30) -> tuple[Path, IndexStore]:
@@ -56,8 +65,9 @@ def _unchanged(store: IndexStore, version: str) -> None:
 
 @pytest.mark.parametrize("case", ["truncated", "trailing garbage", "directory"])
 @pytest.mark.parametrize("command", ["build", "update"])
-def test_unreadable_data_exits_2_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                               case: str, command: str) -> None:
+def test_unreadable_data_exits_2_with_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], case: str, command: str
+) -> None:
     index_path, store = _index(tmp_path)
     version = store.current_version()
     blob = gzip.compress(write_catalog(tmp_path / "new.jsonl", 500, start=100).read_bytes())
@@ -71,14 +81,18 @@ def test_unreadable_data_exits_2_with_one_line(tmp_path: Path, capsys: pytest.Ca
         data.mkdir()
     code, line = _run(capsys, "index", command, "--data", str(data), "-q", *_sets(index_path))
     assert code == 2 and str(data) in line
-    expected = {"truncated": "the file is truncated", "trailing garbage": "bytes that are not gzip follow the end",
-                "directory": "is a directory"}[case]
+    expected = {
+        "truncated": "the file is truncated",
+        "trailing garbage": "bytes that are not gzip follow the end",
+        "directory": "is a directory",
+    }[case]
     assert expected in line and "complete?" not in line
     _unchanged(store, version)
 
 
-def test_delete_list_that_is_a_directory_or_not_utf8_names_the_file(tmp_path: Path,
-                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+def test_delete_list_that_is_a_directory_or_not_utf8_names_the_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     index_path, store = _index(tmp_path)
     version = store.current_version()
     code, line = _run(capsys, "index", "update", "--delete", str(tmp_path), *_sets(index_path))
@@ -93,8 +107,9 @@ def test_delete_list_that_is_a_directory_or_not_utf8_names_the_file(tmp_path: Pa
 # --------------------------------------------------------------------------- the disk is full
 
 
-def test_disk_full_exits_2_and_writes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_disk_full_exits_2_and_writes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """ENOSPC for real: the rejects file, then the FAISS file, are written to /dev/full."""
     if not os.path.exists("/dev/full"):
         pytest.skip("needs /dev/full")
@@ -103,8 +118,17 @@ def test_disk_full_exits_2_and_writes_nothing(tmp_path: Path, capsys: pytest.Cap
     data = write_catalog(tmp_path / "more.jsonl", 40, start=100)
     with open(data, "ab") as out:
         out.write(b"{not json\n" * 3)
-    code, line = _run(capsys, "index", "build", "--data", str(data), "-q", *_sets(index_path),
-                      "--set", "catalog.rejects_path=/dev/full")
+    code, line = _run(
+        capsys,
+        "index",
+        "build",
+        "--data",
+        str(data),
+        "-q",
+        *_sets(index_path),
+        "--set",
+        "catalog.rejects_path=/dev/full",
+    )
     assert code == 2 and "no space left on the device" in line and "nothing was written" in line
     _unchanged(store, version)
 
@@ -113,8 +137,19 @@ def test_disk_full_exits_2_and_writes_nothing(tmp_path: Path, capsys: pytest.Cap
     save = FaissIndex.save
     monkeypatch.setattr(FaissIndex, "save", lambda self, path: save(self, "/dev/full"))
     for command in ("build", "update"):
-        code, line = _run(capsys, "index", command, "--data", str(data), "-q", *_sets(index_path),
-                          "--set", "index.compact_ratio=0.0001", "--set", "index.compact_min_rows=0")
+        code, line = _run(
+            capsys,
+            "index",
+            command,
+            "--data",
+            str(data),
+            "-q",
+            *_sets(index_path),
+            "--set",
+            "index.compact_ratio=0.0001",
+            "--set",
+            "index.compact_min_rows=0",
+        )
         assert code == 2 and "no space left on the device" in line, line
         _unchanged(store, version)
 
@@ -126,8 +161,12 @@ def test_index_path_pointing_at_a_file(tmp_path: Path, capsys: pytest.CaptureFix
     a_file = tmp_path / "not-a-dir"
     a_file.write_text("x")
     data = write_catalog(tmp_path / "c.jsonl", 5)
-    for argv in (["index", "build", "--data", str(data), "-q"], ["index", "info"], ["index", "versions"],
-                 ["ask", "who wrote it?"]):
+    for argv in (
+        ["index", "build", "--data", str(data), "-q"],
+        ["index", "info"],
+        ["index", "versions"],
+        ["ask", "who wrote it?"],
+    ):
         for root in (a_file, a_file / "below"):
             code, line = _run(capsys, *argv, *_sets(root))
             assert code == 2 and f"index.path='{root}'" in line and "a file, not a directory" in line, line
@@ -136,23 +175,29 @@ def test_index_path_pointing_at_a_file(tmp_path: Path, capsys: pytest.CaptureFix
 # --------------------------------------------------------------------------- rag ask
 
 
-def test_ask_rejects_bad_questions_before_loading_anything(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_ask_rejects_bad_questions_before_loading_anything(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     import rag.pipeline
 
     def never(*args: object, **kwargs: object) -> None:
         raise AssertionError("the pipeline was loaded for a question that is refused anyway")
 
     monkeypatch.setattr(rag.pipeline.RAG, "from_config", never)
-    cases = {"": "the question is empty", "   ": "the question is empty",
-             "x" * (rag.pipeline.MAX_QUESTION_CHARS + 1): "the limit is 4,000",
-             "caf\udce9 au lait": "not valid UTF-8 (character 4)"}  # how Python hands over argv byte 0xe9
+    cases = {
+        "": "the question is empty",
+        "   ": "the question is empty",
+        "x" * (rag.pipeline.MAX_QUESTION_CHARS + 1): "the limit is 4,000",
+        "caf\udce9 au lait": "not valid UTF-8 (character 4)",
+    }  # how Python hands over argv byte 0xe9
     for question, expected in cases.items():
         code, line = _run(capsys, "ask", question, *_sets(tmp_path / "index"))
         assert code == 2 and expected in line, line
 
 
-def test_ask_on_a_damaged_index_says_what_is_damaged(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_ask_on_a_damaged_index_says_what_is_damaged(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """Not "no index at ... build one" when the index exists but `current` or its manifest is broken."""
     index_path, store = _index(tmp_path)
     version = store.current_version()
@@ -165,7 +210,11 @@ def test_ask_on_a_damaged_index_says_what_is_damaged(tmp_path: Path, capsys: pyt
     assert code == 2 and "v20990101T000000000000Z: version directory not found" in line
     store.current_file.unlink()
     code, line = _run(capsys, "ask", "who wrote it?", *_sets(index_path))
-    assert code == 2 and "no version is served although 1 exist" in line and f"rag index rollback {version}" in line
+    assert (
+        code == 2
+        and "no version is served although 1 exist" in line
+        and f"rag index rollback {version}" in line
+    )
 
 
 def _python(*argv: str | bytes, **kwargs: object) -> subprocess.Popen[bytes]:
@@ -185,8 +234,13 @@ def test_ask_argv_not_utf8_and_closed_stdout(tmp_path: Path) -> None:
     read_end, write_end = os.pipe()
     os.close(read_end)
     with open(tmp_path / "stderr.txt", "wb") as err_file:
-        proc = _python("ask", "What is The River Garden Cookbook 3 about?", *_sets(index_path),
-                       stdout=write_end, stderr=err_file)
+        proc = _python(
+            "ask",
+            "What is The River Garden Cookbook 3 about?",
+            *_sets(index_path),
+            stdout=write_end,
+            stderr=err_file,
+        )
         os.close(write_end)
         assert proc.wait(timeout=120) == 141
     err_text = (tmp_path / "stderr.txt").read_text()
@@ -196,8 +250,9 @@ def test_ask_argv_not_utf8_and_closed_stdout(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- rag index build and the lock
 
 
-def test_build_checks_the_writer_lock_before_loading_the_model(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_build_checks_the_writer_lock_before_loading_the_model(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     import index.embedder
 
     index_path, store = _index(tmp_path)

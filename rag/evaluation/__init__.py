@@ -9,6 +9,7 @@ Modules: `questions` (question files and the generator), `metrics` (recall@k, MR
 must_contain), `runner` (runs the pipeline over a question file), `cli` (`rag eval ...`).
 Nothing here imports torch or faiss at import time.
 """
+
 from __future__ import annotations
 
 from rag.evaluation.metrics import contains_all, mrr, percentile, recall_at_k, rouge_l

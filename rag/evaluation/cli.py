@@ -10,6 +10,7 @@ figure and every per-question record as JSON. With `--data` an index of that cat
 first use into a cache directory (`--cache-dir`, default ~/.cache/amazontitles-rag/eval-indexes);
 without it the configured `index.path` is used.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,50 +22,104 @@ from typing import Any
 
 
 def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
-    parser = subparsers.add_parser("eval", help="evaluation in numbers: retrieval, answers, ablation, question generation")
+    parser = subparsers.add_parser(
+        "eval", help="evaluation in numbers: retrieval, answers, ablation, question generation"
+    )
     sub = parser.add_subparsers(dest="eval_command", metavar="WHAT")
     sub.required = True
 
-    p = sub.add_parser("questions", parents=[common], help="generate title-variant questions from a catalog (JSON lines)")
-    p.add_argument("--data", required=True, nargs="+", metavar="CATALOG", help="catalog file(s) to draw products from")
+    p = sub.add_parser(
+        "questions", parents=[common], help="generate title-variant questions from a catalog (JSON lines)"
+    )
+    p.add_argument(
+        "--data", required=True, nargs="+", metavar="CATALOG", help="catalog file(s) to draw products from"
+    )
     p.add_argument("--out", required=True, help="question file to write (JSON lines)")
     p.add_argument("--n", type=int, default=500, help="number of questions (default 500)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--kinds", default=None, help="comma-separated kinds (default: all of exact, lowercase, truncated, "
-                   "typo, template_en, template_pt)")
-    p.add_argument("--placeholders", action="store_true",
-                   help="write {title...} placeholders and uids instead of title text (for catalogs that must not be copied)")
+    p.add_argument(
+        "--kinds",
+        default=None,
+        help="comma-separated kinds (default: all of exact, lowercase, truncated, "
+        "typo, template_en, template_pt)",
+    )
+    p.add_argument(
+        "--placeholders",
+        action="store_true",
+        help="write {title...} placeholders and uids instead of title text (for catalogs that must not be copied)",
+    )
     p.set_defaults(func=_cmd_questions)
 
     for name, helptext, func in (
         ("retrieval", "recall@1/5/10 and MRR per question kind", _cmd_retrieval),
-        ("answers", "must_contain, cites-expected, ROUGE-L, grounding and latency of the answers", _cmd_answers),
+        (
+            "answers",
+            "must_contain, cites-expected, ROUGE-L, grounding and latency of the answers",
+            _cmd_answers,
+        ),
         ("ablation", "base vs fine-tuned generator, each with and without retrieved context", _cmd_ablation),
     ):
         p = sub.add_parser(name, parents=[common], help=helptext)
-        p.add_argument("--questions", "-q", required=True, help="question file (JSON lines, see docs/evaluation.md)")
-        p.add_argument("--data", nargs="+", default=None, metavar="CATALOG",
-                       help="build (or reuse) an index of this catalog instead of using index.path")
-        p.add_argument("--cache-dir", default=None, help="where --data indexes are kept (default ~/.cache/amazontitles-rag/eval-indexes)")
-        p.add_argument("--rebuild", action="store_true", help="rebuild the --data index even if a cached one exists")
-        p.add_argument("--out", default=None, help="write every figure and per-question record to this JSON file")
-        p.add_argument("--kinds", "--kind", dest="kinds", default=None, metavar="K1,K2",
-                       help="only questions of these comma-separated kinds")
-        p.add_argument("--split", default=None, metavar="NAME",
-                       help="only questions whose 'split' field is NAME (e.g. test)")
-        p.add_argument("--limit", type=int, default=None, help="only the first N questions (after --split and --kinds)")
+        p.add_argument(
+            "--questions", "-q", required=True, help="question file (JSON lines, see docs/evaluation.md)"
+        )
+        p.add_argument(
+            "--data",
+            nargs="+",
+            default=None,
+            metavar="CATALOG",
+            help="build (or reuse) an index of this catalog instead of using index.path",
+        )
+        p.add_argument(
+            "--cache-dir",
+            default=None,
+            help="where --data indexes are kept (default ~/.cache/amazontitles-rag/eval-indexes)",
+        )
+        p.add_argument(
+            "--rebuild", action="store_true", help="rebuild the --data index even if a cached one exists"
+        )
+        p.add_argument(
+            "--out", default=None, help="write every figure and per-question record to this JSON file"
+        )
+        p.add_argument(
+            "--kinds",
+            "--kind",
+            dest="kinds",
+            default=None,
+            metavar="K1,K2",
+            help="only questions of these comma-separated kinds",
+        )
+        p.add_argument(
+            "--split",
+            default=None,
+            metavar="NAME",
+            help="only questions whose 'split' field is NAME (e.g. test)",
+        )
+        p.add_argument(
+            "--limit", type=int, default=None, help="only the first N questions (after --split and --kinds)"
+        )
         p.add_argument("--progress", action="store_true", help="show a progress bar on stderr")
-        p.add_argument("--records", action="store_true",
-                       help="also write every question, hit and answer to --out (off by default: for the real "
-                            "sample they hold catalog text, which must not be committed)")
+        p.add_argument(
+            "--records",
+            action="store_true",
+            help="also write every question, hit and answer to --out (off by default: for the real "
+            "sample they hold catalog text, which must not be committed)",
+        )
         if name != "retrieval":
-            p.add_argument("-k", type=int, default=None, help="rows given to the generator (default: retrieval.k)")
+            p.add_argument(
+                "-k", type=int, default=None, help="rows given to the generator (default: retrieval.k)"
+            )
         if name == "answers":
-            p.add_argument("--no-context", action="store_true", help="answer without retrieved rows (use_context=False)")
+            p.add_argument(
+                "--no-context", action="store_true", help="answer without retrieved rows (use_context=False)"
+            )
         if name == "ablation":
-            p.add_argument("--adapter", default=None,
-                           help="LoRA adapter of the fine-tuned model (default: generator.adapter); "
-                                "the base rows always run without one")
+            p.add_argument(
+                "--adapter",
+                default=None,
+                help="LoRA adapter of the fine-tuned model (default: generator.adapter); "
+                "the base rows always run without one",
+            )
         p.set_defaults(func=func)
 
 
@@ -75,8 +130,13 @@ def _echo(text: str) -> None:
     print(text, file=sys.stderr)
 
 
-def filter_questions(questions: list[Any], *, split: str | None = None, kinds: str | None = None,
-                     source: str = "the question file") -> list[Any]:
+def filter_questions(
+    questions: list[Any],
+    *,
+    split: str | None = None,
+    kinds: str | None = None,
+    source: str = "the question file",
+) -> list[Any]:
     """Keep the questions of one `split` and/or of the comma-separated `kinds`; none left is a usage error."""
     from rag.cli import UsageError
 
@@ -88,8 +148,10 @@ def filter_questions(questions: list[Any], *, split: str | None = None, kinds: s
         wanted = {k.strip() for k in kinds.split(",") if k.strip()}
         questions = [q for q in questions if q.kind in wanted]
         if not questions:
-            raise UsageError(f"--kinds {kinds}: no question of these kinds in {source}"
-                             + (f" (split {split})" if split else ""))
+            raise UsageError(
+                f"--kinds {kinds}: no question of these kinds in {source}"
+                + (f" (split {split})" if split else "")
+            )
     return questions
 
 
@@ -102,8 +164,9 @@ def _load(args: argparse.Namespace) -> tuple[Any, Any, list[Any], dict[str, Any]
 
     config = config_from_args(args)
     questions = load_questions(args.questions)
-    questions = filter_questions(questions, split=getattr(args, "split", None), kinds=args.kinds,
-                                 source=str(args.questions))
+    questions = filter_questions(
+        questions, split=getattr(args, "split", None), kinds=args.kinds, source=str(args.questions)
+    )
     if args.limit is not None:
         if args.limit <= 0:
             raise UsageError(f"--limit must be > 0, got {args.limit}")
@@ -113,12 +176,19 @@ def _load(args: argparse.Namespace) -> tuple[Any, Any, list[Any], dict[str, Any]
     items = resolve_questions(questions, retriever.snapshot, warn=lambda m: _echo(f"warning: {m}"))
     info = {
         "command": "rag " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("rag") else None,
-        "questions_file": str(args.questions), "questions": len(items), "data": args.data,
-        "split": getattr(args, "split", None), "kinds": args.kinds,
-        "index": _display_path(config.index.path), "index_rows": getattr(retriever.snapshot, "rows", None),
-        "embedding_model": config.embedding.model, "generator": config.generator.backend,
-        "generator_model": config.generator.model, "retrieval": dict(config.retrieval.__dict__),
-        "environment": environment(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "questions_file": str(args.questions),
+        "questions": len(items),
+        "data": args.data,
+        "split": getattr(args, "split", None),
+        "kinds": args.kinds,
+        "index": _display_path(config.index.path),
+        "index_rows": getattr(retriever.snapshot, "rows", None),
+        "embedding_model": config.embedding.model,
+        "generator": config.generator.backend,
+        "generator_model": config.generator.model,
+        "retrieval": dict(config.retrieval.__dict__),
+        "environment": environment(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     return config, retriever, items, info
 
@@ -126,13 +196,15 @@ def _load(args: argparse.Namespace) -> tuple[Any, Any, list[Any], dict[str, Any]
 def _display_path(path: str) -> str:
     """The path with the home folder shown as ~ (result files are committed; machine paths are not)."""
     home = str(Path.home())
-    return "~" + path[len(home):] if path.startswith(home + "/") else path
+    return "~" + path[len(home) :] if path.startswith(home + "/") else path
 
 
 def _strip_records(payload: dict[str, Any]) -> dict[str, Any]:
     out = {k: v for k, v in payload.items() if k != "questions"}
     if "variants" in out:
-        out["variants"] = {n: {k: v for k, v in r.items() if k != "questions"} for n, r in out["variants"].items()}
+        out["variants"] = {
+            n: {k: v for k, v in r.items() if k != "questions"} for n, r in out["variants"].items()
+        }
     return out
 
 
@@ -150,8 +222,10 @@ def _write(out: str | None, payload: dict[str, Any], records: bool = False) -> N
 def _header(info: dict[str, Any]) -> str:
     from rag.evaluation.runner import environment_line
 
-    return (f"{info['questions']} questions from {info['questions_file']}; index {info['index']} "
-            f"({info['index_rows']} rows, {info['embedding_model']}); {environment_line(info['environment'])}")
+    return (
+        f"{info['questions']} questions from {info['questions_file']}; index {info['index']} "
+        f"({info['index_rows']} rows, {info['embedding_model']}); {environment_line(info['environment'])}"
+    )
 
 
 # --------------------------------------------------------------------------- commands
@@ -165,13 +239,17 @@ def _cmd_questions(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     rows, summary = read_catalog(args.data, config.catalog)
     kinds = tuple(k.strip() for k in args.kinds.split(",")) if args.kinds else KINDS
-    questions = generate_questions(rows, n=args.n, seed=args.seed, kinds=kinds, placeholders=args.placeholders)
+    questions = generate_questions(
+        rows, n=args.n, seed=args.seed, kinds=kinds, placeholders=args.placeholders
+    )
     write_questions(args.out, questions)
     counts: dict[str, int] = {}
     for q in questions:
         counts[q.kind] = counts.get(q.kind, 0) + 1
-    print(f"wrote {len(questions)} questions to {args.out} from {summary.accepted} rows "
-          f"({', '.join(f'{k} {v}' for k, v in counts.items())})")
+    print(
+        f"wrote {len(questions)} questions to {args.out} from {summary.accepted} rows "
+        f"({', '.join(f'{k} {v}' for k, v in counts.items())})"
+    )
     return 0
 
 
@@ -210,7 +288,11 @@ def _cmd_ablation(args: argparse.Namespace) -> int:
         _echo("warning: no --adapter and no generator.adapter: only the base-model rows are run")
     results = run_ablation(config, retriever, items, adapter, k=args.k, progress=args.progress, echo=_echo)
     info["adapter"] = adapter
-    print(f"Ablation ({config.generator.backend} {config.generator.model or ''}, adapter {adapter}): {_header(info)}\n")
-    print(answers_table({name: r["summary"]["overall"] for name, r in results.items()}, first_column="variant"))
+    print(
+        f"Ablation ({config.generator.backend} {config.generator.model or ''}, adapter {adapter}): {_header(info)}\n"
+    )
+    print(
+        answers_table({name: r["summary"]["overall"] for name, r in results.items()}, first_column="variant")
+    )
     _write(args.out, {"kind": "ablation", "info": info, "variants": results}, args.records)
     return 0

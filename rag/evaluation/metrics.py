@@ -7,6 +7,7 @@ repeats the question must not pass.
 
 Ranks are 1-based; `None` means the expected row was not retrieved at all.
 """
+
 from __future__ import annotations
 
 import math

@@ -28,6 +28,7 @@ The generator makes, from each sampled row, one variant of one kind (the kinds c
 title, lower case, truncated (subtitle dropped, or the first ~60% of the words), one or two typos
 (adjacent characters swapped or one dropped), and English and Portuguese question templates.
 """
+
 from __future__ import annotations
 
 import json
@@ -134,9 +135,9 @@ def typo_title(title: str, seed: int, edits: int | None = None) -> str:
             continue
         p = rng.choice(positions)
         if rng.random() < 0.5 and word[p] != word[p + 1]:
-            word = word[:p] + word[p + 1] + word[p] + word[p + 2:]  # swap
+            word = word[:p] + word[p + 1] + word[p] + word[p + 2 :]  # swap
         else:
-            word = word[:p] + word[p + 1:]  # drop
+            word = word[:p] + word[p + 1 :]  # drop
         words[i] = word
     return " ".join(words)
 
@@ -228,10 +229,16 @@ def generate_questions(
             continue
         turn += 1
         question, _ = made
-        out.append(EvalQuestion(
-            qid=f"{qid_prefix}{len(out) + 1:05d}", question=question, uid=row.uid,
-            title=None if placeholders else row.title, kind=kind, line=row.line if placeholders else None,
-        ))
+        out.append(
+            EvalQuestion(
+                qid=f"{qid_prefix}{len(out) + 1:05d}",
+                question=question,
+                uid=row.uid,
+                title=None if placeholders else row.title,
+                kind=kind,
+                line=row.line if placeholders else None,
+            )
+        )
     return out
 
 
@@ -244,19 +251,27 @@ def _check_fields(obj: Any, where: str) -> EvalQuestion:
     known = {"qid", "question", "uid", "title", "kind", "must_contain", "line", "note", "split", "language"}
     unknown = sorted(set(obj) - known)
     if unknown:
-        raise QuestionFileError(f"{where}: unknown field(s) {', '.join(unknown)}; known fields: {', '.join(sorted(known))}")
+        raise QuestionFileError(
+            f"{where}: unknown field(s) {', '.join(unknown)}; known fields: {', '.join(sorted(known))}"
+        )
     for name in ("qid", "question"):
         if not isinstance(obj.get(name), str) or not obj[name].strip():
             raise QuestionFileError(f"{where}: field {name!r} is required and must be a non-empty string")
     for name in ("uid", "title", "kind", "split", "language"):
         if obj.get(name) is not None and not isinstance(obj[name], str):
-            raise QuestionFileError(f"{where}: field {name!r} must be a string, got {type(obj[name]).__name__}")
+            raise QuestionFileError(
+                f"{where}: field {name!r} must be a string, got {type(obj[name]).__name__}"
+            )
     if obj.get("kind") == ABSENT_KIND:
         if obj.get("uid") or obj.get("title"):
-            raise QuestionFileError(f"{where}: a question of kind {ABSENT_KIND!r} names no product: drop 'uid' and 'title'")
+            raise QuestionFileError(
+                f"{where}: a question of kind {ABSENT_KIND!r} names no product: drop 'uid' and 'title'"
+            )
     elif not obj.get("uid") and not obj.get("title"):
-        raise QuestionFileError(f"{where}: give the expected product as 'uid' or 'title' (or both), "
-                                f"or set kind {ABSENT_KIND!r} for a product the catalog does not hold")
+        raise QuestionFileError(
+            f"{where}: give the expected product as 'uid' or 'title' (or both), "
+            f"or set kind {ABSENT_KIND!r} for a product the catalog does not hold"
+        )
     must = obj.get("must_contain", [])
     if not isinstance(must, list) or not all(isinstance(m, str) for m in must):
         raise QuestionFileError(f"{where}: 'must_contain' must be a list of strings")
@@ -264,12 +279,21 @@ def _check_fields(obj: Any, where: str) -> EvalQuestion:
     if line is not None and (isinstance(line, bool) or not isinstance(line, int) or line < 1):
         raise QuestionFileError(f"{where}: 'line' must be a positive integer")
     question = EvalQuestion(
-        qid=obj["qid"], question=obj["question"], uid=obj.get("uid") or None, title=obj.get("title") or None,
-        kind=obj.get("kind") or "unknown", must_contain=list(must), line=line, split=obj.get("split") or None,
-        language=obj.get("language") or None, where=where,
+        qid=obj["qid"],
+        question=obj["question"],
+        uid=obj.get("uid") or None,
+        title=obj.get("title") or None,
+        kind=obj.get("kind") or "unknown",
+        must_contain=list(must),
+        line=line,
+        split=obj.get("split") or None,
+        language=obj.get("language") or None,
+        where=where,
     )
     if question.has_placeholder and not question.uid:
-        raise QuestionFileError(f"{where}: a question with a {{title}} placeholder needs a 'uid' to fill it from")
+        raise QuestionFileError(
+            f"{where}: a question with a {{title}} placeholder needs a 'uid' to fill it from"
+        )
     return question
 
 
@@ -277,7 +301,9 @@ def load_questions(path: str | Path) -> list[EvalQuestion]:
     """Read and validate a question file; errors name the file and line."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"{path}: question file not found (make one with `rag eval questions --data CATALOG --out {path}`)")
+        raise FileNotFoundError(
+            f"{path}: question file not found (make one with `rag eval questions --data CATALOG --out {path}`)"
+        )
     questions: list[EvalQuestion] = []
     seen: dict[str, str] = {}
     with open(path, encoding="utf-8") as handle:
@@ -288,10 +314,14 @@ def load_questions(path: str | Path) -> list[EvalQuestion]:
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise QuestionFileError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+                raise QuestionFileError(
+                    f"{where}: not valid JSON ({exc.msg} at column {exc.colno})"
+                ) from None
             question = _check_fields(obj, where)
             if question.qid in seen:
-                raise QuestionFileError(f"{where}: qid {question.qid!r} repeats the one at {seen[question.qid]}")
+                raise QuestionFileError(
+                    f"{where}: qid {question.qid!r} repeats the one at {seen[question.qid]}"
+                )
             seen[question.qid] = where
             questions.append(question)
     if not questions:

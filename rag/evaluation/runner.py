@@ -7,6 +7,7 @@ Everything goes through the same code that serves users (`rag.retrieval.Retrieve
 `rag.pipeline.RAG`), so the figures measure the product, not a copy of it. `prepare_index` builds
 (once, cached by file content and index settings) an index for a catalog given with `--data`.
 """
+
 from __future__ import annotations
 
 import copy
@@ -60,14 +61,24 @@ def index_key(config: Config, data: Sequence[Path]) -> str:
     for source in sorted(Path(index.build.__file__).parent.glob("*.py")):
         parts.append(hashlib.sha256(source.read_bytes()).hexdigest())
     parts += [
-        config.embedding.model, config.embedding.backend, str(config.embedding.max_seq_length),
-        config.index.type, str(config.index.descriptions), repr(config.catalog),
+        config.embedding.model,
+        config.embedding.backend,
+        str(config.embedding.max_seq_length),
+        config.index.type,
+        str(config.index.descriptions),
+        repr(config.catalog),
     ]
     return hashlib.sha256("\n".join(parts).encode("utf-8")).hexdigest()[:16]
 
 
-def prepare_index(config: Config, data: Sequence[str | Path] | None, *, cache_dir: str | Path | None = None,
-                  rebuild: bool = False, echo: Callable[[str], None] = print) -> Config:
+def prepare_index(
+    config: Config,
+    data: Sequence[str | Path] | None,
+    *,
+    cache_dir: str | Path | None = None,
+    rebuild: bool = False,
+    echo: Callable[[str], None] = print,
+) -> Config:
     """A copy of `config` whose `index.path` holds an index of `data` (built on first use, then reused).
 
     Without `data` the configured index is used as it is. The index lives in
@@ -139,8 +150,9 @@ def _rows_by_line(snapshot: Any) -> dict[int, CatalogRow]:
     return rows if len(sources) == 1 else {}
 
 
-def resolve_questions(questions: Sequence[EvalQuestion], snapshot: Any,
-                      warn: Callable[[str], None] = log.warning) -> list[ResolvedQuestion]:
+def resolve_questions(
+    questions: Sequence[EvalQuestion], snapshot: Any, warn: Callable[[str], None] = log.warning
+) -> list[ResolvedQuestion]:
     """Look every expected product up in the index snapshot and fill `{title...}` placeholders.
 
     A uid missing from the index falls back to the question's `line` (with a warning: the content
@@ -173,11 +185,15 @@ def resolve_questions(questions: Sequence[EvalQuestion], snapshot: Any,
         expected_title = clean_title(q.title).casefold() if (q.title and not q.uid) else None
         resolved.append(ResolvedQuestion(q, text, expected_uid, expected_title, gold))
     if stale:
-        warn(f"{stale} question(s) found their product by 'line' because the uid was not in the index "
-             "(the cleaning rules changed the content hash): regenerate the question file's uids")
+        warn(
+            f"{stale} question(s) found their product by 'line' because the uid was not in the index "
+            "(the cleaning rules changed the content hash): regenerate the question file's uids"
+        )
     missing = [r.qid for r in resolved if r.expected_uid and r.gold is None]
     if missing:
-        warn(f"{len(missing)} expected uid(s) are not in the index (first: {missing[0]}); they count as not found")
+        warn(
+            f"{len(missing)} expected uid(s) are not in the index (first: {missing[0]}); they count as not found"
+        )
     return resolved
 
 
@@ -201,8 +217,12 @@ def _rank(item: ResolvedQuestion, hits: Sequence[Hit]) -> int | None:
     return None
 
 
-def evaluate_retrieval(retriever: Any, items: Sequence[ResolvedQuestion], ks: Sequence[int] = RETRIEVAL_KS,
-                       progress: bool = False) -> dict[str, Any]:
+def evaluate_retrieval(
+    retriever: Any,
+    items: Sequence[ResolvedQuestion],
+    ks: Sequence[int] = RETRIEVAL_KS,
+    progress: bool = False,
+) -> dict[str, Any]:
     """recall@k and MRR (at depth max(ks)) per kind and overall, plus per-question records.
 
     Questions that name no product (kind "absent") have no rank to measure and are left out
@@ -216,10 +236,18 @@ def evaluate_retrieval(retriever: Any, items: Sequence[ResolvedQuestion], ks: Se
         started = time.perf_counter()
         hits = retriever.search(item.text, k=depth)
         seconds = time.perf_counter() - started
-        records.append(RetrievalRecord(item.qid, item.kind, item.text, _rank(item, hits), seconds,
-                                       [h.row.title for h in hits[:3]]))
-    return {"depth": depth, "ks": list(ks), "summary": summarise_retrieval(records, ks),
-            "skipped_no_expected": skipped, "questions": [r.__dict__ for r in records]}
+        records.append(
+            RetrievalRecord(
+                item.qid, item.kind, item.text, _rank(item, hits), seconds, [h.row.title for h in hits[:3]]
+            )
+        )
+    return {
+        "depth": depth,
+        "ks": list(ks),
+        "summary": summarise_retrieval(records, ks),
+        "skipped_no_expected": skipped,
+        "questions": [r.__dict__ for r in records],
+    }
 
 
 def summarise_retrieval(records: Sequence[RetrievalRecord], ks: Sequence[int]) -> dict[str, dict[str, float]]:
@@ -254,20 +282,26 @@ class AnswerRecord:
     contains: bool | None  # None when no needle is left to check (none listed, or all in the question)
     must_checked: list[str]  # the needles the question does not already contain
     must_skipped: bool  # needles listed, but the question itself holds every one of them
-    cites_expected: bool | None  # the answer's own [n] names the expected row; None: nothing to cite / no expected row
+    cites_expected: (
+        bool | None
+    )  # the answer's own [n] names the expected row; None: nothing to cite / no expected row
     cites_first: bool | None  # the FIRST [n] of the answer is the expected row
     retrieved_expected: bool | None  # the expected row is among answer.sources (retrieval, not the answer)
     rouge_l: float | None  # None without a gold description
     grounded: bool
     abstained: bool  # the answer is a refusal (rag.grounding.is_abstention)
-    false_abstention: bool | None  # abstained although the expected row was among the sources; None: it was not
+    false_abstention: (
+        bool | None
+    )  # abstained although the expected row was among the sources; None: it was not
     absent_abstained: bool | None  # kind "absent": abstained or found nothing; None for other questions
     stopped: bool | None  # the generator stopped at its end token (finish_reason != "length"); None: unknown
     finish_reason: str | None
     language: str | None
     seconds: float
     found: bool
-    fallback: str | None = None  # generator.grounding_fallback changed the LLM's answer: "trim" / "extractive"
+    fallback: str | None = (
+        None  # generator.grounding_fallback changed the LLM's answer: "trim" / "extractive"
+    )
 
 
 def _expected_positions(item: ResolvedQuestion, answer: Answer) -> list[int]:
@@ -275,8 +309,14 @@ def _expected_positions(item: ResolvedQuestion, answer: Answer) -> list[int]:
     return [i for i, s in enumerate(answer.sources, start=1) if item.matches(s.uid, s.title)]
 
 
-def answer_record(item: ResolvedQuestion, answer: Answer, seconds: float, *, use_context: bool,
-                  grounding_hits: Sequence[Hit] | None = None) -> AnswerRecord:
+def answer_record(
+    item: ResolvedQuestion,
+    answer: Answer,
+    seconds: float,
+    *,
+    use_context: bool,
+    grounding_hits: Sequence[Hit] | None = None,
+) -> AnswerRecord:
     """Score one answer.
 
     * cites_expected / cites_first read the answer's own [n] markers (rag.grounding.cited_numbers):
@@ -323,19 +363,41 @@ def answer_record(item: ResolvedQuestion, answer: Answer, seconds: float, *, use
     stopped = None if finish_reason is None else finish_reason != "length"
     absent = item.source.kind == ABSENT_KIND
     return AnswerRecord(
-        qid=item.qid, kind=item.kind, question=item.text, answer=text, must_contain=list(must),
-        contains=contains_all(text, checked) if checked else None, must_checked=checked,
-        must_skipped=bool(must) and not checked, cites_expected=cites, cites_first=first,
-        retrieved_expected=retrieved, rouge_l=rouge_l(text, gold) if gold else None, grounded=grounded,
-        abstained=abstained, false_abstention=false_abstention,
-        absent_abstained=(abstained or not answer.found) if absent else None, stopped=stopped,
-        finish_reason=finish_reason, language=getattr(item.source, "language", None), seconds=seconds,
-        found=answer.found, fallback=getattr(answer, "fallback", None),
+        qid=item.qid,
+        kind=item.kind,
+        question=item.text,
+        answer=text,
+        must_contain=list(must),
+        contains=contains_all(text, checked) if checked else None,
+        must_checked=checked,
+        must_skipped=bool(must) and not checked,
+        cites_expected=cites,
+        cites_first=first,
+        retrieved_expected=retrieved,
+        rouge_l=rouge_l(text, gold) if gold else None,
+        grounded=grounded,
+        abstained=abstained,
+        false_abstention=false_abstention,
+        absent_abstained=(abstained or not answer.found) if absent else None,
+        stopped=stopped,
+        finish_reason=finish_reason,
+        language=getattr(item.source, "language", None),
+        seconds=seconds,
+        found=answer.found,
+        fallback=getattr(answer, "fallback", None),
     )
 
 
-def evaluate_answers(rag: Any, items: Sequence[ResolvedQuestion], *, use_context: bool = True, k: int | None = None,
-                     progress: bool = False, label: str = "answers", batch_size: int | None = None) -> dict[str, Any]:
+def evaluate_answers(
+    rag: Any,
+    items: Sequence[ResolvedQuestion],
+    *,
+    use_context: bool = True,
+    k: int | None = None,
+    progress: bool = False,
+    label: str = "answers",
+    batch_size: int | None = None,
+) -> dict[str, Any]:
     """Ask every question through `rag` and score the answers (see `answer_record`).
 
     A generator that batches (`hf`) answers `batch_size` questions at a time (default
@@ -346,21 +408,35 @@ def evaluate_answers(rag: Any, items: Sequence[ResolvedQuestion], *, use_context
     if batch_size is None:
         batch_size = rag.config.generator.batch_size if hasattr(rag, "config") else 1
     size = max(1, int(batch_size))
-    batched = size > 1 and hasattr(getattr(rag, "generator", None), "generate_batch") and hasattr(rag, "answer_many")
-    chunks = [list(items[i:i + size]) for i in range(0, len(items), size)] if batched else [[item] for item in items]
+    batched = (
+        size > 1
+        and hasattr(getattr(rag, "generator", None), "generate_batch")
+        and hasattr(rag, "answer_many")
+    )
+    chunks = (
+        [list(items[i : i + size]) for i in range(0, len(items), size)]
+        if batched
+        else [[item] for item in items]
+    )
     for chunk in _progress(chunks, progress, label):
         started = time.perf_counter()
         if batched:
-            answers = rag.answer_many([item.text for item in chunk], k=k, use_context=use_context, batch_size=size)
+            answers = rag.answer_many(
+                [item.text for item in chunk], k=k, use_context=use_context, batch_size=size
+            )
         else:
             answers = [rag.answer(chunk[0].text, k=k, use_context=use_context)]
         seconds = (time.perf_counter() - started) / len(chunk)
         for item, answer in zip(chunk, answers):
             hits = None if use_context else rag.retrieve(item.text, k=k)
             records.append(answer_record(item, answer, seconds, use_context=use_context, grounding_hits=hits))
-    return {"use_context": use_context, "batch_size": size if batched else 1,
-            "wall_s": time.perf_counter() - started_all, "summary": summarise_answers(records),
-            "questions": [r.__dict__ for r in records]}
+    return {
+        "use_context": use_context,
+        "batch_size": size if batched else 1,
+        "wall_s": time.perf_counter() - started_all,
+        "summary": summarise_answers(records),
+        "questions": [r.__dict__ for r in records],
+    }
 
 
 def _share(values: Sequence[bool | None]) -> tuple[float, int]:
@@ -391,17 +467,27 @@ def summarise_answers(records: Sequence[AnswerRecord]) -> dict[str, dict[str, fl
         stop, n_stop = _share([r.stopped for r in group])
         rouge = [r.rouge_l for r in group if r.rouge_l is not None]
         out[name] = {
-            "n": len(group), "must_contain": contains, "n_must_contain": n_contains,
+            "n": len(group),
+            "must_contain": contains,
+            "n_must_contain": n_contains,
             "n_must_skipped": sum(r.must_skipped for r in group),
-            "cites_expected": cites, "cites_first": first, "n_cites": n_cites, "retrieved_expected": retrieved,
-            "rouge_l": mean(rouge), "n_rouge": len(rouge),
+            "cites_expected": cites,
+            "cites_first": first,
+            "n_cites": n_cites,
+            "retrieved_expected": retrieved,
+            "rouge_l": mean(rouge),
+            "n_rouge": len(rouge),
             "grounded": sum(r.grounded for r in group) / len(group),
             "abstained": sum(r.abstained for r in group) / len(group),
-            "false_abstention": false_abstention, "n_expected_in_sources": n_false_base,
-            "abstention_rate": absent, "n_absent": n_absent,
-            "stop_rate": stop, "n_stop": n_stop,
+            "false_abstention": false_abstention,
+            "n_expected_in_sources": n_false_base,
+            "abstention_rate": absent,
+            "n_absent": n_absent,
+            "stop_rate": stop,
+            "n_stop": n_stop,
             "fallback_rate": sum(bool(getattr(r, "fallback", None)) for r in group) / len(group),
-            "p50_s": percentile([r.seconds for r in group], 50), "p95_s": percentile([r.seconds for r in group], 95),
+            "p50_s": percentile([r.seconds for r in group], 50),
+            "p95_s": percentile([r.seconds for r in group], 95),
         }
     return out
 
@@ -419,13 +505,23 @@ class Variant:
 def ablation_variants(adapter: str | None) -> list[Variant]:
     variants = [Variant("base + context", None, True), Variant("base, no context", None, False)]
     if adapter:
-        variants += [Variant("fine-tuned + context", adapter, True), Variant("fine-tuned, no context", adapter, False)]
+        variants += [
+            Variant("fine-tuned + context", adapter, True),
+            Variant("fine-tuned, no context", adapter, False),
+        ]
     return variants
 
 
-def run_ablation(config: Config, retriever: Any, items: Sequence[ResolvedQuestion], adapter: str | None, *,
-                 k: int | None = None, progress: bool = False,
-                 echo: Callable[[str], None] = print) -> dict[str, Any]:
+def run_ablation(
+    config: Config,
+    retriever: Any,
+    items: Sequence[ResolvedQuestion],
+    adapter: str | None,
+    *,
+    k: int | None = None,
+    progress: bool = False,
+    echo: Callable[[str], None] = print,
+) -> dict[str, Any]:
     """Base vs fine-tuned generator, each with and without retrieved context, through `RAG`.
 
     All variants share one retriever (same index, same hits) and differ only in the generator
@@ -445,8 +541,9 @@ def run_ablation(config: Config, retriever: Any, items: Sequence[ResolvedQuestio
         variant_config, generator = generators[variant.adapter]
         rag = RAG(variant_config, retriever, generator)
         echo(f"ablation: {variant.name} ({len(items)} questions)")
-        results[variant.name] = evaluate_answers(rag, items, use_context=variant.use_context, k=k,
-                                                 progress=progress, label=variant.name)
+        results[variant.name] = evaluate_answers(
+            rag, items, use_context=variant.use_context, k=k, progress=progress, label=variant.name
+        )
     return results
 
 
@@ -472,9 +569,21 @@ def retrieval_table(summary: dict[str, dict[str, float]], ks: Sequence[int] = RE
     return "\n".join(lines)
 
 
-ANSWER_COLUMNS = ["n", "must_contain (n, skipped)", "cites expected", "cites expected [1]", "retrieved expected",
-                  "ROUGE-L", "grounded", "abstained", "false abstention", "absent: abstains", "stop rate",
-                  "p50 s", "p95 s"]
+ANSWER_COLUMNS = [
+    "n",
+    "must_contain (n, skipped)",
+    "cites expected",
+    "cites expected [1]",
+    "retrieved expected",
+    "ROUGE-L",
+    "grounded",
+    "abstained",
+    "false abstention",
+    "absent: abstains",
+    "stop rate",
+    "p50 s",
+    "p95 s",
+]
 
 
 def answers_table(rows: dict[str, dict[str, float]], first_column: str = "kind") -> str:
@@ -491,11 +600,22 @@ def answers_table(rows: dict[str, dict[str, float]], first_column: str = "kind")
             must = f"{_fmt(row['must_contain'])} ({int(row['n_must_contain'])}, {skipped} skipped)"
         else:
             must = f"n/a (0, {skipped} skipped)" if skipped else "n/a"
-        cells = [f"**{name}**" if name == "overall" else name, str(int(row["n"])), must,
-                 _fmt(row.get("cites_expected")), _fmt(row.get("cites_first")), _fmt(row.get("retrieved_expected")),
-                 counted(row, "rouge_l", "n_rouge"), _fmt(row.get("grounded")), _fmt(row.get("abstained")),
-                 counted(row, "false_abstention", "n_expected_in_sources"), counted(row, "abstention_rate", "n_absent"),
-                 counted(row, "stop_rate", "n_stop"), _fmt(row.get("p50_s"), 3), _fmt(row.get("p95_s"), 3)]
+        cells = [
+            f"**{name}**" if name == "overall" else name,
+            str(int(row["n"])),
+            must,
+            _fmt(row.get("cites_expected")),
+            _fmt(row.get("cites_first")),
+            _fmt(row.get("retrieved_expected")),
+            counted(row, "rouge_l", "n_rouge"),
+            _fmt(row.get("grounded")),
+            _fmt(row.get("abstained")),
+            counted(row, "false_abstention", "n_expected_in_sources"),
+            counted(row, "abstention_rate", "n_absent"),
+            counted(row, "stop_rate", "n_stop"),
+            _fmt(row.get("p50_s"), 3),
+            _fmt(row.get("p95_s"), 3),
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -504,8 +624,12 @@ def environment() -> dict[str, Any]:
     """Machine and library versions, printed with every figure."""
     import os
 
-    info: dict[str, Any] = {"python": platform.python_version(), "platform": platform.platform(),
-                            "cpu": _cpu_model(), "cores": os.cpu_count()}
+    info: dict[str, Any] = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu": _cpu_model(),
+        "cores": os.cpu_count(),
+    }
     try:
         info["ram_gib"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
     except (ValueError, OSError, AttributeError):  # pragma: no cover - not POSIX
@@ -513,8 +637,12 @@ def environment() -> dict[str, Any]:
     # versions from the installed distributions: importing torch just to print its version costs seconds
     from importlib import metadata
 
-    for name, dists in (("torch", ("torch",)), ("faiss", ("faiss-cpu", "faiss-gpu", "faiss")),
-                        ("transformers", ("transformers",)), ("sentence_transformers", ("sentence-transformers",))):
+    for name, dists in (
+        ("torch", ("torch",)),
+        ("faiss", ("faiss-cpu", "faiss-gpu", "faiss")),
+        ("transformers", ("transformers",)),
+        ("sentence_transformers", ("sentence-transformers",)),
+    ):
         info[name] = None
         for dist in dists:
             try:
@@ -547,8 +675,13 @@ def _cpu_model() -> str:
 
 
 def environment_line(info: dict[str, Any]) -> str:
-    parts = [f"CPU {info.get('cpu')} ({info.get('cores')} cores)", f"RAM {info.get('ram_gib')} GiB",
-             f"python {info.get('python')}", f"torch {info.get('torch')}", f"faiss {info.get('faiss')}"]
+    parts = [
+        f"CPU {info.get('cpu')} ({info.get('cores')} cores)",
+        f"RAM {info.get('ram_gib')} GiB",
+        f"python {info.get('python')}",
+        f"torch {info.get('torch')}",
+        f"faiss {info.get('faiss')}",
+    ]
     if info.get("load_average"):
         parts.append(f"load average {info['load_average'][0]}")
     if info.get("cuda"):

@@ -7,6 +7,7 @@
 
 Backends are imported lazily so `import rag` never pulls torch.
 """
+
 from __future__ import annotations
 
 import importlib

@@ -6,6 +6,7 @@ rendering with the tokenizer's chat template, device choice, and the errors they
 Nothing here imports torch or transformers at module import time; functions that need them take
 the objects (tokenizer, ...) as arguments or import inside.
 """
+
 from __future__ import annotations
 
 import logging
@@ -224,7 +225,9 @@ def bitsandbytes_available() -> bool:
     return importlib.util.find_spec("bitsandbytes") is not None
 
 
-def missing_model_message(model: str, key: str = "generator.model", cause: BaseException | None = None) -> str:
+def missing_model_message(
+    model: str, key: str = "generator.model", cause: BaseException | None = None
+) -> str:
     """The error text for a model that cannot be loaded: what to download and which key to set."""
     offline = offline_mode()
     reason = f" ({type(cause).__name__}: {str(cause).splitlines()[0][:300]})" if cause else ""

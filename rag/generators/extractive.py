@@ -6,6 +6,7 @@ original order, citing the row as [1]. When retrieval found nothing convincing i
 A request's max_new_tokens cuts the answer after that many tokens of the stated tokenizer
 (rag.tokens: the bundled MiniLM's WordPiece), with finish_reason "length".
 """
+
 from __future__ import annotations
 
 import re
@@ -17,14 +18,88 @@ from rag.types import GenerationRequest, Hit
 
 _INTENTS: dict[str, tuple[re.Pattern[str], frozenset[str]]] = {
     "author": (
-        re.compile(r"\b(who (wrote|made|directed|created|sang|composed|illustrated|produced|is the author)|author|writer|"
-                   r"quem (escreveu|fez|criou|dirigiu)|autor|autora)\b", re.IGNORECASE),
-        frozenset(["by", "author", "authors", "wrote", "written", "writer", "writes", "novelist", "illustrated", "illustrator", "edited", "editor", "directed", "director", "composed", "composer", "performed", "band", "singer", "artist", "created", "creator", "made", "maker", "manufacturer", "brand", "novel", "poet", "journalist", "autor", "escrito"]),
+        re.compile(
+            r"\b(who (wrote|made|directed|created|sang|composed|illustrated|produced|is the author)|author|writer|"
+            r"quem (escreveu|fez|criou|dirigiu)|autor|autora)\b",
+            re.IGNORECASE,
+        ),
+        frozenset(
+            [
+                "by",
+                "author",
+                "authors",
+                "wrote",
+                "written",
+                "writer",
+                "writes",
+                "novelist",
+                "illustrated",
+                "illustrator",
+                "edited",
+                "editor",
+                "directed",
+                "director",
+                "composed",
+                "composer",
+                "performed",
+                "band",
+                "singer",
+                "artist",
+                "created",
+                "creator",
+                "made",
+                "maker",
+                "manufacturer",
+                "brand",
+                "novel",
+                "poet",
+                "journalist",
+                "autor",
+                "escrito",
+            ]
+        ),
     ),
     "audience": (
-        re.compile(r"\b(who('s| is)\b.{0,200}\bfor\b|for (kids|children|adults|teens|beginners|whom)|what age|ages?|suitable|"
-                   r"para (crianças|quem|adultos)|idade)\b", re.IGNORECASE),
-        frozenset(["children", "kids", "child", "ages", "age", "young", "readers", "reader", "adults", "adult", "teens", "teen", "toddlers", "babies", "infants", "infant", "months", "years", "beginners", "grade", "grades", "family", "families", "parents", "students", "fans", "lovers", "anyone", "everyone", "crianças", "adultos"]),
+        re.compile(
+            r"\b(who('s| is)\b.{0,200}\bfor\b|for (kids|children|adults|teens|beginners|whom)|what age|ages?|suitable|"
+            r"para (crianças|quem|adultos)|idade)\b",
+            re.IGNORECASE,
+        ),
+        frozenset(
+            [
+                "children",
+                "kids",
+                "child",
+                "ages",
+                "age",
+                "young",
+                "readers",
+                "reader",
+                "adults",
+                "adult",
+                "teens",
+                "teen",
+                "toddlers",
+                "babies",
+                "infants",
+                "infant",
+                "months",
+                "years",
+                "beginners",
+                "grade",
+                "grades",
+                "family",
+                "families",
+                "parents",
+                "students",
+                "fans",
+                "lovers",
+                "anyone",
+                "everyone",
+                "crianças",
+                "adultos",
+            ]
+        ),
     ),
     "price": (
         re.compile(r"\b(price|cost|how much|preço|quanto custa)\b", re.IGNORECASE),
@@ -116,9 +191,15 @@ class ExtractiveGenerator:
             sentences = pick_sentences(request.question, top, self.max_sentences)
             top.snippet = " ".join(sentences)
             text = f"{top.row.title} [1]: " + " ".join(sentences)
-        close = [i for i, h in enumerate(hits[1:3], 2) if h.score >= top.score - 0.03 and h.row.title != top.row.title]
+        close = [
+            i
+            for i, h in enumerate(hits[1:3], 2)
+            if h.score >= top.score - 0.03 and h.row.title != top.row.title
+        ]
         if close:
-            text += " Other close matches: " + "; ".join(f"{hits[i - 1].row.title} [{i}]" for i in close) + "."
+            text += (
+                " Other close matches: " + "; ".join(f"{hits[i - 1].row.title} [{i}]" for i in close) + "."
+            )
         return text
 
     def stream(self, request: GenerationRequest) -> Iterator[str]:

@@ -12,6 +12,7 @@ generation stops on eos and on the template's end-of-turn tokens. The model load
 first request, or at `warm_up()`. `UnslothGenerator` (rag/generators/unsloth_backend.py) reuses
 everything here except loading.
 """
+
 from __future__ import annotations
 
 import json
@@ -111,7 +112,9 @@ class HFGenerator:
         from rag.models import ModelPullError, resolve_model
 
         try:
-            resolved = resolve_model(model, "generator.model" if gen.model else "generator.adapter's base model")
+            resolved = resolve_model(
+                model, "generator.model" if gen.model else "generator.adapter's base model"
+            )
         except ModelPullError as exc:
             raise GeneratorError(str(exc)) from exc
         self.model_name: str = resolved or model
@@ -147,8 +150,14 @@ class HFGenerator:
                 )
             self.stop_texts = stop_strings(tokenizer, self.stop_ids)
             self.model = model
-            log.info("loaded %s (%s%s) in %.1fs; stop ids %s", self.model_name, self.device,
-                     ", 4-bit" if self.quantized else "", time.perf_counter() - started, self.stop_ids)
+            log.info(
+                "loaded %s (%s%s) in %.1fs; stop ids %s",
+                self.model_name,
+                self.device,
+                ", 4-bit" if self.quantized else "",
+                time.perf_counter() - started,
+                self.stop_ids,
+            )
 
     def _load_kwargs(self) -> dict[str, Any]:
         gen = self.config.generator
@@ -190,19 +199,26 @@ class HFGenerator:
             if not gen.load_in_4bit or gen.dtype != "auto":
                 pass
             elif small:
-                log.info("generator.load_in_4bit: %s has %.0fM parameters; bfloat16 is faster at this size",
-                         self.model_name, parameters / 1e6)
+                log.info(
+                    "generator.load_in_4bit: %s has %.0fM parameters; bfloat16 is faster at this size",
+                    self.model_name,
+                    parameters / 1e6,
+                )
             elif bitsandbytes_available():
                 from transformers import BitsAndBytesConfig
 
                 kwargs["quantization_config"] = BitsAndBytesConfig(
-                    load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16,
+                    load_in_4bit=True,
+                    bnb_4bit_quant_type="nf4",
+                    bnb_4bit_compute_dtype=torch.bfloat16,
                     bnb_4bit_use_double_quant=True,
                 )
                 self.quantized = True
             else:
-                log.warning("generator.load_in_4bit: bitsandbytes is not installed (pip install .[gpu]); "
-                            "loading in bfloat16 instead")
+                log.warning(
+                    "generator.load_in_4bit: bitsandbytes is not installed (pip install .[gpu]); "
+                    "loading in bfloat16 instead"
+                )
             kwargs["device_map"] = {"": self.device}
         try:
             model = AutoModelForCausalLM.from_pretrained(self.model_name, **kwargs)
@@ -228,8 +244,12 @@ class HFGenerator:
             )
         if setting == "auto":
             return torch.bfloat16 if cuda else torch.float32  # CPU: half precision matmuls are slow here
-        return {"float32": torch.float32, "int8": torch.float32, "bfloat16": torch.bfloat16,
-                "float16": torch.float16}[setting]
+        return {
+            "float32": torch.float32,
+            "int8": torch.float32,
+            "bfloat16": torch.bfloat16,
+            "float16": torch.float16,
+        }[setting]
 
     def _attach_adapter(self, model: Any, tokenizer: Any) -> Any:
         if self.adapter is None:
@@ -291,8 +311,8 @@ class HFGenerator:
         mask = torch.zeros((len(prompts), width), dtype=torch.long)
         for row, prompt in enumerate(prompts):
             if prompt:
-                ids[row, width - len(prompt):] = torch.tensor(list(prompt), dtype=torch.long)
-                mask[row, width - len(prompt):] = 1
+                ids[row, width - len(prompt) :] = torch.tensor(list(prompt), dtype=torch.long)
+                mask[row, width - len(prompt) :] = 1
         device = self._input_device()
         return {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
 
@@ -327,9 +347,11 @@ class HFGenerator:
 
             # One static cache size for all prompts (rounded up to STATIC_CACHE_STEP): a new size would
             # recompile the decoding step.
-            values.update(cache_implementation="static",
-                          max_cache_len=cache_length(prompt_length + sampling.max_new_tokens),
-                          compile_config=CompileConfig(fullgraph=False, mode="reduce-overhead"))
+            values.update(
+                cache_implementation="static",
+                max_cache_len=cache_length(prompt_length + sampling.max_new_tokens),
+                compile_config=CompileConfig(fullgraph=False, mode="reduce-overhead"),
+            )
         else:
             values["disable_compile"] = True
         return GenerationConfig(**values)
@@ -346,18 +368,22 @@ class HFGenerator:
             from transformers import LogitsProcessorList
 
             extra["logits_processor"] = LogitsProcessorList(
-                [answer_ngram_blocker(sampling.no_repeat_ngram_size, prompt_length)])
+                [answer_ngram_blocker(sampling.no_repeat_ngram_size, prompt_length)]
+            )
         if self._compiled():
             no_pickled_compile_caches()
         with torch.inference_mode():
-            return self.model.generate(**inputs, generation_config=self._generation_config(sampling, prompt_length),
-                                       **extra)
+            return self.model.generate(
+                **inputs, generation_config=self._generation_config(sampling, prompt_length), **extra
+            )
 
     def _decode_row(self, output: Any, row: int, prompt_len: int) -> tuple[str, int, bool]:
         """(text, tokens generated, stopped at an end-of-turn token) of one row of generate()'s output."""
         new = output[row, prompt_len:].tolist()
         stopped = False
-        for i, token in enumerate(new):  # generate() stops at a stop id (then pads); drop it and anything after
+        for i, token in enumerate(
+            new
+        ):  # generate() stops at a stop id (then pads); drop it and anything after
             if token in self.stop_ids:
                 new, stopped = new[:i], True
                 break
@@ -373,7 +399,9 @@ class HFGenerator:
         Batches go through `generate_batch`."""
         return "".join(self.stream(request)).strip()
 
-    def generate_batch(self, requests: Sequence[GenerationRequest], batch_size: int | None = None) -> list[str]:
+    def generate_batch(
+        self, requests: Sequence[GenerationRequest], batch_size: int | None = None
+    ) -> list[str]:
         """Answer many requests, `batch_size` at a time (generator.batch_size): the same texts as
         `generate` one by one under greedy decoding, in a fraction of the time on a GPU.
 
@@ -391,7 +419,7 @@ class HFGenerator:
         for sampling, items in groups.items():
             items.sort(key=lambda item: len(item[1]))
             for start in range(0, len(items), size):
-                chunk = items[start:start + size]
+                chunk = items[start : start + size]
                 inputs = self._batch_inputs([ids for _, ids in chunk])
                 output = self._run_generate(inputs, sampling)
                 width = inputs["input_ids"].shape[1]
@@ -418,8 +446,9 @@ class HFGenerator:
         self.warm_up()
         sampling = resolve_sampling(self.config.generator, request)
         if self._compiled():
-            token_ids = self._static_decoder().tokens(self._prompt_ids(request), sampling, self.stop_ids,
-                                                      min_new_tokens=self.min_new_tokens)
+            token_ids = self._static_decoder().tokens(
+                self._prompt_ids(request), sampling, self.stop_ids, min_new_tokens=self.min_new_tokens
+            )
         else:
             token_ids = self._decode_loop(self._encode(request), sampling)
         started = time.perf_counter()
@@ -437,15 +466,17 @@ class HFGenerator:
                     continue  # a character split over tokens: wait for its last byte
                 cut = strip_stop_strings(text, self.stop_texts)
                 if len(cut) > len(emitted):
-                    yield cut[len(emitted):]
+                    yield cut[len(emitted) :]
                     emitted = cut
                 if len(cut) < len(text):  # a stop marker decoded as text: end here
                     stopped = True
                     break
             if not stopped:
-                rest = strip_stop_strings(self.tokenizer.decode(tokens, skip_special_tokens=True), self.stop_texts)
+                rest = strip_stop_strings(
+                    self.tokenizer.decode(tokens, skip_special_tokens=True), self.stop_texts
+                )
                 if len(rest) > len(emitted):
-                    yield rest[len(emitted):]
+                    yield rest[len(emitted) :]
         finally:
             request.new_tokens = len(tokens)
             request.finish_reason = "stop" if stopped or len(tokens) < sampling.max_new_tokens else "length"
@@ -464,13 +495,19 @@ class HFGenerator:
         # inference mode is per thread, and a server may pull each piece of a stream in another
         # worker thread: every step enters it afresh, and no `yield` happens inside it
         with torch.inference_mode():
-            picker = TokenPicker(step_input, int(self.model.config.vocab_size), sampling, self.stop_ids,
-                                 self.min_new_tokens)
+            picker = TokenPicker(
+                step_input, int(self.model.config.vocab_size), sampling, self.stop_ids, self.min_new_tokens
+            )
             cache = reserved_cache(self.model.config, step_input.shape[1] + sampling.max_new_tokens)
         for _ in range(sampling.max_new_tokens):
             with torch.inference_mode():
-                out = self.model(input_ids=step_input, attention_mask=mask, past_key_values=cache, use_cache=True,
-                                 logits_to_keep=1)
+                out = self.model(
+                    input_ids=step_input,
+                    attention_mask=mask,
+                    past_key_values=cache,
+                    use_cache=True,
+                    logits_to_keep=1,
+                )
                 next_id = picker.pick(out.logits[:, -1, :])
                 token = int(next_id[0])
                 picker.add(token)
@@ -482,12 +519,17 @@ class HFGenerator:
         if self._static is None:
             from rag.generators.static_decode import StaticDecoder
 
-            self._static = StaticDecoder(self.model, compile=True, compile_mode=self.config.generator.compile_mode)
+            self._static = StaticDecoder(
+                self.model, compile=True, compile_mode=self.config.generator.compile_mode
+            )
         return self._static
 
     def _record(self, tokens: int, seconds: float) -> None:
-        self.last_stats = {"new_tokens": float(tokens), "seconds": seconds,
-                           "tokens_per_s": tokens / seconds if seconds > 0 else 0.0}
+        self.last_stats = {
+            "new_tokens": float(tokens),
+            "seconds": seconds,
+            "tokens_per_s": tokens / seconds if seconds > 0 else 0.0,
+        }
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(model={self.model_name!r}, adapter={str(self.adapter) if self.adapter else None!r})"
@@ -514,9 +556,12 @@ def answer_ngram_blocker(size: int, prompt_length: int) -> Any:
                 answer = input_ids[row, prompt_length:].tolist()
                 if len(answer) < size:
                     continue
-                prefix = answer[len(answer) - size + 1:]
-                banned = [answer[i + size - 1] for i in range(len(answer) - size + 1)
-                          if answer[i:i + size - 1] == prefix]
+                prefix = answer[len(answer) - size + 1 :]
+                banned = [
+                    answer[i + size - 1]
+                    for i in range(len(answer) - size + 1)
+                    if answer[i : i + size - 1] == prefix
+                ]
                 if banned:
                     scores[row, banned] = -torch.inf
             return scores

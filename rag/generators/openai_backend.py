@@ -10,6 +10,7 @@ token and never logged or put in an error message. Connect errors, 429 and 5xx a
 exponential backoff (`generator.max_retries`); other 4xx are not, since repeating the same request
 cannot fix them. Streaming uses server-sent events (`stream: true`, `data:` lines, `[DONE]`).
 """
+
 from __future__ import annotations
 
 import json
@@ -70,7 +71,9 @@ class OpenAIGenerator:
             headers["Authorization"] = f"Bearer {self._api_key}"
         # Read timeout = generator.timeout_s between bytes; connect fails faster so retries start soon.
         timeout = httpx.Timeout(gen.timeout_s, connect=min(10.0, gen.timeout_s))
-        self._client = httpx.Client(timeout=timeout, headers=headers, transport=transport, follow_redirects=False)
+        self._client = httpx.Client(
+            timeout=timeout, headers=headers, transport=transport, follow_redirects=False
+        )
         self._sleep = time.sleep  # tests replace it to keep backoff instant
 
     # ------------------------------------------------------------------ helpers
@@ -131,10 +134,14 @@ class OpenAIGenerator:
         if status in (401, 403):
             what = f"check the API key in the environment variable {self.config.generator.api_key_env}"
         elif status == 404:
-            what = ("check generator.base_url (it usually ends in /v1) and generator.model "
-                    "(the served model or LoRA module name)")
+            what = (
+                "check generator.base_url (it usually ends in /v1) and generator.model "
+                "(the served model or LoRA module name)"
+            )
         elif status == 400 or status == 422:
-            what = "the server rejected the request; check generator.model and max_new_tokens against its limits"
+            what = (
+                "the server rejected the request; check generator.model and max_new_tokens against its limits"
+            )
         elif status == 429:
             what = "the server is rate limiting; lower the request rate or raise generator.max_retries"
         else:
@@ -156,8 +163,15 @@ class OpenAIGenerator:
             except (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError) as exc:
                 if attempt <= self.max_retries:
                     delay = self._backoff(attempt - 1)
-                    log.warning("%s %s: %s; retry %d/%d in %.1fs", method, url, type(exc).__name__,
-                                attempt, self.max_retries, delay)
+                    log.warning(
+                        "%s %s: %s; retry %d/%d in %.1fs",
+                        method,
+                        url,
+                        type(exc).__name__,
+                        attempt,
+                        self.max_retries,
+                        delay,
+                    )
                     self._sleep(delay)
                     continue
                 raise OpenAIServerError(
@@ -183,8 +197,15 @@ class OpenAIGenerator:
                 return response
             if response.status_code in RETRY_STATUSES and attempt <= self.max_retries:
                 delay = self._backoff(attempt - 1, response.headers.get("retry-after"))
-                log.warning("%s %s: HTTP %d; retry %d/%d in %.1fs", method, url, response.status_code,
-                            attempt, self.max_retries, delay)
+                log.warning(
+                    "%s %s: HTTP %d; retry %d/%d in %.1fs",
+                    method,
+                    url,
+                    response.status_code,
+                    attempt,
+                    self.max_retries,
+                    delay,
+                )
                 response.close()
                 self._sleep(delay)
                 continue
@@ -244,8 +265,12 @@ class OpenAIGenerator:
                     "is generator.base_url an OpenAI-compatible /v1 endpoint?"
                 ) from None
             if isinstance(event, dict) and event.get("error"):
-                raise OpenAIServerError(self._redact(f"POST {self.url}: the server reported an error mid-stream: "
-                                                     f"{json.dumps(event['error'])[:500]}"))
+                raise OpenAIServerError(
+                    self._redact(
+                        f"POST {self.url}: the server reported an error mid-stream: "
+                        f"{json.dumps(event['error'])[:500]}"
+                    )
+                )
             for choice in (event.get("choices") or []) if isinstance(event, dict) else []:
                 delta = choice.get("delta") or {}
                 content = delta.get("content")

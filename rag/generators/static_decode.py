@@ -20,6 +20,7 @@ for the GPU). Here each step is one replay of the compiled forward plus a few sm
 Under greedy decoding the tokens equal `model.generate`'s with the same penalty and blocker (tested
 on CPU, where the same loop runs uncompiled: tests/test_generators_hf.py).
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
@@ -51,12 +52,12 @@ class NgramBan:
     def banned(self) -> list[int]:
         if self.size <= 0 or len(self.answer) < self.size - 1:
             return []
-        key = tuple(self.answer[len(self.answer) - self.size + 1:]) if self.size > 1 else ()
+        key = tuple(self.answer[len(self.answer) - self.size + 1 :]) if self.size > 1 else ()
         return sorted(self.followers.get(key, ()))
 
     def add(self, token: int) -> None:
         if self.size > 0 and len(self.answer) >= self.size - 1:
-            key = tuple(self.answer[len(self.answer) - self.size + 1:]) if self.size > 1 else ()
+            key = tuple(self.answer[len(self.answer) - self.size + 1 :]) if self.size > 1 else ()
             self.followers.setdefault(key, set()).add(token)
         self.answer.append(token)
 
@@ -70,7 +71,9 @@ class TokenPicker:
     gathering over the whole sequence each token; the n-gram ban is `NgramBan`'s table on the host.
     Make and use it inside `torch.inference_mode()`."""
 
-    def __init__(self, prompt: Any, vocab: int, sampling: Sampling, stop_ids: Sequence[int], min_new_tokens: int = 0):
+    def __init__(
+        self, prompt: Any, vocab: int, sampling: Sampling, stop_ids: Sequence[int], min_new_tokens: int = 0
+    ):
         import torch
 
         self.sampling = sampling
@@ -92,7 +95,9 @@ class TokenPicker:
 
         scores = logits.to(dtype=torch.float32)
         if self.seen is not None:
-            scores = torch.where(self.seen, torch.where(scores < 0, scores * self.penalty, scores / self.penalty), scores)
+            scores = torch.where(
+                self.seen, torch.where(scores < 0, scores * self.penalty, scores / self.penalty), scores
+            )
         banned = self.ngrams.banned()
         if banned:
             scores[0, banned] = -torch.inf
@@ -119,8 +124,14 @@ class StaticDecoder:
     first request of each cache size pays the compilation.
     `compile=False` runs the same loop eagerly (any device), which is what the CPU tests check."""
 
-    def __init__(self, model: Any, *, compile: bool = False, compile_mode: str = "max-autotune",
-                 cache_step: int = STATIC_CACHE_STEP):
+    def __init__(
+        self,
+        model: Any,
+        *,
+        compile: bool = False,
+        compile_mode: str = "max-autotune",
+        cache_step: int = STATIC_CACHE_STEP,
+    ):
         self.model = model
         self.compile = compile
         self.compile_mode = compile_mode
@@ -146,7 +157,9 @@ class StaticDecoder:
             model = self.model
 
             def forward(ids: Any, positions: Any, cache: Any) -> Any:
-                return model(input_ids=ids, position_ids=positions, past_key_values=cache, use_cache=True).logits[:, -1, :]
+                return model(
+                    input_ids=ids, position_ids=positions, past_key_values=cache, use_cache=True
+                ).logits[:, -1, :]
 
             if self.compile:
                 import torch
@@ -160,8 +173,9 @@ class StaticDecoder:
             self._step_fn = forward
         return self._step_fn
 
-    def tokens(self, prompt_ids: Sequence[int], sampling: Sampling, stop_ids: Sequence[int],
-               min_new_tokens: int = 0) -> Iterator[int]:
+    def tokens(
+        self, prompt_ids: Sequence[int], sampling: Sampling, stop_ids: Sequence[int], min_new_tokens: int = 0
+    ) -> Iterator[int]:
         """The new token ids one by one; the last one is a stop id when the model stopped.
 
         `min_new_tokens` forbids the stop ids before that many tokens (benchmarks decode a fixed
@@ -177,7 +191,9 @@ class StaticDecoder:
             ids = torch.tensor([list(prompt_ids)], dtype=torch.long, device=device)
             picker = TokenPicker(ids, int(self.model.config.vocab_size), sampling, stop_ids, min_new_tokens)
             cache = self._cache(len(prompt_ids) + sampling.max_new_tokens + 1)
-            logits = self.model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1, :]
+            logits = self.model(
+                input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1
+            ).logits[:, -1, :]
         stops = {int(s) for s in stop_ids}
         position = len(prompt_ids)
         for produced in range(sampling.max_new_tokens):
@@ -238,8 +254,8 @@ def reserved_cache(config: Any, capacity: int) -> Any:
                 grow = (0, 0, 0, size - self._keys.shape[-2])
                 self._keys = torch.nn.functional.pad(self._keys, grow)
                 self._values = torch.nn.functional.pad(self._values, grow)
-            self._keys[:, :, self.filled:end] = key_states
-            self._values[:, :, self.filled:end] = value_states
+            self._keys[:, :, self.filled : end] = key_states
+            self._values[:, :, self.filled : end] = value_states
             self.filled = end
             self.keys, self.values = self._keys[:, :, :end], self._values[:, :, :end]
             return self.keys, self.values

@@ -8,6 +8,7 @@ Loading is unsloth's (`FastLanguageModel.from_pretrained` + `FastLanguageModel.f
 prompt rendering, stop tokens, sampling caps, streaming and decoding are the `hf` backend's
 (HFGenerator), so both backends answer a request the same way.
 """
+
 from __future__ import annotations
 
 import importlib.util
