@@ -290,15 +290,20 @@ def test_stream_propagates_exceptions_mid_answer(tiny_model_dir: Path) -> None:
     script.handle.remove()
 
 
-def _static_path(generator: HFGenerator, monkeypatch: pytest.MonkeyPatch, compile: bool = False) -> None:
+def _static_path(
+    generator: HFGenerator, monkeypatch: pytest.MonkeyPatch, compile: bool = False, overlap: bool = False
+) -> None:
     """Route `generate`/`stream` through the static-cache loop that generator.compile uses on CUDA."""
     from rag.generators.static_decode import StaticDecoder
 
     generator.warm_up()
-    generator._static = StaticDecoder(generator.model, compile=compile, compile_mode="reduce-overhead")
+    generator._static = StaticDecoder(
+        generator.model, compile=compile, compile_mode="reduce-overhead", overlap=overlap
+    )
     monkeypatch.setattr(generator, "_compiled", lambda: True)
 
 
+@pytest.mark.parametrize("overlap", [False, True], ids=["in-order", "overlapped"])
 @pytest.mark.parametrize(
     "settings",
     [
@@ -308,15 +313,16 @@ def _static_path(generator: HFGenerator, monkeypatch: pytest.MonkeyPatch, compil
     ],
 )
 def test_static_cache_loop_gives_generate_text(
-    tiny_model_dir: Path, settings: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+    tiny_model_dir: Path, settings: dict[str, Any], overlap: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The generator.compile path (static KV cache, one-token step, penalty and n-gram ban kept
     incrementally) decodes generate()'s tokens under greedy decoding, streamed or not, with the same
-    counts; requests of different lengths reuse one cache (reset in place, no leftovers)."""
+    counts; requests of different lengths reuse one cache (reset in place, no leftovers). "overlapped"
+    is the CUDA order (each token's forward queued before the token is read back), run here on CPU."""
     config = {"max_new_tokens": 16, **settings}
     plain = HFGenerator(hf_config(tiny_model_dir, **config))
     static = HFGenerator(hf_config(tiny_model_dir, **config))
-    _static_path(static, monkeypatch)
+    _static_path(static, monkeypatch, overlap=overlap)
     for request in _varied_requests()[:4]:
         expected = request_for(request.question, request.hits)
         text = reference_generate(plain, expected)
@@ -332,11 +338,12 @@ def test_static_cache_loop_gives_generate_text(
     assert len(static._static._caches) == 1
 
 
+@pytest.mark.parametrize("overlap", [False, True], ids=["in-order", "overlapped"])
 def test_static_cache_loop_honours_min_new_tokens_and_closing(
-    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_model_dir: Path, overlap: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     generator = HFGenerator(hf_config(tiny_model_dir, max_new_tokens=24))
-    _static_path(generator, monkeypatch)
+    _static_path(generator, monkeypatch, overlap=overlap)
     generator.min_new_tokens = 24  # what the benchmark sets: no early stop
     request = request_for()
     generator.generate(request)

@@ -110,10 +110,20 @@ class TokenPicker:
         return torch.multinomial(torch.softmax(scores, dim=-1), num_samples=1).squeeze(1)
 
     def add(self, token: int) -> None:
-        self.produced += 1
-        self.ngrams.add(token)
+        """Record the picked token (its id on the host)."""
+        self.note(token)
         if self.seen is not None:
             self.seen[0, token] = True
+
+    def note(self, token: int) -> None:
+        """The host-side half of `add`: the count and the n-gram table."""
+        self.produced += 1
+        self.ngrams.add(token)
+
+    def mark(self, next_id: Any) -> None:
+        """The device-side half of `add`, from the (1,) id tensor `pick` returned: no wait for the GPU."""
+        if self.seen is not None:
+            self.seen.scatter_(1, next_id.view(1, 1), True)
 
 
 class StaticDecoder:
@@ -131,6 +141,7 @@ class StaticDecoder:
         compile: bool = False,
         compile_mode: str = "max-autotune",
         cache_step: int = STATIC_CACHE_STEP,
+        overlap: bool | None = None,
     ):
         self.model = model
         self.compile = compile
@@ -139,6 +150,9 @@ class StaticDecoder:
         self._caches: dict[int, Any] = {}
         self._step_fn: Any = None
         self._device = next(model.parameters()).device
+        # queue each token's forward before reading the token back: on by default where kernels run
+        # asynchronously (CUDA); on a CPU the forward would run before the token is handed out
+        self.overlap = self._device.type == "cuda" if overlap is None else overlap
 
     def _cache(self, needed: int) -> Any:
         from transformers import StaticCache
@@ -195,19 +209,67 @@ class StaticDecoder:
                 input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1
             ).logits[:, -1, :]
         stops = {int(s) for s in stop_ids}
-        position = len(prompt_ids)
+        overlap = self.overlap
+        with torch.inference_mode():
+            reader = _TokenReader(device, overlap)
+            next_id = picker.pick(logits)
         for produced in range(sampling.max_new_tokens):
+            last = produced + 1 >= sampling.max_new_tokens
             with torch.inference_mode():
-                next_id = picker.pick(logits)
-                token = int(next_id[0])  # the one wait for the GPU per token
+                reader.start(next_id)
+                if overlap and not last:
+                    # the next forward is queued before this token is read back, so the GPU runs it
+                    # while the host hands the token out (wasted only when the token is a stop)
+                    picker.mark(next_id)
+                    logits = step(next_id.view(1, 1), _position(len(prompt_ids) + produced, device), cache)
+                token = reader.wait()
             yield token
-            if token in stops or produced + 1 >= sampling.max_new_tokens:
+            if token in stops or last:
                 return
             with torch.inference_mode():
-                picker.add(token)
-                positions = torch.full((1, 1), position, dtype=torch.long, device=device)
-                logits = step(next_id.view(1, 1), positions, cache)
-            position += 1
+                picker.note(token)
+                if not overlap:
+                    picker.mark(next_id)
+                    logits = step(next_id.view(1, 1), _position(len(prompt_ids) + produced, device), cache)
+                next_id = picker.pick(logits)
+
+
+def _position(position: int, device: Any) -> Any:
+    import torch
+
+    # a fresh (1, 1) tensor each step, not a view into one long tensor: the compiled step is
+    # specialised on its inputs' layout, and a moving storage offset could recompile it
+    return torch.full((1, 1), position, dtype=torch.long, device=device)
+
+
+class _TokenReader:
+    """Reads a picked token id back to the host.
+
+    On CUDA with `overlap` the copy goes to pinned memory ahead of the next forward, and the host waits
+    on an event recorded after the copy only, not on the whole stream (a plain `int(tensor)` would
+    also wait for the forward queued after it)."""
+
+    def __init__(self, device: Any, overlap: bool):
+        import torch
+
+        self.pending: Any = None
+        self.cuda = overlap and device.type == "cuda"
+        if self.cuda:
+            self.host = torch.empty(1, dtype=torch.long, pin_memory=True)
+            self.event = torch.cuda.Event()
+
+    def start(self, next_id: Any) -> None:
+        if self.cuda:
+            self.host.copy_(next_id.view(1), non_blocking=True)
+            self.event.record()
+        else:
+            self.pending = next_id
+
+    def wait(self) -> int:
+        if self.cuda:
+            self.event.synchronize()
+            return int(self.host[0])
+        return int(self.pending[0])
 
 
 def _warpers(sampling: Sampling) -> list[Any]:
