@@ -33,8 +33,19 @@ ev() { # name timeout args...
   echo "rc=$? whole command $(awk "BEGIN{printf \"%.1f\", $EPOCHREALTIME-$start}") s"; grep -vE "it/s|s/it|Loading|Warn|warn" "$OUT/$name.log" | tail -14
 }
 B="--set generator.batch_size=64"
+if [ -n "${RECORDS:-}" ]; then
+  # per-question answers (catalog text: they come back under $OUT for analysis, never into the repository)
+  B="$B --records"
+fi
 ev cuda_ft_sample250 120 --questions eval/sample_questions.jsonl --set generator.adapter=$AD $B
 Q="--questions eval/fact_questions.jsonl --split heldout"
 ev cuda_ft_heldout 120 $Q --set generator.adapter=$AD --set generator.grounding_fallback=none $B
 ev cuda_base_heldout 120 $Q --set generator.grounding_fallback=none $B
 ev cuda_ft_absent 90 --questions eval/absent_questions.jsonl --set generator.adapter=$AD --set generator.grounding_fallback=none $B
+if [ -n "${RECORDS:-}" ]; then
+  ev cuda_ft_heldout_fallback 120 $Q --set generator.adapter=$AD --set generator.grounding_fallback=extractive $B
+  ev cuda_ft_heldout_192 120 $Q --set generator.adapter=$AD --set generator.grounding_fallback=none \
+    --set generator.max_new_tokens=192 $B
+  ev cuda_extractive_heldout 60 $Q --set generator.backend=extractive $B
+  mkdir -p "$OUT/adapter" && cp -r "$AD"/. "$OUT/adapter/"  # for CPU evaluation of the same adapter
+fi
