@@ -417,3 +417,21 @@ def test_concurrent_rag_serve_requests_reach_vllm_together(
     assert len(posts) == n
     assert all(r["path"] == "/v1/chat/completions" and r["body"]["model"] == "catalog" for r in posts)
     assert sorted(r["body"]["stream"] for r in posts) == [False, False, True, True]
+
+
+def test_generate_batch_sends_the_batch_concurrently_in_order(server: FakeServer) -> None:
+    """`rag eval answers` / `rag compare` through vLLM: a batch's requests are in flight together."""
+    g = make(server.base_url, max_retries=0, batch_size=3)
+    server.barrier = threading.Barrier(3, timeout=15)  # a request that waits in vain: HTTP 500
+    server.script = [{"words": ["Answer"], "echo": r"q\d+"}]
+    requests = [
+        GenerationRequest(question=f"q{i}", hits=[], messages=build_messages(f"about q{i}?", []))
+        for i in range(6)
+    ]
+    assert g.generate_batch(requests) == [f"Answer q{i}" for i in range(6)]
+    assert server.peak == 3 and len(server.requests) == 6
+    assert all(r["body"]["model"] == "catalog" and r["body"]["stream"] is False for r in server.requests)
+    server.barrier, server.peak = None, 0
+    server.requests.clear()
+    assert g.generate_batch(requests[:2], batch_size=1) == ["Answer q0", "Answer q1"]
+    assert server.peak == 1 and len(server.requests) == 2  # batch_size 1: one at a time
