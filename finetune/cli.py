@@ -27,19 +27,22 @@ def _usage_error(message: str) -> Exception:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from finetune.train import FinetuneError, train
+    from finetune.train import FinetuneError, is_main_process, train
 
     config = _config(args)
     try:
         summary = train(config, resume=args.resume, progress=not args.quiet)
     except FinetuneError as exc:
         raise _usage_error(str(exc)) from None
+    if not is_main_process():  # under torchrun / accelerate launch, rank 0 alone reports
+        return 0
     print(
         json.dumps(
             {
                 k: summary[k]
                 for k in (
                     "backend",
+                    "world_size",
                     "steps",
                     "train_seconds",
                     "final_loss",

@@ -58,10 +58,33 @@ def unsloth_available() -> bool:
     return importlib.util.find_spec("unsloth") is not None
 
 
+def world_size() -> int:
+    """Processes in this training job: WORLD_SIZE, set by `torchrun` and `accelerate launch` (1 alone)."""
+    try:
+        return max(1, int(os.environ.get("WORLD_SIZE", "1")))
+    except ValueError:
+        return 1
+
+
+def is_main_process() -> bool:
+    """Rank 0 of a `torchrun` / `accelerate launch` job, or the only process: the one that writes."""
+    return os.environ.get("RANK", "0").strip() in ("", "0")
+
+
 def resolve_backend(config: Config) -> str:
-    """'unsloth' or 'transformers' for this machine; an explicit choice that cannot run is an error."""
+    """'unsloth' or 'transformers' for this machine; an explicit choice that cannot run is an error.
+
+    unsloth's open version trains on one GPU: a job of several processes (WORLD_SIZE > 1, from
+    `torchrun` or `accelerate launch`) goes to transformers + peft, whose Trainer runs DDP.
+    """
     wanted = config.finetune.backend
+    processes = world_size()
     if wanted == "unsloth":
+        if processes > 1:
+            raise FinetuneError(
+                f"finetune.backend: unsloth trains on one GPU only (its open version), but WORLD_SIZE="
+                f"{processes}; use --set finetune.backend=transformers (or auto) for a multi-GPU run"
+            )
         if not cuda_available():
             raise FinetuneError(
                 "finetune.backend: unsloth needs a CUDA GPU; use --set finetune.backend=transformers "
@@ -70,6 +93,14 @@ def resolve_backend(config: Config) -> str:
         if not unsloth_available():
             raise FinetuneError("finetune.backend: unsloth is not installed; pip install '.[gpu]'")
         return "unsloth"
+    if wanted == "auto" and processes > 1:
+        if is_main_process():
+            log.warning(
+                "finetune.backend auto: WORLD_SIZE=%d processes; unsloth's open version is single-GPU, "
+                "so training with transformers + peft (DDP)",
+                processes,
+            )
+        return "transformers"
     if wanted == "auto" and cuda_available() and unsloth_available():
         return "unsloth"
     return "transformers"
@@ -192,7 +223,8 @@ def load_transformers(config: Config, source: str) -> tuple[Any, Any]:
     quantized = False
     if on_cuda:
         kwargs["dtype"] = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        kwargs["device_map"] = {"": 0}
+        # one GPU per process: LOCAL_RANK under torchrun / accelerate launch, else the first
+        kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", "0") or 0)}
         if ft.load_in_4bit:
             import importlib.util
 
@@ -418,6 +450,8 @@ def no_pickle_callback() -> Any:
 
     class NoPickle(TrainerCallback):
         def on_save(self, args: Any, state: Any, control: Any, **_: Any) -> None:
+            if not state.is_world_process_zero:  # the checkpoint is rank 0's
+                return
             for path in Path(args.output_dir).glob("checkpoint-*/training_args.bin"):
                 path.unlink(missing_ok=True)
 
@@ -483,7 +517,17 @@ def sft_config(config: Config, run_dir: Path, backend: str, has_eval: bool) -> A
     checkpointing = backend != "unsloth" and (
         tr.gradient_checkpointing is True or (tr.gradient_checkpointing == "unsloth" and on_cuda)
     )
+    distributed: dict[str, Any] = {}
+    if world_size() > 1:
+        # DDP over the processes torchrun / accelerate launch started: NCCL on GPUs; on CPUs accelerate
+        # sets up a process group only when told the run is a CPU one, and gloo is the backend that works
+        # under torchrun (not MPI). Every LoRA weight takes part in every forward pass, so DDP need not
+        # search the graph for unused parameters (that search also clashes with gradient checkpointing).
+        distributed = {"ddp_find_unused_parameters": False}
+        if not on_cuda:
+            distributed.update(use_cpu=True, ddp_backend="gloo")
     return SFTConfig(
+        **distributed,
         output_dir=str(run_dir / "checkpoints"),
         per_device_train_batch_size=tr.batch_size,
         per_device_eval_batch_size=tr.batch_size,
@@ -595,22 +639,34 @@ def train(config: Config, *, resume: bool = False, progress: bool = True) -> dic
         import torch
 
         torch.set_num_threads(ft.training.num_threads)
-    examples, stats, catalog = prepare_data(
-        config, run_dir, progress=progress, count_tokens=answer_token_counter(config, run_dir)
-    )
-    from finetune.data import write_examples
+    main = is_main_process()
+    sync = _process_group(backend)  # a barrier across torchrun's processes; a no-op alone
+    from finetune.data import read_examples, write_examples
 
-    for split in ("train", "validation"):
-        write_examples([e for e in examples if e.split == split], run_dir / f"examples.{split}.jsonl")
-    source = model_source(config, run_dir, _tokenizer_texts(examples))
+    if main:
+        # Rank 0 alone writes the run directory's inputs (catalog, examples, the run's index, the tiny
+        # base model); the other ranks wait, then read the very examples it wrote.
+        examples, stats, _ = prepare_data(
+            config, run_dir, progress=progress, count_tokens=answer_token_counter(config, run_dir)
+        )
+        for split in ("train", "validation"):
+            write_examples([e for e in examples if e.split == split], run_dir / f"examples.{split}.jsonl")
+        source = model_source(config, run_dir, _tokenizer_texts(examples))
+    sync()
+    if not main:
+        examples = [
+            e for split in ("train", "validation") for e in read_examples(run_dir / f"examples.{split}.jsonl")
+        ]
+        source = model_source(config, run_dir, _tokenizer_texts(examples))  # built by rank 0: only found
     model, tokenizer = (load_unsloth if backend == "unsloth" else load_transformers)(config, source)
     model.config.use_cache = False  # a cached forward pass over a packed row mixes its examples
     tokenized, token_stats = tokenize_examples(examples, tokenizer, config)
-    stats["tokens"] = token_stats
-    (run_dir / "data_stats.json").write_text(
-        json.dumps(stats, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
-    )
-    (run_dir / "config.yaml").write_text(dump_config(config), encoding="utf-8")
+    if main:
+        stats["tokens"] = token_stats
+        (run_dir / "data_stats.json").write_text(
+            json.dumps(stats, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+        )
+        (run_dir / "config.yaml").write_text(dump_config(config), encoding="utf-8")
 
     from datasets import Dataset
 
@@ -632,7 +688,7 @@ def train(config: Config, *, resume: bool = False, progress: bool = True) -> dic
         checkpoint = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
         if checkpoint is None:
             log.warning("--resume: no checkpoint in %s; starting from the beginning", ckpt_dir)
-    if not resume and log_path.exists():
+    if main and not resume and log_path.exists():
         log_path.unlink()
     trainer = trainer_class()(
         model=model,
@@ -653,12 +709,15 @@ def train(config: Config, *, resume: bool = False, progress: bool = True) -> dic
         else:
             metrics.update(trainer.evaluate())
     adapter_dir = run_dir / "adapter"
-    model.save_pretrained(str(adapter_dir), safe_serialization=True)
-    tokenizer.save_pretrained(str(adapter_dir))
-    _record_base_model(adapter_dir, ft.base_model if not ft.tiny_model else source)
-    png = plot_loss(log_path, run_dir / "loss.png") if log_path.exists() else None
+    png = None
+    if main:  # one writer: the trained weights are the same on every rank (DDP averages the gradients)
+        model.save_pretrained(str(adapter_dir), safe_serialization=True)
+        tokenizer.save_pretrained(str(adapter_dir))
+        _record_base_model(adapter_dir, ft.base_model if not ft.tiny_model else source)
+        png = plot_loss(log_path, run_dir / "loss.png") if log_path.exists() else None
     summary = {
         "backend": backend,
+        "world_size": int(trainer.args.world_size),
         "base_model": source,
         "run_dir": str(run_dir),
         "adapter": str(adapter_dir),
@@ -673,8 +732,36 @@ def train(config: Config, *, resume: bool = False, progress: bool = True) -> dic
         "loss_plot": str(png) if png else None,
         "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))},
     }
-    (run_dir / "run.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    if main:
+        (run_dir / "run.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    trainer.accelerator.wait_for_everyone()  # no rank returns before the adapter and run.json exist
     return summary
+
+
+def _process_group(backend: str) -> Any:
+    """A barrier over the job's processes (torchrun / accelerate launch), or a no-op for one process.
+
+    The process group is accelerate's (the one the Trainer then uses): gloo on CPUs, NCCL on GPUs.
+    """
+    if world_size() == 1:
+        return lambda: None
+    from accelerate import PartialState
+
+    on_cuda = cuda_available()
+    state = PartialState(cpu=not on_cuda, **({} if on_cuda else {"backend": "gloo"}))
+    if state.num_processes != world_size():
+        raise FinetuneError(
+            f"WORLD_SIZE={world_size()} but accelerate set up {state.num_processes} process(es); "
+            "launch multi-process training with `torchrun` or `accelerate launch` (docs/finetune.md)"
+        )
+    if state.is_main_process:
+        log.info(
+            "distributed fine-tuning: %d processes, backend %s, %s",
+            state.num_processes,
+            backend,
+            state.backend,
+        )
+    return state.wait_for_everyone
 
 
 def _tokenizer_texts(examples: Sequence[Any]) -> list[str]:

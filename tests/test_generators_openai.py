@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import socket
 import threading
 import time
@@ -36,6 +37,12 @@ class FakeServer:
     def __init__(self) -> None:
         self.requests: list[dict[str, Any]] = []
         self.script: list[dict[str, Any]] = []  # one entry per request; the last one repeats
+        # Set, a completion is held until this many are in flight at once (what vLLM batches); a
+        # request that waits longer than the barrier's timeout gets HTTP 500 "not concurrent".
+        self.barrier: threading.Barrier | None = None
+        self.lock = threading.Lock()
+        self.in_flight = 0
+        self.peak = 0
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -75,8 +82,24 @@ class FakeServer:
                 self._json(200, {"object": "list", "data": [{"id": "catalog", "object": "model"}]})
 
             def do_POST(self) -> None:
-                entry = self._record()
+                with outer.lock:
+                    entry = self._record()
+                    outer.in_flight += 1
+                    outer.peak = max(outer.peak, outer.in_flight)
+                try:
+                    self._complete(entry)
+                finally:
+                    with outer.lock:
+                        outer.in_flight -= 1
+
+            def _complete(self, entry: dict[str, Any]) -> None:
                 step = self._step()
+                if outer.barrier is not None:
+                    try:
+                        outer.barrier.wait()
+                    except threading.BrokenBarrierError:
+                        self._json(500, {"error": {"message": "not concurrent: the barrier timed out"}})
+                        return
                 if step.get("sleep"):
                     time.sleep(step["sleep"])
                 status = step.get("status", 200)
@@ -87,6 +110,10 @@ class FakeServer:
                     self._json(status, body, step.get("headers"))
                     return
                 words = step.get("words", ["Hello", " from", " the", " server", " [1]."])
+                if step.get("echo"):  # answer with what the pattern finds in the last message
+                    last = ((entry["body"] or {}).get("messages") or [{}])[-1].get("content", "")
+                    found = re.search(step["echo"], last)
+                    words = [*words, " ", found.group(0) if found else "(no match)"]
                 if not (entry["body"] or {}).get("stream"):
                     self._json(
                         200,
@@ -319,3 +346,92 @@ def test_rag_answer_through_the_openai_backend(server: FakeServer, minilm) -> No
     assert "".join(stream) == "A travel memoir by William Dalrymple [1]."
     assert stream.answer is not None and stream.answer.grounded and stream.answer.generator == "openai"
     assert "City of Djinns" in server.requests[-1]["body"]["messages"][-1]["content"]  # the retrieved source
+
+
+def test_concurrent_rag_serve_requests_reach_vllm_together(
+    server: FakeServer, minilm, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    """`rag serve` in front of vLLM (here: the stub) with a LoRA module: every request in flight at once.
+
+    vLLM batches whatever requests are in flight (continuous batching), so the API must not queue them
+    one by one: the stub holds each completion until all four have arrived (a barrier), and a request
+    that waits in vain is answered 500, so the test fails if the API serialises generation. Two
+    requests stream through /v1/chat/completions, two ask /v1/answer; each one's answer echoes its
+    own question's tag, so none is crossed with another's.
+    """
+    import httpx
+
+    from api.app import create_app
+    from api.testing import LiveServer
+    from rag.pipeline import RAG
+    from rag.retrieval import Retriever
+    from tests.helpers import CATALOG, ArraySnapshot, StaticLive
+
+    monkeypatch.delenv("RAG_API_KEY", raising=False)  # the API itself without a key
+    generator = make(server.base_url, max_retries=0)  # the LoRA module name of `--lora-modules catalog=...`
+    config = generator.config
+    retriever = Retriever(
+        config, StaticLive(ArraySnapshot(CATALOG, minilm.embed([r.title for r in CATALOG]))), minilm
+    )
+    n = 4
+    server.barrier = threading.Barrier(n, timeout=15)
+    server.script = [{"words": ["A travel memoir by William Dalrymple [1]."], "echo": r"tag-\d+"}]
+    results: dict[int, tuple[int, str]] = {}
+
+    def ask(i: int, url: str) -> None:
+        question = f"who wrote City of Djinns? tag-{i}"
+        if i % 2:
+            body = {"question": question}
+            response = httpx.post(f"{url}/v1/answer", json=body, timeout=30)
+            results[i] = (response.status_code, response.json().get("answer", response.text))
+            return
+        body = {
+            "model": "amazontitles-rag",
+            "stream": True,
+            "messages": [{"role": "user", "content": question}],
+        }
+        pieces: list[str] = []
+        with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=30) as response:
+            for line in response.iter_lines():
+                if line.startswith("data:") and line[5:].strip() != "[DONE]":
+                    for choice in json.loads(line[5:]).get("choices") or []:
+                        pieces.append((choice.get("delta") or {}).get("content") or "")
+            results[i] = (response.status_code, "".join(pieces))
+
+    with LiveServer(create_app(config, RAG(config, retriever, generator))) as api:
+        api.wait_ready()
+        threads = [threading.Thread(target=ask, args=(i, api.url)) for i in range(n)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+    assert sorted(results) == list(range(n)), results
+    for i, (status, text) in results.items():
+        assert status == 200, (i, text)
+        assert text.startswith("A travel memoir by William Dalrymple [1].") and text.endswith(f"tag-{i}"), (
+            i,
+            text,
+        )
+    assert server.peak == n  # all four were at the server at once: one batch for vLLM
+    posts = [r for r in server.requests if r["method"] == "POST"]
+    assert len(posts) == n
+    assert all(r["path"] == "/v1/chat/completions" and r["body"]["model"] == "catalog" for r in posts)
+    assert sorted(r["body"]["stream"] for r in posts) == [False, False, True, True]
+
+
+def test_generate_batch_sends_the_batch_concurrently_in_order(server: FakeServer) -> None:
+    """`rag eval answers` / `rag compare` through vLLM: a batch's requests are in flight together."""
+    g = make(server.base_url, max_retries=0, batch_size=3)
+    server.barrier = threading.Barrier(3, timeout=15)  # a request that waits in vain: HTTP 500
+    server.script = [{"words": ["Answer"], "echo": r"q\d+"}]
+    requests = [
+        GenerationRequest(question=f"q{i}", hits=[], messages=build_messages(f"about q{i}?", []))
+        for i in range(6)
+    ]
+    assert g.generate_batch(requests) == [f"Answer q{i}" for i in range(6)]
+    assert server.peak == 3 and len(server.requests) == 6
+    assert all(r["body"]["model"] == "catalog" and r["body"]["stream"] is False for r in server.requests)
+    server.barrier, server.peak = None, 0
+    server.requests.clear()
+    assert g.generate_batch(requests[:2], batch_size=1) == ["Answer q0", "Answer q1"]
+    assert server.peak == 1 and len(server.requests) == 2  # batch_size 1: one at a time

@@ -1,14 +1,15 @@
 """`openai` backend: any OpenAI-compatible `/v1/chat/completions` server, over httpx.
 
     vllm serve TinyLlama/TinyLlama-1.1B-Chat-v1.0 --enable-lora --lora-modules catalog=runs/finetune/adapter
-    rag ask "who wrote City of Djinns?" --set generator.backend=openai \\
-        --set generator.base_url=http://127.0.0.1:8000/v1 --set generator.model=catalog
+    rag ask "who wrote City of Djinns?" --config configs/vllm-lora.yaml    # generator.model: catalog
 
 Works with vLLM, TGI, llama.cpp's server and Ollama (`http://127.0.0.1:11434/v1`). The API key is
 read from the environment variable that `generator.api_key_env` names; it is sent as a Bearer
 token and never logged or put in an error message. Connect errors, 429 and 5xx are retried with
 exponential backoff (`generator.max_retries`); other 4xx are not, since repeating the same request
 cannot fix them. Streaming uses server-sent events (`stream: true`, `data:` lines, `[DONE]`).
+One client (a connection pool) is shared by every thread: `rag serve`'s workers and `generate_batch`
+send their requests concurrently, and the server batches them (vLLM: continuous batching).
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ import logging
 import os
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -229,6 +231,20 @@ class OpenAIGenerator:
         finally:
             response.close()
         return (content or "").strip()
+
+    def generate_batch(
+        self, requests: Sequence[GenerationRequest], batch_size: int | None = None
+    ) -> list[str]:
+        """Answer many requests with up to `batch_size` (generator.batch_size) in flight at once, in order.
+
+        The server does the batching: vLLM's continuous batching (and TGI's, llama.cpp's with
+        `--parallel`) decodes every request in flight together, so `rag eval answers` and `rag compare`
+        send them concurrently instead of one after another. The first error is raised."""
+        size = max(1, int(batch_size or self.config.generator.batch_size))
+        if size == 1 or len(requests) <= 1:
+            return [self.generate(r) for r in requests]
+        with ThreadPoolExecutor(max_workers=min(size, len(requests)), thread_name_prefix="openai") as pool:
+            return list(pool.map(self.generate, requests))
 
     def stream(self, request: GenerationRequest) -> Iterator[str]:
         sampling = resolve_sampling(self.config.generator, request)
