@@ -68,7 +68,7 @@ _VALIDATION_CODES = {
 
 
 def is_openai_path(path: str) -> bool:
-    return path == CHAT_PATH or path == MODELS_PATH or path.startswith(MODELS_PATH + "/")
+    return path in (CHAT_PATH, MODELS_PATH) or path.startswith(MODELS_PATH + "/")
 
 
 class OpenAIError(ApiError):
@@ -629,7 +629,7 @@ async def _stream_completion(
                     return
                 put(piece)
             put(_END)
-        except BaseException as exc:  # noqa: BLE001 - handed to the event loop, which logs it and tells the client
+        except BaseException as exc:  # handed to the event loop, which logs it and tells the client
             put(_Failure(exc))
 
     async def next_pieces() -> Any:

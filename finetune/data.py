@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from rag.config import Config
+from rag.grounding import ABSTAIN_TEMPLATES as ABSTAIN
 from rag.prompt import build_messages, defang_special_tokens
 from rag.types import CatalogRow
 
@@ -179,13 +180,10 @@ def fill_template(template: str, title: str, content: str) -> str | None:
         if match is None:
             return None
         return template.format(title=title, noun=match.group(2).lower())
-    if "pages" in template or "páginas" in template:
-        if not _PAGES.search(content):
-            return None
+    if ("pages" in template or "páginas" in template) and not _PAGES.search(content):
+        return None
     return template.format(title=title)
 
-
-from rag.grounding import ABSTAIN_TEMPLATES as ABSTAIN
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
@@ -473,7 +471,10 @@ def _describe(values: list[int]) -> dict[str, float]:
     if not values:
         return {"count": 0}
     ordered = sorted(values)
-    pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+    def pick(q: float) -> int:
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
     return {
         "count": len(values),
         "mean": round(sum(values) / len(values), 1),

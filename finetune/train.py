@@ -442,15 +442,15 @@ def plot_loss(log_path: Path, png_path: Path) -> Path | None:
     if not train:
         return None
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
-    ax.plot(*zip(*train), label="train loss")
+    ax.plot(*zip(*train, strict=True), label="train loss")
     if evals:
-        ax.plot(*zip(*evals), "o-", label="validation loss")
+        ax.plot(*zip(*evals, strict=True), "o-", label="validation loss")
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.grid(alpha=0.3)
     if lrs:
         ax2 = ax.twinx()
-        ax2.plot(*zip(*lrs), color="tab:gray", alpha=0.5, linestyle="--", label="learning rate")
+        ax2.plot(*zip(*lrs, strict=True), color="tab:gray", alpha=0.5, linestyle="--", label="learning rate")
         ax2.set_ylabel("learning rate")
     ax.legend(loc="upper right")
     ax.set_title("fine-tuning loss")
@@ -595,7 +595,7 @@ def train(config: Config, *, resume: bool = False, progress: bool = True) -> dic
         import torch
 
         torch.set_num_threads(ft.training.num_threads)
-    examples, stats, catalog = prepare_data(
+    examples, stats, _catalog = prepare_data(
         config, run_dir, progress=progress, count_tokens=answer_token_counter(config, run_dir)
     )
     from finetune.data import write_examples

@@ -871,8 +871,7 @@ def build_segment(
         for i, tid in enumerate(mapped):
             if tid is None:
                 term = analyzer.term(tokens[i])
-                tid = tok2id[tokens[i]] = vocab.setdefault(term, len(vocab)) if term else -1
-                mapped[i] = tid
+                mapped[i] = tok2id[tokens[i]] = vocab.setdefault(term, len(vocab)) if term else -1
         return mapped  # type: ignore[return-value]
 
     def flush() -> None:
@@ -1365,7 +1364,7 @@ class LexicalIndex:
                 top = np.argpartition(-vals, k - 1)[:k]
                 cand, vals = cand[top], vals[top]
             ids = np.asarray(seg.ids[cand])
-            return [(int(i), float(v)) for i, v in zip(ids, vals)]
+            return [(int(i), float(v)) for i, v in zip(ids, vals, strict=True)]
         finally:
             for t in touched:
                 acc[t] = 0.0

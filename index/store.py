@@ -591,12 +591,14 @@ class IndexSnapshot:
         if self._delta_meta is None:
             return self._meta.get_rows(ids)
         out = self._delta_meta.get_rows(ids)
-        missing = [i for i, (fid, row) in enumerate(zip(ids, out)) if row is None and int(fid) >= 0]
+        missing = [
+            i for i, (fid, row) in enumerate(zip(ids, out, strict=True)) if row is None and int(fid) >= 0
+        ]
         if missing:
             wanted = np.array([int(ids[i]) for i in missing], dtype=np.int64)
             alive = ~_in_sorted(wanted, self._tombstones)
-            positions = [i for i, ok in zip(missing, alive) if ok]
-            for i, row in zip(positions, self._meta.get_rows([int(ids[i]) for i in positions])):
+            positions = [i for i, ok in zip(missing, alive, strict=True) if ok]
+            for i, row in zip(positions, self._meta.get_rows([int(ids[i]) for i in positions]), strict=True):
                 out[i] = row
         return out
 

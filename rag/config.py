@@ -32,20 +32,26 @@ DEFAULT_BOILERPLATE = [
     #    "...to an alternateHardcoveredition.", "...to thePrint on Demand (Paperback)edition.",
     #    "...to theAudio Cassetteedition.", "...to an alternatekindle_editionedition." The
     #    `(?![A-Za-z_])` makes "kindle_editionedition" match whole.
-    r"(?:-{1,2}|[\u2013\u2014]|^)[ \t]*This\s*text\s*refers\s*to\s*(?:an?|the)?[^.\n]{0,80}?[Ee]dition(?![A-Za-z_])"
-    r"(?:\s*of\s*this\s*title)?\s*\.?",
+    (
+        r"(?:-{1,2}|[\u2013\u2014]|^)[ \t]*This\s*text\s*refers\s*to\s*(?:an?|the)?[^.\n]{0,80}?[Ee]dition(?![A-Za-z_])"
+        r"(?:\s*of\s*this\s*title)?\s*\.?"
+    ),
     # 2. Review-journal notices: "Copyright 1999 Reed Business Information, Inc.", "Copyright 2001
     #    Cahners Business Information, Inc.", "(c)Copyright © Reed Business Information, a division
     #    of Reed Elsevier Inc. All rights reserved.", "Copyright © American Library Association.
     #    All rights reserved" (no full stop before "--This text..."), and Kirkus notices.
-    r"(?:\(c\)\s*)?Copyright\s*(?:©|\([cC]\))?\s*(?:\d{4}\s*,?\s*)?(?:©\s*)?"
-    r"(?:(?:Reed|Cahners)\s*Business\s*Information(?:\s*,?\s*(?:Inc\b\.?|a\s*division\s*of\s*Reed\s*Elsevier"
-    r"(?:\s*Inc\b\.?)?))?"
-    r"|American\s*Library\s*Association|Kirkus\s*(?:Associates|Reviews|Media)(?:\s*,?\s*(?:LP|LLC|L\.P\.))?)"
-    r"\.?(?:\s*All\s*rights\s*reserved\.?)?",
+    (
+        r"(?:\(c\)\s*)?Copyright\s*(?:©|\([cC]\))?\s*(?:\d{4}\s*,?\s*)?(?:©\s*)?"
+        r"(?:(?:Reed|Cahners)\s*Business\s*Information(?:\s*,?\s*(?:Inc\b\.?|a\s*division\s*of\s*Reed\s*Elsevier"
+        r"(?:\s*Inc\b\.?)?))?"
+        r"|American\s*Library\s*Association|Kirkus\s*(?:Associates|Reviews|Media)(?:\s*,?\s*(?:LP|LLC|L\.P\.))?)"
+        r"\.?(?:\s*All\s*rights\s*reserved\.?)?"
+    ),
     # 3. AudioFile reviews end "(c)AudioFile, Portland, Maine" or "(c) AudioFile 2002, Portland, Maine".
-    r"(?:\(c\)|©|Copyright)(?:\s*(?:\(c\)|©|Copyright))*\s*(?:\d{4}\s*,?\s*)?AudioFile(?:\s*\d{4})?\s*,?"
-    r"\s*Portland\s*,?\s*Maine\.?",
+    (
+        r"(?:\(c\)|©|Copyright)(?:\s*(?:\(c\)|©|Copyright))*\s*(?:\d{4}\s*,?\s*)?AudioFile(?:\s*\d{4})?\s*,?"
+        r"\s*Portland\s*,?\s*Maine\.?"
+    ),
     # 4. Review labels at the start of a review: "Starred Review." and "[Signature]Reviewed byJess
     #    Walter" (the reviewer's name fused to the first word: the name, up to four capitalised words,
     #    goes with the label only when the next word starts right after it without a space).

@@ -150,7 +150,9 @@ def test_readme_python_example_runs(workdir: Path, monkeypatch: pytest.MonkeyPat
     monkeypatch.chdir(workdir)
     rag.close()
     try:
-        exec(compile(match.group(1), "README.md", "exec"), {"__name__": "__readme__"})  # noqa: S102 - the README's own code
+        exec(
+            compile(match.group(1), "README.md", "exec"), {"__name__": "__readme__"}
+        )  # the README's own code
     finally:
         rag.close()
     out = capsys.readouterr().out
