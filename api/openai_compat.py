@@ -28,7 +28,7 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -168,9 +168,9 @@ class OpenAIErrorShapeMiddleware:
                     raw = json.dumps(payload, ensure_ascii=False).encode("utf-8")
                 except ValueError:  # not JSON after all: pass it on untouched
                     pass
-                headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
-                headers.append((b"content-length", str(len(raw)).encode()))
-                await send({**start, "status": status, "headers": headers})
+                out_headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
+                out_headers.append((b"content-length", str(len(raw)).encode()))
+                await send({**start, "status": status, "headers": out_headers})
                 await send({"type": "http.response.body", "body": raw})
                 return
             await send(message)
@@ -345,7 +345,7 @@ def cut_at_stops(stream: Any, stops: Sequence[str]) -> Iterator[str]:
 # --------------------------------------------------------------------------- answers
 
 
-def _finish_reason(answer: Any) -> str:
+def _finish_reason(answer: Any) -> Literal["stop", "length"]:
     return "length" if answer.finish_reason == "length" else "stop"
 
 
@@ -598,7 +598,7 @@ async def _stream_completion(
         slot.release()
         raise
 
-    def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> bytes:
+    def chunk(delta: dict[str, Any], finish: Literal["stop", "length"] | None = None, **extra: Any) -> bytes:
         payload = s.ChatCompletionChunk(
             id=completion_id,
             created=created,

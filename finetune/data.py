@@ -28,7 +28,7 @@ import logging
 import math
 import random
 import re
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -311,7 +311,7 @@ class LexicalRetriever:
         self.idf = {w: math.log(1 + n / len(p)) for w, p in self.postings.items()}
 
     def __call__(self, question: str, k: int) -> list[CatalogRow]:
-        scores: Counter[int] = Counter()
+        scores: defaultdict[int, float] = defaultdict(float)
         for w in set(self._word.findall(question.lower())):
             for i in self.postings.get(w, ()):
                 scores[i] += self.idf[w]

@@ -190,7 +190,7 @@ def _default_texts(rows: int = 400, seed: int = 0) -> Iterator[str]:
     try:
         from rag import synthetic  # written by another part of the project; optional here
 
-        records = synthetic.generate_records(rows, seed=seed)  # type: ignore[attr-defined]
+        records = synthetic.generate_records(rows, seed=seed)
         for record in records:
             data = record if isinstance(record, dict) else getattr(record, "to_dict", dict)()
             yield str(data.get("title", ""))

@@ -562,7 +562,7 @@ def trainer_class() -> type:
     from trl import SFTTrainer
     from trl.trainer import utils as trl_utils
 
-    class CatalogSFTTrainer(SFTTrainer):  # type: ignore[misc, valid-type]
+    class CatalogSFTTrainer(SFTTrainer):
         def compute_loss(
             self,
             model: Any,

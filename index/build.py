@@ -961,7 +961,7 @@ def _apply_update(
     finally:
         delta.close()
 
-    manifest = {
+    manifest: dict[str, Any] = {
         "format": 1,
         "created": utc_now(),
         "operation": "update",

@@ -922,7 +922,9 @@ class IndexStore:
 
     def has_current(self) -> bool:
         version = self.current_version()
-        return bool(version) and (self.versions_dir / version / MANIFEST_FILE).exists()
+        if not version:
+            return False
+        return (self.versions_dir / version / MANIFEST_FILE).exists()
 
     def complete_versions(self) -> list[str]:
         """Version ids with a manifest (complete), oldest first."""
@@ -1383,7 +1385,8 @@ class LiveIndex:
                 threading.Thread(target=self._reload_and_release, name="index-reload", daemon=True).start()
             else:
                 self._reload_and_release()
-        return self._check_served(self._snapshot)  # type: ignore[arg-type]
+        # a reload may have switched self._snapshot meanwhile (it is never set back to None)
+        return self._check_served(self._snapshot if self._snapshot is not None else snap)
 
     def _reload_and_release(self) -> None:
         try:
@@ -1396,9 +1399,12 @@ class LiveIndex:
             self._reload_lock.release()
 
     def _maybe_reload(self) -> None:
+        """Switch to the store's current version if it is new (called once a snapshot is served)."""
         self._last_check = time.monotonic()
+        served = self._snapshot
+        assert served is not None, "_maybe_reload before the first snapshot was opened"
         version = self.store.current_version()
-        if not version or version == self._snapshot.version or version == self._failed:  # type: ignore[union-attr]
+        if not version or version == served.version or version == self._failed:
             return
         try:
             fresh = self.store.open_version(version, mmap=self.mmap)
@@ -1408,9 +1414,9 @@ class LiveIndex:
             log.error(
                 "index version %s failed verification, still serving %s: %s",
                 version,
-                self._snapshot.version,
+                served.version,
                 exc,
-            )  # type: ignore[union-attr]
+            )
             return
         self._failed = None
         self.last_error = None

@@ -83,7 +83,12 @@ def get_rag(config: Config | str | os.PathLike[str] | None = None) -> RAG:
         pipeline = _PIPELINES.get(key)
         if pipeline is None:
             if loaded is None:  # the path was resolved earlier, then its pipeline was closed
-                loaded = load_config(None if config is None else os.fspath(config))  # type: ignore[arg-type]
+                # (a Config always comes back from _resolve as itself)
+                loaded = (
+                    config
+                    if isinstance(config, Config)
+                    else load_config(None if config is None else os.fspath(config))
+                )
             pipeline = RAG.from_config(loaded)
             _PIPELINES[key] = pipeline
     return pipeline
@@ -128,6 +133,17 @@ def answer(
     history: list[dict[str, str]] | None = ...,
     stream: Literal[True],
 ) -> AnswerStream: ...
+
+
+@overload
+def answer(
+    question: str,
+    *,
+    k: int | None = ...,
+    config: Config | str | os.PathLike[str] | None = ...,
+    history: list[dict[str, str]] | None = ...,
+    stream: bool,
+) -> Answer | AnswerStream: ...
 
 
 def answer(

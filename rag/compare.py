@@ -101,14 +101,14 @@ def read_questions(path: str | Path) -> list[str]:
                 continue
             try:
                 item = json.loads(line)
-            except ValueError as exc:
+            except json.JSONDecodeError as exc:
                 raise ValueError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
             questions.append(_question_of(item, f"{path}:{number}"))
     elif suffix == ".json":
         try:
             items = json.loads(text)
-        except ValueError as exc:
-            raise ValueError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None  # type: ignore[attr-defined]
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
         if not isinstance(items, list):
             raise ValueError(
                 f'{path}: expected a JSON list of questions (strings or objects with "question")'

@@ -352,15 +352,15 @@ class FinetuneConfig:
         }.items():
             if isinstance(value, int) and value <= 0:
                 out.append(f"{key}: must be > 0, got {value}")
-        for key, value in {
+        for key, fraction in {
             "finetune.examples.gold_probability": ex.gold_probability,
             "finetune.examples.portuguese_fraction": ex.portuguese_fraction,
             "finetune.examples.fact_question_share": ex.fact_question_share,
             "finetune.lora.dropout": self.lora.dropout,
             "finetune.training.warmup_ratio": tr.warmup_ratio,
         }.items():
-            if isinstance(value, float) and not 0.0 <= value <= 1.0:
-                out.append(f"{key}: must be between 0 and 1, got {value}")
+            if isinstance(fraction, float) and not 0.0 <= fraction <= 1.0:
+                out.append(f"{key}: must be between 0 and 1, got {fraction}")
         if isinstance(ex.validation_fraction, float) and not 0.0 <= ex.validation_fraction < 1.0:
             out.append(
                 f"finetune.examples.validation_fraction: must be in [0, 1), got {ex.validation_fraction}"
@@ -450,7 +450,7 @@ def _coerce(value: Any, tp: Any, where: str, errors: list[str]) -> Any:
     origin = typing.get_origin(tp)
     if tp is Any:
         return value
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):  # a section (annotations are classes)
         if not isinstance(value, dict):
             errors.append(f"{where}: expected a mapping (section), got {type(value).__name__}")
             return tp()

@@ -394,6 +394,21 @@ class RAG:
         snapshot: Any = ...,
     ) -> AnswerStream: ...
 
+    @overload
+    def answer(
+        self,
+        question: str,
+        *,
+        k: int | None = ...,
+        history: Sequence[dict[str, str]] | None = ...,
+        stream: bool,
+        use_context: bool = ...,
+        max_new_tokens: int | None = ...,
+        temperature: float | None = ...,
+        top_p: float | None = ...,
+        snapshot: Any = ...,
+    ) -> Answer | AnswerStream: ...
+
     def answer(
         self,
         question: str,

@@ -181,8 +181,10 @@ class Retriever:
         cfg = self.config.retrieval
         hits: list[Hit] = []
         top_description = max(description.values(), default=0.0)
-        dense_rank = {fid: r for r, fid in enumerate(sorted(dense, key=dense.get, reverse=True))}
-        desc_rank = {fid: r for r, fid in enumerate(sorted(description, key=description.get, reverse=True))}
+        dense_rank = {fid: r for r, fid in enumerate(sorted(dense, key=dense.__getitem__, reverse=True))}
+        desc_rank = {
+            fid: r for r, fid in enumerate(sorted(description, key=description.__getitem__, reverse=True))
+        }
         for fid, row in zip(ids, rows, strict=True):
             if row is None:
                 continue

@@ -471,7 +471,8 @@ class OutputGuard:
                 j += 1
             out += [text[position : matches[i].start()], LEAK_MARK]
             # the run's closing brackets go with it ("cite them as [1]" leaves no "]")
-            position, i = _CLOSING.match(text, matches[j].end()).end(), j + 1
+            closing = _CLOSING.match(text, matches[j].end())  # `[\])]*` matches, if only the empty string
+            position, i = (closing.end() if closing else matches[j].end()), j + 1
         out.append(text[position:])
         return "".join(out)
 

@@ -338,6 +338,9 @@ def answer_record(
     text = answer.text or ""
     has_expected = item.has_expected
     abstained = is_abstention(text)
+    retrieved: bool | None  # None: not measurable for this item or mode
+    cites: bool | None
+    first: bool | None
     if use_context:
         grounded = answer.grounded
         positions = _expected_positions(item, answer)
