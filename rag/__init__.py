@@ -135,17 +135,6 @@ def answer(
 ) -> AnswerStream: ...
 
 
-@overload
-def answer(
-    question: str,
-    *,
-    k: int | None = ...,
-    config: Config | str | os.PathLike[str] | None = ...,
-    history: list[dict[str, str]] | None = ...,
-    stream: bool,
-) -> Answer | AnswerStream: ...
-
-
 def answer(
     question: str,
     *,
@@ -156,7 +145,10 @@ def answer(
 ) -> Answer | AnswerStream:
     """Answer `question` from the catalog; returns an Answer (or, with stream=True, an AnswerStream:
     an iterator of text pieces whose `.answer` attribute holds the final Answer once it is exhausted)."""
-    return get_rag(config).answer(question, k=k, history=history, stream=stream)
+    pipeline = get_rag(config)
+    if stream:
+        return pipeline.answer(question, k=k, history=history, stream=True)
+    return pipeline.answer(question, k=k, history=history)
 
 
 def __getattr__(name: str) -> Any:
