@@ -32,8 +32,12 @@ test: install model
 test-slow: install model
 	$(BIN)/python -m pytest -m "slow" -q
 
+# formatting, lint rules and types ([tool.ruff] and [tool.mypy] in pyproject.toml; README, "Checks")
+LINT_PATHS := rag index finetune api tests benchmarks
 lint: install
-	$(BIN)/ruff check rag index finetune api tests benchmarks
+	$(BIN)/ruff format --check $(LINT_PATHS)
+	$(BIN)/ruff check $(LINT_PATHS)
+	$(BIN)/mypy rag index finetune api
 
 clean:
 	rm -rf data runs .pytest_cache

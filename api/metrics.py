@@ -27,7 +27,7 @@ def _escape(value: str) -> str:
 
 
 def _labels(names: tuple[str, ...], values: tuple[str, ...], extra: str = "") -> str:
-    parts = [f'{n}="{_escape(str(v))}"' for n, v in zip(names, values)]
+    parts = [f'{n}="{_escape(str(v))}"' for n, v in zip(names, values, strict=False)]
     if extra:
         parts.append(extra)
     return "{" + ",".join(parts) + "}" if parts else ""
@@ -97,7 +97,7 @@ class Histogram:
         with self._lock:
             items = sorted((k, list(v)) for k, v in self._series.items())
         for labels, series in items:
-            for bound, count in zip(self.buckets, series):
+            for bound, count in zip(self.buckets, series, strict=False):
                 le = 'le="' + _number(bound) + '"'
                 yield f"{self.name}_bucket{_labels(self.labelnames, labels, le)} {_number(count)}"
             total = series[len(self.buckets)]

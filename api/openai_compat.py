@@ -28,7 +28,7 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -68,7 +68,7 @@ _VALIDATION_CODES = {
 
 
 def is_openai_path(path: str) -> bool:
-    return path == CHAT_PATH or path == MODELS_PATH or path.startswith(MODELS_PATH + "/")
+    return path in (CHAT_PATH, MODELS_PATH) or path.startswith(MODELS_PATH + "/")
 
 
 class OpenAIError(ApiError):
@@ -168,9 +168,9 @@ class OpenAIErrorShapeMiddleware:
                     raw = json.dumps(payload, ensure_ascii=False).encode("utf-8")
                 except ValueError:  # not JSON after all: pass it on untouched
                     pass
-                headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
-                headers.append((b"content-length", str(len(raw)).encode()))
-                await send({**start, "status": status, "headers": headers})
+                out_headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
+                out_headers.append((b"content-length", str(len(raw)).encode()))
+                await send({**start, "status": status, "headers": out_headers})
                 await send({"type": "http.response.body", "body": raw})
                 return
             await send(message)
@@ -345,7 +345,7 @@ def cut_at_stops(stream: Any, stops: Sequence[str]) -> Iterator[str]:
 # --------------------------------------------------------------------------- answers
 
 
-def _finish_reason(answer: Any) -> str:
+def _finish_reason(answer: Any) -> Literal["stop", "length"]:
     return "length" if answer.finish_reason == "length" else "stop"
 
 
@@ -598,7 +598,7 @@ async def _stream_completion(
         slot.release()
         raise
 
-    def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> bytes:
+    def chunk(delta: dict[str, Any], finish: Literal["stop", "length"] | None = None, **extra: Any) -> bytes:
         payload = s.ChatCompletionChunk(
             id=completion_id,
             created=created,
@@ -629,7 +629,7 @@ async def _stream_completion(
                     return
                 put(piece)
             put(_END)
-        except BaseException as exc:  # noqa: BLE001 - handed to the event loop, which logs it and tells the client
+        except BaseException as exc:  # handed to the event loop, which logs it and tells the client
             put(_Failure(exc))
 
     async def next_pieces() -> Any:

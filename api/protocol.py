@@ -33,6 +33,7 @@ class HeaderTimeoutH11Protocol(H11Protocol):
         self._head_timer: asyncio.TimerHandle | None = None
         self._head_started = False  # some bytes of the pending request head have arrived
 
+    # uvicorn's H11Protocol narrows asyncio's BaseTransport to Transport; this override follows it
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._arm()

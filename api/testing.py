@@ -13,9 +13,12 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
+
+if TYPE_CHECKING:
+    from typing_extensions import Self  # typing.Self is Python 3.11+
 
 
 class LiveServer:
@@ -46,7 +49,7 @@ class LiveServer:
             daemon=True,
         )
 
-    def start(self, timeout: float = 20.0) -> LiveServer:
+    def start(self, timeout: float = 20.0) -> Self:
         self._thread.start()
         deadline = time.monotonic() + timeout
         while not self.server.started:
@@ -72,7 +75,7 @@ class LiveServer:
         self._thread.join(timeout=10)
         self._socket.close()
 
-    def __enter__(self) -> LiveServer:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

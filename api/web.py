@@ -60,7 +60,7 @@ def asset(name: str) -> tuple[bytes, str]:
     """The bytes of api/web/`name` and their ETag (read once per process)."""
     if name not in ASSETS:
         raise KeyError(f"api/web/{name} is not one of the page's files ({', '.join(ASSETS)})")
-    data = resources.files("api").joinpath("web", name).read_bytes()
+    data = resources.files("api").joinpath("web").joinpath(name).read_bytes()
     return data, '"' + hashlib.sha256(data).hexdigest()[:32] + '"'
 
 

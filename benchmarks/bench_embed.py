@@ -102,7 +102,7 @@ def agreement(ref: np.ndarray, other: np.ndarray, probes: int = 300, k: int = 10
     probes = min(probes, len(ref))
     a = np.argsort(-(ref[:probes] @ ref.T), axis=1)[:, 1 : k + 1]  # skip the title itself
     b = np.argsort(-(other[:probes] @ other.T), axis=1)[:, 1 : k + 1]
-    return float(np.mean([len(set(x) & set(y)) / k for x, y in zip(a, b)]))
+    return float(np.mean([len(set(x) & set(y)) / k for x, y in zip(a, b, strict=True)]))
 
 
 def main(argv: list[str] | None = None) -> int:

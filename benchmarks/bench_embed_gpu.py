@@ -164,9 +164,9 @@ def run_raw(
     def one_pass() -> torch.Tensor:
         outs = []
         with torch.inference_mode():
-            for block, mask in blocks:
-                block = block.to(device, non_blocking=True)
-                mask = mask.to(device, non_blocking=True)
+            for host_block, host_mask in blocks:
+                block = host_block.to(device, non_blocking=True)
+                mask = host_mask.to(device, non_blocking=True)
                 hidden = forward(input_ids=block, attention_mask=mask).last_hidden_state
                 m = mask.unsqueeze(-1).to(hidden.dtype)
                 pooled = (hidden * m).sum(1).float() / m.sum(1).float().clamp(min=1.0)
@@ -202,7 +202,7 @@ def run_raw(
     }
     if reference is not None:
         out["max_1_minus_cos"] = float(1.0 - (restored * reference).sum(axis=1).min())
-    del model, forward
+    model = forward = None  # drop the weights (one_pass holds them too) before emptying the cache
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     return out, restored
@@ -281,8 +281,8 @@ def run_pipelined(
         chunks = [[titles[i] for i in order[s : s + batch]] for s in range(0, len(order), batch)]
         outs = []
         with ThreadPoolExecutor(workers) as pool, torch.inference_mode():
-            for ids, mask in pool.map(encode, chunks):
-                ids, mask = ids.to(device, non_blocking=True), mask.to(device, non_blocking=True)
+            for host_ids, host_mask in pool.map(encode, chunks):
+                ids, mask = host_ids.to(device, non_blocking=True), host_mask.to(device, non_blocking=True)
                 hidden = model(input_ids=ids, attention_mask=mask).last_hidden_state
                 m = mask.unsqueeze(-1).to(hidden.dtype)
                 pooled = (hidden * m).sum(1).float() / m.sum(1).float().clamp(min=1.0)
@@ -489,7 +489,7 @@ def main(argv: list[str] | None = None) -> int:
                     device=dev,
                 )[0]
             )
-        except Exception as exc:  # compile is optional: report and keep the rest
+        except Exception as exc:  # noqa: BLE001 - compile is optional: report and keep the rest
             print(f"torch.compile run failed: {type(exc).__name__}: {exc}", flush=True)
 
     print(

@@ -337,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
             t = time.time()
             try:
                 proc = subprocess.run(
-                    cmd, env=env, capture_output=True, text=True, timeout=args.child_timeout
+                    cmd, env=env, capture_output=True, text=True, timeout=args.child_timeout, check=False
                 )
             except subprocess.TimeoutExpired as exc:
 

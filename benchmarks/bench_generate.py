@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import json
 import resource
 import statistics
@@ -96,123 +97,129 @@ def _timed(fn: Any, device: str, repeats: int) -> float:
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     import torch
 
+    rows: list[dict[str, Any]] = []
+    for dtype in args.dtypes.split(","):
+        rows.extend(_run_dtype(args, dtype))
+        if args.device.startswith("cuda"):
+            torch.cuda.empty_cache()  # the generator of the last dtype is gone with _run_dtype's frame
+    return rows
+
+
+def _run_dtype(args: argparse.Namespace, dtype: str) -> list[dict[str, Any]]:
+    """Every path (plain generate, ours, batches, stream) for one dtype."""
+    import torch
+
     from rag.config import load_config
     from rag.generators.hf import HFGenerator
 
     rows: list[dict[str, Any]] = []
-    for dtype in args.dtypes.split(","):
-        sets = [
-            f"generator.device={args.device}",
-            f"generator.dtype={dtype}",
-            f"generator.max_new_tokens={args.new_tokens}",
-            f"generator.compile={'true' if args.compile else 'false'}",
-            *args.set,
-        ]
-        config = load_config(args.config, sets)
-        generator = HFGenerator(config)
-        started = time.perf_counter()
-        if args.shape:
-            _load_shape(generator, args.shape, args.device, args.tokenizer)
+    sets = [
+        f"generator.device={args.device}",
+        f"generator.dtype={dtype}",
+        f"generator.max_new_tokens={args.new_tokens}",
+        f"generator.compile={'true' if args.compile else 'false'}",
+        *args.set,
+    ]
+    config = load_config(args.config, sets)
+    generator = HFGenerator(config)
+    started = time.perf_counter()
+    if args.shape:
+        _load_shape(generator, args.shape, args.device, args.tokenizer)
+    else:
+        generator.warm_up()
+    load_s = time.perf_counter() - started
+    label = args.label or args.shape or config.generator.model
+    request = _prompt_request(generator.tokenizer, args.prompt_tokens, config)
+    prompt_ids = generator._prompt_ids(request)
+    n = args.new_tokens
+    model, device = generator.model, args.device
+    inputs = generator._batch_inputs([prompt_ids])
+    base = {
+        "model": label,
+        "device": device,
+        "dtype": dtype,
+        "prompt_tokens": len(prompt_ids),
+        "new_tokens": n,
+        "load_s": round(load_s, 2),
+        "threads": torch.get_num_threads(),
+    }
+    print(
+        f"{label} on {device}, {dtype}: prompt {len(prompt_ids)} tokens, {n} new tokens, "
+        f"loaded in {load_s:.1f} s",
+        file=sys.stderr,
+    )
+
+    def plain(tokens: int, batch: int = 1) -> None:
+        ids = inputs["input_ids"].repeat(batch, 1)
+        mask = inputs["attention_mask"].repeat(batch, 1)
+        with torch.inference_mode():
+            model.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                max_new_tokens=tokens,
+                min_new_tokens=tokens,
+                do_sample=False,
+                pad_token_id=generator._pad_id(),
+            )
+
+    _forward(model, inputs)  # warm-up: the first forward on a GPU also initialises the matmul libraries
+    prefill = _timed(lambda: _forward(model, inputs), device, args.repeats)
+    paths: list[tuple[str, int, Any]] = [("plain generate", 1, plain)]
+    generator.min_new_tokens = n  # every path decodes exactly the tokens asked for
+
+    def ours(tokens: int, batch: int = 1) -> None:
+        """The backend's public paths: generate() for one request, generate_batch() for more."""
+        copies = [copy.copy(request) for _ in range(batch)]
+        for one in copies:
+            one.max_new_tokens = tokens
+        if batch == 1:
+            generator.generate(copies[0])
         else:
-            generator.warm_up()
-        load_s = time.perf_counter() - started
-        label = args.label or args.shape or config.generator.model
-        request = _prompt_request(generator.tokenizer, args.prompt_tokens, config)
-        prompt_ids = generator._prompt_ids(request)
-        n = args.new_tokens
-        model, device = generator.model, args.device
-        inputs = generator._batch_inputs([prompt_ids])
-        base = {
-            "model": label,
-            "device": device,
-            "dtype": dtype,
-            "prompt_tokens": len(prompt_ids),
-            "new_tokens": n,
-            "load_s": round(load_s, 2),
-            "threads": torch.get_num_threads(),
-        }
-        print(
-            f"{label} on {device}, {dtype}: prompt {len(prompt_ids)} tokens, {n} new tokens, "
-            f"loaded in {load_s:.1f} s",
-            file=sys.stderr,
-        )
+            generator.generate_batch(copies, batch)
 
-        def plain(tokens: int, batch: int = 1) -> None:
-            ids = inputs["input_ids"].repeat(batch, 1)
-            mask = inputs["attention_mask"].repeat(batch, 1)
-            with torch.inference_mode():
-                model.generate(
-                    input_ids=ids,
-                    attention_mask=mask,
-                    max_new_tokens=tokens,
-                    min_new_tokens=tokens,
-                    do_sample=False,
-                    pad_token_id=generator._pad_id(),
-                )
-
-        _forward(model, inputs)  # warm-up: the first forward on a GPU also initialises the matmul libraries
-        prefill = _timed(lambda: _forward(model, inputs), device, args.repeats)
-        paths: list[tuple[str, int, Any]] = [("plain generate", 1, plain)]
-        generator.min_new_tokens = n  # every path decodes exactly the tokens asked for
-
-        def ours(tokens: int, batch: int = 1) -> None:
-            """The backend's public paths: generate() for one request, generate_batch() for more."""
-            copies = [copy.copy(request) for _ in range(batch)]
-            for one in copies:
-                one.max_new_tokens = tokens
-            if batch == 1:
-                generator.generate(copies[0])
-            else:
-                generator.generate_batch(copies, batch)
-
-        paths.append(("rag generate", 1, ours))
-        for b in [int(x) for x in args.batch.split(",") if int(x) > 1]:
-            paths.append((f"rag batch {b}", b, ours))
-            paths.append((f"plain batch {b}", b, plain))
-        if args.compile and generator._compiled():
-            t0 = time.perf_counter()
-            ours(n)  # the first call compiles the decoding step
-            base["compile_s"] = round(time.perf_counter() - t0, 1)
-        for name, batch, fn in paths:
-            try:
-                fn(2, batch)  # warm-up (allocations, kernels)
-                if device.startswith("cuda"):
-                    torch.cuda.reset_peak_memory_stats()
-                first = _timed(lambda: fn(1, batch), device, args.repeats)
-                full = _timed(lambda: fn(n, batch), device, args.repeats)
-            except Exception as exc:  # noqa: BLE001 - one failing path must not lose the others' figures
-                print(
-                    f"  {name} batch {batch}: failed: {type(exc).__name__}: {str(exc)[:300]}", file=sys.stderr
-                )
-                continue
-            rate = batch * (n - 1) / (full - first) if full > first else float("nan")
-            rows.append(
-                {
-                    **base,
-                    "path": name,
-                    "batch": batch,
-                    "ttft_s": round(first, 4),
-                    "prefill_s": round(prefill, 4),
-                    "total_s": round(full, 3),
-                    "decode_tok_s": round(rate, 1),
-                    "peak_mib": round(_peak_memory(device)),
-                }
-            )
-            print(_line(rows[-1]), file=sys.stderr)
+    paths.append(("rag generate", 1, ours))
+    for b in [int(x) for x in args.batch.split(",") if int(x) > 1]:
+        paths.append((f"rag batch {b}", b, ours))
+        paths.append((f"plain batch {b}", b, plain))
+    if args.compile and generator._compiled():
+        t0 = time.perf_counter()
+        ours(n)  # the first call compiles the decoding step
+        base["compile_s"] = round(time.perf_counter() - t0, 1)
+    for name, batch, fn in paths:
         try:
-            rows.append(
-                {
-                    **base,
-                    **_stream_row(generator, request, n, device, args.repeats),
-                    "prefill_s": round(prefill, 4),
-                }
-            )
-            print(_line(rows[-1]), file=sys.stderr)
-        except Exception as exc:  # noqa: BLE001
-            print(f"  rag stream: failed: {type(exc).__name__}: {str(exc)[:300]}", file=sys.stderr)
-        del generator, model
-        if device.startswith("cuda"):
-            torch.cuda.empty_cache()
+            fn(2, batch)  # warm-up (allocations, kernels)
+            if device.startswith("cuda"):
+                torch.cuda.reset_peak_memory_stats()
+            first = _timed(functools.partial(fn, 1, batch), device, args.repeats)
+            full = _timed(functools.partial(fn, n, batch), device, args.repeats)
+        except Exception as exc:  # noqa: BLE001 - one failing path must not lose the others' figures
+            print(f"  {name} batch {batch}: failed: {type(exc).__name__}: {str(exc)[:300]}", file=sys.stderr)
+            continue
+        rate = batch * (n - 1) / (full - first) if full > first else float("nan")
+        rows.append(
+            {
+                **base,
+                "path": name,
+                "batch": batch,
+                "ttft_s": round(first, 4),
+                "prefill_s": round(prefill, 4),
+                "total_s": round(full, 3),
+                "decode_tok_s": round(rate, 1),
+                "peak_mib": round(_peak_memory(device)),
+            }
+        )
+        print(_line(rows[-1]), file=sys.stderr)
+    try:
+        rows.append(
+            {
+                **base,
+                **_stream_row(generator, request, n, device, args.repeats),
+                "prefill_s": round(prefill, 4),
+            }
+        )
+        print(_line(rows[-1]), file=sys.stderr)
+    except Exception as exc:  # noqa: BLE001 - nor a failing stream the batch figures
+        print(f"  rag stream: failed: {type(exc).__name__}: {str(exc)[:300]}", file=sys.stderr)
     return rows
 
 

@@ -48,7 +48,7 @@ def questions(titles: list[str], n: int, seed: int) -> list[str]:
 def recall_at(exact: np.ndarray, approx: np.ndarray, k: int) -> float:
     hits = [
         len(set(e[:k][e[:k] >= 0]) & set(a[:k][a[:k] >= 0])) / max(1, (e[:k] >= 0).sum())
-        for e, a in zip(exact, approx)
+        for e, a in zip(exact, approx, strict=True)
     ]
     return float(np.mean(hits))
 

@@ -89,7 +89,9 @@ def timed_search(index: Any, qvec: np.ndarray, embed_ms: list[float], k: int, wa
         _s, ids = index.search(vector.reshape(1, -1), k)
         search_ms.append((time.perf_counter() - t0) * 1e3)
         ids_all.append(ids[0])
-    total_ms = [e + s for e, s in zip(embed_ms, search_ms)]  # the query's own embedding + its search
+    total_ms = [
+        e + s for e, s in zip(embed_ms, search_ms, strict=True)
+    ]  # the query's own embedding + its search
     return {
         "embed_p50_ms": percentile(embed_ms, 50),
         "embed_p95_ms": percentile(embed_ms, 95),
@@ -147,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     from rag.cleaning import clean_title
     from rag.synthetic import generate_records
 
-    overrides = ["embedding.backend=onnx", "embedding.cache_size=0"] + args.overrides
+    overrides = ["embedding.backend=onnx", "embedding.cache_size=0", *args.overrides]
     if args.threads:
         overrides.append(f"embedding.num_threads={args.threads}")
     config = load_config(None, overrides)

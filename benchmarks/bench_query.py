@@ -141,7 +141,7 @@ def bench_scale(
         embed_ms.append((t1 - t0) * 1000)
         search_ms.append((t2 - t1) * 1000)
         total_ms.append((t2 - t0) * 1000)
-        hits += int(row in set(int(i) for i in ids[0]))
+        hits += int(row in {int(i) for i in ids[0]})
     n = len(total_ms)
     result = {
         "rows": scale,
@@ -177,24 +177,24 @@ def table(results: list[dict[str, Any]], k: int) -> str:
         "peak RSS MiB",
     ]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---:"] * len(head)) + "|"]
-    for r in results:
-        lines.append(
-            "| "
-            + " | ".join(
-                [
-                    f"{r['rows']:,}",
-                    r["index_type"],
-                    f"{r['real_vectors']:,} / {r['tiled_vectors']:,}",
-                    f"{r['build_s']:.1f}",
-                    f"{r['embed_p50_ms']:.1f} / {r['embed_p95_ms']:.1f}",
-                    f"{r['search_p50_ms']:.2f} / {r['search_p95_ms']:.2f}",
-                    f"{r['total_p50_ms']:.1f} / {r['total_p95_ms']:.1f}",
-                    f"{r[f'hit@{k}']:.2f}",
-                    f"{r['peak_rss_mib']:.0f}",
-                ]
-            )
-            + " |"
+    lines.extend(
+        "| "
+        + " | ".join(
+            [
+                f"{r['rows']:,}",
+                r["index_type"],
+                f"{r['real_vectors']:,} / {r['tiled_vectors']:,}",
+                f"{r['build_s']:.1f}",
+                f"{r['embed_p50_ms']:.1f} / {r['embed_p95_ms']:.1f}",
+                f"{r['search_p50_ms']:.2f} / {r['search_p95_ms']:.2f}",
+                f"{r['total_p50_ms']:.1f} / {r['total_p95_ms']:.1f}",
+                f"{r[f'hit@{k}']:.2f}",
+                f"{r['peak_rss_mib']:.0f}",
+            ]
         )
+        + " |"
+        for r in results
+    )
     return "\n".join(lines)
 
 
@@ -231,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     if any(s <= 0 for s in scales):
         parser.error("--scales: every row count must be > 0")
     config = load_config(
-        args.config, args.overrides + ["embedding.cache_size=0"]
+        args.config, [*args.overrides, "embedding.cache_size=0"]
     )  # time every query embedding
     if args.threads:
         import faiss

@@ -197,7 +197,10 @@ async def run_load(
         wall = time.monotonic() - started
         rss_after = await read_rss(client)
     everything = [x for values in stats.latency.values() for x in values]
-    ms = lambda v: round(v * 1000, 1)
+
+    def ms(v: float) -> float:
+        return round(v * 1000, 1)
+
     return {
         "url": url,
         "clients": clients,
@@ -247,7 +250,8 @@ def start_server(args: argparse.Namespace) -> tuple[subprocess.Popen[bytes], str
         command += ["--config", args.config]
     for override in args.overrides:
         command += ["--set", override]
-    log = open(args.server_log, "wb") if args.server_log else subprocess.DEVNULL
+    # the server writes to the log for its whole life: the handle stays open with it
+    log = open(args.server_log, "wb") if args.server_log else subprocess.DEVNULL  # noqa: SIM115
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
     return process, f"http://127.0.0.1:{port}"
 

@@ -88,9 +88,11 @@ def eval_section(name: str, data: dict[str, Any], out_dir: Path) -> list[str]:
     lines = [f"## {data['kind'].capitalize()} evaluation ({name})", ""]
     if info:
         lines += [
-            f"{info.get('questions')} questions from `{info.get('questions_file')}`, index of "
-            f"{info.get('index_rows')} rows ({info.get('embedding_model')}), generator {info.get('generator')} "
-            f"{info.get('generator_model') or ''}",
+            (
+                f"{info.get('questions')} questions from `{info.get('questions_file')}`, index of "
+                f"{info.get('index_rows')} rows ({info.get('embedding_model')}), generator {info.get('generator')} "
+                f"{info.get('generator_model') or ''}"
+            ),
             "",
             environment_line(info.get("environment", {})),
             "",
@@ -136,7 +138,7 @@ def _scalar(value: Any) -> bool:
 def generic_section(name: str, data: Any) -> list[str]:
     lines = [f"## {name}", ""]
     if not isinstance(data, dict):
-        return lines + ["(not a JSON object)"]
+        return [*lines, "(not a JSON object)"]
     scalars = {k: v for k, v in data.items() if _scalar(v)}
     if scalars:
         lines += ["| figure | value |", "|---|---:|"] + [f"| {k} | {v} |" for k, v in scalars.items()]

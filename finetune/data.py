@@ -28,13 +28,14 @@ import logging
 import math
 import random
 import re
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from rag.config import Config
+from rag.grounding import ABSTAIN_TEMPLATES as ABSTAIN
 from rag.prompt import build_messages, defang_special_tokens
 from rag.types import CatalogRow
 
@@ -179,13 +180,10 @@ def fill_template(template: str, title: str, content: str) -> str | None:
         if match is None:
             return None
         return template.format(title=title, noun=match.group(2).lower())
-    if "pages" in template or "páginas" in template:
-        if not _PAGES.search(content):
-            return None
+    if ("pages" in template or "páginas" in template) and not _PAGES.search(content):
+        return None
     return template.format(title=title)
 
-
-from rag.grounding import ABSTAIN_TEMPLATES as ABSTAIN
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
@@ -313,7 +311,7 @@ class LexicalRetriever:
         self.idf = {w: math.log(1 + n / len(p)) for w, p in self.postings.items()}
 
     def __call__(self, question: str, k: int) -> list[CatalogRow]:
-        scores: Counter[int] = Counter()
+        scores: defaultdict[int, float] = defaultdict(float)
         for w in set(self._word.findall(question.lower())):
             for i in self.postings.get(w, ()):
                 scores[i] += self.idf[w]
@@ -473,7 +471,10 @@ def _describe(values: list[int]) -> dict[str, float]:
     if not values:
         return {"count": 0}
     ordered = sorted(values)
-    pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+    def pick(q: float) -> int:
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
     return {
         "count": len(values),
         "mean": round(sum(values) / len(values), 1),

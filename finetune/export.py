@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from finetune.train import FinetuneError, _missing_model, _offline, cuda_available, unsloth_available
 
@@ -59,7 +59,8 @@ def export_merged(
     except (OSError, ValueError) as exc:
         raise _missing_model(base, exc) from exc
     tokenizer = AutoTokenizer.from_pretrained(adapter)
-    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+    embeddings = cast("torch.nn.Embedding", model.get_input_embeddings())  # typed as a plain nn.Module
+    if len(tokenizer) > embeddings.num_embeddings:
         model.resize_token_embeddings(len(tokenizer))
     merged = PeftModel.from_pretrained(model, adapter).merge_and_unload()
     target = Path(out) if out else run / "merged"

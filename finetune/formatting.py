@@ -129,7 +129,7 @@ def tokenize_example(
     fmt = fmt or turn_format(tokenizer)
     prompt_text = render_prompt(tokenizer, messages)
     full_text = tokenizer.apply_chat_template(
-        list(messages) + [{"role": "assistant", "content": answer}], tokenize=False
+        [*messages, {"role": "assistant", "content": answer}], tokenize=False
     )
     if not full_text.startswith(prompt_text):
         raise ValueError(

@@ -476,15 +476,15 @@ def plot_loss(log_path: Path, png_path: Path) -> Path | None:
     if not train:
         return None
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
-    ax.plot(*zip(*train), label="train loss")
+    ax.plot(*zip(*train, strict=True), label="train loss")
     if evals:
-        ax.plot(*zip(*evals), "o-", label="validation loss")
+        ax.plot(*zip(*evals, strict=True), "o-", label="validation loss")
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.grid(alpha=0.3)
     if lrs:
         ax2 = ax.twinx()
-        ax2.plot(*zip(*lrs), color="tab:gray", alpha=0.5, linestyle="--", label="learning rate")
+        ax2.plot(*zip(*lrs, strict=True), color="tab:gray", alpha=0.5, linestyle="--", label="learning rate")
         ax2.set_ylabel("learning rate")
     ax.legend(loc="upper right")
     ax.set_title("fine-tuning loss")
@@ -606,7 +606,7 @@ def trainer_class() -> type:
     from trl import SFTTrainer
     from trl.trainer import utils as trl_utils
 
-    class CatalogSFTTrainer(SFTTrainer):  # type: ignore[misc, valid-type]
+    class CatalogSFTTrainer(SFTTrainer):
         def compute_loss(
             self,
             model: Any,

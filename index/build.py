@@ -354,8 +354,8 @@ def _insert_resolving(
             try:
                 if taken_elsewhere is not None and taken_elsewhere([faiss_id]):
                     raise sqlite3.IntegrityError("faiss_id taken by a base row")
-                conn.execute(sql, (faiss_id,) + tuple(record[1:]))
-                stored.append((faiss_id,) + tuple(record[1:]))
+                conn.execute(sql, (faiss_id, *record[1:]))
+                stored.append((faiss_id, *record[1:]))
                 break
             except sqlite3.IntegrityError:
                 if conn.execute("SELECT 1 FROM rows WHERE uid = ?", (uid,)).fetchone():
@@ -385,7 +385,7 @@ def _lexical_module(config: Config) -> Any:
     try:
         return importlib.import_module("index.lexical")
     except ModuleNotFoundError as exc:
-        if exc.name in ("index.lexical",):
+        if exc.name == "index.lexical":
             return None
         raise
 
@@ -849,9 +849,8 @@ def _apply_update(
                     if old_hash == record[4]:
                         report.unchanged += 1
                         continue
-                    record = (faiss_id,) + record[
-                        1:
-                    ]  # keep the id the uid already has (stable, even if salted)
+                    # keep the id the uid already has (stable, even if salted)
+                    record = (faiss_id, *record[1:])
                     if where == "delta":
                         conn.execute(
                             "UPDATE rows SET title=?, content=?, content_hash=?, source=?, line=? WHERE faiss_id=?",
@@ -962,7 +961,7 @@ def _apply_update(
     finally:
         delta.close()
 
-    manifest = {
+    manifest: dict[str, Any] = {
         "format": 1,
         "created": utc_now(),
         "operation": "update",

@@ -84,12 +84,12 @@ def _format_info(manifest: dict[str, Any], path: Any) -> str:
         lines.append(f"  {name:<22} {entry['size']:>14,} B  sha256 {entry['sha256'][:16]}…")
     if manifest.get("artifacts"):
         lines.append(f"artifacts:  {', '.join(manifest['artifacts'])}")
-    for source in manifest.get("sources", []):
-        lines.append(
-            f"source:     {source.get('path')} ({source.get('size', '?'):,} B)"
-            if isinstance(source.get("size"), int)
-            else f"source:     {source.get('path')}"
-        )
+    lines.extend(
+        f"source:     {source.get('path')} ({source.get('size', '?'):,} B)"
+        if isinstance(source.get("size"), int)
+        else f"source:     {source.get('path')}"
+        for source in manifest.get("sources", [])
+    )
     summary = manifest.get("read_summary")
     if summary:
         lines.append(

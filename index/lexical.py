@@ -52,7 +52,7 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast
 
 import numpy as np
 
@@ -868,12 +868,12 @@ def build_segment(
     get = tok2id.get
 
     def resolve(tokens: list[str], mapped: list[int | None]) -> list[int]:
+        """Give the tokens not seen before their ids, in place; returns `mapped`, now without a None."""
         for i, tid in enumerate(mapped):
             if tid is None:
                 term = analyzer.term(tokens[i])
-                tid = tok2id[tokens[i]] = vocab.setdefault(term, len(vocab)) if term else -1
-                mapped[i] = tid
-        return mapped  # type: ignore[return-value]
+                mapped[i] = tok2id[tokens[i]] = vocab.setdefault(term, len(vocab)) if term else -1
+        return cast("list[int]", mapped)
 
     def flush() -> None:
         nonlocal flat, chunk_counts, chunk_start
@@ -895,17 +895,15 @@ def build_segment(
 
     for faiss_id, title, content in rows:
         tokens = findall(fold(title))
-        mapped = list(map(get, tokens))
-        if None in mapped:
-            mapped = resolve(tokens, mapped)
+        found = list(map(get, tokens))
+        mapped = resolve(tokens, found) if None in found else cast("list[int]", found)
         count = len(mapped) * title_weight
         for _ in range(title_weight):
             flat.extend(mapped)
         if content:
             tokens = findall(fold(content))
-            mapped = list(map(get, tokens))
-            if None in mapped:
-                mapped = resolve(tokens, mapped)
+            found = list(map(get, tokens))
+            mapped = resolve(tokens, found) if None in found else cast("list[int]", found)
             flat.extend(mapped)
             count += len(mapped)
         chunk_counts.append(count)
@@ -1192,7 +1190,7 @@ class _Segment:
     """One segment's arrays, memory-mapped: only the postings a query touches are read."""
 
     def __init__(self, version_dir: Path, name: str, mmap: bool = True) -> None:
-        mode = "r" if mmap else None
+        mode: Literal["r"] | None = "r" if mmap else None
         prefix = version_dir / f"lexical.{name}."
         self.name = name
         self.hashes = np.load(f"{prefix}hashes.npy", allow_pickle=False)
@@ -1365,7 +1363,7 @@ class LexicalIndex:
                 top = np.argpartition(-vals, k - 1)[:k]
                 cand, vals = cand[top], vals[top]
             ids = np.asarray(seg.ids[cand])
-            return [(int(i), float(v)) for i, v in zip(ids, vals)]
+            return [(int(i), float(v)) for i, v in zip(ids, vals, strict=True)]
         finally:
             for t in touched:
                 acc[t] = 0.0
@@ -1404,7 +1402,7 @@ class LexicalIndex:
             rows = get_rows([fid for fid, _ in ranked[:n_snip]])
             wanted = set(terms)
             for i, row in enumerate(rows):
-                if row is not None and getattr(row, "content", ""):
+                if row is not None and getattr(row, "content", None):
                     texts[i] = best_passage(row.content, wanted)
         return [(fid, score, texts[i]) for i, (fid, score) in enumerate(ranked)]
 

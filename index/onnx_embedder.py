@@ -73,7 +73,7 @@ def require_onnxruntime() -> Any:
     return onnxruntime
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def _read_json(path: Path) -> Any:  # the JSON value (modules.json is a list), {} if unreadable
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -85,7 +85,8 @@ def pooling_mode(model_dir: Path) -> tuple[str, bool]:
     modules = _read_json(model_dir / "modules.json")
     if not modules:  # a plain transformers directory: sentence-transformers would use mean pooling
         return "mean", False
-    pooling, normalize = None, False
+    pooling: str | None = None
+    normalize = False
     for module in modules if isinstance(modules, list) else []:
         kind = str(module.get("type", ""))
         if kind.endswith("Pooling"):

@@ -591,12 +591,14 @@ class IndexSnapshot:
         if self._delta_meta is None:
             return self._meta.get_rows(ids)
         out = self._delta_meta.get_rows(ids)
-        missing = [i for i, (fid, row) in enumerate(zip(ids, out)) if row is None and int(fid) >= 0]
+        missing = [
+            i for i, (fid, row) in enumerate(zip(ids, out, strict=True)) if row is None and int(fid) >= 0
+        ]
         if missing:
             wanted = np.array([int(ids[i]) for i in missing], dtype=np.int64)
             alive = ~_in_sorted(wanted, self._tombstones)
-            positions = [i for i, ok in zip(missing, alive) if ok]
-            for i, row in zip(positions, self._meta.get_rows([int(ids[i]) for i in positions])):
+            positions = [i for i, ok in zip(missing, alive, strict=True) if ok]
+            for i, row in zip(positions, self._meta.get_rows([int(ids[i]) for i in positions]), strict=True):
                 out[i] = row
         return out
 
@@ -920,7 +922,9 @@ class IndexStore:
 
     def has_current(self) -> bool:
         version = self.current_version()
-        return bool(version) and (self.versions_dir / version / MANIFEST_FILE).exists()
+        if not version:
+            return False
+        return (self.versions_dir / version / MANIFEST_FILE).exists()
 
     def complete_versions(self) -> list[str]:
         """Version ids with a manifest (complete), oldest first."""
@@ -1381,7 +1385,8 @@ class LiveIndex:
                 threading.Thread(target=self._reload_and_release, name="index-reload", daemon=True).start()
             else:
                 self._reload_and_release()
-        return self._check_served(self._snapshot)  # type: ignore[arg-type]
+        # a reload may have switched self._snapshot meanwhile (it is never set back to None)
+        return self._check_served(self._snapshot if self._snapshot is not None else snap)
 
     def _reload_and_release(self) -> None:
         try:
@@ -1394,9 +1399,12 @@ class LiveIndex:
             self._reload_lock.release()
 
     def _maybe_reload(self) -> None:
+        """Switch to the store's current version if it is new (called once a snapshot is served)."""
         self._last_check = time.monotonic()
+        served = self._snapshot
+        assert served is not None, "_maybe_reload before the first snapshot was opened"
         version = self.store.current_version()
-        if not version or version == self._snapshot.version or version == self._failed:  # type: ignore[union-attr]
+        if not version or version == served.version or version == self._failed:
             return
         try:
             fresh = self.store.open_version(version, mmap=self.mmap)
@@ -1406,9 +1414,9 @@ class LiveIndex:
             log.error(
                 "index version %s failed verification, still serving %s: %s",
                 version,
-                self._snapshot.version,
+                served.version,
                 exc,
-            )  # type: ignore[union-attr]
+            )
             return
         self._failed = None
         self.last_error = None

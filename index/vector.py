@@ -136,7 +136,8 @@ class FaissIndex:
 
     # ------------------------------------------------------------------ ivf training
 
-    def _train_ivf(self, sample: np.ndarray) -> None:
+    def _train_ivf(self, sample: np.ndarray) -> Any:
+        """Train a fresh IVF index on `sample`; it becomes `self.raw` and is returned."""
         faiss = _faiss()
         # k-means needs points >= nlist; FAISS warns below 39 points per list, so shrink nlist
         # for small catalogs rather than build a degenerate index. The manifest records the value used.
@@ -147,6 +148,7 @@ class FaissIndex:
         self.raw = raw
         self.params["ivf_nlist_used"] = nlist
         self.apply_search_params()
+        return raw
 
     def flush(self) -> None:
         """ivf: train on what was buffered so far (called before save/search of a small index)."""
@@ -154,8 +156,7 @@ class FaissIndex:
             ids = np.concatenate([p[0] for p in self._pending])
             vectors = np.concatenate([p[1] for p in self._pending])
             self._pending, self._pending_rows = [], 0
-            self._train_ivf(vectors)
-            self.raw.add_with_ids(vectors, ids)
+            self._train_ivf(vectors).add_with_ids(vectors, ids)
 
     # ------------------------------------------------------------------ VectorIndex protocol
 
@@ -269,6 +270,6 @@ class FaissIndex:
             raw = None  # an ivf index saved while empty: train when rows arrive
             params = dict(params or {})
             return cls._untrained_ivf(dimension, params)
-        if int(raw.d) != int(dimension):  # type: ignore[union-attr]
+        if int(raw.d) != int(dimension):
             raise ValueError(f"{path}: FAISS dimension {raw.d} differs from the manifest's {dimension}")
         return cls(raw, index_type, dimension, params)

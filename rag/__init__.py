@@ -83,7 +83,12 @@ def get_rag(config: Config | str | os.PathLike[str] | None = None) -> RAG:
         pipeline = _PIPELINES.get(key)
         if pipeline is None:
             if loaded is None:  # the path was resolved earlier, then its pipeline was closed
-                loaded = load_config(None if config is None else os.fspath(config))  # type: ignore[arg-type]
+                # (a Config always comes back from _resolve as itself)
+                loaded = (
+                    config
+                    if isinstance(config, Config)
+                    else load_config(None if config is None else os.fspath(config))
+                )
             pipeline = RAG.from_config(loaded)
             _PIPELINES[key] = pipeline
     return pipeline
@@ -140,7 +145,10 @@ def answer(
 ) -> Answer | AnswerStream:
     """Answer `question` from the catalog; returns an Answer (or, with stream=True, an AnswerStream:
     an iterator of text pieces whose `.answer` attribute holds the final Answer once it is exhausted)."""
-    return get_rag(config).answer(question, k=k, history=history, stream=stream)
+    pipeline = get_rag(config)
+    if stream:
+        return pipeline.answer(question, k=k, history=history, stream=True)
+    return pipeline.answer(question, k=k, history=history)
 
 
 def __getattr__(name: str) -> Any:

@@ -159,6 +159,7 @@ def _open_binary(path: Path) -> tuple[BinaryIO, BinaryIO]:
     magic = raw.read(2)
     raw.seek(0)
     if magic == b"\x1f\x8b":
+        # typeshed types GzipFile as a BufferedIOBase, not as typing.BinaryIO, which it implements
         return gzip.GzipFile(fileobj=raw, mode="rb"), raw  # type: ignore[return-value]
     return raw, raw
 
@@ -275,7 +276,7 @@ class _Prefixed(io.RawIOBase):
 
 
 def _prefixed(prefix: bytes, stream: BinaryIO) -> BinaryIO:
-    return io.BufferedReader(_Prefixed(prefix, stream))  # type: ignore[return-value]
+    return io.BufferedReader(_Prefixed(prefix, stream))
 
 
 def _iter_after_array(
@@ -494,7 +495,8 @@ def _iter_file(
     def tick() -> None:
         nonlocal done
         now = raw_file.tell()
-        progress_bar.update(now - done)
+        if progress_bar is not None:  # always, where tick is passed on (records() below)
+            progress_bar.update(now - done)
         done = now
 
     def records() -> Iterator[tuple[int, bytes | str, dict[str, Any] | RecordError | None]]:

@@ -15,6 +15,7 @@ rows it cites are listed; /sources lists every retrieved row.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -73,24 +74,24 @@ def _history_file() -> Path:
     return Path(os.environ.get("RAG_HISTORY_FILE", Path.home() / ".rag_history"))
 
 
+def _no_history() -> None:
+    """Nothing to save: no readline, or not a terminal."""
+
+
 def _enable_readline() -> Callable[[], None]:
     """Load the readline history; returns the function that saves it (called on the way out)."""
     try:
         import readline
     except ImportError:  # Windows without pyreadline
-        return lambda: None
+        return _no_history
     history = _history_file()
-    try:
+    with contextlib.suppress(OSError):  # FileNotFoundError included: no history yet
         readline.read_history_file(history)
-    except (FileNotFoundError, OSError):
-        pass
     readline.set_history_length(1000)
 
     def save() -> None:
-        try:
+        with contextlib.suppress(OSError):
             readline.write_history_file(history)
-        except OSError:
-            pass
 
     return save
 
@@ -215,7 +216,7 @@ def run_repl(
                 signal.pthread_kill(main_thread.ident, signal.SIGINT)
 
         loader = PipelineLoader(config, on_error=interrupt).start()
-    save_history: Callable[[], None] = lambda: None
+    save_history: Callable[[], None] = _no_history
     if input_fn is input and sys.stdin.isatty():
         save_history = _enable_readline()
     generator = rag.generator.name if rag is not None else config.generator.backend

@@ -27,9 +27,11 @@ from __future__ import annotations
 
 import html
 import re
+import sys
 import unicodedata
 from collections.abc import Sequence
 from functools import lru_cache
+from typing import Any
 
 __all__ = [
     "clean_text",
@@ -125,10 +127,10 @@ def _required_literal(pattern: re.Pattern[str]) -> str | None:
     """
     if pattern.flags & re.IGNORECASE:
         return None
-    try:
-        from re import _parser as sre_parse  # Python >= 3.11
-    except ImportError:  # pragma: no cover - Python 3.10
-        import sre_parse  # type: ignore[no-redef]
+    if sys.version_info >= (3, 11):
+        from re import _parser as sre_parse
+    else:  # pragma: no cover - Python 3.10
+        import sre_parse
     try:
         tree = sre_parse.parse(pattern.pattern, pattern.flags)
     except (re.error, ValueError, TypeError, AttributeError):  # pragma: no cover - it compiled already
@@ -136,9 +138,9 @@ def _required_literal(pattern: re.Pattern[str]) -> str | None:
     runs: list[str] = []
     current: list[str] = []
 
-    def walk(items: object) -> None:
+    def walk(items: Any) -> None:  # sre_parse's SubPattern: (opcode, argument) pairs, iterated by index
         nonlocal current
-        for op, arg in items:  # type: ignore[attr-defined]
+        for op, arg in items:
             name = str(op)
             if name == "LITERAL":
                 current.append(chr(arg))

@@ -87,7 +87,7 @@ def _cmd_ask(args: argparse.Namespace) -> int:
         for piece in stream:
             print(piece, end="", flush=True)
         print()
-        answer = stream.answer
+        answer = stream.collect()  # the stream is exhausted: its final Answer
     else:
         answer = rag.answer(args.question, k=args.k)
         print(answer.text)

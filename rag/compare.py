@@ -76,10 +76,10 @@ class CompareResult:
                             "seconds": round(c.seconds, 4),
                             **({"answer": c.answer.to_dict()} if c.answer else {}),
                         }
-                        for v, c in zip(self.variants, row)
+                        for v, c in zip(self.variants, row, strict=True)
                     ],
                 }
-                for q, row in zip(self.questions, self.cells)
+                for q, row in zip(self.questions, self.cells, strict=True)
             ],
         }
 
@@ -101,14 +101,14 @@ def read_questions(path: str | Path) -> list[str]:
                 continue
             try:
                 item = json.loads(line)
-            except ValueError as exc:
+            except json.JSONDecodeError as exc:
                 raise ValueError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
             questions.append(_question_of(item, f"{path}:{number}"))
     elif suffix == ".json":
         try:
             items = json.loads(text)
-        except ValueError as exc:
-            raise ValueError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None  # type: ignore[attr-defined]
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
         if not isinstance(items, list):
             raise ValueError(
                 f'{path}: expected a JSON list of questions (strings or objects with "question")'
@@ -159,7 +159,7 @@ def build_variants(
         raise ConfigError([f"--context: expected with, without or both, got {context!r}"])
     variants: list[Variant] = []
     errors: list[str] = []
-    for letter, path in zip(COLUMN_LETTERS, config_paths):
+    for letter, path in zip(COLUMN_LETTERS, config_paths, strict=False):
         own = column_overrides.get(letter, [])
         try:
             config = load_config(path, [*overrides, *own])
@@ -291,7 +291,7 @@ def to_markdown(result: CompareResult, *, sources: bool = True, max_chars: int |
     """The comparison table (question | one column per variant) and a per-variant summary."""
     header = ["question", *(v.label for v in result.variants)]
     lines = ["| " + " | ".join(_md(h) for h in header) + " |", "|" + "---|" * len(header)]
-    for question, row in zip(result.questions, result.cells):
+    for question, row in zip(result.questions, result.cells, strict=True):
         cells = [_md(question), *(format_cell(c, sources=sources, max_chars=max_chars) for c in row)]
         lines.append("| " + " | ".join(cells) + " |")
     lines += [

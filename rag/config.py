@@ -32,20 +32,26 @@ DEFAULT_BOILERPLATE = [
     #    "...to an alternateHardcoveredition.", "...to thePrint on Demand (Paperback)edition.",
     #    "...to theAudio Cassetteedition.", "...to an alternatekindle_editionedition." The
     #    `(?![A-Za-z_])` makes "kindle_editionedition" match whole.
-    r"(?:-{1,2}|[\u2013\u2014]|^)[ \t]*This\s*text\s*refers\s*to\s*(?:an?|the)?[^.\n]{0,80}?[Ee]dition(?![A-Za-z_])"
-    r"(?:\s*of\s*this\s*title)?\s*\.?",
+    (
+        r"(?:-{1,2}|[\u2013\u2014]|^)[ \t]*This\s*text\s*refers\s*to\s*(?:an?|the)?[^.\n]{0,80}?[Ee]dition(?![A-Za-z_])"
+        r"(?:\s*of\s*this\s*title)?\s*\.?"
+    ),
     # 2. Review-journal notices: "Copyright 1999 Reed Business Information, Inc.", "Copyright 2001
     #    Cahners Business Information, Inc.", "(c)Copyright © Reed Business Information, a division
     #    of Reed Elsevier Inc. All rights reserved.", "Copyright © American Library Association.
     #    All rights reserved" (no full stop before "--This text..."), and Kirkus notices.
-    r"(?:\(c\)\s*)?Copyright\s*(?:©|\([cC]\))?\s*(?:\d{4}\s*,?\s*)?(?:©\s*)?"
-    r"(?:(?:Reed|Cahners)\s*Business\s*Information(?:\s*,?\s*(?:Inc\b\.?|a\s*division\s*of\s*Reed\s*Elsevier"
-    r"(?:\s*Inc\b\.?)?))?"
-    r"|American\s*Library\s*Association|Kirkus\s*(?:Associates|Reviews|Media)(?:\s*,?\s*(?:LP|LLC|L\.P\.))?)"
-    r"\.?(?:\s*All\s*rights\s*reserved\.?)?",
+    (
+        r"(?:\(c\)\s*)?Copyright\s*(?:©|\([cC]\))?\s*(?:\d{4}\s*,?\s*)?(?:©\s*)?"
+        r"(?:(?:Reed|Cahners)\s*Business\s*Information(?:\s*,?\s*(?:Inc\b\.?|a\s*division\s*of\s*Reed\s*Elsevier"
+        r"(?:\s*Inc\b\.?)?))?"
+        r"|American\s*Library\s*Association|Kirkus\s*(?:Associates|Reviews|Media)(?:\s*,?\s*(?:LP|LLC|L\.P\.))?)"
+        r"\.?(?:\s*All\s*rights\s*reserved\.?)?"
+    ),
     # 3. AudioFile reviews end "(c)AudioFile, Portland, Maine" or "(c) AudioFile 2002, Portland, Maine".
-    r"(?:\(c\)|©|Copyright)(?:\s*(?:\(c\)|©|Copyright))*\s*(?:\d{4}\s*,?\s*)?AudioFile(?:\s*\d{4})?\s*,?"
-    r"\s*Portland\s*,?\s*Maine\.?",
+    (
+        r"(?:\(c\)|©|Copyright)(?:\s*(?:\(c\)|©|Copyright))*\s*(?:\d{4}\s*,?\s*)?AudioFile(?:\s*\d{4})?\s*,?"
+        r"\s*Portland\s*,?\s*Maine\.?"
+    ),
     # 4. Review labels at the start of a review: "Starred Review." and "[Signature]Reviewed byJess
     #    Walter" (the reviewer's name fused to the first word: the name, up to four capitalised words,
     #    goes with the label only when the next word starts right after it without a space).
@@ -346,15 +352,15 @@ class FinetuneConfig:
         }.items():
             if isinstance(value, int) and value <= 0:
                 out.append(f"{key}: must be > 0, got {value}")
-        for key, value in {
+        for key, fraction in {
             "finetune.examples.gold_probability": ex.gold_probability,
             "finetune.examples.portuguese_fraction": ex.portuguese_fraction,
             "finetune.examples.fact_question_share": ex.fact_question_share,
             "finetune.lora.dropout": self.lora.dropout,
             "finetune.training.warmup_ratio": tr.warmup_ratio,
         }.items():
-            if isinstance(value, float) and not 0.0 <= value <= 1.0:
-                out.append(f"{key}: must be between 0 and 1, got {value}")
+            if isinstance(fraction, float) and not 0.0 <= fraction <= 1.0:
+                out.append(f"{key}: must be between 0 and 1, got {fraction}")
         if isinstance(ex.validation_fraction, float) and not 0.0 <= ex.validation_fraction < 1.0:
             out.append(
                 f"finetune.examples.validation_fraction: must be in [0, 1), got {ex.validation_fraction}"
@@ -444,7 +450,7 @@ def _coerce(value: Any, tp: Any, where: str, errors: list[str]) -> Any:
     origin = typing.get_origin(tp)
     if tp is Any:
         return value
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):  # a section (annotations are classes)
         if not isinstance(value, dict):
             errors.append(f"{where}: expected a mapping (section), got {type(value).__name__}")
             return tp()

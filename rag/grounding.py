@@ -261,7 +261,7 @@ def _row_text(hit: Hit) -> str:
 
 
 def _row_passages(hit: Hit) -> list[str]:
-    passages = [hit.row.title] + split_sentences(hit.row.content)
+    passages = [hit.row.title, *split_sentences(hit.row.content)]
     return [p for p in passages if p.strip()][:MAX_PASSAGES_PER_ROW]
 
 

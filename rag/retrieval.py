@@ -140,7 +140,7 @@ class Retriever:
         n_candidates = max(cfg.candidates, k)
         with faiss_threads(cfg.faiss_threads):
             scores, ids = snapshot.search(vector, n_candidates)
-        dense = {int(i): float(s) for i, s in zip(ids[0], scores[0]) if int(i) != -1}
+        dense = {int(i): float(s) for i, s in zip(ids[0], scores[0], strict=True) if int(i) != -1}
         timings["search"] = time.perf_counter() - t0
 
         description: dict[int, float] = {}
@@ -156,7 +156,7 @@ class Retriever:
                     description[fid] = score
                     if len(item) > 2 and item[2]:
                         snippets[fid] = str(item[2])
-            except Exception as exc:  # the description index is an extra: never fail the query for it
+            except Exception as exc:  # noqa: BLE001 - the description index is an extra: never fail the query for it
                 log.warning("description search failed: %s", exc)
             timings["lexical"] = time.perf_counter() - t0
 
@@ -181,9 +181,11 @@ class Retriever:
         cfg = self.config.retrieval
         hits: list[Hit] = []
         top_description = max(description.values(), default=0.0)
-        dense_rank = {fid: r for r, fid in enumerate(sorted(dense, key=dense.get, reverse=True))}
-        desc_rank = {fid: r for r, fid in enumerate(sorted(description, key=description.get, reverse=True))}
-        for fid, row in zip(ids, rows):
+        dense_rank = {fid: r for r, fid in enumerate(sorted(dense, key=dense.__getitem__, reverse=True))}
+        desc_rank = {
+            fid: r for r, fid in enumerate(sorted(description, key=description.__getitem__, reverse=True))
+        }
+        for fid, row in zip(ids, rows, strict=True):
             if row is None:
                 continue
             d = dense.get(fid)

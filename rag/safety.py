@@ -91,8 +91,8 @@ class PromptLayout:
                 parts = [line]
                 if specials:
                     parts += re.split("|".join(re.escape(t) for t in specials), line)
-                for part in parts:
-                    part = part.strip()
+                for raw in parts:
+                    part = raw.strip()
                     if len(part) >= 3 and part.translate(_LOOKALIKE) != part and part not in found:
                         found.append(part)
         return sorted(found, key=len, reverse=True)
@@ -119,7 +119,9 @@ def _special_tokens(tokenizer: Any) -> dict[int, str]:
     """id -> text of every control token: the named special tokens and added tokens flagged special."""
     tokens: dict[int, str] = {}
     for token, token_id in zip(
-        getattr(tokenizer, "all_special_tokens", []) or [], getattr(tokenizer, "all_special_ids", []) or []
+        getattr(tokenizer, "all_special_tokens", []) or [],
+        getattr(tokenizer, "all_special_ids", []) or [],
+        strict=False,
     ):
         if token and token_id is not None:
             tokens[int(token_id)] = str(token)
@@ -296,7 +298,7 @@ def encode_prompt(
         for i, m in enumerate(messages)
     ]
     text, templated = render_prompt(
-        tokenizer, [{"role": m["role"], "content": c} for m, c in zip(messages, contents)]
+        tokenizer, [{"role": m["role"], "content": c} for m, c in zip(messages, contents, strict=True)]
     )
 
     spans = _locate(layout, text, contents)
@@ -309,7 +311,8 @@ def encode_prompt(
         hostile = [(start, end) for start, end, index in spans if index in untrusted]
         offsets = encoded["offset_mapping"]
         if not any(
-            t in protected and any(a < e and b > s for s, e in hostile) for t, (a, b) in zip(ids, offsets)
+            t in protected and any(a < e and b > s for s, e in hostile)
+            for t, (a, b) in zip(ids, offsets, strict=True)
         ):
             return ids
     if spans is None:
@@ -468,7 +471,8 @@ class OutputGuard:
                 j += 1
             out += [text[position : matches[i].start()], LEAK_MARK]
             # the run's closing brackets go with it ("cite them as [1]" leaves no "]")
-            position, i = _CLOSING.match(text, matches[j].end()).end(), j + 1
+            closing = _CLOSING.match(text, matches[j].end())  # `[\])]*` matches, if only the empty string
+            position, i = (closing.end() if closing else matches[j].end()), j + 1
         out.append(text[position:])
         return "".join(out)
 

@@ -230,11 +230,7 @@ def test_a_line_over_max_line_bytes_is_rejected_without_reading_it_into_memory(t
     # after a JSON array's `]` the same limit holds
     data.write_bytes(
         b'[{"uid": "C", "title": "In array"}]\n'
-        + b'{"uid": "L", "title": "'
-        + b"x" * 3000
-        + b'"}\n'
-        + _record("D", "After array")
-        + b"\n"
+        b'{"uid": "L", "title": "' + b"x" * 3000 + b'"}\n' + _record("D", "After array") + b"\n"
     )
     rows, summary = read_catalog([data], config)
     assert [r.uid for r in rows] == ["C", "D"] and summary.reasons == {

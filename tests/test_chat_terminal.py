@@ -8,6 +8,7 @@ default extractive answerer: what `rag chat` uses after `make demo`.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import pty
@@ -63,13 +64,11 @@ class Terminal:
         deadline = time.monotonic() + timeout
         while marker not in self.screen[self.mark :]:
             left = deadline - time.monotonic()
-            if left <= 0 or self.process.poll() is not None and not select.select([self.fd], [], [], 0)[0]:
+            if left <= 0 or (self.process.poll() is not None and not select.select([self.fd], [], [], 0)[0]):
                 raise AssertionError(f"{marker!r} not printed within {timeout} s; the screen:\n{self.screen}")
             if select.select([self.fd], [], [], min(left, 0.05))[0]:
-                try:
+                with contextlib.suppress(OSError):  # OSError: the child closed the terminal
                     self.screen += os.read(self.fd, 65536).decode("utf-8", "replace").replace("\r\n", "\n")
-                except OSError:  # the child closed the terminal
-                    pass
         end = self.screen.index(marker, self.mark) + len(marker)
         chunk, self.mark = self.screen[self.mark : end], end
         return chunk

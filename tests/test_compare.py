@@ -166,7 +166,7 @@ def test_rag_compare_cli_extractive_vs_hf_tiny(
     lines = table.splitlines()
     assert lines[0] == "| question | a: extractive | b: hf-tiny (generator.max_new_tokens=6) |"
     assert lines[1] == "|---|---|---|"
-    rows = [line for line in lines[2:4]]
+    rows = list(lines[2:4])
     assert rows[0].startswith("| who wrote City of Djinns? | ") and "Dalrymple" in rows[0]
     assert rows[1].startswith("| what is Mog's Kittens about? | ")
     assert all(row.count(" | ") >= 2 and "**error**" not in row for row in rows)

@@ -49,7 +49,7 @@ def indexed(catalog: Path, tmp_path_factory: pytest.TempPathFactory):
 
 
 def test_retrieval_eval_finds_exact_titles_and_reports_every_kind(indexed) -> None:
-    config, retriever, rows = indexed
+    _config, retriever, rows = indexed
     questions = generate_questions(rows, n=48, seed=0)
     items = resolve_questions(questions, retriever.snapshot)
     result = evaluate_retrieval(retriever, items)
@@ -320,8 +320,8 @@ def test_ablation_runs_four_variants_with_a_tiny_model(indexed, tmp_path: Path) 
     adapter = _tiny_adapter(model_dir, tmp_path / "adapter")
     config = load_config(
         None,
-        FAST
-        + [
+        [
+            *FAST,
             "generator.backend=hf",
             f"generator.model={model_dir}",
             "generator.max_new_tokens=8",
@@ -364,7 +364,7 @@ def test_building_and_querying_a_pipeline_leaves_torch_threads_alone(catalog: Pa
     torch.set_num_threads(2)
     try:
         config = prepare_index(
-            load_config(None, FAST + ["retrieval.faiss_threads=1"]),
+            load_config(None, [*FAST, "retrieval.faiss_threads=1"]),
             [catalog],
             cache_dir=tmp_path,
             echo=lambda _m: None,
@@ -386,8 +386,8 @@ def test_batched_answer_eval_gives_the_answers_of_one_at_a_time(indexed, tmp_pat
     model_dir = create_tiny_model(tmp_path / "tiny")
     config = load_config(
         None,
-        FAST
-        + [
+        [
+            *FAST,
             "generator.backend=hf",
             f"generator.model={model_dir}",
             "generator.max_new_tokens=8",

@@ -113,7 +113,10 @@ def test_questions_include_portuguese() -> None:
 
 def test_cut_to_budget_at_sentence_boundary() -> None:
     text = "One two three. Four five six seven. Eight nine ten eleven twelve."
-    count = lambda s: len(s.split())
+
+    def count(s: str) -> int:
+        return len(s.split())
+
     assert cut_to_budget(text, 100, count) == text
     assert cut_to_budget(text, 8, count) == "One two three. Four five six seven."
     assert cut_to_budget(text, 3, count) == "One two three."

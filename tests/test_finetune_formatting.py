@@ -139,7 +139,10 @@ def test_special_token_lookalikes_in_catalog_text_stay_plain_text(tiny_dir: Path
     from finetune.formatting import special_token_ids
 
     specials = special_token_ids(tok)
-    count = lambda ids: sum(1 for t in ids if t in specials)
+
+    def count(ids: list[int]) -> int:
+        return sum(1 for t in ids if t in specials)
+
     assert count(out.input_ids) == count(ref.input_ids)
     assert check_special_tokens(tok, out, messages)
     # and the check does catch raw control tokens in content

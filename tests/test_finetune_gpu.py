@@ -52,7 +52,7 @@ def test_unsloth_qlora_trains_and_saves_adapter(tmp_path: Path) -> None:
     assert json.loads((adapter / "adapter_config.json").read_text())["r"] == config.finetune.lora.r
     records = [json.loads(x) for x in (run / "train_log.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in records if "loss" in r]
-    assert len(losses) >= 4 and all(l == l for l in losses)  # logged and not NaN
+    assert len(losses) >= 4 and all(loss == loss for loss in losses)  # logged and not NaN
     assert (run / "loss.png").is_file()
     keep = os.environ.get("FINETUNE_GPU_ARTIFACTS")
     if keep:

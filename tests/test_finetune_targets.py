@@ -55,7 +55,7 @@ def test_who_question_gets_the_name_first_and_cites() -> None:
 def test_answer_budget_uses_the_given_token_counter() -> None:
     config = load_config(None, ["finetune.examples.answer_max_tokens=12"])
     words = make_answer(BOOK, 1, "en", config, lambda t: len(t.split()), "Describe The Salt Road.")
-    chars = make_answer(BOOK, 1, "en", config, lambda t: len(t), "Describe The Salt Road.")
+    chars = make_answer(BOOK, 1, "en", config, len, "Describe The Salt Road.")
     assert len(words.split()) <= 14  # 12 words, the marker, the cut mark
     assert len(chars) < len(words)  # a stricter counter gives a shorter target
 

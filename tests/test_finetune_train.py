@@ -185,7 +185,7 @@ def test_overfit_four_products_twenty_tokens(tmp_path: Path) -> None:
 
     train(config, progress=False)
     results = _greedy_matches(run, max_new_tokens=80)
-    for matched, length, stopped, generated in results:
+    for matched, _length, stopped, generated in results:
         assert matched >= 20, results
         assert stopped and generated < 80
 

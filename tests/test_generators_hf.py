@@ -65,13 +65,13 @@ def tiny_adapter_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFact
 
 
 def hf_config(model: Path | None, adapter: Path | None = None, **generator: Any) -> Config:
-    values = dict(
-        backend="hf",
-        model=str(model) if model else None,
-        adapter=str(adapter) if adapter else None,
-        max_new_tokens=24,
-        device="cpu",
-    )
+    values = {
+        "backend": "hf",
+        "model": str(model) if model else None,
+        "adapter": str(adapter) if adapter else None,
+        "max_new_tokens": 24,
+        "device": "cpu",
+    }
     values.update(generator)
     return Config(generator=GeneratorConfig(**values))
 
@@ -112,7 +112,7 @@ def scripted(generator: HFGenerator, text_before_stop: str, stop_id: int | None 
     stop_id = tok.eos_token_id if stop_id is None else stop_id
     before = tok(text_before_stop, add_special_tokens=False)["input_ids"]
     after = tok(AFTER_STOP, add_special_tokens=False)["input_ids"]
-    return Script(generator.model, before + [stop_id] + after)
+    return Script(generator.model, [*before, stop_id, *after])
 
 
 # --------------------------------------------------------------------------- helpers in common.py
@@ -283,8 +283,8 @@ def test_stream_propagates_exceptions_mid_answer(tiny_model_dir: Path) -> None:
     handle = generator.model.register_forward_hook(broken, with_kwargs=True)
     received = []
     with pytest.raises(RuntimeError, match="simulated"):
-        for piece in generator.stream(request_for()):
-            received.append(piece)
+        for piece in generator.stream(request_for()):  # one by one: the pieces before the failure stay
+            received.append(piece)  # noqa: PERF402
     assert "".join(received).strip().startswith("word")  # what came before the failure was delivered
     handle.remove()
     script.handle.remove()
@@ -516,9 +516,7 @@ def test_batched_generation_gives_the_texts_of_one_at_a_time(tiny_model_dir: Pat
     generator.warm_up()
     lengths = {len(generator._prompt_ids(r)) for r in requests}
     assert len(lengths) >= 4  # the batch really pads
-    alone = []
-    for r in _varied_requests_like(requests):
-        alone.append((generator.generate(r), r.new_tokens, r.finish_reason))
+    alone = [(generator.generate(r), r.new_tokens, r.finish_reason) for r in _varied_requests_like(requests)]
     batched = generator.generate_batch(requests, batch_size=3)
     assert batched == [text for text, _, _ in alone]
     assert [(r.new_tokens, r.finish_reason) for r in requests] == [(n, f) for _, n, f in alone]
@@ -606,6 +604,10 @@ def test_reserved_cache_gives_the_logits_of_the_dynamic_cache(tiny_model_dir: Pa
     assert caches[1].get_seq_length() == ids.shape[1] + 12
 
 
+def _pull_into(box: list[Any], stream: Iterator[str]) -> None:
+    box.append(next(stream, None))
+
+
 @pytest.mark.parametrize("path", ["eager", "static"])
 def test_stream_pieces_can_be_pulled_from_different_threads(
     tiny_model_dir: Path, path: str, monkeypatch: pytest.MonkeyPatch
@@ -622,7 +624,7 @@ def test_stream_pieces_can_be_pulled_from_different_threads(
         pieces: list[str] = []
         while True:
             box: list[Any] = []
-            worker = threading.Thread(target=lambda: box.append(next(stream, None)))
+            worker = threading.Thread(target=_pull_into, args=(box, stream))
             worker.start()
             worker.join()
             if box[0] is None:

@@ -201,8 +201,8 @@ class BagOfWordsEmbedder:
 
         out = np.zeros((len(texts), self.dimension), dtype=np.float32)
         for i, text in enumerate(texts):
-            for word in text.lower().replace(".", " ").split():
-                word = self.SYNONYMS.get(word, word)
+            for raw in text.lower().replace(".", " ").split():
+                word = self.SYNONYMS.get(raw, raw)
                 out[i, zlib.crc32(word.encode()) % self.dimension] += 1.0
         return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
 

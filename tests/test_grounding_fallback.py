@@ -126,9 +126,9 @@ def test_the_answer_ngram_blocker_ends_loops_but_lets_the_prompt_be_quoted() -> 
     blocker = answer_ngram_blocker(3, prompt_length=4)
     prompt = [7, 8, 9, 7]
     # the answer so far: 7 8 9 7 8 -> a third "9" would repeat the 3-gram (7, 8, 9) of the answer
-    ids = torch.tensor([prompt + [7, 8, 9, 7, 8]])
+    ids = torch.tensor([[*prompt, 7, 8, 9, 7, 8]])
     scores = blocker(ids, torch.zeros(1, 12))
     assert scores[0, 9] == -torch.inf and torch.isfinite(scores[0, [0, 1, 7, 8]]).all()
     # the prompt's own 3-grams are not counted: quoting the sources stays possible
-    quoting = blocker(torch.tensor([prompt + [7, 8]]), torch.zeros(1, 12))
+    quoting = blocker(torch.tensor([[*prompt, 7, 8]]), torch.zeros(1, 12))
     assert torch.isfinite(quoting).all()

@@ -120,5 +120,5 @@ def test_hnsw_recall_at_10_against_exact_search():
     for ef in (16, 64):
         hnsw.apply_search_params(hnsw_ef_search=ef)
         _, found = hnsw.search(queries, 10)
-        recalls[ef] = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(truth, found)])
+        recalls[ef] = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(truth, found, strict=True)])
     assert recalls[64] >= 0.95 and recalls[64] >= recalls[16] - 0.01, recalls

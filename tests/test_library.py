@@ -149,8 +149,8 @@ def test_readme_python_example_runs(workdir: Path, monkeypatch: pytest.MonkeyPat
     (workdir / "configs" / "sample.yaml").write_text("index:\n  path: data/index\n")
     monkeypatch.chdir(workdir)
     rag.close()
-    try:
-        exec(compile(match.group(1), "README.md", "exec"), {"__name__": "__readme__"})  # noqa: S102 - the README's own code
+    try:  # the README's own code
+        exec(compile(match.group(1), "README.md", "exec"), {"__name__": "__readme__"})
     finally:
         rag.close()
     out = capsys.readouterr().out

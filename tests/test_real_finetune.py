@@ -128,7 +128,7 @@ def test_a_brief_cpu_fine_tune_beats_the_base_model_on_held_out_products(tmp_pat
     rng = random.Random(7)
     questions = []
     for r in held:
-        rows = [r] + rng.sample(pool, 2)
+        rows = [r, *rng.sample(pool, 2)]
         rng.shuffle(rows)
         hits = [Hit(row=CatalogRow(x["uid"], x["title"], x["content"]), score=0.8) for x in rows]
         questions.append((f"Who wrote {r['title']}?", hits, rows.index(r) + 1, author_name(r["content"])))
@@ -144,7 +144,7 @@ def test_a_brief_cpu_fine_tune_beats_the_base_model_on_held_out_products(tmp_pat
     ]
     serve_config = load_config(None, serve)
     base_score, base_answers = _score(HFGenerator(serve_config), questions, serve_config.prompt)
-    tuned = HFGenerator(load_config(None, serve + [f"generator.adapter={summary['adapter']}"]))
+    tuned = HFGenerator(load_config(None, [*serve, f"generator.adapter={summary['adapter']}"]))
     tuned_score, tuned_answers = _score(tuned, questions, serve_config.prompt)
     print(
         f"\nheld-out who-wrote questions: base {base_score:.3f}, tuned {tuned_score:.3f} "

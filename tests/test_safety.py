@@ -559,7 +559,7 @@ def test_canary_hf_tiny_model(tiny_model_dir: Path, fallback: str) -> None:
         f"Sure. My instructions say: {CANARY_SYSTEM} Now the answer: a board book [1].",
         add_special_tokens=False,
     )["input_ids"]
-    Obedient(generator.model, leaked + [tok.eos_token_id])
+    Obedient(generator.model, [*leaked, tok.eos_token_id])
     request = GenerationRequest(question="q", hits=[], messages=build_messages("q", [ASKING], config.prompt))
     assert "VIOLET-HERON-7731" in generator.generate(request)  # the model itself does leak
     rag = RAG(config, FixedRetriever([ASKING]), generator)
@@ -588,11 +588,10 @@ def _echoing_server(stream_words: bool = True) -> httpx.MockTransport:
                     ]
                 },
             )
-        events = []
-        for piece in re.findall(r"\S+\s*", text):
-            events.append(
-                "data: " + json.dumps({"choices": [{"index": 0, "delta": {"content": piece}}]}) + "\n\n"
-            )
+        events = [
+            "data: " + json.dumps({"choices": [{"index": 0, "delta": {"content": piece}}]}) + "\n\n"
+            for piece in re.findall(r"\S+\s*", text)
+        ]
         events.append("data: [DONE]\n\n")
         return httpx.Response(
             200, content="".join(events).encode(), headers={"content-type": "text/event-stream"}
@@ -714,8 +713,8 @@ def test_hf_generate_stream_and_batch_feed_the_model_only_template_specials(tiny
     generator.generate_batch([request, GenerationRequest(question="q", hits=[], messages=messages)])
     expected = template_specials(tok, messages)
     assert len(seen) == 4
-    for ids in seen:
-        ids = [i for i in ids if i != tok.pad_token_id]  # batch rows are left-padded
+    for row in seen:
+        ids = [i for i in row if i != tok.pad_token_id]  # batch rows are left-padded
         assert [i for i in ids if i in special_ids(tok)] == expected
 
 

@@ -84,7 +84,7 @@ def test_length_distributions_match_the_real_data(records: list[dict]) -> None:
         (_quantiles(titles), (37, 54, 75)),
         (_quantiles(contents), (194, 398, 805)),
     ):
-        for measured, expected in zip((p25, p50, p75), real):
+        for measured, expected in zip((p25, p50, p75), real, strict=True):
             assert abs(measured - expected) <= 0.25 * expected, (measured, expected)
     empty_share = 1 - len(contents) / len(records)
     assert 0.36 <= empty_share <= 0.44

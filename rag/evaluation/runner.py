@@ -58,8 +58,10 @@ def index_key(config: Config, data: Sequence[Path]) -> str:
     # description index existed) must not be reused
     import index.build
 
-    for source in sorted(Path(index.build.__file__).parent.glob("*.py")):
-        parts.append(hashlib.sha256(source.read_bytes()).hexdigest())
+    parts.extend(
+        hashlib.sha256(source.read_bytes()).hexdigest()
+        for source in sorted(Path(index.build.__file__).parent.glob("*.py"))
+    )
     parts += [
         config.embedding.model,
         config.embedding.backend,
@@ -255,7 +257,7 @@ def summarise_retrieval(records: Sequence[RetrievalRecord], ks: Sequence[int]) -
     for r in records:
         groups.setdefault(r.kind, []).append(r)
     out: dict[str, dict[str, float]] = {}
-    for name, group in sorted(groups.items()) + [("overall", list(records))]:
+    for name, group in [*sorted(groups.items()), ("overall", list(records))]:
         ranks = [r.rank for r in group]
         row: dict[str, float] = {"n": len(group)}
         for k in ks:
@@ -336,6 +338,9 @@ def answer_record(
     text = answer.text or ""
     has_expected = item.has_expected
     abstained = is_abstention(text)
+    retrieved: bool | None  # None: not measurable for this item or mode
+    cites: bool | None
+    first: bool | None
     if use_context:
         grounded = answer.grounded
         positions = _expected_positions(item, answer)
@@ -427,7 +432,7 @@ def evaluate_answers(
         else:
             answers = [rag.answer(chunk[0].text, k=k, use_context=use_context)]
         seconds = (time.perf_counter() - started) / len(chunk)
-        for item, answer in zip(chunk, answers):
+        for item, answer in zip(chunk, answers, strict=True):
             hits = None if use_context else rag.retrieve(item.text, k=k)
             records.append(answer_record(item, answer, seconds, use_context=use_context, grounding_hits=hits))
     return {
@@ -588,7 +593,7 @@ ANSWER_COLUMNS = [
 
 def answers_table(rows: dict[str, dict[str, float]], first_column: str = "kind") -> str:
     """Markdown table of answer summaries (older result files without the newer keys show n/a)."""
-    head = [first_column] + ANSWER_COLUMNS
+    head = [first_column, *ANSWER_COLUMNS]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
 
     def counted(row: dict[str, Any], key: str, n_key: str) -> str:

@@ -195,10 +195,9 @@ class HFGenerator:
         kwargs["dtype"] = self._torch_dtype()
         if self.device.startswith("cuda"):
             parameters = estimated_parameters(self.model_name)
-            small = parameters is not None and parameters < FOUR_BIT_MIN_PARAMETERS
             if not gen.load_in_4bit or gen.dtype != "auto":
                 pass
-            elif small:
+            elif parameters is not None and parameters < FOUR_BIT_MIN_PARAMETERS:  # small
                 log.info(
                     "generator.load_in_4bit: %s has %.0fM parameters; bfloat16 is faster at this size",
                     self.model_name,
@@ -225,7 +224,8 @@ class HFGenerator:
         except (OSError, ValueError) as exc:
             raise GeneratorError(missing_model_message(self.model_name, cause=exc)) from exc
         if not self.device.startswith("cuda"):
-            model.to(self.device)
+            # transformers wraps PreTrainedModel.to in @wraps(nn.Module.to): mypy reads the unbound signature
+            model.to(self.device)  # type: ignore[arg-type]
         model = self._attach_adapter(model, tokenizer)
         if gen.dtype == "int8":
             model = quantize_int8(model)
@@ -550,7 +550,7 @@ def answer_ngram_blocker(size: int, prompt_length: int) -> Any:
     import torch
     from transformers import LogitsProcessor
 
-    class AnswerNgramBlocker(LogitsProcessor):  # type: ignore[misc]
+    class AnswerNgramBlocker(LogitsProcessor):
         def __call__(self, input_ids: Any, scores: Any) -> Any:
             for row in range(input_ids.shape[0]):
                 answer = input_ids[row, prompt_length:].tolist()

@@ -294,7 +294,7 @@ def reserved_cache(config: Any, capacity: int) -> Any:
     from transformers import DynamicCache
     from transformers.cache_utils import DynamicLayer
 
-    class ReservedLayer(DynamicLayer):  # type: ignore[misc]
+    class ReservedLayer(DynamicLayer):
         def __init__(self) -> None:
             super().__init__()
             self.filled = 0
