@@ -394,8 +394,10 @@ def test_concurrent_rag_serve_requests_reach_vllm_together(
         with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=30) as response:
             for line in response.iter_lines():
                 if line.startswith("data:") and line[5:].strip() != "[DONE]":
-                    for choice in json.loads(line[5:]).get("choices") or []:
-                        pieces.append((choice.get("delta") or {}).get("content") or "")
+                    pieces.extend(
+                        (choice.get("delta") or {}).get("content") or ""
+                        for choice in json.loads(line[5:]).get("choices") or []
+                    )
             results[i] = (response.status_code, "".join(pieces))
 
     with LiveServer(create_app(config, RAG(config, retriever, generator))) as api:
