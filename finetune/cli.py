@@ -21,7 +21,7 @@ def _config(args: argparse.Namespace) -> Any:
 
 
 def _usage_error(message: str) -> Exception:
-    from rag.cli import UsageError
+    from rag.cli_common import UsageError
 
     return UsageError(message)
 

@@ -23,7 +23,7 @@ from typing import Any
 
 
 def _config(args: argparse.Namespace) -> Any:
-    from rag.cli import config_from_args
+    from rag.cli_common import config_from_args
 
     return config_from_args(args)
 
@@ -189,7 +189,7 @@ def _guarded(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Na
         except OSError as exc:  # disk full, permissions, a read-only file system: the environment, not a bug
             if isinstance(exc, (FileNotFoundError, BrokenPipeError)):
                 raise
-            from rag.cli import describe_os_error
+            from rag.cli_common import describe_os_error
 
             print(f"error: {describe_os_error(exc)}", file=sys.stderr)
             return 2

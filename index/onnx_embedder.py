@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from index.embedder import CachedQueryMixin, _QueryCache
+from index.query_cache import CachedQueryMixin, QueryCache, normalise
 
 log = logging.getLogger(__name__)
 
@@ -324,7 +324,7 @@ class OnnxEmbedder(CachedQueryMixin):
         self.tokenizer = tokenizer
         self.name = name
         self.batch_size = int(batch_size)
-        self._cache = _QueryCache(cache_size)
+        self._cache = QueryCache(cache_size)
         self._inputs = {i.name for i in session.get_inputs()}
         self.dimension = int(dimension) or int(self._run([tokenizer.encode("x")]).shape[1])
 
@@ -355,8 +355,6 @@ class OnnxEmbedder(CachedQueryMixin):
     def embed(
         self, texts: Sequence[str], *, batch_size: int | None = None, progress: bool = False
     ) -> np.ndarray:
-        from index.embedder import _normalise
-
         if len(texts) == 0:
             return np.zeros((0, self.dimension), dtype=np.float32)
         size = int(batch_size or self.batch_size)
@@ -380,7 +378,7 @@ class OnnxEmbedder(CachedQueryMixin):
                     bar.update(len(rows))
             if bar is not None:
                 bar.close()
-        return _normalise(out)  # the graph normalises; again in float32 for the empty-text zero vector
+        return normalise(out)  # the graph normalises; again in float32 for the empty-text zero vector
 
 
 def load_onnx_embedder(model_dir: Path, name: str, config: Any) -> OnnxEmbedder:

@@ -138,7 +138,7 @@ def filter_questions(
     source: str = "the question file",
 ) -> list[Any]:
     """Keep the questions of one `split` and/or of the comma-separated `kinds`; none left is a usage error."""
-    from rag.cli import UsageError
+    from rag.cli_common import UsageError
 
     if split:
         questions = [q for q in questions if getattr(q, "split", None) == split]
@@ -157,7 +157,7 @@ def filter_questions(
 
 def _load(args: argparse.Namespace) -> tuple[Any, Any, list[Any], dict[str, Any]]:
     """(config, retriever, resolved questions, run info) for retrieval/answers/ablation."""
-    from rag.cli import UsageError, config_from_args
+    from rag.cli_common import UsageError, config_from_args
     from rag.evaluation.questions import load_questions
     from rag.evaluation.runner import environment, prepare_index, resolve_questions
     from rag.retrieval import Retriever
@@ -233,7 +233,7 @@ def _header(info: dict[str, Any]) -> str:
 
 def _cmd_questions(args: argparse.Namespace) -> int:
     from rag.catalog import read_catalog
-    from rag.cli import config_from_args
+    from rag.cli_common import config_from_args
     from rag.evaluation.questions import KINDS, generate_questions, write_questions
 
     config = config_from_args(args)
