@@ -209,6 +209,18 @@ def served_models(state: ApiState) -> list[str]:
     return list(dict.fromkeys([api.model_id, *api.model_aliases]))
 
 
+def check_model(state: ApiState, model: str, hint: str = "") -> None:
+    """404 `model_not_found` for a model this server does not serve."""
+    if model not in served_models(state):
+        raise OpenAIError(
+            404,
+            f"The model {model!r} does not exist; this server serves "
+            f"{', '.join(map(repr, served_models(state)))}{hint}",
+            param="model",
+            code="model_not_found",
+        )
+
+
 def _message_text(message: s.ChatMessage) -> str:
     if isinstance(message.content, str):
         return message.content
@@ -392,14 +404,7 @@ class Completion:
     @classmethod
     def check(cls, state: ApiState, body: s.ChatCompletionRequest, request: Request) -> Completion:
         """The request's checks in order (model, supported parameters, the question, limits, stop)."""
-        if body.model not in served_models(state):
-            raise OpenAIError(
-                404,
-                f"The model {body.model!r} does not exist; this server serves "
-                f"{', '.join(map(repr, served_models(state)))} (GET /v1/models lists them)",
-                param="model",
-                code="model_not_found",
-            )
+        check_model(state, body.model, " (GET /v1/models lists them)")
         check_supported(body)
         question, history = split_chat(body.messages)
         max_tokens = check_limits(state, body, question)
@@ -517,14 +522,7 @@ def router(state: ApiState) -> APIRouter:
         responses=_responses(401, 404),
     )
     async def model(model: str) -> s.ModelCard:
-        if model not in served_models(state):
-            raise OpenAIError(
-                404,
-                f"The model {model!r} does not exist; this server serves "
-                f"{', '.join(map(repr, served_models(state)))}",
-                param="model",
-                code="model_not_found",
-            )
+        check_model(state, model)
         return card(model)
 
     @routes.post(

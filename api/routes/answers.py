@@ -35,9 +35,7 @@ def router(state: ApiState) -> APIRouter:
     async def answer(body: s.AnswerRequest, request: Request) -> s.AnswerResponse:
         check_limits(state.config, body.question, body.k, body.max_tokens, len(body.history) + 1)
         history = [m.model_dump() for m in body.history]
-        result, version = await _answer(
-            state, body.question, history, body.k, body.max_tokens, body.temperature, body.top_p
-        )
+        result, version = await _answer(state, body, history)
         data = result.to_dict()
         return s.AnswerResponse(
             question=data["question"],
@@ -56,45 +54,31 @@ def router(state: ApiState) -> APIRouter:
 
 
 def _answer_blocking(
-    state: ApiState,
-    question: str,
-    history: list[dict[str, str]],
-    k: int | None,
-    max_tokens: int | None,
-    temperature: float | None,
-    top_p: float | None,
+    state: ApiState, body: s.AnswerRequest, history: list[dict[str, str]]
 ) -> tuple[Any, str | None]:
     rag = state.require_rag()
     snapshot = rag.retriever.snapshot  # one version for the answer and the label it reports
     version = version_of(snapshot)
     answer = rag.answer(
-        question,
-        k=k,
+        body.question,
+        k=body.k,
         history=history,
-        max_new_tokens=max_tokens,
-        temperature=temperature,
-        top_p=top_p,
+        max_new_tokens=body.max_tokens,
+        temperature=body.temperature,
+        top_p=body.top_p,
         snapshot=snapshot,
     )
     return answer, version
 
 
 async def _answer(
-    state: ApiState,
-    question: str,
-    history: list[dict[str, str]],
-    k: int | None,
-    max_tokens: int | None,
-    temperature: float | None,
-    top_p: float | None,
+    state: ApiState, body: s.AnswerRequest, history: list[dict[str, str]]
 ) -> tuple[Any, str | None]:
     state.require_rag()
     slot = await state.acquire_slot()
     try:
         answer, version = await state.run(
-            slot,
-            lambda: _answer_blocking(state, question, history, k, max_tokens, temperature, top_p),
-            state.config.api.request_timeout_s,
+            slot, lambda: _answer_blocking(state, body, history), state.config.api.request_timeout_s
         )
     except ValueError as exc:  # the pipeline's own checks on the question
         raise ApiError(422, str(exc)) from None
