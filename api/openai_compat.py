@@ -598,9 +598,9 @@ class CompletionStream:
         """Start the answer and wait for its first piece (errors up to here get a proper status), then stream."""
         state.require_rag()
         slot = await state.acquire_slot()
-        self = cls(state, ask, slot, time.monotonic() + state.config.api.request_timeout_s)
+        completion = cls(state, ask, slot, time.monotonic() + state.config.api.request_timeout_s)
         try:
-            await state.run(slot, self._first_piece, self.deadline - time.monotonic())
+            await state.run(slot, completion._first_piece, completion.deadline - time.monotonic())
         except ValueError as exc:
             slot.release()
             raise _bad(str(exc), "messages") from None
@@ -608,8 +608,8 @@ class CompletionStream:
             slot.release()
             raise
         return _ClosingStreamingResponse(
-            self.events(),
-            on_close=self.close,
+            completion.events(),
+            on_close=completion.close,
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
