@@ -5,7 +5,8 @@
 The imports are read with `ast`, never run. Every import counts, wherever it stands: at module level,
 inside a function (the lazy imports that keep `import rag` light are checked exactly like the others)
 or under `if TYPE_CHECKING:`. A module that uses `importlib` imports every project module whose full
-name it spells as a string (the CLI registry's subcommand modules, the generator backends). Not
+name it spells as a string (the CLI registry's subcommand modules, the generator backends), except a
+string passed straight to a call other than `import_module` (`importlib.resources.files("api")`). Not
 counted: the implicit run of a parent package's `__init__` when a submodule is imported (package
 `__init__` files import nothing heavy or upward; they are modules of the graph like any other).
 
