@@ -36,7 +36,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     from api.app import create_app
     from api.protocol import server_options
-    from rag.cli import config_from_args
+    from rag.cli_common import config_from_args
 
     # A fatal signal (SIGSEGV, SIGBUS from a damaged memory-mapped file, ...) writes every thread's Python
     # stack to stderr before the process dies: never a dead server with nothing logged (docs/api.md).

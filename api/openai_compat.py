@@ -16,12 +16,14 @@ The wire format follows OpenAI's, so its SDK and LangChain's ChatOpenAI behave a
 - `usage` counts tokens of the whole prompt and of the answer with the generator's tokenizer (the
   extractive answerer: the stated tokenizer of rag/tokens.py, named in `rag.tokenizer`).
 
-Routes are added by `add_routes(app, state, ...)` from api.app.create_app.
+The routes are the `router(state)` that api.app.create_app includes; `install(app)` adds the error
+shape. A streamed answer is a `CompletionStream` (its steps are named there).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import threading
@@ -30,13 +32,23 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any, Literal
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from api import schemas as s
-from api.app import ApiError, ApiState, _rag_info, _record_stages, _sources, _version_of
 from api.middleware import request_id_of
+from api.state import (
+    DOCUMENTED_AUTH,
+    ApiError,
+    ApiState,
+    Slot,
+    error_responses,
+    rag_info,
+    record_stages,
+    sources,
+    version_of,
+)
 
 log = logging.getLogger("api")
 
@@ -195,6 +207,18 @@ def install(app: FastAPI) -> None:
 def served_models(state: ApiState) -> list[str]:
     api = state.config.api
     return list(dict.fromkeys([api.model_id, *api.model_aliases]))
+
+
+def check_model(state: ApiState, model: str, hint: str = "") -> None:
+    """404 `model_not_found` for a model this server does not serve."""
+    if model not in served_models(state):
+        raise OpenAIError(
+            404,
+            f"The model {model!r} does not exist; this server serves "
+            f"{', '.join(map(repr, served_models(state)))}{hint}",
+            param="model",
+            code="model_not_found",
+        )
 
 
 def _message_text(message: s.ChatMessage) -> str:
@@ -359,170 +383,163 @@ def _usage(state: ApiState, answer: Any) -> tuple[s.Usage, str]:
 
 
 def _rag_extension(answer: Any, version: str | None, tokenizer: str) -> s.RagInfo:
-    info = _rag_info(answer, version)
+    info = rag_info(answer, version)
     info.tokenizer = tokenizer
     return info
 
 
-def _answer_blocking(
-    state: ApiState,
-    question: str,
-    history: list[dict[str, str]],
-    body: s.ChatCompletionRequest,
-    max_tokens: int | None,
-    stops: list[str],
-) -> tuple[Any, str | None, s.Usage, str]:
-    rag = state.require_rag()
-    snapshot = rag.retriever.snapshot  # one version for the answer and the label it reports
-    version = _version_of(snapshot)
-    options: dict[str, Any] = {
-        "k": body.k,
-        "history": history,
-        "max_new_tokens": max_tokens,
-        "temperature": body.temperature,
-        "top_p": body.top_p,
-        "snapshot": snapshot,
-    }
-    if stops:  # through the stream, so the generator stops at the stop sequence
-        stream = rag.answer(question, stream=True, **options)
-        for _ in cut_at_stops(stream, stops):
-            pass
-        answer = stream.answer
-    else:
-        answer = rag.answer(question, **options)
-    usage, tokenizer = _usage(state, answer)
-    return answer, version, usage, tokenizer
+@dataclasses.dataclass
+class Completion:
+    """One checked chat-completion request: the question, its history and what shapes the answer."""
 
+    body: s.ChatCompletionRequest
+    question: str
+    history: list[dict[str, str]]
+    max_tokens: int | None
+    stops: list[str]
+    request: Request
+    id: str = dataclasses.field(default_factory=lambda: "chatcmpl-" + uuid.uuid4().hex)
+    created: int = dataclasses.field(default_factory=lambda: int(time.time()))
 
-def add_routes(
-    app: FastAPI,
-    state: ApiState,
-    *,
-    documented_auth: list[Any],
-    error_responses: Callable[..., dict[int | str, dict[str, Any]]],
-) -> None:
-    """GET /v1/models, GET /v1/models/{model}, POST /v1/chat/completions."""
-
-    def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
-        documented = error_responses(*[c for c in codes if c != 400])
-        for value in documented.values():
-            value["model"] = s.OpenAIErrorResponse
-        if 400 in codes:
-            documented[400] = {
-                "model": s.OpenAIErrorResponse,
-                "description": (
-                    "Invalid request: `param` names the field (a missing or wrong value, a limit, or an unsupported "
-                    "parameter: response_format other than text, tools, functions, logprobs, n > 1)."
-                ),
-            }
-        return documented
-
-    def card(model_id: str) -> s.ModelCard:
-        return s.ModelCard(id=model_id, created=state.model_created, owned_by="amazontitles-rag")
-
-    @app.get(
-        MODELS_PATH,
-        response_model=s.ModelList,
-        tags=["openai"],
-        dependencies=documented_auth,
-        summary="The models this server answers to: api.model_id and its aliases (OpenAI shape)",
-        responses=responses(401),
-    )
-    async def models() -> s.ModelList:
-        return s.ModelList(data=[card(m) for m in served_models(state)])
-
-    @app.get(
-        MODELS_PATH + "/{model}",
-        response_model=s.ModelCard,
-        tags=["openai"],
-        dependencies=documented_auth,
-        summary="One model (OpenAI shape)",
-        responses=responses(401, 404),
-    )
-    async def model(model: str) -> s.ModelCard:
-        if model not in served_models(state):
-            raise OpenAIError(
-                404,
-                f"The model {model!r} does not exist; this server serves "
-                f"{', '.join(map(repr, served_models(state)))}",
-                param="model",
-                code="model_not_found",
-            )
-        return card(model)
-
-    @app.post(
-        CHAT_PATH,
-        response_model=s.ChatCompletion,
-        tags=["openai"],
-        dependencies=documented_auth,
-        summary="OpenAI-compatible chat completion: the last user message is the question",
-        responses={
-            200: {
-                "description": "A chat.completion (JSON), or with `stream: true` server-sent events: "
-                "`data: <chat.completion.chunk JSON>` lines ending with `data: [DONE]`; the "
-                "final chunk carries `sources` and `rag`.",
-                "content": {
-                    "text/event-stream": {"schema": {"$ref": "#/components/schemas/ChatCompletionChunk"}}
-                },
-            },
-            **responses(400, 401, 404, 413, 429, 500, 503, 504),
-        },
-    )
-    async def chat_completions(body: s.ChatCompletionRequest, request: Request) -> Any:
-        if body.model not in served_models(state):
-            raise OpenAIError(
-                404,
-                f"The model {body.model!r} does not exist; this server serves "
-                f"{', '.join(map(repr, served_models(state)))} (GET /v1/models lists them)",
-                param="model",
-                code="model_not_found",
-            )
+    @classmethod
+    def check(cls, state: ApiState, body: s.ChatCompletionRequest, request: Request) -> Completion:
+        """The request's checks in order (model, supported parameters, the question, limits, stop)."""
+        check_model(state, body.model, " (GET /v1/models lists them)")
         check_supported(body)
         question, history = split_chat(body.messages)
         max_tokens = check_limits(state, body, question)
         stops = stop_sequences(body.stop)
-        completion_id = "chatcmpl-" + uuid.uuid4().hex
-        created = int(time.time())
-        if body.stream:
-            include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            return await _stream_completion(
-                state,
-                completion_id,
-                created,
-                question,
-                history,
-                body,
-                max_tokens,
-                stops,
-                include_usage,
-                request,
-            )
-        state.require_rag()
-        slot = await state.acquire_slot()
-        try:
-            answer, version, usage, tokenizer = await state.run(
-                slot,
-                lambda: _answer_blocking(state, question, history, body, max_tokens, stops),
-                state.config.api.request_timeout_s,
-            )
-        except ValueError as exc:  # the pipeline's own checks on the question
-            raise _bad(str(exc), "messages") from None
-        finally:
-            slot.release()
-        _record_stages(state, answer)
-        return s.ChatCompletion(
-            id=completion_id,
-            created=created,
-            model=state.config.api.model_id,
-            choices=[
-                s.Choice(
-                    message=s.AssistantMessage(content=answer.text), finish_reason=_finish_reason(answer)
-                )
-            ],
-            usage=usage,
-            sources=_sources(answer),
-            rag=_rag_extension(answer, version, tokenizer),
+        return cls(body, question, history, max_tokens, stops, request)
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.body.stream_options and self.body.stream_options.include_usage)
+
+    def answer_options(self, snapshot: Any) -> dict[str, Any]:
+        """The keyword arguments of `RAG.answer` for this request, over one index snapshot."""
+        return {
+            "k": self.body.k,
+            "history": self.history,
+            "max_new_tokens": self.max_tokens,
+            "temperature": self.body.temperature,
+            "top_p": self.body.top_p,
+            "snapshot": snapshot,
+        }
+
+
+def _answer_blocking(state: ApiState, ask: Completion) -> tuple[Any, str | None, s.Usage, str]:
+    rag = state.require_rag()
+    snapshot = rag.retriever.snapshot  # one version for the answer and the label it reports
+    version = version_of(snapshot)
+    options = ask.answer_options(snapshot)
+    if ask.stops:  # through the stream, so the generator stops at the stop sequence
+        stream = rag.answer(ask.question, stream=True, **options)
+        for _ in cut_at_stops(stream, ask.stops):
+            pass
+        answer = stream.answer
+    else:
+        answer = rag.answer(ask.question, **options)
+    usage, tokenizer = _usage(state, answer)
+    return answer, version, usage, tokenizer
+
+
+async def _complete(state: ApiState, ask: Completion) -> s.ChatCompletion:
+    """The whole answer as one chat.completion."""
+    state.require_rag()
+    slot = await state.acquire_slot()
+    try:
+        answer, version, usage, tokenizer = await state.run(
+            slot, lambda: _answer_blocking(state, ask), state.config.api.request_timeout_s
         )
+    except ValueError as exc:  # the pipeline's own checks on the question
+        raise _bad(str(exc), "messages") from None
+    finally:
+        slot.release()
+    record_stages(state, answer)
+    return s.ChatCompletion(
+        id=ask.id,
+        created=ask.created,
+        model=state.config.api.model_id,
+        choices=[
+            s.Choice(message=s.AssistantMessage(content=answer.text), finish_reason=_finish_reason(answer))
+        ],
+        usage=usage,
+        sources=sources(answer),
+        rag=_rag_extension(answer, version, tokenizer),
+    )
+
+
+def _responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """The documented errors of these routes, in OpenAI's shape (400 for invalid requests)."""
+    documented = error_responses(*[c for c in codes if c != 400])
+    for value in documented.values():
+        value["model"] = s.OpenAIErrorResponse
+    if 400 in codes:
+        documented[400] = {
+            "model": s.OpenAIErrorResponse,
+            "description": (
+                "Invalid request: `param` names the field (a missing or wrong value, a limit, or an unsupported "
+                "parameter: response_format other than text, tools, functions, logprobs, n > 1)."
+            ),
+        }
+    return documented
+
+
+_CHAT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "A chat.completion (JSON), or with `stream: true` server-sent events: "
+        "`data: <chat.completion.chunk JSON>` lines ending with `data: [DONE]`; the "
+        "final chunk carries `sources` and `rag`.",
+        "content": {"text/event-stream": {"schema": {"$ref": "#/components/schemas/ChatCompletionChunk"}}},
+    },
+}
+
+
+def router(state: ApiState) -> APIRouter:
+    """GET /v1/models, GET /v1/models/{model}, POST /v1/chat/completions."""
+    routes = APIRouter()
+
+    def card(model_id: str) -> s.ModelCard:
+        return s.ModelCard(id=model_id, created=state.model_created, owned_by="amazontitles-rag")
+
+    @routes.get(
+        MODELS_PATH,
+        response_model=s.ModelList,
+        tags=["openai"],
+        dependencies=DOCUMENTED_AUTH,
+        summary="The models this server answers to: api.model_id and its aliases (OpenAI shape)",
+        responses=_responses(401),
+    )
+    async def models() -> s.ModelList:
+        return s.ModelList(data=[card(m) for m in served_models(state)])
+
+    @routes.get(
+        MODELS_PATH + "/{model}",
+        response_model=s.ModelCard,
+        tags=["openai"],
+        dependencies=DOCUMENTED_AUTH,
+        summary="One model (OpenAI shape)",
+        responses=_responses(401, 404),
+    )
+    async def model(model: str) -> s.ModelCard:
+        check_model(state, model)
+        return card(model)
+
+    @routes.post(
+        CHAT_PATH,
+        response_model=s.ChatCompletion,
+        tags=["openai"],
+        dependencies=DOCUMENTED_AUTH,
+        summary="OpenAI-compatible chat completion: the last user message is the question",
+        responses={**_CHAT_RESPONSES, **_responses(400, 401, 404, 413, 429, 500, 503, 504)},
+    )
+    async def chat_completions(body: s.ChatCompletionRequest, request: Request) -> Any:
+        ask = Completion.check(state, body, request)
+        if body.stream:
+            return await CompletionStream.start(state, ask)
+        return await _complete(state, ask)
+
+    return routes
 
 
 # --------------------------------------------------------------------------- streaming
@@ -554,168 +571,182 @@ def _chunk_json(chunk: s.ChatCompletionChunk) -> dict[str, Any]:
     return data
 
 
-async def _stream_completion(
-    state: ApiState,
-    completion_id: str,
-    created: int,
-    question: str,
-    history: list[dict[str, str]],
-    body: s.ChatCompletionRequest,
-    max_tokens: int | None,
-    stops: list[str],
-    include_usage: bool,
-    request: Request,
-) -> StreamingResponse:
-    """Start the answer and wait for its first piece (errors up to here get a proper status), then stream."""
-    model_id = state.config.api.model_id  # an alias asked for is answered as the model it names
-    state.require_rag()
-    slot = await state.acquire_slot()
-    deadline = time.monotonic() + state.config.api.request_timeout_s
+class CompletionStream:
+    """One streamed chat completion, in named steps:
 
-    def start() -> tuple[Any, Iterator[str], Any, str | None]:
-        rag = state.require_rag()
-        snapshot = rag.retriever.snapshot
-        version = _version_of(snapshot)
-        stream = rag.answer(
-            question,
-            k=body.k,
-            history=history,
-            stream=True,
-            max_new_tokens=max_tokens,
-            temperature=body.temperature,
-            top_p=body.top_p,
-            snapshot=snapshot,
+    1. `start`: take a concurrency slot, start the answer in the answer pool and wait for its first
+       piece, so every error up to there still gets a proper status;
+    2. `pump` (one worker thread) drains the rest of the answer into a queue, no thread hop per piece;
+    3. `events` sends them as server-sent `chat.completion.chunk`s, then the final chunk with
+       `sources` and `rag` (and usage when asked), `[DONE]`; an error mid-stream is sent as an event;
+    4. `close` frees the slot however the response ends.
+    """
+
+    def __init__(self, state: ApiState, ask: Completion, slot: Slot, deadline: float) -> None:
+        self.state, self.ask, self.slot, self.deadline = state, ask, slot, deadline
+        self.model_id = state.config.api.model_id  # an alias asked for is answered as the model it names
+        self.stop = threading.Event()
+        self.stream: Any = None
+        self.pieces: Iterator[str] = iter(())
+        self.first: Any = _END
+        self.version: str | None = None
+        self.loop = asyncio.get_running_loop()  # built in `start`, on the event loop
+        self.queue: asyncio.Queue[Any] = asyncio.Queue()
+
+    @classmethod
+    async def start(cls, state: ApiState, ask: Completion) -> StreamingResponse:
+        """Start the answer and wait for its first piece (errors up to here get a proper status), then stream."""
+        state.require_rag()
+        slot = await state.acquire_slot()
+        completion = cls(state, ask, slot, time.monotonic() + state.config.api.request_timeout_s)
+        try:
+            await state.run(slot, completion._first_piece, completion.deadline - time.monotonic())
+        except ValueError as exc:
+            slot.release()
+            raise _bad(str(exc), "messages") from None
+        except BaseException:
+            slot.release()
+            raise
+        return _ClosingStreamingResponse(
+            completion.events(),
+            on_close=completion.close,
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
-        pieces = cut_at_stops(stream, stops)
-        return stream, pieces, next(pieces, _END), version
 
-    try:
-        stream, pieces, first, version = await state.run(slot, start, deadline - time.monotonic())
-    except ValueError as exc:
-        slot.release()
-        raise _bad(str(exc), "messages") from None
-    except BaseException:
-        slot.release()
-        raise
+    def _first_piece(self) -> None:
+        """In the answer pool: retrieve, start generating, and take the first piece."""
+        rag = self.state.require_rag()
+        snapshot = rag.retriever.snapshot
+        self.version = version_of(snapshot)
+        self.stream = rag.answer(self.ask.question, stream=True, **self.ask.answer_options(snapshot))
+        self.pieces = cut_at_stops(self.stream, self.ask.stops)
+        self.first = next(self.pieces, _END)
 
-    def chunk(delta: dict[str, Any], finish: Literal["stop", "length"] | None = None, **extra: Any) -> bytes:
+    # ---------------------------------------------------------------- the worker thread
+
+    def _put(self, item: Any) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+        except RuntimeError:  # the event loop is gone (server shutting down)
+            self.stop.set()
+
+    def pump(self) -> None:
+        """Drain the generator in ONE worker thread (no thread hop per piece); pieces go to the queue."""
+        try:
+            for piece in self.pieces:
+                if self.stop.is_set():  # the client went away: stop pulling pieces
+                    return
+                self._put(piece)
+            self._put(_END)
+        except BaseException as exc:  # handed to the event loop, which logs it and tells the client
+            self._put(_Failure(exc))
+
+    # ---------------------------------------------------------------- the event loop
+
+    async def next_pieces(self) -> Any:
+        """The next piece(s) joined (coalescing what is queued already), _END, or a _Failure; 504 at the deadline."""
+        try:
+            item = await asyncio.wait_for(
+                self.queue.get(), timeout=max(self.deadline - time.monotonic(), 0.001)
+            )
+        except asyncio.TimeoutError:
+            raise ApiError(
+                504,
+                f"the answer took longer than api.request_timeout_s={self.state.config.api.request_timeout_s} s",
+            ) from None
+        joined = []
+        while isinstance(item, str):
+            joined.append(item)
+            if self.queue.empty():
+                break
+            item = self.queue.get_nowait()
+        if joined and not isinstance(item, str):
+            self.queue.put_nowait(item)  # the end marker goes back for the next call
+        return "".join(joined) if joined else item
+
+    def chunk(
+        self, delta: dict[str, Any], finish: Literal["stop", "length"] | None = None, **extra: Any
+    ) -> bytes:
         payload = s.ChatCompletionChunk(
-            id=completion_id,
-            created=created,
-            model=model_id,
+            id=self.ask.id,
+            created=self.ask.created,
+            model=self.model_id,
             choices=[s.ChunkChoice(delta=s.Delta(**delta), finish_reason=finish)],
             **extra,
         )
         return _sse(_chunk_json(payload))
 
-    def error_event(message: str, kind: str, code: str) -> bytes:
-        return _sse(error_payload(message, kind, None, code, request_id_of(request.scope)))
+    def error_event(self, message: str, kind: str, code: str) -> bytes:
+        return _sse(error_payload(message, kind, None, code, request_id_of(self.ask.request.scope)))
 
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[Any] = asyncio.Queue()
-    stop = threading.Event()
+    async def _content(self) -> AsyncIterator[bytes]:
+        """The answer's pieces as chunks; a 504 mid-stream becomes an error event (the status is sent)."""
+        yield self.chunk({"content": self.first})
+        self.slot.track(self.loop.run_in_executor(self.state.executor, self.pump))
+        while True:
+            try:
+                piece = await self.next_pieces()
+            except ApiError as exc:  # 504 mid-stream: the status is sent already, so say it in the stream
+                self.stop.set()
+                yield self.error_event(str(exc.detail), exc.kind, "timeout")
+                raise _TimedOut from None
+            if piece is _END:
+                return
+            if isinstance(piece, _Failure):
+                raise piece.error
+            yield self.chunk({"content": piece})
 
-    def put(item: Any) -> None:
-        try:
-            loop.call_soon_threadsafe(queue.put_nowait, item)
-        except RuntimeError:  # the event loop is gone (server shutting down)
-            stop.set()
-
-    def pump() -> None:
-        """Drain the generator in ONE worker thread (no thread hop per piece); pieces go to the queue."""
-        try:
-            for piece in pieces:
-                if stop.is_set():  # the client went away: stop pulling pieces
-                    return
-                put(piece)
-            put(_END)
-        except BaseException as exc:  # handed to the event loop, which logs it and tells the client
-            put(_Failure(exc))
-
-    async def next_pieces() -> Any:
-        """The next piece(s) joined (coalescing what is queued already), _END, or a _Failure; 504 at the deadline."""
-        try:
-            item = await asyncio.wait_for(queue.get(), timeout=max(deadline - time.monotonic(), 0.001))
-        except asyncio.TimeoutError:
-            raise ApiError(
-                504,
-                f"the answer took longer than api.request_timeout_s={state.config.api.request_timeout_s} s",
-            ) from None
-        joined = []
-        while isinstance(item, str):
-            joined.append(item)
-            if queue.empty():
-                break
-            item = queue.get_nowait()
-        if joined and not isinstance(item, str):
-            queue.put_nowait(item)  # the end marker goes back for the next call
-        return "".join(joined) if joined else item
-
-    async def events() -> AsyncIterator[bytes]:
-        try:
-            yield chunk({"role": "assistant", "content": ""})
-            if first is not _END:
-                yield chunk({"content": first})
-                slot.track(loop.run_in_executor(state.executor, pump))
-                while True:
-                    try:
-                        piece = await next_pieces()
-                    except (
-                        ApiError
-                    ) as exc:  # 504 mid-stream: the status is sent already, so say it in the stream
-                        stop.set()
-                        yield error_event(str(exc.detail), exc.kind, "timeout")
-                        yield _sse("[DONE]")
-                        return
-                    if piece is _END:
-                        break
-                    if isinstance(piece, _Failure):
-                        raise piece.error
-                    yield chunk({"content": piece})
-            answer = stream.answer
-            _record_stages(state, answer)
-            usage, tokenizer = await run_in_threadpool(_usage, state, answer)
-            final = s.ChatCompletionChunk(
-                id=completion_id,
-                created=created,
-                model=model_id,
-                choices=[s.ChunkChoice(delta=s.Delta(), finish_reason=_finish_reason(answer))],
-                sources=_sources(answer),
-                rag=_rag_extension(answer, version, tokenizer),
-            )
-            yield _sse(_chunk_json(final))
-            if include_usage:  # OpenAI sends usage in an extra chunk with no choices
-                yield _sse(
-                    _chunk_json(
-                        s.ChatCompletionChunk(
-                            id=completion_id, created=created, model=model_id, choices=[], usage=usage
-                        )
+    async def _final(self) -> AsyncIterator[bytes]:
+        """The last chunk with the finish reason, `sources` and `rag`; then usage when asked for."""
+        answer = self.stream.answer
+        record_stages(self.state, answer)
+        usage, tokenizer = await run_in_threadpool(_usage, self.state, answer)
+        yield self.chunk(
+            {},
+            _finish_reason(answer),
+            sources=sources(answer),
+            rag=_rag_extension(answer, self.version, tokenizer),
+        )
+        if self.ask.include_usage:  # OpenAI sends usage in an extra chunk with no choices
+            yield _sse(
+                _chunk_json(
+                    s.ChatCompletionChunk(
+                        id=self.ask.id, created=self.ask.created, model=self.model_id, choices=[], usage=usage
                     )
                 )
+            )
+
+    async def events(self) -> AsyncIterator[bytes]:
+        request_id = request_id_of(self.ask.request.scope)
+        try:
+            yield self.chunk({"role": "assistant", "content": ""})
+            if self.first is not _END:
+                async for event in self._content():
+                    yield event
+            async for event in self._final():
+                yield event
+            yield _sse("[DONE]")
+        except _TimedOut:
             yield _sse("[DONE]")
         except Exception:
-            log.exception("request %s: streaming failed", request_id_of(request.scope))
-            yield error_event(
-                "internal error; the server log has the details under request id "
-                + request_id_of(request.scope),
+            log.exception("request %s: streaming failed", request_id)
+            yield self.error_event(
+                "internal error; the server log has the details under request id " + request_id,
                 "internal_error",
                 "internal_error",
             )
             yield _sse("[DONE]")
         finally:
-            stop.set()
-            slot.release()
+            self.close()
 
-    def close() -> None:
-        stop.set()
-        slot.release()
+    def close(self) -> None:
+        self.stop.set()
+        self.slot.release()
 
-    return _ClosingStreamingResponse(
-        events(),
-        on_close=close,
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
+
+class _TimedOut(Exception):
+    """The deadline passed mid-stream; the error event is sent already, `[DONE]` follows."""
 
 
 class _ClosingStreamingResponse(StreamingResponse):

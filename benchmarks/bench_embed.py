@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -31,6 +30,8 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import peak_rss_mib, write_result
 
 BACKENDS = {  # name -> config overrides
     "torch": ["embedding.backend=torch"],
@@ -92,8 +93,7 @@ def one(args: argparse.Namespace) -> dict[str, Any]:
         embedder.embed([q])
         ms.append((time.perf_counter() - t0) * 1e3)
     out["query_p50_ms"], out["query_p95_ms"] = round(percentile(ms, 50), 2), round(percentile(ms, 95), 2)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    out["peak_rss_mib"] = round(peak / 1024, 1)
+    out["peak_rss_mib"] = round(peak_rss_mib(), 1)
     out["load_average"] = [round(x, 2) for x in os.getloadavg()]
     return out
 
@@ -204,21 +204,14 @@ def main(argv: list[str] | None = None) -> int:
         )
     env["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(
-            json.dumps(
-                {
-                    "benchmark": "embed",
-                    "environment": env,
-                    "titles": args.titles,
-                    "batch_size": args.batch_size,
-                    "results": results,
-                },
-                indent=2,
-            )
-            + "\n"
-        )
-        print(f"wrote {args.out}")
+        payload = {
+            "benchmark": "embed",
+            "environment": env,
+            "titles": args.titles,
+            "batch_size": args.batch_size,
+            "results": results,
+        }
+        write_result(args.out, payload)
     return 0
 
 

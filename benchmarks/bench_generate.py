@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import copy
 import functools
-import json
 import resource
 import statistics
 import sys
@@ -37,6 +36,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.common import write_result
 
 
 def _prompt_request(
@@ -347,10 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     print(environment_line(info))
     print(table(rows))
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(
-            json.dumps({"environment": info, "args": vars(args), "rows": rows}, indent=2) + "\n"
-        )
+        write_result(args.out, {"environment": info, "args": vars(args), "rows": rows}, announce=False)
     return 0
 
 

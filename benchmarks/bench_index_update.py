@@ -28,7 +28,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import sys
 import tempfile
 import time
@@ -36,18 +35,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.common import cpu_model, peak_rss_mib
+
 
 def machine() -> dict[str, object]:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     info: dict[str, object] = {
-        "cpu": cpu,
+        "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "python": platform.python_version(),
         "platform": platform.platform(),
@@ -60,10 +53,6 @@ def machine() -> dict[str, object]:
     except ImportError:
         pass
     return info
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
 def main() -> int:
@@ -126,11 +115,11 @@ def main() -> int:
     t0 = time.perf_counter()
     embedder = load_embedder(config.embedding)
     load_s = time.perf_counter() - t0
-    rss_after_load = peak_rss_mb()
+    rss_after_load = peak_rss_mib()
 
     print(f"building {args.rows:,} rows with {embedder.name} ({args.type}) in {work} ...", flush=True)
     build = build_index(config, [catalog], progress=False, embedder=embedder)
-    rss_after_build = peak_rss_mb()
+    rss_after_build = peak_rss_mib()
     print(build.summary(), flush=True)
 
     # 1% of the rows get a new title (re-embedded), 0.1% are deleted

@@ -26,7 +26,6 @@ Prints the machine (CPU, cores, load average, versions) and writes JSON for benc
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import sys
@@ -38,6 +37,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.common import embed_cached, latency_percentiles, synthetic_titles, write_result
 from rag.config import load_config
 from rag.evaluation.metrics import percentile
 from rag.evaluation.questions import typo_title
@@ -93,12 +93,7 @@ def timed_search(index: Any, qvec: np.ndarray, embed_ms: list[float], k: int, wa
         e + s for e, s in zip(embed_ms, search_ms, strict=True)
     ]  # the query's own embedding + its search
     return {
-        "embed_p50_ms": percentile(embed_ms, 50),
-        "embed_p95_ms": percentile(embed_ms, 95),
-        "search_p50_ms": percentile(search_ms, 50),
-        "search_p95_ms": percentile(search_ms, 95),
-        "total_p50_ms": percentile(total_ms, 50),
-        "total_p95_ms": percentile(total_ms, 95),
+        **latency_percentiles(embed=embed_ms, search=search_ms, total=total_ms),
         "ids": np.stack(ids_all),
     }
 
@@ -146,8 +141,6 @@ def main(argv: list[str] | None = None) -> int:
 
     from index.embedder import load_embedder
     from index.vector import FaissIndex
-    from rag.cleaning import clean_title
-    from rag.synthetic import generate_records
 
     overrides = ["embedding.backend=onnx", "embedding.cache_size=0", *args.overrides]
     if args.threads:
@@ -161,19 +154,12 @@ def main(argv: list[str] | None = None) -> int:
     ec = config.embedding
     label = f"{ec.model} backend={ec.backend}" + (f" {ec.onnx_quantize}" if ec.backend == "onnx" else "")
 
-    titles = [clean_title(r["title"]) for r in generate_records(args.real, seed=args.seed)]
+    titles = synthetic_titles(args.real, args.seed)
     safe = "".join(c if c.isalnum() else "_" for c in label)
     cache = Path(args.cache_dir) / f"titles_{safe}_{args.real}_{args.seed}.npy"
-    if cache.exists() and np.load(cache, mmap_mode="r").shape[0] == len(titles):
-        base = np.load(cache, allow_pickle=False)
-        embed_info: dict[str, Any] = {"cached": True}
-    else:
-        t0 = time.perf_counter()
-        base = embedder.embed(titles, progress=False)
-        seconds = time.perf_counter() - t0
-        embed_info = {"cached": False, "seconds": seconds, "titles_per_s": len(titles) / seconds}
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        np.save(cache, base, allow_pickle=False)
+    base, embed_info = embed_cached(embedder, titles, cache, progress=False)
+    if not embed_info["cached"]:
+        seconds = embed_info["seconds"]
         print(
             f"embedded {len(titles):,} titles in {seconds:.1f} s ({len(titles) / seconds:.0f}/s)", flush=True
         )
@@ -279,9 +265,7 @@ def write(
         "queries": args.queries,
         "results": results,
     }
-    path = Path(out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    write_result(out, payload, announce=False)
 
 
 if __name__ == "__main__":

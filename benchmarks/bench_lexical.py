@@ -37,7 +37,6 @@ import os
 import platform
 import random
 import re
-import resource
 import shutil
 import sqlite3
 import subprocess
@@ -50,6 +49,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.common import cpu_model, peak_rss_mib, write_result
+
 
 def rss_mb() -> float:
     with open("/proc/self/status") as fh:
@@ -60,15 +61,7 @@ def rss_mb() -> float:
 
 
 def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as info:
-            for line in info:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+    cpu = cpu_model(platform.processor() or "unknown CPU")
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     return f"{cpu}, {os.cpu_count()} cores, {mem:.1f} GiB RAM, python {platform.python_version()}, numpy {np.__version__}"
 
@@ -131,8 +124,7 @@ def child_build(meta: Path, out_dir: Path) -> None:
     t0 = time.perf_counter()
     names = build_artifacts(meta, out_dir)
     seconds = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"seconds": seconds, "peak_rss_mb": peak, "files": names}))
+    print(json.dumps({"seconds": seconds, "peak_rss_mb": peak_rss_mib(), "files": names}))
 
 
 def make_questions(meta: Path, n: int, seed: int) -> list[tuple[str, int]]:
@@ -401,8 +393,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {k:28s} {pct(v, 50):8.2f} {pct(v, 95):8.2f}")
         result["rss_total_mb"] = rss_mb()
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+        write_result(args.out, result, announce=False)
     return 0
 
 

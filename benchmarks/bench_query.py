@@ -31,10 +31,8 @@ Prints the machine (CPU model, cores, RAM, python/torch/faiss versions); `--out`
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import random
-import resource
 import sys
 import time
 from pathlib import Path
@@ -44,38 +42,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.common import embed_cached, latency_percentiles, peak_rss_mib, synthetic_titles, write_result
 from rag.config import load_config
-from rag.evaluation.metrics import percentile
 from rag.evaluation.questions import typo_title
 from rag.evaluation.runner import environment, environment_line
-
-
-def peak_rss_mib() -> float:
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
-
-
-def synthetic_titles(rows: int, seed: int) -> list[str]:
-    from rag.cleaning import clean_title
-    from rag.synthetic import generate_records
-
-    return [clean_title(r["title"]) for r in generate_records(rows, seed=seed)]
-
-
-def embed_titles(
-    embedder: Any, titles: list[str], cache: Path | None, batch_size: int
-) -> tuple[np.ndarray, dict[str, float]]:
-    if cache is not None and cache.exists():
-        vectors = np.load(cache, allow_pickle=False)
-        if vectors.shape[0] == len(titles):
-            return vectors, {"cached": True}
-    started = time.perf_counter()
-    vectors = np.asarray(embedder.embed(titles, batch_size=batch_size, progress=True), dtype=np.float32)
-    seconds = time.perf_counter() - started
-    if cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        np.save(cache, vectors, allow_pickle=False)
-    return vectors, {"cached": False, "seconds": seconds, "titles_per_s": len(titles) / seconds}
 
 
 def tiled_vectors(base: np.ndarray, rows: int, noise: float, seed: int, chunk: int = 100_000):
@@ -150,12 +120,7 @@ def bench_scale(
         "tiled_vectors": max(0, scale - base.shape[0]),
         "build_s": build_s,
         "queries": n,
-        "embed_p50_ms": percentile(embed_ms, 50),
-        "embed_p95_ms": percentile(embed_ms, 95),
-        "search_p50_ms": percentile(search_ms, 50),
-        "search_p95_ms": percentile(search_ms, 95),
-        "total_p50_ms": percentile(total_ms, 50),
-        "total_p95_ms": percentile(total_ms, 95),
+        **latency_percentiles(embed=embed_ms, search=search_ms, total=total_ms),
         f"hit@{args.k}": hits / n if n else math.nan,
         "peak_rss_mib": peak_rss_mib(),
         "vector_mib": scale * base.shape[1] * 4 / 2**20,
@@ -258,7 +223,9 @@ def main(argv: list[str] | None = None) -> int:
     cache = (
         Path(args.cache_dir) / f"titles_{safe_model}_{embed_rows}_{args.seed}.npy" if args.cache_dir else None
     )
-    base, embed_info = embed_titles(embedder, titles, cache, config.embedding.batch_size)
+    base, embed_info = embed_cached(
+        embedder, titles, cache, batch_size=config.embedding.batch_size, progress=True
+    )
     if embed_info.get("cached"):
         print(f"title vectors: {base.shape} from the cache {cache}", flush=True)
     else:
@@ -306,10 +273,7 @@ def main(argv: list[str] | None = None) -> int:
             "k": args.k,
             "results": results,
         }
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
-        print(f"wrote {out}")
+        write_result(args.out, payload)
     return 0
 
 

@@ -19,6 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.common import write_result
+
 QUESTIONS = [
     "Who wrote The Lighthouse Keeper's Daughter?",
     "What is Seven Sleepy Kittens about?",
@@ -83,9 +85,7 @@ def main() -> int:
     }
     print(json.dumps({"summary": summary, "machine": environment()}, indent=2))
     if args.out:
-        Path(args.out).write_text(
-            json.dumps({"summary": summary, "rows": rows, "machine": environment()}, indent=2) + "\n"
-        )
+        write_result(args.out, {"summary": summary, "rows": rows, "machine": environment()}, announce=False)
     return 0
 
 

@@ -13,27 +13,17 @@ import json
 from pathlib import Path
 from typing import Any
 
-
-def _config(args: argparse.Namespace) -> Any:
-    from rag.config import load_config
-
-    return load_config(getattr(args, "config", None), getattr(args, "overrides", None))
-
-
-def _usage_error(message: str) -> Exception:
-    from rag.cli import UsageError
-
-    return UsageError(message)
+from rag.cli_common import UsageError, config_from_args
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from finetune.train import FinetuneError, is_main_process, train
 
-    config = _config(args)
+    config = config_from_args(args)
     try:
         summary = train(config, resume=args.resume, progress=not args.quiet)
     except FinetuneError as exc:
-        raise _usage_error(str(exc)) from None
+        raise UsageError(str(exc)) from None
     if not is_main_process():  # under torchrun / accelerate launch, rank 0 alone reports
         return 0
     print(
@@ -61,7 +51,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_data(args: argparse.Namespace) -> int:
     from finetune.train import FinetuneError, answer_token_counter, prepare_data
 
-    config = _config(args)
+    config = config_from_args(args)
     run_dir = Path(config.finetune.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     try:
@@ -69,7 +59,7 @@ def _cmd_data(args: argparse.Namespace) -> int:
             config, run_dir, count_tokens=answer_token_counter(config, run_dir, required=False)
         )
     except FinetuneError as exc:
-        raise _usage_error(str(exc)) from None
+        raise UsageError(str(exc)) from None
     from finetune.data import write_examples
 
     out = write_examples(examples, args.out or run_dir / "examples.jsonl")
@@ -88,7 +78,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from finetune.train import FinetuneError
 
     if not args.merged and not args.gguf:
-        raise _usage_error("rag finetune export: choose --merged and/or --gguf QUANT")
+        raise UsageError("rag finetune export: choose --merged and/or --gguf QUANT")
     try:
         if args.merged:
             path = export_merged(args.run, args.out, base=args.base, dtype=args.dtype)
@@ -97,8 +87,14 @@ def _cmd_export(args: argparse.Namespace) -> int:
             path = export_gguf(args.run, args.out, quantization=args.gguf, base=args.base)
             print(json.dumps(describe(path), indent=2))
     except FinetuneError as exc:
-        raise _usage_error(str(exc)) from None
+        raise UsageError(str(exc)) from None
     return 0
+
+
+def _train_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(func=_cmd_train)
 
 
 def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
@@ -108,15 +104,11 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
         help="LoRA/QLoRA fine-tuning: train (default), data, export",
         description="Fine-tune a chat model on catalog question/answer examples (docs/finetune.md).",
     )
-    parser.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    parser.set_defaults(func=_cmd_train)
+    _train_options(parser)  # `rag finetune` alone trains, with the options of `rag finetune train`
     actions = parser.add_subparsers(dest="finetune_action", metavar="ACTION")
-
-    p = actions.add_parser("train", parents=[common], help="train an adapter (the default action)")
-    p.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=_cmd_train)
+    _train_options(
+        actions.add_parser("train", parents=[common], help="train an adapter (the default action)")
+    )
 
     p = actions.add_parser(
         "data", parents=[common], help="write the training examples (JSONL) for inspection"

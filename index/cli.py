@@ -21,11 +21,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-
-def _config(args: argparse.Namespace) -> Any:
-    from rag.cli import config_from_args
-
-    return config_from_args(args)
+from rag.cli_common import config_from_args, describe_os_error
 
 
 def _store(config: Any) -> Any:
@@ -37,7 +33,7 @@ def _store(config: Any) -> Any:
 def _cmd_build(args: argparse.Namespace) -> int:
     from .build import build_index
 
-    config = _config(args)
+    config = config_from_args(args)
     paths = args.data or [config.data]
     report = build_index(config, paths, progress=not args.quiet)
     print(report.summary())
@@ -47,7 +43,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
 def _cmd_update(args: argparse.Namespace) -> int:
     from .build import read_uid_list, update_index
 
-    config = _config(args)
+    config = config_from_args(args)
     deletes = read_uid_list(args.delete) if args.delete else []
     if not args.data and not deletes:
         print(
@@ -63,7 +59,7 @@ def _cmd_update(args: argparse.Namespace) -> int:
 def _cmd_compact(args: argparse.Namespace) -> int:
     from .build import compact_index
 
-    report = compact_index(_config(args), force=args.force)
+    report = compact_index(config_from_args(args), force=args.force)
     print(report.summary())
     return 0
 
@@ -114,7 +110,7 @@ def _format_segments(manifest: dict[str, Any]) -> str:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    store = _store(_config(args))
+    store = _store(config_from_args(args))
     manifest = store.manifest(args.version)
     if args.json:
         print(json.dumps(manifest, indent=2, ensure_ascii=False))
@@ -125,7 +121,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_versions(args: argparse.Namespace) -> int:
-    store = _store(_config(args))
+    store = _store(config_from_args(args))
     versions = store.versions()
     if args.json:
         print(json.dumps(versions, indent=2))
@@ -144,7 +140,7 @@ def _cmd_versions(args: argparse.Namespace) -> int:
 
 
 def _cmd_rollback(args: argparse.Namespace) -> int:
-    store = _store(_config(args))
+    store = _store(config_from_args(args))
     before = store.current_version()
     version = store.rollback(args.version)
     print(f"current version: {before} -> {version}")
@@ -152,7 +148,7 @@ def _cmd_rollback(args: argparse.Namespace) -> int:
 
 
 def _cmd_gc(args: argparse.Namespace) -> int:
-    config = _config(args)
+    config = config_from_args(args)
     keep = args.keep if args.keep is not None else config.index.keep_versions
     removed = _store(config).gc(keep)
     print(f"removed {len(removed)} version(s)" + (": " + ", ".join(removed) if removed else ""))
@@ -160,7 +156,7 @@ def _cmd_gc(args: argparse.Namespace) -> int:
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    store = _store(_config(args))
+    store = _store(config_from_args(args))
     versions = store.complete_versions() if args.all else [args.version]
     failed = 0
     for version in versions:
@@ -189,8 +185,6 @@ def _guarded(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Na
         except OSError as exc:  # disk full, permissions, a read-only file system: the environment, not a bug
             if isinstance(exc, (FileNotFoundError, BrokenPipeError)):
                 raise
-            from rag.cli import describe_os_error
-
             print(f"error: {describe_os_error(exc)}", file=sys.stderr)
             return 2
 

@@ -24,14 +24,16 @@ from __future__ import annotations
 import logging
 import os
 import re
-import threading
 import zlib
-from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from index.query_cache import CachedQueryMixin
+from index.query_cache import QueryCache as _QueryCache
+from index.query_cache import normalise as _normalise
 
 if TYPE_CHECKING:
     from rag.config import EmbeddingConfig
@@ -45,59 +47,6 @@ HASHING_RE = re.compile(r"^hashing(?:[:\-](\d+))?$")
 
 class EmbedderError(RuntimeError):
     """The embedding model cannot be loaded; the message says which model and what to do."""
-
-
-class _QueryCache:
-    """A small thread-safe LRU cache of query vectors (questions repeat in chat and in evaluations)."""
-
-    def __init__(self, size: int) -> None:
-        self.size = max(0, int(size))
-        self._items: OrderedDict[str, np.ndarray] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key: str) -> np.ndarray | None:
-        if not self.size:
-            return None
-        with self._lock:
-            value = self._items.get(key)
-            if value is not None:
-                self._items.move_to_end(key)
-            return value
-
-    def put(self, key: str, value: np.ndarray) -> None:
-        if not self.size:
-            return
-        value.setflags(write=False)  # callers share the cached array; nobody may modify it
-        with self._lock:
-            self._items[key] = value
-            self._items.move_to_end(key)
-            while len(self._items) > self.size:
-                self._items.popitem(last=False)
-
-
-def _normalise(vectors: np.ndarray) -> np.ndarray:
-    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    norms[norms == 0] = 1.0  # an empty text stays the zero vector instead of becoming NaN
-    return vectors / norms
-
-
-class CachedQueryMixin:
-    """`embed_query` through the LRU cache `self._cache`, shared by every embedder here."""
-
-    _cache: _QueryCache
-
-    def embed(
-        self, texts: Sequence[str], *, batch_size: int | None = None, progress: bool = False
-    ) -> np.ndarray:
-        raise NotImplementedError
-
-    def embed_query(self, text: str) -> np.ndarray:
-        cached = self._cache.get(text)
-        if cached is None:
-            cached = self.embed([text])[0]
-            self._cache.put(text, cached)
-        return cached
 
 
 class HashingEmbedder(CachedQueryMixin):

@@ -843,17 +843,12 @@ class SegmentArrays:
     champ_impact: np.ndarray
 
 
-def build_segment(
-    rows: Iterable[tuple[int, str, str]],
-    *,
-    avgdl: float | None = None,
-    k1: float = K1,
-    b: float = B,
-    title_weight: int = TITLE_WEIGHT,
-    champions: int | None = None,
-) -> SegmentArrays:
-    """Postings of (faiss_id, title, content) rows. `avgdl`: use this average length (delta segments
-    share the base's) instead of the segment's own."""
+def _postings_by_chunk(
+    rows: Iterable[tuple[int, str, str]], title_weight: int
+) -> tuple[dict[str, int], list[int], np.ndarray, list[np.ndarray], list[np.ndarray]]:
+    """Tokenise the rows (the title `title_weight` times, then the content), CHUNK_DOCS documents at a
+    time: (term -> term id in first-seen order, faiss ids, document lengths, and per chunk the sorted
+    `term id << 32 | document number` keys and their term frequencies)."""
     analyzer = Analyzer()
     vocab: dict[str, int] = {}  # term -> term id
     tok2id: dict[str, int] = {}  # raw token -> term id, or -1 for a stop word (C-speed lookups via map)
@@ -913,6 +908,21 @@ def build_segment(
     flush()
     lens = np.concatenate(lens_parts) if lens_parts else np.zeros(0, np.int64)
 
+    return vocab, ids, lens, keys_parts, tf_parts
+
+
+def build_segment(
+    rows: Iterable[tuple[int, str, str]],
+    *,
+    avgdl: float | None = None,
+    k1: float = K1,
+    b: float = B,
+    title_weight: int = TITLE_WEIGHT,
+    champions: int | None = None,
+) -> SegmentArrays:
+    """Postings of (faiss_id, title, content) rows. `avgdl`: use this average length (delta segments
+    share the base's) instead of the segment's own."""
+    vocab, ids, lens, keys_parts, tf_parts = _postings_by_chunk(rows, title_weight)
     n_docs = len(ids)
     terms = list(vocab)
     hashes = np.fromiter((term_hash(t) for t in terms), dtype=np.int64, count=len(terms))
@@ -1075,6 +1085,41 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         shutil.copyfile(src, dst)
 
 
+def _faiss_ids_of(db: Path, uids: Sequence[str]) -> list[int]:
+    """The faiss ids of these uids in the metadata database `db` (read-only, 900 uids a query)."""
+    out: list[int] = []
+    conn = sqlite3.connect(f"file:{db.as_posix()}?mode=ro", uri=True)
+    try:
+        uids = list(uids)
+        for i in range(0, len(uids), 900):
+            part = uids[i : i + 900]
+            out += [
+                int(r[0])
+                for r in conn.execute(
+                    f"SELECT faiss_id FROM rows WHERE uid IN ({','.join('?' * len(part))})", part
+                )
+            ]
+    finally:
+        conn.close()
+    return out
+
+
+def _rows_by_id(db: Path, id_list: list[int]) -> list[tuple[int, str, str]]:
+    """(faiss_id, title, content) of these faiss ids in the metadata database `db` (read-only)."""
+    rows: list[tuple[int, str, str]] = []
+    conn = sqlite3.connect(f"file:{db.as_posix()}?mode=ro", uri=True)
+    try:
+        for i in range(0, len(id_list), 900):
+            part = id_list[i : i + 900]
+            rows += conn.execute(
+                f"SELECT faiss_id, title, content FROM rows WHERE faiss_id IN ({','.join('?' * len(part))})",
+                part,
+            ).fetchall()
+    finally:
+        conn.close()
+    return rows
+
+
 def update_artifacts(
     meta_db_path: str | Path,
     version_dir: str | Path,
@@ -1100,25 +1145,8 @@ def update_artifacts(
     started = time.perf_counter()
     base_docs = int(parent_meta["segments"]["base"]["docs"])
 
-    def ids_of(db: Path, uids: Sequence[str]) -> list[int]:
-        out: list[int] = []
-        conn = sqlite3.connect(f"file:{db.as_posix()}?mode=ro", uri=True)
-        try:
-            uids = list(uids)
-            for i in range(0, len(uids), 900):
-                part = uids[i : i + 900]
-                out += [
-                    int(r[0])
-                    for r in conn.execute(
-                        f"SELECT faiss_id FROM rows WHERE uid IN ({','.join('?' * len(part))})", part
-                    )
-                ]
-        finally:
-            conn.close()
-        return out
-
-    changed_ids = ids_of(meta_db_path, changed_uids)
-    deleted_ids = ids_of(parent_dir / "meta.sqlite", deleted_uids)
+    changed_ids = _faiss_ids_of(meta_db_path, changed_uids)
+    deleted_ids = _faiss_ids_of(parent_dir / "meta.sqlite", deleted_uids)
     old_tomb = np.load(parent_dir / TOMBSTONES_NAME, allow_pickle=False)
     tomb = np.union1d(old_tomb, np.asarray(changed_ids + deleted_ids, dtype=np.int64))
     old_delta_ids: np.ndarray = np.zeros(0, np.int64)
@@ -1149,20 +1177,7 @@ def update_artifacts(
         names.append(name)
     segments = {"base": parent_meta["segments"]["base"]}
     if len(delta_ids):
-        rows: list[tuple[int, str, str]] = []
-        conn = sqlite3.connect(f"file:{meta_db_path.as_posix()}?mode=ro", uri=True)
-        try:
-            id_list = [int(i) for i in delta_ids]
-            for i in range(0, len(id_list), 900):
-                part = id_list[i : i + 900]
-                rows += conn.execute(
-                    f"SELECT faiss_id, title, content FROM rows WHERE faiss_id IN "
-                    f"({','.join('?' * len(part))})",
-                    part,
-                ).fetchall()
-        finally:
-            conn.close()
-        rows.sort()
+        rows = sorted(_rows_by_id(meta_db_path, [int(i) for i in delta_ids]))
         seg = build_segment(
             rows,
             avgdl=float(parent_meta["avgdl"]),

@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from index.embedder import CachedQueryMixin, _QueryCache
+from index.query_cache import CachedQueryMixin, QueryCache, normalise
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +141,106 @@ def _torch_reference(
     )
 
 
+def _pooled(model: Any, pooling: str) -> Any:
+    """transformer -> pooling -> L2 normalisation, the whole sentence-transformers pipeline in one module."""
+    import torch
+
+    class Pooled(torch.nn.Module):
+        def __init__(self, inner: Any) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, input_ids: Any, attention_mask: Any) -> Any:
+            hidden = self.inner(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            if pooling == "cls":
+                vectors = hidden[:, 0]
+            else:
+                mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+                vectors = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            # always normalise: the index needs unit vectors whatever the model's own modules say
+            return torch.nn.functional.normalize(vectors, p=2, dim=1)
+
+    return Pooled(model)
+
+
+def _trace(module: Any, raw: Path, opset: int) -> None:
+    """Trace `module` to the ONNX file `raw`, with dynamic batch and token axes."""
+    import warnings
+
+    import torch
+
+    sample_ids = torch.tensor([[101, 7592, 2088, 102], [101, 7592, 102, 0]], dtype=torch.long)
+    sample_mask = (sample_ids != 0).long()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # tracer warnings about Python-side shape checks
+        torch.onnx.export(
+            module,
+            (sample_ids, sample_mask),
+            str(raw),
+            input_names=["input_ids", "attention_mask"],
+            output_names=["embedding"],
+            dynamic_axes={
+                "input_ids": {0: "batch", 1: "tokens"},
+                "attention_mask": {0: "batch", 1: "tokens"},
+                "embedding": {0: "batch"},
+            },
+            opset_version=opset,
+            dynamo=False,  # the TorchScript exporter: no onnxscript needed
+        )
+
+
+def _fuse(raw: Path, fused: Path, config: Any) -> dict[str, int]:
+    """ONNX Runtime's transformer fusions for BERT-like models (else a copy); returns the fused op counts."""
+    if getattr(config, "model_type", "") not in ("bert", "roberta", "distilbert", "xlm-roberta", "mpnet"):
+        shutil.copyfile(raw, fused)  # other architectures: ONNX Runtime's generic graph optimisations only
+        return {}
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    heads = int(getattr(config, "num_attention_heads", 0) or getattr(config, "n_heads", 0))
+    hidden = int(getattr(config, "hidden_size", 0) or getattr(config, "dim", 0))
+    model_type = "bert" if config.model_type in ("roberta", "xlm-roberta", "mpnet") else config.model_type
+    optimized = optimize_model(str(raw), model_type=model_type, num_heads=heads, hidden_size=hidden)
+    optimized.save_model_to_file(str(fused))
+    return {k: int(v) for k, v in optimized.get_fused_operator_statistics().items() if v}
+
+
+def _quantize(fused: Path, final: Path, quantize: str) -> None:
+    if quantize != "int8":
+        os.replace(fused, final)
+        return
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(
+        str(fused),
+        str(final),
+        weight_type=QuantType.QInt8,
+        per_channel=True,
+        # the fused ops (Attention, SkipLayerNormalization) have no shape inference: say they are float
+        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+    )
+
+
+def _probe_cosine(
+    final: Path, model_dir: Path, quantize: str, max_seq_length: int, trust_remote_code: bool
+) -> float:
+    """The smallest cosine between the export's and torch's vectors of PROBE_TEXTS; refused below MIN_COSINE."""
+    # the export must reproduce torch, or it is refused (a silently wrong index is worse than a slow one)
+    session = OnnxEmbedder.open_session(final, num_threads=None)
+    probe = OnnxEmbedder(session, _tokenizer(model_dir, max_seq_length), name="probe", dimension=0).embed(
+        PROBE_TEXTS
+    )
+    reference = _torch_reference(model_dir, PROBE_TEXTS, max_seq_length, trust_remote_code)
+    cosines = (probe * reference).sum(axis=1)
+    if float(cosines.min()) < MIN_COSINE[quantize]:
+        raise RuntimeError(
+            f"{model_dir}: the ONNX export ({quantize}) disagrees with torch "
+            f"(cosine {cosines.min():.4f} < {MIN_COSINE[quantize]}); use embedding.backend: torch"
+        )
+    del session
+    return float(cosines.min())
+
+
 def export_model(
     model_dir: Path,
     out_dir: Path,
@@ -150,13 +250,16 @@ def export_model(
     trust_remote_code: bool = False,
     opset: int = 17,
 ) -> Path:
-    """Export `model_dir` to `out_dir/model.onnx` (+ `export.json`); returns the model file. Atomic."""
+    """Export `model_dir` to `out_dir/model.onnx` (+ `export.json`); returns the model file. Atomic.
+
+    Steps: trace the pooled, normalised model (`_trace`), fuse (`_fuse`), quantise (`_quantize`), check
+    against torch (`_probe_cosine`), then move the finished folder into place."""
     import torch
     from transformers import AutoConfig, AutoModel
 
     require_onnxruntime()
     try:
-        import onnx
+        import onnx  # noqa: F401 - needed by the steps below; checked here for a clear message
     except ImportError:
         raise OnnxBackendMissing("exporting to ONNX needs the onnx package: `pip install .[fast]`") from None
 
@@ -173,91 +276,18 @@ def export_model(
         attn_implementation="eager",
     ).eval()
 
-    class Pooled(torch.nn.Module):
-        """transformer -> pooling -> L2 normalisation, the whole sentence-transformers pipeline in one graph."""
-
-        def __init__(self, inner: Any) -> None:
-            super().__init__()
-            self.inner = inner
-
-        def forward(self, input_ids: Any, attention_mask: Any) -> Any:
-            hidden = self.inner(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-            if pooling == "cls":
-                vectors = hidden[:, 0]
-            else:
-                mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-                vectors = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-            # always normalise: the index needs unit vectors whatever the model's own modules say
-            return torch.nn.functional.normalize(vectors, p=2, dim=1)
-
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
-        sample_ids = torch.tensor([[101, 7592, 2088, 102], [101, 7592, 102, 0]], dtype=torch.long)
-        sample_mask = (sample_ids != 0).long()
-        raw = work / "raw.onnx"
-        import warnings
-
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")  # tracer warnings about Python-side shape checks
-            torch.onnx.export(
-                Pooled(model),
-                (sample_ids, sample_mask),
-                str(raw),
-                input_names=["input_ids", "attention_mask"],
-                output_names=["embedding"],
-                dynamic_axes={
-                    "input_ids": {0: "batch", 1: "tokens"},
-                    "attention_mask": {0: "batch", 1: "tokens"},
-                    "embedding": {0: "batch"},
-                },
-                opset_version=opset,
-                dynamo=False,  # the TorchScript exporter: no onnxscript needed
-            )
-        fused = work / "fused.onnx"
-        fusion_stats: dict[str, int] = {}
-        if getattr(config, "model_type", "") in ("bert", "roberta", "distilbert", "xlm-roberta", "mpnet"):
-            from onnxruntime.transformers.optimizer import optimize_model
-
-            heads = int(getattr(config, "num_attention_heads", 0) or getattr(config, "n_heads", 0))
-            hidden = int(getattr(config, "hidden_size", 0) or getattr(config, "dim", 0))
-            model_type = (
-                "bert" if config.model_type in ("roberta", "xlm-roberta", "mpnet") else config.model_type
-            )
-            optimized = optimize_model(str(raw), model_type=model_type, num_heads=heads, hidden_size=hidden)
-            optimized.save_model_to_file(str(fused))
-            fusion_stats = {k: int(v) for k, v in optimized.get_fused_operator_statistics().items() if v}
-        else:  # other architectures: ONNX Runtime's generic graph optimisations only
-            shutil.copyfile(raw, fused)
-        final = work / "model.onnx"
-        if quantize == "int8":
-            from onnxruntime.quantization import QuantType, quantize_dynamic
-
-            quantize_dynamic(
-                str(fused),
-                str(final),
-                weight_type=QuantType.QInt8,
-                per_channel=True,
-                # the fused ops (Attention, SkipLayerNormalization) have no shape inference: say they are float
-                extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
-            )
-        else:
-            os.replace(fused, final)
+        raw, fused, final = work / "raw.onnx", work / "fused.onnx", work / "model.onnx"
+        _trace(_pooled(model, pooling), raw, opset)
+        fusion_stats = _fuse(raw, fused, config)
+        _quantize(fused, final, quantize)
         for leftover in (raw, fused):
             leftover.unlink(missing_ok=True)
-        # the export must reproduce torch, or it is refused (a silently wrong index is worse than a slow one)
-        session = OnnxEmbedder.open_session(final, num_threads=None)
-        probe = OnnxEmbedder(session, _tokenizer(model_dir, max_seq_length), name="probe", dimension=0).embed(
-            PROBE_TEXTS
-        )
-        reference = _torch_reference(model_dir, PROBE_TEXTS, max_seq_length, trust_remote_code)
-        cosines = (probe * reference).sum(axis=1)
-        if float(cosines.min()) < MIN_COSINE[quantize]:
-            raise RuntimeError(
-                f"{model_dir}: the ONNX export ({quantize}) disagrees with torch "
-                f"(cosine {cosines.min():.4f} < {MIN_COSINE[quantize]}); use embedding.backend: torch"
-            )
-        del session
+        min_cosine = _probe_cosine(final, model_dir, quantize, max_seq_length, trust_remote_code)
+        import onnxruntime
+
         meta = {
             "source": str(model_dir),
             "quantize": quantize,
@@ -267,15 +297,12 @@ def export_model(
             "model_normalizes": normalize,
             "max_seq_length_probe": max_seq_length,
             "fused_operators": fusion_stats,
-            "probe_min_cosine": round(float(cosines.min()), 6),
+            "probe_min_cosine": round(min_cosine, 6),
             "export_s": round(time.perf_counter() - started, 2),
             "file_bytes": final.stat().st_size,
+            "onnxruntime": onnxruntime.__version__,
+            "torch": torch.__version__,
         }
-        import onnxruntime
-        import torch as _torch
-
-        meta["onnxruntime"] = onnxruntime.__version__
-        meta["torch"] = _torch.__version__
         (work / "export.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
         if out_dir.exists():  # another process finished the same export first: keep theirs
             shutil.rmtree(work, ignore_errors=True)
@@ -325,7 +352,7 @@ class OnnxEmbedder(CachedQueryMixin):
         self.tokenizer = tokenizer
         self.name = name
         self.batch_size = int(batch_size)
-        self._cache = _QueryCache(cache_size)
+        self._cache = QueryCache(cache_size)
         self._inputs = {i.name for i in session.get_inputs()}
         self.dimension = int(dimension) or int(self._run([tokenizer.encode("x")]).shape[1])
 
@@ -356,8 +383,6 @@ class OnnxEmbedder(CachedQueryMixin):
     def embed(
         self, texts: Sequence[str], *, batch_size: int | None = None, progress: bool = False
     ) -> np.ndarray:
-        from index.embedder import _normalise
-
         if len(texts) == 0:
             return np.zeros((0, self.dimension), dtype=np.float32)
         size = int(batch_size or self.batch_size)
@@ -381,7 +406,7 @@ class OnnxEmbedder(CachedQueryMixin):
                     bar.update(len(rows))
             if bar is not None:
                 bar.close()
-        return _normalise(out)  # the graph normalises; again in float32 for the empty-text zero vector
+        return normalise(out)  # the graph normalises; again in float32 for the empty-text zero vector
 
 
 def load_onnx_embedder(model_dir: Path, name: str, config: Any) -> OnnxEmbedder:

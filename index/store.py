@@ -759,35 +759,12 @@ def open_version_dir(
     rows = int(manifest["rows"])
     base_rows, delta = segment_counts(manifest)
     dimension = int(manifest["embedding"]["dimension"])
-    info = manifest["index"]
-    base = None
     mapped = MappedFiles()
-    if load_base:
-        vec_path = version_dir / VECTORS_FILE
-        st = vec_path.stat()
-        mmap_base = mmap and st.st_size >= mmap_min_bytes
-        if mmap_base:
-            mapped.add(vec_path, st.st_size)
-        key = (
-            st.st_dev,
-            st.st_ino,
-            st.st_size,
-            st.st_mtime_ns,
-            info["type"],
-            mmap_base,
-            base_rows,
-            json.dumps(search_params or {}, sort_keys=True),
-        )
-        base = base_cache.get(key) if base_cache is not None else None
-        if base is None:
-            base = _load_vectors(
-                vec_path, info["type"], dimension, info.get("params", {}), mmap=mmap_base, expected=base_rows
-            )
-            if search_params:
-                base.apply_search_params(**search_params)
-            if base_cache is not None:
-                base_cache.clear()  # one base at a time: the newest
-                base_cache[key] = base
+    base = (
+        _load_base(version_dir, manifest, base_rows, mapped, mmap, mmap_min_bytes, search_params, base_cache)
+        if load_base
+        else None
+    )
     delta_index = delta_meta = None
     tomb = None
     if delta is not None:
@@ -836,6 +813,47 @@ def open_version_dir(
     # a file truncated between the size check above and the mapping: refuse now rather than SIGBUS later
     snapshot.check_mapped()
     return snapshot
+
+
+def _load_base(
+    version_dir: Path,
+    manifest: dict[str, Any],
+    base_rows: int,
+    mapped: MappedFiles,
+    mmap: bool,
+    mmap_min_bytes: int,
+    search_params: dict[str, Any] | None,
+    base_cache: dict[Any, Any] | None,
+) -> Any:
+    """The base FAISS index of a version (open_version_dir), from `base_cache` when the same file is there."""
+    info = manifest["index"]
+    dimension = int(manifest["embedding"]["dimension"])
+    vec_path = version_dir / VECTORS_FILE
+    st = vec_path.stat()
+    mmap_base = mmap and st.st_size >= mmap_min_bytes
+    if mmap_base:
+        mapped.add(vec_path, st.st_size)
+    key = (
+        st.st_dev,
+        st.st_ino,
+        st.st_size,
+        st.st_mtime_ns,
+        info["type"],
+        mmap_base,
+        base_rows,
+        json.dumps(search_params or {}, sort_keys=True),
+    )
+    base = base_cache.get(key) if base_cache is not None else None
+    if base is None:
+        base = _load_vectors(
+            vec_path, info["type"], dimension, info.get("params", {}), mmap=mmap_base, expected=base_rows
+        )
+        if search_params:
+            base.apply_search_params(**search_params)
+        if base_cache is not None:
+            base_cache.clear()  # one base at a time: the newest
+            base_cache[key] = base
+    return base
 
 
 def _check_root(root: Path) -> None:

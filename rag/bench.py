@@ -59,7 +59,7 @@ def run_script(path: Path, args: list[str]) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from rag.cli import UsageError
+    from rag.cli_common import UsageError
 
     scripts = available()
     extra = list(args.script_args)

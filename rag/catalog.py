@@ -321,6 +321,121 @@ def _iter_after_array(
 _LONE_SURROGATE = re.compile("[\udc80-\udcff]")
 
 
+class _ArrayText:
+    """The decoded text of a JSON array read in chunks (`more`), with physical line numbers (`line_at`)."""
+
+    def __init__(self, stream: BinaryIO, tick: Callable[[], None] | None, first_line: int) -> None:
+        self.stream, self.tick, self.first_line = stream, tick, first_line
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="surrogateescape")
+        self.buf = ""
+        self.eof = False
+        self.lines_dropped = 0  # newlines in the part of the buffer already dropped
+        self.lines_counted, self.counted_to = 0, 0  # newlines in buf[:counted_to]
+
+    def line_at(self, index: int) -> int:
+        """Physical line of buf[index] (indexes only move forward)."""
+        self.lines_counted += self.buf.count("\n", self.counted_to, index)
+        self.counted_to = index
+        return self.first_line + self.lines_dropped + self.lines_counted
+
+    def more(self) -> bool:
+        if self.eof:
+            return False
+        block = self.stream.read(_CHUNK_CHARS)
+        if not block:
+            self.buf += self.decoder.decode(b"", final=True)
+            self.eof = True
+            return False
+        self.buf += self.decoder.decode(block)
+        if self.tick is not None:
+            self.tick()
+        return True
+
+    def skip_separators(self, pos: int) -> int:
+        """The position after the whitespace and commas at `pos` (reading on as needed)."""
+        while True:
+            while pos < len(self.buf) and self.buf[pos] in " \t\r\n,":
+                pos += 1
+            if pos < len(self.buf) or not self.more():
+                return pos
+
+    def drop_before(self, pos: int) -> int:
+        """Forget what precedes `pos` so the buffer stays small; returns the new position of `pos` (0)."""
+        self.line_at(pos)
+        self.lines_dropped += self.lines_counted
+        self.lines_counted, self.counted_to = 0, 0
+        self.buf = self.buf[pos:]
+        return 0
+
+    def rest_after(self, pos: int) -> BinaryIO:
+        """A stream of the bytes after buf[pos] (the text not decoded yet included)."""
+        pending = self.decoder.getstate()[0] if not self.eof else b""
+        return _prefixed(self.buf[pos + 1 :].encode("utf-8", "surrogateescape") + pending, self.stream)
+
+
+def _decode_element(
+    text: _ArrayText, decoder: json.JSONDecoder, pos: int, max_element_chars: int
+) -> tuple[Any, int]:
+    """(the value at `pos`, or the JSONDecodeError / RecordError it raised, the position after it)."""
+    last_error: tuple[str, int] | None = None
+    while True:
+        try:
+            return decoder.raw_decode(text.buf, pos)
+        except json.JSONDecodeError as exc:
+            error = (exc.msg, exc.pos)
+            # An element cut by the chunk boundary fails at (or, for a cut literal like "tru",
+            # near) the end of the buffer, or inside a string still open there: read on. An error
+            # that stays where it was once more text follows is a real one.
+            at_end = exc.msg.startswith("Unterminated string") or exc.pos >= len(text.buf) - 16
+            if (
+                (not at_end and error == last_error)
+                or len(text.buf) - pos > max_element_chars
+                or not text.more()
+            ):
+                return exc, exc.pos
+            last_error = error
+        except RecursionError:
+            return RecordError("invalid JSON (nested too deeply)"), pos + 1
+
+
+def _rejected_element(
+    text: _ArrayText,
+    decoder: json.JSONDecoder,
+    failure: tuple[json.JSONDecodeError, int],
+    pos: int,
+    position: int,
+    max_element_chars: int,
+) -> tuple[str, RecordError, int]:
+    """(raw text, error, where reading resumes) for an element that is not valid JSON."""
+    exc, end = failure
+    while True:  # the next element may start in a chunk not read yet
+        resume = _resync(decoder, text.buf, max(end, pos + 1))
+        if resume < len(text.buf) or len(text.buf) - pos > max_element_chars or not text.more():
+            break
+    raw = text.buf[pos:resume]
+    if resume - pos > max_element_chars:
+        error = RecordError(
+            f"array element {position} longer than catalog.max_line_bytes={max_element_chars} "
+            f"(at least {resume - pos:,} characters)"
+        )
+        return raw[:RAW_CHARS], error, resume
+    error = RecordError(
+        f"invalid JSON ({exc.msg} character {max(0, exc.pos - pos) + 1} of array element {position})"
+    )
+    return raw, error, resume
+
+
+def _element_record(raw: str, obj: Any) -> dict[str, Any] | RecordError:
+    """A decoded element as a record, or the reason it is not one."""
+    if isinstance(obj, RecordError):
+        return obj
+    if _LONE_SURROGATE.search(raw) is not None:
+        return RecordError("invalid UTF-8 (bytes that are not UTF-8 in this element)")
+    if not isinstance(obj, dict):
+        return RecordError(f"not a JSON object (got {type(obj).__name__})")
+    return obj
+
+
 def _iter_json_array(
     stream: BinaryIO,
     tick: Callable[[], None] | None,
@@ -340,122 +455,41 @@ def _iter_json_array(
     after the `]`, the physical line of the `]`); None when the file ended first.
     """
     decoder = json.JSONDecoder()
-    text_decoder = codecs.getincrementaldecoder("utf-8")(errors="surrogateescape")
-    buf = ""
-    eof = False
-    lines_dropped = 0  # newlines in the part of the buffer already dropped
-    lines_counted, counted_to = 0, 0  # newlines in buf[:counted_to]
-
-    def line_at(index: int) -> int:
-        """Physical line of buf[index] (indexes only move forward)."""
-        nonlocal lines_counted, counted_to
-        lines_counted += buf.count("\n", counted_to, index)
-        counted_to = index
-        return first_line + lines_dropped + lines_counted
-
-    def more() -> bool:
-        nonlocal buf, eof
-        if eof:
-            return False
-        block = stream.read(_CHUNK_CHARS)
-        if not block:
-            buf += text_decoder.decode(b"", final=True)
-            eof = True
-            return False
-        buf += text_decoder.decode(block)
-        if tick is not None:
-            tick()
-        return True
-
-    while "[" not in buf and more():
+    text = _ArrayText(stream, tick, first_line)
+    while "[" not in text.buf and text.more():
         pass
-    buf = buf.removeprefix("\ufeff")
-    pos = buf.index("[") + 1
+    text.buf = text.buf.removeprefix("\ufeff")
+    pos = text.buf.index("[") + 1
     position = 0
     failed_last = False
     while True:
-        # skip whitespace and separators between elements
-        while True:
-            while pos < len(buf) and buf[pos] in " \t\r\n,":
-                pos += 1
-            if pos < len(buf) or not more():
-                break
-        if pos >= len(buf):
+        pos = text.skip_separators(pos)  # whitespace and separators between elements
+        if pos >= len(text.buf):
             if not failed_last:  # a cut element already says the file is truncated; else say it here
                 position += 1
                 yield (
-                    (line_at(len(buf)) if by_line else position),
+                    (text.line_at(len(text.buf)) if by_line else position),
                     "",
                     RecordError("invalid JSON (the array is not closed: missing ']' at end of file)"),
                 )
             return None
-        if buf[pos] == "]":
-            close_line = line_at(pos)
-            pending = text_decoder.getstate()[0] if not eof else b""
-            return _prefixed(buf[pos + 1 :].encode("utf-8", "surrogateescape") + pending, stream), close_line
+        if text.buf[pos] == "]":
+            close_line = text.line_at(pos)
+            return text.rest_after(pos), close_line
         if pos > _CHUNK_CHARS:  # drop what has been consumed so the buffer stays small
-            line_at(pos)
-            lines_dropped += lines_counted
-            lines_counted, counted_to = 0, 0
-            buf = buf[pos:]
-            pos = 0
+            pos = text.drop_before(pos)
         position += 1
-        number = line_at(pos) if by_line else position
-        last_error: tuple[str, int] | None = None
-        while True:
-            try:
-                obj, end = decoder.raw_decode(buf, pos)
-                break
-            except json.JSONDecodeError as exc:
-                error = (exc.msg, exc.pos)
-                # An element cut by the chunk boundary fails at (or, for a cut literal like "tru",
-                # near) the end of the buffer, or inside a string still open there: read on. An error
-                # that stays where it was once more text follows is a real one.
-                at_end = exc.msg.startswith("Unterminated string") or exc.pos >= len(buf) - 16
-                if (not at_end and error == last_error) or len(buf) - pos > max_element_chars or not more():
-                    obj, end = exc, exc.pos
-                    break
-                last_error = error
-            except RecursionError:
-                obj, end = RecordError("invalid JSON (nested too deeply)"), pos + 1
-                break
+        number = text.line_at(pos) if by_line else position
+        obj, end = _decode_element(text, decoder, pos, max_element_chars)
         if isinstance(obj, json.JSONDecodeError):
-            while True:  # the next element may start in a chunk not read yet
-                resume = _resync(decoder, buf, max(end, pos + 1))
-                if resume < len(buf) or len(buf) - pos > max_element_chars or not more():
-                    break
-            raw = buf[pos:resume]
-            if resume - pos > max_element_chars:
-                yield (
-                    number,
-                    raw[:RAW_CHARS],
-                    RecordError(
-                        f"array element {position} longer than catalog.max_line_bytes={max_element_chars} "
-                        f"(at least {resume - pos:,} characters)"
-                    ),
-                )
-            else:
-                yield (
-                    number,
-                    raw,
-                    RecordError(
-                        f"invalid JSON ({obj.msg} character {max(0, obj.pos - pos) + 1} of array element {position})"
-                    ),
-                )
-            pos = resume
+            raw, error, pos = _rejected_element(text, decoder, (obj, end), pos, position, max_element_chars)
+            yield number, raw, error
             failed_last = True
             continue
-        raw = buf[pos:end]
+        raw = text.buf[pos:end]
         pos = end
         failed_last = False
-        if isinstance(obj, RecordError):
-            yield number, raw, obj
-        elif _LONE_SURROGATE.search(raw) is not None:
-            yield number, raw, RecordError("invalid UTF-8 (bytes that are not UTF-8 in this element)")
-        elif not isinstance(obj, dict):
-            yield number, raw, RecordError(f"not a JSON object (got {type(obj).__name__})")
-        else:
-            yield number, raw, obj
+        yield number, raw, _element_record(raw, obj)
 
 
 def _resync(decoder: json.JSONDecoder, buf: str, start: int) -> int:

@@ -9,14 +9,15 @@
     rag eval retrieval --questions q.jsonl        (rag/evaluation/cli.py)
 
 Every subcommand takes `--config FILE` and any number of `--set key.path=value`.
-Subcommands of other packages register themselves through a `register(subparsers, common)` hook,
-so this file never imports torch, faiss or FastAPI before a command needs them.
+This module is the registry of the command line: it defines the commands above that belong to no
+package, and imports the subcommand modules of the others (`_PLUGINS`), which register themselves
+through a `register(subparsers, common)` hook; what they share is in rag/cli_common.py. Nothing
+here imports torch, faiss or FastAPI before a command needs them.
 """
 
 from __future__ import annotations
 
 import argparse
-import errno
 import importlib
 import logging
 import os
@@ -24,56 +25,24 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from rag.config import Config, ConfigError, dump_config, load_config
+from rag.cli_common import (  # re-exported: the names callers know from rag.cli
+    ENVIRONMENT_ERRNOS,
+    UsageError,
+    check_question,
+    common_parser,
+    config_from_args,
+    describe_os_error,
+)
+from rag.config import ConfigError, dump_config
 
-# module path -> registers its subcommands; a module that is missing is skipped
+__all__ = ["UsageError", "build_parser", "check_question", "common_parser", "config_from_args", "main"]
+
+# The registry: the subcommand modules, each with a `register(subparsers, common)` hook. This is the
+# one module that imports them; they share rag/cli_common.py and never import this module or each
+# other (tests/test_layering.py). A module that is missing is skipped.
 _PLUGINS = ["index.cli", "finetune.cli", "api.cli", "rag.evaluation.cli", "rag.compare", "rag.bench"]
 
 SAMPLE_QUESTION = "What is The Lighthouse Keeper's Daughter about?"
-
-
-class UsageError(Exception):
-    """An error the user can fix; printed without a traceback, exit status 2."""
-
-
-def common_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--config", "-c", metavar="FILE", help="YAML config (see configs/); defaults apply when omitted"
-    )
-    common.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override one config value, e.g. --set retrieval.k=8 (repeatable)",
-    )
-    common.add_argument("--verbose", "-v", action="store_true", help="log debug messages")
-    return common
-
-
-def config_from_args(args: argparse.Namespace) -> Config:
-    return load_config(getattr(args, "config", None), getattr(args, "overrides", None))
-
-
-def check_question(question: str, what: str = "the question") -> str:
-    """A question from the command line, checked before anything loads: UTF-8, not empty, not too long."""
-    from rag.pipeline import MAX_QUESTION_CHARS
-
-    try:
-        question.encode("utf-8")
-    except UnicodeEncodeError as exc:  # argv bytes that are not UTF-8 arrive as lone surrogates
-        raise UsageError(
-            f"{what} is not valid UTF-8 (character {exc.start + 1}); pass it as UTF-8 text"
-        ) from None
-    if not question.strip():
-        raise UsageError(
-            f'{what} is empty: ask something about a product, e.g. rag ask "who wrote City of Djinns?"'
-        )
-    if len(question) > MAX_QUESTION_CHARS:
-        raise UsageError(f"{what} is {len(question):,} characters; the limit is {MAX_QUESTION_CHARS:,}")
-    return question
 
 
 def _cmd_ask(args: argparse.Namespace) -> int:
@@ -265,9 +234,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         if not _is_user_error(exc) or getattr(args, "verbose", False):
             raise
-        text = (
-            describe_os_error(exc) if isinstance(exc, OSError) and exc.errno in _ENVIRONMENT_ERRNOS else exc
-        )
+        text = describe_os_error(exc) if isinstance(exc, OSError) and exc.errno in ENVIRONMENT_ERRNOS else exc
         print(f"error: {text}", file=sys.stderr)
         return 2
 
@@ -285,28 +252,6 @@ def _silence_stdout() -> None:
 
 
 _OWN_PACKAGES = {"rag", "index", "finetune", "api"}
-_ENVIRONMENT_ERRNOS = {
-    errno.ENOSPC,
-    errno.EDQUOT,
-    errno.EROFS,
-    errno.EACCES,
-    errno.EPERM,
-    errno.EISDIR,
-    errno.ENOTDIR,
-    errno.EMFILE,
-}
-
-
-def describe_os_error(exc: OSError) -> str:
-    """One line naming the file: `path: No space left on device` (plus what to do for a full disk)."""
-    where = f"{exc.filename}: " if exc.filename else ""
-    text = f"{where}{exc.strerror or exc}"
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        text += (
-            "; free space (e.g. `rag index gc --keep 1`) and run the command again; an unfinished index "
-            "version is never served"
-        )
-    return text
 
 
 def _is_user_error(exc: BaseException) -> bool:
@@ -314,7 +259,7 @@ def _is_user_error(exc: BaseException) -> bool:
     printed as one line without a traceback."""
     if isinstance(exc, (ConfigError, UsageError, FileNotFoundError, PermissionError)):
         return True
-    if isinstance(exc, OSError) and exc.errno in _ENVIRONMENT_ERRNOS:
+    if isinstance(exc, OSError) and exc.errno in ENVIRONMENT_ERRNOS:
         return True
     return type(exc).__module__.split(".")[0] in _OWN_PACKAGES
 

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rag.cli_common import write_json, write_output
 from rag.config import Config, ConfigError, load_config
 from rag.types import Answer
 
@@ -325,15 +326,9 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     table = to_markdown(result, sources=not args.no_sources, max_chars=args.max_chars)
     print(table, end="")
     if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(table, encoding="utf-8")
-        print(f"wrote {out}", file=sys.stderr)
+        write_output(args.out, table)
     if args.json:
-        Path(args.json).write_text(
-            json.dumps(result.to_dict(), ensure_ascii=False, indent=2) + "\n", encoding="utf-8"
-        )
-        print(f"wrote {args.json}", file=sys.stderr)
+        write_json(args.json, result.to_dict())
     return 0
 
 

@@ -14,11 +14,12 @@ without it the configured `index.path` is used.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from rag.cli_common import UsageError, config_from_args, write_json
 
 
 def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
@@ -59,68 +60,70 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
         ),
         ("ablation", "base vs fine-tuned generator, each with and without retrieved context", _cmd_ablation),
     ):
-        p = sub.add_parser(name, parents=[common], help=helptext)
+        _run_options(sub.add_parser(name, parents=[common], help=helptext), name).set_defaults(func=func)
+
+
+def _run_options(p: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+    """The options of `rag eval retrieval|answers|ablation` (the question file, the index, the output)."""
+    p.add_argument(
+        "--questions", "-q", required=True, help="question file (JSON lines, see docs/evaluation.md)"
+    )
+    p.add_argument(
+        "--data",
+        nargs="+",
+        default=None,
+        metavar="CATALOG",
+        help="build (or reuse) an index of this catalog instead of using index.path",
+    )
+    p.add_argument(
+        "--cache-dir",
+        default=None,
+        help="where --data indexes are kept (default ~/.cache/amazontitles-rag/eval-indexes)",
+    )
+    p.add_argument(
+        "--rebuild", action="store_true", help="rebuild the --data index even if a cached one exists"
+    )
+    p.add_argument("--out", default=None, help="write every figure and per-question record to this JSON file")
+    p.add_argument(
+        "--kinds",
+        "--kind",
+        dest="kinds",
+        default=None,
+        metavar="K1,K2",
+        help="only questions of these comma-separated kinds",
+    )
+    p.add_argument(
+        "--split",
+        default=None,
+        metavar="NAME",
+        help="only questions whose 'split' field is NAME (e.g. test)",
+    )
+    p.add_argument(
+        "--limit", type=int, default=None, help="only the first N questions (after --split and --kinds)"
+    )
+    p.add_argument("--progress", action="store_true", help="show a progress bar on stderr")
+    p.add_argument(
+        "--records",
+        action="store_true",
+        help="also write every question, hit and answer to --out (off by default: for the real "
+        "sample they hold catalog text, which must not be committed)",
+    )
+    if name != "retrieval":
         p.add_argument(
-            "--questions", "-q", required=True, help="question file (JSON lines, see docs/evaluation.md)"
+            "-k", type=int, default=None, help="rows given to the generator (default: retrieval.k)"
         )
+    if name == "answers":
         p.add_argument(
-            "--data",
-            nargs="+",
+            "--no-context", action="store_true", help="answer without retrieved rows (use_context=False)"
+        )
+    if name == "ablation":
+        p.add_argument(
+            "--adapter",
             default=None,
-            metavar="CATALOG",
-            help="build (or reuse) an index of this catalog instead of using index.path",
+            help="LoRA adapter of the fine-tuned model (default: generator.adapter); "
+            "the base rows always run without one",
         )
-        p.add_argument(
-            "--cache-dir",
-            default=None,
-            help="where --data indexes are kept (default ~/.cache/amazontitles-rag/eval-indexes)",
-        )
-        p.add_argument(
-            "--rebuild", action="store_true", help="rebuild the --data index even if a cached one exists"
-        )
-        p.add_argument(
-            "--out", default=None, help="write every figure and per-question record to this JSON file"
-        )
-        p.add_argument(
-            "--kinds",
-            "--kind",
-            dest="kinds",
-            default=None,
-            metavar="K1,K2",
-            help="only questions of these comma-separated kinds",
-        )
-        p.add_argument(
-            "--split",
-            default=None,
-            metavar="NAME",
-            help="only questions whose 'split' field is NAME (e.g. test)",
-        )
-        p.add_argument(
-            "--limit", type=int, default=None, help="only the first N questions (after --split and --kinds)"
-        )
-        p.add_argument("--progress", action="store_true", help="show a progress bar on stderr")
-        p.add_argument(
-            "--records",
-            action="store_true",
-            help="also write every question, hit and answer to --out (off by default: for the real "
-            "sample they hold catalog text, which must not be committed)",
-        )
-        if name != "retrieval":
-            p.add_argument(
-                "-k", type=int, default=None, help="rows given to the generator (default: retrieval.k)"
-            )
-        if name == "answers":
-            p.add_argument(
-                "--no-context", action="store_true", help="answer without retrieved rows (use_context=False)"
-            )
-        if name == "ablation":
-            p.add_argument(
-                "--adapter",
-                default=None,
-                help="LoRA adapter of the fine-tuned model (default: generator.adapter); "
-                "the base rows always run without one",
-            )
-        p.set_defaults(func=func)
+    return p
 
 
 # --------------------------------------------------------------------------- helpers
@@ -138,8 +141,6 @@ def filter_questions(
     source: str = "the question file",
 ) -> list[Any]:
     """Keep the questions of one `split` and/or of the comma-separated `kinds`; none left is a usage error."""
-    from rag.cli import UsageError
-
     if split:
         questions = [q for q in questions if getattr(q, "split", None) == split]
         if not questions:
@@ -157,7 +158,6 @@ def filter_questions(
 
 def _load(args: argparse.Namespace) -> tuple[Any, Any, list[Any], dict[str, Any]]:
     """(config, retriever, resolved questions, run info) for retrieval/answers/ablation."""
-    from rag.cli import UsageError, config_from_args
     from rag.evaluation.questions import load_questions
     from rag.evaluation.runner import environment, prepare_index, resolve_questions
     from rag.retrieval import Retriever
@@ -209,14 +209,8 @@ def _strip_records(payload: dict[str, Any]) -> dict[str, Any]:
 
 
 def _write(out: str | None, payload: dict[str, Any], records: bool = False) -> None:
-    if not out:
-        return
-    if not records:
-        payload = _strip_records(payload)
-    path = Path(out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, ensure_ascii=False, indent=2, default=float) + "\n", encoding="utf-8")
-    _echo(f"wrote {path}")
+    if out:
+        write_json(out, payload if records else _strip_records(payload), default=float)
 
 
 def _header(info: dict[str, Any]) -> str:
@@ -233,7 +227,6 @@ def _header(info: dict[str, Any]) -> str:
 
 def _cmd_questions(args: argparse.Namespace) -> int:
     from rag.catalog import read_catalog
-    from rag.cli import config_from_args
     from rag.evaluation.questions import KINDS, generate_questions, write_questions
 
     config = config_from_args(args)

@@ -237,3 +237,21 @@ def missing_model_message(
     )
     mode = " HF_HUB_OFFLINE is set, so only local files are used." if offline else ""
     return f"{key}: cannot load {model!r}{reason}.{mode} Give a local directory saved with save_pretrained, or {hint}."
+
+
+def no_pickled_compile_caches() -> None:
+    """torch.compile's on-disk FX-graph and autograd caches are pickles: keep them off (the
+    project writes no pickle); the compiled kernels themselves are still cached as source."""
+    try:
+        import torch._inductor.config as inductor_config
+    except ImportError:  # pragma: no cover
+        return
+    inductor_config.fx_graph_cache = False
+    if hasattr(inductor_config, "autograd_cache"):
+        inductor_config.autograd_cache = False
+    try:
+        import torch._functorch.config as functorch_config
+
+        functorch_config.enable_autograd_cache = False
+    except (ImportError, AttributeError):  # pragma: no cover
+        pass

@@ -30,6 +30,7 @@ from rag.generators.common import (
     bitsandbytes_available,
     choose_device,
     missing_model_message,
+    no_pickled_compile_caches,
     offline_mode,
     resolve_sampling,
     stop_strings,
@@ -589,21 +590,3 @@ def quantize_int8(model: Any) -> Any:
                 "use generator.dtype=float32"
             ) from exc
         return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
-
-
-def no_pickled_compile_caches() -> None:
-    """torch.compile's on-disk FX-graph and autograd caches are pickles: keep them off (the
-    project writes no pickle); the compiled kernels themselves are still cached as source."""
-    try:
-        import torch._inductor.config as inductor_config
-    except ImportError:  # pragma: no cover
-        return
-    inductor_config.fx_graph_cache = False
-    if hasattr(inductor_config, "autograd_cache"):
-        inductor_config.autograd_cache = False
-    try:
-        import torch._functorch.config as functorch_config
-
-        functorch_config.enable_autograd_cache = False
-    except (ImportError, AttributeError):  # pragma: no cover
-        pass

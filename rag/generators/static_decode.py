@@ -178,7 +178,7 @@ class StaticDecoder:
             if self.compile:
                 import torch
 
-                from rag.generators.hf import no_pickled_compile_caches
+                from rag.generators.common import no_pickled_compile_caches
 
                 no_pickled_compile_caches()
                 # fullgraph: the one-token forward has no graph break (checked on the H200 with
