@@ -625,6 +625,33 @@ def trainer_class() -> type:
     return CatalogSFTTrainer
 
 
+def _run_inputs(
+    config: Config, run_dir: Path, backend: str, main: bool, progress: bool
+) -> tuple[list[Any], dict[str, Any], str]:
+    """The examples, their statistics (rank 0 only; empty elsewhere) and the base model's source.
+
+    Rank 0 alone writes the run directory's inputs (catalog, examples, the run's index, the tiny base
+    model); the other ranks wait at a barrier, then read the very examples it wrote."""
+    from finetune.data import read_examples, write_examples
+
+    sync = _process_group(backend)  # a barrier across torchrun's processes; a no-op alone
+    stats: dict[str, Any] = {}
+    if main:
+        examples, stats, _ = prepare_data(
+            config, run_dir, progress=progress, count_tokens=answer_token_counter(config, run_dir)
+        )
+        for split in ("train", "validation"):
+            write_examples([e for e in examples if e.split == split], run_dir / f"examples.{split}.jsonl")
+        source = model_source(config, run_dir, _tokenizer_texts(examples))
+    sync()
+    if not main:
+        examples = [
+            e for split in ("train", "validation") for e in read_examples(run_dir / f"examples.{split}.jsonl")
+        ]
+        source = model_source(config, run_dir, _tokenizer_texts(examples))  # built by rank 0: only found
+    return examples, stats, source
+
+
 def train(config: Config, *, resume: bool = False, progress: bool = True) -> dict[str, Any]:
     """Run one fine-tuning job; returns the summary also written to run.json."""
     ft = config.finetune
@@ -640,24 +667,7 @@ def train(config: Config, *, resume: bool = False, progress: bool = True) -> dic
 
         torch.set_num_threads(ft.training.num_threads)
     main = is_main_process()
-    sync = _process_group(backend)  # a barrier across torchrun's processes; a no-op alone
-    from finetune.data import read_examples, write_examples
-
-    if main:
-        # Rank 0 alone writes the run directory's inputs (catalog, examples, the run's index, the tiny
-        # base model); the other ranks wait, then read the very examples it wrote.
-        examples, stats, _ = prepare_data(
-            config, run_dir, progress=progress, count_tokens=answer_token_counter(config, run_dir)
-        )
-        for split in ("train", "validation"):
-            write_examples([e for e in examples if e.split == split], run_dir / f"examples.{split}.jsonl")
-        source = model_source(config, run_dir, _tokenizer_texts(examples))
-    sync()
-    if not main:
-        examples = [
-            e for split in ("train", "validation") for e in read_examples(run_dir / f"examples.{split}.jsonl")
-        ]
-        source = model_source(config, run_dir, _tokenizer_texts(examples))  # built by rank 0: only found
+    examples, stats, source = _run_inputs(config, run_dir, backend, main, progress)
     model, tokenizer = (load_unsloth if backend == "unsloth" else load_transformers)(config, source)
     model.config.use_cache = False  # a cached forward pass over a packed row mixes its examples
     tokenized, token_stats = tokenize_examples(examples, tokenizer, config)
