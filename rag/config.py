@@ -107,6 +107,13 @@ class EmbeddingConfig:
     onnx_cache_dir: str | None = None
     # intra-op threads of the onnx session and of torch; null: the library's default (all cores)
     num_threads: int | None = None
+    # backend torch: "auto" embeds builds and updates through index/bulk_embedder.py on CUDA (Rust tokenizer
+    # in bulk, length-sorted fp16 batches, SDPA); true also on CPU (fp32); false always SentenceTransformer.encode
+    bulk: bool | Literal["auto"] = "auto"
+    bulk_batch_tokens: int = 131072  # padded word pieces per bulk forward pass (~4,096 titles)
+    tokenizer_threads: int | None = (
+        None  # Rayon threads of the bulk tokenizer; null: half the cores, at most 8
+    )
 
 
 @dataclass
@@ -533,6 +540,7 @@ def _semantic_checks(config: Config) -> list[str]:
         "retrieval.k": config.retrieval.k,
         "retrieval.candidates": config.retrieval.candidates,
         "embedding.batch_size": config.embedding.batch_size,
+        "embedding.bulk_batch_tokens": config.embedding.bulk_batch_tokens,
         "generator.max_new_tokens": config.generator.max_new_tokens,
         "generator.batch_size": config.generator.batch_size,
         "api.max_concurrency": config.api.max_concurrency,
