@@ -28,12 +28,15 @@ deleted_uids, config)` is preferred when it exists.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import logging
 import os
+import queue
 import shutil
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -69,6 +72,9 @@ log = logging.getLogger(__name__)
 REJECTS_FILE = "rejects.jsonl"
 UPDATE_REJECTS_FILE = "update_rejects.jsonl"
 CHUNK_ROWS = 8192  # rows per SQLite insert + embedding call: bounded memory, steady progress
+BUILD_SQLITE_CACHE_KIB = (
+    256 << 10
+)  # SQLite page cache of a build (256 MiB): random uid inserts stay in memory
 
 
 class BuildError(IndexStoreError):
@@ -93,10 +99,18 @@ class BuildReport:
     path: str = ""
     embedding_model: str = ""
     removed_versions: list[str] = field(default_factory=list)
+    stages: dict[str, float] = field(default_factory=dict)  # seconds per stage (STAGE_NAMES)
 
     @property
     def titles_per_s(self) -> float:
         return self.rows / self.embed_seconds if self.embed_seconds > 0 else float("nan")
+
+    def stages_line(self) -> str:
+        """`reading+cleaning 3.1s, SQLite 0.8s, ...` in pipeline order (the first three overlap embedding)."""
+        parts = [
+            f"{label} {self.stages[key]:.1f}s" for key, label in STAGE_NAMES.items() if key in self.stages
+        ]
+        return ", ".join(parts)
 
     def summary(self) -> str:
         lines = [
@@ -107,11 +121,27 @@ class BuildReport:
             ),
             f"  at {self.path}",
         ]
+        if self.stages:
+            lines.append("  stages: " + self.stages_line())
         if self.read_summary is not None:
             lines.append("  catalog: " + self.read_summary.summary())
         if self.removed_versions:
             lines.append(f"  removed old versions: {', '.join(self.removed_versions)}")
         return "\n".join(lines)
+
+
+# build stages, in pipeline order: reading+cleaning, SQLite and embedding (+ FAISS add) run side by side
+STAGE_NAMES = {
+    "model_load_s": "model load",
+    "read_clean_s": "reading+cleaning",
+    "sqlite_s": "SQLite",
+    "embed_s": "embedding",
+    "faiss_add_s": "FAISS add",
+    "embed_wait_s": "waiting for embedding",
+    "faiss_save_s": "FAISS save",
+    "lexical_s": "BM25",
+    "manifest_s": "manifest",
+}
 
 
 @dataclass
@@ -449,13 +479,23 @@ def _base_manifest(
 def build_index(
     config: Config, paths: Sequence[str | Path], *, progress: bool = True, embedder: Embedder | None = None
 ) -> BuildReport:
-    """Build a new version from catalog files and make it current."""
+    """Build a new version from catalog files and make it current.
+
+    Stages (timed in `BuildReport.stages` and the manifest's `timings`): the catalog is read and
+    cleaned (`catalog.read_workers` processes for large JSON-lines files), each chunk of rows goes
+    into SQLite on this thread while an embedding thread embeds the previous chunks' titles and adds
+    them to FAISS; then the description index (BM25) is built from the finished SQLite, the FAISS
+    file is written, and the manifest is committed last.
+    """
     started = time.perf_counter()
     paths = _check_inputs(paths, "(pass --data PATH or set `data` in the config)")
     store = IndexStore.from_config(config)
+    stages: dict[str, float] = {}
     with store.lock():  # before the model loads: a second writer fails at once, not after seconds
         store.cleanup_leftovers()
+        t0 = time.perf_counter()
         embedder = _embedder(config, embedder)
+        stages["model_load_s"] = time.perf_counter() - t0
         parent = store.current_version()
         version_dir = store.new_version_dir()
         rejects = _Rejects(store, version_dir, REJECTS_FILE)
@@ -463,27 +503,51 @@ def build_index(
             reader = rejects.reader(config)
             index = FaissIndex.from_config(embedder.dimension, config.index)
             conn = open_for_writing(version_dir / META_FILE)
+            conn.execute(f"PRAGMA cache_size=-{BUILD_SQLITE_CACHE_KIB}")  # the uid index stays in memory
             conn.execute("BEGIN")
             rows = 0
-            embed_seconds = 0.0
+            sqlite_s = wait_s = 0.0
             bar = _progress(progress, "embedding titles")
-            for chunk in _chunks(reader.iter_rows(paths, progress=progress), CHUNK_ROWS):
-                stored = _insert_resolving(conn, [_record(r) for r in chunk])
+            embedding = _EmbeddingThread(embedder, index, config.embedding.batch_size)
+            try:
+                t_read = time.perf_counter()
+                for chunk in _chunks(reader.iter_rows(paths, progress=progress), CHUNK_ROWS):
+                    t0 = time.perf_counter()
+                    stored = _insert_resolving(conn, [_record(r) for r in chunk])
+                    t1 = time.perf_counter()
+                    sqlite_s += t1 - t0
+                    embedding.put(stored)
+                    wait_s += time.perf_counter() - t1
+                    rows += len(stored)
+                    bar.update(len(stored))
+                    t_read += time.perf_counter() - t0  # what is left of the loop's time: reading
+                read_s = time.perf_counter() - t_read
                 t0 = time.perf_counter()
-                vectors = embedder.embed([r[2] for r in stored], batch_size=config.embedding.batch_size)
-                embed_seconds += time.perf_counter() - t0
-                index.add(np.array([r[0] for r in stored], dtype=np.int64), vectors)
-                rows += len(stored)
-                bar.update(len(stored))
+                conn.execute("COMMIT")
+                conn.close()
+                sqlite_s += time.perf_counter() - t0
+                t0 = time.perf_counter()
+                embedding.finish()
+                wait_s += time.perf_counter() - t0
+            finally:
+                embedding.stop()
             bar.close()
-            conn.execute("COMMIT")
-            conn.close()
+            embed_seconds = embedding.embed_s
             summary = reader.summary
+            stages["read_clean_s"] = read_s
+            stages["sqlite_s"] = sqlite_s
+            stages["embed_s"] = embed_seconds
+            stages["faiss_add_s"] = embedding.add_s
+            stages["embed_wait_s"] = wait_s  # the reading loop waiting for the embedding thread
             _check_rejects(config, summary, paths, rejects, require_rows=True)
+            t0 = time.perf_counter()
             index.save(version_dir / VECTORS_FILE)
+            stages["faiss_save_s"] = time.perf_counter() - t0
             if index.ntotal != rows:  # pragma: no cover - guards against a FAISS/metadata mismatch bug
                 raise BuildError(f"internal error: {index.ntotal} vectors for {rows} rows")
+            t0 = time.perf_counter()
             artifacts = _build_artifacts(config, version_dir)
+            stages["lexical_s"] = time.perf_counter() - t0
             rejects_names = rejects.commit(summary)
             manifest = _base_manifest(config, embedder, index, "build", parent)
             manifest.update(
@@ -493,12 +557,14 @@ def build_index(
                 artifacts=artifacts,
                 segments={"base": {"rows": rows, "version": version_dir.name}},
                 timings={
-                    "embed_s": round(embed_seconds, 3),
-                    "total_s": round(time.perf_counter() - started, 3),
+                    **{k: round(v, 3) for k, v in stages.items()},
+                    "total_before_commit_s": round(time.perf_counter() - started, 3),
                 },
                 file_names=[VECTORS_FILE, META_FILE, *artifacts, *rejects_names],
             )
+            t0 = time.perf_counter()
             version, removed = _finish(store, config, version_dir, manifest)
+            stages["manifest_s"] = time.perf_counter() - t0
         except BaseException as exc:
             rejects.keep()
             shutil.rmtree(version_dir, ignore_errors=True)
@@ -514,7 +580,89 @@ def build_index(
         path=str(version_dir),
         embedding_model=embedder.name,
         removed_versions=removed,
+        stages={k: round(v, 3) for k, v in stages.items()},
     )
+
+
+class _EmbeddingThread:
+    """Embeds the titles of stored chunks and adds them to the FAISS index, next to the reading loop.
+
+    The reading loop (`put`) hands over the records it stored in SQLite; this thread groups them
+    into calls of `embed_rows` titles (the bulk embedder's `chunk_rows` times two, so its tokenizer
+    thread overlaps the GPU; `CHUNK_ROWS` otherwise), embeds them and adds the vectors under the
+    stored faiss ids, in order. At most `MAX_PENDING` chunks wait, which bounds memory. The model
+    and FAISS release the GIL while they compute, so reading, cleaning and SQLite go on meanwhile.
+    An error here is raised in the reading loop at its next `put` (or at `finish`).
+    """
+
+    MAX_PENDING = 8
+
+    def __init__(self, embedder: Embedder, index: FaissIndex, batch_size: int) -> None:
+        self.embedder, self.index, self.batch_size = embedder, index, batch_size
+        bulk_rows = getattr(embedder, "chunk_rows", None)
+        self.embed_rows = 2 * int(bulk_rows) if bulk_rows else CHUNK_ROWS
+        self.embed_s = self.add_s = 0.0
+        self.error: BaseException | None = None
+        self._queue: queue.Queue = queue.Queue(maxsize=self.MAX_PENDING)
+        self._thread = threading.Thread(target=self._run, name="build-embedding", daemon=True)
+        self._thread.start()
+
+    def put(self, stored: list[tuple]) -> None:
+        self._raise()
+        if stored:
+            self._queue.put(stored)
+        self._raise()
+
+    def finish(self) -> None:
+        """Wait until every chunk is embedded and added; raises the thread's error, if any."""
+        self._queue.put(None)
+        self._thread.join()
+        self._raise()
+
+    def stop(self) -> None:
+        """On the way out (also after an error): make the thread end without more work."""
+        if not self._thread.is_alive():
+            return
+        self.error = self.error or _Stopped()
+        while self._thread.is_alive():
+            with contextlib.suppress(queue.Empty):
+                while True:
+                    self._queue.get_nowait()
+            with contextlib.suppress(queue.Full):  # full again: drained next round
+                self._queue.put_nowait(None)
+            self._thread.join(0.05)
+
+    def _raise(self) -> None:
+        if self.error is not None and not isinstance(self.error, _Stopped):
+            raise self.error
+
+    def _run(self) -> None:
+        pending: list[tuple] = []
+        try:
+            while True:
+                stored = self._queue.get()
+                if stored is None or self.error is not None:
+                    break
+                pending.extend(stored)
+                if len(pending) >= self.embed_rows:
+                    self._embed(pending)
+                    pending = []
+            if pending and self.error is None:
+                self._embed(pending)
+        except BaseException as exc:  # noqa: BLE001 - handed to the reading loop
+            self.error = exc
+
+    def _embed(self, records: list[tuple]) -> None:
+        t0 = time.perf_counter()
+        vectors = self.embedder.embed([r[2] for r in records], batch_size=self.batch_size)
+        t1 = time.perf_counter()
+        self.index.add(np.array([r[0] for r in records], dtype=np.int64), vectors)
+        self.embed_s += t1 - t0
+        self.add_s += time.perf_counter() - t1
+
+
+class _Stopped(Exception):
+    """The embedding thread was told to stop (the build failed elsewhere)."""
 
 
 def _build_artifacts(

@@ -128,7 +128,7 @@ class BulkEmbedder(CachedQueryMixin):
         self.encoder = model[0].auto_model
         try:  # the fused kernel; older configs may not allow switching after loading
             self.encoder.set_attn_implementation("sdpa")
-        except Exception:  # noqa: BLE001 - keep what the model has
+        except Exception:
             log.debug("bulk embedder: could not switch attention to sdpa", exc_info=True)
         self.encoder = self.encoder.to(device=self.device, dtype=self.dtype).eval()
         getter = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
@@ -200,7 +200,7 @@ class BulkEmbedder(CachedQueryMixin):
         try:
             for start, end in spans:
                 out.put((start, self.batches(texts[start:end])))
-        except BaseException as exc:  # handed to the consumer, which raises it
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which raises it
             out.put(exc)
             return
         out.put(None)
