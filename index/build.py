@@ -137,7 +137,7 @@ STAGE_NAMES = {
     "sqlite_s": "SQLite",
     "embed_s": "embedding",
     "faiss_add_s": "FAISS add",
-    "embed_wait_s": "waiting for embedding",
+    "pipeline_drain_s": "after reading",
     "faiss_save_s": "FAISS save",
     "lexical_s": "BM25",
     "manifest_s": "manifest",
@@ -482,10 +482,11 @@ def build_index(
     """Build a new version from catalog files and make it current.
 
     Stages (timed in `BuildReport.stages` and the manifest's `timings`): the catalog is read and
-    cleaned (`catalog.read_workers` processes for large JSON-lines files), each chunk of rows goes
-    into SQLite on this thread while an embedding thread embeds the previous chunks' titles and adds
-    them to FAISS; then the description index (BM25) is built from the finished SQLite, the FAISS
-    file is written, and the manifest is committed last.
+    cleaned here (by `catalog.read_workers` processes for large JSON-lines files); a SQLite thread
+    inserts each chunk of rows (one transaction) and hands the stored records to an embedding thread,
+    which embeds their titles and adds them to FAISS; then the FAISS file is written, the description
+    index (BM25) is built from the finished SQLite, and the manifest is committed last. A crash at
+    any point leaves a version directory without a manifest, which the next writer removes.
     """
     started = time.perf_counter()
     paths = _check_inputs(paths, "(pass --data PATH or set `data` in the config)")
@@ -502,43 +503,31 @@ def build_index(
         try:
             reader = rejects.reader(config)
             index = FaissIndex.from_config(embedder.dimension, config.index)
-            conn = open_for_writing(version_dir / META_FILE)
-            conn.execute(f"PRAGMA cache_size=-{BUILD_SQLITE_CACHE_KIB}")  # the uid index stays in memory
-            conn.execute("BEGIN")
-            rows = 0
-            sqlite_s = wait_s = 0.0
             bar = _progress(progress, "embedding titles")
             embedding = _EmbeddingThread(embedder, index, config.embedding.batch_size)
+            sqlite = _SqliteThread(version_dir / META_FILE, embedding)
             try:
                 t_read = time.perf_counter()
                 for chunk in _chunks(reader.iter_rows(paths, progress=progress), CHUNK_ROWS):
-                    t0 = time.perf_counter()
-                    stored = _insert_resolving(conn, [_record(r) for r in chunk])
-                    t1 = time.perf_counter()
-                    sqlite_s += t1 - t0
-                    embedding.put(stored)
-                    wait_s += time.perf_counter() - t1
-                    rows += len(stored)
-                    bar.update(len(stored))
-                    t_read += time.perf_counter() - t0  # what is left of the loop's time: reading
+                    sqlite.put(chunk)
+                    bar.update(len(chunk))
                 read_s = time.perf_counter() - t_read
                 t0 = time.perf_counter()
-                conn.execute("COMMIT")
-                conn.close()
-                sqlite_s += time.perf_counter() - t0
-                t0 = time.perf_counter()
+                sqlite.finish()
                 embedding.finish()
-                wait_s += time.perf_counter() - t0
+                wait_s = time.perf_counter() - t0
             finally:
+                sqlite.stop()
                 embedding.stop()
+            rows = sqlite.stored  # a uid already in the table is skipped (only direct callers repeat one)
             bar.close()
             embed_seconds = embedding.embed_s
             summary = reader.summary
-            stages["read_clean_s"] = read_s
-            stages["sqlite_s"] = sqlite_s
+            stages["read_clean_s"] = read_s  # the reading loop, including its waits for a full queue
+            stages["sqlite_s"] = sqlite.busy_s
             stages["embed_s"] = embed_seconds
             stages["faiss_add_s"] = embedding.add_s
-            stages["embed_wait_s"] = wait_s  # the reading loop waiting for the embedding thread
+            stages["pipeline_drain_s"] = wait_s  # after the last row was read: SQLite and embedding finishing
             _check_rejects(config, summary, paths, rejects, require_rows=True)
             t0 = time.perf_counter()
             index.save(version_dir / VECTORS_FILE)
@@ -584,43 +573,46 @@ def build_index(
     )
 
 
-class _EmbeddingThread:
-    """Embeds the titles of stored chunks and adds them to the FAISS index, next to the reading loop.
+class _StageThread:
+    """One stage of the build pipeline on its own thread: `put` items, `finish` at the end.
 
-    The reading loop (`put`) hands over the records it stored in SQLite; this thread groups them
-    into calls of `embed_rows` titles (the bulk embedder's `chunk_rows` times two, so its tokenizer
-    thread overlaps the GPU; `CHUNK_ROWS` otherwise), embeds them and adds the vectors under the
-    stored faiss ids, in order. At most `MAX_PENDING` chunks wait, which bounds memory. The model
-    and FAISS release the GIL while they compute, so reading, cleaning and SQLite go on meanwhile.
-    An error here is raised in the reading loop at its next `put` (or at `finish`).
+    The caller (`put`) hands items over through a queue of at most `MAX_PENDING` (bounded memory);
+    the thread calls `handle(item)` for each in order, then `close()` once after the last (not after
+    an error). SQLite, FAISS and the model release the GIL while they compute, so the stages run
+    side by side with the reading loop. An error in the thread is raised in the caller at its next
+    `put` (or at `finish`); `stop` ends the thread without more work (the build failed elsewhere).
     """
 
     MAX_PENDING = 8
 
-    def __init__(self, embedder: Embedder, index: FaissIndex, batch_size: int) -> None:
-        self.embedder, self.index, self.batch_size = embedder, index, batch_size
-        bulk_rows = getattr(embedder, "chunk_rows", None)
-        self.embed_rows = 2 * int(bulk_rows) if bulk_rows else CHUNK_ROWS
-        self.embed_s = self.add_s = 0.0
+    def __init__(self, name: str) -> None:
         self.error: BaseException | None = None
+        self.busy_s = 0.0
         self._queue: queue.Queue = queue.Queue(maxsize=self.MAX_PENDING)
-        self._thread = threading.Thread(target=self._run, name="build-embedding", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
-    def put(self, stored: list[tuple]) -> None:
+    def handle(self, item: Any) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """After the last item (in the thread)."""
+
+    def setup(self) -> None:
+        """Before the first item (in the thread)."""
+
+    def put(self, item: Any) -> None:
         self._raise()
-        if stored:
-            self._queue.put(stored)
+        self._queue.put(item)
         self._raise()
 
     def finish(self) -> None:
-        """Wait until every chunk is embedded and added; raises the thread's error, if any."""
-        self._queue.put(None)
+        """Wait until every item is handled and `close` ran; raises the thread's error, if any."""
+        self._queue.put(_END)
         self._thread.join()
         self._raise()
 
     def stop(self) -> None:
-        """On the way out (also after an error): make the thread end without more work."""
         if not self._thread.is_alive():
             return
         self.error = self.error or _Stopped()
@@ -629,7 +621,7 @@ class _EmbeddingThread:
                 while True:
                     self._queue.get_nowait()
             with contextlib.suppress(queue.Full):  # full again: drained next round
-                self._queue.put_nowait(None)
+                self._queue.put_nowait(_END)
             self._thread.join(0.05)
 
     def _raise(self) -> None:
@@ -637,20 +629,51 @@ class _EmbeddingThread:
             raise self.error
 
     def _run(self) -> None:
-        pending: list[tuple] = []
         try:
+            self.setup()
             while True:
-                stored = self._queue.get()
-                if stored is None or self.error is not None:
+                item = self._queue.get()
+                if item is _END or self.error is not None:
                     break
-                pending.extend(stored)
-                if len(pending) >= self.embed_rows:
-                    self._embed(pending)
-                    pending = []
-            if pending and self.error is None:
-                self._embed(pending)
-        except BaseException as exc:  # noqa: BLE001 - handed to the reading loop
+                t0 = time.perf_counter()
+                self.handle(item)
+                self.busy_s += time.perf_counter() - t0
+            if self.error is None:
+                t0 = time.perf_counter()
+                self.close()
+                self.busy_s += time.perf_counter() - t0
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
             self.error = exc
+
+
+_END = object()
+
+
+class _EmbeddingThread(_StageThread):
+    """Embeds the titles of stored records and adds them to FAISS under their stored faiss ids, in order.
+
+    Records are grouped into calls of `embed_rows` titles: the bulk embedder's `chunk_rows` times
+    two (so its tokenizer thread overlaps the GPU), `CHUNK_ROWS` for other embedders.
+    """
+
+    def __init__(self, embedder: Embedder, index: FaissIndex, batch_size: int) -> None:
+        self.embedder, self.index, self.batch_size = embedder, index, batch_size
+        bulk_rows = getattr(embedder, "chunk_rows", None)
+        self.embed_rows = 2 * int(bulk_rows) if bulk_rows else CHUNK_ROWS
+        self.embed_s = self.add_s = 0.0
+        self._pending: list[tuple] = []
+        super().__init__("build-embedding")
+
+    def handle(self, stored: list[tuple]) -> None:
+        self._pending.extend(stored)
+        if len(self._pending) >= self.embed_rows:
+            self._embed(self._pending)
+            self._pending = []
+
+    def close(self) -> None:
+        if self._pending:
+            self._embed(self._pending)
+            self._pending = []
 
     def _embed(self, records: list[tuple]) -> None:
         t0 = time.perf_counter()
@@ -659,6 +682,40 @@ class _EmbeddingThread:
         self.index.add(np.array([r[0] for r in records], dtype=np.int64), vectors)
         self.embed_s += t1 - t0
         self.add_s += time.perf_counter() - t1
+
+
+class _SqliteThread(_StageThread):
+    """Inserts records into the new meta.sqlite (one transaction) and hands the stored ones on to `then`."""
+
+    def __init__(self, path: Path, then: _StageThread) -> None:
+        self.path, self.then = path, then
+        self.conn: sqlite3.Connection | None = None
+        self.stored = 0
+        super().__init__("build-sqlite")
+
+    def setup(self) -> None:
+        self.conn = open_for_writing(self.path)  # a connection belongs to the thread that opened it
+        self.conn.execute(f"PRAGMA cache_size=-{BUILD_SQLITE_CACHE_KIB}")  # the uid index stays in memory
+        self.conn.execute("BEGIN")
+
+    def handle(self, chunk: list[CatalogRow]) -> None:
+        assert self.conn is not None
+        stored = _insert_resolving(self.conn, [_record(r) for r in chunk])
+        self.stored += len(stored)
+        if stored:
+            self.then.put(stored)
+
+    def close(self) -> None:
+        assert self.conn is not None
+        self.conn.execute("COMMIT")
+        self.conn.close()
+        self.conn = None
+
+    def _run(self) -> None:
+        super()._run()
+        if self.conn is not None:  # after an error: the version dir is removed anyway
+            with contextlib.suppress(sqlite3.Error):
+                self.conn.close()
 
 
 class _Stopped(Exception):

@@ -84,6 +84,9 @@ class CatalogConfig:
     # a longer line (or JSON array element) is rejected without being read into memory; the longest real
     # row is ~0.4 MB of JSON (~1.2 MB if every character were \u-escaped), so 4 MiB cuts none of them
     max_line_bytes: int = 4 << 20
+    # processes that parse and clean JSON-lines input (rag/catalog.py, `_CleaningPool`); the output is the
+    # same with any number. -1: half the cores, at most 8, for inputs of 64 MiB or more (else none); 0: none
+    read_workers: int = -1
 
 
 @dataclass
