@@ -653,13 +653,14 @@ class _EmbeddingThread(_StageThread):
     """Embeds the titles of stored records and adds them to FAISS under their stored faiss ids, in order.
 
     Records are grouped into calls of `embed_rows` titles: the bulk embedder's `chunk_rows` times
-    two (so its tokenizer thread overlaps the GPU), `CHUNK_ROWS` for other embedders.
+    `BULK_CHUNKS_PER_CALL` (its tokenizer thread works on the next chunk while the GPU runs one, so
+    only the first chunk of a call waits for it), `CHUNK_ROWS` for other embedders.
     """
 
     def __init__(self, embedder: Embedder, index: FaissIndex, batch_size: int) -> None:
         self.embedder, self.index, self.batch_size = embedder, index, batch_size
         bulk_rows = getattr(embedder, "chunk_rows", None)
-        self.embed_rows = 2 * int(bulk_rows) if bulk_rows else CHUNK_ROWS
+        self.embed_rows = BULK_CHUNKS_PER_CALL * int(bulk_rows) if bulk_rows else CHUNK_ROWS
         self.embed_s = self.add_s = 0.0
         self._pending: list[tuple] = []
         super().__init__("build-embedding")

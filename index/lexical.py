@@ -864,8 +864,8 @@ class _Part:
 
     terms: list[str]  # sorted by hash
     hashes: np.ndarray  # int64, ascending
-    term: np.ndarray  # int64 per posting: index into `terms`; postings sorted by (term, doc)
-    docs: np.ndarray  # int64 per posting: document number within the part
+    term: np.ndarray  # int32 per posting: index into `terms`; postings sorted by (term, doc)
+    docs: np.ndarray  # int32 per posting: document number within the part
     tf: np.ndarray  # uint16 per posting
     lens: np.ndarray  # int64 per document: indexed tokens (title ones counted title_weight times)
     ids: np.ndarray  # int64 per document: faiss id
@@ -953,8 +953,8 @@ def _tokenize_part(rows: Iterable[tuple[int, str, str]], title_weight: int = TIT
     return _Part(
         terms=[terms[i] for i in order],
         hashes=hashes[order],
-        term=keys >> 32,
-        docs=keys & 0xFFFFFFFF,
+        term=(keys >> 32).astype(np.int32),  # int32: half the bytes a worker sends back
+        docs=(keys & 0xFFFFFFFF).astype(np.int32),
         tf=tf,
         lens=lens,
         ids=np.asarray(ids, dtype=np.int64),
