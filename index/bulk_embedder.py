@@ -11,12 +11,13 @@ and runs its pieces directly:
 1. the model's Rust tokenizer (`tokenizers.Tokenizer.encode_batch_fast`, no offsets) tokenises a
    whole chunk of titles at once, truncated to `max_seq_length` word pieces (special tokens
    included, as sentence-transformers truncates), in `tokenizer_threads` Rayon threads;
-2. the chunk is sorted by token count and cut into batches of at most `batch_tokens` padded tokens
-   (about 4,096 titles of 32 word pieces), so padding stays small;
-3. each batch runs through the transformer (fp16 on CUDA, fp32 on CPU; the attention kernel is
-   PyTorch's scaled-dot-product attention, `attn_implementation="sdpa"`), then mean pooling over
-   the attention mask and L2 normalisation, exactly as the model's Pooling(mean) + Normalize
-   modules do;
+2. the chunk is sorted by token count and cut into batches of at most 4,096 titles and at most
+   `batch_tokens` padded tokens (a bound for models with long inputs), so padding stays small;
+3. each batch runs through the transformer (fp16 on CUDA, fp32 on CPU), with the attention kernel
+   `embedding.bulk_attention`: "eager" by default, which measured fastest for these short, padded
+   rows on the H200 (292,000 vs 219,000 titles/s for "sdpa", fp16, 4,096 rows; docs/performance-gpu.md),
+   then mean pooling over the attention mask and L2 normalisation, exactly as the model's
+   Pooling(mean) + Normalize modules do;
 4. the vectors are scattered back to input order (float32).
 
 A producer thread tokenises chunk k+1 while the GPU runs chunk k. Only models made of
@@ -41,8 +42,8 @@ from .embedder import CachedQueryMixin, _normalise, _QueryCache
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BATCH_TOKENS = 4096 * 32  # padded word pieces per forward pass: ~4,096 titles of 32 pieces
-MAX_BATCH_ROWS = 16384
+DEFAULT_BATCH_TOKENS = 4096 * 64  # padded word pieces per forward pass: 4,096 titles of up to 64 pieces
+MAX_BATCH_ROWS = 4096  # larger batches were slower on the H200 (docs/performance-gpu.md)
 CHUNK_ROWS = 32768  # titles tokenised per producer step: large enough for Rayon, small enough to overlap
 
 
@@ -105,6 +106,7 @@ class BulkEmbedder(CachedQueryMixin):
         device: str,
         max_seq_length: int | None = None,
         half: bool | None = None,
+        attention: str = "eager",
         batch_tokens: int = DEFAULT_BATCH_TOKENS,
         tokenizer_threads: int | None = None,
         chunk_rows: int = CHUNK_ROWS,
@@ -126,10 +128,13 @@ class BulkEmbedder(CachedQueryMixin):
         self.chunk_rows = max(1, int(chunk_rows))
         self._cache = _QueryCache(cache_size)
         self.encoder = model[0].auto_model
-        try:  # the fused kernel; older configs may not allow switching after loading
-            self.encoder.set_attn_implementation("sdpa")
+        try:
+            self.encoder.set_attn_implementation(attention)
         except Exception:
-            log.debug("bulk embedder: could not switch attention to sdpa", exc_info=True)
+            log.warning(
+                "embedding.bulk_attention=%s: cannot switch the model's attention", attention, exc_info=True
+            )
+        self.attention = getattr(self.encoder.config, "_attn_implementation", attention)
         self.encoder = self.encoder.to(device=self.device, dtype=self.dtype).eval()
         getter = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
         self.dimension = int(getter())

@@ -268,6 +268,7 @@ def load_embedder(config: EmbeddingConfig) -> Embedder:
                 device=device,
                 max_seq_length=model.max_seq_length,
                 batch_tokens=config.bulk_batch_tokens,
+                attention=config.bulk_attention,
                 tokenizer_threads=config.tokenizer_threads,
                 cache_size=config.cache_size,
             )

@@ -113,7 +113,9 @@ class EmbeddingConfig:
     # backend torch: "auto" embeds builds and updates through index/bulk_embedder.py on CUDA (Rust tokenizer
     # in bulk, length-sorted fp16 batches, SDPA); true also on CPU (fp32); false always SentenceTransformer.encode
     bulk: bool | Literal["auto"] = "auto"
-    bulk_batch_tokens: int = 131072  # padded word pieces per bulk forward pass (~4,096 titles)
+    bulk_batch_tokens: int = 262144  # padded word pieces per bulk forward pass, at most (4,096 titles of 64)
+    # attention kernel of the bulk path: eager measured fastest for short padded titles (docs/performance-gpu.md)
+    bulk_attention: Literal["eager", "sdpa"] = "eager"
     tokenizer_threads: int | None = (
         None  # Rayon threads of the bulk tokenizer; null: half the cores, at most 8
     )

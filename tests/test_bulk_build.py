@@ -56,7 +56,7 @@ def test_bulk_embedder_on_cpu_matches_sentence_transformers(pair):
     from index.bulk_embedder import BulkEmbedder
 
     assert isinstance(bulk, BulkEmbedder) and not bulk.half and bulk.dimension == ref.dimension
-    titles = EDGE_TITLES + _titles(300)
+    titles = EDGE_TITLES + _titles(120)
     random.Random(1).shuffle(titles)
     bulk.chunk_rows = 97  # several chunks: the producer thread and the scatter back to input order
     got = bulk.embed(titles)
