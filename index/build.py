@@ -72,9 +72,9 @@ log = logging.getLogger(__name__)
 REJECTS_FILE = "rejects.jsonl"
 UPDATE_REJECTS_FILE = "update_rejects.jsonl"
 CHUNK_ROWS = 8192  # rows per SQLite insert + embedding call: bounded memory, steady progress
-BUILD_SQLITE_CACHE_KIB = (
-    256 << 10
-)  # SQLite page cache of a build (256 MiB): random uid inserts stay in memory
+BULK_CHUNKS_PER_CALL = 8  # bulk embedder: chunks of `chunk_rows` titles per embed call (32768 * 8)
+# SQLite page cache of a build, at most 1 GiB (filled only as the file grows): random inserts stay in memory
+BUILD_SQLITE_CACHE_KIB = 1 << 20
 
 
 class BuildError(IndexStoreError):

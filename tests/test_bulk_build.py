@@ -235,3 +235,26 @@ def test_an_embedding_error_fails_the_build_and_leaves_nothing(tmp_path):
     store = IndexStore.from_config(config)
     assert store.current_version() is None
     assert not list((tmp_path / "index" / "versions").glob("*/manifest.json"))
+
+
+@pytest.mark.integration
+def test_build_through_the_bulk_embedder_stores_the_reference_vectors(pair, tmp_path):
+    ref, bulk = pair
+    bulk.chunk_rows = 16  # several embed calls of 8 chunks each, and a last partial one
+    data = tmp_path / "c.jsonl"
+    records = list(generate_records(300, seed=6))
+    data.write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    config = load_config(overrides=[f"index.path={tmp_path / 'index'}", "index.descriptions=false"])
+    report = build_index(config, [data], progress=False, embedder=bulk)
+    assert report.rows == len(records) and report.stages["embed_s"] > 0
+    from index.vector import FaissIndex
+
+    store = IndexStore.from_config(config)
+    vdir = store.version_dir(store.current_version())
+    index = FaissIndex.load(vdir / "vectors.faiss", "flat", bulk.dimension, {})
+    conn = sqlite3.connect(vdir / "meta.sqlite")
+    rows = conn.execute("SELECT faiss_id, title FROM rows ORDER BY faiss_id").fetchall()
+    conn.close()
+    stored = np.stack([index.raw.reconstruct(int(i)) for i, _ in rows])
+    want = ref.embed([t for _, t in rows])
+    assert (stored * want).sum(axis=1).min() >= 0.9999
