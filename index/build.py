@@ -516,7 +516,9 @@ def build_index(
                 sqlite.finish()
                 embedding.finish()
                 wait_s = time.perf_counter() - t0
-            finally:
+            finally:  # after an error: both stop taking work first, so neither waits on the other
+                sqlite.request_stop()
+                embedding.request_stop()
                 sqlite.stop()
                 embedding.stop()
             rows = sqlite.stored  # a uid already in the table is skipped (only direct callers repeat one)
@@ -602,20 +604,33 @@ class _StageThread:
         """Before the first item (in the thread)."""
 
     def put(self, item: Any) -> None:
-        self._raise()
-        self._queue.put(item)
-        self._raise()
+        """Queue `item`; raises the thread's error instead of waiting on a thread that ended."""
+        while True:
+            self._raise()
+            if isinstance(self.error, _Stopped) or not self._thread.is_alive():
+                raise self.error or _Stopped()
+            try:
+                self._queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
 
     def finish(self) -> None:
         """Wait until every item is handled and `close` ran; raises the thread's error, if any."""
-        self._queue.put(_END)
+        self.put(_END)
         self._thread.join()
         self._raise()
 
+    def request_stop(self) -> None:
+        """Tell the thread to take no more work (it finishes the item in hand)."""
+        if self._thread.is_alive() and self.error is None:
+            self.error = _Stopped()
+
     def stop(self) -> None:
+        """`request_stop`, then wait for the thread to end (after an error elsewhere; no-op after `finish`)."""
         if not self._thread.is_alive():
             return
-        self.error = self.error or _Stopped()
+        self.request_stop()
         while self._thread.is_alive():
             with contextlib.suppress(queue.Empty):
                 while True:

@@ -222,16 +222,34 @@ def test_build_reports_stage_times_in_the_summary_and_manifest(tmp_path):
     assert expected - {"manifest_s"} <= set(timings) and report.rows == 300
 
 
-def test_an_embedding_error_fails_the_build_and_leaves_nothing(tmp_path):
+def test_an_embedding_error_fails_the_build_without_a_hang_and_leaves_nothing(tmp_path, monkeypatch):
+    import threading
+
+    import index.build as build_module
+
     class Failing(HashingEmbedder):
         def embed(self, texts, *, batch_size=None, progress=False):
             raise RuntimeError("embedding failed on purpose")
 
+    # small chunks and queues: the SQLite thread fills the dead embedding thread's queue at once
+    monkeypatch.setattr(build_module, "CHUNK_ROWS", 50)
+    monkeypatch.setattr(build_module._StageThread, "MAX_PENDING", 1)
     data = tmp_path / "c.jsonl"
-    data.write_text("\n".join(json.dumps(r) for r in list(generate_records(20000, seed=1))) + "\n")
+    data.write_text("\n".join(json.dumps(r) for r in generate_records(2000, seed=1)) + "\n")
     config = load_config(overrides=[f"index.path={tmp_path / 'index'}"])
-    with pytest.raises(RuntimeError, match="on purpose"):
-        build_index(config, [data], progress=False, embedder=Failing(16))
+    outcome: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            build_index(config, [data], progress=False, embedder=Failing(16))
+        except BaseException as exc:  # noqa: BLE001 - inspected below
+            outcome.append(exc)
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(120)
+    assert not worker.is_alive(), "the build hung after the embedding thread failed"
+    assert len(outcome) == 1 and "on purpose" in str(outcome[0])
     store = IndexStore.from_config(config)
     assert store.current_version() is None
     assert not list((tmp_path / "index" / "versions").glob("*/manifest.json"))
