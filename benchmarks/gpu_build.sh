@@ -60,19 +60,27 @@ timeout 240 python3 benchmarks/bench_gpu_recall.py --index "$WORK/index" --model
 recall_rc=$?
 tail -3 "$OUT/recall.log"
 
-python3 - "$OUT" "$ROWS" "$synth_s" "$build_s" "$build_rc" "$recall_rc" <<'PY'
+python3 - "$OUT" "$ROWS" "$synth_s" "$build_s" "$build_rc" "$recall_rc" "$WORK/index" <<'PY'
 import json, sys, pathlib
-out, rows, synth_s, build_s, build_rc, recall_rc = sys.argv[1:]
+out, rows, synth_s, build_s, build_rc, recall_rc, index = sys.argv[1:]
 recall = {}
 p = pathlib.Path(out) / "recall.json"
 if p.exists():
     recall = json.loads(p.read_text())
-t = recall.get("build_timings", {})
+manifest = {}
+try:  # the build's own record of its stages, whether or not the recall check finished
+    root = pathlib.Path(index)
+    manifest = json.loads((root / "versions" / (root / "current").read_text().strip() / "manifest.json").read_text())
+except (OSError, ValueError) as exc:
+    print(f"no manifest under {index}: {exc}")
+t = manifest.get("timings", {})
+recall.setdefault("rows", manifest.get("rows"))
 result = {
     "rows": int(rows), "synth_s": float(synth_s), "build_end_to_end_s": float(build_s),
     "build_rc": int(build_rc), "recall_rc": int(recall_rc),
     "stages_s": t,
-    "embedding_titles_per_s": round(int(rows) / t["embed_s"]) if t.get("embed_s") else None,
+    "rows_indexed": recall.get("rows"),
+    "embedding_titles_per_s": round(int(recall.get("rows") or rows) / t["embed_s"]) if t.get("embed_s") else None,
     "recall_at_10_fp16_vs_fp32": recall.get("recall_at_10_stored_vs_fp32"),
     "cosine_min": recall.get("cosine_min"),
     "cpu_bulk_fp32_cosine_min": recall.get("cpu_bulk_fp32_cosine_min"),

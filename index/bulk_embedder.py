@@ -12,7 +12,8 @@ and runs its pieces directly:
    whole chunk of titles at once, truncated to `max_seq_length` word pieces (special tokens
    included, as sentence-transformers truncates), in `tokenizer_threads` Rayon threads;
 2. the chunk is sorted by token count and cut into batches of at most 4,096 titles and at most
-   `batch_tokens` padded tokens (a bound for models with long inputs), so padding stays small;
+   `batch_tokens` padded tokens (a bound for models with long inputs), 128 titles on a CPU, so
+   padding stays small;
 3. each batch runs through the transformer (fp16 on CUDA, fp32 on CPU), with the attention kernel
    `embedding.bulk_attention`: "eager" by default, which measured fastest for these short, padded
    rows on the H200 (292,000 vs 219,000 titles/s for "sdpa", fp16, 4,096 rows; docs/performance-gpu.md),
@@ -44,6 +45,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_BATCH_TOKENS = 4096 * 64  # padded word pieces per forward pass: 4,096 titles of up to 64 pieces
 MAX_BATCH_ROWS = 4096  # larger batches were slower on the H200 (docs/performance-gpu.md)
+CPU_BATCH_ROWS = 128
 CHUNK_ROWS = 32768  # titles tokenised per producer step: large enough for Rayon, small enough to overlap
 
 
@@ -126,6 +128,8 @@ class BulkEmbedder(CachedQueryMixin):
         self.max_seq_length = int(max_seq_length or getattr(model, "max_seq_length", None) or 128)
         self.batch_tokens = max(int(batch_tokens), self.max_seq_length)
         self.chunk_rows = max(1, int(chunk_rows))
+        # the GPU wants big batches; a CPU is faster with small ones (less padding, cache-sized)
+        self.max_rows = MAX_BATCH_ROWS if self.device.type == "cuda" else CPU_BATCH_ROWS
         self._cache = _QueryCache(cache_size)
         self.encoder = model[0].auto_model
         try:
@@ -167,7 +171,7 @@ class BulkEmbedder(CachedQueryMixin):
         i, n = 0, len(order)
         while i < n:
             longest = max(int(lengths[order[i]]), 1)
-            size = max(1, min(MAX_BATCH_ROWS, self.batch_tokens // longest))
+            size = max(1, min(self.max_rows, self.batch_tokens // longest))
             rows = order[i : i + size]
             lens = lengths[rows]
             width = max(int(lens.max()), 1)
