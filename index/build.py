@@ -28,12 +28,15 @@ deleted_uids, config)` is preferred when it exists.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import logging
 import os
+import queue
 import shutil
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -69,6 +72,9 @@ log = logging.getLogger(__name__)
 REJECTS_FILE = "rejects.jsonl"
 UPDATE_REJECTS_FILE = "update_rejects.jsonl"
 CHUNK_ROWS = 8192  # rows per SQLite insert + embedding call: bounded memory, steady progress
+BULK_CHUNKS_PER_CALL = 8  # bulk embedder: chunks of `chunk_rows` titles per embed call (32768 * 8)
+# SQLite page cache of a build, at most 1 GiB (filled only as the file grows): random inserts stay in memory
+BUILD_SQLITE_CACHE_KIB = 1 << 20
 
 
 class BuildError(IndexStoreError):
@@ -93,10 +99,18 @@ class BuildReport:
     path: str = ""
     embedding_model: str = ""
     removed_versions: list[str] = field(default_factory=list)
+    stages: dict[str, float] = field(default_factory=dict)  # seconds per stage (STAGE_NAMES)
 
     @property
     def titles_per_s(self) -> float:
         return self.rows / self.embed_seconds if self.embed_seconds > 0 else float("nan")
+
+    def stages_line(self) -> str:
+        """`reading+cleaning 3.1s, SQLite 0.8s, ...` in pipeline order (the first three overlap embedding)."""
+        parts = [
+            f"{label} {self.stages[key]:.1f}s" for key, label in STAGE_NAMES.items() if key in self.stages
+        ]
+        return ", ".join(parts)
 
     def summary(self) -> str:
         lines = [
@@ -107,11 +121,27 @@ class BuildReport:
             ),
             f"  at {self.path}",
         ]
+        if self.stages:
+            lines.append("  stages: " + self.stages_line())
         if self.read_summary is not None:
             lines.append("  catalog: " + self.read_summary.summary())
         if self.removed_versions:
             lines.append(f"  removed old versions: {', '.join(self.removed_versions)}")
         return "\n".join(lines)
+
+
+# build stages, in pipeline order: reading+cleaning, SQLite and embedding (+ FAISS add) run side by side
+STAGE_NAMES = {
+    "model_load_s": "model load",
+    "read_clean_s": "reading+cleaning",
+    "sqlite_s": "SQLite",
+    "embed_s": "embedding",
+    "faiss_add_s": "FAISS add",
+    "pipeline_drain_s": "after reading",
+    "faiss_save_s": "FAISS save",
+    "lexical_s": "BM25",
+    "manifest_s": "manifest",
+}
 
 
 @dataclass
@@ -449,41 +479,66 @@ def _base_manifest(
 def build_index(
     config: Config, paths: Sequence[str | Path], *, progress: bool = True, embedder: Embedder | None = None
 ) -> BuildReport:
-    """Build a new version from catalog files and make it current."""
+    """Build a new version from catalog files and make it current.
+
+    Stages (timed in `BuildReport.stages` and the manifest's `timings`): the catalog is read and
+    cleaned here (by `catalog.read_workers` processes for large JSON-lines files); a SQLite thread
+    inserts each chunk of rows (one transaction) and hands the stored records to an embedding thread,
+    which embeds their titles and adds them to FAISS; then the FAISS file is written, the description
+    index (BM25) is built from the finished SQLite, and the manifest is committed last. A crash at
+    any point leaves a version directory without a manifest, which the next writer removes.
+    """
     started = time.perf_counter()
     paths = _check_inputs(paths, "(pass --data PATH or set `data` in the config)")
     store = IndexStore.from_config(config)
+    stages: dict[str, float] = {}
     with store.lock():  # before the model loads: a second writer fails at once, not after seconds
         store.cleanup_leftovers()
+        t0 = time.perf_counter()
         embedder = _embedder(config, embedder)
+        stages["model_load_s"] = time.perf_counter() - t0
         parent = store.current_version()
         version_dir = store.new_version_dir()
         rejects = _Rejects(store, version_dir, REJECTS_FILE)
         try:
             reader = rejects.reader(config)
             index = FaissIndex.from_config(embedder.dimension, config.index)
-            conn = open_for_writing(version_dir / META_FILE)
-            conn.execute("BEGIN")
-            rows = 0
-            embed_seconds = 0.0
             bar = _progress(progress, "embedding titles")
-            for chunk in _chunks(reader.iter_rows(paths, progress=progress), CHUNK_ROWS):
-                stored = _insert_resolving(conn, [_record(r) for r in chunk])
+            embedding = _EmbeddingThread(embedder, index, config.embedding.batch_size)
+            sqlite = _SqliteThread(version_dir / META_FILE, embedding)
+            try:
+                t_read = time.perf_counter()
+                for chunk in _chunks(reader.iter_rows(paths, progress=progress), CHUNK_ROWS):
+                    sqlite.put(chunk)
+                    bar.update(len(chunk))
+                read_s = time.perf_counter() - t_read
                 t0 = time.perf_counter()
-                vectors = embedder.embed([r[2] for r in stored], batch_size=config.embedding.batch_size)
-                embed_seconds += time.perf_counter() - t0
-                index.add(np.array([r[0] for r in stored], dtype=np.int64), vectors)
-                rows += len(stored)
-                bar.update(len(stored))
+                sqlite.finish()
+                embedding.finish()
+                wait_s = time.perf_counter() - t0
+            finally:  # after an error: both stop taking work first, so neither waits on the other
+                sqlite.request_stop()
+                embedding.request_stop()
+                sqlite.stop()
+                embedding.stop()
+            rows = sqlite.stored  # a uid already in the table is skipped (only direct callers repeat one)
             bar.close()
-            conn.execute("COMMIT")
-            conn.close()
+            embed_seconds = embedding.embed_s
             summary = reader.summary
+            stages["read_clean_s"] = read_s  # the reading loop, including its waits for a full queue
+            stages["sqlite_s"] = sqlite.busy_s
+            stages["embed_s"] = embed_seconds
+            stages["faiss_add_s"] = embedding.add_s
+            stages["pipeline_drain_s"] = wait_s  # after the last row was read: SQLite and embedding finishing
             _check_rejects(config, summary, paths, rejects, require_rows=True)
+            t0 = time.perf_counter()
             index.save(version_dir / VECTORS_FILE)
+            stages["faiss_save_s"] = time.perf_counter() - t0
             if index.ntotal != rows:  # pragma: no cover - guards against a FAISS/metadata mismatch bug
                 raise BuildError(f"internal error: {index.ntotal} vectors for {rows} rows")
+            t0 = time.perf_counter()
             artifacts = _build_artifacts(config, version_dir)
+            stages["lexical_s"] = time.perf_counter() - t0
             rejects_names = rejects.commit(summary)
             manifest = _base_manifest(config, embedder, index, "build", parent)
             manifest.update(
@@ -493,12 +548,14 @@ def build_index(
                 artifacts=artifacts,
                 segments={"base": {"rows": rows, "version": version_dir.name}},
                 timings={
-                    "embed_s": round(embed_seconds, 3),
-                    "total_s": round(time.perf_counter() - started, 3),
+                    **{k: round(v, 3) for k, v in stages.items()},
+                    "total_before_commit_s": round(time.perf_counter() - started, 3),
                 },
                 file_names=[VECTORS_FILE, META_FILE, *artifacts, *rejects_names],
             )
+            t0 = time.perf_counter()
             version, removed = _finish(store, config, version_dir, manifest)
+            stages["manifest_s"] = time.perf_counter() - t0
         except BaseException as exc:
             rejects.keep()
             shutil.rmtree(version_dir, ignore_errors=True)
@@ -514,7 +571,171 @@ def build_index(
         path=str(version_dir),
         embedding_model=embedder.name,
         removed_versions=removed,
+        stages={k: round(v, 3) for k, v in stages.items()},
     )
+
+
+class _StageThread:
+    """One stage of the build pipeline on its own thread: `put` items, `finish` at the end.
+
+    The caller (`put`) hands items over through a queue of at most `MAX_PENDING` (bounded memory);
+    the thread calls `handle(item)` for each in order, then `close()` once after the last (not after
+    an error). SQLite, FAISS and the model release the GIL while they compute, so the stages run
+    side by side with the reading loop. An error in the thread is raised in the caller at its next
+    `put` (or at `finish`); `stop` ends the thread without more work (the build failed elsewhere).
+    """
+
+    MAX_PENDING = 8
+
+    def __init__(self, name: str) -> None:
+        self.error: BaseException | None = None
+        self.busy_s = 0.0
+        self._queue: queue.Queue = queue.Queue(maxsize=self.MAX_PENDING)
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def handle(self, item: Any) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """After the last item (in the thread)."""
+
+    def setup(self) -> None:
+        """Before the first item (in the thread)."""
+
+    def put(self, item: Any) -> None:
+        """Queue `item`; raises the thread's error instead of waiting on a thread that ended."""
+        while True:
+            self._raise()
+            if isinstance(self.error, _Stopped) or not self._thread.is_alive():
+                raise self.error or _Stopped()
+            try:
+                self._queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def finish(self) -> None:
+        """Wait until every item is handled and `close` ran; raises the thread's error, if any."""
+        self.put(_END)
+        self._thread.join()
+        self._raise()
+
+    def request_stop(self) -> None:
+        """Tell the thread to take no more work (it finishes the item in hand)."""
+        if self._thread.is_alive() and self.error is None:
+            self.error = _Stopped()
+
+    def stop(self) -> None:
+        """`request_stop`, then wait for the thread to end (after an error elsewhere; no-op after `finish`)."""
+        if not self._thread.is_alive():
+            return
+        self.request_stop()
+        while self._thread.is_alive():
+            with contextlib.suppress(queue.Empty):
+                while True:
+                    self._queue.get_nowait()
+            with contextlib.suppress(queue.Full):  # full again: drained next round
+                self._queue.put_nowait(_END)
+            self._thread.join(0.05)
+
+    def _raise(self) -> None:
+        if self.error is not None and not isinstance(self.error, _Stopped):
+            raise self.error
+
+    def _run(self) -> None:
+        try:
+            self.setup()
+            while True:
+                item = self._queue.get()
+                if item is _END or self.error is not None:
+                    break
+                t0 = time.perf_counter()
+                self.handle(item)
+                self.busy_s += time.perf_counter() - t0
+            if self.error is None:
+                t0 = time.perf_counter()
+                self.close()
+                self.busy_s += time.perf_counter() - t0
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            self.error = exc
+
+
+_END = object()
+
+
+class _EmbeddingThread(_StageThread):
+    """Embeds the titles of stored records and adds them to FAISS under their stored faiss ids, in order.
+
+    Records are grouped into calls of `embed_rows` titles: the bulk embedder's `chunk_rows` times
+    `BULK_CHUNKS_PER_CALL` (its tokenizer thread works on the next chunk while the GPU runs one, so
+    only the first chunk of a call waits for it), `CHUNK_ROWS` for other embedders.
+    """
+
+    def __init__(self, embedder: Embedder, index: FaissIndex, batch_size: int) -> None:
+        self.embedder, self.index, self.batch_size = embedder, index, batch_size
+        bulk_rows = getattr(embedder, "chunk_rows", None)
+        self.embed_rows = BULK_CHUNKS_PER_CALL * int(bulk_rows) if bulk_rows else CHUNK_ROWS
+        self.embed_s = self.add_s = 0.0
+        self._pending: list[tuple] = []
+        super().__init__("build-embedding")
+
+    def handle(self, stored: list[tuple]) -> None:
+        self._pending.extend(stored)
+        if len(self._pending) >= self.embed_rows:
+            self._embed(self._pending)
+            self._pending = []
+
+    def close(self) -> None:
+        if self._pending:
+            self._embed(self._pending)
+            self._pending = []
+
+    def _embed(self, records: list[tuple]) -> None:
+        t0 = time.perf_counter()
+        vectors = self.embedder.embed([r[2] for r in records], batch_size=self.batch_size)
+        t1 = time.perf_counter()
+        self.index.add(np.array([r[0] for r in records], dtype=np.int64), vectors)
+        self.embed_s += t1 - t0
+        self.add_s += time.perf_counter() - t1
+
+
+class _SqliteThread(_StageThread):
+    """Inserts records into the new meta.sqlite (one transaction) and hands the stored ones on to `then`."""
+
+    def __init__(self, path: Path, then: _StageThread) -> None:
+        self.path, self.then = path, then
+        self.conn: sqlite3.Connection | None = None
+        self.stored = 0
+        super().__init__("build-sqlite")
+
+    def setup(self) -> None:
+        self.conn = open_for_writing(self.path)  # a connection belongs to the thread that opened it
+        self.conn.execute(f"PRAGMA cache_size=-{BUILD_SQLITE_CACHE_KIB}")  # the uid index stays in memory
+        self.conn.execute("BEGIN")
+
+    def handle(self, chunk: list[CatalogRow]) -> None:
+        assert self.conn is not None
+        stored = _insert_resolving(self.conn, [_record(r) for r in chunk])
+        self.stored += len(stored)
+        if stored:
+            self.then.put(stored)
+
+    def close(self) -> None:
+        assert self.conn is not None
+        self.conn.execute("COMMIT")
+        self.conn.close()
+        self.conn = None
+
+    def _run(self) -> None:
+        super()._run()
+        if self.conn is not None:  # after an error: the version dir is removed anyway
+            with contextlib.suppress(sqlite3.Error):
+                self.conn.close()
+
+
+class _Stopped(Exception):
+    """The embedding thread was told to stop (the build failed elsewhere)."""
 
 
 def _build_artifacts(

@@ -14,7 +14,9 @@ print(load_embedder(load_config().embedding).embed(['The Hobbit']).shape)"
 `embedding.backend` picks how a model runs: ``torch`` (sentence-transformers, the default),
 ``onnx`` (`index.onnx_embedder.OnnxEmbedder`: exported once to ONNX, int8 by default, ~1.7x faster on
 CPU; needs `pip install .[fast]`) or ``openvino`` (sentence-transformers' OpenVINO backend; needs
-optimum-intel and openvino). docs/performance.md has the measurements.
+optimum-intel and openvino). docs/performance.md has the measurements. With backend ``torch`` on CUDA
+(`embedding.bulk: auto`), builds and updates embed through `index.bulk_embedder.BulkEmbedder` (Rust
+tokenizer in bulk, length-sorted fp16 batches); ``bulk: true`` uses it on CPU too (fp32).
 
 torch and sentence-transformers are imported inside `load_embedder`, never at import time.
 """
@@ -202,6 +204,28 @@ def load_embedder(config: EmbeddingConfig) -> Embedder:
         ) from exc
     if config.max_seq_length:
         model.max_seq_length = config.max_seq_length
+    bulk = getattr(config, "bulk", False)
+    device = str(model.device)
+    if config.backend == "torch" and (bulk is True or (bulk == "auto" and device.startswith("cuda"))):
+        from index.bulk_embedder import BulkEmbedder, bulk_supported
+
+        why = bulk_supported(model)
+        if why is None:
+            return BulkEmbedder(
+                model,
+                spec,
+                device=device,
+                max_seq_length=model.max_seq_length,
+                batch_tokens=config.bulk_batch_tokens,
+                attention=config.bulk_attention,
+                tokenizer_threads=config.tokenizer_threads,
+                cache_size=config.cache_size,
+            )
+        if bulk is True:
+            raise EmbedderError(
+                f"embedding.bulk: true, but {spec!r} cannot run in bulk: {why}; set embedding.bulk to auto or false"
+            )
+        log.info("embedding.bulk: %s runs through SentenceTransformer.encode (%s)", spec, why)
     return SentenceTransformerEmbedder(
         model, spec, batch_size=config.batch_size, cache_size=config.cache_size
     )

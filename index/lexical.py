@@ -843,12 +843,36 @@ class SegmentArrays:
     champ_impact: np.ndarray
 
 
-def _postings_by_chunk(
-    rows: Iterable[tuple[int, str, str]], title_weight: int
-) -> tuple[dict[str, int], list[int], np.ndarray, list[np.ndarray], list[np.ndarray]]:
-    """Tokenise the rows (the title `title_weight` times, then the content), CHUNK_DOCS documents at a
-    time: (term -> term id in first-seen order, faiss ids, document lengths, and per chunk the sorted
-    `term id << 32 | document number` keys and their term frequencies)."""
+def build_segment(
+    rows: Iterable[tuple[int, str, str]],
+    *,
+    avgdl: float | None = None,
+    k1: float = K1,
+    b: float = B,
+    title_weight: int = TITLE_WEIGHT,
+    champions: int | None = None,
+) -> SegmentArrays:
+    """Postings of (faiss_id, title, content) rows. `avgdl`: use this average length (delta segments
+    share the base's) instead of the segment's own."""
+    part = _tokenize_part(rows, title_weight)
+    return _segment_from_parts([part], avgdl=avgdl, k1=k1, b=b, champions=champions)
+
+
+@dataclass
+class _Part:
+    """The postings of one run of documents (consecutive in faiss-id order), terms in hash order."""
+
+    terms: list[str]  # sorted by hash
+    hashes: np.ndarray  # int64, ascending
+    term: np.ndarray  # int32 per posting: index into `terms`; postings sorted by (term, doc)
+    docs: np.ndarray  # int32 per posting: document number within the part
+    tf: np.ndarray  # uint16 per posting
+    lens: np.ndarray  # int64 per document: indexed tokens (title ones counted title_weight times)
+    ids: np.ndarray  # int64 per document: faiss id
+
+
+def _tokenize_part(rows: Iterable[tuple[int, str, str]], title_weight: int = TITLE_WEIGHT) -> _Part:
+    """Analyse (faiss_id, title, content) rows into a `_Part` (the Python-heavy half of a build)."""
     analyzer = Analyzer()
     vocab: dict[str, int] = {}  # term -> term id
     tok2id: dict[str, int] = {}  # raw token -> term id, or -1 for a stop word (C-speed lookups via map)
@@ -908,22 +932,6 @@ def _postings_by_chunk(
     flush()
     lens = np.concatenate(lens_parts) if lens_parts else np.zeros(0, np.int64)
 
-    return vocab, ids, lens, keys_parts, tf_parts
-
-
-def build_segment(
-    rows: Iterable[tuple[int, str, str]],
-    *,
-    avgdl: float | None = None,
-    k1: float = K1,
-    b: float = B,
-    title_weight: int = TITLE_WEIGHT,
-    champions: int | None = None,
-) -> SegmentArrays:
-    """Postings of (faiss_id, title, content) rows. `avgdl`: use this average length (delta segments
-    share the base's) instead of the segment's own."""
-    vocab, ids, lens, keys_parts, tf_parts = _postings_by_chunk(rows, title_weight)
-    n_docs = len(ids)
     terms = list(vocab)
     hashes = np.fromiter((term_hash(t) for t in terms), dtype=np.int64, count=len(terms))
     order = np.argsort(hashes, kind="stable")
@@ -940,16 +948,82 @@ def build_segment(
         del sort
     else:
         keys, tf = np.zeros(0, np.int64), np.zeros(0, np.uint16)
-    term_of = keys >> 32
-    docs = (keys & 0xFFFFFFFF).astype(np.int32)
-    del keys
-    indptr = np.zeros(len(terms) + 1, dtype=np.int64)
-    np.cumsum(np.bincount(term_of, minlength=len(terms)), out=indptr[1:])
-    del term_of
+    return _Part(
+        terms=[terms[i] for i in order],
+        hashes=hashes[order],
+        term=(keys >> 32).astype(np.int32),  # int32: half the bytes a worker sends back
+        docs=(keys & 0xFFFFFFFF).astype(np.int32),
+        tf=tf,
+        lens=lens,
+        ids=np.asarray(ids, dtype=np.int64),
+    )
+
+
+def _segment_from_parts(
+    parts: Sequence[_Part],
+    *,
+    avgdl: float | None = None,
+    k1: float = K1,
+    b: float = B,
+    champions: int | None = None,
+) -> SegmentArrays:
+    """Merge parts (consecutive runs of documents, in order) into one segment: the same arrays as one part.
+
+    The terms of all parts are merged in hash order; each term's postings are those of part 0, then
+    part 1, ... (documents ascending, as the parts follow each other), placed by counting, not sorting.
+    """
+    if len(parts) == 1:
+        only = parts[0]
+        terms, hashes = only.terms, only.hashes
+        indptr = np.zeros(len(terms) + 1, dtype=np.int64)
+        np.cumsum(np.bincount(only.term, minlength=len(terms)), out=indptr[1:])
+        docs = only.docs.astype(np.int32)
+        tf = only.tf
+    else:
+        hashes, inverse = np.unique(np.concatenate([p.hashes for p in parts]), return_inverse=True)
+        slots: list[str | None] = [None] * len(hashes)
+        start = 0
+        maps = []
+        for p in parts:
+            where = inverse[start : start + len(p.hashes)]
+            start += len(p.hashes)
+            maps.append(where)
+            for slot, term in zip(where.tolist(), p.terms, strict=True):
+                seen = slots[slot]
+                if seen is None:
+                    slots[slot] = term
+                elif seen != term:  # pragma: no cover - 64-bit collision, ~1e-7 at 1e6 terms
+                    raise RuntimeError(
+                        "two terms share a 64-bit hash; report this (the term hash must change)"
+                    )
+        terms = slots  # type: ignore[assignment]
+        counts = [
+            np.bincount(where[p.term], minlength=len(hashes)) for p, where in zip(parts, maps, strict=True)
+        ]
+        df = np.sum(counts, axis=0) if counts else np.zeros(len(hashes), np.int64)
+        indptr = np.zeros(len(hashes) + 1, dtype=np.int64)
+        np.cumsum(df, out=indptr[1:])
+        total = int(indptr[-1])
+        docs = np.empty(total, dtype=np.int32)
+        tf = np.empty(total, dtype=np.uint16)
+        before = indptr[:-1].copy()  # where the next part's postings of each term go
+        offset = 0
+        for p, where, count in zip(parts, maps, counts, strict=True):
+            g = where[p.term]
+            local_start = np.zeros(len(hashes), dtype=np.int64)
+            np.cumsum(count[:-1], out=local_start[1:])
+            pos = before[g] + (np.arange(len(g), dtype=np.int64) - local_start[g])
+            docs[pos] = p.docs + offset
+            tf[pos] = p.tf
+            before += count
+            offset += len(p.ids)
+    lens = np.concatenate([p.lens for p in parts])
+    ids = np.concatenate([p.ids for p in parts])
+    n_docs = len(ids)
     doc_len = np.asarray(lens, dtype=np.float32)
-    total = int(doc_len.sum())
+    total_len = int(doc_len.sum())
     if avgdl is None:
-        avgdl = total / n_docs if n_docs else 1.0
+        avgdl = total_len / n_docs if n_docs else 1.0
     avgdl = max(float(avgdl), 1.0)
     tf32 = tf.astype(np.float32)
     norm = k1 * (1.0 - b + b * doc_len[docs] / avgdl)
@@ -959,17 +1033,79 @@ def build_segment(
         indptr, docs, impact, CHAMPIONS if champions is None else champions
     )
     return SegmentArrays(
-        [terms[i] for i in order],
-        hashes[order],
+        list(terms),
+        hashes,
         indptr,
         docs,
         impact,
-        np.asarray(ids, dtype=np.int64),
-        total,
+        ids,
+        total_len,
         champ_indptr,
         champ_docs,
         champ_impact,
     )
+
+
+PARALLEL_MIN_DOCS = 200_000  # smaller tables are tokenised in this process
+_PARTS_PER_WORKER = 2
+
+
+def _part_of_db(meta_db_path: str, low: int | None, high: int | None, title_weight: int) -> _Part:
+    """In a worker process: the `_Part` of the rows with low <= faiss_id < high."""
+    clauses, params = [], []
+    if low is not None:
+        clauses.append("faiss_id >= ?")
+        params.append(low)
+    if high is not None:
+        clauses.append("faiss_id < ?")
+        params.append(high)
+    where = ("WHERE " + " AND ".join(clauses)) if clauses else ""
+    return _tokenize_part(_meta_rows(Path(meta_db_path), where, params), title_weight)
+
+
+def lexical_workers(docs: int) -> int:
+    """Processes for a build of `docs` documents: 0 below PARALLEL_MIN_DOCS or on < 4 cores, else the cores (<= 16)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return min(16, cores) if docs >= PARALLEL_MIN_DOCS and cores >= 4 else 0
+
+
+def build_segment_from_db(
+    meta_db_path: Path, *, champions: int | None = None, workers: int | None = None
+) -> SegmentArrays:
+    """`build_segment` over every row of a meta.sqlite, tokenised by `workers` processes (None: `lexical_workers`).
+
+    The rows are cut into runs of consecutive faiss ids, one task each; the result is the same
+    segment as `build_segment(_meta_rows(meta_db_path))`, array for array.
+    """
+    conn = sqlite3.connect(f"file:{Path(meta_db_path).as_posix()}?mode=ro", uri=True)
+    try:
+        docs = int(conn.execute("SELECT count(*) FROM rows").fetchone()[0])
+        if workers is None:
+            workers = lexical_workers(docs)
+        tasks = max(1, workers * _PARTS_PER_WORKER) if workers > 1 else 1
+        bounds = []
+        for k in range(1, tasks):
+            found = conn.execute(
+                "SELECT faiss_id FROM rows ORDER BY faiss_id LIMIT 1 OFFSET ?", (docs * k // tasks,)
+            ).fetchone()
+            if found is not None and (not bounds or found[0] > bounds[-1]):
+                bounds.append(int(found[0]))
+    finally:
+        conn.close()
+    if workers <= 1 or not bounds:
+        return build_segment(_meta_rows(Path(meta_db_path)), champions=champions)
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    edges: list[int | None] = [None, *bounds, None]
+    method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method)) as pool:
+        futures = [
+            pool.submit(_part_of_db, str(meta_db_path), edges[i], edges[i + 1], TITLE_WEIGHT)
+            for i in range(len(edges) - 1)
+        ]
+        parts = [f.result() for f in futures]
+    return _segment_from_parts(parts, champions=champions)
 
 
 def champion_lists(
@@ -1049,7 +1185,7 @@ def build_artifacts(meta_db_path: str | Path, version_dir: str | Path, config: A
     started = time.perf_counter()
     version_dir = Path(version_dir)
     seg_champions = CHAMPIONS
-    seg = build_segment(_meta_rows(Path(meta_db_path)), champions=seg_champions)
+    seg = build_segment_from_db(Path(meta_db_path), champions=seg_champions)
     names = write_segment(version_dir, "base", seg)
     _save_npy(version_dir / TOMBSTONES_NAME, np.zeros(0, dtype=np.int64))
     n = len(seg.ids)

@@ -237,10 +237,16 @@ def _parse_line(line: bytes) -> dict[str, Any] | RecordError | None:
     return obj
 
 
+_LAZY: dict[str, Any] = {}  # `_iter_json_lines(lazy=True)`: a line left for a worker process to parse
+
+
 def _iter_json_lines(
-    stream: BinaryIO, tick: Callable[[], None] | None, max_line_bytes: int
+    stream: BinaryIO, tick: Callable[[], None] | None, max_line_bytes: int, lazy: bool = False
 ) -> Iterator[tuple[int, bytes, dict[str, Any] | RecordError | None]]:
-    """Yield (line number, raw bytes, parsed object or error); None for blank lines."""
+    """Yield (line number, raw bytes, parsed object or error); None for blank lines.
+
+    `lazy`: yield `_LAZY` instead of parsing each line (the parallel reader parses in its workers).
+    """
     number = 0
     while True:
         line, overlong = _read_line(stream, max_line_bytes)
@@ -251,7 +257,10 @@ def _iter_json_lines(
             tick()
         if number == 1 and line.startswith(codecs.BOM_UTF8):
             line = line[3:]  # a BOM at file start is an encoding marker, not data
-        yield number, line, (_overlong(overlong, max_line_bytes) if overlong else _parse_line(line))
+        if overlong:
+            yield number, line, _overlong(overlong, max_line_bytes)
+        else:
+            yield number, line, (_LAZY if lazy else _parse_line(line))
 
 
 class _Prefixed(io.RawIOBase):
@@ -514,7 +523,7 @@ def _resync(decoder: json.JSONDecoder, buf: str, start: int) -> int:
 
 
 def _iter_file(
-    path: Path, progress_bar: Any | None = None, max_line_bytes: int = _MAX_ELEMENT_CHARS
+    path: Path, progress_bar: Any | None = None, max_line_bytes: int = _MAX_ELEMENT_CHARS, lazy: bool = False
 ) -> Iterator[tuple[int, bytes | str, dict[str, Any] | RecordError | None]]:
     try:
         stream, raw_file = _open_binary(path)
@@ -540,7 +549,7 @@ def _iter_file(
             if closed is not None:  # read on after the `]`: nothing after it may vanish
                 yield from _iter_after_array(*closed, ticker, max_line_bytes)
         else:
-            yield from _iter_json_lines(stream, ticker, max_line_bytes)
+            yield from _iter_json_lines(stream, ticker, max_line_bytes, lazy)
 
     last = 0  # the line (array position) of the last record read, for the message of a file cut short
     try:
@@ -627,6 +636,7 @@ class CatalogReader:
         chosen = c.rejects_path or rejects_path
         self.rejects_path: Path | None = Path(chosen) if chosen else None
         self.summary = ReadSummary(rejects_path=str(self.rejects_path) if self.rejects_path else None)
+        self._pool: _CleaningPool | None = None
 
     # ---- one record -> row
 
@@ -686,9 +696,16 @@ class CatalogReader:
     # ---- files -> rows
 
     def iter_rows(
-        self, paths: Sequence[str | Path] | str | Path, progress: bool = False
+        self, paths: Sequence[str | Path] | str | Path, progress: bool = False, workers: int | None = None
     ) -> Iterator[CatalogRow]:
-        """Stream the rows of `paths` in order; `self.summary` is complete once iteration ends."""
+        """Stream the rows of `paths` in order; `self.summary` is complete once iteration ends.
+
+        `workers` (default `catalog.read_workers`): processes that parse, validate and clean the lines
+        of JSON-lines files (`_CleaningPool`); the rows, the summary and the rejects file are the same
+        as with none, in the same order. None/0 in both: in this process.
+        """
+        if workers is None:
+            workers = self.config.read_workers
         path_list = [Path(paths)] if isinstance(paths, (str, os.PathLike)) else [Path(p) for p in paths]
         for path in path_list:
             if not path.exists():
@@ -715,15 +732,32 @@ class CatalogReader:
 
             total = sum(p.stat().st_size for p in path_list)
             bar = tqdm(total=total, unit="B", unit_scale=True, desc="reading catalog")
+        count = _auto_workers(path_list) if workers == -1 else int(workers or 0)
+        self._pool = _CleaningPool(self.config, count) if count > 1 else None
         try:
             yield from self._rows(path_list, last_seen, rejects, bar)
         finally:
+            if self._pool is not None:
+                self._pool.close()
+                self._pool = None
             if rejects is not None:
                 rejects.close()
             if bar is not None:
                 bar.close()
             self.summary.seconds = time.perf_counter() - started
         self.summary.check()
+
+    def _records(
+        self, path: Path, bar: Any
+    ) -> Iterator[tuple[int, bytes | str, Any, tuple[CatalogRow | RecordError, bool] | None]]:
+        """(line, raw, parsed object or error or None, (row or error, truncated) when a worker made it)."""
+        pool = getattr(self, "_pool", None)
+        records = _iter_file(path, bar, self.config.max_line_bytes, lazy=pool is not None)
+        if pool is None:
+            for number, raw, obj in records:
+                yield number, raw, obj, None
+        else:
+            yield from pool.rows(records, str(path))
 
     def _last_positions(self, paths: list[Path]) -> dict[str, int]:
         """keep_last, first pass: the last (source, line) of every uid among the valid rows."""
@@ -761,7 +795,7 @@ class CatalogReader:
         for index, path in enumerate(paths):
             source = str(path)
             ordinal = 0  # identifies a record within its file (a line number may repeat after an array)
-            for number, raw, obj in _iter_file(path, bar, self.config.max_line_bytes):
+            for number, raw, obj, made in self._records(path, bar):
                 if obj is None:
                     s.blank_lines += 1
                     continue
@@ -771,9 +805,12 @@ class CatalogReader:
                     s.trailing += 1
                     reject(source, number, obj.reason, raw, "trailing data")
                     continue
-                row, truncated = (
-                    (obj, False) if isinstance(obj, RecordError) else self._make_row(obj, source, number)
-                )
+                if made is not None:  # validated and cleaned by a worker process
+                    row, truncated = made
+                else:
+                    row, truncated = (
+                        (obj, False) if isinstance(obj, RecordError) else self._make_row(obj, source, number)
+                    )
                 if isinstance(row, RecordError):
                     s.rejected += 1
                     reject(source, number, row.reason, raw, _reason_kind(row.reason))
@@ -807,6 +844,111 @@ class CatalogReader:
                 if not row.content:
                     s.empty_content += 1
                 yield row
+
+
+# --------------------------------------------------------------------------- parallel cleaning
+
+_PARALLEL_MIN_BYTES = 64 << 20  # read_workers -1 (auto): files smaller than this are cleaned in-process
+_BATCH_LINES = 2048  # lines per task handed to a cleaning process
+
+
+def _auto_workers(paths: Sequence[Path]) -> int:
+    """`catalog.read_workers: -1`: half the cores (at most 8) for large inputs, none for small ones or 2 cores."""
+    try:
+        size = sum(p.stat().st_size for p in paths)
+    except OSError:
+        return 0
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return min(8, cores // 2) if size >= _PARALLEL_MIN_BYTES and cores >= 4 else 0
+
+
+_WORKER_READER: CatalogReader | None = None
+
+
+def _init_worker(config: CatalogConfig) -> None:
+    global _WORKER_READER
+    _WORKER_READER = CatalogReader(config)
+
+
+def _clean_batch(source: str, lines: list[tuple[int, bytes]]) -> list[Any]:
+    """In a worker: per line None (blank), a RecordError, or (uid, title, content, truncated)."""
+    reader = _WORKER_READER
+    assert reader is not None
+    out: list[Any] = []
+    for number, line in lines:
+        obj = _parse_line(line)
+        if obj is None or isinstance(obj, RecordError):
+            out.append(obj)
+            continue
+        row, truncated = reader._make_row(obj, source, number)
+        out.append(row if isinstance(row, RecordError) else (row.uid, row.title, row.content, truncated))
+    return out
+
+
+class _CleaningPool:
+    """Processes that parse, validate and clean JSON lines for `CatalogReader`, in input order.
+
+    The reading process reads the lines (so line numbers, progress and rejects stay as they are),
+    sends them in batches of `_BATCH_LINES`, and keeps at most 4 batches per process in flight
+    (bounded memory); the de-duplication, the summary and the rejects file stay in the reading
+    process, so the output is the same as without workers. The processes come from a fresh
+    interpreter (forkserver), never a fork of a process that may hold a GPU context or threads.
+    """
+
+    def __init__(self, config: CatalogConfig, workers: int) -> None:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+        self.workers = workers
+        self.executor = ProcessPoolExecutor(
+            workers,
+            mp_context=multiprocessing.get_context(method),
+            initializer=_init_worker,
+            initargs=(config,),
+        )
+
+    def rows(
+        self, records: Iterator[tuple[int, bytes | str, Any]], source: str
+    ) -> Iterator[tuple[int, bytes | str, Any, tuple[CatalogRow | RecordError, bool] | None]]:
+        from collections import deque
+
+        in_flight: deque[tuple[list[tuple[int, bytes | str, Any]], Any]] = deque()
+
+        def drain(batch: list[tuple[int, bytes | str, Any]], future: Any) -> Iterator[tuple[Any, ...]]:
+            results = iter(future.result()) if future is not None else iter(())
+            for number, raw, obj in batch:
+                if obj is not _LAZY:  # parsed here (an overlong line's error, JSON array elements)
+                    yield number, raw, obj, None
+                    continue
+                made = next(results)
+                if made is None or isinstance(made, RecordError):
+                    yield number, raw, made, None
+                else:
+                    uid, title, content, truncated = made
+                    row = CatalogRow(uid=uid, title=title, content=content, source=source, line=number)
+                    yield number, raw, _LAZY, (row, truncated)
+
+        def submit(batch: list[tuple[int, bytes | str, Any]]) -> None:
+            lines = [(n, raw) for n, raw, obj in batch if obj is _LAZY]
+            future = self.executor.submit(_clean_batch, source, lines) if lines else None
+            in_flight.append((batch, future))
+
+        batch: list[tuple[int, bytes | str, Any]] = []
+        for record in records:
+            batch.append(record)
+            if len(batch) >= _BATCH_LINES:
+                submit(batch)
+                batch = []
+                if len(in_flight) >= 4 * self.workers:
+                    yield from drain(*in_flight.popleft())
+        if batch:
+            submit(batch)
+        while in_flight:
+            yield from drain(*in_flight.popleft())
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=True, cancel_futures=True)
 
 
 def _pack(index: int, ordinal: int, number: int) -> int:

@@ -90,6 +90,9 @@ class CatalogConfig:
     # a longer line (or JSON array element) is rejected without being read into memory; the longest real
     # row is ~0.4 MB of JSON (~1.2 MB if every character were \u-escaped), so 4 MiB cuts none of them
     max_line_bytes: int = 4 << 20
+    # processes that parse and clean JSON-lines input (rag/catalog.py, `_CleaningPool`); the output is the
+    # same with any number. -1: half the cores, at most 8, for inputs of 64 MiB or more (else none); 0: none
+    read_workers: int = -1
 
 
 @dataclass
@@ -113,6 +116,15 @@ class EmbeddingConfig:
     onnx_cache_dir: str | None = None
     # intra-op threads of the onnx session and of torch; null: the library's default (all cores)
     num_threads: int | None = None
+    # backend torch: "auto" embeds builds and updates through index/bulk_embedder.py on CUDA (Rust tokenizer
+    # in bulk, length-sorted fp16 batches, SDPA); true also on CPU (fp32); false always SentenceTransformer.encode
+    bulk: bool | Literal["auto"] = "auto"
+    bulk_batch_tokens: int = 262144  # padded word pieces per bulk forward pass, at most (4,096 titles of 64)
+    # attention kernel of the bulk path: eager measured fastest for short padded titles (docs/performance-gpu.md)
+    bulk_attention: Literal["eager", "sdpa"] = "eager"
+    tokenizer_threads: int | None = (
+        None  # Rayon threads of the bulk tokenizer; null: half the cores, at most 8
+    )
 
 
 @dataclass
@@ -539,6 +551,7 @@ def _semantic_checks(config: Config) -> list[str]:
         "retrieval.k": config.retrieval.k,
         "retrieval.candidates": config.retrieval.candidates,
         "embedding.batch_size": config.embedding.batch_size,
+        "embedding.bulk_batch_tokens": config.embedding.bulk_batch_tokens,
         "generator.max_new_tokens": config.generator.max_new_tokens,
         "generator.batch_size": config.generator.batch_size,
         "api.max_concurrency": config.api.max_concurrency,
