@@ -29,6 +29,7 @@ plain `SentenceTransformerEmbedder`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
@@ -39,7 +40,9 @@ from typing import Any
 
 import numpy as np
 
-from .embedder import CachedQueryMixin, _normalise, _QueryCache
+from .query_cache import CachedQueryMixin
+from .query_cache import QueryCache as _QueryCache
+from .query_cache import normalise as _normalise
 
 log = logging.getLogger(__name__)
 
@@ -234,10 +237,8 @@ class BulkEmbedder(CachedQueryMixin):
                 yield item
         finally:
             while producer.is_alive():  # a consumer that stops early must not leave it blocked on put
-                try:
+                with contextlib.suppress(queue.Empty):
                     handoff.get(timeout=0.05)
-                except queue.Empty:
-                    pass
             producer.join()
 
     def embed(

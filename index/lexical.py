@@ -1083,7 +1083,7 @@ def build_segment_from_db(
         if workers is None:
             workers = lexical_workers(docs)
         tasks = max(1, workers * _PARTS_PER_WORKER) if workers > 1 else 1
-        bounds = []
+        bounds: list[int] = []
         for k in range(1, tasks):
             found = conn.execute(
                 "SELECT faiss_id FROM rows ORDER BY faiss_id LIMIT 1 OFFSET ?", (docs * k // tasks,)

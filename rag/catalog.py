@@ -39,7 +39,7 @@ import zlib
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 from rag.cleaning import clean_text, clean_title, compile_boilerplate
 from rag.config import CatalogConfig
@@ -866,7 +866,7 @@ _WORKER_READER: CatalogReader | None = None
 
 
 def _init_worker(config: CatalogConfig) -> None:
-    global _WORKER_READER
+    global _WORKER_READER  # noqa: PLW0603 - set once per worker process by the pool's initializer
     _WORKER_READER = CatalogReader(config)
 
 
@@ -930,7 +930,8 @@ class _CleaningPool:
                     yield number, raw, _LAZY, (row, truncated)
 
         def submit(batch: list[tuple[int, bytes | str, Any]]) -> None:
-            lines = [(n, raw) for n, raw, obj in batch if obj is _LAZY]
+            # a line left lazy is always the raw bytes read from the file (_iter_json_lines(lazy=True))
+            lines = [(n, cast(bytes, raw)) for n, raw, obj in batch if obj is _LAZY]
             future = self.executor.submit(_clean_batch, source, lines) if lines else None
             in_flight.append((batch, future))
 
