@@ -480,12 +480,15 @@ def build_index(
             conn.close()
             summary = reader.summary
             _check_rejects(config, summary, paths, rejects, require_rows=True)
+            index, auto = _choose_index(config, embedder, index, version_dir)
             index.save(version_dir / VECTORS_FILE)
             if index.ntotal != rows:  # pragma: no cover - guards against a FAISS/metadata mismatch bug
                 raise BuildError(f"internal error: {index.ntotal} vectors for {rows} rows")
             artifacts = _build_artifacts(config, version_dir)
             rejects_names = rejects.commit(summary)
             manifest = _base_manifest(config, embedder, index, "build", parent)
+            if auto is not None:
+                manifest["index"]["auto"] = auto
             manifest.update(
                 rows=rows,
                 sources=_sources(paths),
@@ -515,6 +518,20 @@ def build_index(
         embedding_model=embedder.name,
         removed_versions=removed,
     )
+
+
+def _choose_index(
+    config: Config, embedder: Embedder, index: FaissIndex, version_dir: Path
+) -> tuple[FaissIndex, dict[str, Any] | None]:
+    """`index.type: auto`: keep the flat index or replace it by a tuned ivf one (index/autoindex.py)."""
+    if config.index.type != "auto":
+        return index, None
+    from .autoindex import finish_auto_index, sqlite_titles
+
+    def embed(texts: list[str]) -> np.ndarray:
+        return embedder.embed(texts, batch_size=config.embedding.batch_size)
+
+    return finish_auto_index(index, config.index, embed, sqlite_titles(version_dir / META_FILE))
 
 
 def _build_artifacts(
@@ -1011,9 +1028,7 @@ class _Update:
         t0 = time.perf_counter()
         artifacts = _build_artifacts(self.config, self.version_dir)
         self.timings["lexical_s"] = time.perf_counter() - t0
-        index_info = _index_info(index)
-        if "auto" in self.parent.manifest["index"]:  # how `index.type: auto` chose, kept across compactions
-            index_info["auto"] = self.parent.manifest["index"]["auto"]
+        index_info = _index_info(index, self.parent.manifest)
         return _Segments(
             compacted=True,
             segments={"base": {"rows": rows, "version": self.version_dir.name}},
@@ -1112,15 +1127,19 @@ class _Update:
         self.timings["commit_s"] = time.perf_counter() - t0
 
 
-def _index_info(index: FaissIndex) -> dict[str, Any]:
+def _index_info(index: FaissIndex, parent_manifest: dict[str, Any]) -> dict[str, Any]:
+    """The manifest's `index` section of a compacted base; how `index.type: auto` chose is kept."""
     import faiss
 
-    return {
+    info = {
         "type": index.type,
         "params": index.params,
         "metric": "inner_product",
         "faiss_version": getattr(faiss, "__version__", "unknown"),
     }
+    if "auto" in parent_manifest["index"]:
+        info["auto"] = parent_manifest["index"]["auto"]
+    return info
 
 
 def _write_compacted_base(
@@ -1300,7 +1319,7 @@ def compact_index(config: Config, *, force: bool = False) -> CompactReport:
                 "operation": "compact",
                 "parent": parent,
                 "embedding": dict(parent_manifest["embedding"]),
-                "index": _index_info(index),
+                "index": _index_info(index, parent_manifest),
                 "rows": rows,
                 "segments": {"base": {"rows": rows, "version": version_dir.name}},
                 "sources": parent_manifest.get("sources", []),
