@@ -14,8 +14,8 @@ only known at its end. Then `finish_auto_index`:
   - the coarse quantizer is trained on a random sample of 40 * nlist vectors (164k at 1.3M),
     drawn from rows other than the tuning rows below;
   - nprobe: `index.auto_tune_queries` (300) rows are held back from training; their titles are
-    embedded as queries in three forms (the title, the title without its last word, "what is
-    <title> about?"), so the query is never just the stored vector; ground truth is the exact top-10
+    embedded as queries in three forms (the title with a typo, the title without its last word,
+    "what is <title> about?"), so the query is never just the stored vector; ground truth is the exact top-10
     of the flat index; recall@10 is measured for nprobe 1, 2, 4, ... until it reaches
     `index.auto_recall_target` (0.97), then bisected down to the smallest nprobe that reaches it.
     A returned row whose exact score ties the 10th exact score counts as a hit: rows with identical
@@ -58,8 +58,22 @@ def auto_nlist(rows: int) -> int:
     return max(1, min(nlist, rows // 39))
 
 
+def _swap_letters(title: str) -> str:
+    """The title with two adjacent letters of its longest word swapped: a typo, never the stored text."""
+    words = title.split()
+    if not words:
+        return title
+    w = max(range(len(words)), key=lambda i: len(words[i]))
+    word = words[w]
+    if len(word) < 4:
+        return f"{title} ?"
+    mid = len(word) // 2
+    words[w] = word[: mid - 1] + word[mid] + word[mid - 1] + word[mid + 1 :]
+    return " ".join(words)
+
+
 def query_texts(titles: Sequence[str]) -> list[str]:
-    """One query per title, cycling through three forms a user might type."""
+    """One query per title, cycling through three forms a user might type, none equal to the title."""
     out = []
     for i, title in enumerate(titles):
         words = title.split()
@@ -68,7 +82,7 @@ def query_texts(titles: Sequence[str]) -> list[str]:
         elif i % 3 == 2:
             out.append(f"what is {title} about?")
         else:
-            out.append(title)
+            out.append(_swap_letters(title))
     return out
 
 

@@ -93,7 +93,9 @@ class EmbeddingConfig:
     # "bundled:all-MiniLM-L6-v2" (shipped, offline), a local model directory, a hub id, or
     # "hashing:<dim>" (model-free n-gram hashing for tests/benchmarks of index mechanics only)
     model: str = "bundled:all-MiniLM-L6-v2"
-    backend: Literal["torch", "onnx", "openvino"] = "torch"
+    # "auto": onnx (int8, onnx_quantize) on a CPU, torch on CUDA; torch where onnxruntime is not installed.
+    # On the sample questions int8 retrieval equals torch fp32 (docs/performance.md, "onnx int8 as the default")
+    backend: Literal["auto", "torch", "onnx", "openvino"] = "auto"
     device: str = "cpu"  # "cpu", "cuda", or "auto"
     batch_size: int = 256
     max_seq_length: int = 64  # titles are short; 64 word pieces cover > 99% of them
