@@ -110,8 +110,8 @@ def _format_auto(auto: dict[str, Any]) -> str:
         return f"chose exact search (flat) for {auto['rows']:,} rows (ivf from {auto['ivf_min_rows']:,})"
     return (
         f"chose ivf for {auto['rows']:,} rows: nlist {auto['nlist']:,}, nprobe {auto['nprobe']} "
-        f"(recall@10 {auto['recall_at_10']:.3f} vs exact on {auto['queries']} held-back titles, "
-        f"target {auto['recall_target']})"
+        f"(recall@10 {auto['recall_at_10']:.3f}, 95% lower bound {auto.get('recall_at_10_lower', 0):.3f}, "
+        f"vs exact on {auto['queries']} held-back titles; target {auto['recall_target']})"
     )
 
 

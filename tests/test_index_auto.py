@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from index.autoindex import auto_nlist, recall_at_k, tune_nprobe
+from index.autoindex import auto_nlist, lower_bound, per_query_recall, recall_at_k, tune_nprobe
 from index.build import build_index, compact_index, update_index
 from index.embedder import HashingEmbedder
 from index.store import IndexStore
@@ -76,9 +76,10 @@ def test_large_catalog_gets_a_tuned_ivf_that_updates_keep(tmp_path: Path) -> Non
         info["params"]["ivf_nprobe"] == auto["nprobe"] and info["params"]["ivf_nlist_used"] == auto["nlist"]
     )
     nprobe = auto["nprobe"]
-    assert auto["tried"][str(nprobe)] >= 0.97
-    if nprobe > 1:  # the smallest: one fewer list misses the target
-        assert auto["tried"][str(nprobe - 1)] < 0.97
+    mean, lower = auto["tried"][str(nprobe)]
+    assert (mean, lower) == (auto["recall_at_10"], auto["recall_at_10_lower"]) and mean >= lower >= 0.97
+    if nprobe > 1:  # the smallest: one fewer list misses the target (by its lower bound)
+        assert auto["tried"][str(nprobe - 1)][1] < 0.97
     assert auto["train_points"] <= 3000 - 120  # the tuning rows are held back from training
 
     snap = store.open_current()
@@ -101,6 +102,12 @@ def test_large_catalog_gets_a_tuned_ivf_that_updates_keep(tmp_path: Path) -> Non
     assert snap.rows == 3019 and snap.index.raw.nprobe == nprobe
 
 
+def test_lower_bound_is_the_mean_less_two_standard_errors() -> None:
+    recalls = np.array([1.0] * 90 + [0.9] * 10)
+    assert lower_bound(recalls) == pytest.approx(0.99 - 1.96 * recalls.std(ddof=1) / 10)
+    assert lower_bound(np.ones(300)) == 1.0
+
+
 def test_tune_nprobe_finds_the_smallest_value_reaching_the_target() -> None:
     import faiss
 
@@ -115,12 +122,13 @@ def test_tune_nprobe_finds_the_smallest_value_reaching_the_target() -> None:
     ivf.train(data)
     ivf.add(data)
 
-    def recall(nprobe: int) -> float:
+    def recall(nprobe: int) -> tuple[float, float]:
         ivf.nprobe = nprobe
-        return recall_at_k(*ivf.search(queries, 10), truth)
+        recalls = per_query_recall(*ivf.search(queries, 10), truth)
+        return float(recalls.mean()), lower_bound(recalls)
 
     for target in (0.5, 0.9, 0.97, 1.0):
-        chosen, measured, _tried = tune_nprobe(ivf, queries, truth, target)
-        assert measured == recall(chosen) >= target
-        assert chosen == 1 or recall(chosen - 1) < target
+        chosen, tried = tune_nprobe(ivf, queries, truth, target)
+        assert tried[chosen] == recall(chosen) and recall(chosen)[1] >= target
+        assert chosen == 1 or recall(chosen - 1)[1] < target
     assert recall_at_k(*exact.search(queries, 10), truth) == 1.0
