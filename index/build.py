@@ -138,6 +138,7 @@ STAGE_NAMES = {
     "embed_s": "embedding",
     "faiss_add_s": "FAISS add",
     "pipeline_drain_s": "after reading",
+    "index_choose_s": "index choice (auto)",
     "faiss_save_s": "FAISS save",
     "lexical_s": "BM25",
     "manifest_s": "manifest",
@@ -476,6 +477,48 @@ def _base_manifest(
 # --------------------------------------------------------------------------- build
 
 
+def _store_and_embed(
+    config: Config,
+    reader: Any,
+    paths: Sequence[Path],
+    embedder: Embedder,
+    index: FaissIndex,
+    meta_path: Path,
+    stages: dict[str, float],
+    progress: bool,
+) -> tuple[int, float]:
+    """The build's pipeline: this thread reads and cleans the rows, a SQLite thread stores each chunk
+    and hands the stored records to an embedding thread, which adds their vectors to `index`.
+
+    Returns (rows stored, embedding seconds) and fills `stages` with the stage times."""
+    bar = _progress(progress, "embedding titles")
+    embedding = _EmbeddingThread(embedder, index, config.embedding.batch_size)
+    sqlite = _SqliteThread(meta_path, embedding)
+    try:
+        t_read = time.perf_counter()
+        for chunk in _chunks(reader.iter_rows(paths, progress=progress), CHUNK_ROWS):
+            sqlite.put(chunk)
+            bar.update(len(chunk))
+        read_s = time.perf_counter() - t_read
+        t0 = time.perf_counter()
+        sqlite.finish()
+        embedding.finish()
+        wait_s = time.perf_counter() - t0
+    finally:  # after an error: both stop taking work first, so neither waits on the other
+        sqlite.request_stop()
+        embedding.request_stop()
+        sqlite.stop()
+        embedding.stop()
+    bar.close()
+    stages["read_clean_s"] = read_s  # the reading loop, including its waits for a full queue
+    stages["sqlite_s"] = sqlite.busy_s
+    stages["embed_s"] = embedding.embed_s
+    stages["faiss_add_s"] = embedding.add_s
+    stages["pipeline_drain_s"] = wait_s  # after the last row was read: SQLite and embedding finishing
+    # a uid already in the table is skipped (only direct callers repeat one)
+    return sqlite.stored, embedding.embed_s
+
+
 def build_index(
     config: Config, paths: Sequence[str | Path], *, progress: bool = True, embedder: Embedder | None = None
 ) -> BuildReport:
@@ -503,34 +546,14 @@ def build_index(
         try:
             reader = rejects.reader(config)
             index = FaissIndex.from_config(embedder.dimension, config.index)
-            bar = _progress(progress, "embedding titles")
-            embedding = _EmbeddingThread(embedder, index, config.embedding.batch_size)
-            sqlite = _SqliteThread(version_dir / META_FILE, embedding)
-            try:
-                t_read = time.perf_counter()
-                for chunk in _chunks(reader.iter_rows(paths, progress=progress), CHUNK_ROWS):
-                    sqlite.put(chunk)
-                    bar.update(len(chunk))
-                read_s = time.perf_counter() - t_read
-                t0 = time.perf_counter()
-                sqlite.finish()
-                embedding.finish()
-                wait_s = time.perf_counter() - t0
-            finally:  # after an error: both stop taking work first, so neither waits on the other
-                sqlite.request_stop()
-                embedding.request_stop()
-                sqlite.stop()
-                embedding.stop()
-            rows = sqlite.stored  # a uid already in the table is skipped (only direct callers repeat one)
-            bar.close()
-            embed_seconds = embedding.embed_s
+            rows, embed_seconds = _store_and_embed(
+                config, reader, paths, embedder, index, version_dir / META_FILE, stages, progress
+            )
             summary = reader.summary
-            stages["read_clean_s"] = read_s  # the reading loop, including its waits for a full queue
-            stages["sqlite_s"] = sqlite.busy_s
-            stages["embed_s"] = embed_seconds
-            stages["faiss_add_s"] = embedding.add_s
-            stages["pipeline_drain_s"] = wait_s  # after the last row was read: SQLite and embedding finishing
             _check_rejects(config, summary, paths, rejects, require_rows=True)
+            t0 = time.perf_counter()
+            index, auto = _choose_index(config, embedder, index, version_dir)
+            stages["index_choose_s"] = time.perf_counter() - t0  # index.type auto: ivf training, nprobe
             t0 = time.perf_counter()
             index.save(version_dir / VECTORS_FILE)
             stages["faiss_save_s"] = time.perf_counter() - t0
@@ -541,6 +564,8 @@ def build_index(
             stages["lexical_s"] = time.perf_counter() - t0
             rejects_names = rejects.commit(summary)
             manifest = _base_manifest(config, embedder, index, "build", parent)
+            if auto is not None:
+                manifest["index"]["auto"] = auto
             manifest.update(
                 rows=rows,
                 sources=_sources(paths),
@@ -738,6 +763,20 @@ class _Stopped(Exception):
     """The embedding thread was told to stop (the build failed elsewhere)."""
 
 
+def _choose_index(
+    config: Config, embedder: Embedder, index: FaissIndex, version_dir: Path
+) -> tuple[FaissIndex, dict[str, Any] | None]:
+    """`index.type: auto`: keep the flat index or replace it by a tuned ivf one (index/autoindex.py)."""
+    if config.index.type != "auto":
+        return index, None
+    from .autoindex import finish_auto_index, sqlite_titles
+
+    def embed(texts: list[str]) -> np.ndarray:
+        return embedder.embed(texts, batch_size=config.embedding.batch_size)
+
+    return finish_auto_index(index, config.index, embed, sqlite_titles(version_dir / META_FILE))
+
+
 def _build_artifacts(
     config: Config, version_dir: Path, meta_path: Path | None = None, **update: Any
 ) -> list[str]:
@@ -845,20 +884,16 @@ def update_index(
     `compact`: None (default) writes a fresh base when the delta passes `index.compact_ratio` of
     the base; True always does; False never does, except when the description index cannot be
     updated incrementally (no update hook, or it would rebuild itself from all rows).
+
+    The embedding model is loaded only when a title must be embedded (a new row or a changed
+    title): deletions, unchanged rows and description-only changes never load it.
     """
     started = time.perf_counter()
     paths = _check_inputs(paths)
     store = IndexStore.from_config(config)
     with store.lock():
         parent, parent_dir, parent_manifest = _current_parent(store, "update")
-        embedder = _embedder(config, embedder)
-        built_with = parent_manifest["embedding"]
-        if built_with["model"] != embedder.name or int(built_with["dimension"]) != embedder.dimension:
-            raise BuildError(
-                f"{parent_dir / 'manifest.json'}: the index was built with {built_with['model']} "
-                f"(dimension {built_with['dimension']}) but embedding.model gives {embedder.name} "
-                f"(dimension {embedder.dimension}); rebuild with `rag index build` or set embedding.model back"
-            )
+        lazy = _LazyEmbedder(config, embedder, parent_dir, parent_manifest)
         # Verify the parent before building on it: never propagate a damaged file. Base files that
         # are the same inode, size and mtime as when they were hashed are not re-read (their hash is
         # carried into the new version, so damage stays detectable); every other file is hashed.
@@ -871,34 +906,28 @@ def update_index(
                 + "; ".join(parent_check.problems)
                 + " (run `rag index rollback` or rebuild)"
             )
-        timings = {"parent_check_s": time.perf_counter() - t0}
         version_dir = store.new_version_dir()
-        rejects = _Rejects(store, version_dir, UPDATE_REJECTS_FILE)
+        job = _Update(
+            config=config,
+            store=store,
+            parent=_Parent(parent, parent_dir, parent_manifest),
+            version_dir=version_dir,
+            embedder=lazy,
+            rejects=_Rejects(store, version_dir, UPDATE_REJECTS_FILE),
+            hash_cache=hash_cache,
+            timings={"parent_check_s": time.perf_counter() - t0},
+            started=started,
+            progress=progress,
+        )
         try:
-            report = _apply_update(
-                config,
-                store,
-                parent,
-                parent_dir,
-                parent_manifest,
-                version_dir,
-                paths,
-                delete_uids,
-                embedder,
-                progress,
-                started,
-                compact,
-                hash_cache,
-                timings,
-                rejects,
-            )
+            report = job.run(paths, delete_uids, compact)
         except BaseException as exc:
-            rejects.keep()
+            job.rejects.keep()
             shutil.rmtree(version_dir, ignore_errors=True)
             _reraise_input_error(exc, store, parent)
             raise
         if not report.changed:  # nothing to commit: the history (keep_versions) stays as it is
-            rejects.keep(report.read_summary)
+            job.rejects.keep(report.read_summary)
             shutil.rmtree(version_dir, ignore_errors=True)
             report.version, report.rows, report.path = parent, int(parent_manifest["rows"]), str(parent_dir)
     report.seconds = time.perf_counter() - started
@@ -1006,170 +1035,281 @@ class _Delta:
         self.base.close()
 
 
-def _apply_update(
-    config: Config,
-    store: IndexStore,
-    parent: str,
-    parent_dir: Path,
-    parent_manifest: dict[str, Any],
-    version_dir: Path,
-    paths: list[Path],
-    delete_uids: Sequence[str],
-    embedder: Embedder,
-    progress: bool,
-    started: float,
-    compact: bool | None,
-    hash_cache: HashCache,
-    timings: dict[str, float],
-    rejects: _Rejects,
-) -> UpdateReport:
-    dimension = int(parent_manifest["embedding"]["dimension"])
-    t0 = time.perf_counter()
-    delta = _Delta(version_dir, parent_dir, parent_manifest, dimension)
-    conn = delta.conn
-    report = UpdateReport(version="", parent=parent, rows=0, seconds=0.0, path=str(version_dir))
-    try:
-        # 1. deletions
-        deleted_uids: list[str] = []
-        deleted_ids: list[int] = []
-        unique_deletes = list(dict.fromkeys(delete_uids))
-        found = delta.lookup(unique_deletes)
-        for uid in unique_deletes:
+class _LazyEmbedder:
+    """The update's embedder, loaded on the first title to embed and checked against the parent.
+
+    A delete-only update, one whose rows are all unchanged, or one that changes descriptions only
+    never loads the model (seconds of start-up and hundreds of MB for nothing). An embedder passed
+    by the caller costs nothing to check, so it is checked at once.
+    """
+
+    def __init__(
+        self, config: Config, given: Embedder | None, parent_dir: Path, parent_manifest: dict[str, Any]
+    ) -> None:
+        self.config = config
+        self.built_with = parent_manifest["embedding"]
+        self.manifest_path = parent_dir / "manifest.json"
+        self.loaded: Embedder | None = None
+        if given is not None:
+            self.loaded = self._checked(given)
+
+    def _checked(self, embedder: Embedder) -> Embedder:
+        built_with = self.built_with
+        if built_with["model"] != embedder.name or int(built_with["dimension"]) != embedder.dimension:
+            raise BuildError(
+                f"{self.manifest_path}: the index was built with {built_with['model']} "
+                f"(dimension {built_with['dimension']}) but embedding.model gives {embedder.name} "
+                f"(dimension {embedder.dimension}); rebuild with `rag index build` or set embedding.model back"
+            )
+        return embedder
+
+    def embed(self, titles: list[str]) -> np.ndarray:
+        if self.loaded is None:
+            self.loaded = self._checked(_embedder(self.config, None))
+        return self.loaded.embed(titles, batch_size=self.config.embedding.batch_size)
+
+
+@dataclass
+class _Parent:
+    """The committed version an update builds on."""
+
+    version: str
+    dir: Path
+    manifest: dict[str, Any]
+
+
+@dataclass
+class _Changes:
+    """What the rows of an update did, collected while reading; vectors are applied once at the end."""
+
+    summary: Any = None
+    deleted_uids: list[str] = field(default_factory=list)
+    deleted_ids: list[int] = field(default_factory=list)
+    changed_uids: list[str] = field(default_factory=list)
+    changed_ids: list[int] = field(default_factory=list)
+    add_ids: list[np.ndarray] = field(default_factory=list)
+    add_vectors: list[np.ndarray] = field(default_factory=list)
+
+
+@dataclass
+class _Segments:
+    """What step 3 wrote: the manifest's segments, index, artifacts and file names."""
+
+    compacted: bool
+    segments: dict[str, Any]
+    index_info: dict[str, Any]
+    artifacts: list[str]
+    file_names: list[str]
+
+
+@dataclass
+class _Update:
+    """One incremental update, in steps: deletions, upserts, then a new delta or a compacted base.
+
+    Lock held by the caller, which also removes `version_dir` when `run` raises or changes nothing.
+    """
+
+    config: Config
+    store: IndexStore
+    parent: _Parent
+    version_dir: Path
+    embedder: _LazyEmbedder
+    rejects: _Rejects
+    hash_cache: HashCache
+    timings: dict[str, float]
+    started: float
+    progress: bool = True
+
+    def run(self, paths: list[Path], delete_uids: Sequence[str], compact: bool | None) -> UpdateReport:
+        dimension = int(self.parent.manifest["embedding"]["dimension"])
+        t0 = time.perf_counter()
+        delta = _Delta(self.version_dir, self.parent.dir, self.parent.manifest, dimension)
+        report = UpdateReport(
+            version="", parent=self.parent.version, rows=0, seconds=0.0, path=str(self.version_dir)
+        )
+        changes = _Changes()
+        try:
+            self._delete(delta, delete_uids, report, changes)
+            if paths:
+                self._upsert(delta, paths, report, changes)
+            if not (report.inserted or report.updated or report.metadata_only or report.deleted):
+                report.changed = False  # an identical version would only push a real one out of keep_versions
+                delta.conn.close()  # nothing to commit; the version dir is removed by the caller
+                return report
+            rows = delta.finish(changes.add_ids, changes.add_vectors)
+            self.timings["rows_s"] = time.perf_counter() - t0 - report.embed_seconds
+            self.timings["embed_s"] = report.embed_seconds
+            written = self._write_segments(delta, rows, changes, compact)
+        finally:
+            delta.close()
+        self._commit(self._manifest(rows, paths, changes, report, written), report)
+        report.rows = rows
+        report.compacted = written.compacted
+        report.delta_rows = 0 if written.compacted else delta.rows
+        report.tombstones = 0 if written.compacted else len(delta.tomb)
+        report.timings = {k: round(v, 3) for k, v in self.timings.items()}
+        return report
+
+    # ------------------------------------------------------------------ 1. deletions
+
+    def _delete(
+        self, delta: _Delta, delete_uids: Sequence[str], report: UpdateReport, changes: _Changes
+    ) -> None:
+        unique = list(dict.fromkeys(delete_uids))
+        found = delta.lookup(unique)
+        for uid in unique:
             hit = found.get(uid)
             if hit is None:
                 report.delete_missing += 1
                 continue
             faiss_id, _title, _hash, where = hit
             if where == "delta":
-                conn.execute("DELETE FROM rows WHERE faiss_id = ?", (faiss_id,))
+                delta.conn.execute("DELETE FROM rows WHERE faiss_id = ?", (faiss_id,))
             delta.drop_vector(faiss_id)
-            deleted_uids.append(uid)
-            deleted_ids.append(faiss_id)
-        report.deleted = len(deleted_uids)
+            changes.deleted_uids.append(uid)
+            changes.deleted_ids.append(faiss_id)
+        report.deleted = len(changes.deleted_uids)
 
-        # 2. upserts, chunk by chunk; vectors of changed titles are collected and applied once
-        summary = None
-        changed_uids: list[str] = []
-        changed_ids: list[int] = []
-        add_ids: list[np.ndarray] = []
-        add_vectors: list[np.ndarray] = []
-        if paths:
-            reader = rejects.reader(config)
-            bar = _progress(progress, "updating rows")
-            for chunk in _chunks(reader.iter_rows(paths, progress=progress), CHUNK_ROWS):
-                existing = delta.lookup([row.uid for row in chunk])
-                new_rows: list[CatalogRow] = []
-                to_embed: list[tuple] = []
-                for row in chunk:
-                    record = _record(row)
-                    old = existing.get(row.uid)
-                    if old is None:
-                        new_rows.append(row)
-                        continue
-                    faiss_id, old_title, old_hash, where = old
-                    if old_hash == record[4]:
-                        report.unchanged += 1
-                        continue
-                    # keep the id the uid already has (stable, even if salted)
-                    record = (faiss_id, *record[1:])
-                    if where == "delta":
-                        conn.execute(
-                            "UPDATE rows SET title=?, content=?, content_hash=?, source=?, line=? WHERE faiss_id=?",
-                            (record[2], record[3], record[4], record[5], record[6], faiss_id),
-                        )
-                    else:
-                        conn.execute(
-                            "INSERT INTO rows (faiss_id, uid, title, content, content_hash, source, line) "
-                            "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                            record,
-                        )
-                    changed_uids.append(row.uid)
-                    changed_ids.append(faiss_id)
-                    if old_title == row.title:
-                        report.metadata_only += 1  # the vector (base or delta) is still right
-                    else:
-                        report.updated += 1
-                        delta.drop_vector(faiss_id)
-                        to_embed.append(record)
-                if new_rows:
-                    stored = _insert_resolving(conn, [_record(r) for r in new_rows], delta.base_taken)
-                    report.inserted += len(stored)
-                    changed_uids.extend(r[1] for r in stored)
-                    changed_ids.extend(r[0] for r in stored)
-                    to_embed.extend(stored)
-                if to_embed:
-                    t1 = time.perf_counter()
-                    add_vectors.append(
-                        embedder.embed([r[2] for r in to_embed], batch_size=config.embedding.batch_size)
-                    )
-                    report.embed_seconds += time.perf_counter() - t1
-                    add_ids.append(np.array([r[0] for r in to_embed], dtype=np.int64))
-                    report.embedded += len(to_embed)
-                bar.update(len(chunk))
-            bar.close()
-            summary = reader.summary
-            report.read_summary = summary
-            _check_rejects(config, summary, paths, rejects, require_rows=False)
-        if not (report.inserted or report.updated or report.metadata_only or report.deleted):
-            report.changed = False  # an identical version would only push a real one out of keep_versions
-            conn.close()  # nothing to commit; the version dir is removed by the caller
-            return report
-        rows = delta.finish(add_ids, add_vectors)
-        timings["rows_s"] = time.perf_counter() - t0 - report.embed_seconds
-        timings["embed_s"] = report.embed_seconds
+    # ------------------------------------------------------------------ 2. upserts
 
-        # 3. compaction or a new delta
-        base_rows = delta.base_rows
-        lexical = _lexical_module(config)
+    def _upsert(self, delta: _Delta, paths: list[Path], report: UpdateReport, changes: _Changes) -> None:
+        reader = self.rejects.reader(self.config)
+        bar = _progress(self.progress, "updating rows")
+        for chunk in _chunks(reader.iter_rows(paths, progress=self.progress), CHUNK_ROWS):
+            to_embed = self._upsert_chunk(delta, chunk, report, changes)
+            if to_embed:
+                t1 = time.perf_counter()
+                changes.add_vectors.append(self.embedder.embed([r[2] for r in to_embed]))
+                report.embed_seconds += time.perf_counter() - t1
+                changes.add_ids.append(np.array([r[0] for r in to_embed], dtype=np.int64))
+                report.embedded += len(to_embed)
+            bar.update(len(chunk))
+        bar.close()
+        changes.summary = report.read_summary = reader.summary
+        _check_rejects(self.config, reader.summary, paths, self.rejects, require_rows=False)
+
+    def _upsert_chunk(
+        self, delta: _Delta, chunk: list[CatalogRow], report: UpdateReport, changes: _Changes
+    ) -> list[tuple]:
+        """Write the chunk's rows into the delta; returns the records whose title must be embedded."""
+        conn = delta.conn
+        existing = delta.lookup([row.uid for row in chunk])
+        new_rows: list[CatalogRow] = []
+        to_embed: list[tuple] = []
+        for row in chunk:
+            record = _record(row)
+            old = existing.get(row.uid)
+            if old is None:
+                new_rows.append(row)
+                continue
+            faiss_id, old_title, old_hash, where = old
+            if old_hash == record[4]:
+                report.unchanged += 1
+                continue
+            record = (faiss_id, *record[1:])  # keep the id the uid already has (stable, even if salted)
+            if where == "delta":
+                conn.execute(
+                    "UPDATE rows SET title=?, content=?, content_hash=?, source=?, line=? WHERE faiss_id=?",
+                    (record[2], record[3], record[4], record[5], record[6], faiss_id),
+                )
+            else:
+                conn.execute(
+                    "INSERT INTO rows (faiss_id, uid, title, content, content_hash, source, line) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    record,
+                )
+            changes.changed_uids.append(row.uid)
+            changes.changed_ids.append(faiss_id)
+            if old_title == row.title:
+                report.metadata_only += 1  # the vector (base or delta) is still right
+            else:
+                report.updated += 1
+                delta.drop_vector(faiss_id)
+                to_embed.append(record)
+        if new_rows:
+            stored = _insert_resolving(conn, [_record(r) for r in new_rows], delta.base_taken)
+            report.inserted += len(stored)
+            changes.changed_uids.extend(r[1] for r in stored)
+            changes.changed_ids.extend(r[0] for r in stored)
+            to_embed.extend(stored)
+        return to_embed
+
+    # ------------------------------------------------------------------ 3. compaction or a new delta
+
+    def _write_segments(self, delta: _Delta, rows: int, changes: _Changes, compact: bool | None) -> _Segments:
+        lexical = _lexical_module(self.config)
         lexical_full = lexical is not None and (
             not hasattr(lexical, "update_artifacts")
-            or _lexical_needs_full_build(lexical, parent_dir, changed_ids, deleted_ids)
+            or _lexical_needs_full_build(lexical, self.parent.dir, changes.changed_ids, changes.deleted_ids)
         )
-        ratio = float(getattr(config.index, "compact_ratio", 0.1) or 0)
+        ratio = float(getattr(self.config.index, "compact_ratio", 0.1) or 0)
         pending = delta.rows + len(delta.tomb)
         over = (
             ratio > 0
-            and pending > ratio * base_rows
-            and pending > int(getattr(config.index, "compact_min_rows", 0))
+            and pending > ratio * delta.base_rows
+            and pending > int(getattr(self.config.index, "compact_min_rows", 0))
         )
         do_compact = lexical_full or (over if compact is None else compact)
-        t0 = time.perf_counter()
-        extra = rejects.commit(summary)
+        extra = self.rejects.commit(changes.summary)
         if do_compact:
-            index = _write_compacted_base(
-                parent_dir, parent_manifest, version_dir, delta.path, delta.vectors, delta.tomb, rows
-            )
-            os.unlink(delta.path)
-            timings["compact_s"] = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            artifacts = _build_artifacts(config, version_dir)
-            segments: dict[str, Any] = {"base": {"rows": rows, "version": version_dir.name}}
-            index_info = _index_info(index)
-            file_names = [VECTORS_FILE, META_FILE, *artifacts, *extra]
-        else:
-            for name in (VECTORS_FILE, META_FILE):
-                _link_or_copy(parent_dir / name, version_dir / name)
-            delta.vectors.save(version_dir / DELTA_VECTORS_FILE)
-            with open(version_dir / TOMBSTONES_FILE, "wb") as fh:
-                np.save(fh, np.array(sorted(delta.tomb), dtype=np.int64), allow_pickle=False)
-            timings["delta_write_s"] = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            artifacts = _build_artifacts(
-                config,
-                version_dir,
-                meta_path=delta.path,
-                parent_dir=parent_dir,
-                changed_uids=changed_uids,
-                deleted_uids=deleted_uids,
-            )
-            _check_lexical_kept_base(lexical, parent_dir, version_dir, artifacts)
-            base_info = (parent_manifest.get("segments") or {}).get("base", {})
-            segments = {
-                "base": {"rows": base_rows, "version": base_info.get("version", parent)},
+            return self._write_compacted(delta, rows, extra)
+        return self._write_delta(delta, changes, lexical, extra)
+
+    def _write_compacted(self, delta: _Delta, rows: int, extra: list[str]) -> _Segments:
+        t0 = time.perf_counter()
+        index = _write_compacted_base(
+            self.parent.dir,
+            self.parent.manifest,
+            self.version_dir,
+            delta.path,
+            delta.vectors,
+            delta.tomb,
+            rows,
+        )
+        os.unlink(delta.path)
+        self.timings["compact_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        artifacts = _build_artifacts(self.config, self.version_dir)
+        self.timings["lexical_s"] = time.perf_counter() - t0
+        index_info = _index_info(index, self.parent.manifest)
+        return _Segments(
+            compacted=True,
+            segments={"base": {"rows": rows, "version": self.version_dir.name}},
+            index_info=index_info,
+            artifacts=artifacts,
+            file_names=[VECTORS_FILE, META_FILE, *artifacts, *extra],
+        )
+
+    def _write_delta(self, delta: _Delta, changes: _Changes, lexical: Any, extra: list[str]) -> _Segments:
+        t0 = time.perf_counter()
+        parent_dir, version_dir = self.parent.dir, self.version_dir
+        for name in (VECTORS_FILE, META_FILE):
+            _link_or_copy(parent_dir / name, version_dir / name)
+        delta.vectors.save(version_dir / DELTA_VECTORS_FILE)
+        with open(version_dir / TOMBSTONES_FILE, "wb") as fh:
+            np.save(fh, np.array(sorted(delta.tomb), dtype=np.int64), allow_pickle=False)
+        self.timings["delta_write_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        artifacts = _build_artifacts(
+            self.config,
+            version_dir,
+            meta_path=delta.path,
+            parent_dir=parent_dir,
+            changed_uids=changes.changed_uids,
+            deleted_uids=changes.deleted_uids,
+        )
+        _check_lexical_kept_base(lexical, parent_dir, version_dir, artifacts)
+        self.timings["lexical_s"] = time.perf_counter() - t0
+        base_info = (self.parent.manifest.get("segments") or {}).get("base", {})
+        return _Segments(
+            compacted=False,
+            segments={
+                "base": {"rows": delta.base_rows, "version": base_info.get("version", self.parent.version)},
                 "delta": {"rows": delta.rows, "vectors": delta.vectors.ntotal, "tombstones": len(delta.tomb)},
-            }
-            index_info = dict(parent_manifest["index"])
-            file_names = [
+            },
+            index_info=dict(self.parent.manifest["index"]),
+            artifacts=artifacts,
+            file_names=[
                 VECTORS_FILE,
                 META_FILE,
                 DELTA_VECTORS_FILE,
@@ -1177,66 +1317,72 @@ def _apply_update(
                 TOMBSTONES_FILE,
                 *artifacts,
                 *extra,
-            ]
-        timings["lexical_s"] = time.perf_counter() - t0
-    finally:
-        delta.close()
+            ],
+        )
 
-    manifest: dict[str, Any] = {
-        "format": 1,
-        "created": utc_now(),
-        "operation": "update",
-        "parent": parent,
-        "embedding": dict(parent_manifest["embedding"]),
-        "index": index_info,
-    }
-    manifest.update(
-        rows=rows,
-        segments=segments,
-        sources=parent_manifest.get("sources", []) + _sources(paths),
-        read_summary=summary.to_dict() if summary is not None and hasattr(summary, "to_dict") else None,
-        artifacts=artifacts,
-        update={
-            "inserted": report.inserted,
-            "re_embedded": report.updated,
-            "metadata_only": report.metadata_only,
-            "unchanged": report.unchanged,
-            "deleted": report.deleted,
-            "delete_missing": report.delete_missing,
-            "compacted": bool(do_compact),
-        },
-        file_names=file_names,
-    )
-    t0 = time.perf_counter()
-    manifest["timings"] = {k: round(v, 3) for k, v in timings.items()}
-    manifest["timings"]["total_before_commit_s"] = round(time.perf_counter() - started, 3)
-    report.version, report.removed_versions = _finish(
-        store,
-        config,
-        version_dir,
-        manifest,
-        parent_dir=parent_dir,
-        parent_manifest=parent_manifest,
-        hash_cache=hash_cache,
-    )
-    timings["commit_s"] = time.perf_counter() - t0
-    report.rows = rows
-    report.compacted = bool(do_compact)
-    report.delta_rows = 0 if do_compact else delta.rows
-    report.tombstones = 0 if do_compact else len(delta.tomb)
-    report.timings = {k: round(v, 3) for k, v in timings.items()}
-    return report
+    # ------------------------------------------------------------------ 4. manifest and commit
+
+    def _manifest(
+        self, rows: int, paths: list[Path], changes: _Changes, report: UpdateReport, written: _Segments
+    ) -> dict[str, Any]:
+        summary = changes.summary
+        parent_manifest = self.parent.manifest
+        manifest: dict[str, Any] = {
+            "format": 1,
+            "created": utc_now(),
+            "operation": "update",
+            "parent": self.parent.version,
+            "embedding": dict(parent_manifest["embedding"]),
+            "index": written.index_info,
+        }
+        manifest.update(
+            rows=rows,
+            segments=written.segments,
+            sources=parent_manifest.get("sources", []) + _sources(paths),
+            read_summary=summary.to_dict() if summary is not None and hasattr(summary, "to_dict") else None,
+            artifacts=written.artifacts,
+            update={
+                "inserted": report.inserted,
+                "re_embedded": report.updated,
+                "metadata_only": report.metadata_only,
+                "unchanged": report.unchanged,
+                "deleted": report.deleted,
+                "delete_missing": report.delete_missing,
+                "compacted": written.compacted,
+            },
+            file_names=written.file_names,
+        )
+        manifest["timings"] = {k: round(v, 3) for k, v in self.timings.items()}
+        manifest["timings"]["total_before_commit_s"] = round(time.perf_counter() - self.started, 3)
+        return manifest
+
+    def _commit(self, manifest: dict[str, Any], report: UpdateReport) -> None:
+        t0 = time.perf_counter()
+        report.version, report.removed_versions = _finish(
+            self.store,
+            self.config,
+            self.version_dir,
+            manifest,
+            parent_dir=self.parent.dir,
+            parent_manifest=self.parent.manifest,
+            hash_cache=self.hash_cache,
+        )
+        self.timings["commit_s"] = time.perf_counter() - t0
 
 
-def _index_info(index: FaissIndex) -> dict[str, Any]:
+def _index_info(index: FaissIndex, parent_manifest: dict[str, Any]) -> dict[str, Any]:
+    """The manifest's `index` section of a compacted base; how `index.type: auto` chose is kept."""
     import faiss
 
-    return {
+    info = {
         "type": index.type,
         "params": index.params,
         "metric": "inner_product",
         "faiss_version": getattr(faiss, "__version__", "unknown"),
     }
+    if "auto" in parent_manifest["index"]:
+        info["auto"] = parent_manifest["index"]["auto"]
+    return info
 
 
 def _write_compacted_base(
@@ -1416,7 +1562,7 @@ def compact_index(config: Config, *, force: bool = False) -> CompactReport:
                 "operation": "compact",
                 "parent": parent,
                 "embedding": dict(parent_manifest["embedding"]),
-                "index": _index_info(index),
+                "index": _index_info(index, parent_manifest),
                 "rows": rows,
                 "segments": {"base": {"rows": rows, "version": version_dir.name}},
                 "sources": parent_manifest.get("sources", []),

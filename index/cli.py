@@ -76,6 +76,9 @@ def _format_info(manifest: dict[str, Any], path: Any) -> str:
         f"index:      {idx['type']} {json.dumps(idx.get('params', {}))} (faiss {idx.get('faiss_version', '?')})",
         f"files:      {len(manifest['files'])} files, {total / 1e6:.1f} MB in {path}",
     ]
+    auto = idx.get("auto")
+    if auto:
+        lines.insert(-1, "auto:       " + _format_auto(auto))
     for name, entry in sorted(manifest["files"].items()):
         lines.append(f"  {name:<22} {entry['size']:>14,} B  sha256 {entry['sha256'][:16]}…")
     if manifest.get("artifacts"):
@@ -95,6 +98,17 @@ def _format_info(manifest: dict[str, Any], path: Any) -> str:
     if manifest.get("update"):
         lines.append("update:     " + ", ".join(f"{k} {v:,}" for k, v in manifest["update"].items()))
     return "\n".join(lines)
+
+
+def _format_auto(auto: dict[str, Any]) -> str:
+    """How `index.type: auto` chose, one line."""
+    if auto.get("chosen") != "ivf":
+        return f"chose exact search (flat) for {auto['rows']:,} rows (ivf from {auto['ivf_min_rows']:,})"
+    return (
+        f"chose ivf for {auto['rows']:,} rows: nlist {auto['nlist']:,}, nprobe {auto['nprobe']} "
+        f"(recall@10 {auto['recall_at_10']:.3f}, 95% lower bound {auto.get('recall_at_10_lower', 0):.3f}, "
+        f"vs exact on {auto['queries']} held-back titles; target {auto['recall_target']})"
+    )
 
 
 def _format_segments(manifest: dict[str, Any]) -> str:

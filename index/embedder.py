@@ -11,7 +11,8 @@ print(load_embedder(load_config().embedding).embed(['The Hobbit']).shape)"
 * ``hashing:<dim>`` - `HashingEmbedder`, a model-free character n-gram hasher for tests and
   benchmarks of the index mechanics (vectors carry little meaning; never use it for answers).
 
-`embedding.backend` picks how a model runs: ``torch`` (sentence-transformers, the default),
+`embedding.backend` picks how a model runs: ``auto`` (the default: ``onnx`` on a CPU, ``torch`` on
+CUDA; see `resolve_backend`), ``torch`` (sentence-transformers),
 ``onnx`` (`index.onnx_embedder.OnnxEmbedder`: exported once to ONNX, int8 by default, ~1.7x faster on
 CPU; needs `pip install .[fast]`) or ``openvino`` (sentence-transformers' OpenVINO backend; needs
 optimum-intel and openvino). docs/performance.md has the measurements. With backend ``torch`` on CUDA
@@ -29,7 +30,7 @@ import re
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -151,12 +152,35 @@ def resolve_model_path(spec: str) -> str:
     return spec
 
 
+def resolve_backend(config: EmbeddingConfig) -> EmbeddingConfig:
+    """`embedding.backend: auto` (the default): onnx (int8 by default) on a CPU, torch on CUDA.
+
+    Falls back to torch, with a log line, where onnxruntime or onnx is not installed (`pip install
+    .[fast]`). Returns the config with the backend it resolved to; other backends pass through.
+    """
+    if config.backend != "auto":
+        return config
+    import dataclasses
+    import importlib.util
+
+    backend: Literal["torch", "onnx"]
+    if _resolve_device(config.device).startswith("cuda"):
+        backend = "torch"
+    elif importlib.util.find_spec("onnxruntime") and importlib.util.find_spec("onnx"):
+        backend = "onnx"
+    else:
+        log.info("embedding.backend auto: onnxruntime/onnx not installed (pip install .[fast]); using torch")
+        backend = "torch"
+    return dataclasses.replace(config, backend=backend)
+
+
 def load_embedder(config: EmbeddingConfig) -> Embedder:
     """Build the embedder `config.model` names (see the module docstring for the accepted forms)."""
     spec = config.model.strip()
     match = HASHING_RE.match(spec)
     if match:
         return HashingEmbedder(int(match.group(1) or 64), cache_size=config.cache_size)
+    config = resolve_backend(config)
 
     path = resolve_model_path(spec)
     is_local = Path(path).expanduser().is_dir()
@@ -182,7 +206,7 @@ def load_embedder(config: EmbeddingConfig) -> Embedder:
         model = SentenceTransformer(
             str(Path(path).expanduser()) if is_local else path,
             device=_resolve_device(config.device),
-            backend=config.backend,
+            backend="torch" if config.backend == "auto" else config.backend,  # resolved above: never auto
             trust_remote_code=config.trust_remote_code,
             local_files_only=offline or is_local,
         )
@@ -242,9 +266,11 @@ def _load_onnx(spec: str, path: str, is_local: bool, config: EmbeddingConfig) ->
 
             model_dir = Path(snapshot_download(path, local_files_only=_offline()))
         except Exception as exc:
+            where = "the local hub cache (HF_HUB_OFFLINE=1)" if _offline() else "the hub"
             raise EmbedderError(
-                f"embedding.model: cannot find {spec!r} locally for the onnx backend: {exc}\n"
-                "Set embedding.model to a local model directory or 'bundled:all-MiniLM-L6-v2'."
+                f"embedding.model: cannot load {spec!r} from {where} for the onnx backend: {exc}\n"
+                "Download the model once (e.g. `huggingface-cli download <id>` on a machine with network), "
+                "or set embedding.model to a local model directory, or to 'bundled:all-MiniLM-L6-v2'."
             ) from exc
     if config.device not in ("cpu", "auto"):
         log.warning(

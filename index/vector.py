@@ -2,7 +2,8 @@
 
     python -c "from index.vector import uid_to_id; print(uid_to_id('B000123'))"
 
-Three index types (`index.type`):
+Three index types (`index.type`; the default ``auto`` picks flat or a tuned ivf at build time,
+index/autoindex.py):
 
 * ``flat`` (default): exact inner-product search, `IndexFlatIP` inside `IndexIDMap2`.
 * ``hnsw``: approximate graph search, `IndexHNSWFlat` (inner product) inside `IndexIDMap2`;
@@ -102,7 +103,7 @@ class FaissIndex:
             nlist = int(params.get("ivf_nlist", 1024))
             kept = {
                 "ivf_nlist": nlist,
-                "ivf_nprobe": int(params.get("ivf_nprobe", 16)),
+                "ivf_nprobe": int(params.get("ivf_nprobe") or 16),
                 "ivf_train_points": int(params.get("ivf_train_points", 0) or 64 * nlist),
             }
         else:
@@ -111,10 +112,10 @@ class FaissIndex:
 
     @classmethod
     def from_config(cls, dimension: int, config: Any) -> FaissIndex:
-        """An empty index from an `IndexConfig`."""
+        """An empty index from an `IndexConfig`; `auto` starts flat (index/autoindex.py decides at the end)."""
         return cls.create(
             dimension,
-            config.type,
+            "flat" if config.type == "auto" else config.type,
             hnsw_m=config.hnsw_m,
             hnsw_ef_construction=config.hnsw_ef_construction,
             hnsw_ef_search=config.hnsw_ef_search,

@@ -102,7 +102,9 @@ class EmbeddingConfig:
     # "bundled:all-MiniLM-L6-v2" (shipped, offline), a local model directory, a hub id, or
     # "hashing:<dim>" (model-free n-gram hashing for tests/benchmarks of index mechanics only)
     model: str = "bundled:all-MiniLM-L6-v2"
-    backend: Literal["torch", "onnx", "openvino"] = "torch"
+    # "auto": onnx (int8, onnx_quantize) on a CPU, torch on CUDA; torch where onnxruntime is not installed.
+    # On the sample questions int8 retrieval equals torch fp32 (docs/performance.md, "onnx int8 as the default")
+    backend: Literal["auto", "torch", "onnx", "openvino"] = "auto"
     device: str = "cpu"  # "cpu", "cuda", or "auto"
     batch_size: int = 256
     max_seq_length: int = 64  # titles are short; 64 word pieces cover > 99% of them
@@ -132,12 +134,19 @@ class IndexConfig:
     """Where and how the FAISS index and its metadata live (index/)."""
 
     path: str = "data/index"
-    type: Literal["flat", "hnsw", "ivf"] = "flat"  # exact search by default
+    # "auto": exact (flat) below auto_ivf_min_rows rows, else ivf with nlist from the row count and nprobe
+    # tuned at build time to reach auto_recall_target (index/autoindex.py, docs/index.md); or a fixed type
+    type: Literal["auto", "flat", "hnsw", "ivf"] = "auto"
+    auto_ivf_min_rows: int = 20_000
+    auto_recall_target: float = 0.97  # recall@10 against exact search, on held-back titles as queries
+    auto_tune_queries: int = 300
     hnsw_m: int = 32
     hnsw_ef_construction: int = 80
     hnsw_ef_search: int = 64
     ivf_nlist: int = 1024
-    ivf_nprobe: int = 16
+    # lists probed per query; null: the index's own value (tuned by `auto`, 16 for a hand-set ivf index).
+    # Applied when a version is opened, so it overrides the tuned value without a rebuild.
+    ivf_nprobe: int | None = None
     ivf_train_points: int = 0  # vectors the ivf quantizer is trained on; 0 -> 64 * ivf_nlist
     mmap: bool = True  # memory-map the FAISS file on open (flat/hnsw: IO_FLAG_MMAP_IFC, ivf: IO_FLAG_MMAP)
     # ... when it is at least this large (also the description index's arrays, together); smaller files are
@@ -545,6 +554,24 @@ def config_from_dict(values: dict[str, Any], *, origin: str = "config") -> Confi
     return config
 
 
+def _index_checks(ic: IndexConfig) -> list[str]:
+    errors = []
+    target = ic.auto_recall_target
+    if isinstance(target, float) and not 0.0 < target <= 1.0:
+        errors.append(
+            f"index.auto_recall_target: must be in (0, 1], got {target} (recall@10 against exact search)"
+        )
+    for key, value, low in (
+        ("index.auto_tune_queries", ic.auto_tune_queries, 1),
+        ("index.auto_ivf_min_rows", ic.auto_ivf_min_rows, 0),
+        ("index.ivf_nlist", ic.ivf_nlist, 1),
+        ("index.ivf_nprobe", ic.ivf_nprobe, 1),
+    ):
+        if isinstance(value, int) and not isinstance(value, bool) and value < low:
+            errors.append(f"{key}: must be >= {low}, got {value}")
+    return errors
+
+
 def _semantic_checks(config: Config) -> list[str]:
     errors = []
     positive = {
@@ -572,6 +599,7 @@ def _semantic_checks(config: Config) -> list[str]:
     if isinstance(config.generator.top_p, float) and not 0.0 < config.generator.top_p <= 1.0:
         errors.append(f"generator.top_p: must be in (0, 1], got {config.generator.top_p}")
     errors += config.finetune.problems() if isinstance(config.finetune, FinetuneConfig) else []
+    errors += _index_checks(config.index)
     if (
         isinstance(config.catalog.max_reject_fraction, float)
         and not 0.0 <= config.catalog.max_reject_fraction <= 1.0

@@ -43,9 +43,12 @@ def _titles(n: int, seed: int = 3) -> list[str]:
 @pytest.fixture(scope="module")
 def pair():
     """The reference (SentenceTransformer.encode) and the bulk embedder on CPU, fp32."""
-    ref = load_embedder(load_config(overrides=["embedding.bulk=false"]).embedding)
+    # the torch backend on both sides (the CPU default is onnx int8)
+    ref = load_embedder(load_config(overrides=["embedding.backend=torch", "embedding.bulk=false"]).embedding)
     bulk = load_embedder(
-        load_config(overrides=["embedding.bulk=true", "embedding.bulk_batch_tokens=600"]).embedding
+        load_config(
+            overrides=["embedding.backend=torch", "embedding.bulk=true", "embedding.bulk_batch_tokens=600"]
+        ).embedding
     )
     return ref, bulk
 
@@ -86,7 +89,8 @@ def test_bulk_off_and_auto_on_cpu_keep_sentence_transformers():
     from index.embedder import SentenceTransformerEmbedder
 
     for value in ("false", "auto"):
-        emb = load_embedder(load_config(overrides=[f"embedding.bulk={value}"]).embedding)
+        overrides = ["embedding.backend=torch", f"embedding.bulk={value}"]  # the torch backend, on a CPU
+        emb = load_embedder(load_config(overrides=overrides).embedding)
         assert isinstance(emb, SentenceTransformerEmbedder), value
 
 
@@ -94,7 +98,10 @@ def test_bulk_off_and_auto_on_cpu_keep_sentence_transformers():
 def test_bulk_fp16_on_cuda_keeps_recall_at_10_against_fp32():
     import torch
 
-    ref = load_embedder(load_config(overrides=["embedding.bulk=false"]).embedding)  # CPU fp32
+    # the torch backend on both sides (the CPU default is onnx int8)
+    ref = load_embedder(
+        load_config(overrides=["embedding.backend=torch", "embedding.bulk=false"]).embedding
+    )  # CPU fp32
     gpu = load_embedder(load_config(overrides=["embedding.device=cuda"]).embedding)  # bulk: auto
     assert getattr(gpu, "half", False) and gpu.dtype == torch.float16
     titles = _titles(6000, seed=11)

@@ -33,7 +33,7 @@ def test_all_errors_are_reported_at_once(tmp_path: Path) -> None:
     assert len(errors) == 5, joined
     assert "retrieval.k: expected int, got str 'eight'" in joined
     assert "retrieval.kk: unknown key (did you mean k?)" in joined
-    assert "index.type: 'annoy' is not one of 'flat', 'hnsw', 'ivf'" in joined
+    assert "index.type: 'annoy' is not one of 'auto', 'flat', 'hnsw', 'ivf'" in joined
     assert "generator.temperature: must be between 0 and 2" in joined
     assert "nonsense: unknown key" in joined
     assert all(str(path) in e for e in errors)

@@ -74,7 +74,7 @@ def test_missing_hub_weights_offline_are_explained(monkeypatch):
 @pytest.fixture(scope="module")
 def minilm() -> SentenceTransformerEmbedder:
     """One MiniLM for the whole module (loading takes ~2 s)."""
-    return load_embedder(load_config().embedding)  # type: ignore[return-value]
+    return load_embedder(load_config(None, ["embedding.backend=torch"]).embedding)  # type: ignore[return-value]
 
 
 @pytest.mark.integration

@@ -40,7 +40,7 @@ def _config(tmp_path: Path, **extra: object):
 
 @pytest.fixture(scope="module")
 def torch_vectors() -> np.ndarray:
-    return load_embedder(load_config().embedding).embed(TITLES)
+    return load_embedder(load_config(None, ["embedding.backend=torch"]).embedding).embed(TITLES)
 
 
 @pytest.mark.integration

@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("rag", "index", "finetune", "api")
 MAX_LINES = 100
 # being taken apart on another branch (issue 15: a small object with named inputs); remove when merged
-PENDING = {"index/build.py:_apply_update"}
+PENDING: set[str] = set()  # functions allowed over the limit while a split is under way (none now)
 
 
 def function_lengths(root: Path = REPO, packages: tuple[str, ...] = PACKAGES) -> list[tuple[int, str]]:

@@ -65,6 +65,7 @@ def index_key(config: Config, data: Sequence[Path]) -> str:
     parts += [
         config.embedding.model,
         config.embedding.backend,
+        config.embedding.device,  # backend auto: onnx on a CPU, torch on CUDA
         str(config.embedding.max_seq_length),
         config.index.type,
         str(config.index.descriptions),
