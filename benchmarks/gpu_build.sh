@@ -9,6 +9,12 @@
 #
 #   bash benchmarks/gpu_build.sh [ROWS] [extra `rag index build` args, e.g. --set index.type=ivf]
 #
+# .minilm (45 MB) and a full .whl do not fit one call's 64 MiB: either carry a .whl with faiss-cpu only
+# (18 MB), or carry [".minilm"] first with `mkdir -p /root/keep && cp -r .minilm /root/keep/minilm`,
+# then (within the 30 s the machine stays warm) carry [".whl"] and run with MODEL=/root/keep/minilm.
+# The synthetic file stays in $WORK (/root/gpu_build) while the machine is warm and is reused by a
+# second run (e.g. with --set embedding.bulk_attention=sdpa), which then skips the ~2 minutes of synth.
+#
 # Everything goes to $OUT: synth.log, build.log, recall.log, and gpu_build.json (times, stages, recall).
 # Each step has its own timeout, so one device call (at most 10 minutes) always returns.
 set -uo pipefail
