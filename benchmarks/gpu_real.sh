@@ -37,10 +37,14 @@ if [ -n "${RECORDS:-}" ]; then
   # per-question answers (catalog text: they come back under $OUT for analysis, never into the repository)
   B="$B --records"
 fi
-ev cuda_ft_sample250 120 --questions eval/sample_questions.jsonl --set generator.adapter=$AD $B
 Q="--questions eval/fact_questions.jsonl --split heldout"
+if [ -z "${RECORDS:-}" ]; then  # RECORDS=1 (the analysis run) skips the two figures that do not change
+  ev cuda_ft_sample250 120 --questions eval/sample_questions.jsonl --set generator.adapter=$AD $B
+fi
 ev cuda_ft_heldout 120 $Q --set generator.adapter=$AD --set generator.grounding_fallback=none $B
-ev cuda_base_heldout 120 $Q --set generator.grounding_fallback=none $B
+if [ -z "${RECORDS:-}" ]; then
+  ev cuda_base_heldout 120 $Q --set generator.grounding_fallback=none $B
+fi
 ev cuda_ft_absent 90 --questions eval/absent_questions.jsonl --set generator.adapter=$AD --set generator.grounding_fallback=none $B
 if [ -n "${RECORDS:-}" ]; then
   ev cuda_ft_heldout_fallback 120 $Q --set generator.adapter=$AD --set generator.grounding_fallback=extractive $B
