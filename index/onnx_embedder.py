@@ -91,9 +91,11 @@ def pooling_mode(model_dir: Path) -> tuple[str, bool]:
         kind = str(module.get("type", ""))
         if kind.endswith("Pooling"):
             cfg = _read_json(model_dir / str(module.get("path", "")) / "config.json")
-            if cfg.get("pooling_mode_mean_tokens"):
+            # sentence-transformers 5 saves `pooling_mode: "mean"`; earlier versions one flag per mode
+            mode = cfg.get("pooling_mode")
+            if cfg.get("pooling_mode_mean_tokens") or mode == "mean":
                 pooling = "mean"
-            elif cfg.get("pooling_mode_cls_token"):
+            elif cfg.get("pooling_mode_cls_token") or mode == "cls":
                 pooling = "cls"
             else:
                 raise ValueError(

@@ -115,3 +115,31 @@ def test_hnsw_ef_search_is_applied_and_overridable(tmp_path):
     assert faiss.downcast_index(loaded.raw.index).hnsw.efSearch == 77
     _scores, ids = loaded.search(vectors[:5], 1)
     assert ids[:, 0].tolist() == [0, 1, 2, 3, 4]
+
+
+@pytest.mark.parametrize(
+    ("pooling", "expected"),
+    [
+        ({"pooling_mode_mean_tokens": True}, "mean"),  # sentence-transformers < 5
+        ({"pooling_mode_cls_token": True}, "cls"),
+        ({"pooling_mode": "mean"}, "mean"),  # sentence-transformers 5 (`model.save()` writes this)
+        ({"pooling_mode": "cls"}, "cls"),
+    ],
+)
+def test_onnx_reads_both_pooling_config_forms(tmp_path: Path, pooling: dict, expected: str) -> None:
+    import json
+
+    from index.onnx_embedder import pooling_mode
+
+    (tmp_path / "1_Pooling").mkdir()
+    (tmp_path / "1_Pooling" / "config.json").write_text(json.dumps(pooling))
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+        {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
+    ]
+    (tmp_path / "modules.json").write_text(json.dumps(modules))
+    assert pooling_mode(tmp_path) == (expected, True)
+    (tmp_path / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode": "max"}))
+    with pytest.raises(ValueError, match="only mean or CLS pooling"):
+        pooling_mode(tmp_path)
