@@ -93,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
             overrides=[
                 f"embedding.model={args.model}",
                 f"embedding.device={device}",
+                "embedding.backend=torch",  # the fp32 sentence-transformers reference on any device
                 "embedding.bulk=false",
                 "embedding.batch_size=512",
             ]
@@ -124,7 +125,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.cpu_check:
         bulk = load_embedder(
             load_config(
-                overrides=[f"embedding.model={args.model}", "embedding.device=cpu", "embedding.bulk=true"]
+                overrides=[
+                    f"embedding.model={args.model}",
+                    "embedding.device=cpu",
+                    "embedding.backend=torch",
+                    "embedding.bulk=true",
+                ]
             ).embedding
         )
         n = min(args.cpu_check, len(sample))

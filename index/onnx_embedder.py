@@ -276,6 +276,7 @@ def export_model(
         trust_remote_code=trust_remote_code,
         local_files_only=True,
         attn_implementation="eager",
+        dtype="float32",  # weights saved in fp16 (to travel) are exported, fused and quantised from fp32
     ).eval()
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
