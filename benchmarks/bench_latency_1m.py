@@ -127,6 +127,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--ef", default="16,32,64,128", help="hnsw efSearch values")
     parser.add_argument("--nprobe", default="8,16,32,64", help="ivf nprobe values")
+    parser.add_argument(
+        "--auto-nprobe",
+        default="",
+        help="auto, when it chose ivf: also measure these nprobe values (e.g. 8,16)",
+    )
     parser.add_argument("--hnsw-m", type=int, default=32)
     parser.add_argument("--ef-construction", type=int, default=40)
     parser.add_argument("--nlist", type=int, default=4096)
@@ -250,6 +255,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"built auto over {args.rows:,} rows in {build_s:.0f} s: {json.dumps(auto)}", flush=True)
             param = {"chosen": auto["chosen"], "nlist": auto.get("nlist"), "nprobe": auto.get("nprobe")}
             record(name, index, build_s, {**param, "tuned_recall@10": auto.get("recall_at_10")})
+            if auto["chosen"] == "ivf" and args.auto_nprobe:  # the same index at other nprobe values
+                for nprobe in [int(x) for x in args.auto_nprobe.split(",")]:
+                    index.apply_search_params(ivf_nprobe=nprobe)
+                    record(name, index, build_s, {**param, "nprobe": nprobe, "tuned": False})
             del index
             faiss.omp_set_num_threads(os.cpu_count() or 1)
             continue
