@@ -14,7 +14,9 @@ print(load_embedder(load_config().embedding).embed(['The Hobbit']).shape)"
 `embedding.backend` picks how a model runs: ``torch`` (sentence-transformers, the default),
 ``onnx`` (`index.onnx_embedder.OnnxEmbedder`: exported once to ONNX, int8 by default, ~1.7x faster on
 CPU; needs `pip install .[fast]`) or ``openvino`` (sentence-transformers' OpenVINO backend; needs
-optimum-intel and openvino). docs/performance.md has the measurements.
+optimum-intel and openvino) or ``static`` (`index.static_embedder.StaticEmbedder`: word-piece vectors
+distilled once from the model by model2vec, `rag index distill-static`). docs/performance.md has the
+measurements.
 
 torch and sentence-transformers are imported inside `load_embedder`, never at import time.
 """
@@ -203,6 +205,10 @@ def resolve_model_path(spec: str) -> str:
 def load_embedder(config: EmbeddingConfig) -> Embedder:
     """Build the embedder `config.model` names (see the module docstring for the accepted forms)."""
     spec = config.model.strip()
+    if config.backend == "static":  # distilled word-piece vectors, no transformer (index/static_embedder.py)
+        from index.static_embedder import load_static_embedder
+
+        return load_static_embedder(config)
     match = HASHING_RE.match(spec)
     if match:
         return HashingEmbedder(int(match.group(1) or 64), cache_size=config.cache_size)

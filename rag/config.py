@@ -93,7 +93,7 @@ class EmbeddingConfig:
     # "bundled:all-MiniLM-L6-v2" (shipped, offline), a local model directory, a hub id, or
     # "hashing:<dim>" (model-free n-gram hashing for tests/benchmarks of index mechanics only)
     model: str = "bundled:all-MiniLM-L6-v2"
-    backend: Literal["torch", "onnx", "openvino"] = "torch"
+    backend: Literal["torch", "onnx", "openvino", "static"] = "torch"
     device: str = "cpu"  # "cpu", "cuda", or "auto"
     batch_size: int = 256
     max_seq_length: int = 64  # titles are short; 64 word pieces cover > 99% of them
@@ -107,6 +107,12 @@ class EmbeddingConfig:
     onnx_cache_dir: str | None = None
     # intra-op threads of the onnx session and of torch; null: the library's default (all cores)
     num_threads: int | None = None
+    # backend "static" (index/static_embedder.py): word-piece vectors distilled once from `model` by model2vec
+    # (`rag index distill-static`), no transformer at run time: ~100x the titles/s, lower recall on
+    # descriptive questions (docs/performance.md). The model2vec directory; null: the one distill-static
+    # writes under ~/.cache/amazontitles-rag/static/
+    static_dir: str | None = None
+    static_pca_dims: int = 256  # dimensions the distilled vectors are reduced to by PCA; 0 keeps the model's
 
 
 @dataclass
@@ -552,6 +558,19 @@ def _semantic_checks(config: Config) -> list[str]:
         errors.append(f"generator.temperature: must be between 0 and 2, got {config.generator.temperature}")
     if isinstance(config.generator.top_p, float) and not 0.0 < config.generator.top_p <= 1.0:
         errors.append(f"generator.top_p: must be in (0, 1], got {config.generator.top_p}")
+    if isinstance(config.embedding.static_pca_dims, int) and config.embedding.static_pca_dims < 0:
+        errors.append(
+            f"embedding.static_pca_dims: must be >= 0 (0 keeps every dimension), got {config.embedding.static_pca_dims}"
+        )
+    if (
+        config.embedding.backend == "static"
+        and not config.embedding.static_dir
+        and str(config.embedding.model).strip().startswith("hashing")
+    ):
+        errors.append(
+            "embedding.backend: 'static' is distilled from a transformer, not from the hashing embedder "
+            f"({config.embedding.model!r}); set embedding.model to 'bundled:all-MiniLM-L6-v2' or a model directory"
+        )
     errors += config.finetune.problems() if isinstance(config.finetune, FinetuneConfig) else []
     if (
         isinstance(config.catalog.max_reject_fraction, float)
