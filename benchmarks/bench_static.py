@@ -46,6 +46,19 @@ STATIC = ["embedding.backend=static"]
 NAMED = ("exact", "lowercase", "truncated", "typo", "template_en", "template_pt")
 
 
+def _peak_rss_mb() -> float:
+    """This process's peak RSS (VmHWM). Not getrusage's ru_maxrss: Linux keeps that across fork + exec,
+    so a child would report its parent's peak when the parent was larger."""
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except OSError:  # pragma: no cover - not Linux
+        pass
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
 def _load_avg() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
@@ -184,7 +197,7 @@ def child_build(args: argparse.Namespace) -> int:
                 "end_to_end_rows_per_s": round(report.rows / (time.perf_counter() - wall), 1),
                 "index_type": report.index_type,
                 "model": report.embedding_model,
-                "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+                "peak_rss_mb": _peak_rss_mb(),
             }
         )
     )

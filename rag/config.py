@@ -108,9 +108,10 @@ class EmbeddingConfig:
     # intra-op threads of the onnx session and of torch; null: the library's default (all cores)
     num_threads: int | None = None
     # backend "static" (index/static_embedder.py): word-piece vectors distilled once from `model` by model2vec
-    # (`rag index distill-static`), no transformer at run time: ~100x the titles/s, lower recall on
-    # descriptive questions (docs/performance.md). The model2vec directory; null: the one distill-static
-    # writes under ~/.cache/amazontitles-rag/static/
+    # (`rag index distill-static`), no transformer at run time: ~380x the titles/s of torch; as served
+    # (with the description index) recall within 1 point, title index alone much weaker on described
+    # questions (docs/performance.md). The model2vec directory; null: the one distill-static writes
+    # under ~/.cache/amazontitles-rag/static/
     static_dir: str | None = None
     static_pca_dims: int = 256  # dimensions the distilled vectors are reduced to by PCA; 0 keeps the model's
 
