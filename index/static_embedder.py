@@ -270,8 +270,9 @@ def distill_static(config: Any, *, force: bool = False) -> Path:
             f"embedding.static_pca_dims: {pca} is more than the model's {model.config.hidden_size} dimensions; "
             "use a smaller number, or 0 to keep them all"
         )
+    device = "cuda" if str(config.device) in ("cuda", "auto") and torch.cuda.is_available() else "cpu"
     static = distill_from_model(
-        model=model, tokenizer=tokenizer, device="cpu", pca_dims=pca or None, quantize_to="float16"
+        model=model, tokenizer=tokenizer, device=device, pca_dims=pca or None, quantize_to="float16"
     )
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
