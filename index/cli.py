@@ -8,6 +8,7 @@
     rag index rollback [VERSION]
     rag index gc --keep 3
     rag index verify [--version VERSION]
+    rag index distill-static                # once, for --set embedding.backend=static
 
 All take `--config FILE` and `--set key=value` (e.g. `--set index.path=data/other_index`).
 Exit status: 0 on success, 1 when verification fails, 2 on errors the user can fix.
@@ -180,6 +181,25 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _cmd_distill_static(args: argparse.Namespace) -> int:
+    import time
+
+    from .static_embedder import distill_static, static_model_dir
+
+    config = config_from_args(args)
+    target = static_model_dir(config.embedding)
+    if target.is_dir() and not args.force:
+        print(f"static model already distilled: {target} (--force distils it again)")
+        return 0
+    print(
+        f"distilling {config.embedding.model} into {target} (once; a few minutes on 2 cores)", file=sys.stderr
+    )
+    started = time.perf_counter()
+    path = distill_static(config.embedding, force=args.force)
+    print(f"{path} ({time.perf_counter() - started:.0f} s); use it with --set embedding.backend=static")
+    return 0
+
+
 def _guarded(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
     """Print index errors (which name the file and the fix) without a traceback."""
 
@@ -259,6 +279,14 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--keep", type=int, default=None, help="versions to keep (default: index.keep_versions)")
     p.set_defaults(func=_guarded(_cmd_gc))
+
+    p = sub.add_parser(
+        "distill-static",
+        parents=[common],
+        help="distil embedding.model into static word-piece vectors for embedding.backend=static (once, offline)",
+    )
+    p.add_argument("--force", action="store_true", help="distil again even when the model is already there")
+    p.set_defaults(func=_guarded(_cmd_distill_static))
 
     p = sub.add_parser("verify", parents=[common], help="check sizes, sha256 and row counts of a version")
     p.add_argument("--version", default=None, help="default: the current version")

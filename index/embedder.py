@@ -15,9 +15,11 @@ print(load_embedder(load_config().embedding).embed(['The Hobbit']).shape)"
 CUDA; see `resolve_backend`), ``torch`` (sentence-transformers),
 ``onnx`` (`index.onnx_embedder.OnnxEmbedder`: exported once to ONNX, int8 by default, ~1.7x faster on
 CPU; needs `pip install .[fast]`) or ``openvino`` (sentence-transformers' OpenVINO backend; needs
-optimum-intel and openvino). docs/performance.md has the measurements. With backend ``torch`` on CUDA
-(`embedding.bulk: auto`), builds and updates embed through `index.bulk_embedder.BulkEmbedder` (Rust
-tokenizer in bulk, length-sorted fp16 batches); ``bulk: true`` uses it on CPU too (fp32).
+optimum-intel and openvino) or ``static`` (`index.static_embedder.StaticEmbedder`: word-piece vectors
+distilled once from the model by model2vec, `rag index distill-static`). docs/performance.md has the
+measurements. With backend ``torch`` on CUDA (`embedding.bulk: auto`), builds and updates embed
+through `index.bulk_embedder.BulkEmbedder` (Rust tokenizer in bulk, length-sorted fp16 batches);
+``bulk: true`` uses it on CPU too (fp32).
 
 torch and sentence-transformers are imported inside `load_embedder`, never at import time.
 """
@@ -177,6 +179,10 @@ def resolve_backend(config: EmbeddingConfig) -> EmbeddingConfig:
 def load_embedder(config: EmbeddingConfig) -> Embedder:
     """Build the embedder `config.model` names (see the module docstring for the accepted forms)."""
     spec = config.model.strip()
+    if config.backend == "static":  # distilled word-piece vectors, no transformer (index/static_embedder.py)
+        from index.static_embedder import load_static_embedder
+
+        return load_static_embedder(config)
     match = HASHING_RE.match(spec)
     if match:
         return HashingEmbedder(int(match.group(1) or 64), cache_size=config.cache_size)
@@ -206,7 +212,8 @@ def load_embedder(config: EmbeddingConfig) -> Embedder:
         model = SentenceTransformer(
             str(Path(path).expanduser()) if is_local else path,
             device=_resolve_device(config.device),
-            backend="torch" if config.backend == "auto" else config.backend,  # resolved above: never auto
+            # onnx and static are loaded above, and auto is resolved: torch or openvino is left
+            backend="openvino" if config.backend == "openvino" else "torch",
             trust_remote_code=config.trust_remote_code,
             local_files_only=offline or is_local,
         )

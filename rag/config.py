@@ -104,7 +104,7 @@ class EmbeddingConfig:
     model: str = "bundled:all-MiniLM-L6-v2"
     # "auto": onnx (int8, onnx_quantize) on a CPU, torch on CUDA; torch where onnxruntime is not installed.
     # On the sample questions int8 retrieval equals torch fp32 (docs/performance.md, "onnx int8 as the default")
-    backend: Literal["auto", "torch", "onnx", "openvino"] = "auto"
+    backend: Literal["auto", "torch", "onnx", "openvino", "static"] = "auto"
     device: str = "cpu"  # "cpu", "cuda", or "auto"
     batch_size: int = 256
     max_seq_length: int = 64  # titles are short; 64 word pieces cover > 99% of them
@@ -127,6 +127,13 @@ class EmbeddingConfig:
     tokenizer_threads: int | None = (
         None  # Rayon threads of the bulk tokenizer; null: half the cores, at most 8
     )
+    # backend "static" (index/static_embedder.py): word-piece vectors distilled once from `model` by model2vec
+    # (`rag index distill-static`), no transformer at run time: ~380x the titles/s of torch; as served
+    # (with the description index) recall within 1 point, title index alone much weaker on described
+    # questions (docs/performance.md). The model2vec directory; null: the one distill-static writes
+    # under ~/.cache/amazontitles-rag/static/
+    static_dir: str | None = None
+    static_pca_dims: int = 256  # dimensions the distilled vectors are reduced to by PCA; 0 keeps the model's
 
 
 @dataclass
@@ -601,6 +608,19 @@ def _semantic_checks(config: Config) -> list[str]:
         errors.append(f"generator.temperature: must be between 0 and 2, got {config.generator.temperature}")
     if isinstance(config.generator.top_p, float) and not 0.0 < config.generator.top_p <= 1.0:
         errors.append(f"generator.top_p: must be in (0, 1], got {config.generator.top_p}")
+    if isinstance(config.embedding.static_pca_dims, int) and config.embedding.static_pca_dims < 0:
+        errors.append(
+            f"embedding.static_pca_dims: must be >= 0 (0 keeps every dimension), got {config.embedding.static_pca_dims}"
+        )
+    if (
+        config.embedding.backend == "static"
+        and not config.embedding.static_dir
+        and str(config.embedding.model).strip().startswith("hashing")
+    ):
+        errors.append(
+            "embedding.backend: 'static' is distilled from a transformer, not from the hashing embedder "
+            f"({config.embedding.model!r}); set embedding.model to 'bundled:all-MiniLM-L6-v2' or a model directory"
+        )
     errors += config.finetune.problems() if isinstance(config.finetune, FinetuneConfig) else []
     errors += _index_checks(config.index)
     if (

@@ -71,6 +71,8 @@ def index_key(config: Config, data: Sequence[Path]) -> str:
         str(config.index.descriptions),
         repr(config.catalog),
     ]
+    if config.embedding.backend == "static":  # which distilled model (other backends keep their old keys)
+        parts += [str(config.embedding.static_dir), str(config.embedding.static_pca_dims)]
     return hashlib.sha256("\n".join(parts).encode("utf-8")).hexdigest()[:16]
 
 
