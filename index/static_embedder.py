@@ -44,7 +44,10 @@ from typing import Any
 
 import numpy as np
 
-from index.embedder import CachedQueryMixin, EmbedderError, _normalise, _QueryCache
+from index.model_paths import EmbedderError
+from index.query_cache import CachedQueryMixin
+from index.query_cache import QueryCache as _QueryCache
+from index.query_cache import normalise as _normalise
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +78,7 @@ def _source_key(model_dir: Path, pca_dims: int) -> str:
 
 def _source_dir(config: Any) -> Path:
     """The local directory of the transformer the static model is (or would be) distilled from."""
-    from index.embedder import resolve_model_path
+    from index.model_paths import resolve_model_path
 
     spec = str(config.model).strip()
     path = Path(resolve_model_path(spec)).expanduser()
