@@ -261,6 +261,9 @@ class GeneratorConfig:
     # so); trim: drop the flagged sentences, and answer extractively when nothing is left;
     # extractive: answer extractively. With a fallback, a streamed answer arrives once checked.
     grounding_fallback: Literal["none", "trim", "extractive"] = "none"
+    # with a fallback: also fall back when the LLM's answer states less than this share of the facts
+    # (numbers, names) the extractive answer finds in the top source (rag.grounding.agreement); 0: off
+    fallback_min_agreement: float = 0.0
     device: str = "auto"
 
 
@@ -606,6 +609,9 @@ def _semantic_checks(config: Config) -> list[str]:
         )
     if isinstance(config.generator.temperature, float) and not 0.0 <= config.generator.temperature <= 2.0:
         errors.append(f"generator.temperature: must be between 0 and 2, got {config.generator.temperature}")
+    agree = config.generator.fallback_min_agreement
+    if isinstance(agree, float) and not 0.0 <= agree <= 1.0:
+        errors.append(f"generator.fallback_min_agreement: must be between 0 and 1, got {agree}")
     if isinstance(config.generator.top_p, float) and not 0.0 < config.generator.top_p <= 1.0:
         errors.append(f"generator.top_p: must be in (0, 1], got {config.generator.top_p}")
     if isinstance(config.embedding.static_pca_dims, int) and config.embedding.static_pca_dims < 0:

@@ -393,3 +393,79 @@ def missing_answer_type(question: str, answer: str) -> str | None:
     if _ASKS_YEAR.search(question) and not _HAS_YEAR.search(answer):
         return "year"
     return None
+
+
+_NUMBER_WORDS = frozenset(
+    [
+        "one",
+        "two",
+        "three",
+        "four",
+        "five",
+        "six",
+        "seven",
+        "eight",
+        "nine",
+        "ten",
+        "eleven",
+        "twelve",
+        "thirteen",
+        "fourteen",
+        "fifteen",
+        "twenty",
+        "thirty",
+        "forty",
+        "fifty",
+        "hundred",
+        "thousand",
+        "million",
+        "um",
+        "uma",
+        "dois",
+        "duas",
+        "três",
+        "quatro",
+        "cinco",
+        "seis",
+        "sete",
+        "oito",
+        "nove",
+        "dez",
+        "onze",
+        "doze",
+        "vinte",
+        "cem",
+        "cento",
+        "mil",
+    ]
+)
+_KEY_TOKEN = re.compile(r"\b[A-Z\u00c0-\u00de][\w'\u2019-]+|\b\d[\d,.]*\b")
+
+
+def _plain_words(text: str) -> set[str]:
+    return {w.strip(".,;:!?'\"()[]").lower() for w in _CITATION.sub(" ", text).split()} - {""}
+
+
+def key_facts(reference: str, question: str) -> set[str]:
+    """What an extractive answer states that the question does not: its numbers, number words and
+    capitalised words (names, places, awards; not a sentence's first word), lower-cased. The "Title [n]:" lead, the citations and
+    the "Other close matches" tail are left out."""
+    body = reference.split("]:", 1)[1] if "]:" in reference[:400] else reference
+    body = _CITATION.sub(" ", body.split(" Other close matches:", 1)[0])
+    found: set[str] = set()
+    for m in _KEY_TOKEN.finditer(body):
+        before = body[: m.start()].rstrip()
+        if m.group(0)[0].isdigit() or (before and before[-1] not in ".!?:;\"'\u201c"):
+            found.add(m.group(0).strip(".,").lower())  # a sentence's first word is capitalised anyway
+    found |= _plain_words(body) & _NUMBER_WORDS
+    return found - _plain_words(question)
+
+
+def agreement(answer: str, reference: str, question: str) -> float:
+    """The share of the reference answer's `key_facts` that `answer` also states (1.0 when the
+    reference states none): an LLM answer that quotes the wrong sentence of the right row shares
+    few of them, though each of its sentences is grounded."""
+    keys = key_facts(reference, question)
+    if not keys:
+        return 1.0
+    return len(keys & _plain_words(answer)) / len(keys)

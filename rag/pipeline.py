@@ -298,10 +298,18 @@ class RAG:
         refused = not text or is_abstention(text) or missing_answer_type(request.question, text) is not None
         sentences = split_answer(text, [h.row.title for h in request.hits])
         repeated = len(set(sentences)) < len(sentences)  # a looping model repeats sentences
-        if not flagged and not refused and not (mode == "trim" and repeated):
+        disagrees = False
+        min_agreement = self.config.generator.fallback_min_agreement
+        if min_agreement > 0 and not flagged and not refused:
+            from rag.generators.extractive import ExtractiveGenerator
+            from rag.grounding import agreement
+
+            reader = ExtractiveGenerator(self.config).reader_answer(request)
+            disagrees = agreement(text, reader, request.question) < min_agreement
+        if not flagged and not refused and not disagrees and not (mode == "trim" and repeated):
             return text
         new_text = ""
-        if mode == "trim" and not refused:
+        if mode == "trim" and not refused and not disagrees:
             bad = set(flagged)
             kept = [x for x in dict.fromkeys(sentences) if x not in bad]
             new_text = " ".join(kept).strip()

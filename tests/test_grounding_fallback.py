@@ -132,3 +132,51 @@ def test_the_answer_ngram_blocker_ends_loops_but_lets_the_prompt_be_quoted() -> 
     # the prompt's own 3-grams are not counted: quoting the sources stays possible
     quoting = blocker(torch.tensor([[*prompt, 7, 8]]), torch.zeros(1, 12))
     assert torch.isfinite(quoting).all()
+
+
+# grounded sentence by sentence, but it answers "when" with the wrong part of the row: none of the
+# facts the extractive reader finds (1920, Carnegie, Medal, Quillon, ...) is in it
+WRONG_PART = "The Salt Road is about two sisters crossing the desert [1]."
+
+
+def _agreeing_rag(text: str, share: float) -> RAG:
+    config = load_config(
+        None,
+        [
+            "generator.grounding_fallback=extractive",
+            f"generator.fallback_min_agreement={share}",
+            "retrieval.min_name_coverage=0",
+        ],
+    )
+    return RAG(config, Retriever(), Canned(text))
+
+
+def test_an_answer_that_misses_the_readers_facts_falls_back_when_asked() -> None:
+    question = "Which medal did The Salt Road win?"
+    kept = _rag(WRONG_PART, "extractive").answer(question)
+    assert kept.text == WRONG_PART and kept.fallback is None  # grounded: the plain check passes it
+    replaced = _agreeing_rag(WRONG_PART, 0.5).answer(question)
+    assert replaced.fallback == "extractive" and "Carnegie Medal" in replaced.text
+    assert replaced.llm_text == WRONG_PART
+    right = "The Salt Road by Marta Quillon won the Carnegie Medal in 1920 [1]."
+    assert _agreeing_rag(right, 0.5).answer(question).text == right
+
+
+def test_agreement_counts_the_readers_numbers_and_names_not_the_questions() -> None:
+    from rag.grounding import agreement, key_facts
+
+    reader = "The Salt Road [1]: A novel by Marta Quillon set in 1920. It won the Carnegie Medal."
+    keys = key_facts(reader, "When is The Salt Road set?")
+    assert {"1920", "marta", "quillon", "carnegie", "medal"} <= keys
+    assert not keys & {"salt", "road", "the"}  # in the question: repeating it proves nothing
+    assert agreement("It is set in 1920 [1].", reader, "When is The Salt Road set?") == pytest.approx(
+        1 / len(keys)
+    )
+    assert agreement("anything", "The Salt Road [1]: a short novel.", "what is it?") == 1.0
+
+
+def test_fallback_min_agreement_is_validated() -> None:
+    from rag.config import ConfigError
+
+    with pytest.raises(ConfigError, match="generator.fallback_min_agreement"):
+        load_config(None, ["generator.fallback_min_agreement=1.5"])

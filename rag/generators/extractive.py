@@ -180,6 +180,10 @@ class ExtractiveGenerator:
     def generate(self, request: GenerationRequest) -> str:
         return cut_to_tokens(request, self._compose(request))
 
+    def reader_answer(self, request: GenerationRequest) -> str:
+        """The extractive answer to `request`, uncut and without touching the request's counts."""
+        return self._compose(request)
+
     def _compose(self, request: GenerationRequest) -> str:
         hits = request.hits
         if not hits or hits[0].score < self.min_score:
