@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -42,21 +41,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import peak_rss_vmhwm_mb, write_result  # noqa: E402 - after the path
+
 STATIC = ["embedding.backend=static"]
 NAMED = ("exact", "lowercase", "truncated", "typo", "template_en", "template_pt")
-
-
-def _peak_rss_mb() -> float:
-    """This process's peak RSS (VmHWM). Not getrusage's ru_maxrss: Linux keeps that across fork + exec,
-    so a child would report its parent's peak when the parent was larger."""
-    try:
-        with open("/proc/self/status") as handle:
-            for line in handle:
-                if line.startswith("VmHWM:"):
-                    return round(int(line.split()[1]) / 1024, 1)
-    except OSError:  # pragma: no cover - not Linux
-        pass
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def _load_avg() -> list[float]:
@@ -197,7 +185,7 @@ def child_build(args: argparse.Namespace) -> int:
                 "end_to_end_rows_per_s": round(report.rows / (time.perf_counter() - wall), 1),
                 "index_type": report.index_type,
                 "model": report.embedding_model,
-                "peak_rss_mb": _peak_rss_mb(),
+                "peak_rss_mb": peak_rss_vmhwm_mb(),
             }
         )
     )
@@ -353,10 +341,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"load average start {result['load_average_start']} end {result['load_average_end']}")
     if args.out:
-        path = Path(args.out)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-        print(f"wrote {path}")
+        write_result(args.out, result)
     return 0
 
 

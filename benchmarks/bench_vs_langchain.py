@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -45,21 +44,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import peak_rss_vmhwm_mb, write_result  # noqa: E402 - after the path
+
 K = 5
 BLOCK = 50
-
-
-def _peak_rss_mb() -> float:
-    """This process's peak RSS (VmHWM). Not getrusage's ru_maxrss: Linux keeps that across fork + exec,
-    so a child would report its parent's peak when the parent was larger."""
-    try:
-        with open("/proc/self/status") as handle:
-            for line in handle:
-                if line.startswith("VmHWM:"):
-                    return round(int(line.split()[1]) / 1024, 1)
-    except OSError:  # pragma: no cover - not Linux
-        pass
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def _rss_mb() -> float:
@@ -155,7 +143,7 @@ def child(side_name: str, workdir: str, overrides: list[str]) -> int:
         if op == "build":
             answer = side.build(command["data"])
             answer["seconds"] = round(time.perf_counter() - started, 3)
-            answer["peak_rss_mb"] = _peak_rss_mb()
+            answer["peak_rss_mb"] = peak_rss_vmhwm_mb()
             answer["rss_mb"] = _rss_mb()
             side.open()
             side.search("warm-up question about a product")  # first-call costs stay out of the latencies
@@ -173,7 +161,7 @@ def child(side_name: str, workdir: str, overrides: list[str]) -> int:
             answer = side.update(command["rows"], rows)
             answer["seconds"] = round(time.perf_counter() - started, 3)
         elif op == "exit":
-            answer = {"peak_rss_mb": _peak_rss_mb(), "rss_mb": _rss_mb()}
+            answer = {"peak_rss_mb": peak_rss_vmhwm_mb(), "rss_mb": _rss_mb()}
             out.write(json.dumps(answer) + "\n")
             return 0
         out.write(json.dumps(answer) + "\n")
@@ -355,10 +343,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     print(f"\nload average start {result['load_average_start']} end {result['load_average_end']}")
     if args.out:
-        path = Path(args.out)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-        print(f"wrote {path}")
+        write_result(args.out, result)
     return 0
 
 

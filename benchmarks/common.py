@@ -21,6 +21,20 @@ def peak_rss_mib() -> float:
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
 
+def peak_rss_vmhwm_mb() -> float:
+    """This process's peak RSS in MB from /proc's VmHWM, for scripts that run their measurements in
+    child processes: getrusage's ru_maxrss survives fork + exec on Linux, so a child would report its
+    parent's peak when the parent was larger."""
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except OSError:  # pragma: no cover - not Linux
+        pass
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
 def cpu_model(default: str = "unknown") -> str:
     """The CPU's model name from /proc/cpuinfo, or `default` where there is none."""
     try:
