@@ -79,8 +79,12 @@ def main(argv: list[str] | None = None) -> int:
     queries = [t for _, t in _rows(vdir / "meta.sqlite", args.queries, skip=1)]
     ids = np.array([i for i, _ in sample], dtype=np.int64)
     raw = index.raw
-    if hasattr(raw, "make_direct_map") and info["type"] == "ivf":
-        raw.make_direct_map()  # ivf: reconstruct by id needs the direct map
+    if hasattr(raw, "set_direct_map_type") and info["type"] == "ivf":
+        import faiss
+
+        # ivf: reconstruct by id needs a direct map; the array kind takes only sequential ids, and
+        # the project's ids are hashes of the uids (the first H200 run failed on it)
+        raw.set_direct_map_type(faiss.DirectMap.Hashtable)
     stored = np.stack([raw.reconstruct(int(i)) for i in ids]).astype(np.float32)
 
     device = args.reference_device
