@@ -8,6 +8,7 @@ Imported by the scripts once they have put the repository root on sys.path (each
 from __future__ import annotations
 
 import json
+import os
 import resource
 import sys
 from collections.abc import Sequence
@@ -58,11 +59,32 @@ def latency_percentiles(**series_ms: Sequence[float]) -> dict[str, float]:
     return out
 
 
+_REPO = Path(__file__).resolve().parents[1]
+
+
+def portable(value: Any) -> Any:
+    """`value` with this machine's paths made portable, for result files that are committed: a path
+    inside the repository's parent folder becomes relative to the repository (`../shared/...`), one
+    in the home folder starts with `~`; lists and dicts are rewritten throughout."""
+    if isinstance(value, dict):
+        return {k: portable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [portable(v) for v in value]
+    if isinstance(value, str) and value.startswith("/"):
+        if value.startswith(str(_REPO.parent) + "/"):
+            return os.path.relpath(value, _REPO)
+        home = str(Path.home())
+        if value.startswith(home + "/"):
+            return "~" + value[len(home) :]
+    return value
+
+
 def write_result(path: str | Path, payload: Any, *, announce: bool = True, **dumps: Any) -> Path:
-    """Write a benchmark's JSON result (indented, final newline; its folder made as needed)."""
+    """Write a benchmark's JSON result (indented, final newline; its folder made as needed), with
+    machine paths made `portable`."""
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(payload, indent=2, **dumps) + "\n", encoding="utf-8")
+    out.write_text(json.dumps(portable(payload), indent=2, **dumps) + "\n", encoding="utf-8")
     if announce:
         print(f"wrote {out}")
     return out
