@@ -298,13 +298,16 @@ class RAG:
         refused = not text or is_abstention(text) or missing_answer_type(request.question, text) is not None
         sentences = split_answer(text, [h.row.title for h in request.hits])
         repeated = len(set(sentences)) < len(sentences)  # a looping model repeats sentences
+        from rag.generators.extractive import ExtractiveGenerator, cut_to_tokens
+
+        extractive = ExtractiveGenerator(self.config)
+        reader: str | None = None  # the extractive answer, composed once when the agreement needs it
         disagrees = False
         min_agreement = self.config.generator.fallback_min_agreement
         if min_agreement > 0 and not flagged and not refused:
-            from rag.generators.extractive import ExtractiveGenerator
             from rag.grounding import agreement
 
-            reader = ExtractiveGenerator(self.config).reader_answer(request)
+            reader = extractive.reader_answer(request)
             disagrees = agreement(text, reader, request.question) < min_agreement
         if not flagged and not refused and not disagrees and not (mode == "trim" and repeated):
             return text
@@ -315,9 +318,7 @@ class RAG:
             new_text = " ".join(kept).strip()
             request.fallback = "trim" if new_text else ""
         if not new_text:
-            from rag.generators.extractive import ExtractiveGenerator
-
-            new_text = ExtractiveGenerator(self.config).generate(request)
+            new_text = extractive.generate(request) if reader is None else cut_to_tokens(request, reader)
             request.fallback = "extractive"
         request.llm_text = text
         return new_text
