@@ -11,10 +11,13 @@
 # The fallback-threshold run splits step 4 in two calls (each under the 10-minute limit):
 #   PHASE=1 bash benchmarks/gpu_real.sh   (fine-tune, keep the adapter, base/tuned/extractive figures)
 #   PHASE=2 bash benchmarks/gpu_real.sh   (generator.fallback_min_agreement grid, train then held-out)
+#   PHASE=3 bash benchmarks/gpu_real.sh   (fine-tune, then generator.end_boost_after on and off, and the
+#                                          chat config's figures: base, tuned, fallback, absent products)
 # .minilm is the bundled all-MiniLM-L6-v2 saved in fp16 (45 MB), data/trn_sample.jsonl the shared sample.
 set -uo pipefail
 OUT=${OUT:-bench_out}
-mkdir -p "$OUT"
+LOGS=${LOGS:-$OUT}  # the device brings back only a few files: LOGS=/tmp/logs keeps the logs there
+mkdir -p "$OUT" "$LOGS"
 export PYTHONPATH=${SITE:-/root/site}:$PWD HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false \
   UNSLOTH_DISABLE_STATISTICS=1
 mkdir -p /tmp/bin && printf '#!/bin/sh\nexec python3 -c "from rag.cli import main; raise SystemExit(main())" "$@"\n' >/tmp/bin/rag
@@ -26,8 +29,8 @@ ev() { # name timeout args...
   echo "=== $name"
   start=$EPOCHREALTIME
   timeout "$limit" rag eval answers --config configs/smollm2-chat.yaml --data $DATA $EMB --set generator.device=cuda \
-    --out "$OUT/$name.json" "$@" >"$OUT/$name.log" 2>&1
-  echo "rc=$? whole command $(awk "BEGIN{printf \"%.1f\", $EPOCHREALTIME-$start}") s"; grep -vE "it/s|s/it|Loading|Warn|warn" "$OUT/$name.log" | tail -14
+    --out "$OUT/$name.json" "$@" >"$LOGS/$name.log" 2>&1
+  echo "rc=$? whole command $(awk "BEGIN{printf \"%.1f\", $EPOCHREALTIME-$start}") s"; grep -vE "it/s|s/it|Loading|Warn|warn" "$LOGS/$name.log" | tail -${TAIL:-14}
 }
 B="--set generator.batch_size=64"
 if [ -n "${RECORDS:-}" ]; then
@@ -51,14 +54,22 @@ if [ "${PHASE:-}" = "2" ]; then
 fi
 echo "=== finetune"
 start=$EPOCHREALTIME
-timeout 300 rag finetune --config configs/smollm2-cuda.yaml --set finetune.data=$DATA $EMB >"$OUT/finetune.log" 2>&1
-echo "finetune rc=$? in $(awk "BEGIN{printf \"%.1f\", $EPOCHREALTIME-$start}") s"; grep -vE "it/s|s/it|Loading|Warn|warn" "$OUT/finetune.log" | tail -8
+timeout 300 rag finetune --config configs/smollm2-cuda.yaml --set finetune.data=$DATA $EMB >"$LOGS/finetune.log" 2>&1
+echo "finetune rc=$? in $(awk "BEGIN{printf \"%.1f\", $EPOCHREALTIME-$start}") s"; grep -vE "it/s|s/it|Loading|Warn|warn" "$LOGS/finetune.log" | tail -8
 AD=runs/smollm2-cuda/adapter
-cp runs/smollm2-cuda/train_log.jsonl "$OUT/cuda_train_log.jsonl" 2>/dev/null
-cp runs/smollm2-cuda/run.json "$OUT/cuda_run.json" 2>/dev/null
-# one file, so that it comes back whole (for CPU evaluation of the same adapter); kept for PHASE=2
-tar -C runs/smollm2-cuda -czf "$OUT/adapter.tgz" adapter
+cp runs/smollm2-cuda/run.json "$LOGS/cuda_run.json" 2>/dev/null
+# kept for PHASE=2 (the archive is too large to come back from the device)
 mkdir -p "${KEEP:-/root/keep}" && rm -rf "${KEEP:-/root/keep}/adapter" && cp -r "$AD" "${KEEP:-/root/keep}/adapter"
+if [ "${PHASE:-}" = "3" ]; then
+  # generator.end_boost_after (configs/smollm2-chat.yaml): the stop rate with and without it, same adapter
+  ev cuda_ft_heldout_noboost 120 $Q --set generator.adapter=$AD $NONE --set generator.end_boost_after=0 $B
+  ev cuda_ft_heldout 120 $Q --set generator.adapter=$AD $NONE $B
+  ev cuda_base_heldout 120 $Q $NONE $B
+  ev cuda_ft_heldout_fallback 120 $Q --set generator.adapter=$AD $B
+  ev cuda_ft_train_fallback 90 $T --set generator.adapter=$AD $B
+  ev cuda_ft_absent 90 --questions eval/absent_questions.jsonl --set generator.adapter=$AD $NONE $B
+  exit 0
+fi
 if [ -n "${PHASE:-}" ]; then  # PHASE=1: the figures of one run, the grid follows in PHASE=2
   ev cuda_ft_heldout 120 $Q --set generator.adapter=$AD $NONE $B
   ev cuda_base_heldout 120 $Q $NONE $B

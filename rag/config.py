@@ -233,6 +233,11 @@ class GeneratorConfig:
     # hf: forbid any n-gram of this size from repeating in one answer (0: off). A small model that
     # loops on a sentence ("By X [1]. By X [1]. ...") runs into max_new_tokens; 8 stops the loop.
     no_repeat_ngram_size: int = 0
+    # hf: past this many new tokens, the end-of-turn token's score grows by end_boost_rate per token
+    # (transformers' exponential_decay_length_penalty, counted on the answer only), so an answer
+    # longer than any training target ends at its own end token instead of at max_new_tokens (0: off)
+    end_boost_after: int = 0
+    end_boost_rate: float = 1.1
     load_in_4bit: bool = True  # only when CUDA and bitsandbytes are present
     # hf: precision of the weights. auto: bfloat16 on CUDA (4-bit NF4 only with load_in_4bit for a model
     # of 2B+ parameters), float32 on CPU. int8: dynamic int8 quantisation of the linear layers (CPU
@@ -612,6 +617,12 @@ def _semantic_checks(config: Config) -> list[str]:
     agree = config.generator.fallback_min_agreement
     if isinstance(agree, float) and not 0.0 <= agree <= 1.0:
         errors.append(f"generator.fallback_min_agreement: must be between 0 and 1, got {agree}")
+    rate = config.generator.end_boost_rate
+    if isinstance(rate, float) and not 1.0 <= rate <= 2.0:
+        errors.append(f"generator.end_boost_rate: must be between 1 and 2 (1: no boost), got {rate}")
+    after = config.generator.end_boost_after
+    if isinstance(after, int) and not isinstance(after, bool) and after < 0:
+        errors.append(f"generator.end_boost_after: must be >= 0 (0: off), got {after}")
     if isinstance(config.generator.top_p, float) and not 0.0 < config.generator.top_p <= 1.0:
         errors.append(f"generator.top_p: must be in (0, 1], got {config.generator.top_p}")
     if isinstance(config.embedding.static_pca_dims, int) and config.embedding.static_pca_dims < 0:

@@ -250,6 +250,7 @@ def reference_generate(generator: HFGenerator, request: GenerationRequest) -> st
         {},
         {"repetition_penalty": 1.3, "no_repeat_ngram_size": 2},
         {"repetition_penalty": 1.0, "max_new_tokens": 40},
+        {"end_boost_after": 3, "end_boost_rate": 1.6, "max_new_tokens": 40},
     ],
 )
 def test_stream_pieces_make_the_generated_text(tiny_model_dir: Path, settings: dict[str, Any]) -> None:
@@ -310,6 +311,7 @@ def _static_path(
         {},
         {"repetition_penalty": 1.3, "no_repeat_ngram_size": 2},
         {"repetition_penalty": 1.0, "max_new_tokens": 40},
+        {"end_boost_after": 3, "end_boost_rate": 1.6, "max_new_tokens": 40},
     ],
 )
 def test_static_cache_loop_gives_generate_text(
@@ -521,6 +523,52 @@ def test_batched_generation_gives_the_texts_of_one_at_a_time(tiny_model_dir: Pat
     assert batched == [text for text, _, _ in alone]
     assert [(r.new_tokens, r.finish_reason) for r in requests] == [(n, f) for _, n, f in alone]
     assert requests[1].new_tokens <= 4
+
+
+def test_batched_generation_with_the_end_boost(tiny_model_dir: Path) -> None:
+    """The end-token boost as a logits processor (batched, left-padded) and in the token loop (one at
+    a time) counts the same answer tokens, so the texts and stops agree."""
+    generator = HFGenerator(
+        hf_config(tiny_model_dir, max_new_tokens=40, end_boost_after=4, end_boost_rate=1.6)
+    )
+    requests = _varied_requests()
+    alone = [(generator.generate(r), r.new_tokens, r.finish_reason) for r in _varied_requests_like(requests)]
+    assert generator.generate_batch(requests, batch_size=3) == [text for text, _, _ in alone]
+    assert [(r.new_tokens, r.finish_reason) for r in requests] == [(n, f) for _, n, f in alone]
+
+
+def test_end_boost_ends_answers_at_the_end_token(tiny_model_dir: Path) -> None:
+    """A random-init model rarely picks the end token and mostly runs to max_new_tokens; with the boost
+    past 5 tokens every answer stops at the end token, no later than without it."""
+    plain = HFGenerator(hf_config(tiny_model_dir, max_new_tokens=60))
+    boosted = HFGenerator(hf_config(tiny_model_dir, max_new_tokens=60, end_boost_after=5, end_boost_rate=1.6))
+    plain_requests = _varied_requests()
+    plain.generate_batch(plain_requests)
+    ran_out = [i for i, r in enumerate(plain_requests) if r.finish_reason == "length"]
+    assert len(ran_out) >= 3
+    for i, request in enumerate(_varied_requests()):
+        boosted.generate(request)
+        assert request.finish_reason == "stop"
+        assert request.new_tokens is not None and request.new_tokens <= (plain_requests[i].new_tokens or 0)
+        if i in ran_out:  # the boost, not the model, ended it: after the threshold, before the limit
+            assert 5 < request.new_tokens < 60
+
+
+def test_end_boost_math_and_bans() -> None:
+    import torch
+
+    from rag.generators.common import Sampling, boost_end
+
+    sampling = Sampling(8, 0.0, 1.0, 1.0, end_boost_after=2, end_boost_rate=1.5)
+    stops = torch.tensor([1])
+    scores = torch.tensor([[3.0, -2.0, 0.5]])
+    assert torch.equal(boost_end(scores.clone(), stops, 2, sampling), scores)  # not past the threshold
+    boosted = boost_end(scores.clone(), stops, 4, sampling)  # 2 past: |-2| * (1.5**2 - 1) = 2.5
+    assert boosted[0, 1].item() == pytest.approx(0.5) and torch.equal(boosted[0, [0, 2]], scores[0, [0, 2]])
+    banned = torch.tensor([[3.0, -torch.inf, 0.5]])
+    assert boost_end(banned.clone(), stops, 50, sampling)[0, 1].item() == -torch.inf  # a ban stays
+    huge = boost_end(torch.tensor([[3.0, 0.0, 0.5]]), stops, 10**6, sampling)
+    assert torch.isfinite(huge).all()  # no 0 * inf
 
 
 def _varied_requests_like(requests: list[GenerationRequest]) -> list[GenerationRequest]:

@@ -10,6 +10,7 @@ the objects (tokenizer, ...) as arguments or import inside.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ MIN_NEW_TOKENS = 1
 TEMPERATURE_CAP = 2.0  # above 2 the output of small models is noise
 TOP_P_FLOOR = 0.01  # top_p == 0 would keep no token; 0.01 keeps (at least) the best one
 REPETITION_PENALTY_RANGE = (1.0, 2.0)
+END_BOOST_RATE_CAP = 2.0
 
 # End-of-turn markers of the common chat templates. Generation stops on the tokenizer's eos AND
 # on whichever of these the vocabulary holds: a chat-tuned model ends its turn with the turn
@@ -57,6 +59,8 @@ class Sampling:
     top_p: float
     repetition_penalty: float
     no_repeat_ngram_size: int = 0  # > 0: no n-gram of this size twice in one generation (hf backend)
+    end_boost_after: int = 0  # > 0: the end token's score grows past this many new tokens (hf backend)
+    end_boost_rate: float = 1.0
 
     @property
     def greedy(self) -> bool:
@@ -86,7 +90,27 @@ def resolve_sampling(config: GeneratorConfig | None, request: GenerationRequest 
         top_p=float(_clamp(float(top_p), TOP_P_FLOOR, 1.0)),
         repetition_penalty=float(_clamp(float(config.repetition_penalty), *REPETITION_PENALTY_RANGE)),
         no_repeat_ngram_size=max(0, int(config.no_repeat_ngram_size)),
+        end_boost_after=max(0, int(config.end_boost_after)),
+        end_boost_rate=float(_clamp(float(config.end_boost_rate), 1.0, END_BOOST_RATE_CAP)),
     )
+
+
+def boost_end(scores: Any, stop_index: Any, produced: int, sampling: Sampling) -> Any:
+    """generator.end_boost_after / end_boost_rate, in place on a (batch, vocab) score tensor: once
+    `produced` new tokens exceed `end_boost_after`, each stop id's score gains |score| * (rate**n - 1),
+    n the tokens past the threshold (transformers' ExponentialDecayLengthPenalty, on the answer).
+    Scores already at -inf (a ban) stay there."""
+    import torch
+
+    after = sampling.end_boost_after
+    if after <= 0 or produced <= after or sampling.end_boost_rate <= 1.0 or stop_index is None:
+        return scores
+    stop_scores = scores[:, stop_index]
+    # capped so that float32 neither overflows to inf nor makes 0 * inf = nan
+    factor = math.exp(min((produced - after) * math.log(sampling.end_boost_rate), 69.0)) - 1.0
+    gain = stop_scores.abs() * factor
+    scores[:, stop_index] = torch.where(torch.isfinite(stop_scores), stop_scores + gain, stop_scores)
+    return scores
 
 
 # --------------------------------------------------------------------------- tokenizer helpers

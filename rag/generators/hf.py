@@ -28,6 +28,7 @@ from rag.generators.common import (
     GeneratorError,
     Sampling,
     bitsandbytes_available,
+    boost_end,
     choose_device,
     missing_model_message,
     no_pickled_compile_caches,
@@ -365,12 +366,15 @@ class HFGenerator:
         import torch
 
         prompt_length = inputs["input_ids"].shape[1]
+        processors = []
         if sampling.no_repeat_ngram_size:
+            processors.append(answer_ngram_blocker(sampling.no_repeat_ngram_size, prompt_length))
+        if sampling.end_boost_after:
+            processors.append(answer_end_boost(sampling, prompt_length, self.stop_ids))
+        if processors:
             from transformers import LogitsProcessorList
 
-            extra["logits_processor"] = LogitsProcessorList(
-                [answer_ngram_blocker(sampling.no_repeat_ngram_size, prompt_length)]
-            )
+            extra["logits_processor"] = LogitsProcessorList(processors)
         if self._compiled():
             no_pickled_compile_caches()
         with torch.inference_mode():
@@ -472,12 +476,13 @@ class HFGenerator:
                 if len(cut) < len(text):  # a stop marker decoded as text: end here
                     stopped = True
                     break
-            if not stopped:
-                rest = strip_stop_strings(
-                    self.tokenizer.decode(tokens, skip_special_tokens=True), self.stop_texts
-                )
-                if len(rest) > len(emitted):
-                    yield rest[len(emitted) :]
+            # what is still held back (a character cut by the end of the answer, as in generate's
+            # text): after the last token, whether the answer ran out or stopped
+            rest = strip_stop_strings(
+                self.tokenizer.decode(tokens, skip_special_tokens=True), self.stop_texts
+            )
+            if len(rest) > len(emitted):
+                yield rest[len(emitted) :]
         finally:
             request.new_tokens = len(tokens)
             request.finish_reason = "stop" if stopped or len(tokens) < sampling.max_new_tokens else "length"
@@ -568,6 +573,22 @@ def answer_ngram_blocker(size: int, prompt_length: int) -> Any:
             return scores
 
     return AnswerNgramBlocker()
+
+
+def answer_end_boost(sampling: Sampling, prompt_length: int, stop_ids: Sequence[int]) -> Any:
+    """`boost_end` as a logits processor for `generate` (the batched path): every row of a
+    left-padded batch has produced the same number of tokens, input length minus `prompt_length`."""
+    import torch
+    from transformers import LogitsProcessor
+
+    stop_index = sorted({int(s) for s in stop_ids}) or None
+
+    class AnswerEndBoost(LogitsProcessor):
+        def __call__(self, input_ids: Any, scores: Any) -> Any:
+            index = None if stop_index is None else torch.tensor(stop_index, device=scores.device)
+            return boost_end(scores, index, int(input_ids.shape[1]) - prompt_length, sampling)
+
+    return AnswerEndBoost()
 
 
 def quantize_int8(model: Any) -> Any:

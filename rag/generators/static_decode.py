@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from rag.generators.common import Sampling
+from rag.generators.common import Sampling, boost_end
 
 # The static KV cache is sized in steps of this many tokens, so that prompts of different lengths
 # share one compiled decoding step.
@@ -64,7 +64,8 @@ class NgramBan:
 
 class TokenPicker:
     """The next token from one row of logits, with the settings `generate` applies: repetition
-    penalty, the answer n-gram ban, the minimum length, then greedy or temperature/top-p sampling.
+    penalty, the answer n-gram ban, the end-token boost, the minimum length, then greedy or
+    temperature/top-p sampling.
 
     Shared by both one-request loops (the eager one in rag/generators/hf.py and `StaticDecoder`).
     The penalty reads a boolean "seen" mask over the vocabulary, updated in place, instead of
@@ -101,6 +102,7 @@ class TokenPicker:
         banned = self.ngrams.banned()
         if banned:
             scores[0, banned] = -torch.inf
+        scores = boost_end(scores, self.stop_index, self.produced, self.sampling)
         if self.produced < self.min_new_tokens and self.stop_index is not None:
             scores[0, self.stop_index] = -torch.inf
         if self.sampling.greedy:
