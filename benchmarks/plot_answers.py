@@ -1,8 +1,10 @@
 """Plot: answer metrics of several `rag eval answers --out` files side by side (one bar group per metric).
 
     .venv/bin/python benchmarks/plot_answers.py --out docs/img/smollm2_heldout.png \\
-        base=results/smollm2/cpu_base_heldout.json tuned=results/smollm2/cpu_ft_heldout.json \\
-        "tuned + fallback=results/smollm2/cpu_ft_fallback_heldout.json" extractive=results/smollm2/cpu_extractive_heldout.json
+        --title "Held-out products, fact questions, with retrieved context (one H200, run 3)" \\
+        base=results/smollm2/run3/cuda_base_heldout.json tuned=results/smollm2/run3/cuda_ft_heldout.json \\
+        "tuned + fallback=results/smollm2/run3/cuda_ft_heldout_fallback.json" \\
+        extractive=results/smollm2/run3/grid/cuda_extractive_heldout.json
 """
 
 from __future__ import annotations
