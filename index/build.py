@@ -562,6 +562,7 @@ def build_index(
         parent = store.current_version()
         version_dir = store.new_version_dir()
         rejects = _Rejects(store, version_dir, REJECTS_FILE)
+        prehash = _Prehash()
         try:
             reader = rejects.reader(config)
             index = FaissIndex.from_config(embedder.dimension, config.index)
@@ -570,12 +571,14 @@ def build_index(
             )
             summary = reader.summary
             _check_rejects(config, summary, paths, rejects, require_rows=True)
+            prehash.add(version_dir / META_FILE)  # final now: hashed while the index is chosen and BM25 built
             t0 = time.perf_counter()
             index, auto = _choose_index(config, embedder, index, version_dir)
             stages["index_choose_s"] = time.perf_counter() - t0  # index.type auto: ivf training, nprobe
             t0 = time.perf_counter()
             index.save(version_dir / VECTORS_FILE)
             stages["faiss_save_s"] = time.perf_counter() - t0
+            prehash.add(version_dir / VECTORS_FILE)
             if index.ntotal != rows:  # pragma: no cover - guards against a FAISS/metadata mismatch bug
                 raise BuildError(f"internal error: {index.ntotal} vectors for {rows} rows")
             t0 = time.perf_counter()
@@ -598,9 +601,10 @@ def build_index(
                 file_names=[VECTORS_FILE, META_FILE, *artifacts, *rejects_names],
             )
             t0 = time.perf_counter()
-            version, removed = _finish(store, config, version_dir, manifest)
+            version, removed = _finish(store, config, version_dir, manifest, hash_cache=prehash.result())
             stages["manifest_s"] = time.perf_counter() - t0
         except BaseException as exc:
+            prehash.stop()
             rejects.keep()
             shutil.rmtree(version_dir, ignore_errors=True)
             _reraise_input_error(exc, store, parent)
@@ -789,6 +793,57 @@ class _SqliteThread(_StageThread):
         if self.conn is not None:  # after an error: the version dir is removed anyway
             with contextlib.suppress(sqlite3.Error):
                 self.conn.close()
+
+
+class _Prehash:
+    """Hashes the version's finished files on a thread while the build goes on (the manifest needs them).
+
+    `add(path)` once a file is final (nothing writes it again: meta.sqlite after the pipeline, which
+    BM25 then only reads, vectors.faiss after its save); `result()` waits and returns a `HashCache`
+    for `commit_version`, which uses a digest only while the file's (device, inode, size, mtime)
+    are still those it had when hashed, and hashes it again otherwise. A file that cannot be read
+    here is simply hashed at commit. `stop()` ends the thread at its next block (after an error).
+    """
+
+    BLOCK = 4 << 20
+
+    def __init__(self) -> None:
+        self.cache: HashCache = {}
+        self._paths: queue.Queue[Path | None] = queue.Queue()
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="build-prehash", daemon=True)
+        self._thread.start()
+
+    def add(self, path: Path) -> None:
+        self._paths.put(path)
+
+    def result(self) -> HashCache:
+        self._paths.put(None)
+        self._thread.join()
+        return self.cache
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._paths.put(None)
+        self._thread.join()
+
+    def _run(self) -> None:
+        while (path := self._paths.get()) is not None:
+            with contextlib.suppress(OSError):
+                self._hash(path)
+
+    def _hash(self, path: Path) -> None:
+        before = path.stat()
+        digest = hashlib.sha256()
+        with open(path, "rb") as fh:
+            while block := fh.read(self.BLOCK):
+                if self._stopped.is_set():
+                    return
+                digest.update(block)
+        after = path.stat()
+        key = (before.st_dev, before.st_ino, before.st_size, before.st_mtime_ns)
+        if key == (after.st_dev, after.st_ino, after.st_size, after.st_mtime_ns):
+            self.cache[key] = digest.hexdigest()
 
 
 class _Stopped(Exception):
