@@ -49,6 +49,7 @@ import stat
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,6 +67,7 @@ VECTORS_FILE = "vectors.faiss"
 DELTA_VECTORS_FILE = "delta.faiss"
 TOMBSTONES_FILE = "tombstones.npy"
 MANIFEST_FILE = "manifest.json"
+COMMIT_THREADS = 8  # files fsynced and hashed at once by commit_version
 CURRENT_FILE = "current"
 LOCK_FILE = "lock"
 VERSIONS_DIR = "versions"
@@ -1220,9 +1222,9 @@ class IndexStore:
         Files hard-linked from the parent keep the parent's size + sha256 entry (`carried_entry`:
         same inode, same size and mtime as when hashed); every other file is hashed.
         """
-        files: dict[str, Any] = {}
         parent_files = (parent_manifest or {}).get("files", {})
-        for name in manifest.get("file_names", []):
+
+        def entry_of(name: str) -> dict[str, Any]:
             path = version_dir / name
             fsync_file(path)
             entry = (
@@ -1230,7 +1232,13 @@ class IndexStore:
                 if parent_dir is not None
                 else None
             )
-            files[name] = entry if entry is not None else file_entry(path, hash_cache)
+            return entry if entry is not None else file_entry(path, hash_cache)
+
+        # files in parallel: hashlib and fsync release the GIL, and a build's few large files
+        # (vectors, metadata, the BM25 arrays) would otherwise be hashed one after another
+        names = list(manifest.get("file_names", []))
+        with ThreadPoolExecutor(max(1, min(len(names), COMMIT_THREADS))) as pool:
+            files: dict[str, Any] = dict(zip(names, pool.map(entry_of, names), strict=True))
         manifest = {k: v for k, v in manifest.items() if k != "file_names"}
         manifest["files"] = files
         manifest.setdefault("format", FORMAT_VERSION)

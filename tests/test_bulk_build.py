@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from index import lexical
-from index.build import STAGE_NAMES, build_index
+from index.build import STAGE_NAMES, _record, _records, build_index
 from index.embedder import HashingEmbedder, load_embedder
 from index.metadata import content_hash, open_for_writing
 from index.store import IndexStore, read_manifest
@@ -20,6 +20,7 @@ from index.vector import uid_to_id
 from rag.catalog import CatalogReader
 from rag.config import CatalogConfig, load_config
 from rag.synthetic import generate_records
+from rag.types import CatalogRow
 
 # titles that probe truncation, empty input, accents, other scripts, markup-like text and repeats
 EDGE_TITLES = [
@@ -227,6 +228,18 @@ def test_build_reports_stage_times_in_the_summary_and_manifest(tmp_path):
     store = IndexStore.from_config(config)
     timings = read_manifest(store.version_dir(store.current_version()))["timings"]
     assert expected - {"manifest_s"} <= set(timings) and report.rows == 300
+
+
+def test_the_sqlite_threads_records_are_the_reference_records():
+    rows = [
+        CatalogRow(
+            uid="A1", title="Café \u00e9t\u00e9", content="d\u00e9j\u00e0 vu", source="x.jsonl", line=1
+        ),
+        CatalogRow(uid="B2", title="No description", content="", source=None, line=None),
+        CatalogRow(uid="C3", title="Content None", content=None, source="y", line=7),  # type: ignore[arg-type]
+    ]
+    assert _records(rows) == [_record(r) for r in rows]
+    assert _records(rows)[0][4] == content_hash("Café \u00e9t\u00e9", "d\u00e9j\u00e0 vu")
 
 
 def test_an_embedding_error_fails_the_build_without_a_hang_and_leaves_nothing(tmp_path, monkeypatch):

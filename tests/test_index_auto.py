@@ -11,7 +11,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from index.autoindex import auto_nlist, lower_bound, per_query_recall, recall_at_k, tune_nprobe
+from index.autoindex import (
+    auto_nlist,
+    exact_top_k,
+    lower_bound,
+    per_query_recall,
+    recall_at_k,
+    tune_nprobe,
+)
 from index.build import build_index, compact_index, update_index
 from index.embedder import HashingEmbedder
 from index.store import IndexStore
@@ -101,6 +108,24 @@ def test_large_catalog_gets_a_tuned_ivf_that_updates_keep(tmp_path: Path) -> Non
     assert compacted["params"]["ivf_nprobe"] == nprobe
     snap = store.open_current()
     assert snap.rows == 3019 and snap.index.raw.nprobe == nprobe
+
+
+def test_exact_top_k_is_the_flat_search(monkeypatch: pytest.MonkeyPatch) -> None:
+    import faiss
+
+    import index.autoindex as autoindex
+
+    monkeypatch.setattr(autoindex, "TRUTH_BLOCK", 64)  # several blocks, the last one partial
+    rng = np.random.default_rng(3)
+    vectors = rng.standard_normal((1000, 16)).astype(np.float32)
+    ids = rng.permutation(10**6)[:1000].astype(np.int64)
+    queries = rng.standard_normal((30, 16)).astype(np.float32)
+    flat = faiss.IndexIDMap(faiss.IndexFlatIP(16))
+    flat.add_with_ids(vectors, ids)
+    want_scores, want_ids = flat.search(queries, 10)
+    scores, got_ids = exact_top_k(ids, vectors, queries, 10)
+    assert np.allclose(scores, want_scores, atol=1e-4) and np.array_equal(got_ids, want_ids)
+    assert recall_at_k(want_scores, want_ids, (scores, got_ids)) == 1.0
 
 
 def test_lower_bound_is_the_mean_less_two_standard_errors() -> None:
