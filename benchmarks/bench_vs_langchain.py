@@ -89,8 +89,11 @@ class ProjectSide:
     def update(self, data: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
         from index.build import update_index
 
-        report = update_index(self.config, [data], [], progress=False, embedder=self.retriever.embedder)
-        self.retriever.live_index.reload()
+        live = self.retriever.live_index
+        report = update_index(
+            self.config, [data], [], progress=False, embedder=self.retriever.embedder, store=live.store
+        )
+        live.reload()
         return {"embedded": report.embedded, "updated": report.updated}
 
 

@@ -339,12 +339,22 @@ def _chunks(rows: Iterable[CatalogRow], size: int) -> Iterator[list[CatalogRow]]
         yield chunk
 
 
+class _NoProgress:
+    """The bar of a run without progress output: importing tqdm.auto alone costs ~0.1 s (asyncio)."""
+
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 def _progress(enabled: bool, desc: str, total: int | None = None) -> Any:
+    if not enabled:
+        return _NoProgress()
     from tqdm.auto import tqdm
 
-    return tqdm(
-        total=total, unit="rows", desc=desc, disable=not enabled, position=1 if enabled else 0, leave=True
-    )
+    return tqdm(total=total, unit="rows", desc=desc, position=1, leave=True)
 
 
 def _sources(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
@@ -965,6 +975,7 @@ def update_index(
     progress: bool = True,
     embedder: Embedder | None = None,
     compact: bool | None = None,
+    store: IndexStore | None = None,
 ) -> UpdateReport:
     """Upsert the rows of `paths` and delete `delete_uids` (deletions first), as a new version.
 
@@ -974,10 +985,16 @@ def update_index(
 
     The embedding model is loaded only when a title must be embedded (a new row or a changed
     title): deletions, unchanged rows and description-only changes never load it.
+
+    `store`: the serving process's store of `config.index.path` (its `LiveIndex.store`): the files
+    this update verified are then known to it, and its reload hashes only the new files.
     """
     started = time.perf_counter()
     paths = _check_inputs(paths)
-    store = IndexStore.from_config(config)
+    if store is None:
+        store = IndexStore.from_config(config)
+    elif store.root.resolve() != Path(config.index.path).resolve():
+        raise ValueError(f"update_index: store {store.root} is not index.path {config.index.path}")
     with store.lock():
         parent, parent_dir, parent_manifest = _current_parent(store, "update")
         lazy = _LazyEmbedder(config, embedder, parent_dir, parent_manifest)
@@ -1017,6 +1034,7 @@ def update_index(
             job.rejects.keep(report.read_summary)
             shutil.rmtree(version_dir, ignore_errors=True)
             report.version, report.rows, report.path = parent, int(parent_manifest["rows"]), str(parent_dir)
+    store.remember_hashes(hash_cache)
     report.seconds = time.perf_counter() - started
     return report
 

@@ -22,7 +22,8 @@ temporary name and renamed, so a crash never leaves a half export. Only `.onnx` 
 
 Texts are tokenised with the model's fast tokenizer (`tokenizers`, Rust), sorted by token count and
 batched, each batch padded to its own longest text: titles vary from 3 to 64 word pieces, so this
-cuts the padding work several fold compared with batches in input order.
+cuts the padding work several fold compared with batches in input order. A batch holds at most
+`BATCH_TOKENS` padded word pieces (and `batch_size` texts): small batches cost less CPU per title.
 
 onnxruntime and onnx are imported inside functions; `pip install .[fast]` installs them.
 """
@@ -54,6 +55,11 @@ PROBE_TEXTS = [
     "a",
 ]
 MIN_COSINE = {"none": 0.999, "int8": 0.95}
+# padded word pieces per session.run, at most (and at most `batch_size` texts). Small batches cost
+# less CPU per title on 2 AVX2 cores (activations stay in cache): process CPU time for 2,000
+# synthetic titles 6.1 s at 512 against 7.9-9.1 s for batches of 256 titles; for the 200 titles
+# of a 1% update (one batch of 256 padded to its longest title before) 0.8 s against 2.4 s
+BATCH_TOKENS = 512
 
 
 class OnnxBackendMissing(RuntimeError):
@@ -337,6 +343,21 @@ def _tokenizer(model_dir: Path, max_seq_length: int) -> Any:
     return tokenizer
 
 
+def token_batches(lengths: Sequence[int], max_texts: int, max_tokens: int) -> list[slice]:
+    """Consecutive slices of `lengths` (ascending) whose padded size len * longest <= max_tokens.
+
+    Every slice holds at least one text and at most `max_texts`."""
+    batches: list[slice] = []
+    start = 0
+    for i, n in enumerate(lengths):
+        if i > start and (i - start >= max_texts or (i - start + 1) * n > max_tokens):
+            batches.append(slice(start, i))
+            start = i
+    if start < len(lengths):
+        batches.append(slice(start, len(lengths)))
+    return batches
+
+
 class OnnxEmbedder(CachedQueryMixin):
     """Embedder over an ONNX Runtime session whose graph ends in pooled, L2-normalised vectors."""
 
@@ -355,6 +376,7 @@ class OnnxEmbedder(CachedQueryMixin):
         self.tokenizer = tokenizer
         self.name = name
         self.batch_size = int(batch_size)
+        self.batch_tokens = BATCH_TOKENS
         self._cache = QueryCache(cache_size)
         self._inputs = {i.name for i in session.get_inputs()}
         self.dimension = int(dimension) or int(self._run([tokenizer.encode("x")]).shape[1])
@@ -402,11 +424,11 @@ class OnnxEmbedder(CachedQueryMixin):
                 from tqdm import tqdm
 
                 bar = tqdm(total=len(chunk), desc="embedding", unit="text")
-            for b in range(0, len(order), size):
-                rows = order[b : b + size]
-                out[start + rows] = self._run([encodings[i] for i in rows])
+            for rows in token_batches([len(encodings[i].ids) for i in order], size, self.batch_tokens):
+                picked = order[rows]
+                out[start + picked] = self._run([encodings[i] for i in picked])
                 if bar is not None:
-                    bar.update(len(rows))
+                    bar.update(len(picked))
             if bar is not None:
                 bar.close()
         return normalise(out)  # the graph normalises; again in float32 for the empty-text zero vector

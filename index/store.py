@@ -1011,6 +1011,14 @@ class IndexStore:
             self._base_cache = base_cache
         return snapshot
 
+    def remember_hashes(self, hashes: HashCache) -> None:
+        """Add files another check in this process hashed (e.g. an update's check of its parent).
+
+        The server and `bench_vs_langchain.py` update through the serving store, so the reload after
+        the update does not hash the hard-linked base again (tens of MB at 20k rows, GB at 1.3M)."""
+        with self._hash_cache_lock:
+            self.hash_cache.update(hashes)
+
     def open_current(self, *, mmap: bool = True, checksums: bool | None = None) -> IndexSnapshot:
         """Verify and open the current version (sizes always; sha256 unless verify_checksums_on_open is false)."""
         return self.open_version(self._require_current(), mmap=mmap, checksums=checksums)

@@ -205,8 +205,9 @@ FOLLOWUP_WORDS = frozenset(
 
 
 def _fold(text: str) -> str:
-    text = unicodedata.normalize("NFKC", text).replace("’", "'").replace("‘", "'")
-    return re.sub(r"\s+", " ", text).strip()
+    if not text.isascii():  # ASCII is NFKC-invariant and has no curly quotes
+        text = unicodedata.normalize("NFKC", text).replace("’", "'").replace("‘", "'")
+    return " ".join(text.split())  # = re.sub(r"\s+", " ", text).strip(): both use str.isspace
 
 
 @dataclass
@@ -251,6 +252,8 @@ _TOKEN = re.compile(r"[a-z0-9à-ÿ]+")
 
 def normalize_for_match(text: str) -> str:
     """Lower-case, fold accents and apostrophes ("Mog's" -> "mogs"), keep letters and digits."""
+    if text.isascii():  # most titles: no accents to fold, and the tokens ignore whitespace runs
+        return " ".join(_TOKEN.findall(text.lower().replace("'", "")))
     text = _fold(text).lower().replace("'", "")
     text = "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
     return " ".join(_TOKEN.findall(text))
@@ -261,23 +264,45 @@ def trigrams(text: str) -> set[str]:
     return {padded[i : i + 3] for i in range(len(padded) - 2)}
 
 
+def _trigram_tuples(text: str) -> set[tuple[str, str, str]]:
+    """`trigrams` as character tuples: the same counts, built by zip in C (~3x faster)."""
+    padded = f"  {text} "
+    return set(zip(padded, padded[1:], padded[2:], strict=False))  # the shorter slices end it
+
+
+class TitleMatcher:
+    """`title_similarity(query, title)` for one query against many titles: the query is analysed once.
+
+    Retrieval scores every candidate (~50-70 a question) against the same query; analysing the
+    query per candidate was most of the fusion step's time.
+    """
+
+    def __init__(self, query: str) -> None:
+        self.query = normalize_for_match(query)
+        self.grams = _trigram_tuples(self.query)
+        self.words = set(self.query.split())
+
+    def __call__(self, title: str) -> float:
+        q, t = self.query, normalize_for_match(title)
+        if not q or not t:
+            return 0.0
+        if q == t:
+            return 1.0
+        qg, tg = self.grams, _trigram_tuples(t)
+        shared = len(qg & tg)
+        gram_cover = shared / len(qg)
+        gram_jaccard = shared / (len(qg) + len(tg) - shared)
+        word_cover = len(self.words & set(t.split())) / len(self.words)
+        return 0.45 * gram_cover + 0.25 * gram_jaccard + 0.30 * word_cover
+
+
 def title_similarity(query: str, title: str) -> float:
     """Lexical similarity in [0, 1] between a title query and a title, tolerant to typos.
 
     The share of the query's character trigrams found in the title (so a query that is part of a
     long title still scores high), blended with whole-word coverage.
     """
-    q, t = normalize_for_match(query), normalize_for_match(title)
-    if not q or not t:
-        return 0.0
-    if q == t:
-        return 1.0
-    qg, tg = trigrams(q), trigrams(t)
-    gram_cover = len(qg & tg) / len(qg)
-    gram_jaccard = len(qg & tg) / len(qg | tg)
-    qw, tw = set(q.split()), set(t.split())
-    word_cover = len(qw & tw) / len(qw)
-    return 0.45 * gram_cover + 0.25 * gram_jaccard + 0.30 * word_cover
+    return TitleMatcher(query)(title)
 
 
 # Words that name what is asked, not which product: never part of a product's name.

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from rag.config import Config
-from rag.query import ParsedQuestion, parse_question, title_similarity
+from rag.query import ParsedQuestion, TitleMatcher, parse_question
 from rag.types import CatalogRow, Hit
 
 log = logging.getLogger(__name__)
@@ -162,11 +162,57 @@ class Retriever:
 
         t0 = time.perf_counter()
         candidate_ids = list(dict.fromkeys(list(dense) + list(description)))
-        rows = snapshot.get_rows(candidate_ids)
-        hits = self._fuse(query, parsed, candidate_ids, rows, dense, description, snippets)
-        hits = hits[:k]
+        if cfg.fusion == "weighted":
+            hits = self._weighted_top(
+                query, candidate_ids, snapshot.get_rows, dense, description, snippets, k
+            )
+        else:
+            rows = snapshot.get_rows(candidate_ids)
+            hits = self._fuse(query, parsed, candidate_ids, rows, dense, description, snippets)[:k]
         timings["fuse"] = time.perf_counter() - t0
         return hits, timings
+
+    def _weighted_top(
+        self,
+        query: str,
+        ids: list[int],
+        get_rows: Any,
+        dense: dict[int, float],
+        description: dict[int, float],
+        snippets: dict[int, str],
+        k: int,
+    ) -> list[Hit]:
+        """The top k of `_fuse` with `fusion: weighted`, the same hits in the same order, for less work.
+
+        A candidate's score cannot exceed its score with a perfect title similarity (1.0), which
+        needs no row: candidates are fetched and scored in blocks, best bound first, until the
+        k-th best score so far is above every bound left. Fetching and matching all ~70 rows'
+        titles was most of a query's time after the embedding."""
+        cfg = self.config.retrieval
+        top_description = max(description.values(), default=0.0)
+        bounds = [weighted_score(dense.get(f), 1.0, description.get(f), top_description, cfg) for f in ids]
+        order = sorted(range(len(ids)), key=lambda i: -bounds[i])  # stable: ties keep candidate order
+        match = TitleMatcher(query)
+        scored: dict[int, Hit] = {}  # candidate position -> hit
+        best: list[float] = []  # scores so far, descending
+        block = max(2 * k, 8)
+        for start in range(0, len(order), block):
+            if len(best) >= k and bounds[order[start]] < best[k - 1]:
+                break  # nothing left can reach the top k (or tie with its last)
+            part = order[start : start + block]
+            for i, row in zip(part, get_rows([ids[i] for i in part]), strict=True):
+                if row is None:
+                    continue
+                fid = ids[i]
+                d, lexical = dense.get(fid), match(row.title)
+                score = weighted_score(d, lexical, description.get(fid), top_description, cfg)
+                hit = Hit(row, float(score), d, lexical, snippets.get(fid, ""))
+                scored[i] = hit
+                best.append(hit.score)
+            best.sort(reverse=True)
+        hits = [scored[i] for i in sorted(scored)]  # candidate order, as `_fuse` sorts them
+        hits.sort(key=lambda h: h.score, reverse=True)
+        return hits[:k]
 
     def _fuse(
         self,
@@ -185,11 +231,12 @@ class Retriever:
         desc_rank = {
             fid: r for r, fid in enumerate(sorted(description, key=description.__getitem__, reverse=True))
         }
+        match = TitleMatcher(query)
         for fid, row in zip(ids, rows, strict=True):
             if row is None:
                 continue
             d = dense.get(fid)
-            lexical = title_similarity(query, row.title)
+            lexical = match(row.title)
             if cfg.fusion == "dense":
                 score = d if d is not None else 0.0
             elif cfg.fusion == "rrf":

@@ -143,3 +143,17 @@ def test_onnx_reads_both_pooling_config_forms(tmp_path: Path, pooling: dict, exp
     (tmp_path / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode": "max"}))
     with pytest.raises(ValueError, match="only mean or CLS pooling"):
         pooling_mode(tmp_path)
+
+
+def test_onnx_batches_are_bounded_by_padded_tokens() -> None:
+    """Sorted lengths are cut where a batch would pass max_tokens padded word pieces or max_texts texts."""
+    from index.onnx_embedder import token_batches
+
+    lengths = [3, 3, 4, 10, 10, 20, 64, 64]
+    batches = token_batches(lengths, max_texts=4, max_tokens=40)
+    assert [lengths[b] for b in batches] == [[3, 3, 4, 10], [10, 20], [64], [64]]
+    for b in batches:  # a text longer than the budget still gets a batch of its own
+        part = lengths[b]
+        assert len(part) == 1 or (len(part) <= 4 and len(part) * max(part) <= 40)
+    assert token_batches([], 4, 40) == []
+    assert token_batches([5] * 9, max_texts=4, max_tokens=10**6) == [slice(0, 4), slice(4, 8), slice(8, 9)]

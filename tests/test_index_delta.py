@@ -333,6 +333,27 @@ def test_live_reload_after_an_update_hashes_only_the_new_files(tmp_path, monkeyp
     assert live.snapshot().index.base is first.index.base  # the loaded base is shared, not read again
 
 
+def test_an_update_through_the_serving_store_spares_its_reload_the_base(tmp_path, monkeypatch):
+    """Right after a build the base is too new to be trusted by mtime at the first open; the
+    update's parent check hashes it once it is old enough, and `store=` hands that to the reload."""
+    config = hashing_config(tmp_path / "index")
+    build_index(config, [write_catalog(tmp_path / "a.jsonl", 300)], progress=False)
+    store = IndexStore.from_config(config)
+    live = LiveIndex(store, check_interval_s=0, background_reload=False)
+    assert live.snapshot().rows == 300  # hashes the new base; too new to remember
+    monkeypatch.setattr(store_module, "STABLE_AFTER_NS", 0)  # instead of waiting 2 s
+    update_index(config, [write_catalog(tmp_path / "b.jsonl", 3, start=900)], progress=False, store=store)
+    hashed: list[str] = []
+    real = store_module.sha256_file
+    monkeypatch.setattr(
+        store_module, "sha256_file", lambda path, *a: hashed.append(path.name) or real(path, *a)
+    )
+    assert live.reload().rows == 303
+    assert "vectors.faiss" not in hashed and "meta.sqlite" not in hashed and "delta.faiss" in hashed
+    with pytest.raises(ValueError, match="is not index.path"):
+        update_index(config, [], ["P0000001"], progress=False, store=IndexStore(tmp_path / "other"))
+
+
 def test_damage_to_a_shared_base_file_is_caught_in_every_version_sharing_it(with_delta):
     """The price of hard links (documented): a base file damaged in place is damaged in all its versions."""
     store, vdir = with_delta

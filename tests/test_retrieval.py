@@ -67,3 +67,19 @@ def test_langchain_retriever_returns_documents(retriever: Retriever) -> None:
     assert len(docs) == 2
     assert docs[0].metadata["uid"] == "B001"
     assert docs[0].page_content.startswith("City of Djinns")
+
+
+def test_weighted_fusion_scores_fewer_rows_but_returns_the_same_top_k(
+    retriever: Retriever, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`_weighted_top` stops once no bound can reach the top k: its hits equal scoring every candidate."""
+    questions = ["who wrote City of Djinns?", "mogs kitens", "cat", "garlic press", "harry potter", "zzz"]
+    fast = {(q, k): retriever.search(q, k=k) for q in questions for k in (1, 2, 3, 5, len(CATALOG))}
+
+    def score_all(self, query, ids, get_rows, dense, description, snippets, k):  # type: ignore[no-untyped-def]
+        rows = get_rows(ids)
+        return self._fuse(query, self.parse(query), ids, rows, dense, description, snippets)[:k]
+
+    monkeypatch.setattr(Retriever, "_weighted_top", score_all)
+    for (q, k), hits in fast.items():
+        assert hits == retriever.search(q, k=k), (q, k)

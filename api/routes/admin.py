@@ -146,14 +146,15 @@ async def _update(
     def run_update() -> tuple[Any, Any]:
         from index.build import update_index as do_update
 
+        live = getattr(rag.retriever, "live_index", None)
         report = do_update(
             state.config,
             paths,
             delete_uids=delete,
             progress=False,
             embedder=getattr(rag.retriever, "embedder", None),
+            store=getattr(live, "store", None),  # the reload then hashes only the update's new files
         )
-        live = getattr(rag.retriever, "live_index", None)
         snapshot = live.reload() if live is not None else rag.retriever.snapshot
         return report, snapshot
 
