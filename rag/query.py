@@ -259,13 +259,9 @@ def normalize_for_match(text: str) -> str:
     return " ".join(_TOKEN.findall(text))
 
 
-def trigrams(text: str) -> set[str]:
-    padded = f"  {text} "
-    return {padded[i : i + 3] for i in range(len(padded) - 2)}
-
-
 def _trigram_tuples(text: str) -> set[tuple[str, str, str]]:
-    """`trigrams` as character tuples: the same counts, built by zip in C (~3x faster)."""
+    """The character trigrams of the text padded with two spaces before and one after, as tuples
+    (built by zip in C, ~3x faster than slicing)."""
     padded = f"  {text} "
     return set(zip(padded, padded[1:], padded[2:], strict=False))  # the shorter slices end it
 

@@ -581,12 +581,15 @@ def answer_end_boost(sampling: Sampling, prompt_length: int, stop_ids: Sequence[
     import torch
     from transformers import LogitsProcessor
 
-    stop_index = sorted({int(s) for s in stop_ids}) or None
+    stops = sorted({int(s) for s in stop_ids})
 
     class AnswerEndBoost(LogitsProcessor):
+        index: Any = None  # the stop ids on the scores' device, made at the first step
+
         def __call__(self, input_ids: Any, scores: Any) -> Any:
-            index = None if stop_index is None else torch.tensor(stop_index, device=scores.device)
-            return boost_end(scores, index, int(input_ids.shape[1]) - prompt_length, sampling)
+            if self.index is None and stops:
+                self.index = torch.tensor(stops, dtype=torch.long, device=scores.device)
+            return boost_end(scores, self.index, int(input_ids.shape[1]) - prompt_length, sampling)
 
     return AnswerEndBoost()
 
