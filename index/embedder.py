@@ -226,6 +226,7 @@ def load_embedder(config: EmbeddingConfig) -> Embedder:
                 batch_tokens=config.bulk_batch_tokens,
                 attention=config.bulk_attention,
                 tokenizer_threads=config.tokenizer_threads,
+                tokenizer_processes=config.tokenizer_processes,
                 cache_size=config.cache_size,
             )
         if bulk is True:

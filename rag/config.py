@@ -127,6 +127,9 @@ class EmbeddingConfig:
     tokenizer_threads: int | None = (
         None  # Rayon threads of the bulk tokenizer; null: half the cores, at most 8
     )
+    # bulk path: processes that tokenise and pad chunks of titles (one Rayon thread each) in place of
+    # the tokenizer thread; null: on CUDA half the cores less two (at most 6), on a CPU 0 (the thread)
+    tokenizer_processes: int | None = None
     # backend "static" (index/static_embedder.py): word-piece vectors distilled once from `model` by model2vec
     # (`rag index distill-static`), no transformer at run time: ~380x the titles/s of torch; as served
     # (with the description index) recall within 1 point, title index alone much weaker on described
@@ -605,6 +608,9 @@ def _semantic_checks(config: Config) -> list[str]:
     for key, value in positive.items():
         if isinstance(value, int) and not isinstance(value, bool) and value <= 0:
             errors.append(f"{key}: must be > 0, got {value}")
+    processes = config.embedding.tokenizer_processes
+    if isinstance(processes, int) and not isinstance(processes, bool) and processes < 0:
+        errors.append(f"embedding.tokenizer_processes: must be >= 0 (0: a thread), got {processes}")
     if (
         isinstance(config.retrieval.lexical_weight, float)
         and not 0.0 <= config.retrieval.lexical_weight <= 1.0

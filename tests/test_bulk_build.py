@@ -86,6 +86,49 @@ def test_bulk_embedder_error_in_tokenizer_thread_reaches_the_caller(pair):
         bulk.embed(["fine"] * 12 + [None] * 3)  # type: ignore[list-item]
 
 
+@pytest.mark.integration
+def test_tokenizer_processes_give_the_threads_batches_and_vectors(pair):
+    _ref, bulk = pair
+    titles = EDGE_TITLES + _titles(150, seed=9)
+    random.Random(2).shuffle(titles)
+    bulk.chunk_rows = 23  # several chunks: more than two per process in flight
+    bulk.processes = 0
+    want = bulk.embed(titles)
+    want_batches = [bulk.batches(titles[s : s + 23]) for s in range(0, len(titles), 23)]
+    bulk.processes, bulk.tokenize_wait_s = 2, 0.0
+    try:
+        got = bulk.embed(titles)
+        from index.bulk_embedder import _worker_batches
+
+        # the batches a process makes are the thread's, array for array
+        pool = bulk._tokenizer_pool()
+        args = (bulk.max_rows, bulk.batch_tokens, bulk.pad_id)
+        for n, start in enumerate(range(0, len(titles), 23)):
+            batches, seconds = pool.submit(_worker_batches, titles[start : start + 23], *args).result()
+            assert seconds >= 0 and len(batches) == len(want_batches[n])
+            for a, b in zip(batches, want_batches[n], strict=True):
+                assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+        # an error in a process reaches the caller, and the next call still works
+        with pytest.raises(TypeError):
+            bulk.embed(["fine"] * 40 + [None] * 3)  # type: ignore[list-item]
+        assert np.allclose(bulk.embed(titles[:60]), want[:60], atol=1e-5)  # other batches: rounding
+    finally:
+        bulk.close()
+        bulk.processes = 0
+    assert np.array_equal(got, want)
+    assert bulk.tokenize_wait_s > 0 and bulk._pool is None
+
+
+def test_tokenizer_processes_default_only_on_cuda(monkeypatch):
+    import index.bulk_embedder as be
+
+    monkeypatch.setattr(be, "_cores", lambda: 16)
+    assert be.default_tokenizer_processes("cuda") == 6 and be.default_tokenizer_processes("cuda:1") == 6
+    assert be.default_tokenizer_processes("cpu") == 0
+    monkeypatch.setattr(be, "_cores", lambda: 4)
+    assert be.default_tokenizer_processes("cuda") == 0
+
+
 def test_bulk_off_and_auto_on_cpu_keep_sentence_transformers():
     from index.embedder import SentenceTransformerEmbedder
 
