@@ -141,9 +141,12 @@ STAGE_NAMES = {
     "embed_s": "embedding",
     "faiss_add_s": "FAISS add",
     "pipeline_drain_s": "after reading",
+    "tokenize_s": "tokenising (in its processes/thread)",
+    "tokenize_wait_s": "embedding waiting on tokens",
     "index_choose_s": "index choice (auto)",
     "faiss_save_s": "FAISS save",
     "lexical_s": "BM25",
+    "index_and_bm25_s": "index choice + save + BM25 side by side",
     "manifest_s": "manifest",
 }
 
@@ -508,18 +511,18 @@ def _store_and_embed(
     config: Config,
     reader: Any,
     paths: Sequence[Path],
-    embedder: Embedder,
-    index: FaissIndex,
+    model: _ModelLoad,
     meta_path: Path,
     stages: dict[str, float],
     progress: bool,
-) -> tuple[int, float]:
+) -> tuple[int, float, Embedder, FaissIndex]:
     """The build's pipeline: this thread reads and cleans the rows, a SQLite thread stores each chunk
-    and hands the stored records to an embedding thread, which adds their vectors to `index`.
+    and hands the stored records to an embedding thread, which waits for the model (`model`, loading
+    on its own thread meanwhile), then embeds them and adds their vectors to a new FAISS index.
 
-    Returns (rows stored, embedding seconds) and fills `stages` with the stage times."""
+    Returns (rows stored, embedding seconds, the embedder, the index) and fills `stages`."""
     bar = _progress(progress, "embedding titles")
-    embedding = _EmbeddingThread(embedder, index, config.embedding.batch_size)
+    embedding = _EmbeddingThread(model, config.index, config.embedding.batch_size, _bulk_rows(config, model))
     sqlite = _SqliteThread(meta_path, embedding)
     try:
         t_read = time.perf_counter()
@@ -544,8 +547,110 @@ def _store_and_embed(
     stages["embed_s"] = embedding.embed_s
     stages["faiss_add_s"] = embedding.add_s
     stages["pipeline_drain_s"] = wait_s  # after the last row was read: SQLite and embedding finishing
+    stages["model_load_s"] = model.seconds  # on its own thread, while the first rows were read and stored
+    for key in ("tokenize_s", "tokenize_wait_s"):  # the bulk embedder's own counts
+        if hasattr(embedding.embedder, key):
+            stages[key] = getattr(embedding.embedder, key) - embedding.counts_before.get(key, 0.0)
     # a uid already in the table is skipped (only direct callers repeat one)
-    return sqlite.stored, embedding.embed_s
+    assert embedding.embedder is not None and embedding.index is not None
+    return sqlite.stored, embedding.embed_s, embedding.embedder, embedding.index
+
+
+class _ModelLoad:
+    """The embedding model, loaded on a thread from the start of a build (16 s on the H200's host,
+    where the catalog's first rows are read and stored meanwhile); `result()` waits for it.
+
+    An `embedder` passed in is used as it is. A load that fails raises its error from `result()`.
+    """
+
+    def __init__(self, config: Config, embedder: Embedder | None) -> None:
+        self.seconds = 0.0
+        self._embedder = embedder
+        self._error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+        if embedder is None:
+            self._thread = threading.Thread(
+                target=self._load, args=(config,), name="build-model-load", daemon=True
+            )
+            self._thread.start()
+
+    def _load(self, config: Config) -> None:
+        t0 = time.perf_counter()
+        try:
+            self._embedder = _embedder(config, None)
+        except BaseException as exc:  # noqa: BLE001 - raised in the thread that asks for the model
+            self._error = exc
+        finally:
+            self.seconds = time.perf_counter() - t0
+
+    @property
+    def given(self) -> Embedder | None:
+        """The embedder passed in (None while one is loading)."""
+        return self._embedder if self._thread is None else None
+
+    def result(self) -> Embedder:
+        if self._thread is not None:
+            self._thread.join()
+        if self._error is not None:
+            raise self._error
+        assert self._embedder is not None
+        return self._embedder
+
+
+def _bulk_rows(config: Config, model: _ModelLoad) -> int | None:
+    """Titles per tokenizer chunk of the bulk embedder this build will use (None: not bulk), known
+    before the model has loaded: the embedding queue is sized from it."""
+    given = model.given
+    if given is not None:
+        rows = getattr(given, "chunk_rows", None)
+        return int(rows) if rows else None
+    emb = config.embedding
+    if emb.backend == "torch" and (
+        emb.bulk is True or (emb.bulk == "auto" and str(emb.device).startswith("cuda"))
+    ):
+        from .bulk_embedder import CHUNK_ROWS as BULK_CHUNK_ROWS
+
+        return BULK_CHUNK_ROWS
+    return None
+
+
+def _choose_and_save(
+    config: Config, embedder: Embedder, index: FaissIndex, version_dir: Path, prehash: _Prehash
+) -> tuple[FaissIndex, dict[str, Any] | None, float, float]:
+    """`index.type: auto`'s choice, then the FAISS file (hashed in the background once written).
+
+    Returns (index, auto record, choice seconds, save seconds)."""
+    t0 = time.perf_counter()
+    index, auto = _choose_index(config, embedder, index, version_dir)
+    t1 = time.perf_counter()
+    index.save(version_dir / VECTORS_FILE)
+    prehash.add(version_dir / VECTORS_FILE)
+    return index, auto, t1 - t0, time.perf_counter() - t1
+
+
+class _Background:
+    """`fn()` on a thread; `result()` joins it and returns its value or raises its error."""
+
+    def __init__(self, fn: Callable[[], Any], name: str) -> None:
+        self._value: Any = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(fn,), name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self, fn: Callable[[], Any]) -> None:
+        try:
+            self._value = fn()
+        except BaseException as exc:  # noqa: BLE001 - raised by result()
+            self._error = exc
+
+    def join(self) -> None:
+        self._thread.join()
+
+    def result(self) -> Any:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._value
 
 
 def build_index(
@@ -566,34 +671,33 @@ def build_index(
     stages: dict[str, float] = {}
     with store.lock():  # before the model loads: a second writer fails at once, not after seconds
         store.cleanup_leftovers()
-        t0 = time.perf_counter()
-        embedder = _embedder(config, embedder)
-        stages["model_load_s"] = time.perf_counter() - t0
+        model = _ModelLoad(config, embedder)
         parent = store.current_version()
         version_dir = store.new_version_dir()
         rejects = _Rejects(store, version_dir, REJECTS_FILE)
         prehash = _Prehash()
+        side: _Background | None = None
         try:
             reader = rejects.reader(config)
-            index = FaissIndex.from_config(embedder.dimension, config.index)
-            rows, embed_seconds = _store_and_embed(
-                config, reader, paths, embedder, index, version_dir / META_FILE, stages, progress
+            rows, embed_seconds, embedder, index = _store_and_embed(
+                config, reader, paths, model, version_dir / META_FILE, stages, progress
             )
             summary = reader.summary
             _check_rejects(config, summary, paths, rejects, require_rows=True)
             prehash.add(version_dir / META_FILE)  # final now: hashed while the index is chosen and BM25 built
-            t0 = time.perf_counter()
-            index, auto = _choose_index(config, embedder, index, version_dir)
-            stages["index_choose_s"] = time.perf_counter() - t0  # index.type auto: ivf training, nprobe
-            t0 = time.perf_counter()
-            index.save(version_dir / VECTORS_FILE)
-            stages["faiss_save_s"] = time.perf_counter() - t0
-            prehash.add(version_dir / VECTORS_FILE)
             if index.ntotal != rows:  # pragma: no cover - guards against a FAISS/metadata mismatch bug
                 raise BuildError(f"internal error: {index.ntotal} vectors for {rows} rows")
+            # the index choice (FAISS or the GPU) and BM25 (its own processes) only read meta.sqlite: side by side
             t0 = time.perf_counter()
+            chosen_embedder, flat = embedder, index
+            side = _Background(
+                lambda: _choose_and_save(config, chosen_embedder, flat, version_dir, prehash),
+                "build-index-choice",
+            )
             artifacts = _build_artifacts(config, version_dir)
             stages["lexical_s"] = time.perf_counter() - t0
+            index, auto, stages["index_choose_s"], stages["faiss_save_s"] = side.result()
+            stages["index_and_bm25_s"] = time.perf_counter() - t0
             rejects_names = rejects.commit(summary)
             manifest = _base_manifest(config, embedder, index, "build", parent)
             if auto is not None:
@@ -614,6 +718,8 @@ def build_index(
             version, removed = _finish(store, config, version_dir, manifest, hash_cache=prehash.result())
             stages["manifest_s"] = time.perf_counter() - t0
         except BaseException as exc:
+            if side is not None:  # it writes into the version directory: let it end before that goes
+                side.join()
             prehash.stop()
             rejects.keep()
             shutil.rmtree(version_dir, ignore_errors=True)
@@ -739,14 +845,29 @@ class _EmbeddingThread(_StageThread):
     not the rows' descriptions: about 100 bytes a row.
     """
 
-    def __init__(self, embedder: Embedder, index: FaissIndex, batch_size: int) -> None:
-        self.embedder, self.index, self.batch_size = embedder, index, batch_size
-        bulk_rows = getattr(embedder, "chunk_rows", None)
+    def __init__(self, model: _ModelLoad, index_config: Any, batch_size: int, bulk_rows: int | None) -> None:
+        self.model, self.index_config, self.batch_size = model, index_config, batch_size
+        self.embedder: Embedder | None = None
+        self.index: FaissIndex | None = None
+        self.counts_before: dict[str, float] = {}
         self.embed_rows = BULK_CHUNKS_PER_CALL * int(bulk_rows) if bulk_rows else CHUNK_ROWS
         self.embed_s = self.add_s = 0.0
         self._ids: list[np.ndarray] = []
         self._titles: list[str] = []
         super().__init__("build-embedding", max_pending=2 * -(-self.embed_rows // CHUNK_ROWS))
+
+    def setup(self) -> None:
+        """Wait for the model (the queue fills meanwhile), then make the empty index of its dimension."""
+        self.embedder = self.model.result()
+        self.index = FaissIndex.from_config(self.embedder.dimension, self.index_config)
+        bulk_rows = getattr(self.embedder, "chunk_rows", None)
+        if bulk_rows:
+            self.embed_rows = BULK_CHUNKS_PER_CALL * int(bulk_rows)
+        self.counts_before = {
+            k: float(getattr(self.embedder, k))
+            for k in ("tokenize_s", "tokenize_wait_s")
+            if hasattr(self.embedder, k)
+        }
 
     def handle(self, stored: tuple[np.ndarray, list[str]]) -> None:
         ids, titles = stored
@@ -762,6 +883,7 @@ class _EmbeddingThread(_StageThread):
     def _embed(self) -> None:
         titles, ids = self._titles, np.concatenate(self._ids)
         self._titles, self._ids = [], []
+        assert self.embedder is not None and self.index is not None
         t0 = time.perf_counter()
         vectors = self.embedder.embed(titles, batch_size=self.batch_size)
         t1 = time.perf_counter()
@@ -866,12 +988,16 @@ def _choose_index(
     """`index.type: auto`: keep the flat index or replace it by a tuned ivf one (index/autoindex.py)."""
     if config.index.type != "auto":
         return index, None
-    from .autoindex import finish_auto_index, sqlite_titles
+    from .autoindex import finish_auto_index, sqlite_titles, torch_device
 
     def embed(texts: list[str]) -> np.ndarray:
         return embedder.embed(texts, batch_size=config.embedding.batch_size)
 
-    return finish_auto_index(index, config.index, embed, sqlite_titles(version_dir / META_FILE))
+    # on the embedding's GPU when there is one (k-means, list assignment, exact top-k), else FAISS on the CPU
+    device = torch_device(str(config.embedding.device)) if config.embedding.backend == "torch" else None
+    return finish_auto_index(
+        index, config.index, embed, sqlite_titles(version_dir / META_FILE), device=device
+    )
 
 
 def _build_artifacts(

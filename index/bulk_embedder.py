@@ -208,7 +208,9 @@ class BulkEmbedder(CachedQueryMixin):
         self.dtype = torch.float16 if self.half else torch.float32
         self.threads = set_tokenizer_threads(tokenizer_threads)
         self.processes = (
-            default_tokenizer_processes(device) if tokenizer_processes is None else max(0, int(tokenizer_processes))
+            default_tokenizer_processes(device)
+            if tokenizer_processes is None
+            else max(0, int(tokenizer_processes))
         )
         self._pool: Any = None
         # seconds: tokenising + padding (summed over the tokenizer processes or the thread), and the
@@ -307,7 +309,9 @@ class BulkEmbedder(CachedQueryMixin):
             return
         out.put(None)
 
-    def _pooled_chunks(self, texts: Sequence[str], spans: list[tuple[int, int]]) -> Iterator[tuple[int, list]]:
+    def _pooled_chunks(
+        self, texts: Sequence[str], spans: list[tuple[int, int]]
+    ) -> Iterator[tuple[int, list]]:
         """The chunks' batches from the tokenizer processes, in order, with two chunks per process in flight."""
         from collections import deque
         from concurrent.futures.process import BrokenProcessPool

@@ -6,6 +6,7 @@ and the smallest nprobe whose recall@10 against exact search reaches `index.auto
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -158,3 +159,65 @@ def test_tune_nprobe_finds_the_smallest_value_reaching_the_target() -> None:
         assert tried[chosen] == recall(chosen) and recall(chosen)[1] >= target
         assert chosen == 1 or recall(chosen - 1)[1] < target
     assert recall_at_k(*exact.search(queries, 10), truth) == 1.0
+
+
+def test_the_device_path_builds_a_complete_tuned_ivf_with_the_exact_truth(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The GPU version of the conversion (torch k-means, assignment, add_core, exact top-k in one
+    pass), run here on torch's CPU device: every row lands in its nearest list, the exact top-k is
+    the flat search, and the tuned nprobe reaches the target on the index it serves."""
+    import faiss
+    import torch
+
+    import index.autoindex as autoindex
+    from index.vector import FaissIndex
+
+    monkeypatch.setattr(autoindex, "ASSIGN_BLOCK", 700)  # several blocks, the last one partial
+    rng = np.random.default_rng(5)
+    centres = rng.normal(size=(40, 24)).astype(np.float32)
+    data = centres[rng.integers(0, 40, 6000)] + rng.normal(scale=0.3, size=(6000, 24)).astype(np.float32)
+    data /= np.linalg.norm(data, axis=1, keepdims=True)
+    ids = rng.permutation(10**7)[:6000].astype(np.int64)
+    flat = FaissIndex.create(24, "flat")
+    flat.add(ids, data)
+    by_id = dict(zip(ids.tolist(), range(len(ids)), strict=True))
+    config = load_config(None, ["index.auto_ivf_min_rows=1000", "index.auto_tune_queries=150"]).index
+    seen: list[np.ndarray] = []
+
+    def embed(texts: list[str]) -> np.ndarray:  # a query near each held-back row
+        rows = data[[int(re.search(r"id (\d+)", t).group(1)) for t in texts]]  # type: ignore[union-attr]
+        out = rows + rng.normal(scale=0.05, size=rows.shape).astype(np.float32)
+        seen.append(out)
+        return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+    def titles_of(wanted):
+        return [f"id {by_id[i]} id" for i in wanted]
+
+    chosen, record = autoindex.finish_auto_index(flat, config, embed, titles_of, device=torch.device("cpu"))
+    ivf = chosen.raw
+    assert record["chosen"] == "ivf" and record["device"] == "cpu" and ivf.ntotal == 6000
+    assert record["recall_at_10_lower"] >= 0.98 and chosen.params["ivf_nprobe"] == record["nprobe"]
+    # every row is stored once, in the list of its highest-scoring centroid
+    quantizer = faiss.downcast_index(ivf.quantizer)
+    centroids = faiss.rev_swig_ptr(quantizer.get_xb(), ivf.nlist * 24).reshape(ivf.nlist, 24)
+    assert np.allclose(np.linalg.norm(centroids, axis=1), 1.0, atol=1e-5)
+    nearest = (data @ centroids.T).argmax(axis=1)
+    invlists = ivf.invlists
+    stored = {}
+    for lst in range(ivf.nlist):
+        size = invlists.list_size(lst)
+        if size:
+            for fid in faiss.rev_swig_ptr(invlists.get_ids(lst), size).tolist():
+                stored[fid] = lst
+    assert len(stored) == 6000
+    assert all(stored[int(fid)] == nearest[row] for row, fid in enumerate(ids))
+    # at nprobe = nlist the IVF is exact; the recall measured for the chosen nprobe is the served one
+    exact = faiss.IndexIDMap(faiss.IndexFlatIP(24))
+    exact.add_with_ids(data, ids)
+    queries = seen[0] / np.linalg.norm(seen[0], axis=1, keepdims=True)
+    truth = exact.search(queries, 10)
+    ivf.nprobe = record["nprobe"]
+    assert recall_at_k(*ivf.search(queries, 10), truth) == pytest.approx(record["recall_at_10"], abs=1e-4)
+    ivf.nprobe = ivf.nlist
+    assert recall_at_k(*ivf.search(queries, 10), truth) == 1.0
