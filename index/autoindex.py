@@ -294,6 +294,44 @@ def _fill_on_device(
     return scores_np, ids[rows_np]
 
 
+def _train_and_fill(
+    nlist: int,
+    sample: np.ndarray,
+    ids: np.ndarray,
+    vectors: np.ndarray,
+    queries: np.ndarray,
+    seed: int,
+    device: Any,
+) -> tuple[Any, tuple[np.ndarray, np.ndarray] | None, float, float]:
+    """A trained IVF index holding every row, (the exact top-k of `queries` when found on the way:
+    the device path; else None), training seconds, adding seconds."""
+    import faiss
+
+    dimension = vectors.shape[1]
+    t0 = time.perf_counter()
+    quantizer = faiss.IndexFlatIP(dimension)
+    ivf = faiss.IndexIVFFlat(quantizer, dimension, nlist, faiss.METRIC_INNER_PRODUCT)
+    centroids = None
+    if device is not None:
+        centroids = kmeans_torch(sample, nlist, KMEANS_ITERATIONS, seed, device)
+        quantizer.add(centroids)
+        ivf.is_trained = True
+    else:
+        ivf.cp.niter = KMEANS_ITERATIONS
+        ivf.train(sample)
+    train_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    truth = None
+    if centroids is not None:  # the lists and the exact top-k in one pass over the vectors
+        truth = _fill_on_device(ivf, centroids, ids, vectors, queries, K, device)
+    else:
+        for start in range(0, len(vectors), ADD_CHUNK):
+            ivf.add_with_ids(
+                np.ascontiguousarray(vectors[start : start + ADD_CHUNK]), ids[start : start + ADD_CHUNK]
+            )
+    return ivf, truth, train_s, time.perf_counter() - t0
+
+
 def sqlite_titles(meta_path: Path) -> Callable[[Sequence[int]], list[str]]:
     """`titles_of` for `finish_auto_index`: the titles of faiss ids, read from a version's meta.sqlite."""
 
@@ -335,7 +373,6 @@ def finish_auto_index(
     if rows < threshold or rows == 0:
         record.update(chosen="flat", recall_at_10=1.0)
         return flat, record
-    import faiss
 
     rng = np.random.default_rng(seed)
     ids, vectors = _flat_view(flat)
@@ -347,41 +384,14 @@ def finish_auto_index(
     sample = np.ascontiguousarray(vectors[np.sort(pool[:train_points])])
 
     t0 = time.perf_counter()
-    quantizer = faiss.IndexFlatIP(flat.dimension)
-    ivf = faiss.IndexIVFFlat(quantizer, flat.dimension, nlist, faiss.METRIC_INNER_PRODUCT)
-    if device is not None:
-        quantizer.add(kmeans_torch(sample, nlist, KMEANS_ITERATIONS, seed, device))
-        ivf.is_trained = True
-    else:
-        ivf.cp.niter = KMEANS_ITERATIONS
-        ivf.train(sample)
-    del sample
-    train_s = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
     texts = query_texts(titles_of(ids[held].tolist()))
     queries = np.ascontiguousarray(embed(texts), dtype=np.float32)
     embed_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    if device is not None:  # the lists and the exact top-k in one pass over the vectors
-        truth = _fill_on_device(
-            ivf,
-            faiss.rev_swig_ptr(quantizer.get_xb(), nlist * flat.dimension).reshape(nlist, -1).copy(),
-            ids,
-            vectors,
-            queries,
-            K,
-            device,
-        )
-    else:
-        for start in range(0, rows, ADD_CHUNK):
-            ivf.add_with_ids(
-                np.ascontiguousarray(vectors[start : start + ADD_CHUNK]), ids[start : start + ADD_CHUNK]
-            )
-    add_s = time.perf_counter() - t0
+    ivf, truth, train_s, add_s = _train_and_fill(nlist, sample, ids, vectors, queries, seed, device)
+    del sample
 
     t0 = time.perf_counter()
-    if device is None:
+    if truth is None:
         truth = exact_top_k(ids, vectors, queries, K)
     nprobe, tried = tune_nprobe(ivf, queries, truth, float(index_config.auto_recall_target))
     recall, lower = tried[nprobe]
