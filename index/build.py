@@ -604,10 +604,11 @@ def _bulk_rows(config: Config, model: _ModelLoad) -> int | None:
     if given is not None:
         rows = getattr(given, "chunk_rows", None)
         return int(rows) if rows else None
-    emb = config.embedding
-    if emb.backend == "torch" and (
-        emb.bulk is True or (emb.bulk == "auto" and str(emb.device).startswith("cuda"))
-    ):
+    from .embedder import _resolve_device, resolve_backend
+
+    emb = resolve_backend(config.embedding)  # backend auto: torch on CUDA
+    cuda = _resolve_device(emb.device).startswith("cuda")
+    if emb.backend == "torch" and (emb.bulk is True or (emb.bulk == "auto" and cuda)):
         from .bulk_embedder import CHUNK_ROWS as BULK_CHUNK_ROWS
 
         return BULK_CHUNK_ROWS
@@ -989,12 +990,14 @@ def _choose_index(
     if config.index.type != "auto":
         return index, None
     from .autoindex import finish_auto_index, sqlite_titles, torch_device
+    from .embedder import _resolve_device, resolve_backend
 
     def embed(texts: list[str]) -> np.ndarray:
         return embedder.embed(texts, batch_size=config.embedding.batch_size)
 
     # on the embedding's GPU when there is one (k-means, list assignment, exact top-k), else FAISS on the CPU
-    device = torch_device(str(config.embedding.device)) if config.embedding.backend == "torch" else None
+    emb = resolve_backend(config.embedding)
+    device = torch_device(_resolve_device(emb.device)) if emb.backend == "torch" else None
     return finish_auto_index(
         index, config.index, embed, sqlite_titles(version_dir / META_FILE), device=device
     )

@@ -339,3 +339,25 @@ def test_build_through_the_bulk_embedder_stores_the_reference_vectors(pair, tmp_
     stored = np.stack([index.raw.reconstruct(int(i)) for i, _ in rows])
     want = ref.embed([t for _, t in rows])
     assert (stored * want).sum(axis=1).min() >= 0.9999
+
+
+def test_a_cuda_build_with_the_default_backend_sizes_its_queue_for_the_bulk_embedder(monkeypatch):
+    """`embedding.backend: auto` is torch on CUDA: the build expects the bulk embedder's call size
+    (the H200 run where it did not kept the SQLite thread waiting 16.8 s on a small queue)."""
+    import index.embedder as embedder_module
+    from index.build import _bulk_rows, _ModelLoad
+    from index.bulk_embedder import CHUNK_ROWS as BULK_CHUNK_ROWS
+
+    monkeypatch.setattr(
+        embedder_module, "_resolve_device", lambda device: "cuda" if device != "cpu" else "cpu"
+    )
+    given = _ModelLoad(load_config(), HashingEmbedder(8))
+    loading = _ModelLoad.__new__(_ModelLoad)
+    loading._thread, loading._embedder = object(), None  # type: ignore[assignment]  # "still loading"
+    assert _bulk_rows(load_config(overrides=["embedding.device=cuda"]), loading) == BULK_CHUNK_ROWS
+    assert _bulk_rows(load_config(overrides=["embedding.device=auto"]), loading) == BULK_CHUNK_ROWS
+    assert _bulk_rows(load_config(overrides=["embedding.device=cpu"]), loading) is None
+    assert (
+        _bulk_rows(load_config(overrides=["embedding.device=cuda", "embedding.bulk=false"]), loading) is None
+    )
+    assert _bulk_rows(load_config(overrides=["embedding.device=cuda"]), given) is None  # its own size
