@@ -1480,8 +1480,14 @@ class LexicalIndex:
                     exhaustive = False
                     continue
                 docs = np.asarray(docs_arr[lo:hi])
-                fresh = docs[acc[docs] == 0.0]  # impacts are > 0, so 0 means "not touched yet"
-                acc[docs] += weight * np.asarray(imp_arr[lo:hi], dtype=np.float32)
+                part = weight * np.asarray(imp_arr[lo:hi], dtype=np.float32)
+                if not touched:  # the buffer is all zeros: every document is fresh, 0 + x == x
+                    acc[docs] = part
+                    fresh = docs
+                else:  # one gather for both uses (`acc[docs] += x` gathers again); a term's docs are unique
+                    before = acc[docs]
+                    fresh = docs[before == 0.0]  # impacts are > 0, so 0 means "not touched yet"
+                    acc[docs] = before + part
                 touched.append(fresh)
                 scored += hi - lo
             if not touched:
