@@ -420,6 +420,7 @@ def main(argv: list[str] | None = None) -> int:
         ivf += [f"index.ivf_nprobe={args.nprobe}"] if args.nprobe else []
         ivf += [f"index.ivf_train_points={args.train_points}"] if args.train_points else []
         name = f"index-{args.dense}" + (f"-nlist{args.nlist}" if args.nlist else "")
+        name += f"-train{args.train_points}" if args.train_points else ""
         config = build_version(meta, lex_dir, work / name, args.dense, embedder, ivf)
         result["dense_params"] = {
             "ivf_nlist": args.nlist,
