@@ -26,7 +26,20 @@ What it does, exactly:
    description path + fusion; the embedding then comes from the embedder's query cache) with
    descriptions off and on: per-stage p50/p95 and the total, in wall time and in CPU time of the
    process (on a shared machine other jobs inflate wall time; CPU time is the work itself).
-Prints the machine; `--out` writes the figures as JSON.
+6. Then `rag ask`'s retrieval as served, query embedding included: the same questions through
+   `Retriever.search` with an embedder whose query cache is off (every question embedded for
+   real, onnx int8 by default), once with `retrieval.parallel_paths` (the description search in a
+   worker thread while the question is embedded and the title index searched) and once without,
+   interleaved question by question: `ask.*` and `ask_serial.*`, wall time. `--nlist 4096 --nprobe 9`
+   gives the IVF index what `index.type: auto` chose at 1.3M rows (docs/performance.md, issue 16):
+
+    .venv/bin/python benchmarks/bench_lexical.py --rows 1300000 --dense ivf --nlist 4096 --nprobe 9 \
+        --train-points 65536 --queries 100 --out results/bench_lexical_1m_defaults.json
+
+   (k-means on 65,536 of the random vectors instead of 64 per list: minutes less to build; the search
+   time of an IVF index depends on nlist, nprobe and the list sizes, not on the training sample.)
+
+Prints the machine and the load average; `--out` writes the figures as JSON.
 """
 
 from __future__ import annotations
@@ -182,14 +195,16 @@ def bench_update(meta: Path, base_dir: Path, workdir: Path, seed: int) -> dict[s
     return {"changed": len(changed), "deleted": len(deleted), "seconds": seconds, "new_bytes": written}
 
 
-def build_version(meta: Path, lex_dir: Path, root: Path, index_type: str, embedder: Any) -> Any:
+def build_version(
+    meta: Path, lex_dir: Path, root: Path, index_type: str, embedder: Any, ivf: list[str] | None = None
+) -> Any:
     """A complete index version (vectors.faiss + meta + lexical, manifest) under `root`; returns its config."""
     from index.metadata import META_FILE
     from index.store import VECTORS_FILE, IndexStore
     from index.vector import FaissIndex
     from rag.config import load_config
 
-    config = load_config(None, [f"index.path={root}", f"index.type={index_type}"])
+    config = load_config(None, [f"index.path={root}", f"index.type={index_type}", *(ivf or [])])
     store = IndexStore.from_config(config)
     if store.has_current():
         return config
@@ -229,6 +244,38 @@ def build_version(meta: Path, lex_dir: Path, root: Path, index_type: str, embedd
     return config
 
 
+def ask_stages(config: Any, questions: list[tuple[str, int]]) -> dict[str, list[float]]:
+    """`rag ask`'s retrieval with the query embedding: no query cache, parallel paths on and off.
+
+    The two retrievers alternate which goes first, question by question, so both see the same load."""
+    from dataclasses import replace
+
+    from index.embedder import load_embedder
+    from rag.retrieval import Retriever
+
+    embedder = load_embedder(replace(config.embedding, cache_size=0))  # every question embedded for real
+    runs = {}
+    # code from before retrieval.parallel_paths (to measure it with this script): its one path as "ask"
+    has_option = hasattr(config.retrieval, "parallel_paths")
+    for label, parallel in [("ask", True), ("ask_serial", False)] if has_option else [("ask", None)]:
+        options: dict[str, Any] = {"use_descriptions": True}
+        if parallel is not None:
+            options["parallel_paths"] = parallel
+        cfg = replace(config, retrieval=replace(config.retrieval, **options))
+        runs[label] = Retriever.from_config(cfg, embedder=embedder)
+        for q, _ in questions[:10]:
+            runs[label].search(q + " warm-up", k=5)
+    stages: dict[str, list[float]] = {}
+    for n, (q, _) in enumerate(questions):
+        for label in list(runs) if n % 2 == 0 else list(runs)[::-1]:
+            t0 = time.perf_counter()
+            _, timings = runs[label].search_with_timings(q, k=5)
+            stages.setdefault(f"{label}.total", []).append((time.perf_counter() - t0) * 1000)
+            for stage, sec in timings.items():
+                stages.setdefault(f"{label}.{stage}", []).append(sec * 1000)
+    return stages
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
@@ -241,6 +288,16 @@ def main(argv: list[str] | None = None) -> int:
         choices=["none", "flat", "hnsw", "ivf"],
         default="none",
         help="also time the whole Retriever.search with this FAISS index type (random vectors)",
+    )
+    p.add_argument(
+        "--nlist", type=int, default=None, help="ivf: lists (index.ivf_nlist; default its default)"
+    )
+    p.add_argument("--nprobe", type=int, default=None, help="ivf: lists probed (index.ivf_nprobe)")
+    p.add_argument(
+        "--train-points",
+        type=int,
+        default=None,
+        help="ivf: k-means sample (index.ivf_train_points); random vectors need no large sample",
     )
     p.add_argument("--cache-dir", default="/tmp/bench_lexical", help="where the rows and indexes are kept")
     p.add_argument("--out", default=None, help="write the figures to this JSON file")
@@ -257,8 +314,8 @@ def main(argv: list[str] | None = None) -> int:
 
     work = Path(args.cache_dir) / f"rows-{args.rows}"
     meta = prepare(args.rows, work, args.seed)
-    result: dict[str, Any] = {"rows": args.rows, "machine": machine()}
-    print(f"machine: {result['machine']}")
+    result: dict[str, Any] = {"rows": args.rows, "machine": machine(), "load_average": [os.getloadavg()]}
+    print(f"machine: {result['machine']}, load average {os.getloadavg()[0]:.2f}")
 
     lex_dir = work / "lexical"
     if args.reuse and (lex_dir / "build.json").exists():
@@ -359,7 +416,17 @@ def main(argv: list[str] | None = None) -> int:
         from rag.retrieval import Retriever
 
         embedder = load_embedder(Config().embedding)  # with its query cache: see below
-        config = build_version(meta, lex_dir, work / f"index-{args.dense}", args.dense, embedder)
+        ivf = [f"index.ivf_nlist={args.nlist}"] if args.nlist else []
+        ivf += [f"index.ivf_nprobe={args.nprobe}"] if args.nprobe else []
+        ivf += [f"index.ivf_train_points={args.train_points}"] if args.train_points else []
+        name = f"index-{args.dense}" + (f"-nlist{args.nlist}" if args.nlist else "")
+        name += f"-train{args.train_points}" if args.train_points else ""
+        config = build_version(meta, lex_dir, work / name, args.dense, embedder, ivf)
+        result["dense_params"] = {
+            "ivf_nlist": args.nlist,
+            "ivf_nprobe": args.nprobe,
+            "ivf_train_points": args.train_points,
+        }
         stages: dict[str, list[float]] = {}
         for use in (False, True):
             config.retrieval.use_descriptions = use
@@ -384,6 +451,8 @@ def main(argv: list[str] | None = None) -> int:
                     if stage != "embed":
                         stages.setdefault(f"{label}.{stage}", []).append(sec * 1000)
                 stages.setdefault(f"{label}.total", []).append(total)
+        stages.update(ask_stages(config, questions))
+        result["load_average"].append(os.getloadavg())
         result["retrieval"] = {
             "index_type": args.dense,
             **{k: {"p50_ms": pct(v, 50), "p95_ms": pct(v, 95)} for k, v in stages.items()},

@@ -1343,15 +1343,21 @@ class _Segment:
     def __init__(self, version_dir: Path, name: str, mmap: bool = True) -> None:
         mode: Literal["r"] | None = "r" if mmap else None
         prefix = version_dir / f"lexical.{name}."
+
+        def load(suffix: str) -> np.ndarray:
+            # a plain ndarray over the mapping (which it keeps open): slices of an np.memmap are memmaps
+            # too, and their per-operation bookkeeping cost ~0.3 ms over the ~60 array operations of a query
+            return np.asarray(np.load(f"{prefix}{suffix}", allow_pickle=False, mmap_mode=mode))
+
         self.name = name
         self.hashes = np.load(f"{prefix}hashes.npy", allow_pickle=False)
-        self.indptr = np.load(f"{prefix}indptr.npy", allow_pickle=False, mmap_mode=mode)
-        self.docs = np.load(f"{prefix}docs.npy", allow_pickle=False, mmap_mode=mode)
-        self.impact = np.load(f"{prefix}impact.npy", allow_pickle=False, mmap_mode=mode)
-        self.ids = np.load(f"{prefix}ids.npy", allow_pickle=False, mmap_mode=mode)
-        self.champ_indptr = np.load(f"{prefix}champ_indptr.npy", allow_pickle=False, mmap_mode=mode)
-        self.champ_docs = np.load(f"{prefix}champ_docs.npy", allow_pickle=False, mmap_mode=mode)
-        self.champ_impact = np.load(f"{prefix}champ_impact.npy", allow_pickle=False, mmap_mode=mode)
+        self.indptr = load("indptr.npy")
+        self.docs = load("docs.npy")
+        self.impact = load("impact.npy")
+        self.ids = load("ids.npy")
+        self.champ_indptr = load("champ_indptr.npy")
+        self.champ_docs = load("champ_docs.npy")
+        self.champ_impact = load("champ_impact.npy")
         self.n_docs = len(self.ids)
         if len(self.indptr) != len(self.hashes) + 1 or len(self.docs) != len(self.impact):
             raise ValueError(
@@ -1480,8 +1486,14 @@ class LexicalIndex:
                     exhaustive = False
                     continue
                 docs = np.asarray(docs_arr[lo:hi])
-                fresh = docs[acc[docs] == 0.0]  # impacts are > 0, so 0 means "not touched yet"
-                acc[docs] += weight * np.asarray(imp_arr[lo:hi], dtype=np.float32)
+                part = weight * np.asarray(imp_arr[lo:hi], dtype=np.float32)
+                if not touched:  # the buffer is all zeros: every document is fresh, 0 + x == x
+                    acc[docs] = part
+                    fresh = docs
+                else:  # one gather for both uses (`acc[docs] += x` gathers again); a term's docs are unique
+                    before = acc[docs]
+                    fresh = docs[before == 0.0]  # impacts are > 0, so 0 means "not touched yet"
+                    acc[docs] = before + part
                 touched.append(fresh)
                 scored += hi - lo
             if not touched:
@@ -1500,12 +1512,10 @@ class LexicalIndex:
                     if end <= start:
                         continue
                     docs = seg.docs[start:end]
-                    pos = np.searchsorted(docs, cand)
-                    ok = pos < (end - start)
-                    hit = np.zeros(len(cand), dtype=bool)
-                    hit[ok] = np.asarray(docs[pos[ok]]) == cand[ok]
+                    pos = np.minimum(np.searchsorted(docs, cand), end - start - 1)  # past the end: no match
+                    hit = docs[pos] == cand
                     if hit.any():
-                        vals[hit] += weight * np.asarray(seg.impact[start:end][pos[hit]], dtype=np.float32)
+                        vals[hit] += weight * seg.impact[start:end][pos[hit]].astype(np.float32)
                 if seg.alive is not None:
                     vals = np.where(seg.alive[cand], vals, 0.0).astype(np.float32)
             keep = vals > 0

@@ -636,10 +636,12 @@ class IndexSnapshot:
         ):
             yield row
 
-    def lexical_search(self, question: str, k: int) -> list[tuple[int, float, str]]:
+    def lexical_search(self, question: str, k: int, *, snippets: bool = True) -> list[tuple[int, float, str]]:
         """Description-index candidates (index/lexical.py): (faiss_id, score in [0, 1], best passage).
 
         Opened lazily on the first call and cached per snapshot; [] for a version built without one.
+        `snippets=False`: every passage is "" (no row fetch): the caller picks the passages of the rows
+        it keeps with `lexical_snippets`, the same text.
         """
         try:
             from . import lexical
@@ -651,7 +653,20 @@ class IndexSnapshot:
         if index is None:
             return []
         self.mapped.check()
+        if not snippets:
+            return index.search(question, k, snippets=0)
         return index.search(question, k, get_rows=self.get_rows)
+
+    def lexical_snippets(self, question: str, rows: Sequence[CatalogRow | None]) -> list[str]:
+        """The passage of each row's description that best matches the question ("" for None or no
+        description): what `lexical_search` puts in its first `lexical.SNIPPET_ROWS` results."""
+        from . import lexical
+
+        terms = set(lexical.query_terms(question))
+        return [
+            lexical.best_passage(row.content, terms) if row is not None and row.content else ""
+            for row in rows
+        ]
 
     def close(self) -> None:
         """Release the SQLite connections. Snapshots handed to other threads are closed by garbage collection instead."""

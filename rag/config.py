@@ -198,6 +198,10 @@ class RetrievalConfig:
     # rows the description index proposes to the fusion: each costs a row fetch and a title similarity
     # (~0.1 ms), and described products sit at the top of it (docs/descriptions.md)
     description_candidates: int = 20
+    # run the description search in a worker thread while the question is embedded and the title index
+    # searched (both release the GIL: on 2 cores the two paths overlap instead of adding up); false: one after
+    # the other in the calling thread. Same hits either way (tests/test_retrieval_parallel.py).
+    parallel_paths: bool = True
     min_score: float = 0.25  # below this the answer says nothing relevant was found
     # A question that names a product ("Who wrote The Clockmaker of Tallinn?") finds it only when at least
     # this share of the name's capitalised words occur in the top 3 rows (rag.query.named_product_coverage);

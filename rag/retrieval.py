@@ -14,9 +14,12 @@ products can be found from what users remember of them.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -132,43 +135,51 @@ class Retriever:
         if not query:
             return [], timings
 
+        # a follow-up ("who wrote it?") names no product: its words would only match unrelated descriptions
+        use_descriptions = (
+            cfg.use_descriptions and not parsed.followup and hasattr(snapshot, "lexical_search")
+        )
+        n_candidates = max(cfg.candidates, k)
+        n_description = max(getattr(cfg, "description_candidates", n_candidates), k)
+        # passages are picked for the hits kept, from the rows the fusion fetches anyway (not 10 fetched here)
+        late_snippets = hasattr(snapshot, "lexical_snippets")
+        pending: Future[_Described] | None = None
+        if use_descriptions and getattr(cfg, "parallel_paths", False):
+            pending = _worker_pool().submit(_described, snapshot, question, n_description, not late_snippets)
+
         t0 = time.perf_counter()
         vector = self._embed_query(query)
         timings["embed"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        n_candidates = max(cfg.candidates, k)
         with faiss_threads(cfg.faiss_threads):
             scores, ids = snapshot.search(vector, n_candidates)
         dense = {int(i): float(s) for i, s in zip(ids[0], scores[0], strict=True) if int(i) != -1}
         timings["search"] = time.perf_counter() - t0
 
-        description: dict[int, float] = {}
-        snippets: dict[int, str] = {}
-        # a follow-up ("who wrote it?") names no product: its words would only match unrelated descriptions
-        if cfg.use_descriptions and not parsed.followup and hasattr(snapshot, "lexical_search"):
+        described = _Described({}, {}, [], 0.0)
+        if pending is not None:
             t0 = time.perf_counter()
-            try:
-                for item in snapshot.lexical_search(
-                    question, max(getattr(cfg, "description_candidates", n_candidates), k)
-                ):
-                    fid, score = int(item[0]), float(item[1])
-                    description[fid] = score
-                    if len(item) > 2 and item[2]:
-                        snippets[fid] = str(item[2])
-            except Exception as exc:  # noqa: BLE001 - the description index is an extra: never fail the query for it
-                log.warning("description search failed: %s", exc)
-            timings["lexical"] = time.perf_counter() - t0
+            described = pending.result()
+            timings["lexical_wait"] = time.perf_counter() - t0  # what the overlap did not hide
+        elif use_descriptions:
+            described = _described(snapshot, question, n_description, not late_snippets)
+        if use_descriptions:
+            timings["lexical"] = described.seconds
+        description, snippets = described.scores, described.snippets
 
         t0 = time.perf_counter()
         candidate_ids = list(dict.fromkeys(list(dense) + list(description)))
+        hit_ids: dict[int, int] = {}  # id(hit) -> faiss id, for the passages picked below
         if cfg.fusion == "weighted":
             hits = self._weighted_top(
-                query, candidate_ids, snapshot.get_rows, dense, description, snippets, k
+                query, candidate_ids, snapshot.get_rows, dense, description, snippets, k, hit_ids
             )
         else:
             rows = snapshot.get_rows(candidate_ids)
-            hits = self._fuse(query, parsed, candidate_ids, rows, dense, description, snippets)[:k]
+            hits = self._fuse(query, parsed, candidate_ids, rows, dense, description, snippets, hit_ids)[:k]
+        if late_snippets and described.ranked:
+            _add_snippets(snapshot, question, hits, hit_ids, described.ranked)
         timings["fuse"] = time.perf_counter() - t0
         return hits, timings
 
@@ -181,6 +192,7 @@ class Retriever:
         description: dict[int, float],
         snippets: dict[int, str],
         k: int,
+        hit_ids: dict[int, int] | None = None,
     ) -> list[Hit]:
         """The top k of `_fuse` with `fusion: weighted`, the same hits in the same order, for less work.
 
@@ -208,6 +220,8 @@ class Retriever:
                 score = weighted_score(d, lexical, description.get(fid), top_description, cfg)
                 hit = Hit(row, float(score), d, lexical, snippets.get(fid, ""))
                 scored[i] = hit
+                if hit_ids is not None:
+                    hit_ids[id(hit)] = fid
                 best.append(hit.score)
             best.sort(reverse=True)
         hits = [scored[i] for i in sorted(scored)]  # candidate order, as `_fuse` sorts them
@@ -223,6 +237,7 @@ class Retriever:
         dense: dict[int, float],
         description: dict[int, float],
         snippets: dict[int, str],
+        hit_ids: dict[int, int] | None = None,
     ) -> list[Hit]:
         cfg = self.config.retrieval
         hits: list[Hit] = []
@@ -248,17 +263,82 @@ class Retriever:
                 score += cfg.lexical_weight * lexical / (cfg.rrf_k + 1)
             else:
                 score = weighted_score(d, lexical, description.get(fid), top_description, cfg)
-            hits.append(
-                Hit(
-                    row=row,
-                    score=float(score),
-                    dense_score=d,
-                    lexical_score=lexical,
-                    snippet=snippets.get(fid, ""),
-                )
+            hit = Hit(
+                row=row,
+                score=float(score),
+                dense_score=d,
+                lexical_score=lexical,
+                snippet=snippets.get(fid, ""),
             )
+            hits.append(hit)
+            if hit_ids is not None:
+                hit_ids[id(hit)] = fid
         hits.sort(key=lambda h: h.score, reverse=True)
         return hits
+
+
+@dataclass
+class _Described:
+    """The description path's answer: BM25 scores, passages found so far, faiss ids best first."""
+
+    scores: dict[int, float]
+    snippets: dict[int, str]
+    ranked: list[int]
+    seconds: float
+
+
+def _described(snapshot: Any, question: str, k: int, snippets: bool) -> _Described:
+    """`snapshot.lexical_search` as the fusion takes it; runs in the caller or in a worker thread."""
+    t0 = time.perf_counter()
+    scores: dict[int, float] = {}
+    passages: dict[int, str] = {}
+    try:
+        found = (
+            snapshot.lexical_search(question, k)
+            if snippets
+            else snapshot.lexical_search(question, k, snippets=False)
+        )
+        for item in found:
+            fid, score = int(item[0]), float(item[1])
+            scores[fid] = score
+            if len(item) > 2 and item[2]:
+                passages[fid] = str(item[2])
+    except Exception as exc:  # noqa: BLE001 - the description index is an extra: never fail the query for it
+        log.warning("description search failed: %s", exc)
+    return _Described(scores, passages, list(scores), time.perf_counter() - t0)
+
+
+def _add_snippets(
+    snapshot: Any, question: str, hits: list[Hit], hit_ids: dict[int, int], ranked: list[int]
+) -> None:
+    """Give the kept hits the passages `lexical_search` would have given its first SNIPPET_ROWS rows.
+
+    Only the hits returned need one: picking them here, from rows already fetched, costs a few
+    hundred microseconds less than fetching and matching ten rows inside the description search."""
+    from index.lexical import SNIPPET_ROWS
+
+    with_passage = set(ranked[:SNIPPET_ROWS])
+    chosen = [i for i, h in enumerate(hits) if hit_ids.get(id(h)) in with_passage]
+    if not chosen:
+        return
+    for i, text in zip(
+        chosen, snapshot.lexical_snippets(question, [hits[i].row for i in chosen]), strict=True
+    ):
+        hits[i].snippet = text
+
+
+_POOL: list[ThreadPoolExecutor] = []  # made on first use: importing rag.retrieval starts no thread
+_POOL_LOCK = threading.Lock()
+
+
+def _worker_pool() -> ThreadPoolExecutor:
+    """Threads for the description path (retrieval.parallel_paths), shared by every Retriever.
+
+    Threads start as requests need them, up to 8 (concurrent API requests each use one)."""
+    with _POOL_LOCK:
+        if not _POOL:
+            _POOL.append(ThreadPoolExecutor(max_workers=8, thread_name_prefix="rag-descriptions"))
+        return _POOL[0]
 
 
 @contextmanager

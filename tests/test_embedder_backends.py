@@ -64,6 +64,14 @@ def test_onnx_backend_matches_torch(tmp_path, torch_vectors, quantize, min_cosin
     alone = np.stack([embedder.embed([t])[0] for t in TITLES])
     assert ((alone * vectors).sum(axis=1) > (0.95 if quantize == "int8" else 0.99999)).all()
     assert np.array_equal(embedder.embed_query(TITLES[1]), alone[1])
+    # a single text runs on a one-thread session, more than one on the all-cores bulk session: same vectors
+    bulk = embedder.bulk_session()
+    assert bulk is not embedder.session and embedder.session.get_session_options().intra_op_num_threads == 1
+    for title in TITLES:
+        encoding = [embedder.tokenizer.encode(title)]
+        assert np.array_equal(embedder._run(encoding), embedder._run(encoding, bulk)), title
+    pinned = load_embedder(_config(tmp_path, backend="onnx", onnx_quantize=quantize, num_threads=2))
+    assert pinned.bulk_session() is pinned.session  # embedding.num_threads set: one session, as asked
     # nearest neighbours agree with torch: each title is closest to itself
     assert (np.argmax(vectors[:5] @ torch_vectors[:5].T, axis=1) == np.arange(5)).all()
     # the export is cached: a second load reuses the directory (no new one appears)

@@ -76,9 +76,9 @@ def test_weighted_fusion_scores_fewer_rows_but_returns_the_same_top_k(
     questions = ["who wrote City of Djinns?", "mogs kitens", "cat", "garlic press", "harry potter", "zzz"]
     fast = {(q, k): retriever.search(q, k=k) for q in questions for k in (1, 2, 3, 5, len(CATALOG))}
 
-    def score_all(self, query, ids, get_rows, dense, description, snippets, k):  # type: ignore[no-untyped-def]
+    def score_all(self, query, ids, get_rows, dense, description, snippets, k, hit_ids=None):  # type: ignore[no-untyped-def]
         rows = get_rows(ids)
-        return self._fuse(query, self.parse(query), ids, rows, dense, description, snippets)[:k]
+        return self._fuse(query, self.parse(query), ids, rows, dense, description, snippets, hit_ids)[:k]
 
     monkeypatch.setattr(Retriever, "_weighted_top", score_all)
     for (q, k), hits in fast.items():
