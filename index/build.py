@@ -37,6 +37,7 @@ import os
 import queue
 import shutil
 import sqlite3
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -74,6 +75,10 @@ REJECTS_FILE = "rejects.jsonl"
 UPDATE_REJECTS_FILE = "update_rejects.jsonl"
 CHUNK_ROWS = 8192  # rows per SQLite insert + embedding call: bounded memory, steady progress
 BULK_CHUNKS_PER_CALL = 8  # bulk embedder: chunks of `chunk_rows` titles per embed call (32768 * 8)
+# the interpreter's thread switch interval while a bulk (CUDA) build runs, in seconds (Python's default
+# is 0.005): the GPU-feeding thread takes the lock back after every torch call, and with the reading
+# loop and the SQLite thread busy in Python each take could wait up to the whole interval
+BULK_SWITCH_INTERVAL_S = 0.0002
 # SQLite page cache of a build, at most 1 GiB (filled only as the file grows): random inserts stay in memory
 BUILD_SQLITE_CACHE_KIB = 1 << 20
 
@@ -522,8 +527,12 @@ def _store_and_embed(
 
     Returns (rows stored, embedding seconds, the embedder, the index) and fills `stages`."""
     bar = _progress(progress, "embedding titles")
-    embedding = _EmbeddingThread(model, config.index, config.embedding.batch_size, _bulk_rows(config, model))
+    bulk_rows = _bulk_rows(config, model)
+    embedding = _EmbeddingThread(model, config.index, config.embedding.batch_size, bulk_rows)
     sqlite = _SqliteThread(meta_path, embedding)
+    interval = sys.getswitchinterval()
+    if bulk_rows:
+        sys.setswitchinterval(min(interval, BULK_SWITCH_INTERVAL_S))
     try:
         t_read = time.perf_counter()
         for chunk in _chunks(reader.iter_rows(paths, progress=progress), CHUNK_ROWS):
@@ -535,6 +544,7 @@ def _store_and_embed(
         embedding.finish()
         wait_s = time.perf_counter() - t0
     finally:  # after an error: both stop taking work first, so neither waits on the other
+        sys.setswitchinterval(interval)
         sqlite.request_stop()
         embedding.request_stop()
         sqlite.stop()

@@ -361,3 +361,29 @@ def test_a_cuda_build_with_the_default_backend_sizes_its_queue_for_the_bulk_embe
         _bulk_rows(load_config(overrides=["embedding.device=cuda", "embedding.bulk=false"]), loading) is None
     )
     assert _bulk_rows(load_config(overrides=["embedding.device=cuda"]), given) is None  # its own size
+
+
+def test_a_bulk_build_shortens_the_thread_switch_interval_and_restores_it(tmp_path):
+    import sys
+
+    from index.build import BULK_SWITCH_INTERVAL_S
+
+    seen: list[float] = []
+
+    class BulkShaped(HashingEmbedder):
+        chunk_rows = 64  # looks like the bulk embedder to the build
+
+        def embed(self, texts, *, batch_size=None, progress=False):
+            seen.append(sys.getswitchinterval())
+            return super().embed(texts, batch_size=batch_size, progress=progress)
+
+    data = tmp_path / "c.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in generate_records(200, seed=2)) + "\n")
+    before = sys.getswitchinterval()
+    config = load_config(overrides=[f"index.path={tmp_path / 'index'}", "index.descriptions=false"])
+    build_index(config, [data], progress=False, embedder=BulkShaped(16))
+    assert seen and all(v == pytest.approx(min(before, BULK_SWITCH_INTERVAL_S)) for v in seen)
+    assert sys.getswitchinterval() == before
+    seen.clear()
+    build_index(config, [data], progress=False, embedder=HashingEmbedder(16))  # not bulk: untouched
+    assert sys.getswitchinterval() == before
