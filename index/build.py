@@ -728,6 +728,8 @@ def build_index(
             t0 = time.perf_counter()
             version, removed = _finish(store, config, version_dir, manifest, hash_cache=prehash.result())
             stages["manifest_s"] = time.perf_counter() - t0
+            if model.given is None and hasattr(embedder, "close"):  # loaded here: its tokenizer processes end
+                embedder.close()
         except BaseException as exc:
             if side is not None:  # it writes into the version directory: let it end before that goes
                 side.join()
