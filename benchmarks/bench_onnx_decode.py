@@ -1,0 +1,207 @@
+"""Experiment (issue 17, not a product path yet): SmolLM2's decoding step in ONNX Runtime on this CPU.
+
+    .venv/bin/python benchmarks/bench_onnx_decode.py --prompt-tokens 1000 --new-tokens 64 --out results/bench_onnx_decode.json
+
+On 2 cores the torch paths stop near 24 tokens/s with int8 weights, held by the per-op cost of 30
+small layers (docs/performance.md#llm-decoding). This measures what ONNX Runtime does with the same
+weights: a one-module Llama step written here over the loaded model's own layers (embedding, RMS
+norm, rotary positions, grouped-query attention over an explicit past K/V, SiLU MLP, tied head),
+checked against the model's logits, exported with `torch.onnx.export` (the TorchScript exporter),
+then run in float32 and after `onnxruntime.quantization.quantize_dynamic` (int8 weights). Per
+runtime: prefill of the prompt (time to first token), decode tokens/s over `--new-tokens` greedy
+tokens, and whether those tokens equal plain `model.generate`'s, which runs in the same process as
+the baseline. The past K/V goes in and out of every step whole (a copy per step that a product path
+would avoid). The exported files go to `--work` (about 650 MB float32, 170 MB int8).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def _step_module(model: Any) -> Any:
+    """A module (ids [B,S], pos [S], past_k/past_v [layers,B,kv_heads,T,head_dim]) -> (last logits, K, V)."""
+    import torch
+
+    cfg = model.config
+    heads, kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads
+    dim = cfg.hidden_size // heads
+    rope = getattr(cfg, "rope_parameters", None) or {}
+    theta = float(rope.get("rope_theta", getattr(cfg, "rope_theta", 10000.0)))
+    eps = float(cfg.rms_norm_eps)
+
+    class Step(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body, self.head = model.model, model.lm_head
+            self.register_buffer("inv", 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim)))
+
+        @staticmethod
+        def norm(x: Any, weight: Any) -> Any:
+            return weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps))
+
+        def forward(self, ids: Any, pos: Any, past_k: Any, past_v: Any) -> Any:
+            x = self.body.embed_tokens(ids)
+            batch, new = ids.shape
+            past = past_k.shape[3]
+            freqs = pos.float()[:, None] * self.inv[None, :]
+            angles = torch.cat([freqs, freqs], -1)
+            cos, sin = angles.cos()[None, None], angles.sin()[None, None]
+
+            def rotate(t: Any) -> Any:
+                return t * cos + torch.cat([-t[..., dim // 2 :], t[..., : dim // 2]], -1) * sin
+
+            cols = torch.arange(past + new)[None, :]
+            rows = torch.arange(new)[:, None] + past
+            mask = torch.where(cols <= rows, 0.0, float("-inf"))
+            keys, values = [], []
+            for i, layer in enumerate(self.body.layers):
+                attn, mlp = layer.self_attn, layer.mlp
+                h = self.norm(x, layer.input_layernorm.weight)
+                q = rotate(attn.q_proj(h).view(batch, new, heads, dim).transpose(1, 2))
+                k = rotate(attn.k_proj(h).view(batch, new, kv_heads, dim).transpose(1, 2))
+                v = attn.v_proj(h).view(batch, new, kv_heads, dim).transpose(1, 2)
+                k, v = torch.cat([past_k[i], k], 2), torch.cat([past_v[i], v], 2)
+                keys.append(k)
+                values.append(v)
+                kr, vr = k.repeat_interleave(heads // kv_heads, 1), v.repeat_interleave(heads // kv_heads, 1)
+                scores = q @ kr.transpose(-1, -2) / math.sqrt(dim) + mask
+                out = torch.softmax(scores, -1) @ vr
+                x = x + attn.o_proj(out.transpose(1, 2).reshape(batch, new, heads * dim))
+                h = self.norm(x, layer.post_attention_layernorm.weight)
+                x = x + mlp.down_proj(torch.nn.functional.silu(mlp.gate_proj(h)) * mlp.up_proj(h))
+            x = self.norm(x[:, -1:], self.body.norm.weight)
+            return self.head(x)[:, -1], torch.stack(keys), torch.stack(values)
+
+    return Step().eval(), (cfg.num_hidden_layers, kv_heads, dim)
+
+
+def _decode(session: Any, prompt: np.ndarray, new_tokens: int, shape: tuple[int, int, int]) -> dict[str, Any]:
+    layers, kv_heads, dim = shape
+    past = np.zeros((layers, 1, kv_heads, 0, dim), np.float32)
+    t0 = time.perf_counter()
+    logits, keys, values = session.run(
+        None, {"ids": prompt, "pos": np.arange(prompt.shape[1]), "pk": past, "pv": past.copy()}
+    )
+    prefill = time.perf_counter() - t0
+    tokens = [int(logits.argmax(-1)[0])]
+    t0 = time.perf_counter()
+    for i in range(new_tokens - 1):
+        feed = {
+            "ids": np.array([[tokens[-1]]]),
+            "pos": np.array([prompt.shape[1] + i]),
+            "pk": keys,
+            "pv": values,
+        }
+        logits, keys, values = session.run(None, feed)
+        tokens.append(int(logits.argmax(-1)[0]))
+    decode = time.perf_counter() - t0
+    return {
+        "prefill_s": round(prefill, 3),
+        "decode_tokens_per_s": round((new_tokens - 1) / decode, 1),
+        "tokens": tokens,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--model", default="smollm2-135m", help="a model name `rag model pull` knows, or a directory"
+    )
+    parser.add_argument("--prompt-tokens", type=int, default=1000)
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: all cores)")
+    parser.add_argument("--work", default="bench_out/onnx_decode")
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args(argv)
+
+    import onnxruntime as ort
+    import torch
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from transformers import AutoModelForCausalLM
+
+    from rag.models import resolve_model
+
+    path = Path(args.model) if Path(args.model).is_dir() else Path(resolve_model(args.model, "--model"))
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    rng = np.random.default_rng(0)
+    prompt = rng.integers(100, model.config.vocab_size - 100, size=(1, args.prompt_tokens)).astype(np.int64)
+    step, shape = _step_module(model)
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    fp32, int8 = work / "step.onnx", work / "step_int8.onnx"
+    with torch.inference_mode():
+        t0 = time.perf_counter()
+        baseline = model.generate(
+            torch.from_numpy(prompt),
+            max_new_tokens=args.new_tokens,
+            do_sample=False,
+            min_new_tokens=args.new_tokens,
+        )
+        generate_s = time.perf_counter() - t0
+        want = baseline[0, prompt.shape[1] :].tolist()
+        layers, kv_heads, dim = shape
+        empty = torch.zeros(layers, 1, kv_heads, 0, dim)
+        logits, _k, _v = step(torch.from_numpy(prompt[:, :64]), torch.arange(64), empty, empty)
+        max_diff = float((logits - model(torch.from_numpy(prompt[:, :64])).logits[:, -1]).abs().max())
+    if not fp32.exists():
+        past = torch.zeros(layers, 1, kv_heads, 4, dim)
+        torch.onnx.export(
+            step,
+            (torch.from_numpy(prompt[:, :1]), torch.arange(4, 5), past, past),
+            str(fp32),
+            dynamo=False,
+            input_names=["ids", "pos", "pk", "pv"],
+            output_names=["logits", "nk", "nv"],
+            opset_version=17,
+            dynamic_axes={
+                "ids": {0: "b", 1: "s"},
+                "pos": {0: "s"},
+                "pk": {1: "b", 3: "t"},
+                "pv": {1: "b", 3: "t"},
+                "nk": {1: "b", 3: "t2"},
+                "nv": {1: "b", 3: "t2"},
+                "logits": {0: "b"},
+            },
+        )
+    if not int8.exists():
+        quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8)
+    result: dict[str, Any] = {
+        "model": path.name,
+        "prompt_tokens": args.prompt_tokens,
+        "new_tokens": args.new_tokens,
+        "step_vs_model_max_logit_diff": max_diff,
+        "plain_generate": {
+            "seconds": round(generate_s, 2),
+            "tokens_per_s_incl_prefill": round(args.new_tokens / generate_s, 1),
+        },
+    }
+    for name, file in (("onnx float32", fp32), ("onnx int8", int8)):
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if args.threads:
+            options.intra_op_num_threads = args.threads
+        session = ort.InferenceSession(str(file), options, providers=["CPUExecutionProvider"])
+        run = _decode(session, prompt, args.new_tokens, shape)
+        got = run.pop("tokens")
+        run["same_tokens_as_generate"] = sum(a == b for a, b in zip(got, want, strict=False)) / len(want)
+        result[name] = run
+        print(name, json.dumps(run), flush=True)
+    print("plain generate", json.dumps(result["plain_generate"]), "max logit diff", max_diff)
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
