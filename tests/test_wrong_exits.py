@@ -269,3 +269,21 @@ def test_build_checks_the_writer_lock_before_loading_the_model(
         code, line = _run(capsys, "index", "build", "--data", str(data), "-q", *_sets(index_path))
     assert code == 2 and "another index writer holds the lock" in line
     assert loads == []  # failed before the model was loaded
+
+
+def test_a_build_whose_model_cannot_load_exits_2_and_keeps_the_index(tmp_path, capsys):
+    """The model loads on a thread beside the reading (index/build.py: _ModelLoad): its error still
+    ends the build with one line naming the model, and the current version stays as it was."""
+    index_path, store = _index(tmp_path)
+    version = store.current_version()
+    data = write_catalog(tmp_path / "new.jsonl", 2000)
+    sets = ["--set", f"index.path={index_path}", "--set", "index.descriptions=false"]
+    missing = tmp_path / "no-such-model"
+    t0 = time.perf_counter()
+    code, line = _run(
+        capsys, "index", "build", "--quiet", "--data", str(data), *sets, "--set", f"embedding.model={missing}"
+    )
+    assert code == 2 and "no-such-model" in line, line
+    assert time.perf_counter() - t0 < 60
+    assert version is not None
+    _unchanged(store, version)
