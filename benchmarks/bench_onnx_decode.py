@@ -33,66 +33,14 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
-def _step_module(model: Any) -> Any:
-    """A module (ids [B,S], pos [S], past_k/past_v [layers,B,kv_heads,T,head_dim]) -> (last logits, K, V)."""
-    import torch
+def _step_modules(model: Any) -> tuple[Any, Any, tuple[int, int, int]]:
+    """The two decoding steps over `model`'s own layers, and (layers, kv_heads, head_dim).
 
-    cfg = model.config
-    heads, kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads
-    dim = cfg.hidden_size // heads
-    rope = getattr(cfg, "rope_parameters", None) or {}
-    theta = float(rope.get("rope_theta", getattr(cfg, "rope_theta", 10000.0)))
-    eps = float(cfg.rms_norm_eps)
-
-    class Step(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.body, self.head = model.model, model.lm_head
-            self.register_buffer("inv", 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim)))
-
-        @staticmethod
-        def norm(x: Any, weight: Any) -> Any:
-            return weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps))
-
-        def forward(self, ids: Any, pos: Any, past_k: Any, past_v: Any) -> Any:
-            x = self.body.embed_tokens(ids)
-            batch, new = ids.shape
-            past = past_k.shape[3]
-            freqs = pos.float()[:, None] * self.inv[None, :]
-            angles = torch.cat([freqs, freqs], -1)
-            cos, sin = angles.cos()[None, None], angles.sin()[None, None]
-
-            def rotate(t: Any) -> Any:
-                return t * cos + torch.cat([-t[..., dim // 2 :], t[..., : dim // 2]], -1) * sin
-
-            cols = torch.arange(past + new)[None, :]
-            rows = torch.arange(new)[:, None] + past
-            mask = torch.where(cols <= rows, 0.0, float("-inf"))
-            keys, values = [], []
-            for i, layer in enumerate(self.body.layers):
-                attn, mlp = layer.self_attn, layer.mlp
-                h = self.norm(x, layer.input_layernorm.weight)
-                q = rotate(attn.q_proj(h).view(batch, new, heads, dim).transpose(1, 2))
-                k = rotate(attn.k_proj(h).view(batch, new, kv_heads, dim).transpose(1, 2))
-                v = attn.v_proj(h).view(batch, new, kv_heads, dim).transpose(1, 2)
-                k, v = torch.cat([past_k[i], k], 2), torch.cat([past_v[i], v], 2)
-                keys.append(k)
-                values.append(v)
-                kr, vr = k.repeat_interleave(heads // kv_heads, 1), v.repeat_interleave(heads // kv_heads, 1)
-                scores = q @ kr.transpose(-1, -2) / math.sqrt(dim) + mask
-                out = torch.softmax(scores, -1) @ vr
-                x = x + attn.o_proj(out.transpose(1, 2).reshape(batch, new, heads * dim))
-                h = self.norm(x, layer.post_attention_layernorm.weight)
-                x = x + mlp.down_proj(torch.nn.functional.silu(mlp.gate_proj(h)) * mlp.up_proj(h))
-            x = self.norm(x[:, -1:], self.body.norm.weight)
-            return self.head(x)[:, -1], torch.stack(keys), torch.stack(values)
-
-    return Step().eval(), (cfg.num_hidden_layers, kv_heads, dim)
-
-
-def _buffer_step_module(model: Any) -> Any:
-    """A module (ids [1,S], pos [S], length [1], k_buf/v_buf [layers,1,kv_heads,Tmax,head_dim]) ->
-    (last logits, the new tokens' K, V): attends to the first `length` buffer positions and the new ones."""
+    * whole K/V: (ids [B,S], pos [S], past_k/past_v [layers,B,kv_heads,T,head_dim]) -> (last logits,
+      past + new K, past + new V);
+    * K/V buffer: (ids [1,S], pos [S], length [1], k_buf/v_buf [layers,1,kv_heads,Tmax,head_dim]) ->
+      (last logits, the new tokens' K, V), attending to the first `length` buffer positions and the new ones.
+    """
     import torch
 
     cfg = model.config
@@ -100,10 +48,17 @@ def _buffer_step_module(model: Any) -> Any:
     dim = cfg.hidden_size // heads
     group = heads // kv_heads
     rope = getattr(cfg, "rope_parameters", None) or {}
+    if rope.get("rope_type", "default") != "default":  # e.g. Llama-3's scaled rotary positions
+        raise SystemExit(
+            f"bench_onnx_decode: rope_type {rope['rope_type']!r} is not written here (default only)"
+        )
     theta = float(rope.get("rope_theta", getattr(cfg, "rope_theta", 10000.0)))
     eps = float(cfg.rms_norm_eps)
+    scale = 1.0 / math.sqrt(dim)
 
-    class BufferStep(torch.nn.Module):
+    class Llama(torch.nn.Module):
+        """What both steps share: norms, rotary positions, the projections, the MLP and the head."""
+
         def __init__(self) -> None:
             super().__init__()
             self.body, self.head = model.model, model.lm_head
@@ -113,28 +68,58 @@ def _buffer_step_module(model: Any) -> Any:
         def norm(x: Any, weight: Any) -> Any:
             return weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps))
 
-        def forward(self, ids: Any, pos: Any, length: Any, k_buf: Any, v_buf: Any) -> Any:
-            x = self.body.embed_tokens(ids)
-            new, width = ids.shape[1], k_buf.shape[3]
+        def rotary(self, pos: Any) -> Any:
             freqs = pos.float()[:, None] * self.inv[None, :]
             angles = torch.cat([freqs, freqs], -1)
             cos, sin = angles.cos()[None, None], angles.sin()[None, None]
+            return lambda t: t * cos + torch.cat([-t[..., dim // 2 :], t[..., : dim // 2]], -1) * sin
 
-            def rotate(t: Any) -> Any:
-                return t * cos + torch.cat([-t[..., dim // 2 :], t[..., : dim // 2]], -1) * sin
+        def qkv(self, layer: Any, x: Any, rotate: Any) -> tuple[Any, Any, Any]:
+            """The layer's rotated queries [B,heads,S,D], keys and values [B,kv_heads,S,D]."""
+            attn, (batch, new) = layer.self_attn, x.shape[:2]
+            h = self.norm(x, layer.input_layernorm.weight)
+            q = rotate(attn.q_proj(h).view(batch, new, heads, dim).transpose(1, 2))
+            k = rotate(attn.k_proj(h).view(batch, new, kv_heads, dim).transpose(1, 2))
+            return q, k, attn.v_proj(h).view(batch, new, kv_heads, dim).transpose(1, 2)
 
+        def rest(self, layer: Any, x: Any, out: Any) -> Any:
+            """The layer after attention: output projection, residual, MLP, residual."""
+            batch, new = x.shape[:2]
+            x = x + layer.self_attn.o_proj(out.transpose(1, 2).reshape(batch, new, heads * dim))
+            mlp, h = layer.mlp, self.norm(x, layer.post_attention_layernorm.weight)
+            return x + mlp.down_proj(torch.nn.functional.silu(mlp.gate_proj(h)) * mlp.up_proj(h))
+
+        def logits(self, x: Any) -> Any:
+            return self.head(self.norm(x[:, -1:], self.body.norm.weight))[:, -1]
+
+    class WholeStep(Llama):
+        def forward(self, ids: Any, pos: Any, past_k: Any, past_v: Any) -> Any:
+            x, rotate = self.body.embed_tokens(ids), self.rotary(pos)
+            new, past = ids.shape[1], past_k.shape[3]
+            mask = torch.where(
+                torch.arange(past + new)[None, :] <= torch.arange(new)[:, None] + past, 0.0, float("-inf")
+            )
+            keys, values = [], []
+            for i, layer in enumerate(self.body.layers):
+                q, k, v = self.qkv(layer, x, rotate)
+                k, v = torch.cat([past_k[i], k], 2), torch.cat([past_v[i], v], 2)
+                keys.append(k)
+                values.append(v)
+                kr, vr = k.repeat_interleave(group, 1), v.repeat_interleave(group, 1)
+                x = self.rest(layer, x, torch.softmax(q @ kr.transpose(-1, -2) * scale + mask, -1) @ vr)
+            return self.logits(x), torch.stack(keys), torch.stack(values)
+
+    class BufferStep(Llama):
+        def forward(self, ids: Any, pos: Any, length: Any, k_buf: Any, v_buf: Any) -> Any:
+            x, rotate = self.body.embed_tokens(ids), self.rotary(pos)
+            new, width = ids.shape[1], k_buf.shape[3]
             past_mask = torch.where(torch.arange(width)[None, :] < length, 0.0, float("-inf"))
             new_mask = torch.where(
                 torch.arange(new)[None, :] <= torch.arange(new)[:, None], 0.0, float("-inf")
             )
             keys, values = [], []
-            scale = 1.0 / math.sqrt(dim)
             for i, layer in enumerate(self.body.layers):
-                attn, mlp = layer.self_attn, layer.mlp
-                h = self.norm(x, layer.input_layernorm.weight)
-                q = rotate(attn.q_proj(h).view(1, new, heads, dim).transpose(1, 2))
-                k = rotate(attn.k_proj(h).view(1, new, kv_heads, dim).transpose(1, 2))
-                v = attn.v_proj(h).view(1, new, kv_heads, dim).transpose(1, 2)
+                q, k, v = self.qkv(layer, x, rotate)
                 keys.append(k)
                 values.append(v)
                 grouped = q.reshape(1, kv_heads, group * new, dim)  # no repeat of the K/V heads
@@ -142,14 +127,10 @@ def _buffer_step_module(model: Any) -> Any:
                 recent = (grouped @ k.transpose(-1, -2) * scale).view(1, kv_heads, group, new, new) + new_mask
                 weights = torch.softmax(torch.cat([past, recent.view(1, kv_heads, group * new, new)], -1), -1)
                 out = weights[..., :width] @ v_buf[i] + weights[..., width:] @ v
-                out = out.view(1, heads, new, dim).transpose(1, 2).reshape(1, new, heads * dim)
-                x = x + attn.o_proj(out)
-                h = self.norm(x, layer.post_attention_layernorm.weight)
-                x = x + mlp.down_proj(torch.nn.functional.silu(mlp.gate_proj(h)) * mlp.up_proj(h))
-            x = self.norm(x[:, -1:], self.body.norm.weight)
-            return self.head(x)[:, -1], torch.stack(keys), torch.stack(values)
+                x = self.rest(layer, x, out.view(1, heads, new, dim))
+            return self.logits(x), torch.stack(keys), torch.stack(values)
 
-    return BufferStep().eval()
+    return WholeStep().eval(), BufferStep().eval(), (cfg.num_hidden_layers, kv_heads, dim)
 
 
 def _decode_buffer(
@@ -239,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     rng = np.random.default_rng(0)
     prompt = rng.integers(100, model.config.vocab_size - 100, size=(1, args.prompt_tokens)).astype(np.int64)
-    step, shape = _step_module(model)
+    step, buffer_step, shape = _step_modules(model)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     fp32, int8 = work / "step.onnx", work / "step_int8.onnx"
@@ -283,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     if not buf32.exists():
         buffer = torch.zeros(layers, 1, kv_heads, 8, dim)
         torch.onnx.export(
-            _buffer_step_module(model),
+            buffer_step,
             (torch.from_numpy(prompt[:, :1]), torch.arange(1), torch.tensor([0]), buffer, buffer),
             str(buf32),
             dynamo=False,
