@@ -133,68 +133,56 @@ def _step_modules(model: Any) -> tuple[Any, Any, tuple[int, int, int]]:
     return WholeStep().eval(), BufferStep().eval(), (cfg.num_hidden_layers, kv_heads, dim)
 
 
+def _prefill(session: Any, prompt: np.ndarray, shape: tuple[int, int, int]) -> tuple[Any, Any, Any, float]:
+    """The prompt through the whole-K/V step from an empty past: (logits, K, V, seconds)."""
+    layers, kv_heads, dim = shape
+    empty = np.zeros((layers, 1, kv_heads, 0, dim), np.float32)
+    t0 = time.perf_counter()
+    logits, keys, values = session.run(
+        None, {"ids": prompt, "pos": np.arange(prompt.shape[1]), "pk": empty, "pv": empty.copy()}
+    )
+    return logits, keys, values, time.perf_counter() - t0
+
+
+def _result(prefill_s: float, decode_s: float, tokens: list[int]) -> dict[str, Any]:
+    return {
+        "prefill_s": round(prefill_s, 3),
+        "decode_tokens_per_s": round((len(tokens) - 1) / decode_s, 1),
+        "tokens": tokens,
+    }
+
+
 def _decode_buffer(
     prefill: Any, session: Any, prompt: np.ndarray, new_tokens: int, shape: tuple[int, int, int]
 ) -> dict[str, Any]:
     """Prefill with the whole-K/V step, then decode on the buffer step, writing each new K/V in place."""
-    layers, kv_heads, dim = shape
     n = prompt.shape[1]
-    empty = np.zeros((layers, 1, kv_heads, 0, dim), np.float32)
     t0 = time.perf_counter()
-    logits, keys, values = prefill.run(
-        None, {"ids": prompt, "pos": np.arange(n), "pk": empty, "pv": empty.copy()}
-    )
-    k_buf = np.zeros((layers, 1, kv_heads, n + new_tokens, dim), np.float32)
+    logits, keys, values, _ = _prefill(prefill, prompt, shape)
+    k_buf = np.zeros((*keys.shape[:3], n + new_tokens, keys.shape[4]), np.float32)
     v_buf = np.zeros_like(k_buf)
     k_buf[:, :, :, :n], v_buf[:, :, :, :n] = keys, values
-    prefill_s = time.perf_counter() - t0
+    prefill_s = time.perf_counter() - t0  # the copy into the buffer counts as prefill
     tokens = [int(logits.argmax(-1)[0])]
     t0 = time.perf_counter()
-    for i in range(new_tokens - 1):
-        at = n + i
-        feed = {
-            "ids": np.array([[tokens[-1]]]),
-            "pos": np.array([at]),
-            "length": np.array([at]),
-            "pk": k_buf,
-            "pv": v_buf,
-        }
-        logits, key, value = session.run(None, feed)
+    for at in range(n, n + new_tokens - 1):
+        feed = {"ids": np.array([[tokens[-1]]]), "pos": np.array([at]), "length": np.array([at])}
+        logits, key, value = session.run(None, {**feed, "pk": k_buf, "pv": v_buf})
         k_buf[:, :, :, at : at + 1], v_buf[:, :, :, at : at + 1] = key, value
         tokens.append(int(logits.argmax(-1)[0]))
-    decode = time.perf_counter() - t0
-    return {
-        "prefill_s": round(prefill_s, 3),
-        "decode_tokens_per_s": round((new_tokens - 1) / decode, 1),
-        "tokens": tokens,
-    }
+    return _result(prefill_s, time.perf_counter() - t0, tokens)
 
 
 def _decode(session: Any, prompt: np.ndarray, new_tokens: int, shape: tuple[int, int, int]) -> dict[str, Any]:
-    layers, kv_heads, dim = shape
-    past = np.zeros((layers, 1, kv_heads, 0, dim), np.float32)
-    t0 = time.perf_counter()
-    logits, keys, values = session.run(
-        None, {"ids": prompt, "pos": np.arange(prompt.shape[1]), "pk": past, "pv": past.copy()}
-    )
-    prefill = time.perf_counter() - t0
+    """Prefill and decode on the whole-K/V step (the past goes in and out of every step)."""
+    logits, keys, values, prefill_s = _prefill(session, prompt, shape)
     tokens = [int(logits.argmax(-1)[0])]
     t0 = time.perf_counter()
-    for i in range(new_tokens - 1):
-        feed = {
-            "ids": np.array([[tokens[-1]]]),
-            "pos": np.array([prompt.shape[1] + i]),
-            "pk": keys,
-            "pv": values,
-        }
+    for at in range(prompt.shape[1], prompt.shape[1] + new_tokens - 1):
+        feed = {"ids": np.array([[tokens[-1]]]), "pos": np.array([at]), "pk": keys, "pv": values}
         logits, keys, values = session.run(None, feed)
         tokens.append(int(logits.argmax(-1)[0]))
-    decode = time.perf_counter() - t0
-    return {
-        "prefill_s": round(prefill, 3),
-        "decode_tokens_per_s": round((new_tokens - 1) / decode, 1),
-        "tokens": tokens,
-    }
+    return _result(prefill_s, time.perf_counter() - t0, tokens)
 
 
 def main(argv: list[str] | None = None) -> int:
